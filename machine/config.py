@@ -1,0 +1,81 @@
+"""Configuration: one place for endpoints, timing knobs and seeds; env overrides.
+
+RoleConfig is everything one role process needs to start; it is plain data
+(picklable) so the supervisor can hand it to a child process, and every
+field can also come from the environment (UVM_MACHINE_*) for compose.
+
+Port layout for fixed deployments (compose, `uvm-machine role`): with base
+port B on host H,
+    supervisor  ROUTER B      PUB B+1
+    mmu         kernel B+10   user B+11   pub B+12
+    uvm         kernel B+20   user B+21   pub B+22
+    pdaemon     kernel B+30   user B+31   pub B+32
+    net         kernel B+40   user B+41   pub B+42
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ROLE_ORDER = ("mmu", "uvm", "pdaemon", "net")
+CHANNELS = ("kernel", "user", "pub")
+DEFAULT_BASE_PORT = 7700
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_RAM = "64M"
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_LIVENESS = 3
+PANIC_GRACE_S = 1.5
+ROLE_START_TIMEOUT_S = 20.0
+CLIENT_LEASE_S = 10.0
+CALL_TIMEOUT_S = 30.0
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get("UVM_MACHINE_" + name, default)
+
+
+def fixed_layout(host: str, base: int) -> dict[str, dict[str, str]]:
+    """Endpoints of every role (and the supervisor) under the fixed port layout."""
+    out = {"supervisor": {"router": f"tcp://{host}:{base}", "pub": f"tcp://{host}:{base + 1}"}}
+    for i, role in enumerate(ROLE_ORDER, start=1):
+        out[role] = {ch: f"tcp://{host}:{base + 10 * i + j}" for j, ch in enumerate(CHANNELS)}
+    return out
+
+
+@dataclass
+class RoleConfig:
+    """What one role process needs: its binds, its peers, RAM, profile, knobs."""
+
+    role: str
+    ram_name: str
+    ram_bytes: int
+    kernel: str
+    user: str
+    pub: str
+    advertise: str = ""  # host to report instead of 0.0.0.0/* in bound endpoints
+    peers: dict[str, dict[str, str]] = field(default_factory=dict)
+    profile: str = "modern"
+    state_dir: str = ""
+    lease_s: float = CLIENT_LEASE_S
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RoleConfig:
+        return cls(**d)
+
+
+def advertised(endpoint: str, host: str) -> str:
+    """Replace a wildcard bind host with the host clients should dial."""
+    if not host:
+        return endpoint
+    for wild in ("0.0.0.0", "*", "[::]"):
+        prefix = f"tcp://{wild}:"
+        if endpoint.startswith(prefix):
+            return f"tcp://{host}:" + endpoint[len(prefix) :]
+    return endpoint

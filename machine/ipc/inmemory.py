@@ -1,0 +1,210 @@
+"""In-memory transport and the virtual-time event loop (simulation mode).
+
+All roles and clients run in one process and one event loop. Every message
+is still encoded to bytes (so the codec is exercised exactly as over ZeroMQ)
+and delivered after a latency drawn from a seeded RNG, on a virtual clock:
+
+  * Delivery order is a function of the seed alone. Two runs with the same
+    seed and the same program produce the same trace; different seeds
+    explore different interleavings (FoundationDB-style simulation).
+  * VirtualTimeLoop's clock only moves when every task is blocked: the
+    selector, instead of sleeping, jumps time to the next timer. A program
+    with nothing left to run and no timer pending is deadlocked; the loop
+    raises SimulationDeadlock instead of hanging. Virtual time past
+    `limit_s` raises SimulationTimeout.
+
+Endpoint names are free-form strings ("inproc://uvm/user", ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import selectors
+from typing import Any
+
+from machine.ipc.transport import (
+    Connection,
+    Handler,
+    OnBytes,
+    Publisher,
+    Server,
+    Subscription,
+    Transport,
+)
+
+
+class SimulationDeadlock(RuntimeError):
+    """Every task waits and no timer is pending: the simulated machine hangs."""
+
+
+class SimulationTimeout(RuntimeError):
+    """Virtual time ran past the simulation's limit."""
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._vloop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise SimulationDeadlock("no runnable task and no pending timer")
+        self._vloop.advance(timeout)
+        return []
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose time() is virtual and advances only when idle."""
+
+    def __init__(self, limit_s: float = 3600.0) -> None:
+        self._vtime = 0.0
+        self.limit_s = limit_s
+        super().__init__(selector=_VirtualSelector(self))
+
+    def time(self) -> float:
+        return self._vtime
+
+    def advance(self, seconds: float) -> None:
+        self._vtime += max(seconds, 0.0)
+        if self._vtime > self.limit_s:
+            raise SimulationTimeout(f"virtual time passed {self.limit_s} s")
+
+
+class _Latency:
+    def __init__(self, rng: random.Random, lo_s: float, hi_s: float) -> None:
+        self.rng, self.lo, self.hi = rng, lo_s, hi_s
+
+    def draw(self) -> float:
+        return self.rng.uniform(self.lo, self.hi)
+
+
+class MemServer(Server):
+    def __init__(self, bus: InMemoryTransport, endpoint: str, handler: Handler) -> None:
+        self.bus, self.endpoint, self.handler = bus, endpoint, handler
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        self.bus.servers.pop(self.endpoint, None)
+        for t in list(self.tasks):
+            t.cancel()
+
+
+class MemConnection(Connection):
+    def __init__(self, bus: InMemoryTransport, endpoint: str, on_reply: OnBytes) -> None:
+        self.bus, self.endpoint, self.on_reply = bus, endpoint, on_reply
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        self.bus.schedule(self.bus.deliver_request, self, data)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemPublisher(Publisher):
+    def __init__(self, bus: InMemoryTransport, endpoint: str) -> None:
+        self.bus, self.endpoint = bus, endpoint
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        for sub in list(self.bus.subs.get(self.endpoint, ())):
+            if topic.startswith(sub.prefix):
+                self.bus.schedule(sub.deliver, data)
+
+    async def close(self) -> None:
+        self.bus.pubs.discard(self.endpoint)
+
+
+class MemSubscription(Subscription):
+    def __init__(self, bus: InMemoryTransport, endpoint: str, prefix: str, cb: OnBytes) -> None:
+        self.bus, self.endpoint, self.prefix, self.cb = bus, endpoint, prefix, cb
+        self.closed = False
+
+    def deliver(self, data: bytes) -> None:
+        if not self.closed:
+            self.cb(data)
+
+    async def close(self) -> None:
+        self.closed = True
+        subs = self.bus.subs.get(self.endpoint)
+        if subs and self in subs:
+            subs.remove(self)
+
+
+class InMemoryTransport(Transport):
+    """A bus shared by every role of one simulated machine."""
+
+    def __init__(self, seed: int, latency_s: tuple[float, float] = (20e-6, 200e-6)) -> None:
+        self.rng = random.Random(seed)
+        self.latency = _Latency(self.rng, *latency_s)
+        self.servers: dict[str, MemServer] = {}
+        self.pubs: set[str] = set()
+        self.subs: dict[str, list[MemSubscription]] = {}
+        self.delivered = 0
+        self.dropped = 0
+        self.trace: list[tuple[float, str, int]] | None = None
+
+    def schedule(self, fn: Any, *args: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + self.latency.draw(), fn, *args)
+
+    def deliver_request(self, conn: MemConnection, data: bytes) -> None:
+        server = self.servers.get(conn.endpoint)
+        if server is None or conn.closed:
+            self.dropped += 1
+            return
+        self.delivered += 1
+        if self.trace is not None:
+            self.trace.append((asyncio.get_running_loop().time(), conn.endpoint, len(data)))
+        task = asyncio.get_running_loop().create_task(self._serve(server, conn, data))
+        server.tasks.add(task)
+        task.add_done_callback(server.tasks.discard)
+
+    async def _serve(self, server: MemServer, conn: MemConnection, data: bytes) -> None:
+        out = await server.handler(data)
+        if out is not None:
+            self.schedule(self._deliver_reply, conn, out)
+
+    def _deliver_reply(self, conn: MemConnection, data: bytes) -> None:
+        if not conn.closed:
+            conn.on_reply(data)
+
+    async def bind(self, endpoint: str, handler: Handler) -> Server:
+        if endpoint in self.servers:
+            raise OSError(f"address in use: {endpoint}")
+        s = MemServer(self, endpoint, handler)
+        self.servers[endpoint] = s
+        return s
+
+    async def connect(self, endpoint: str, on_reply: OnBytes) -> Connection:
+        return MemConnection(self, endpoint, on_reply)
+
+    async def publisher(self, endpoint: str) -> Publisher:
+        self.pubs.add(endpoint)
+        return MemPublisher(self, endpoint)
+
+    async def subscribe(self, endpoint: str, prefix: str, on_event: OnBytes) -> Subscription:
+        sub = MemSubscription(self, endpoint, prefix, on_event)
+        self.subs.setdefault(endpoint, []).append(sub)
+        return sub
+
+
+def run_simulation(main: Any, limit_s: float = 3600.0) -> Any:
+    """Run coroutine `main` to completion on a fresh VirtualTimeLoop and return its result."""
+    loop = VirtualTimeLoop(limit_s=limit_s)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.limit_s = float("inf")
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()

@@ -1,0 +1,144 @@
+"""Typed request/reply over one connection: `await peer.call(PmapEnter(...))`.
+
+A Peer stamps each request with its sender's header (msg_id, role,
+incarnation, clock), sends it, and resolves the future whose msg_id the
+reply's `re` names. Replies nobody waits for (late, or re=0) are dropped.
+
+Errors: call() returns error replies as they are; call_ok() raises
+RemoteError for them (PeerPanic for EPANIC), and CallTimeout when no reply
+arrives within the timeout. No call ever waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TypeVar
+
+from machine.ipc.transport import Clock, Connection, Transport
+from machine.proto import (
+    PROTOCOL_VERSION,
+    Errno,
+    Header,
+    Reply,
+    Request,
+    Status,
+    decode_reply,
+    encode,
+    with_header,
+)
+
+R = TypeVar("R", bound=Reply)
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class RemoteError(Exception):
+    """An error reply: `errno` and `detail` as the peer sent them."""
+
+    def __init__(self, errno: Errno, detail: str, tag: str = "") -> None:
+        super().__init__(f"{errno}: {detail}" if not tag else f"{tag}: {errno}: {detail}")
+        self.errno = errno
+        self.detail = detail
+
+
+class PeerPanic(RemoteError):
+    """The peer (or the machine) has panicked; detail is the panic message."""
+
+
+class CallTimeout(RemoteError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.ETIMEDOUT, detail)
+
+
+class Identity:
+    """Who sends: role name, incarnation, a msg_id counter and the clock."""
+
+    def __init__(self, sender: str, incarnation: int, clock: Clock | None = None) -> None:
+        self.sender = sender
+        self.incarnation = incarnation
+        self.clock = clock or Clock()
+        self._ids = itertools.count(1)
+
+    def header(self, re: int = 0) -> Header:
+        return Header(
+            msg_id=next(self._ids),
+            sender=self.sender,
+            incarnation=self.incarnation,
+            re=re,
+            proto=PROTOCOL_VERSION,
+            sent_ns=self.clock.now_ns(),
+        )
+
+
+def raise_for(reply: Reply) -> None:
+    """Raise the exception an error reply stands for."""
+    if reply.status is Status.OK:
+        return
+    errno = reply.errno or Errno.EINVAL
+    if errno is Errno.EPANIC:
+        raise PeerPanic(errno, reply.detail)
+    raise RemoteError(errno, reply.detail)
+
+
+class Peer:
+    """One connection to one endpoint, with request/reply matching."""
+
+    def __init__(self, ident: Identity, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.ident = ident
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._conn: Connection | None = None
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self.sent = 0
+
+    async def open(self, transport: Transport) -> Peer:
+        self._conn = await transport.connect(self.endpoint, self._on_reply)
+        return self
+
+    def _on_reply(self, raw: bytes) -> None:
+        try:
+            reply = decode_reply(raw)
+        except Exception:
+            return
+        fut = self._pending.pop(reply.h.re, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every pending call (the machine panicked or is gone)."""
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def call(self, req: Request, timeout_s: float | None = None) -> Reply:
+        assert self._conn is not None, "peer not opened"
+        msg = with_header(req, self.ident.header())
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[msg.h.msg_id] = fut
+        self.sent += 1
+        try:
+            await self._conn.send(encode(msg))
+            return await asyncio.wait_for(fut, timeout_s or self.timeout_s)
+        except TimeoutError:
+            raise CallTimeout(
+                f"no reply from {self.endpoint} to {type(req).__name__} "
+                f"within {timeout_s or self.timeout_s} s"
+            ) from None
+        finally:
+            self._pending.pop(msg.h.msg_id, None)
+
+    async def call_ok(self, req: Request, expect: type[R], timeout_s: float | None = None) -> R:
+        """Call and return the reply as `expect`; raise for error replies."""
+        reply = await self.call(req, timeout_s)
+        raise_for(reply)
+        if not isinstance(reply, expect):
+            raise RemoteError(Errno.EBADMSG, f"expected {expect.__name__}, got {reply!r}")
+        return reply
+
+    async def close(self) -> None:
+        self.fail_all(ConnectionAbortedError(f"connection to {self.endpoint} closed"))
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

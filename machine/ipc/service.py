@@ -1,0 +1,355 @@
+"""Service: the one request loop every role shares (decode -> check -> dispatch -> reply).
+
+A role subclasses Service, lists the requests it serves in `serves`, and
+writes one `on_<verb>` coroutine per request (verb = the tag after its
+area: "pmap.enter" -> on_enter). Startup fails if a served request has no
+handler or two served requests share a verb.
+
+What happens to every incoming request, in order:
+  1. Bytes that do not decode, unknown tags, wrong types, out-of-range
+     numbers: an ErrorReply (EBADMSG / EINVAL). Nothing else runs.
+  2. Another major protocol version: EPROTO.
+  3. Wrong endpoint for the request's scope (a kernel message on the user
+     endpoint, or the reverse): EPERM.
+  4. The role has panicked or was halted: EPANIC with the panic message
+     (except ctl.ping/dump/shutdown, which still work for the supervisor).
+  5. Not served by this role: ENOSYS.
+  6. The handler runs in its own task. UserError -> its errno; PeerPanic
+     (a role we called has panicked) -> EPANIC; KernelPanic or any other
+     exception -> this role panics: it publishes ctl.panic, answers EPANIC
+     from then on, and waits for the supervisor to stop it (it does not
+     exit, so the panic event and dump requests are not lost).
+
+Control requests (ctl.*) are answered without touching role state or
+locks, so they never queue behind work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
+from machine.ipc.transport import Clock, Publisher, Server, Transport
+from machine.kassert import KernelPanic
+from machine.proto import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    CtlAck,
+    CtlDump,
+    CtlDumpReply,
+    CtlHalt,
+    CtlHello,
+    CtlHelloReply,
+    CtlKpanic,
+    CtlPanic,
+    CtlPing,
+    CtlPingReply,
+    CtlShutdown,
+    CtlStats,
+    CtlStatsReply,
+    Errno,
+    ErrorReply,
+    Event,
+    Header,
+    Reply,
+    Request,
+    Scope,
+    Status,
+    decode_request,
+    encode,
+    tag_of,
+)
+
+R = TypeVar("R", bound=Reply)
+TRACE_LEN = 256
+
+CTL_REQUESTS: tuple[type[Request], ...] = (
+    CtlHello,
+    CtlPing,
+    CtlStats,
+    CtlDump,
+    CtlHalt,
+    CtlShutdown,
+    CtlKpanic,
+)
+_PANIC_EXEMPT = (CtlPing, CtlDump, CtlShutdown, CtlHello, CtlStats)
+
+
+class UserError(Exception):
+    """A client's mistake: answered with `errno` and `detail`; nothing changed."""
+
+    def __init__(self, errno: Errno, detail: str) -> None:
+        super().__init__(f"{errno}: {detail}")
+        self.errno = errno
+        self.detail = detail
+
+
+def verb_of(cls: type[Request]) -> str:
+    return tag_of(cls).split(".", 1)[1]
+
+
+def new_incarnation(rng: random.Random) -> int:
+    return rng.getrandbits(62) | 1
+
+
+class Service:
+    """Base of every role's service (and of the supervisor's)."""
+
+    role: ClassVar[str] = "?"
+    serves: ClassVar[tuple[type[Request], ...]] = ()
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        rng: random.Random,
+        clock: Clock | None = None,
+        incarnation: int | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self.transport = transport
+        self.rng = rng
+        self.clock = clock or Clock()
+        self.incarnation = incarnation if incarnation is not None else new_incarnation(rng)
+        self.pid = pid if pid is not None else os.getpid()
+        self.ident = Identity(self.role, self.incarnation, self.clock)
+        self.state = "running"
+        self.panic_message = ""
+        self.trace: collections.deque[str] = collections.deque(maxlen=TRACE_LEN)
+        self.stopped = asyncio.Event()
+        self.peers: dict[str, Peer] = {}
+        self.endpoints: dict[str, str] = {}
+        self._servers: list[Server] = []
+        self._pub: Publisher | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handlers: dict[type[Request], Callable[[Any], Awaitable[Reply]]] = {}
+        verbs: dict[str, type[Request]] = {}
+        for cls in (*CTL_REQUESTS, *self.serves):
+            verb = verb_of(cls)
+            if verb in verbs:
+                raise TypeError(
+                    f"{self.role}: {tag_of(cls)} and {tag_of(verbs[verb])} share a verb"
+                )
+            verbs[verb] = cls
+            fn = getattr(self, "on_" + verb, None)
+            if fn is None:
+                raise TypeError(f"{self.role}: no handler on_{verb} for {tag_of(cls)}")
+            self._handlers[cls] = fn
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self, kernel: str | None, user: str | None, pub: str) -> dict[str, str]:
+        """Bind the endpoints; returns the bound addresses (wildcards resolved)."""
+        if kernel is not None:
+            ks = await self.transport.bind(kernel, self._on_kernel)
+            self._servers.append(ks)
+            self.endpoints["kernel"] = ks.endpoint
+        if user is not None:
+            us = await self.transport.bind(user, self._on_user)
+            self._servers.append(us)
+            self.endpoints["user"] = us.endpoint
+        self._pub = await self.transport.publisher(pub)
+        self.endpoints["pub"] = self._pub.endpoint
+        return dict(self.endpoints)
+
+    async def connect_peer(self, role: str, endpoint: str) -> Peer:
+        peer = await Peer(self.ident, endpoint).open(self.transport)
+        self.peers[role] = peer
+        return peer
+
+    def spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
+        """Run a background task of the role; an exception in it panics the role."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                self.panic(f"background task {name} failed: {exc!r}")
+
+        task.add_done_callback(done)
+        return task
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            try:
+                await t
+            except BaseException:
+                pass
+        for p in self.peers.values():
+            await p.close()
+        for s in self._servers:
+            await s.close()
+        if self._pub is not None:
+            await self._pub.close()
+
+    # -- helpers for handlers ----------------------------------------------
+
+    def reply(self, req: Request, cls: type[R], **fields: Any) -> R:
+        return cls(h=self.ident.header(re=req.h.msg_id), **fields)
+
+    def ack(self, req: Request) -> CtlAck:
+        return CtlAck(h=self.ident.header(re=req.h.msg_id))
+
+    def error(self, re: int, errno: Errno, detail: str) -> ErrorReply:
+        return ErrorReply(
+            h=self.ident.header(re=re), status=Status.ERROR, errno=errno, detail=detail
+        )
+
+    async def publish(self, event: Event) -> None:
+        if self._pub is not None:
+            await self._pub.publish(tag_of(event), encode(event))
+
+    def event_header(self) -> Header:
+        return self.ident.header()
+
+    def panic(self, message: str) -> None:
+        """Enter the panicked state and publish ctl.panic. Idempotent."""
+        if self.state == "panicked":
+            return
+        self.state = "panicked"
+        self.panic_message = message
+        self.trace.append(f"PANIC {message}")
+        ev = CtlPanic(
+            h=self.ident.header(), role=self.role, message=message, trace=list(self.trace)[-32:]
+        )
+        task = asyncio.ensure_future(self.publish(ev))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- dispatch -----------------------------------------------------------
+
+    async def _on_kernel(self, raw: bytes) -> bytes | None:
+        return encode(await self.dispatch(raw, Scope.KERNEL))
+
+    async def _on_user(self, raw: bytes) -> bytes | None:
+        return encode(await self.dispatch(raw, Scope.USER))
+
+    async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
+        try:
+            msg = decode_request(raw)
+        except BadMessage as e:
+            return self.error(e.msg_id, e.errno, e.detail)
+        h = msg.h
+        if h.proto[0] != PROTOCOL_VERSION[0]:
+            return self.error(
+                h.msg_id,
+                Errno.EPROTO,
+                f"protocol {h.proto[0]}.{h.proto[1]} refused; "
+                f"{self.role} speaks {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}",
+            )
+        scope = type(msg).scope
+        if scope is not Scope.ANY and scope is not endpoint:
+            return self.error(
+                h.msg_id,
+                Errno.EPERM,
+                f"{tag_of(msg)} is a {scope.value} message; this is the {endpoint.value} endpoint",
+            )
+        if self.state == "panicked" and not isinstance(msg, _PANIC_EXEMPT):
+            return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            return self.error(h.msg_id, Errno.ENOSYS, f"{self.role} does not serve {tag_of(msg)}")
+        if endpoint is Scope.USER:
+            self.user_seen(h)
+        self.trace.append(f"{h.sent_ns} {tag_of(msg)} {h.sender}:{h.msg_id}")
+        try:
+            return await handler(msg)
+        except UserError as e:
+            return self.error(h.msg_id, e.errno, e.detail)
+        except PeerPanic as e:
+            return self.error(h.msg_id, Errno.EPANIC, e.detail)
+        except CallTimeout as e:
+            return self.error(h.msg_id, Errno.ETIMEDOUT, e.detail)
+        except KernelPanic as e:
+            self.panic(str(e))
+            return self.error(h.msg_id, Errno.EPANIC, str(e))
+        except Exception as e:
+            tb = traceback.format_exc(limit=8).strip().splitlines()
+            self.trace.extend(tb[-6:])
+            self.panic(f"{self.role}: unexpected {type(e).__name__} in {tag_of(msg)}: {e}")
+            return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
+
+    def user_seen(self, h: Header) -> None:
+        """Hook: a user request from session h.incarnation arrived (uvm renews leases)."""
+
+    # -- ctl handlers -------------------------------------------------------
+
+    async def on_hello(self, msg: CtlHello) -> Reply:
+        return self.reply(
+            msg,
+            CtlHelloReply,
+            role=self.role,
+            incarnation=self.incarnation,
+            pid=self.pid,
+            proto=PROTOCOL_VERSION,
+        )
+
+    async def on_ping(self, msg: CtlPing) -> Reply:
+        if self.state == "panicked":
+            return self.error(msg.h.msg_id, Errno.EPANIC, self.panic_message)
+        return self.reply(
+            msg, CtlPingReply, role=self.role, incarnation=self.incarnation, pid=self.pid
+        )
+
+    async def on_stats(self, msg: CtlStats) -> Reply:
+        return self.reply(
+            msg,
+            CtlStatsReply,
+            role=self.role,
+            pid=self.pid,
+            incarnation=self.incarnation,
+            counters=self.counters(),
+            frames=self.frames(),
+        )
+
+    async def on_dump(self, msg: CtlDump) -> Reply:
+        state: dict[str, Any] = {
+            "role": self.role,
+            "pid": self.pid,
+            "incarnation": self.incarnation,
+            "state": self.state,
+            "panic": self.panic_message,
+            "counters": self.counters(),
+            "trace": list(self.trace),
+        }
+        try:
+            state.update(self.dump_state())
+        except Exception as e:
+            state["dump_error"] = repr(e)
+        return self.reply(msg, CtlDumpReply, role=self.role, state=state)
+
+    async def on_halt(self, msg: CtlHalt) -> Reply:
+        if self.state != "panicked":
+            self.state = "panicked"
+            self.panic_message = msg.reason
+        return self.ack(msg)
+
+    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
+        if self.state != "panicked":
+            self.state = "stopping"
+        asyncio.get_running_loop().call_soon(self.stopped.set)
+        return self.ack(msg)
+
+    async def on_kpanic(self, msg: CtlKpanic) -> Reply:
+        raise KernelPanic(msg.message)
+
+    # -- what a role reports ------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def frames(self) -> dict[str, int]:
+        return {}
+
+    def dump_state(self) -> dict[str, Any]:
+        return {}

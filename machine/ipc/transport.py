@@ -1,0 +1,96 @@
+"""The transport interface: request/reply servers and connections, events.
+
+Two implementations sit behind it:
+  * machine.ipc.zmqtransport: ZeroMQ ROUTER/DEALER for requests, PUB/SUB for
+    events (real processes);
+  * machine.ipc.inmemory: every role in one process, deliveries scheduled by
+    a seeded RNG on a virtual clock (simulation mode).
+
+The transport moves bytes only; it knows nothing about messages. Matching
+replies to requests is machine.ipc.peer's job, dispatching requests is
+machine.ipc.service's.
+
+Contract:
+  * bind(endpoint, handler): every request's bytes go to `handler`, each in
+    its own task; the bytes it returns go back to the sender; None sends
+    nothing. A handler never raises (the service layer guarantees it).
+  * connect(endpoint, on_reply): `send(bytes)` queues one request; each
+    reply's bytes are passed to `on_reply`, in arrival order.
+  * Events are fire-and-forget: a subscriber that is late or slow may miss
+    some. Nothing that must not be lost travels as an event.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+
+Handler = Callable[[bytes], Awaitable[bytes | None]]
+OnBytes = Callable[[bytes], None]
+
+
+class Server(abc.ABC):
+    endpoint: str  # the endpoint actually bound (wildcards resolved)
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Connection(abc.ABC):
+    endpoint: str
+
+    @abc.abstractmethod
+    async def send(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Publisher(abc.ABC):
+    endpoint: str
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Transport(abc.ABC):
+    @abc.abstractmethod
+    async def bind(self, endpoint: str, handler: Handler) -> Server: ...
+
+    @abc.abstractmethod
+    async def connect(self, endpoint: str, on_reply: OnBytes) -> Connection: ...
+
+    @abc.abstractmethod
+    async def publisher(self, endpoint: str) -> Publisher: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, endpoint: str, prefix: str, on_event: OnBytes) -> Subscription: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release what the transport holds (sockets, context)."""
+
+
+class Clock:
+    """Time for role cores, read from the running event loop.
+
+    Under the in-memory transport the loop's clock is virtual, so the same
+    core code sleeps and timestamps in virtual time.
+    """
+
+    def now_ns(self) -> int:
+        return int(asyncio.get_running_loop().time() * 1e9)
+
+    def now_s(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

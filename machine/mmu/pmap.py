@@ -1,0 +1,394 @@
+"""The pmap: per-address-space translation tables, pv lists, R/M bits, CPU accesses.
+
+This is the machine-dependent layer of pmap(9). uvm is its only writer of
+user translations; clients only load and store through it.
+
+State:
+  * pmaps[asid].ptes: vpn -> Pte(pfn, prot, wired, managed). asid 0 is the
+    kernel pmap; kenter mappings there are unmanaged (no pv entry).
+  * pv[pfn]: the set of (asid, vpn) of every *managed* mapping of a frame.
+  * attrs[pfn]: the frame's referenced (bit 0) and modified (bit 1) bits.
+
+Invariants (checked by check()):
+  P1  (asid, vpn) in pv[pfn]  <=>  pmaps[asid].ptes[vpn] is managed with pfn.
+  P2  every pte's pfn < nframes and prot != NONE.
+  P3  an unmanaged pte is in the kernel pmap.
+  P4  only managed mappings set referenced/modified bits; the bits of a frame
+      survive the removal of its mappings (pmap_is_modified after remove).
+
+CPU accesses are all-or-nothing: every page of the range is translated and
+checked before any byte moves; the first page that fails is the fault.
+cf. NetBSD pmap(9), sys/arch/i386/i386/pmap.c (concepts only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from machine.kassert import kassert
+from machine.params import (
+    KERNEL_ASID,
+    KERNEL_MIN,
+    KERNEL_TOP,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    USER_MIN,
+    USER_TOP,
+)
+from machine.proto.types import EnterFlags, Prot
+from machine.ram import Ram
+
+REFERENCED = 1
+MODIFIED = 2
+
+
+class PmapError(Exception):
+    """Bad arguments from a caller (answered with an errno, state unchanged)."""
+
+    def __init__(self, errno: str, detail: str) -> None:
+        super().__init__(detail)
+        self.errno = errno
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class Pte:
+    pfn: int
+    prot: Prot
+    wired: bool
+    managed: bool
+
+
+@dataclass(slots=True)
+class Pmap:
+    asid: int
+    owner: int  # the client session allowed to issue mmu.* on it (0: kernel)
+    ptes: dict[int, Pte] = field(default_factory=dict)
+    wired_count: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Fault:
+    """A trap: the access to `va` of type `access` found no valid translation."""
+
+    va: int
+    access: Prot
+    reason: str
+
+
+@dataclass(slots=True)
+class PmapStats:
+    loads: int = 0
+    stores: int = 0
+    kloads: int = 0
+    traps: int = 0
+    enters: int = 0
+    removes: int = 0
+    protects: int = 0
+    page_protects: int = 0
+    kenters: int = 0
+    kremoves: int = 0
+
+
+class Mmu:
+    """All pmaps of the machine and the CPU that uses them."""
+
+    def __init__(self, ram: Ram) -> None:
+        self.ram = ram
+        self.nframes = ram.nframes
+        self.pmaps: dict[int, Pmap] = {KERNEL_ASID: Pmap(KERNEL_ASID, 0)}
+        self.pv: dict[int, set[tuple[int, int]]] = {}
+        self.attrs = bytearray(self.nframes)
+        self.stats = PmapStats()
+
+    # -- argument checks (bad input never changes state) --------------------
+
+    def _pmap(self, asid: int) -> Pmap:
+        pm = self.pmaps.get(asid)
+        if pm is None:
+            raise PmapError("ESRCH", f"no pmap for asid {asid}")
+        return pm
+
+    def _check_user_range(self, sva: int, eva: int) -> None:
+        if sva & PAGE_MASK or eva & PAGE_MASK:
+            raise PmapError("EINVAL", f"range [{sva:#x}, {eva:#x}) not page aligned")
+        if not (USER_MIN <= sva <= eva <= USER_TOP):
+            raise PmapError("EINVAL", f"range [{sva:#x}, {eva:#x}) outside user space")
+
+    def _check_pfn(self, pfn: int) -> None:
+        if not 0 <= pfn < self.nframes:
+            raise PmapError("EINVAL", f"pfn {pfn} beyond RAM ({self.nframes} frames)")
+
+    # -- address spaces -----------------------------------------------------
+
+    def create(self, asid: int, owner: int) -> None:
+        if asid == KERNEL_ASID or asid in self.pmaps:
+            raise PmapError("EINVAL", f"asid {asid} exists or is the kernel's")
+        self.pmaps[asid] = Pmap(asid, owner)
+
+    def destroy(self, asid: int) -> int:
+        if asid == KERNEL_ASID:
+            raise PmapError("EINVAL", "cannot destroy the kernel pmap")
+        pm = self._pmap(asid)
+        n = self._remove_vpns(pm, list(pm.ptes))
+        del self.pmaps[asid]
+        return n
+
+    def owner_of(self, asid: int) -> int | None:
+        pm = self.pmaps.get(asid)
+        return None if pm is None or asid == KERNEL_ASID else pm.owner
+
+    # -- pmap(9) ------------------------------------------------------------
+
+    def enter(self, asid: int, va: int, pfn: int, prot: Prot, flags: EnterFlags) -> None:
+        """pmap_enter: create or replace the managed mapping va -> pfn."""
+        pm = self._pmap(asid)
+        if asid == KERNEL_ASID:
+            raise PmapError("EINVAL", "pmap.enter into the kernel pmap: use kenter")
+        self._check_user_range(va, va + PAGE_SIZE)
+        self._check_pfn(pfn)
+        if prot == Prot.NONE:
+            raise PmapError("EINVAL", "pmap.enter with VM_PROT_NONE")
+        vpn = va >> PAGE_SHIFT
+        old = pm.ptes.get(vpn)
+        if old is not None:
+            self._remove_vpns(pm, [vpn])
+        wired = bool(flags & EnterFlags.WIRED)
+        pm.ptes[vpn] = Pte(pfn, prot, wired, True)
+        if wired:
+            pm.wired_count += 1
+        self.pv.setdefault(pfn, set()).add((asid, vpn))
+        self.stats.enters += 1
+
+    def _remove_vpns(self, pm: Pmap, vpns: list[int]) -> int:
+        n = 0
+        for vpn in vpns:
+            pte = pm.ptes.pop(vpn, None)
+            if pte is None:
+                continue
+            n += 1
+            if pte.wired:
+                pm.wired_count -= 1
+            if pte.managed:
+                s = self.pv.get(pte.pfn)
+                kassert(
+                    s is not None and (pm.asid, vpn) in s,
+                    "pmap_remove: managed mapping %#x of asid %d missing from pv of %d",
+                    vpn << PAGE_SHIFT,
+                    pm.asid,
+                    pte.pfn,
+                )
+                assert s is not None
+                s.discard((pm.asid, vpn))
+                if not s:
+                    del self.pv[pte.pfn]
+        self.stats.removes += n
+        return n
+
+    def _vpns_in(self, pm: Pmap, sva: int, eva: int) -> list[int]:
+        lo, hi = sva >> PAGE_SHIFT, eva >> PAGE_SHIFT
+        if hi - lo <= len(pm.ptes):
+            return [v for v in range(lo, hi) if v in pm.ptes]
+        return [v for v in pm.ptes if lo <= v < hi]
+
+    def remove(self, asid: int, sva: int, eva: int) -> int:
+        pm = self._pmap(asid)
+        self._check_user_range(sva, eva)
+        return self._remove_vpns(pm, self._vpns_in(pm, sva, eva))
+
+    def protect(self, asid: int, sva: int, eva: int, prot: Prot) -> int:
+        """pmap_protect: lower protection in a range; NONE removes."""
+        pm = self._pmap(asid)
+        self._check_user_range(sva, eva)
+        vpns = self._vpns_in(pm, sva, eva)
+        if prot == Prot.NONE:
+            return self._remove_vpns(pm, vpns)
+        for vpn in vpns:
+            pte = pm.ptes[vpn]
+            pte.prot = Prot(pte.prot & prot)
+        self.stats.protects += len(vpns)
+        return len(vpns)
+
+    def page_protect(self, pfns: list[int], prot: Prot) -> int:
+        """pmap_page_protect: lower every managed mapping of each frame."""
+        for pfn in pfns:
+            self._check_pfn(pfn)
+        n = 0
+        for pfn in pfns:
+            for asid, vpn in list(self.pv.get(pfn, ())):
+                pm = self.pmaps[asid]
+                if prot == Prot.NONE:
+                    n += self._remove_vpns(pm, [vpn])
+                else:
+                    pte = pm.ptes[vpn]
+                    pte.prot = Prot(pte.prot & prot)
+                    n += 1
+        self.stats.page_protects += 1
+        return n
+
+    def _check_kernel_range(self, va: int, npages: int) -> None:
+        if va & PAGE_MASK:
+            raise PmapError("EINVAL", f"kernel va {va:#x} not page aligned")
+        if not (KERNEL_MIN <= va and va + npages * PAGE_SIZE <= KERNEL_TOP):
+            raise PmapError("EINVAL", f"kernel range at {va:#x} outside kernel space")
+
+    def kenter(self, va: int, pfns: list[int], prot: Prot) -> None:
+        """pmap_kenter_pa for a chunk: unmanaged, wired, untouched by page_protect."""
+        self._check_kernel_range(va, len(pfns))
+        for pfn in pfns:
+            self._check_pfn(pfn)
+        kpm = self.pmaps[KERNEL_ASID]
+        base = va >> PAGE_SHIFT
+        for i in range(len(pfns)):
+            kassert(
+                base + i not in kpm.ptes,
+                "pmap_kenter_pa: mapping already present at %#x",
+                (base + i) << PAGE_SHIFT,
+            )
+        for i, pfn in enumerate(pfns):
+            kpm.ptes[base + i] = Pte(pfn, prot, True, False)
+            kpm.wired_count += 1
+        self.stats.kenters += len(pfns)
+
+    def kremove(self, va: int, npages: int) -> int:
+        self._check_kernel_range(va, npages)
+        kpm = self.pmaps[KERNEL_ASID]
+        base = va >> PAGE_SHIFT
+        n = 0
+        for vpn in range(base, base + npages):
+            pte = kpm.ptes.get(vpn)
+            if pte is None:
+                continue
+            kassert(
+                not pte.managed, "pmap_kremove: PG_PVLIST mapping for va %#x", vpn << PAGE_SHIFT
+            )
+            del kpm.ptes[vpn]
+            kpm.wired_count -= 1
+            n += 1
+        self.stats.kremoves += n
+        return n
+
+    def extract(self, asid: int, va: int) -> Pte | None:
+        pm = self._pmap(asid)
+        return pm.ptes.get(va >> PAGE_SHIFT)
+
+    def get_attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
+        for pfn in pfns:
+            self._check_pfn(pfn)
+        out = [self.attrs[p] for p in pfns]
+        mask = ~((REFERENCED if clear_ref else 0) | (MODIFIED if clear_mod else 0)) & 0xFF
+        if mask != 0xFF:
+            for p in pfns:
+                self.attrs[p] &= mask
+        return out
+
+    def mappings_of(self, pfn: int) -> list[tuple[int, int, int, bool, bool]]:
+        """Every mapping of a frame: managed ones from pv, plus kernel unmanaged ones."""
+        self._check_pfn(pfn)
+        out = []
+        for asid, vpn in sorted(self.pv.get(pfn, ())):
+            pte = self.pmaps[asid].ptes[vpn]
+            out.append((asid, vpn << PAGE_SHIFT, int(pte.prot), pte.wired, True))
+        for vpn, pte in self.pmaps[KERNEL_ASID].ptes.items():
+            if pte.pfn == pfn and not pte.managed:
+                out.append((KERNEL_ASID, vpn << PAGE_SHIFT, int(pte.prot), True, False))
+        return out
+
+    # -- the CPU ------------------------------------------------------------
+
+    def _translate(self, pm: Pmap, va: int, n: int, access: Prot) -> list[Pte] | Fault:
+        ptes = []
+        first = va >> PAGE_SHIFT
+        last = (va + n - 1) >> PAGE_SHIFT
+        for vpn in range(first, last + 1):
+            pte = pm.ptes.get(vpn)
+            fva = max(va, vpn << PAGE_SHIFT)
+            if pte is None:
+                return Fault(fva, access, "no translation")
+            if not pte.prot & access:
+                return Fault(fva, access, "protection")
+            ptes.append(pte)
+        return ptes
+
+    def _check_access(self, asid: int, va: int, n: int) -> Pmap:
+        # An address outside the pmap's range has no translation: a plain fault.
+        return self._pmap(asid)
+
+    def load(self, asid: int, va: int, n: int) -> bytes | Fault:
+        pm = self._check_access(asid, va, n)
+        res = self._translate(pm, va, n, Prot.READ)
+        if isinstance(res, Fault):
+            self.stats.traps += 1
+            return res
+        if asid == KERNEL_ASID:
+            self.stats.kloads += 1
+        else:
+            self.stats.loads += 1
+        view = self.ram.view
+        out = bytearray()
+        pos = va
+        end = va + n
+        for pte in res:
+            off = pos & PAGE_MASK
+            take = min(PAGE_SIZE - off, end - pos)
+            base = (pte.pfn << PAGE_SHIFT) + off
+            out += view[base : base + take]
+            if pte.managed:
+                self.attrs[pte.pfn] |= REFERENCED
+            pos += take
+        return bytes(out)
+
+    def store(self, asid: int, va: int, data: bytes) -> Fault | None:
+        pm = self._check_access(asid, va, len(data))
+        res = self._translate(pm, va, len(data), Prot.WRITE)
+        if isinstance(res, Fault):
+            self.stats.traps += 1
+            return res
+        self.stats.stores += 1
+        view = self.ram.view
+        pos = va
+        src = 0
+        end = va + len(data)
+        for pte in res:
+            off = pos & PAGE_MASK
+            take = min(PAGE_SIZE - off, end - pos)
+            base = (pte.pfn << PAGE_SHIFT) + off
+            view[base : base + take] = data[src : src + take]
+            if pte.managed:
+                self.attrs[pte.pfn] |= REFERENCED | MODIFIED
+            pos += take
+            src += take
+        return None
+
+    # -- audit --------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """Check P1-P3; returns the problems found (empty when consistent)."""
+        problems: list[str] = []
+        seen: set[tuple[int, int]] = set()
+        for asid, pm in self.pmaps.items():
+            wired = 0
+            for vpn, pte in pm.ptes.items():
+                if not 0 <= pte.pfn < self.nframes:
+                    problems.append(f"P2: asid {asid} va {vpn << PAGE_SHIFT:#x} pfn {pte.pfn}")
+                if pte.prot == Prot.NONE:
+                    problems.append(f"P2: asid {asid} va {vpn << PAGE_SHIFT:#x} has prot NONE")
+                wired += pte.wired
+                if pte.managed:
+                    if (asid, vpn) not in self.pv.get(pte.pfn, ()):
+                        problems.append(f"P1: asid {asid} va {vpn << PAGE_SHIFT:#x} not in pv")
+                    seen.add((asid, vpn))
+                elif asid != KERNEL_ASID:
+                    problems.append(f"P3: unmanaged mapping in asid {asid}")
+            if wired != pm.wired_count:
+                problems.append(f"asid {asid}: wired_count {pm.wired_count} != {wired}")
+        for pfn, s in self.pv.items():
+            for asid, vpn in s:
+                found = self.pmaps.get(asid, Pmap(-1, 0)).ptes.get(vpn)
+                if found is None or found.pfn != pfn or not found.managed:
+                    problems.append(f"P1: pv of {pfn} names ({asid}, {vpn << PAGE_SHIFT:#x})")
+        return problems
+
+    def resident(self) -> int:
+        return sum(len(pm.ptes) for pm in self.pmaps.values())

@@ -1,0 +1,235 @@
+"""The mmu role's service: pmap.* from the kernel, mmu.* (CPU accesses) from clients.
+
+Recovery contract: the mmu's state is a cache of uvm's, except wired
+mappings (pmap(9)); restarting the mmu is not supported yet, so a dead mmu
+is a machine panic (the supervisor's policy).
+
+Ownership: a client may load/store only in address spaces whose pmap was
+created for its session (pmap.create's `owner`); anything else is EPERM,
+and an unknown asid ESRCH.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from machine.ipc.service import Service, UserError
+from machine.mmu.pmap import Fault, Mmu, PmapError
+from machine.params import KERNEL_ASID
+from machine.proto import (
+    Errno,
+    MmuAccessReply,
+    MmuKload,
+    MmuLoad,
+    MmuStore,
+    PmapAttrs,
+    PmapAttrsReply,
+    PmapCountReply,
+    PmapCreate,
+    PmapDestroy,
+    PmapEnter,
+    PmapExtract,
+    PmapExtractReply,
+    PmapKenter,
+    PmapKremove,
+    PmapMappings,
+    PmapMappingsReply,
+    PmapPageProtect,
+    PmapProtect,
+    PmapPv,
+    PmapPvReply,
+    PmapRemove,
+    Reply,
+    Request,
+    Status,
+)
+from machine.proto.types import EnterFlags, Prot
+
+
+def _err(e: PmapError) -> UserError:
+    return UserError(Errno(e.errno), e.detail)
+
+
+class MmuService(Service):
+    role: ClassVar[str] = "mmu"
+    serves: ClassVar[tuple[type[Request], ...]] = (
+        PmapCreate,
+        PmapDestroy,
+        PmapEnter,
+        PmapRemove,
+        PmapProtect,
+        PmapPageProtect,
+        PmapKenter,
+        PmapKremove,
+        PmapExtract,
+        PmapAttrs,
+        PmapPv,
+        PmapMappings,
+        MmuLoad,
+        MmuStore,
+        MmuKload,
+    )
+
+    def __init__(self, transport: Any, *, mmu: Mmu, **kw: Any) -> None:
+        super().__init__(transport, **kw)
+        self.mmu = mmu
+
+    def _count(self, msg: Request, n: int) -> Reply:
+        return self.reply(msg, PmapCountReply, count=n)
+
+    # -- pmap(9), kernel only -------------------------------------------------
+
+    async def on_create(self, msg: PmapCreate) -> Reply:
+        try:
+            self.mmu.create(msg.asid, msg.owner)
+        except PmapError as e:
+            raise _err(e) from None
+        return self.ack(msg)
+
+    async def on_destroy(self, msg: PmapDestroy) -> Reply:
+        try:
+            return self._count(msg, self.mmu.destroy(msg.asid))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_enter(self, msg: PmapEnter) -> Reply:
+        try:
+            self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 3))
+        except PmapError as e:
+            raise _err(e) from None
+        return self.ack(msg)
+
+    async def on_remove(self, msg: PmapRemove) -> Reply:
+        try:
+            return self._count(msg, self.mmu.remove(msg.asid, msg.sva, msg.eva))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_protect(self, msg: PmapProtect) -> Reply:
+        try:
+            return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_page_protect(self, msg: PmapPageProtect) -> Reply:
+        try:
+            return self._count(msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot)))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_kenter(self, msg: PmapKenter) -> Reply:
+        try:
+            self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
+        except PmapError as e:
+            raise _err(e) from None
+        return self.ack(msg)
+
+    async def on_kremove(self, msg: PmapKremove) -> Reply:
+        try:
+            return self._count(msg, self.mmu.kremove(msg.va, msg.npages))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_extract(self, msg: PmapExtract) -> Reply:
+        try:
+            pte = self.mmu.extract(msg.asid, msg.va)
+        except PmapError as e:
+            raise _err(e) from None
+        if pte is None:
+            return self.reply(msg, PmapExtractReply)
+        return self.reply(
+            msg,
+            PmapExtractReply,
+            pfn=pte.pfn,
+            prot=int(pte.prot),
+            wired=pte.wired,
+            managed=pte.managed,
+        )
+
+    async def on_attrs(self, msg: PmapAttrs) -> Reply:
+        try:
+            bits = self.mmu.get_attrs(msg.pfns, msg.clear_reference, msg.clear_modify)
+        except PmapError as e:
+            raise _err(e) from None
+        return self.reply(
+            msg,
+            PmapAttrsReply,
+            referenced=[bool(b & 1) for b in bits],
+            modified=[bool(b & 2) for b in bits],
+        )
+
+    async def on_pv(self, msg: PmapPv) -> Reply:
+        try:
+            return self.reply(msg, PmapPvReply, mappings=self.mmu.mappings_of(msg.pfn))
+        except PmapError as e:
+            raise _err(e) from None
+
+    async def on_mappings(self, msg: PmapMappings) -> Reply:
+        try:
+            pm = self.mmu._pmap(msg.asid)
+        except PmapError as e:
+            raise _err(e) from None
+        rows = [(vpn << 12, p.pfn, int(p.prot), p.wired) for vpn, p in sorted(pm.ptes.items())]
+        return self.reply(msg, PmapMappingsReply, mappings=rows)
+
+    # -- the CPU -------------------------------------------------------------
+
+    def _owned(self, msg: MmuLoad | MmuStore) -> None:
+        owner = self.mmu.owner_of(msg.asid)
+        if msg.asid == KERNEL_ASID:
+            raise UserError(Errno.EPERM, "the kernel address space is not yours")
+        if owner is None:
+            raise UserError(Errno.ESRCH, f"no address space {msg.asid}")
+        if owner != msg.h.incarnation:
+            raise UserError(Errno.EPERM, f"address space {msg.asid} belongs to another client")
+
+    def _access_reply(self, msg: Request, res: bytes | Fault | None) -> Reply:
+        if isinstance(res, Fault):
+            return self.reply(
+                msg,
+                MmuAccessReply,
+                status=Status.ERROR,
+                errno=Errno.EFAULT,
+                detail=f"{res.reason} at {res.va:#x}",
+                fault_va=res.va,
+                fault_access=int(res.access),
+            )
+        return self.reply(msg, MmuAccessReply, data=res or b"")
+
+    async def on_load(self, msg: MmuLoad) -> Reply:
+        self._owned(msg)
+        return self._access_reply(msg, self.mmu.load(msg.asid, msg.va, msg.n))
+
+    async def on_store(self, msg: MmuStore) -> Reply:
+        self._owned(msg)
+        return self._access_reply(msg, self.mmu.store(msg.asid, msg.va, msg.data))
+
+    async def on_kload(self, msg: MmuKload) -> Reply:
+        return self._access_reply(msg, self.mmu.load(KERNEL_ASID, msg.va, msg.n))
+
+    # -- reporting -----------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        st = self.mmu.stats
+        return {
+            "pmaps": len(self.mmu.pmaps) - 1,
+            "resident": self.mmu.resident(),
+            "wired": sum(pm.wired_count for pm in self.mmu.pmaps.values()),
+            "pv_frames": len(self.mmu.pv),
+            **{k: getattr(st, k) for k in st.__slots__},
+        }
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "pmaps": {
+                str(asid): {
+                    "owner": pm.owner,
+                    "mappings": [
+                        [vpn << 12, pte.pfn, int(pte.prot), pte.wired, pte.managed]
+                        for vpn, pte in sorted(pm.ptes.items())[:4096]
+                    ],
+                }
+                for asid, pm in self.mmu.pmaps.items()
+            },
+            "audit": self.mmu.check(),
+        }

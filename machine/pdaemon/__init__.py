@@ -1,0 +1,1 @@
+"""Role "pdaemon": the page daemon (its scan policies arrive with the page-daemon issue)."""

@@ -1,0 +1,87 @@
+"""Profiles: named sets of policy knobs (uvm-semantics.md section 13).
+
+A profile is a TOML file with `name`, `description` and a `[knobs]` table.
+The four shipped ones live in machine/profiles/; `--profile FILE` loads a
+user's own. Every knob must be known and hold one of its allowed values;
+anything else is refused at load time with a clear error.
+
+What the knobs change arrives with the issues that build loans, the page
+daemon and the net driver; today the profile is carried and reported.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+KNOBS: dict[str, tuple[Any, ...]] = {
+    "ERA": ("1999", "2002", "modern"),
+    "KENTER_MODE": ("unmanaged", "managed"),
+    "PPP_WIRED": ("remove", "skip", "panic"),
+    "PD_WIRED_CHECK": ("none", "skip_wired"),
+    "QUEUE_INVARIANT": ("enforced", "violated"),
+    "DEACT_MODE": ("revoke", "refbit"),
+    "LOAN_KVA": ("none", "kernel_object"),
+    "DIAGNOSTIC": (True, False),
+    "PD_POLICY": ("scan1999", "clock"),
+}
+INT_KNOBS = {"LOAN_THRESHOLD": (-1, 1 << 30)}
+SHIPPED = ("bug1999", "thorpe", "silvers", "modern")
+DEFAULT_PROFILE = "modern"
+
+
+class ProfileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    knobs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def _validate(data: dict[str, Any], source: str) -> Profile:
+    knobs = data.get("knobs")
+    if not isinstance(knobs, dict):
+        raise ProfileError(f"{source}: no [knobs] table")
+    for k, v in knobs.items():
+        if k in KNOBS:
+            if v not in KNOBS[k] or isinstance(v, bool) != isinstance(KNOBS[k][0], bool):
+                raise ProfileError(f"{source}: {k} = {v!r}; allowed: {list(KNOBS[k])}")
+        elif k in INT_KNOBS:
+            lo, hi = INT_KNOBS[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ProfileError(f"{source}: {k} = {v!r}; allowed: integer {lo}..{hi}")
+        else:
+            raise ProfileError(f"{source}: unknown knob {k!r}")
+    missing = sorted((set(KNOBS) | set(INT_KNOBS)) - set(knobs))
+    if missing:
+        raise ProfileError(f"{source}: knobs missing: {', '.join(missing)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"{source}: no name")
+    return Profile(name, str(data.get("description", "")), dict(knobs), source)
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A shipped profile by name, or a user's TOML file by path. => ProfileError."""
+    if name_or_path in SHIPPED:
+        text = resources.files("machine.profiles").joinpath(f"{name_or_path}.toml").read_text()
+        source = f"profile {name_or_path}"
+    else:
+        p = Path(name_or_path)
+        if not p.is_file():
+            raise ProfileError(
+                f"no profile {name_or_path!r}: use one of {', '.join(SHIPPED)} or a TOML file"
+            )
+        text, source = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{source}: {e}") from None
+    return _validate(data, source)

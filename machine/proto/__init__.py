@@ -1,0 +1,248 @@
+"""THE protocol, defined once: every message of uvm-machine.
+
+Import messages from here; docs/protocol.md is generated from these classes
+(machine.proto.gendoc) and a test fails when it is stale.
+"""
+
+from machine.proto.base import (
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+)
+from machine.proto.base import (
+    Errno as Errno,
+)
+from machine.proto.base import (
+    ErrorReply as ErrorReply,
+)
+from machine.proto.base import (
+    Event as Event,
+)
+from machine.proto.base import (
+    Header as Header,
+)
+from machine.proto.base import (
+    Msg as Msg,
+)
+from machine.proto.base import (
+    Reply as Reply,
+)
+from machine.proto.base import (
+    Request as Request,
+)
+from machine.proto.base import (
+    Scope as Scope,
+)
+from machine.proto.base import (
+    Status as Status,
+)
+from machine.proto.codec import (
+    BY_TAG as BY_TAG,
+)
+from machine.proto.codec import (
+    EVENTS as EVENTS,
+)
+from machine.proto.codec import (
+    REPLIES as REPLIES,
+)
+from machine.proto.codec import (
+    REQUESTS as REQUESTS,
+)
+from machine.proto.codec import (
+    BadMessage as BadMessage,
+)
+from machine.proto.codec import (
+    decode_event as decode_event,
+)
+from machine.proto.codec import (
+    decode_reply as decode_reply,
+)
+from machine.proto.codec import (
+    decode_request as decode_request,
+)
+from machine.proto.codec import (
+    encode as encode,
+)
+from machine.proto.codec import (
+    tag_of as tag_of,
+)
+from machine.proto.codec import (
+    with_header as with_header,
+)
+from machine.proto.control import (
+    CtlAck as CtlAck,
+)
+from machine.proto.control import (
+    CtlDirectory as CtlDirectory,
+)
+from machine.proto.control import (
+    CtlDirectoryReply as CtlDirectoryReply,
+)
+from machine.proto.control import (
+    CtlDump as CtlDump,
+)
+from machine.proto.control import (
+    CtlDumpReply as CtlDumpReply,
+)
+from machine.proto.control import (
+    CtlHalt as CtlHalt,
+)
+from machine.proto.control import (
+    CtlHello as CtlHello,
+)
+from machine.proto.control import (
+    CtlHelloReply as CtlHelloReply,
+)
+from machine.proto.control import (
+    CtlKpanic as CtlKpanic,
+)
+from machine.proto.control import (
+    CtlPanic as CtlPanic,
+)
+from machine.proto.control import (
+    CtlPing as CtlPing,
+)
+from machine.proto.control import (
+    CtlPingReply as CtlPingReply,
+)
+from machine.proto.control import (
+    CtlRoleMissing as CtlRoleMissing,
+)
+from machine.proto.control import (
+    CtlRoleStarted as CtlRoleStarted,
+)
+from machine.proto.control import (
+    CtlShutdown as CtlShutdown,
+)
+from machine.proto.control import (
+    CtlStats as CtlStats,
+)
+from machine.proto.control import (
+    CtlStatsReply as CtlStatsReply,
+)
+from machine.proto.control import (
+    CtlStatus as CtlStatus,
+)
+from machine.proto.control import (
+    CtlStatusReply as CtlStatusReply,
+)
+from machine.proto.control import (
+    CtlStopping as CtlStopping,
+)
+from machine.proto.control import (
+    RoleEndpoints as RoleEndpoints,
+)
+from machine.proto.control import (
+    RoleStatus as RoleStatus,
+)
+from machine.proto.net import (
+    NetLinkUp as NetLinkUp,
+)
+from machine.proto.pdaemon import (
+    PdWakeup as PdWakeup,
+)
+from machine.proto.pdaemon import (
+    PdWoke as PdWoke,
+)
+from machine.proto.pmap import (
+    MmuAccessReply as MmuAccessReply,
+)
+from machine.proto.pmap import (
+    MmuKload as MmuKload,
+)
+from machine.proto.pmap import (
+    MmuLoad as MmuLoad,
+)
+from machine.proto.pmap import (
+    MmuStore as MmuStore,
+)
+from machine.proto.pmap import (
+    PmapAttrs as PmapAttrs,
+)
+from machine.proto.pmap import (
+    PmapAttrsReply as PmapAttrsReply,
+)
+from machine.proto.pmap import (
+    PmapCountReply as PmapCountReply,
+)
+from machine.proto.pmap import (
+    PmapCreate as PmapCreate,
+)
+from machine.proto.pmap import (
+    PmapDestroy as PmapDestroy,
+)
+from machine.proto.pmap import (
+    PmapEnter as PmapEnter,
+)
+from machine.proto.pmap import (
+    PmapExtract as PmapExtract,
+)
+from machine.proto.pmap import (
+    PmapExtractReply as PmapExtractReply,
+)
+from machine.proto.pmap import (
+    PmapKenter as PmapKenter,
+)
+from machine.proto.pmap import (
+    PmapKremove as PmapKremove,
+)
+from machine.proto.pmap import (
+    PmapMappings as PmapMappings,
+)
+from machine.proto.pmap import (
+    PmapMappingsReply as PmapMappingsReply,
+)
+from machine.proto.pmap import (
+    PmapPageProtect as PmapPageProtect,
+)
+from machine.proto.pmap import (
+    PmapProtect as PmapProtect,
+)
+from machine.proto.pmap import (
+    PmapPv as PmapPv,
+)
+from machine.proto.pmap import (
+    PmapPvReply as PmapPvReply,
+)
+from machine.proto.pmap import (
+    PmapRemove as PmapRemove,
+)
+from machine.proto.types import EnterFlags as EnterFlags
+from machine.proto.types import Prot as Prot
+from machine.proto.uvm import (
+    UvmAudit as UvmAudit,
+)
+from machine.proto.uvm import (
+    UvmAuditReply as UvmAuditReply,
+)
+from machine.proto.uvm import (
+    UvmDetach as UvmDetach,
+)
+from machine.proto.uvm import (
+    UvmDetachReply as UvmDetachReply,
+)
+from machine.proto.uvm import (
+    UvmExit as UvmExit,
+)
+from machine.proto.uvm import (
+    UvmFault as UvmFault,
+)
+from machine.proto.uvm import (
+    UvmMmap as UvmMmap,
+)
+from machine.proto.uvm import (
+    UvmMmapReply as UvmMmapReply,
+)
+from machine.proto.uvm import (
+    UvmMunmap as UvmMunmap,
+)
+from machine.proto.uvm import (
+    UvmPressure as UvmPressure,
+)
+from machine.proto.uvm import (
+    UvmProcExited as UvmProcExited,
+)
+from machine.proto.uvm import (
+    UvmSpawn as UvmSpawn,
+)
+from machine.proto.uvm import (
+    UvmSpawnReply as UvmSpawnReply,
+)

@@ -1,0 +1,104 @@
+"""Message bases: the header, the one reply shape, errnos and scopes.
+
+Every message is a frozen, keyword-only msgspec Struct whose tag (field "t")
+is "area.verb"; replies add ".reply", events use the past tense. On the wire
+a message is one msgpack map: {"t": tag, "h": header, ...fields}.
+
+Rules that hold for every message:
+  * A request gets exactly one reply, whose header's `re` is the request's
+    `msg_id`. The reply's `status` is "ok" or "error"; on error `errno` names
+    one Errno and `detail` says why in words.
+  * `scope` (a class attribute, not on the wire) says which endpoint accepts
+    the request: KERNEL (role<->role), USER (clients) or ANY. A request sent
+    to the wrong kind of endpoint gets EPERM and changes nothing.
+  * Schema evolution follows msgspec's rules: new fields get defaults,
+    existing fields never change type or meaning; PROTOCOL_VERSION's minor
+    number rises when messages are added, the major when a change breaks old
+    peers (hello refuses another major).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+import msgspec
+
+PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+
+
+class Scope(enum.Enum):
+    KERNEL = "kernel"
+    USER = "user"
+    ANY = "any"
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Errno(enum.StrEnum):
+    """The one errno table (POSIX names where one fits)."""
+
+    EPERM = "EPERM"  # not allowed from this endpoint, or not your address space
+    ESRCH = "ESRCH"  # no such address space / process
+    EINVAL = "EINVAL"  # a field is out of range or the request is malformed
+    EBADMSG = "EBADMSG"  # unknown tag, or bytes that do not decode
+    EFAULT = "EFAULT"  # access to an address with no valid translation (a trap)
+    ENOMEM = "ENOMEM"  # out of memory, frames or address space
+    EBUSY = "EBUSY"  # resource busy; try again
+    ENOSYS = "ENOSYS"  # known message, not served by this role
+    EPROTO = "EPROTO"  # protocol version refused at hello
+    ETIMEDOUT = "ETIMEDOUT"  # a peer did not answer in time
+    EPANIC = "EPANIC"  # the machine has panicked; detail holds the panic message
+    ESHUTDOWN = "ESHUTDOWN"  # the machine is shutting down
+
+
+class Header(msgspec.Struct, frozen=True, kw_only=True):
+    """Carried by every message.
+
+    msg_id: per-sender counter, > 0 for requests; re: the msg_id answered
+    (replies), else 0; sender: role name or "client"; incarnation: random per
+    process start (a client's is its session id); proto: (major, minor);
+    sent_ns: the sender's injected clock.
+    """
+
+    msg_id: int
+    sender: str
+    incarnation: int
+    re: int = 0
+    proto: tuple[int, int] = PROTOCOL_VERSION
+    sent_ns: int = 0
+
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
+    """Base of all messages."""
+
+    h: Header
+
+
+class Request(Msg, frozen=True, kw_only=True):
+    """A request; exactly one reply answers it."""
+
+    scope: ClassVar[Scope] = Scope.KERNEL
+
+
+class Reply(Msg, frozen=True, kw_only=True):
+    """The one reply shape: status + errno + detail, plus message-specific fields."""
+
+    status: Status = Status.OK
+    errno: Errno | None = None
+    detail: str = ""
+
+
+class Event(Msg, frozen=True, kw_only=True):
+    """Published on a role's PUB socket; topic = the tag."""
+
+
+class ErrorReply(Reply, frozen=True, kw_only=True, tag="error.reply"):
+    """The reply to a request that could not be decoded or dispatched.
+
+    => status is always "error"; `re` is the request's msg_id when it could be
+       read from the bytes, else 0 (then a client cannot match it and drops it).
+    """

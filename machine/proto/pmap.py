@@ -1,0 +1,232 @@
+"""pmap.* (kernel) and mmu.* (user CPU accesses): messages the mmu role serves.
+
+pmap.* is pmap(9): uvm (and later pdaemon, net) manage translations with it.
+mmu.* is the CPU: a client performs loads and stores; the mmu translates
+page by page and either performs the whole access on RAM or answers a trap.
+
+Frames are named by number (`pfn`); page bytes travel only in mmu.load and
+mmu.store, which are user accesses, never in kernel messages.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+from machine.proto.base import Reply, Request, Scope
+from machine.proto.types import (
+    U64,
+    AccessBytes,
+    AccessLen,
+    Asid,
+    Length,
+    Pfn,
+    PfnList,
+    ProtBits,
+    Va,
+)
+
+
+class PmapCreate(Request, frozen=True, kw_only=True, tag="pmap.create"):
+    """Create the pmap of a new user address space (pmap_create).
+
+    => sender: uvm. `owner` is the client session allowed to use mmu.* on it.
+    Errnos: EINVAL if asid is 0 (the kernel pmap) or already exists.
+    """
+
+    asid: Asid
+    owner: U64
+
+
+class PmapDestroy(Request, frozen=True, kw_only=True, tag="pmap.destroy"):
+    """Remove every mapping of an address space and forget it (pmap_destroy).
+
+    => sender: uvm. Reply: PmapCountReply with the number of mappings removed.
+    Errnos: ESRCH if no such pmap.
+    """
+
+    asid: Asid
+
+
+class PmapEnter(Request, frozen=True, kw_only=True, tag="pmap.enter"):
+    """Create or replace the managed mapping va -> pfn in `asid` (pmap_enter).
+
+    => sender: uvm. va page aligned, user range; prot nonzero.
+    => flags: EnterFlags bits (WIRED).
+    Errnos: ESRCH (no pmap), EINVAL (range, alignment, pfn beyond RAM).
+    """
+
+    asid: Asid
+    va: Va
+    pfn: Pfn
+    prot: ProtBits
+    flags: int = 0
+
+
+class PmapRemove(Request, frozen=True, kw_only=True, tag="pmap.remove"):
+    """Remove the managed mappings in [sva, eva) of `asid` (pmap_remove).
+
+    Reply: PmapCountReply. Errnos: ESRCH, EINVAL.
+    """
+
+    asid: Asid
+    sva: Va
+    eva: Va
+
+
+class PmapProtect(Request, frozen=True, kw_only=True, tag="pmap.protect"):
+    """Lower the protection of the mappings in [sva, eva) to `prot` (pmap_protect).
+
+    => never raises protection; prot NONE removes. Reply: PmapCountReply.
+    """
+
+    asid: Asid
+    sva: Va
+    eva: Va
+    prot: ProtBits
+
+
+class PmapPageProtect(Request, frozen=True, kw_only=True, tag="pmap.page_protect"):
+    """Lower every managed mapping of each frame to `prot` (pmap_page_protect).
+
+    => prot READ write-protects (COW, loans); NONE revokes every managed
+       mapping, wired or not (the 1999 i386 behaviour; knobs arrive with
+       profiles). Unmanaged kenter mappings are never touched.
+    Reply: PmapCountReply with the number of mappings changed.
+    """
+
+    pfns: PfnList
+    prot: ProtBits
+
+
+class PmapKenter(Request, frozen=True, kw_only=True, tag="pmap.kenter"):
+    """Enter unmanaged, wired kernel mappings va + i*PAGE_SIZE -> pfns[i] (pmap_kenter_pa).
+
+    => sender: a kernel role. va page aligned in the kernel range.
+    => one message per chunk (never per page).
+    """
+
+    va: Va
+    pfns: PfnList
+    prot: ProtBits
+
+
+class PmapKremove(Request, frozen=True, kw_only=True, tag="pmap.kremove"):
+    """Remove kernel mappings [va, va + npages*PAGE_SIZE) (pmap_kremove).
+
+    Reply: PmapCountReply.
+    """
+
+    va: Va
+    npages: Length
+
+
+class PmapExtract(Request, frozen=True, kw_only=True, tag="pmap.extract"):
+    """Translate one VA (pmap_extract). asid 0 is the kernel pmap.
+
+    Reply: PmapExtractReply; pfn is -1 when there is no translation.
+    """
+
+    asid: Asid
+    va: Va
+
+
+class PmapExtractReply(Reply, frozen=True, kw_only=True, tag="pmap.extract.reply"):
+    pfn: int = -1
+    prot: int = 0
+    wired: bool = False
+    managed: bool = False
+
+
+class PmapAttrs(Request, frozen=True, kw_only=True, tag="pmap.attrs"):
+    """Read, and optionally clear, the referenced/modified bits of frames.
+
+    pmap_is_referenced / pmap_is_modified, with clear_reference /
+    clear_modify when the flags say so. Batched: one message per scan batch.
+    Reply: PmapAttrsReply with the bits as they were before clearing.
+    """
+
+    pfns: PfnList
+    clear_reference: bool = False
+    clear_modify: bool = False
+
+
+class PmapAttrsReply(Reply, frozen=True, kw_only=True, tag="pmap.attrs.reply"):
+    referenced: list[bool] = msgspec.field(default_factory=list)
+    modified: list[bool] = msgspec.field(default_factory=list)
+
+
+class PmapPv(Request, frozen=True, kw_only=True, tag="pmap.pv"):
+    """List the mappings of a frame (its pv list plus kernel mappings), for audits.
+
+    Reply: PmapPvReply with [asid, va, prot, wired, managed] per mapping.
+    """
+
+    pfn: Pfn
+
+
+class PmapPvReply(Reply, frozen=True, kw_only=True, tag="pmap.pv.reply"):
+    mappings: list[tuple[int, int, int, bool, bool]] = msgspec.field(default_factory=list)
+
+
+class PmapCountReply(Reply, frozen=True, kw_only=True, tag="pmap.count.reply"):
+    count: int = 0
+
+
+class MmuLoad(Request, frozen=True, kw_only=True, tag="mmu.load"):
+    """A CPU load of n bytes at va in the caller's address space.
+
+    => client -> mmu (user endpoint); asid must be the caller's.
+    Reply: MmuAccessReply with `data`; or EFAULT with fault_va and
+    fault_access (a trap: resolve with uvm.fault and retry). Nothing is read
+    unless every page of the range translates.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    n: AccessLen
+
+
+class MmuStore(Request, frozen=True, kw_only=True, tag="mmu.store"):
+    """A CPU store of `data` at va in the caller's address space.
+
+    => as mmu.load; nothing is written unless every page translates writable.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    data: AccessBytes
+
+
+class MmuAccessReply(Reply, frozen=True, kw_only=True, tag="mmu.access.reply"):
+    data: bytes = b""
+    fault_va: int = 0
+    fault_access: int = 0
+
+
+class MmuKload(Request, frozen=True, kw_only=True, tag="mmu.kload"):
+    """A kernel load through the kernel pmap (a driver's DMA read of an mbuf).
+
+    => kernel endpoint only. Reply: MmuAccessReply; EFAULT is a kernel page
+       fault, which the caller must resolve through uvm or panic on.
+    """
+
+    va: Va
+    n: AccessLen
+
+
+class PmapMappings(Request, frozen=True, kw_only=True, tag="pmap.mappings"):
+    """List every mapping of one address space, for the auditor.
+
+    Reply: PmapMappingsReply with [va, pfn, prot, wired] per mapping, by va.
+    Errnos: ESRCH.
+    """
+
+    asid: Asid
+
+
+class PmapMappingsReply(Reply, frozen=True, kw_only=True, tag="pmap.mappings.reply"):
+    mappings: list[tuple[int, int, int, bool]] = msgspec.field(default_factory=list)

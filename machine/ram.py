@@ -1,0 +1,102 @@
+"""RAM: one shared-memory segment of nframes x PAGE_SIZE bytes that every role maps.
+
+The segment is a file under /dev/shm opened and mmap'ed directly (not
+multiprocessing.shared_memory: on Python 3.11 an attaching process registers
+the segment with its resource tracker, which unlinks it for everyone when
+that process exits). Only the owner (the supervisor, or the compose service
+that owns the IPC namespace) creates and unlinks it.
+
+Invariant: page bytes never travel in kernel messages; roles exchange frame
+numbers and read or write the frames here.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+from machine.params import PAGE_SHIFT, PAGE_SIZE
+
+SHM_DIR = Path("/dev/shm")
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class Ram:
+    """A mapping of the RAM segment; `view` is a writable memoryview of all frames."""
+
+    def __init__(self, name: str, size: int, fd: int, owner: bool) -> None:
+        self.name = name
+        self.size = size
+        self.nframes = size >> PAGE_SHIFT
+        self.owner = owner
+        self._fd = fd
+        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self._map)
+
+    @classmethod
+    def anonymous(cls, size: int) -> Ram:
+        """Private RAM for an in-process (simulated) machine: no segment to clean up."""
+        self = cls.__new__(cls)
+        self.name, self.size, self.nframes, self.owner = "", size, size >> PAGE_SHIFT, False
+        self._fd = -2
+        self._map = mmap.mmap(-1, size)
+        self.view = memoryview(self._map)
+        return self
+
+    @property
+    def path(self) -> Path:
+        return SHM_DIR / self.name
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Ram:
+        """Create the segment. => FileExistsError if a segment of that name exists."""
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
+        fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            os.close(fd)
+            os.unlink(SHM_DIR / name)
+            raise
+        return cls(name, size, fd, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, size: int) -> Ram:
+        """Map an existing segment. => ValueError if its size differs."""
+        fd = os.open(SHM_DIR / name, os.O_RDWR)
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            os.close(fd)
+            raise ValueError(f"RAM segment {name} is {actual} bytes, expected {size}")
+        return cls(name, size, fd, owner=False)
+
+    def frame(self, pfn: int) -> memoryview:
+        off = pfn << PAGE_SHIFT
+        return self.view[off : off + PAGE_SIZE]
+
+    def zero(self, pfn: int) -> None:
+        off = pfn << PAGE_SHIFT
+        self.view[off : off + PAGE_SIZE] = ZERO_PAGE
+
+    def close(self) -> None:
+        """Unmap (and, for the owner, unlink) the segment. Idempotent."""
+        if self._fd == -1:
+            return
+        self.view.release()
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a view still exported somewhere; the mapping dies with the process
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        if self.owner:
+            self.unlink()
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(SHM_DIR / self.name)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,1 @@
+"""The supervisor: RAM, state directory, role life cycle, directory, panic and shutdown."""

@@ -1,0 +1,337 @@
+"""The supervisor's arbiter: boots the roles in order, watches them, handles panics.
+
+Life cycle of the machine (supervisor state):
+
+  booting --all roles answered hello--> running --SIGINT/SIGTERM--> stopping --> stopped
+                                           |
+                                           +--ctl.panic, role exit, lost heartbeats--> panicked
+                                                  (dump, halt, grace) --> stopping --> stopped
+
+Start order mmu -> uvm -> pdaemon -> net (each started with the endpoints of
+those before it); shutdown in reverse. Liveness: every HEARTBEAT_INTERVAL_S
+each role gets ctl.ping; an answer resets its credits to HEARTBEAT_LIVENESS,
+a miss takes one; below zero the role is missing.
+
+Panic policy: a role that panics, exits unexpectedly or goes missing stops
+the machine (restarting roles, with their recovery contracts, is future
+work: see docs/design.md). On panic the supervisor
+  1. halts every other role (they answer EPANIC from then on),
+  2. collects every reachable role's state (ctl.dump) and writes a JSON
+     crash dump to <state>/dump/,
+  3. publishes ctl.panic (with the dump's path) to clients, repeatedly for
+     PANIC_GRACE_S so late subscribers see it too,
+  4. stops the machine; the `up` command exits with status 3.
+Every client call pending or later fails with MachinePanic: through the
+event, through EPANIC replies, or (last resort) through its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from machine.config import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    PANIC_GRACE_S,
+    ROLE_ORDER,
+)
+from machine.ipc.peer import Peer, RemoteError
+from machine.ipc.service import Service, UserError
+from machine.ipc.transport import Subscription, Transport
+from machine.params import PAGE_SIZE
+from machine.proto import (
+    CtlDirectory,
+    CtlDirectoryReply,
+    CtlDump,
+    CtlDumpReply,
+    CtlHalt,
+    CtlHello,
+    CtlHelloReply,
+    CtlPanic,
+    CtlPing,
+    CtlRoleMissing,
+    CtlRoleStarted,
+    CtlShutdown,
+    CtlStats,
+    CtlStatsReply,
+    CtlStatus,
+    CtlStatusReply,
+    CtlStopping,
+    Errno,
+    Header,
+    Reply,
+    Request,
+    RoleEndpoints,
+    RoleStatus,
+    decode_event,
+)
+from machine.supervisor.launcher import Launcher
+
+_H = Header(msg_id=0, sender="", incarnation=0)
+EXIT_PANIC = 3
+
+
+@dataclass
+class RoleHandle:
+    role: str
+    endpoints: dict[str, str]
+    pid: int
+    incarnation: int
+    peer: Peer
+    sub: Subscription | None = None
+    alive: bool = True
+    credits: int = HEARTBEAT_LIVENESS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor(Service):
+    role: ClassVar[str] = "supervisor"
+    serves: ClassVar[tuple[type[Request], ...]] = (CtlDirectory, CtlStatus)
+
+    def __init__(
+        self,
+        transport: Transport,
+        launcher: Launcher,
+        *,
+        nframes: int,
+        profile: str,
+        state_dir: str,
+        lease_s: float,
+        heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+        panic_grace_s: float = PANIC_GRACE_S,
+        **kw: Any,
+    ) -> None:
+        super().__init__(transport, **kw)
+        self.launcher = launcher
+        launcher.on_exit = self._role_exited
+        self.nframes = nframes
+        self.profile = profile
+        self.state_dir = state_dir
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.panic_grace_s = panic_grace_s
+        self.roles: dict[str, RoleHandle] = {}
+        self.machine_state = "booting"
+        self.panic_event: CtlPanic | None = None
+        self.exit_status = 0
+        self.dump_path = ""
+        self._shutting_down = False
+
+    # -- boot -------------------------------------------------------------------
+
+    async def boot(self, router: str, pub: str) -> dict[str, str]:
+        """Bind the attach endpoint, start every role in order. => own endpoints."""
+        eps = await self.start(None, router, pub)
+        for role in ROLE_ORDER:
+            peers = {r: h.endpoints for r, h in self.roles.items()}
+            info = await self.launcher.start(role, peers)
+            endpoints = {k: info[k] for k in ("kernel", "user", "pub")}
+            peer = await Peer(self.ident, endpoints["kernel"]).open(self.transport)
+            hello = await peer.call_ok(CtlHello(h=_H), CtlHelloReply, timeout_s=10.0)
+            h = RoleHandle(role, endpoints, hello.pid, hello.incarnation, peer)
+            h.sub = await self.transport.subscribe(
+                endpoints["pub"], "ctl.panic", self._on_role_event
+            )
+            self.roles[role] = h
+            await self.publish(
+                CtlRoleStarted(
+                    h=self.event_header(), role=role, pid=h.pid, incarnation=h.incarnation
+                )
+            )
+        self.machine_state = "running"
+        self.spawn(self._heartbeat(), "heartbeat")
+        return eps
+
+    # -- watching ---------------------------------------------------------------
+
+    def _on_role_event(self, raw: bytes) -> None:
+        try:
+            ev = decode_event(raw)
+        except Exception:
+            return
+        if isinstance(ev, CtlPanic):
+            self.spawn(self.machine_panic(ev.role, ev.message, ev.trace), "panic")
+
+    def _role_exited(self, role: str, status: int | None) -> None:
+        h = self.roles.get(role)
+        if h is not None:
+            h.alive = False
+        if not self._shutting_down and self.machine_state != "panicked":
+            self.spawn(
+                self.machine_panic(role, f"role {role} exited unexpectedly (status {status})", []),
+                "panic",
+            )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.clock.sleep(self.heartbeat_s)
+            if self.machine_state != "running":
+                return
+            await asyncio.gather(*(self._ping(h) for h in list(self.roles.values())))
+
+    async def _ping(self, h: RoleHandle) -> None:
+        try:
+            rep = await h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s)
+        except RemoteError:
+            h.credits -= 1
+            if h.credits < 0 and h.alive:
+                h.alive = False
+                reason = f"missed {HEARTBEAT_LIVENESS + 1} heartbeats"
+                await self.publish(
+                    CtlRoleMissing(h=self.event_header(), role=h.role, reason=reason)
+                )
+                await self.machine_panic(h.role, f"role {h.role} {reason}", [])
+            return
+        if rep.errno is Errno.EPANIC and self.machine_state == "running":
+            await self.machine_panic(h.role, rep.detail, [])
+            return
+        h.credits = HEARTBEAT_LIVENESS
+        h.alive = True
+
+    # -- panic --------------------------------------------------------------------
+
+    async def machine_panic(self, role: str, message: str, trace: list[str]) -> None:
+        """A role panicked (or died): halt, dump, tell clients, stop. Idempotent."""
+        if self.machine_state in ("panicked", "stopping", "stopped"):
+            return
+        self.machine_state = "panicked"
+        self.state = "panicked"
+        self.panic_message = f"{role}: {message}"
+        reason = f"panic in {role}: {message}"
+        await asyncio.gather(
+            *(
+                self._quiet(h.peer.call(CtlHalt(h=_H, reason=reason), timeout_s=1.0))
+                for r, h in self.roles.items()
+                if r != role
+            )
+        )
+        self.dump_path = await self._write_dump(role, message, trace)
+        self.panic_event = CtlPanic(
+            h=self.event_header(), role=role, message=message, trace=trace, dump=self.dump_path
+        )
+        self.exit_status = EXIT_PANIC
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.panic_grace_s
+        while loop.time() < end:
+            await self.publish(self.panic_event)
+            await self.clock.sleep(min(0.25, self.panic_grace_s))
+        await self.shutdown(reason, EXIT_PANIC)
+
+    @staticmethod
+    async def _quiet(aw: Any) -> Any:
+        try:
+            return await aw
+        except Exception as e:
+            return e
+
+    async def _write_dump(self, role: str, message: str, trace: list[str]) -> str:
+        states: dict[str, Any] = {}
+        for r, h in self.roles.items():
+            rep = await self._quiet(h.peer.call(CtlDump(h=_H), timeout_s=2.0))
+            states[r] = rep.state if isinstance(rep, CtlDumpReply) else {"unreachable": repr(rep)}
+        dump = {
+            "panic": {"role": role, "message": message, "trace": trace},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "profile": self.profile,
+            "roles": states,
+        }
+        if not self.state_dir:
+            return ""
+        d = Path(self.state_dir) / "dump"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{role}-{self.incarnation:x}.json"
+        path.write_text(json.dumps(dump, indent=1, default=str))
+        return str(path)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def shutdown(self, reason: str, status: int = 0) -> None:
+        """Stop every role in reverse start order, then mark the machine stopped."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        if self.machine_state != "panicked":
+            self.machine_state = "stopping"
+        await self.publish(CtlStopping(h=self.event_header(), reason=reason))
+        for role in reversed(ROLE_ORDER):
+            h = self.roles.get(role)
+            if h is None:
+                continue
+            await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
+            await self.launcher.stop(role, timeout_s=5.0)
+            h.alive = False
+        self.exit_status = status or self.exit_status
+        self.machine_state = "stopped"
+        self.stopped.set()
+
+    async def close(self) -> None:
+        for h in self.roles.values():
+            if h.sub is not None:
+                await h.sub.close()
+            await h.peer.close()
+        await super().close()
+
+    # -- client requests --------------------------------------------------------------
+
+    async def on_directory(self, msg: CtlDirectory) -> Reply:
+        if self.machine_state == "panicked":
+            raise UserError(Errno.EPANIC, self.panic_message)
+        if self.machine_state != "running":
+            raise UserError(Errno.ESHUTDOWN, f"machine is {self.machine_state}")
+        roles = {
+            r: RoleEndpoints(
+                user=h.endpoints["user"],
+                pub=h.endpoints["pub"],
+                pid=h.pid,
+                incarnation=h.incarnation,
+            )
+            for r, h in self.roles.items()
+        }
+        return self.reply(
+            msg,
+            CtlDirectoryReply,
+            roles=roles,
+            events=self.endpoints["pub"],
+            page_size=PAGE_SIZE,
+            nframes=self.nframes,
+            profile=self.profile,
+            state_dir=self.state_dir,
+            lease_s=self.lease_s,
+        )
+
+    async def on_status(self, msg: CtlStatus) -> Reply:
+        replies = await asyncio.gather(
+            *(self._quiet(h.peer.call(CtlStats(h=_H), timeout_s=2.0)) for h in self.roles.values())
+        )
+        roles: dict[str, RoleStatus] = {}
+        frames: dict[str, int] = {}
+        for (r, h), rep in zip(self.roles.items(), replies, strict=True):
+            ok = isinstance(rep, CtlStatsReply)
+            roles[r] = RoleStatus(
+                pid=h.pid,
+                incarnation=h.incarnation,
+                alive=h.alive and ok,
+                state="panicked"
+                if isinstance(rep, Reply) and rep.errno is Errno.EPANIC
+                else ("running" if ok else "down"),
+                counters=rep.counters if ok else {},
+            )
+            if ok and rep.frames:
+                frames = dict(rep.frames)
+        return self.reply(
+            msg,
+            CtlStatusReply,
+            roles=roles,
+            frames=frames,
+            profile=self.profile,
+            state=self.machine_state,
+            panic=self.panic_message,
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {"roles": len(self.roles)}

@@ -1,0 +1,184 @@
+"""Booting a whole machine: `uvm-machine up` (local processes) and `supervise` (compose).
+
+run_up() owns everything it creates and removes it on the way out, whatever
+happens: the RAM segment (unlinked), the role processes (stopped in reverse
+order, killed if they do not stop), the ipc sockets and run directory. What
+stays in the state directory is what a user wants to keep: disk/ (files),
+dump/ (crash dumps) and, for a state directory of its own choosing, that
+directory itself.
+
+<state>/machine.json describes the running machine for kernel tools (the
+kernel endpoints, pids, RAM segment); it is removed at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from machine.config import (
+    CLIENT_LEASE_S,
+    HEARTBEAT_INTERVAL_S,
+    PANIC_GRACE_S,
+    ROLE_ORDER,
+    RoleConfig,
+    fixed_layout,
+)
+from machine.ipc.peer import Identity
+from machine.ipc.zmqtransport import ZmqTransport
+from machine.params import PAGE_SIZE
+from machine.ram import Ram
+from machine.supervisor.arbiter import Supervisor
+from machine.supervisor.launcher import ExternalLauncher, Launcher, ProcessLauncher
+
+
+def prepare_state(state_dir: Path) -> None:
+    for sub in ("disk", "dump", "run"):
+        (state_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def local_binds(endpoint: str, run_dir: Path) -> Callable[[str], dict[str, str]]:
+    """Where each role binds for `up`: kernel on ipc in the run dir, user/pub like `endpoint`."""
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+        user = pub = f"tcp://{host}:*"
+    elif endpoint.startswith("ipc://"):
+        user = pub = ""
+    else:
+        raise ValueError(f"endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")
+
+    def binds(role: str) -> dict[str, str]:
+        return {
+            "kernel": f"ipc://{run_dir}/{role}.kernel",
+            "user": user or f"ipc://{run_dir}/{role}.user",
+            "pub": pub or f"ipc://{run_dir}/{role}.pub",
+        }
+
+    return binds
+
+
+async def _serve(
+    sup: Supervisor,
+    launcher: Launcher,
+    router: str,
+    pub: str,
+    state: Path,
+    ram: Ram,
+    on_ready: Callable[[str], None],
+) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: sup.spawn(sup.shutdown("signal"), "shutdown"))
+    try:
+        eps = await sup.boot(router, pub)
+        info = {
+            "attach": eps["user"],
+            "events": eps["pub"],
+            "ram": {"name": ram.name, "bytes": ram.size},
+            "roles": {r: {"pid": h.pid, **h.endpoints} for r, h in sup.roles.items()},
+            "supervisor_pid": os.getpid(),
+        }
+        (state / "machine.json").write_text(json.dumps(info, indent=1))
+        on_ready(eps["user"])
+        await sup.stopped.wait()
+    finally:
+        if not sup.stopped.is_set():
+            await sup.shutdown("boot failed" if sup.machine_state == "booting" else "exit")
+        for role in ROLE_ORDER:
+            await launcher.stop(role, timeout_s=2.0)
+        await sup.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        (state / "machine.json").unlink(missing_ok=True)
+    return sup.exit_status
+
+
+async def run_up(
+    *,
+    ram_bytes: int,
+    state_dir: Path,
+    endpoint: str,
+    profile: str,
+    on_ready: Callable[[str], None],
+    lease_s: float = CLIENT_LEASE_S,
+    heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+    panic_grace_s: float = PANIC_GRACE_S,
+) -> int:
+    """Boot supervisor + four role processes; serve until a signal or a panic. => status."""
+    prepare_state(state_dir)
+    run_dir = state_dir / "run"
+    ram = Ram.create(f"uvm-machine-{os.getpid()}-{secrets.token_hex(4)}", ram_bytes)
+    transport = ZmqTransport()
+    try:
+        template = RoleConfig(
+            role="",
+            ram_name=ram.name,
+            ram_bytes=ram_bytes,
+            kernel="",
+            user="",
+            pub="",
+            profile=profile,
+            state_dir=str(state_dir),
+            lease_s=lease_s,
+        )
+        launcher = ProcessLauncher(template, local_binds(endpoint, run_dir))
+        sup = Supervisor(
+            transport,
+            launcher,
+            nframes=ram_bytes // PAGE_SIZE,
+            profile=profile,
+            state_dir=str(state_dir),
+            lease_s=lease_s,
+            heartbeat_s=heartbeat_s,
+            panic_grace_s=panic_grace_s,
+            rng=random.Random(),
+        )
+        pub = local_binds(endpoint, run_dir)("supervisor")["pub"]
+        return await _serve(sup, launcher, endpoint, pub, state_dir, ram, on_ready)
+    finally:
+        await transport.close()
+        ram.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def run_external(
+    *,
+    host: str,
+    base_port: int,
+    ram_name: str,
+    ram_bytes: int,
+    state_dir: Path,
+    profile: str,
+    on_ready: Callable[[str], None],
+    lease_s: float = CLIENT_LEASE_S,
+) -> int:
+    """Supervise roles that compose runs at the fixed port layout; own the RAM segment."""
+    prepare_state(state_dir)
+    layout = fixed_layout(host, base_port)
+    ram = Ram.create(ram_name, ram_bytes)
+    transport = ZmqTransport()
+    try:
+        rng = random.Random()
+        sup_ident = Identity("supervisor", rng.getrandbits(62) | 1)
+        launcher = ExternalLauncher(transport, sup_ident, layout)
+        sup = Supervisor(
+            transport,
+            launcher,
+            nframes=ram_bytes // PAGE_SIZE,
+            profile=profile,
+            state_dir=str(state_dir),
+            lease_s=lease_s,
+            rng=rng,
+        )
+        bind = layout["supervisor"]
+        return await _serve(sup, launcher, bind["router"], bind["pub"], state_dir, ram, on_ready)
+    finally:
+        await transport.close()
+        ram.close()

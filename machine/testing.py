@@ -1,0 +1,158 @@
+"""The in-process machine: every role as a service in one process, on the in-memory bus.
+
+    async def main():
+        async with SimMachine.boot(seed=7, ram_bytes=4 << 20) as sim:
+            async with sim.attach() as m:
+                p = await m.spawn() ...
+    run_simulation(main())
+
+Same Service classes as the real processes, the same supervisor, the same
+client library; only the transport (machine.ipc.inmemory) and the launcher
+differ. With the virtual-time loop the run is deterministic for a seed.
+Also: poll_for() (wait for a condition with a deadline, never a bare sleep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from machine.client import Machine
+from machine.config import CLIENT_LEASE_S, ROLE_ORDER
+from machine.ipc.inmemory import InMemoryTransport
+from machine.ipc.peer import Peer
+from machine.ipc.service import Service
+from machine.params import PAGE_SIZE
+from machine.proto import Header, Reply, Request
+from machine.ram import Ram
+from machine.roles import connect_role, make_service
+from machine.supervisor.arbiter import Supervisor
+from machine.supervisor.launcher import Launcher
+
+_H = Header(msg_id=0, sender="", incarnation=0)
+
+
+class InprocLauncher(Launcher):
+    """Roles as in-process services on the in-memory transport."""
+
+    def __init__(
+        self, transport: InMemoryTransport, ram: Ram, rng: random.Random, lease_s: float
+    ) -> None:
+        self.transport = transport
+        self.ram = ram
+        self.rng = rng
+        self.lease_s = lease_s
+        self.services: dict[str, Service] = {}
+
+    async def start(self, role: str, peers: dict[str, dict[str, str]]) -> dict[str, Any]:
+        svc = make_service(role, self.transport, self.ram, self.rng, self.lease_s, pid=0)
+        eps = await svc.start(
+            f"inproc://{role}/kernel", f"inproc://{role}/user", f"inproc://{role}/pub"
+        )
+        await connect_role(svc, peers)
+        self.services[role] = svc
+        return {**eps, "pid": 0, "incarnation": svc.incarnation}
+
+    async def stop(self, role: str, timeout_s: float) -> None:
+        svc = self.services.pop(role, None)
+        if svc is not None:
+            await svc.close()
+
+
+class SimMachine:
+    """A booted in-process machine."""
+
+    def __init__(
+        self, transport: InMemoryTransport, sup: Supervisor, launcher: InprocLauncher, ram: Ram
+    ) -> None:
+        self.transport = transport
+        self.sup = sup
+        self.launcher = launcher
+        self.ram = ram
+        self.endpoint = sup.endpoints["user"]
+        self._kernel_peers: dict[str, Peer] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def boot(
+        cls,
+        seed: int = 0,
+        ram_bytes: int = 4 << 20,
+        *,
+        lease_s: float = CLIENT_LEASE_S,
+        state_dir: str = "",
+        heartbeat_s: float = 1.0,
+        panic_grace_s: float = 0.5,
+        latency_s: tuple[float, float] = (20e-6, 200e-6),
+    ) -> AsyncIterator[SimMachine]:
+        transport = InMemoryTransport(seed, latency_s)
+        rng = random.Random(seed)
+        ram = Ram.anonymous(ram_bytes)
+        launcher = InprocLauncher(transport, ram, rng, lease_s)
+        sup = Supervisor(
+            transport,
+            launcher,
+            nframes=ram_bytes // PAGE_SIZE,
+            profile="modern",
+            state_dir=state_dir,
+            lease_s=lease_s,
+            heartbeat_s=heartbeat_s,
+            panic_grace_s=panic_grace_s,
+            rng=rng,
+            pid=0,
+        )
+        await sup.boot("inproc://supervisor/router", "inproc://supervisor/pub")
+        sim = cls(transport, sup, launcher, ram)
+        try:
+            yield sim
+        finally:
+            for p in sim._kernel_peers.values():
+                await p.close()
+            if not sup.stopped.is_set():
+                await sup.shutdown("simulation done")
+            await sup.close()
+            ram.close()
+
+    def attach(self, **kw: Any) -> contextlib.AbstractAsyncContextManager[Machine]:
+        kw.setdefault("session", self.transport.rng.getrandbits(62) | 1)
+        return Machine.attach(self.endpoint, transport=self.transport, **kw)
+
+    def service(self, role: str) -> Service:
+        return self.launcher.services[role]
+
+    async def kcall(self, role: str, req: Request, timeout_s: float = 10.0) -> Reply:
+        """A request on a role's kernel endpoint (the kernel debugger's view)."""
+        peer = self._kernel_peers.get(role)
+        if peer is None:
+            peer = await Peer(self.sup.ident, f"inproc://{role}/kernel").open(self.transport)
+            self._kernel_peers[role] = peer
+        return await peer.call(req, timeout_s)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return ROLE_ORDER
+
+
+async def poll_for(
+    pred: Callable[[], Awaitable[bool] | bool],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    what: str = "condition",
+) -> None:
+    """Wait until pred() is true; raise TimeoutError after timeout_s (wall or virtual)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    wall_deadline = time.monotonic() + timeout_s * 4
+    while True:
+        r = pred()
+        if not isinstance(r, bool):
+            r = await r
+        if r:
+            return
+        if loop.time() > deadline or time.monotonic() > wall_deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,1 @@
+"""Role "uvm": the machine-independent VM (NetBSD's sys/uvm, concepts only)."""
