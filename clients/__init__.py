@@ -1,0 +1,1 @@
+"""Ready-made test clients: programs that act as user processes against any machine."""
