@@ -49,6 +49,12 @@ def _ram(text: str) -> int:
     return n
 
 
+def _endpoint(text: str) -> str:
+    if not (text.startswith("tcp://") and ":" in text[6:]) and not text.startswith("ipc://"):
+        raise argparse.ArgumentTypeError(f"endpoint {text!r}: use tcp://HOST:PORT or ipc://PATH")
+    return text
+
+
 def _profile(text: str) -> str:
     try:
         load_profile(text)
@@ -298,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("status", help="show roles, frames and counters")
-    p.add_argument("--endpoint", default=env("ENDPOINT", DEFAULT_ENDPOINT))
+    p.add_argument("--endpoint", type=_endpoint, default=env("ENDPOINT", DEFAULT_ENDPOINT))
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(fn=cmd_status)

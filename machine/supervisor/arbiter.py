@@ -207,7 +207,7 @@ class Supervisor(Service):
             *(
                 self._quiet(h.peer.call(CtlHalt(h=_H, reason=reason), timeout_s=1.0))
                 for r, h in self.roles.items()
-                if r != role
+                if r != role and h.alive
             )
         )
         self.dump_path = await self._write_dump(role, message, trace)
@@ -232,6 +232,9 @@ class Supervisor(Service):
     async def _write_dump(self, role: str, message: str, trace: list[str]) -> str:
         states: dict[str, Any] = {}
         for r, h in self.roles.items():
+            if not h.alive:
+                states[r] = {"state": "dead"}
+                continue
             rep = await self._quiet(h.peer.call(CtlDump(h=_H), timeout_s=2.0))
             states[r] = rep.state if isinstance(rep, CtlDumpReply) else {"unreachable": repr(rep)}
         dump = {
@@ -262,7 +265,8 @@ class Supervisor(Service):
             h = self.roles.get(role)
             if h is None:
                 continue
-            await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
+            if h.alive:
+                await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
             await self.launcher.stop(role, timeout_s=5.0)
             h.alive = False
         self.exit_status = status or self.exit_status
