@@ -75,8 +75,11 @@ async def run(endpoint: str, pages: int, procs: int, seed: int) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clients pattern", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m clients pattern",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:7700")
     ap.add_argument("--pages", type=int, default=256)
     ap.add_argument("--procs", type=int, default=1)
@@ -92,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(r)))
     else:
         verdict = "ok" if r.mismatches == 0 else f"MISMATCH in {r.mismatches} bytes"
-        print(f"pattern: {r.processes} process(es), {r.pages} pages, {r.bytes_checked} bytes "
-              f"checked, {r.faults} faults, {r.seconds} s: {verdict}")
+        print(
+            f"pattern: {r.processes} process(es), {r.pages} pages, {r.bytes_checked} bytes "
+            f"checked, {r.faults} faults, {r.seconds} s: {verdict}"
+        )
     return 0 if r.mismatches == 0 else 1
 
 

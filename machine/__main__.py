@@ -63,8 +63,19 @@ def _profile(text: str) -> str:
     return text
 
 
+def _report_panic(status: int, state: Path) -> None:
+    if status == 3:
+        dumps = sorted((state / "dump").glob("*.json"))
+        print(
+            f"machine panicked; crash dump: {dumps[-1] if dumps else '(none)'}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def cmd_up(a: argparse.Namespace) -> int:
     from machine.supervisor.boot import run_up
+    from machine.supervisor.launcher import LaunchError
 
     temp = a.state is None
     state = Path(a.state or tempfile.mkdtemp(prefix="uvm-machine-")).resolve()
@@ -85,12 +96,11 @@ def cmd_up(a: argparse.Namespace) -> int:
                 lease_s=a.lease,
             )
         )
-    except OSError as e:
+    except (LaunchError, OSError) as e:
         print(f"uvm-machine up: {e}", file=sys.stderr)
         return 1
-    dumps = sorted((state / "dump").glob("*.json")) if (state / "dump").is_dir() else []
-    if status == 3:
-        print(f"machine panicked; crash dump: {dumps[-1] if dumps else '(none)'}", file=sys.stderr)
+    _report_panic(status, state)
+    dumps = list((state / "dump").glob("*.json")) if (state / "dump").is_dir() else []
     if temp and not dumps:
         shutil.rmtree(state, ignore_errors=True)
     return status
@@ -163,20 +173,27 @@ def cmd_role(a: argparse.Namespace) -> int:
 
 def cmd_supervise(a: argparse.Namespace) -> int:
     from machine.supervisor.boot import run_external
+    from machine.supervisor.launcher import LaunchError
 
     state = Path(a.state or tempfile.mkdtemp(prefix="uvm-machine-"))
-    return asyncio.run(
-        run_external(
-            host=a.host,
-            base_port=a.base_port,
-            ram_name=a.ram_name,
-            ram_bytes=a.ram,
-            state_dir=state,
-            profile=a.profile,
-            on_ready=lambda e: print(f"attach: {e}", flush=True),
-            lease_s=a.lease,
+    try:
+        status = asyncio.run(
+            run_external(
+                host=a.host,
+                base_port=a.base_port,
+                ram_name=a.ram_name,
+                ram_bytes=a.ram,
+                state_dir=state,
+                profile=a.profile,
+                on_ready=lambda e: print(f"attach: {e}", flush=True),
+                lease_s=a.lease,
+            )
         )
-    )
+    except (LaunchError, OSError) as e:
+        print(f"uvm-machine supervise: {e}", file=sys.stderr)
+        return 1
+    _report_panic(status, state)
+    return status
 
 
 async def _kernel_call(endpoint: str, req: Any, timeout_s: float) -> Any:

@@ -55,8 +55,17 @@ class RealMachine:
 
 def boot_real(state: Path, *args: str, timeout_s: float = 30.0) -> RealMachine:
     """Start `uvm-machine up` and wait (with a deadline) for its attach line."""
-    cmd = [PY, "-m", "machine", "up", "--endpoint", "tcp://127.0.0.1:0", "--state", str(state),
-           *args]
+    cmd = [
+        PY,
+        "-m",
+        "machine",
+        "up",
+        "--endpoint",
+        "tcp://127.0.0.1:0",
+        "--state",
+        str(state),
+        *args,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout_s
@@ -143,8 +152,9 @@ class ZmqHarness(Harness):
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     """The same client-level test on the in-memory machine and on real processes."""
     if request.param == "inmemory":
-        async with SimMachine.boot(seed=1234, ram_bytes=16 << 20, lease_s=3.0,
-                                   latency_s=(0.0, 20e-6)) as sim:
+        async with SimMachine.boot(
+            seed=1234, ram_bytes=16 << 20, lease_s=3.0, latency_s=(0.0, 20e-6)
+        ) as sim:
             yield SimHarness(sim)
             assert not sim.sup.panic_message, sim.sup.panic_message
     else:

@@ -53,8 +53,11 @@ def _fields(cls: type[Msg]) -> list[str]:
         meta = ""
         if getattr(ann, "__metadata__", None):
             m = ann.__metadata__[0]
-            bounds = [f"{k} {getattr(m, k)}" for k in ("ge", "le", "min_length", "max_length")
-                      if getattr(m, k, None) is not None]
+            bounds = [
+                f"{k} {getattr(m, k)}"
+                for k in ("ge", "le", "min_length", "max_length")
+                if getattr(m, k, None) is not None
+            ]
             meta = f" ({', '.join(bounds)})" if bounds else ""
             ann = ann.__origin__
         rows.append(f"| `{f.name}` | `{_type_name(ann)}`{meta} | `{default.lstrip(' =')}` |")
@@ -98,15 +101,20 @@ def render() -> str:
     out += ["", "## Errnos", ""]
     out += [f"- `{e.value}`" for e in Errno]
     out += [""]
-    for title, classes in (("Requests", REQUESTS), ("Replies", REPLIES), ("Events", EVENTS)):
+    kinds: list[tuple[str, list[type[Msg]]]] = [
+        ("Requests", list(REQUESTS)),
+        ("Replies", list(REPLIES)),
+        ("Events", list(EVENTS)),
+    ]
+    for title, classes in kinds:
         out += [f"## {title}", ""]
         by_area: dict[str, list[type[Msg]]] = {}
-        for c in classes:
-            by_area.setdefault(tag_of(c).split(".")[0], []).append(c)
+        for cls in classes:
+            by_area.setdefault(tag_of(cls).split(".")[0], []).append(cls)
         for area in sorted(by_area):
             out += [f"### Area `{area}`: {AREAS.get(area, area)}", ""]
-            for c in by_area[area]:
-                out += ["#" + line if line.startswith("### ") else line for line in _section(c)]
+            for cls in by_area[area]:
+                out += ["#" + ln if ln.startswith("### ") else ln for ln in _section(cls)]
     return "\n".join(out).rstrip() + "\n"
 
 

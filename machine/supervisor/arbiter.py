@@ -265,8 +265,10 @@ class Supervisor(Service):
             h = self.roles.get(role)
             if h is None:
                 continue
-            if h.alive:
+            if h.alive and h.credits == HEARTBEAT_LIVENESS:
                 await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
+            elif h.alive:  # it already missed heartbeats: do not wait long for it
+                await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=0.2))
             await self.launcher.stop(role, timeout_s=5.0)
             h.alive = False
         self.exit_status = status or self.exit_status

@@ -74,10 +74,23 @@ async def _serve(
     on_ready: Callable[[str], None],
 ) -> int:
     loop = asyncio.get_running_loop()
+    booting = asyncio.ensure_future(sup.boot(router, pub))
+
+    def on_signal() -> None:
+        if not booting.done():
+            booting.cancel()  # a signal during boot ends the boot; `finally` stops what started
+        else:
+            sup.spawn(sup.shutdown("signal"), "shutdown")
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: sup.spawn(sup.shutdown("signal"), "shutdown"))
+        loop.add_signal_handler(sig, on_signal)
     try:
-        eps = await sup.boot(router, pub)
+        try:
+            eps = await booting
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return 130
         info = {
             "attach": eps["user"],
             "events": eps["pub"],

@@ -1,3 +1,4 @@
+# ruff: noqa: PT018
 """A client written with pyzmq and the plain `msgpack` package only: no project code.
 
 Proves the wire is plain msgpack: attach through the supervisor's directory,
@@ -19,8 +20,11 @@ _ids = iter(range(1, 1 << 30))
 
 def call(sock: zmq.Socket, tag: str, **fields: object) -> dict:
     mid = next(_ids)
-    msg = {"t": tag, "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION,
-                           "proto": [1, 0]}, **fields}
+    msg = {
+        "t": tag,
+        "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION, "proto": [1, 0]},
+        **fields,
+    }
     sock.send(msgpack.packb(msg))
     if not sock.poll(10_000):
         raise SystemExit(f"no reply to {tag}")
@@ -46,8 +50,10 @@ def main(endpoint: str) -> None:
     rep = call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")
     assert rep["status"] == "error" and rep["errno"] == "EFAULT", rep
     assert rep["fault_va"] == va + 100 and rep["fault_access"] == 2, rep
-    assert call(uvm, "uvm.fault", asid=asid, va=rep["fault_va"],
-                access=rep["fault_access"])["status"] == "ok"
+    assert (
+        call(uvm, "uvm.fault", asid=asid, va=rep["fault_va"], access=rep["fault_access"])["status"]
+        == "ok"
+    )
     assert call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")["status"] == "ok"
     got = call(mmu, "mmu.load", asid=asid, va=va + 100, n=13)
     assert got["status"] == "ok" and got["data"] == b"plain msgpack", got

@@ -46,8 +46,11 @@ class RawClient:
     def request_to(self, ep: str, tag: str) -> Any:
         s = self.ctx.socket(zmq.DEALER)
         s.connect(ep)
-        s.send(msgpack.packb({"t": tag, "h": {"msg_id": 1, "sender": "raw",
-                                             "incarnation": self.session}}))
+        s.send(
+            msgpack.packb(
+                {"t": tag, "h": {"msg_id": 1, "sender": "raw", "incarnation": self.session}}
+            )
+        )
         assert s.poll(10_000)
         out = msgpack.unpackb(s.recv())
         s.close(linger=0)
@@ -89,8 +92,15 @@ def _example(cls: type[Request], **over: Any) -> dict[str, Any]:
             continue
         t = getattr(f.type, "__origin__", f.type)
         name = getattr(t, "__name__", str(t))
-        value = {"int": 4096, "bytes": b"x", "str": "x", "bool": False, "list": [],
-                 "dict": {}, "tuple": [1, 0]}.get(name, 1)
+        value = {
+            "int": 4096,
+            "bytes": b"x",
+            "str": "x",
+            "bool": False,
+            "list": [],
+            "dict": {},
+            "tuple": [1, 0],
+        }.get(name, 1)
         out[f.name] = 1 if f.name in ("prot", "access", "flags") else value
     out.update(over)
     return out
@@ -124,8 +134,16 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
             # bytes that are not msgpack, or msgpack of the wrong shape
             for junk in (b"", b"\xc1", b"\xff" * 7, b"\x92\x01"):
                 _assert_error(raw.send(role, junk), "EBADMSG")
-            for obj in (1, "ctl.ping", [1, 2], {}, {"t": "ctl.ping"}, {"h": h()},
-                        {"t": 5, "h": h()}, {"t": "ctl.ping", "h": "nope"}):
+            for obj in (
+                1,
+                "ctl.ping",
+                [1, 2],
+                {},
+                {"t": "ctl.ping"},
+                {"h": h()},
+                {"t": 5, "h": h()},
+                {"t": "ctl.ping", "h": "nope"},
+            ):
                 _assert_error(raw.msg(role, obj), "EBADMSG", "EINVAL")
             # unknown tags, replies and events sent as requests
             for tag in ("nosuch.verb", "uvm.fault.reply", "ctl.panic", "pmap", ""):
@@ -166,8 +184,12 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
             _assert_error(raw.msg(role, {"h": h(), **obj}), "EPERM")
         # another major protocol version
         _assert_error(raw.msg("uvm", {"t": "ctl.hello", "h": h(proto=[2, 0])}), "EPROTO")
-        _assert_error(raw.msg("mmu", {"t": "mmu.load", "h": h(proto=[9, 9]), "asid": p.asid,
-                                      "va": va, "n": 1}), "EPROTO")
+        _assert_error(
+            raw.msg(
+                "mmu", {"t": "mmu.load", "h": h(proto=[9, 9]), "asid": p.asid, "va": va, "n": 1}
+            ),
+            "EPROTO",
+        )
         after = await _snapshot(real_machine)
         assert after == before
         assert await p.load(va, 11) == b"victim data"
@@ -178,32 +200,63 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
         assert await q.load(vb, 13) == b"still serving"
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.one_of(
-    st.binary(max_size=256),
-    st.builds(msgpack.packb, st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=16)
-        | st.text(max_size=16),
-        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
-                                                                   max_size=4),
-        max_leaves=12)),
-    st.builds(lambda tag, extra: msgpack.packb({"t": tag, "h": {"msg_id": 5, "sender": "f",
-                                                                "incarnation": 3}, **extra}),
-              st.sampled_from([tag_of(c) for c in REQUESTS]),
-              st.dictionaries(st.sampled_from(["asid", "va", "n", "length", "prot", "data",
-                                               "access", "pfns", "message"]),
-                              st.one_of(st.integers(-(2**63), 2**64 - 1), st.binary(max_size=8),
-                                        st.text(max_size=4), st.none()), max_size=4)),
-))
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    payload=st.one_of(
+        st.binary(max_size=256),
+        st.builds(
+            msgpack.packb,
+            st.recursive(
+                st.none()
+                | st.booleans()
+                | st.integers(-(2**63), 2**64 - 1)
+                | st.binary(max_size=16)
+                | st.text(max_size=16),
+                lambda kids: (
+                    st.lists(kids, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+                ),
+                max_leaves=12,
+            ),
+        ),
+        st.builds(
+            lambda tag, extra: msgpack.packb(
+                {"t": tag, "h": {"msg_id": 5, "sender": "f", "incarnation": 3}, **extra}
+            ),
+            st.sampled_from([tag_of(c) for c in REQUESTS]),
+            st.dictionaries(
+                st.sampled_from(
+                    ["asid", "va", "n", "length", "prot", "data", "access", "pfns", "message"]
+                ),
+                st.one_of(
+                    st.integers(-(2**63), 2**64 - 1),
+                    st.binary(max_size=8),
+                    st.text(max_size=4),
+                    st.none(),
+                ),
+                max_size=4,
+            ),
+        ),
+    )
+)
 def test_fuzzed_payloads_get_error_replies(raw: RawClient, payload: bytes) -> None:
     for role in ("mmu", "uvm"):
         rep = raw.send(role, payload)
         assert rep is not None, "every request gets a reply"
         if rep["status"] == "ok":
             # only a well-formed request may succeed, and only harmless ones can be generated
-            assert rep["t"] in ("ctl.hello.reply", "ctl.ping.reply", "ctl.stats.reply",
-                                "uvm.spawn.reply", "uvm.detach.reply"), rep
+            assert rep["t"] in (
+                "ctl.hello.reply",
+                "ctl.ping.reply",
+                "ctl.stats.reply",
+                "uvm.spawn.reply",
+                "uvm.detach.reply",
+            ), rep
 
 
 async def test_the_machine_survives_fuzzing(real_machine: RealMachine, raw: RawClient) -> None:
@@ -216,7 +269,12 @@ async def test_the_machine_survives_fuzzing(real_machine: RealMachine, raw: RawC
 
 def test_a_plain_msgpack_client_speaks_the_protocol(real_machine: RealMachine) -> None:
     script = Path(__file__).with_name("plain_msgpack_client.py")
-    r = subprocess.run([PY, str(script), real_machine.endpoint], capture_output=True, text=True,
-                       timeout=60, check=False)
+    r = subprocess.run(
+        [PY, str(script), real_machine.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert "plain msgpack client: ok" in r.stdout

@@ -195,4 +195,3 @@ async def test_after_exit_the_process_is_gone(harness: Harness) -> None:
         assert ei.value.errno is Errno.ESRCH
         with pytest.raises(RequestError):
             await p.load(0x1000, 1)
-

@@ -21,15 +21,17 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "machine", *args], capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    return subprocess.run(
+        [PY, "-m", "machine", *args], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
 
 
 def test_up_serves_until_sigint_then_leaves_nothing_behind(tmp_path: Path) -> None:
     rm = boot_real(tmp_path / "state", "--ram", "16M")
     pids = rm.role_pids()
     ram = SHM_DIR / rm.info["ram"]["name"]
-    assert ram.exists() and ram.stat().st_size == 16 << 20
+    assert ram.exists()
+    assert ram.stat().st_size == 16 << 20
     assert all(pid_alive(p) for p in pids.values())
     assert len(set(pids.values()) | {rm.proc.pid}) == 5  # four roles, each its own process
     st = _cli("status", "--endpoint", rm.endpoint, "--json")
@@ -60,7 +62,8 @@ def test_status_cli_text_and_json(real_machine: RealMachine) -> None:
     assert {"free", "active", "inactive", "wired"} <= set(st["frames"])
     t = _cli("status", "--endpoint", real_machine.endpoint)
     assert t.returncode == 0
-    assert "frames: total 4096" in t.stdout and "pdaemon" in t.stdout
+    assert "frames: total 4096" in t.stdout
+    assert "pdaemon" in t.stdout
 
 
 def test_status_of_no_machine_is_a_clear_error() -> None:
@@ -70,8 +73,11 @@ def test_status_of_no_machine_is_a_clear_error() -> None:
 
 
 def test_bad_options_are_refused_before_anything_starts(tmp_path: Path) -> None:
-    for args, msg in ((["--ram", "12Q"], "not a size"), (["--profile", "nosuch"], "no profile"),
-                      (["--endpoint", "udp://x"], "endpoint")):
+    for args, msg in (
+        (["--ram", "12Q"], "not a size"),
+        (["--profile", "nosuch"], "no profile"),
+        (["--endpoint", "udp://x"], "endpoint"),
+    ):
         r = _cli("up", "--state", str(tmp_path / "s"), *args)
         assert r.returncode != 0
         assert msg in r.stderr, r.stderr
@@ -95,8 +101,9 @@ async def test_panic_dumps_stops_the_machine_and_fails_every_client_call(
                     i += 1
 
             busy = asyncio.ensure_future(hammer())
-            r = await asyncio.to_thread(_cli, "panic", "uvm", "test: kernel debugger panic",
-                                        "--state", str(rm.state))
+            r = await asyncio.to_thread(
+                _cli, "panic", "uvm", "test: kernel debugger panic", "--state", str(rm.state)
+            )
             assert r.returncode == 0, r.stderr
             with pytest.raises(MachinePanic) as ei:
                 await asyncio.wait_for(busy, 15)
@@ -157,8 +164,13 @@ asyncio.run(main())
 async def test_a_client_that_dies_has_its_frames_freed(tmp_path: Path) -> None:
     rm = boot_real(tmp_path / "state", "--ram", "16M", "--lease", "1")
     try:
-        r = await asyncio.to_thread(subprocess.run, [PY, "-c", _DYING_CLIENT, rm.endpoint],
-                                    capture_output=True, text=True, timeout=30)
+        r = await asyncio.to_thread(
+            subprocess.run,
+            [PY, "-c", _DYING_CLIENT, rm.endpoint],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert "touched" in r.stdout, r.stderr
         assert r.returncode == -signal.SIGKILL
         async with Machine.attach(rm.endpoint) as m:
@@ -177,9 +189,13 @@ async def test_a_client_that_dies_has_its_frames_freed(tmp_path: Path) -> None:
 
 def test_python_dash_m_machine_and_console_script_agree() -> None:
     a = _cli("profile", "show", "thorpe")
-    b = subprocess.run([os.path.join(os.path.dirname(sys.executable), "uvm-machine"),
-                        "profile", "show", "thorpe"], capture_output=True, text=True,
-                       timeout=30, check=False)
+    b = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "uvm-machine"), "profile", "show", "thorpe"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
     assert 'PD_WIRED_CHECK = "skip_wired"' in a.stdout

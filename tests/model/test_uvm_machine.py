@@ -38,10 +38,21 @@ from machine.testing import SimMachine
 _H = Header(msg_id=0, sender="", incarnation=0)
 NFRAMES = 48
 
-settings.register_profile("ci", max_examples=25, stateful_step_count=30, derandomize=True,
-                          deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=500, stateful_step_count=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    stateful_step_count=30,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=500,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class ModelProc:

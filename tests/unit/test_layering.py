@@ -13,8 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "machine"
 ROLES = ("mmu", "uvm", "pdaemon", "net")
-SHARED = {"machine.proto", "machine.ipc", "machine.params", "machine.kassert", "machine.ram",
-          "machine.config", "machine.profile"}
+SHARED = {
+    "machine.proto",
+    "machine.ipc",
+    "machine.params",
+    "machine.kassert",
+    "machine.ram",
+    "machine.config",
+    "machine.profile",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -34,7 +41,8 @@ def test_roles_import_only_shared_modules_and_themselves(role: str) -> None:
             if not mod.startswith("machine"):
                 continue
             ok = mod.startswith(f"machine.{role}") or any(
-                mod == s or mod.startswith(s + ".") for s in SHARED)
+                mod == s or mod.startswith(s + ".") for s in SHARED
+            )
             assert ok, f"{path.relative_to(ROOT)} imports {mod}"
 
 

@@ -65,7 +65,7 @@ def test_a_deadlocked_simulation_raises_instead_of_hanging() -> None:
 
 def test_virtual_time_is_bounded() -> None:
     async def main() -> None:
-        while True:
+        while True:  # noqa: ASYNC110 - the point is to run out of virtual time
             await asyncio.sleep(10)
 
     with pytest.raises(SimulationTimeout):

@@ -32,17 +32,22 @@ def test_store_then_load_through_a_mapping(mmu: Mmu) -> None:
 
 def test_no_translation_and_protection_faults(mmu: Mmu) -> None:
     f = mmu.load(1, VA, 1)
-    assert isinstance(f, Fault) and f.va == VA and f.access == Prot.READ
+    assert isinstance(f, Fault)
+    assert f.va == VA
+    assert f.access == Prot.READ
     mmu.enter(1, VA, 5, Prot.READ, EnterFlags.NONE)
     f = mmu.store(1, VA + 8, b"x")
-    assert isinstance(f, Fault) and f.reason == "protection" and f.access == Prot.WRITE
+    assert isinstance(f, Fault)
+    assert f.reason == "protection"
+    assert f.access == Prot.WRITE
     assert mmu.stats.traps == 2
 
 
 def test_accesses_are_all_or_nothing(mmu: Mmu) -> None:
     mmu.enter(1, VA, 5, RW, EnterFlags.NONE)
     f = mmu.store(1, VA + PAGE_SIZE - 2, b"wxyz")  # second page unmapped
-    assert isinstance(f, Fault) and f.va == VA + PAGE_SIZE
+    assert isinstance(f, Fault)
+    assert f.va == VA + PAGE_SIZE
     assert mmu.load(1, VA + PAGE_SIZE - 2, 2) == b"\0\0"
 
 
@@ -82,7 +87,8 @@ def test_protect_lowers_only_and_none_removes(mmu: Mmu) -> None:
     mmu.enter(1, VA, 5, Prot.READ, EnterFlags.NONE)
     mmu.protect(1, VA, VA + PAGE_SIZE, RW)
     pte = mmu.extract(1, VA)
-    assert pte is not None and pte.prot == Prot.READ  # never raises protection
+    assert pte is not None
+    assert pte.prot == Prot.READ
     mmu.protect(1, VA, VA + PAGE_SIZE, Prot.NONE)
     assert mmu.extract(1, VA) is None
 
@@ -118,19 +124,22 @@ def test_kenter_over_an_existing_mapping_panics(mmu: Mmu) -> None:
         mmu.kenter(KERNEL_MIN, [8], Prot.READ)
 
 
-@pytest.mark.parametrize(("call", "errno"), [
-    (lambda m: m.enter(9, VA, 1, RW, EnterFlags.NONE), "ESRCH"),
-    (lambda m: m.enter(1, VA + 1, 1, RW, EnterFlags.NONE), "EINVAL"),
-    (lambda m: m.enter(1, VA, 64, RW, EnterFlags.NONE), "EINVAL"),
-    (lambda m: m.enter(1, VA, 1, Prot.NONE, EnterFlags.NONE), "EINVAL"),
-    (lambda m: m.enter(0, KERNEL_MIN, 1, RW, EnterFlags.NONE), "EINVAL"),
-    (lambda m: m.enter(1, 1 << 48, 1, RW, EnterFlags.NONE), "EINVAL"),
-    (lambda m: m.remove(1, VA, VA - PAGE_SIZE), "EINVAL"),
-    (lambda m: m.kenter(VA, [1], Prot.READ), "EINVAL"),
-    (lambda m: m.page_protect([1, 64], Prot.NONE), "EINVAL"),
-    (lambda m: m.create(1, 5), "EINVAL"),
-    (lambda m: m.destroy(0), "EINVAL"),
-])
+@pytest.mark.parametrize(
+    ("call", "errno"),
+    [
+        (lambda m: m.enter(9, VA, 1, RW, EnterFlags.NONE), "ESRCH"),
+        (lambda m: m.enter(1, VA + 1, 1, RW, EnterFlags.NONE), "EINVAL"),
+        (lambda m: m.enter(1, VA, 64, RW, EnterFlags.NONE), "EINVAL"),
+        (lambda m: m.enter(1, VA, 1, Prot.NONE, EnterFlags.NONE), "EINVAL"),
+        (lambda m: m.enter(0, KERNEL_MIN, 1, RW, EnterFlags.NONE), "EINVAL"),
+        (lambda m: m.enter(1, 1 << 48, 1, RW, EnterFlags.NONE), "EINVAL"),
+        (lambda m: m.remove(1, VA, VA - PAGE_SIZE), "EINVAL"),
+        (lambda m: m.kenter(VA, [1], Prot.READ), "EINVAL"),
+        (lambda m: m.page_protect([1, 64], Prot.NONE), "EINVAL"),
+        (lambda m: m.create(1, 5), "EINVAL"),
+        (lambda m: m.destroy(0), "EINVAL"),
+    ],
+)
 def test_bad_arguments_change_nothing(mmu: Mmu, call: object, errno: str) -> None:
     mmu.enter(1, VA, 1, RW, EnterFlags.NONE)
     before = {a: dict(p.ptes) for a, p in mmu.pmaps.items()}, {k: set(v) for k, v in mmu.pv.items()}
@@ -145,5 +154,6 @@ def test_destroy_removes_every_mapping(mmu: Mmu) -> None:
     for i in range(4):
         mmu.enter(1, VA + i * PAGE_SIZE, i, RW, EnterFlags.WIRED if i % 2 else EnterFlags.NONE)
     assert mmu.destroy(1) == 4
-    assert 1 not in mmu.pmaps and mmu.pv == {}
+    assert 1 not in mmu.pmaps
+    assert mmu.pv == {}
     assert mmu.check() == []

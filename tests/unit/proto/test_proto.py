@@ -17,8 +17,8 @@ from machine.proto import (
     BadMessage,
     Errno,
     Header,
-    Msg,
     MmuStore,
+    Msg,
     Reply,
     Request,
     Scope,
@@ -26,9 +26,9 @@ from machine.proto import (
     decode_reply,
     decode_request,
     encode,
+    gendoc,
     tag_of,
 )
-from machine.proto import gendoc
 
 H = Header(msg_id=7, sender="test", incarnation=99)
 
@@ -37,13 +37,22 @@ def example(cls: type[Msg]) -> Msg:
     """An instance of any message class with plausible field values."""
     kw: dict[str, Any] = {}
     for f in msgspec.structs.fields(cls):
-        if f.name == "h" or f.default is not msgspec.NODEFAULT or \
-                f.default_factory is not msgspec.NODEFAULT:
+        if (
+            f.name == "h"
+            or f.default is not msgspec.NODEFAULT
+            or f.default_factory is not msgspec.NODEFAULT
+        ):
             continue
         t = getattr(f.type, "__origin__", f.type)
         name = getattr(t, "__name__", "")
-        kw[f.name] = {"int": 1, "bytes": b"x", "str": "x", "bool": True, "list": [],
-                      "dict": {}}.get(name, 1)
+        kw[f.name] = {
+            "int": 1,
+            "bytes": b"x",
+            "str": "x",
+            "bool": True,
+            "list": [],
+            "dict": {},
+        }.get(name, 1)
     return cls(h=H, **kw)
 
 
@@ -70,7 +79,8 @@ def test_tags_are_unique_and_named_area_verb() -> None:
     assert len(tags) == len(set(tags)) == len(BY_TAG)
     for c in REQUESTS:
         area, _, verb = tag_of(c).partition(".")
-        assert area in {"ctl", "pmap", "mmu", "uvm", "pd", "net"} and verb
+        assert area in {"ctl", "pmap", "mmu", "uvm", "pd", "net"}
+        assert verb
         assert not verb.endswith("reply")
         assert c.__doc__, f"{tag_of(c)} has no docstring (its spec entry)"
     for c in REPLIES:
@@ -81,7 +91,8 @@ def test_wire_format_is_a_plain_msgpack_map() -> None:
     raw = encode(MmuStore(h=H, asid=3, va=0x2000, data=b"ab"))
     obj = msgpack.unpackb(raw)
     assert obj["t"] == "mmu.store"
-    assert obj["h"]["msg_id"] == 7 and obj["h"]["proto"] == list(PROTOCOL_VERSION)
+    assert obj["h"]["msg_id"] == 7
+    assert obj["h"]["proto"] == list(PROTOCOL_VERSION)
     assert obj["data"] == b"ab"
 
 
@@ -89,24 +100,66 @@ def test_user_and_kernel_scopes() -> None:
     user = {tag_of(c) for c in REQUESTS if c.scope is Scope.USER}
     assert {"mmu.load", "mmu.store", "uvm.fault", "uvm.spawn", "uvm.mmap"} <= user
     kernel = {tag_of(c) for c in REQUESTS if c.scope is Scope.KERNEL}
-    assert {"pmap.enter", "pmap.page_protect", "pmap.kenter", "ctl.kpanic", "ctl.shutdown",
-            "uvm.audit"} <= kernel
+    assert {
+        "pmap.enter",
+        "pmap.page_protect",
+        "pmap.kenter",
+        "ctl.kpanic",
+        "ctl.shutdown",
+        "uvm.audit",
+    } <= kernel
 
 
-@pytest.mark.parametrize(("raw", "errno", "msg_id"), [
-    (b"", Errno.EBADMSG, 0),
-    (b"\xc1", Errno.EBADMSG, 0),
-    (msgpack.packb([1, 2]), Errno.EBADMSG, 0),
-    (msgpack.packb({"t": "nope", "h": {"msg_id": 4}}), Errno.EBADMSG, 4),
-    (msgpack.packb({"t": "ctl.ping.reply", "h": {"msg_id": 4}}), Errno.EBADMSG, 4),
-    (msgpack.packb({"t": "mmu.load", "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
-                    "asid": 1, "va": 0, "n": 0}), Errno.EINVAL, 9),
-    (msgpack.packb({"t": "mmu.load", "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
-                    "asid": 1, "va": -1, "n": 1}), Errno.EINVAL, 9),
-    (msgpack.packb({"t": "mmu.load", "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
-                    "asid": 1, "va": 1 << 63, "n": 1}), Errno.EINVAL, 9),
-    (msgpack.packb({"t": "mmu.load", "h": {"msg_id": True}, "asid": 1}), Errno.EINVAL, 0),
-])
+@pytest.mark.parametrize(
+    ("raw", "errno", "msg_id"),
+    [
+        (b"", Errno.EBADMSG, 0),
+        (b"\xc1", Errno.EBADMSG, 0),
+        (msgpack.packb([1, 2]), Errno.EBADMSG, 0),
+        (msgpack.packb({"t": "nope", "h": {"msg_id": 4}}), Errno.EBADMSG, 4),
+        (msgpack.packb({"t": "ctl.ping.reply", "h": {"msg_id": 4}}), Errno.EBADMSG, 4),
+        (
+            msgpack.packb(
+                {
+                    "t": "mmu.load",
+                    "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
+                    "asid": 1,
+                    "va": 0,
+                    "n": 0,
+                }
+            ),
+            Errno.EINVAL,
+            9,
+        ),
+        (
+            msgpack.packb(
+                {
+                    "t": "mmu.load",
+                    "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
+                    "asid": 1,
+                    "va": -1,
+                    "n": 1,
+                }
+            ),
+            Errno.EINVAL,
+            9,
+        ),
+        (
+            msgpack.packb(
+                {
+                    "t": "mmu.load",
+                    "h": {"msg_id": 9, "sender": "x", "incarnation": 1},
+                    "asid": 1,
+                    "va": 1 << 63,
+                    "n": 1,
+                }
+            ),
+            Errno.EINVAL,
+            9,
+        ),
+        (msgpack.packb({"t": "mmu.load", "h": {"msg_id": True}, "asid": 1}), Errno.EINVAL, 0),
+    ],
+)
 def test_bad_bytes_are_classified(raw: bytes, errno: Errno, msg_id: int) -> None:
     with pytest.raises(BadMessage) as ei:
         decode_request(raw)

@@ -11,15 +11,18 @@ from machine.uvm.page import NIL, PQ, PageFlag, VmPages
 def test_alloc_takes_a_free_page_busy_clean_fake_unqueued() -> None:
     p = VmPages(4)
     pfn = p.alloc(anon=3)
-    assert pfn == 0 and p.free.count == 3
+    assert pfn == 0
+    assert p.free.count == 3
     assert p.flags[pfn] == PageFlag.BUSY | PageFlag.CLEAN | PageFlag.FAKE | PageFlag.ANON
-    assert p.pqflags[pfn] == 0 and p.uanon[pfn] == 3
+    assert p.pqflags[pfn] == 0
+    assert p.uanon[pfn] == 3
     assert p.check() == []  # allocated and owned, not yet queued: fine
 
 
 def test_alloc_fails_when_no_page_is_free() -> None:
     p = VmPages(2)
-    assert p.alloc(anon=1) != NIL and p.alloc(anon=2) != NIL
+    assert p.alloc(anon=1) != NIL
+    assert p.alloc(anon=2) != NIL
     assert p.alloc(anon=3) == NIL
 
 
@@ -30,11 +33,15 @@ def test_activate_deactivate_free_move_between_queues() -> None:
     p.activate(b)
     assert p.walk(p.active) == [a, b]
     p.deactivate(a)
-    assert p.walk(p.active) == [b] and p.walk(p.inactive) == [a]
+    assert p.walk(p.active) == [b]
+    assert p.walk(p.inactive) == [a]
     p.activate(a)  # reactivation goes to the tail
-    assert p.walk(p.active) == [b, a] and p.inactive.count == 0
+    assert p.walk(p.active) == [b, a]
+    assert p.inactive.count == 0
     p.free_page(a)
-    assert p.pqflags[a] == PQ.FREE and p.uanon[a] == NIL and p.free.count == 7
+    assert p.pqflags[a] == PQ.FREE
+    assert p.uanon[a] == NIL
+    assert p.free.count == 7
     assert p.check() == []
 
 
@@ -44,13 +51,16 @@ def test_wiring_dequeues_and_the_last_unwire_activates() -> None:
     p.activate(a)
     p.wire(a)
     p.wire(a)
-    assert p.pqflags[a] == 0 and p.wire_count[a] == 2 and p.wired == 1
+    assert p.pqflags[a] == 0
+    assert p.wire_count[a] == 2
+    assert p.wired == 1
     p.activate(a)  # a wired page is never queued
     assert p.pqflags[a] == 0
     p.unwire(a)
     assert p.pqflags[a] == 0
     p.unwire(a)
-    assert p.pqflags[a] == PQ.ACTIVE and p.wired == 0
+    assert p.pqflags[a] == PQ.ACTIVE
+    assert p.wired == 0
     assert p.check() == []
 
 
@@ -59,16 +69,21 @@ def test_freeing_a_wired_page_drops_the_wiring() -> None:
     a = p.alloc(anon=1)
     p.wire(a)
     p.free_page(a)
-    assert p.wired == 0 and p.wire_count[a] == 0 and p.check() == []
+    assert p.wired == 0
+    assert p.wire_count[a] == 0
+    assert p.check() == []
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    (lambda p, a: (p.free_page(a), p.free_page(a)), "uvm_pagefree: freeing free page"),
-    (lambda p, a: (p.wire(a), p.deactivate(a)), "caller did not check wire count"),
-    (lambda p, a: p.unwire(a), "uvm_pageunwire: page 0 not wired"),
-    (lambda p, a: p.alloc(anon=1, obj=2), "uvm_pagealloc: obj and anon != NULL"),
-    (lambda p, a: (p.unbusy(a), p.unbusy(a)), "not busy"),
-])
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p, a: (p.free_page(a), p.free_page(a)), "uvm_pagefree: freeing free page"),
+        (lambda p, a: (p.wire(a), p.deactivate(a)), "caller did not check wire count"),
+        (lambda p, a: p.unwire(a), "uvm_pageunwire: page 0 not wired"),
+        (lambda p, a: p.alloc(anon=1, obj=2), "uvm_pagealloc: obj and anon != NULL"),
+        (lambda p, a: (p.unbusy(a), p.unbusy(a)), "not busy"),
+    ],
+)
 def test_violated_preconditions_panic_with_netbsd_messages(setup: object, message: str) -> None:
     p = VmPages(4)
     a = p.alloc(anon=1)

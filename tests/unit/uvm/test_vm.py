@@ -34,8 +34,10 @@ class LocalPmap:
         return self.mmu.remove(asid, sva, eva)
 
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
-        return [(v << 12, p.pfn, int(p.prot), p.wired)
-                for v, p in sorted(self.mmu.pmaps[asid].ptes.items())]
+        return [
+            (v << 12, p.pfn, int(p.prot), p.wired)
+            for v, p in sorted(self.mmu.pmaps[asid].ptes.items())
+        ]
 
 
 def make(nframes: int = 64) -> tuple[Uvm, Mmu, list[int]]:
@@ -53,7 +55,8 @@ async def test_zero_fill_fault_maps_a_zeroed_page() -> None:
     pfn = await uvm.fault(asid, OWNER, va + 5, Prot.WRITE)
     assert mmu.load(asid, va, 8) == bytes(8)
     assert mmu.extract(asid, va).pfn == pfn  # type: ignore[union-attr]
-    assert uvm.stats.flt_przero == 1 and uvm.pages.active.count == 1
+    assert uvm.stats.flt_przero == 1
+    assert uvm.pages.active.count == 1
     assert await audit(uvm) == []
     # a second fault on the same page reuses the anon's page
     assert await uvm.fault(asid, OWNER, va, Prot.READ) == pfn
@@ -68,7 +71,8 @@ async def test_faults_outside_mappings_or_against_protection_segfault() -> None:
         await uvm.fault(asid, OWNER, va + PAGE_SIZE, Prot.READ)
     with pytest.raises(Segv, match="-w- access"):
         await uvm.fault(asid, OWNER, va, Prot.WRITE)
-    assert uvm.pages.free.count == 64 and uvm.stats.segv == 2
+    assert uvm.pages.free.count == 64
+    assert uvm.stats.segv == 2
 
 
 async def test_munmap_splits_entries_and_frees_only_the_range() -> None:
@@ -78,7 +82,8 @@ async def test_munmap_splits_entries_and_frees_only_the_range() -> None:
     for i in range(8):
         await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
     freed = await uvm.munmap(asid, OWNER, va + 2 * PAGE_SIZE, 3 * PAGE_SIZE)
-    assert freed == 3 and uvm.pages.free.count == 64 - 5
+    assert freed == 3
+    assert uvm.pages.free.count == 64 - 5
     starts = [(e.start - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
     ends = [(e.end - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
     assert (starts, ends) == ([0, 5], [2, 8])
@@ -93,7 +98,9 @@ async def test_exit_frees_every_frame_and_the_pmap() -> None:
     for i in range(10):
         await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
     assert await uvm.exit(asid, OWNER) == 10
-    assert uvm.pages.free.count == 64 and asid not in mmu.pmaps and asid not in uvm.spaces
+    assert uvm.pages.free.count == 64
+    assert asid not in mmu.pmaps
+    assert asid not in uvm.spaces
     assert await audit(uvm) == []
 
 
@@ -106,8 +113,10 @@ async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> Non
         await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
     with pytest.raises(VmError) as ei:
         await uvm.fault(asid, OWNER, va + 16 * PAGE_SIZE, Prot.WRITE)
-    assert ei.value.errno == "ENOMEM" and uvm.stats.fltnoram == 1
-    assert len(events) == 1 and events[0] == freemin - 1  # one event on crossing freemin
+    assert ei.value.errno == "ENOMEM"
+    assert uvm.stats.fltnoram == 1
+    assert len(events) == 1
+    assert events[0] == freemin - 1
     assert await audit(uvm) == []
 
 
@@ -136,7 +145,8 @@ def test_tune_follows_the_modern_formula() -> None:
     assert tune(16384) == (81, 108)  # 64 MiB: npages/200, within [32, 256]; freetarg 4/3
     assert tune(262144)[0] == 256  # 1 GiB: clamped to 1 MiB worth of pages
     fm, ft = tune(4096)
-    assert fm == 32 and ft == 42  # 16 MiB: clamped up to 128 KiB
+    assert fm == 32
+    assert ft == 42
 
 
 def test_map_find_space_and_carve() -> None:
@@ -145,7 +155,8 @@ def test_map_find_space_and_carve() -> None:
     m.insert(MapEntry(0x5000, 0x7000, Prot.READ, Prot.READ))
     assert m.find_space(0x2000) == 0x3000
     assert m.find_space(0x3000) == 0x7000
-    assert m.lookup(0x2FFF) is m.entries[0] and m.lookup(0x3000) is None
+    assert m.lookup(0x2FFF) is m.entries[0]
+    assert m.lookup(0x3000) is None
     out = m.carve(0x2000, 0x6000)
     assert [(e.start, e.end) for e in out] == [(0x2000, 0x3000), (0x5000, 0x6000)]
     assert [(e.start, e.end) for e in m.entries] == [(0x1000, 0x2000), (0x6000, 0x7000)]

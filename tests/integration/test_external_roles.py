@@ -1,0 +1,130 @@
+"""The compose deployment without docker: `supervise` plus one `role` process per role.
+
+This is exactly what docker-compose.yml runs (fixed port layout, RAM owned by
+the supervisor, roles attaching it), so the main suite covers it on every run;
+.ci/compose-smoke.sh then runs the same commands in containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from machine.config import ROLE_ORDER
+from machine.ram import SHM_DIR
+from tests.conftest import PY
+
+pytestmark = pytest.mark.integration
+
+
+def _free_base() -> int:
+    """A base port whose whole layout (B .. B+42) is free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1] // 100 * 100
+        if base + 50 > 65535 or base < 20000:
+            continue
+        ok = True
+        for off in (0, 1, 10, 11, 12, 20, 21, 22, 30, 31, 32, 40, 41, 42):
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", base + off))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _wait_file(path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    e = dict(os.environ)
+    e.update(UVM_MACHINE_BASE_PORT=str(_free_base()), UVM_MACHINE_RAM="16M",
+             UVM_MACHINE_RAM_NAME=f"uvm-test-{os.getpid()}-{time.monotonic_ns() % 10**6}",
+             UVM_MACHINE_STATE=str(tmp_path / "state"))
+    yield e
+    (SHM_DIR / e["UVM_MACHINE_RAM_NAME"]).unlink(missing_ok=True)
+
+
+def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([PY, "-m", "machine", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
+    sup = _spawn(env, "supervise")
+    roles: list[subprocess.Popen[str]] = []
+    try:
+        _wait_file(SHM_DIR / env["UVM_MACHINE_RAM_NAME"], 20)
+        for role in ROLE_ORDER:
+            roles.append(_spawn(env, "role", role))
+            line = roles[-1].stdout.readline()  # type: ignore[union-attr]
+            assert json.loads(line)["role"] == role
+        assert sup.stdout is not None
+        assert sup.stdout.readline().startswith("attach: tcp://127.0.0.1:")
+        ep = f"tcp://127.0.0.1:{env['UVM_MACHINE_BASE_PORT']}"
+        r = subprocess.run([PY, "-m", "clients", "pattern", "--endpoint", ep, "--pages", "64",
+                            "--procs", "2"], capture_output=True, text=True, timeout=60,
+                           check=False)
+        assert r.returncode == 0, r.stderr
+        assert ": ok" in r.stdout
+        st = subprocess.run([PY, "-m", "machine", "status", "--endpoint", ep, "--json"],
+                            capture_output=True, text=True, timeout=30, check=False)
+        status = json.loads(st.stdout)
+        assert all(v["alive"] for v in status["roles"].values())
+        assert status["frames"]["free"] == status["frames"]["total"] == 4096
+        for role in ROLE_ORDER:
+            ping = subprocess.run([PY, "-m", "machine", "ping", role], env=env,
+                                  capture_output=True, text=True, timeout=30, check=False)
+            assert ping.returncode == 0, ping.stderr
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+        for p in roles:  # the supervisor stopped every role (ctl.shutdown)
+            assert p.wait(30) == 0
+        assert not (SHM_DIR / env["UVM_MACHINE_RAM_NAME"]).exists()
+    finally:
+        for p in (sup, *roles):
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+
+
+def test_a_signal_during_boot_stops_the_supervisor_promptly(env: dict[str, str]) -> None:
+    sup = _spawn(env, "supervise")  # no role will ever come
+    try:
+        _wait_file(SHM_DIR / env["UVM_MACHINE_RAM_NAME"], 20)
+        t0 = time.monotonic()
+        sup.send_signal(signal.SIGTERM)
+        status = sup.wait(15)
+        assert time.monotonic() - t0 < 10
+        assert status == 130
+        assert not (SHM_DIR / env["UVM_MACHINE_RAM_NAME"]).exists()
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+        sup.communicate(timeout=10)
+
+
+def test_ping_fails_cleanly_when_nothing_answers(env: dict[str, str]) -> None:
+    r = subprocess.run([PY, "-m", "machine", "ping", "mmu", "--timeout", "0.5"], env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
