@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
-from machine.client import RequestError, Segv
+from machine.client import OutOfMemory, RequestError, Segv
 from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
 from machine.proto import Errno, Header, MmuLoad, MmuStore, UvmFault, UvmMmap
+from machine.testing import SimMachine
 from tests.conftest import Harness
 
 _H = Header(msg_id=0, sender="", incarnation=0)
@@ -195,3 +196,25 @@ async def test_after_exit_the_process_is_gone(harness: Harness) -> None:
         assert ei.value.errno is Errno.ESRCH
         with pytest.raises(RequestError):
             await p.load(0x1000, 1)
+
+
+async def test_out_of_memory_is_an_error_and_the_machine_carries_on() -> None:
+    async with (
+        SimMachine.boot(seed=3, ram_bytes=64 * PAGE_SIZE, latency_s=(0.0, 0.0)) as sim,
+        sim.attach() as m,
+    ):
+        p = await m.spawn()
+        va = await p.mmap(128 * PAGE_SIZE)
+        for i in range(64):
+            await p.store(va + i * PAGE_SIZE, bytes([i]))
+        with pytest.raises(OutOfMemory, match="no free frame"):
+            await p.store(va + 64 * PAGE_SIZE, b"one too many")
+        assert (await m.stats())["frames"]["free"] == 0
+        assert await p.load(va + 5 * PAGE_SIZE, 1) == b"\x05"  # resident data is intact
+        await p.munmap(va, 32 * PAGE_SIZE)
+        await p.store(va + 100 * PAGE_SIZE, b"room again")
+        assert await p.load(va + 100 * PAGE_SIZE, 10) == b"room again"
+        st = await m.stats()
+        assert st["roles"]["uvm"]["counters"]["fltnoram"] == 1
+        assert st["roles"]["uvm"]["counters"]["pressure_events"] >= 1
+        assert st["roles"]["pdaemon"]["counters"]["pdwoke"] >= 1  # woken by uvm.pressure

@@ -57,16 +57,24 @@ def _wait_file(path: Path, timeout_s: float) -> None:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     e = dict(os.environ)
-    e.update(UVM_MACHINE_BASE_PORT=str(_free_base()), UVM_MACHINE_RAM="16M",
-             UVM_MACHINE_RAM_NAME=f"uvm-test-{os.getpid()}-{time.monotonic_ns() % 10**6}",
-             UVM_MACHINE_STATE=str(tmp_path / "state"))
+    e.update(
+        UVM_MACHINE_BASE_PORT=str(_free_base()),
+        UVM_MACHINE_RAM="16M",
+        UVM_MACHINE_RAM_NAME=f"uvm-test-{os.getpid()}-{time.monotonic_ns() % 10**6}",
+        UVM_MACHINE_STATE=str(tmp_path / "state"),
+    )
     yield e
     (SHM_DIR / e["UVM_MACHINE_RAM_NAME"]).unlink(missing_ok=True)
 
 
 def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([PY, "-m", "machine", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [PY, "-m", "machine", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
@@ -81,19 +89,34 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
         assert sup.stdout is not None
         assert sup.stdout.readline().startswith("attach: tcp://127.0.0.1:")
         ep = f"tcp://127.0.0.1:{env['UVM_MACHINE_BASE_PORT']}"
-        r = subprocess.run([PY, "-m", "clients", "pattern", "--endpoint", ep, "--pages", "64",
-                            "--procs", "2"], capture_output=True, text=True, timeout=60,
-                           check=False)
+        r = subprocess.run(
+            [PY, "-m", "clients", "pattern", "--endpoint", ep, "--pages", "64", "--procs", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr
         assert ": ok" in r.stdout
-        st = subprocess.run([PY, "-m", "machine", "status", "--endpoint", ep, "--json"],
-                            capture_output=True, text=True, timeout=30, check=False)
+        st = subprocess.run(
+            [PY, "-m", "machine", "status", "--endpoint", ep, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         status = json.loads(st.stdout)
         assert all(v["alive"] for v in status["roles"].values())
         assert status["frames"]["free"] == status["frames"]["total"] == 4096
         for role in ROLE_ORDER:
-            ping = subprocess.run([PY, "-m", "machine", "ping", role], env=env,
-                                  capture_output=True, text=True, timeout=30, check=False)
+            ping = subprocess.run(
+                [PY, "-m", "machine", "ping", role],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             assert ping.returncode == 0, ping.stderr
         sup.send_signal(signal.SIGTERM)
         assert sup.wait(30) == 0
@@ -124,7 +147,13 @@ def test_a_signal_during_boot_stops_the_supervisor_promptly(env: dict[str, str])
 
 
 def test_ping_fails_cleanly_when_nothing_answers(env: dict[str, str]) -> None:
-    r = subprocess.run([PY, "-m", "machine", "ping", "mmu", "--timeout", "0.5"], env=env,
-                       capture_output=True, text=True, timeout=30, check=False)
+    r = subprocess.run(
+        [PY, "-m", "machine", "ping", "mmu", "--timeout", "0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
