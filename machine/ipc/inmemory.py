@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import selectors
+from collections.abc import Awaitable
 from typing import Any
 
 from machine.ipc.transport import (
@@ -98,7 +99,7 @@ class MemConnection(Connection):
         self.bus, self.endpoint, self.on_reply = bus, endpoint, on_reply
         self.closed = False
 
-    async def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
         self.bus.schedule(self.bus.deliver_request, self, data)
 
     async def close(self) -> None:
@@ -109,7 +110,7 @@ class MemPublisher(Publisher):
     def __init__(self, bus: InMemoryTransport, endpoint: str) -> None:
         self.bus, self.endpoint = bus, endpoint
 
-    async def publish(self, topic: str, data: bytes) -> None:
+    def publish(self, topic: str, data: bytes) -> None:
         for sub in list(self.bus.subs.get(self.endpoint, ())):
             if topic.startswith(sub.prefix):
                 self.bus.schedule(sub.deliver, data)
@@ -159,12 +160,17 @@ class InMemoryTransport(Transport):
         self.delivered += 1
         if self.trace is not None:
             self.trace.append((asyncio.get_running_loop().time(), conn.endpoint, len(data)))
-        task = asyncio.get_running_loop().create_task(self._serve(server, conn, data))
+        out = server.handler(data)
+        if out is None or isinstance(out, bytes):
+            if out is not None:
+                self.schedule(self._deliver_reply, conn, out)
+            return
+        task = asyncio.ensure_future(self._finish(conn, out))
         server.tasks.add(task)
         task.add_done_callback(server.tasks.discard)
 
-    async def _serve(self, server: MemServer, conn: MemConnection, data: bytes) -> None:
-        out = await server.handler(data)
+    async def _finish(self, conn: MemConnection, pending: Awaitable[bytes | None]) -> None:
+        out = await pending
         if out is not None:
             self.schedule(self._deliver_reply, conn, out)
 

@@ -115,19 +115,26 @@ class Peer:
     async def call(self, req: Request, timeout_s: float | None = None) -> Reply:
         assert self._conn is not None, "peer not opened"
         msg = with_header(req, self.ident.header())
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[msg.h.msg_id] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
+        mid = msg.h.msg_id
+        self._pending[mid] = fut
         self.sent += 1
+        # One timer per call rather than asyncio.wait_for, which costs a task per call.
+        timer = loop.call_later(timeout_s or self.timeout_s, self._expire, mid)
         try:
-            await self._conn.send(encode(msg))
-            return await asyncio.wait_for(fut, timeout_s or self.timeout_s)
-        except TimeoutError:
-            raise CallTimeout(
-                f"no reply from {self.endpoint} to {type(req).__name__} "
-                f"within {timeout_s or self.timeout_s} s"
-            ) from None
+            self._conn.send(encode(msg))
+            return await fut
         finally:
-            self._pending.pop(msg.h.msg_id, None)
+            timer.cancel()
+            self._pending.pop(mid, None)
+
+    def _expire(self, mid: int) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                CallTimeout(f"no reply from {self.endpoint} to request {mid} within the timeout")
+            )
 
     async def call_ok(self, req: Request, expect: type[R], timeout_s: float | None = None) -> R:
         """Call and return the reply as `expect`; raise for error replies."""

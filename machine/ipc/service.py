@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import os
 import random
 import traceback
@@ -90,6 +91,35 @@ class UserError(Exception):
         self.detail = detail
 
 
+class _Resumed:
+    """Awaitable that carries on driving a coroutine that already ran to its first wait.
+
+    `first` is what the coroutine yielded to its event loop (a future, or None
+    for a bare yield); awaiting this object hands it to the running task and
+    then keeps stepping the coroutine, exactly as the task would have.
+    """
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        pending = self.first
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:
+                try:
+                    pending = self.coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = self.coro.send(value)
+                except StopIteration as done:
+                    return done.value
+
+
 def verb_of(cls: type[Request]) -> str:
     return tag_of(cls).split(".", 1)[1]
 
@@ -128,7 +158,8 @@ class Service:
         self._servers: list[Server] = []
         self._pub: Publisher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handlers: dict[type[Request], Callable[[Any], Awaitable[Reply]]] = {}
+        self._handlers: dict[type[Request], Callable[[Any], Any]] = {}
+        self._async: set[type[Request]] = set()
         verbs: dict[str, type[Request]] = {}
         for cls in (*CTL_REQUESTS, *self.serves):
             verb = verb_of(cls)
@@ -141,6 +172,8 @@ class Service:
             if fn is None:
                 raise TypeError(f"{self.role}: no handler on_{verb} for {tag_of(cls)}")
             self._handlers[cls] = fn
+            if inspect.iscoroutinefunction(fn):
+                self._async.add(cls)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -205,9 +238,10 @@ class Service:
             h=self.ident.header(re=re), status=Status.ERROR, errno=errno, detail=detail
         )
 
-    async def publish(self, event: Event) -> None:
+    def publish(self, event: Event) -> None:
+        """Publish an event on the role's PUB (fire and forget)."""
         if self._pub is not None:
-            await self._pub.publish(tag_of(event), encode(event))
+            self._pub.publish(tag_of(event), encode(event))
 
     def event_header(self) -> Header:
         return self.ident.header()
@@ -222,19 +256,57 @@ class Service:
         ev = CtlPanic(
             h=self.ident.header(), role=self.role, message=message, trace=list(self.trace)[-32:]
         )
-        task = asyncio.ensure_future(self.publish(ev))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.publish(ev)
 
     # -- dispatch -----------------------------------------------------------
 
-    async def _on_kernel(self, raw: bytes) -> bytes | None:
-        return encode(await self.dispatch(raw, Scope.KERNEL))
+    def _on_kernel(self, raw: bytes) -> bytes | Awaitable[bytes]:
+        return self.handle(raw, Scope.KERNEL)
 
-    async def _on_user(self, raw: bytes) -> bytes | None:
-        return encode(await self.dispatch(raw, Scope.USER))
+    def _on_user(self, raw: bytes) -> bytes | Awaitable[bytes]:
+        return self.handle(raw, Scope.USER)
+
+    def handle(self, raw: bytes, endpoint: Scope) -> bytes | Awaitable[bytes]:
+        """One request's bytes -> its reply's bytes (or an awaitable of them).
+
+        A handler written as a plain function runs right here and its reply goes
+        back without creating a task; a coroutine handler runs as a task.
+        """
+        checked = self._check(raw, endpoint)
+        if isinstance(checked, Reply):
+            return encode(checked)
+        msg, fn = checked
+        if type(msg) not in self._async:
+            try:
+                return encode(fn(msg))
+            except Exception as e:
+                return encode(self._failed(msg, e))
+        # Eager start: run the coroutine here until it first waits; only then
+        # does it become a task (what Python 3.12's eager tasks do). A handler
+        # that never waits costs no task at all.
+        coro = fn(msg)
+        try:
+            first = coro.send(None)
+        except StopIteration as done:
+            return encode(done.value)
+        except Exception as e:
+            return encode(self._failed(msg, e))
+        return self._finish(msg, _Resumed(coro, first))
+
+    async def _finish(self, msg: Request, rest: _Resumed) -> bytes:
+        try:
+            return encode(await rest)
+        except Exception as e:
+            return encode(self._failed(msg, e))
 
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
+        """handle(), decoded: for tests and tools that want the Reply object."""
+        from machine.proto import decode_reply
+
+        out = self.handle(raw, endpoint)
+        return decode_reply(out if isinstance(out, bytes) else await out)
+
+    def _check(self, raw: bytes, endpoint: Scope) -> Reply | tuple[Request, Callable[[Any], Any]]:
         try:
             msg = decode_request(raw)
         except BadMessage as e:
@@ -262,29 +334,32 @@ class Service:
         if endpoint is Scope.USER:
             self.user_seen(h)
         self.trace.append(f"{h.sent_ns} {tag_of(msg)} {h.sender}:{h.msg_id}")
-        try:
-            return await handler(msg)
-        except UserError as e:
+        return msg, handler
+
+    def _failed(self, msg: Request, e: Exception) -> Reply:
+        """The reply for a handler that raised: an errno, or EPANIC after a panic."""
+        h = msg.h
+        if isinstance(e, UserError):
             return self.error(h.msg_id, e.errno, e.detail)
-        except PeerPanic as e:
+        if isinstance(e, PeerPanic):
             return self.error(h.msg_id, Errno.EPANIC, e.detail)
-        except CallTimeout as e:
+        if isinstance(e, CallTimeout):
             return self.error(h.msg_id, Errno.ETIMEDOUT, e.detail)
-        except KernelPanic as e:
+        if isinstance(e, KernelPanic):
             self.panic(str(e))
             return self.error(h.msg_id, Errno.EPANIC, str(e))
-        except Exception as e:
-            tb = traceback.format_exc(limit=8).strip().splitlines()
-            self.trace.extend(tb[-6:])
-            self.panic(f"{self.role}: unexpected {type(e).__name__} in {tag_of(msg)}: {e}")
-            return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
+        # Anything else is a bug in the kernel: a panic, with the traceback in the trace.
+        tb = traceback.format_exception(e, limit=8)
+        self.trace.extend("".join(tb).strip().splitlines()[-6:])
+        self.panic(f"{self.role}: unexpected {type(e).__name__} in {tag_of(msg)}: {e}")
+        return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
 
     def user_seen(self, h: Header) -> None:
         """Hook: a user request from session h.incarnation arrived (uvm renews leases)."""
 
     # -- ctl handlers -------------------------------------------------------
 
-    async def on_hello(self, msg: CtlHello) -> Reply:
+    def on_hello(self, msg: CtlHello) -> Reply:
         return self.reply(
             msg,
             CtlHelloReply,
@@ -294,14 +369,14 @@ class Service:
             proto=PROTOCOL_VERSION,
         )
 
-    async def on_ping(self, msg: CtlPing) -> Reply:
+    def on_ping(self, msg: CtlPing) -> Reply:
         if self.state == "panicked":
             return self.error(msg.h.msg_id, Errno.EPANIC, self.panic_message)
         return self.reply(
             msg, CtlPingReply, role=self.role, incarnation=self.incarnation, pid=self.pid
         )
 
-    async def on_stats(self, msg: CtlStats) -> Reply:
+    def on_stats(self, msg: CtlStats) -> Reply:
         return self.reply(
             msg,
             CtlStatsReply,
@@ -312,7 +387,7 @@ class Service:
             frames=self.frames(),
         )
 
-    async def on_dump(self, msg: CtlDump) -> Reply:
+    def on_dump(self, msg: CtlDump) -> Reply:
         state: dict[str, Any] = {
             "role": self.role,
             "pid": self.pid,
@@ -328,19 +403,19 @@ class Service:
             state["dump_error"] = repr(e)
         return self.reply(msg, CtlDumpReply, role=self.role, state=state)
 
-    async def on_halt(self, msg: CtlHalt) -> Reply:
+    def on_halt(self, msg: CtlHalt) -> Reply:
         if self.state != "panicked":
             self.state = "panicked"
             self.panic_message = msg.reason
         return self.ack(msg)
 
-    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
+    def on_shutdown(self, msg: CtlShutdown) -> Reply:
         if self.state != "panicked":
             self.state = "stopping"
         asyncio.get_running_loop().call_soon(self.stopped.set)
         return self.ack(msg)
 
-    async def on_kpanic(self, msg: CtlKpanic) -> Reply:
+    def on_kpanic(self, msg: CtlKpanic) -> Reply:
         raise KernelPanic(msg.message)
 
     # -- what a role reports ------------------------------------------------

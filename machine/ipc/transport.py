@@ -11,11 +11,14 @@ replies to requests is machine.ipc.peer's job, dispatching requests is
 machine.ipc.service's.
 
 Contract:
-  * bind(endpoint, handler): every request's bytes go to `handler`, each in
-    its own task; the bytes it returns go back to the sender; None sends
-    nothing. A handler never raises (the service layer guarantees it).
-  * connect(endpoint, on_reply): `send(bytes)` queues one request; each
-    reply's bytes are passed to `on_reply`, in arrival order.
+  * bind(endpoint, handler): every request's bytes go to `handler`, called
+    from the loop as they arrive. It returns the reply bytes at once (a
+    request served without waiting: no task is created, which is most of the
+    cost of a request here), or an awaitable of them (run as a task, so a
+    slow request never blocks the others), or None to send nothing. A
+    handler never raises (the service layer guarantees it).
+  * connect(endpoint, on_reply): `send(bytes)` queues one request without
+    blocking; each reply's bytes are passed to `on_reply`, in arrival order.
   * Events are fire-and-forget: a subscriber that is late or slow may miss
     some. Nothing that must not be lost travels as an event.
 """
@@ -26,7 +29,7 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 
-Handler = Callable[[bytes], Awaitable[bytes | None]]
+Handler = Callable[[bytes], "bytes | Awaitable[bytes | None] | None"]
 OnBytes = Callable[[bytes], None]
 
 
@@ -41,7 +44,7 @@ class Connection(abc.ABC):
     endpoint: str
 
     @abc.abstractmethod
-    async def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes) -> None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -51,7 +54,7 @@ class Publisher(abc.ABC):
     endpoint: str
 
     @abc.abstractmethod
-    async def publish(self, topic: str, data: bytes) -> None: ...
+    def publish(self, topic: str, data: bytes) -> None: ...
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -79,58 +79,58 @@ class MmuService(Service):
 
     # -- pmap(9), kernel only -------------------------------------------------
 
-    async def on_create(self, msg: PmapCreate) -> Reply:
+    def on_create(self, msg: PmapCreate) -> Reply:
         try:
             self.mmu.create(msg.asid, msg.owner)
         except PmapError as e:
             raise _err(e) from None
         return self.ack(msg)
 
-    async def on_destroy(self, msg: PmapDestroy) -> Reply:
+    def on_destroy(self, msg: PmapDestroy) -> Reply:
         try:
             return self._count(msg, self.mmu.destroy(msg.asid))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_enter(self, msg: PmapEnter) -> Reply:
+    def on_enter(self, msg: PmapEnter) -> Reply:
         try:
             self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 3))
         except PmapError as e:
             raise _err(e) from None
         return self.ack(msg)
 
-    async def on_remove(self, msg: PmapRemove) -> Reply:
+    def on_remove(self, msg: PmapRemove) -> Reply:
         try:
             return self._count(msg, self.mmu.remove(msg.asid, msg.sva, msg.eva))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_protect(self, msg: PmapProtect) -> Reply:
+    def on_protect(self, msg: PmapProtect) -> Reply:
         try:
             return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_page_protect(self, msg: PmapPageProtect) -> Reply:
+    def on_page_protect(self, msg: PmapPageProtect) -> Reply:
         try:
             return self._count(msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot)))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_kenter(self, msg: PmapKenter) -> Reply:
+    def on_kenter(self, msg: PmapKenter) -> Reply:
         try:
             self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
         except PmapError as e:
             raise _err(e) from None
         return self.ack(msg)
 
-    async def on_kremove(self, msg: PmapKremove) -> Reply:
+    def on_kremove(self, msg: PmapKremove) -> Reply:
         try:
             return self._count(msg, self.mmu.kremove(msg.va, msg.npages))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_extract(self, msg: PmapExtract) -> Reply:
+    def on_extract(self, msg: PmapExtract) -> Reply:
         try:
             pte = self.mmu.extract(msg.asid, msg.va)
         except PmapError as e:
@@ -146,7 +146,7 @@ class MmuService(Service):
             managed=pte.managed,
         )
 
-    async def on_attrs(self, msg: PmapAttrs) -> Reply:
+    def on_attrs(self, msg: PmapAttrs) -> Reply:
         try:
             bits = self.mmu.get_attrs(msg.pfns, msg.clear_reference, msg.clear_modify)
         except PmapError as e:
@@ -158,13 +158,13 @@ class MmuService(Service):
             modified=[bool(b & 2) for b in bits],
         )
 
-    async def on_pv(self, msg: PmapPv) -> Reply:
+    def on_pv(self, msg: PmapPv) -> Reply:
         try:
             return self.reply(msg, PmapPvReply, mappings=self.mmu.mappings_of(msg.pfn))
         except PmapError as e:
             raise _err(e) from None
 
-    async def on_mappings(self, msg: PmapMappings) -> Reply:
+    def on_mappings(self, msg: PmapMappings) -> Reply:
         try:
             pm = self.mmu._pmap(msg.asid)
         except PmapError as e:
@@ -196,15 +196,15 @@ class MmuService(Service):
             )
         return self.reply(msg, MmuAccessReply, data=res or b"")
 
-    async def on_load(self, msg: MmuLoad) -> Reply:
+    def on_load(self, msg: MmuLoad) -> Reply:
         self._owned(msg)
         return self._access_reply(msg, self.mmu.load(msg.asid, msg.va, msg.n))
 
-    async def on_store(self, msg: MmuStore) -> Reply:
+    def on_store(self, msg: MmuStore) -> Reply:
         self._owned(msg)
         return self._access_reply(msg, self.mmu.store(msg.asid, msg.va, msg.data))
 
-    async def on_kload(self, msg: MmuKload) -> Reply:
+    def on_kload(self, msg: MmuKload) -> Reply:
         return self._access_reply(msg, self.mmu.load(KERNEL_ASID, msg.va, msg.n))
 
     # -- reporting -----------------------------------------------------------

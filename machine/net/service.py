@@ -29,7 +29,7 @@ class NetService(Service):
         self.latency_us = DEFAULT_LATENCY_US
 
     async def link_up(self) -> None:
-        await self.publish(
+        self.publish(
             NetLinkUp(
                 h=self.event_header(), bandwidth_bps=self.bandwidth_bps, latency_us=self.latency_us
             )

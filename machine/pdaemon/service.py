@@ -42,9 +42,9 @@ class PdaemonService(Service):
         self.pdwoke += 1
         self.last_free = free
         self.trace.append(f"woke: {reason} free={free}")
-        self.spawn(self.publish(PdWoke(h=self.event_header(), reason=reason, free=free)), "woke")
+        self.publish(PdWoke(h=self.event_header(), reason=reason, free=free))
 
-    async def on_wakeup(self, msg: PdWakeup) -> Reply:
+    def on_wakeup(self, msg: PdWakeup) -> Reply:
         self._woke("wakeup", self.last_free)
         return self.ack(msg)
 

@@ -138,7 +138,7 @@ class Supervisor(Service):
                 endpoints["pub"], "ctl.panic", self._on_role_event
             )
             self.roles[role] = h
-            await self.publish(
+            self.publish(
                 CtlRoleStarted(
                     h=self.event_header(), role=role, pid=h.pid, incarnation=h.incarnation
                 )
@@ -182,9 +182,7 @@ class Supervisor(Service):
             if h.credits < 0 and h.alive:
                 h.alive = False
                 reason = f"missed {HEARTBEAT_LIVENESS + 1} heartbeats"
-                await self.publish(
-                    CtlRoleMissing(h=self.event_header(), role=h.role, reason=reason)
-                )
+                self.publish(CtlRoleMissing(h=self.event_header(), role=h.role, reason=reason))
                 await self.machine_panic(h.role, f"role {h.role} {reason}", [])
             return
         if rep.errno is Errno.EPANIC and self.machine_state == "running":
@@ -218,7 +216,7 @@ class Supervisor(Service):
         loop = asyncio.get_running_loop()
         end = loop.time() + self.panic_grace_s
         while loop.time() < end:
-            await self.publish(self.panic_event)
+            self.publish(self.panic_event)
             await self.clock.sleep(min(0.25, self.panic_grace_s))
         await self.shutdown(reason, EXIT_PANIC)
 
@@ -260,7 +258,7 @@ class Supervisor(Service):
         self._shutting_down = True
         if self.machine_state != "panicked":
             self.machine_state = "stopping"
-        await self.publish(CtlStopping(h=self.event_header(), reason=reason))
+        self.publish(CtlStopping(h=self.event_header(), reason=reason))
         for role in reversed(ROLE_ORDER):
             h = self.roles.get(role)
             if h is None:
@@ -284,7 +282,7 @@ class Supervisor(Service):
 
     # -- client requests --------------------------------------------------------------
 
-    async def on_directory(self, msg: CtlDirectory) -> Reply:
+    def on_directory(self, msg: CtlDirectory) -> Reply:
         if self.machine_state == "panicked":
             raise UserError(Errno.EPANIC, self.panic_message)
         if self.machine_state != "running":

@@ -116,7 +116,7 @@ class UvmService(Service):
         ev = UvmPressure(
             h=self.event_header(), free=free, freemin=self.vm.freemin, freetarg=self.vm.freetarg
         )
-        self.spawn(self.publish(ev), "pressure event")
+        self.publish(ev)
 
     # -- sessions -------------------------------------------------------------
 
@@ -140,7 +140,7 @@ class UvmService(Service):
             except VmError:
                 continue  # exited meanwhile
             done.append(asid)
-            await self.publish(UvmProcExited(h=self.event_header(), asid=asid, reason=reason))
+            self.publish(UvmProcExited(h=self.event_header(), asid=asid, reason=reason))
         return done
 
     # -- handlers ---------------------------------------------------------------
@@ -177,7 +177,7 @@ class UvmService(Service):
             await self.vm.exit(msg.asid, msg.h.incarnation)
         except VmError as e:
             raise UserError(Errno(e.errno), e.detail) from None
-        await self.publish(UvmProcExited(h=self.event_header(), asid=msg.asid, reason="exit"))
+        self.publish(UvmProcExited(h=self.event_header(), asid=msg.asid, reason="exit"))
         return self.ack(msg)
 
     async def on_detach(self, msg: UvmDetach) -> Reply:
