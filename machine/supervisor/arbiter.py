@@ -168,15 +168,17 @@ class Supervisor(Service):
             )
 
     async def _heartbeat(self) -> None:
+        """Ping every role once per interval, at a fixed cadence (a slow answer is a miss)."""
         while True:
-            await self.clock.sleep(self.heartbeat_s)
+            start = self.clock.now_s()
+            await asyncio.gather(*(self._ping(h) for h in list(self.roles.values())))
+            await self.clock.sleep(max(0.0, start + self.heartbeat_s - self.clock.now_s()))
             if self.machine_state != "running":
                 return
-            await asyncio.gather(*(self._ping(h) for h in list(self.roles.values())))
 
     async def _ping(self, h: RoleHandle) -> None:
         try:
-            rep = await h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s)
+            rep = await h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s * 0.8)
         except RemoteError:
             h.credits -= 1
             if h.credits < 0 and h.alive:
@@ -263,11 +265,11 @@ class Supervisor(Service):
             h = self.roles.get(role)
             if h is None:
                 continue
-            if h.alive and h.credits == HEARTBEAT_LIVENESS:
+            healthy = h.alive and h.credits == HEARTBEAT_LIVENESS
+            if healthy:
                 await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
-            elif h.alive:  # it already missed heartbeats: do not wait long for it
-                await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=0.2))
-            await self.launcher.stop(role, timeout_s=5.0)
+            # A role that missed heartbeats gets no long grace: it is terminated at once.
+            await self.launcher.stop(role, timeout_s=5.0 if healthy else 0.0)
             h.alive = False
         self.exit_status = status or self.exit_status
         self.machine_state = "stopped"

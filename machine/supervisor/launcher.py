@@ -39,7 +39,11 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, role: str, timeout_s: float) -> None:
-        """Make sure the role has ended (after ctl.shutdown was sent)."""
+        """Make sure the role has ended (after ctl.shutdown was sent).
+
+        => waits up to timeout_s for a clean exit, then terminates, then kills;
+           timeout_s == 0 kills at once (a role that no longer answers).
+        """
 
     def pids(self) -> dict[str, int]:
         return {}
@@ -103,11 +107,12 @@ class ProcessLauncher(Launcher):
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(proc.sentinel)
-        await loop.run_in_executor(None, proc.join, timeout_s)
-        if proc.is_alive():
-            proc.terminate()
-            await loop.run_in_executor(None, proc.join, 2.0)
-        if proc.is_alive():
+        if timeout_s > 0:
+            await loop.run_in_executor(None, proc.join, timeout_s)
+            if proc.is_alive():
+                proc.terminate()
+                await loop.run_in_executor(None, proc.join, 2.0)
+        if proc.is_alive():  # timeout 0: a role that stopped answering is killed at once
             proc.kill()
             await loop.run_in_executor(None, proc.join, 2.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -199,3 +200,21 @@ def test_python_dash_m_machine_and_console_script_agree() -> None:
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
     assert 'PD_WIRED_CHECK = "skip_wired"' in a.stdout
+
+
+def test_a_role_that_stops_answering_heartbeats_is_a_panic(tmp_path: Path) -> None:
+    rm = boot_real(tmp_path / "state", "--ram", "16M")
+    pids = rm.role_pids()
+    os.kill(pids["net"], signal.SIGSTOP)  # alive, but silent
+    try:
+        status = rm.proc.wait(30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids["net"], signal.SIGCONT)
+        rm.stop()
+    assert status == 3
+    dump = json.loads(next((tmp_path / "state" / "dump").glob("crash-*.json")).read_text())
+    assert dump["panic"]["role"] == "net"
+    assert "missed" in dump["panic"]["message"]
+    assert "heartbeats" in dump["panic"]["message"]
+    assert not any(pid_alive(p) for p in pids.values())
