@@ -37,6 +37,7 @@ from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic, RemoteError
 from machine.ipc.transport import Subscription, Transport
 from machine.params import MAX_ACCESS_BYTES, PAGE_SHIFT, PAGE_SIZE
 from machine.proto import (
+    NO_HEADER,
     CtlDirectory,
     CtlDirectoryReply,
     CtlHello,
@@ -46,7 +47,6 @@ from machine.proto import (
     CtlStatus,
     CtlStatusReply,
     Errno,
-    Header,
     MmuAccessReply,
     MmuLoad,
     MmuStore,
@@ -65,7 +65,7 @@ from machine.proto import (
 )
 from machine.proto.types import Prot
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 
 
 class MachineError(Exception):

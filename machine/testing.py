@@ -27,13 +27,13 @@ from machine.ipc.inmemory import InMemoryTransport
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service
 from machine.params import PAGE_SIZE
-from machine.proto import Header, Reply, Request
+from machine.proto import NO_HEADER, Reply, Request
 from machine.ram import Ram
 from machine.roles import connect_role, make_service
 from machine.supervisor.arbiter import Supervisor
 from machine.supervisor.launcher import Launcher
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 
 
 class InprocLauncher(Launcher):

@@ -20,11 +20,11 @@ import pytest
 from machine.client import Machine
 from machine.ipc.peer import Identity, Peer
 from machine.ipc.zmqtransport import ZmqTransport
-from machine.proto import Header, Reply, Request, UvmAudit, UvmAuditReply
+from machine.proto import NO_HEADER, Reply, Request, UvmAudit, UvmAuditReply
 from machine.testing import SimMachine
 
 PY = sys.executable
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 
 
 @dataclass

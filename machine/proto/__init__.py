@@ -5,6 +5,9 @@ Import messages from here; docs/protocol.md is generated from these classes
 """
 
 from machine.proto.base import (
+    NO_HEADER as NO_HEADER,
+)
+from machine.proto.base import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
 )
 from machine.proto.base import (

@@ -72,6 +72,10 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
     sent_ns: int = 0
 
 
+#: The header to build a request with: Peer.call stamps the real one before sending.
+NO_HEADER = Header(msg_id=0, sender="", incarnation=0)
+
+
 class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
     """Base of all messages."""
 

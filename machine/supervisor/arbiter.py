@@ -45,6 +45,7 @@ from machine.ipc.service import Service, UserError
 from machine.ipc.transport import Subscription, Transport
 from machine.params import PAGE_SIZE
 from machine.proto import (
+    NO_HEADER,
     CtlDirectory,
     CtlDirectoryReply,
     CtlDump,
@@ -63,7 +64,6 @@ from machine.proto import (
     CtlStatusReply,
     CtlStopping,
     Errno,
-    Header,
     Reply,
     Request,
     RoleEndpoints,
@@ -72,7 +72,7 @@ from machine.proto import (
 )
 from machine.supervisor.launcher import Launcher
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 EXIT_PANIC = 3
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from machine.config import ROLE_START_TIMEOUT_S, RoleConfig
 from machine.ipc.peer import CallTimeout, Identity, Peer
 from machine.ipc.transport import Transport
-from machine.proto import CtlHello, CtlHelloReply, Header
+from machine.proto import NO_HEADER, CtlHello, CtlHelloReply
 
 OnExit = Callable[[str, int | None], None]
 
@@ -157,4 +157,4 @@ class ExternalLauncher(Launcher):
         return None
 
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER

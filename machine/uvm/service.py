@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service, UserError
 from machine.proto import (
+    NO_HEADER,
     CtlAck,
     Errno,
     Header,
@@ -78,7 +79,7 @@ class RemotePmap:
 
 
 #: Placeholder header; Peer.call stamps the real one.
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 
 
 class UvmService(Service):

@@ -33,7 +33,7 @@ from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP,
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.uvm.map import Anon, MapEntry, VmMap
-from machine.uvm.page import NIL, VmPages
+from machine.uvm.page import NIL, PageFlag, VmPages
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
 
@@ -219,7 +219,7 @@ class Uvm:
                 pfn = anon.page
                 self.stats.flt_anon += 1
             await self.pmap.enter(asid, vpn << PAGE_SHIFT, pfn, int(entry.prot), 0)
-            if self.pages.flags[pfn] & 0x01:
+            if self.pages.flags[pfn] & PageFlag.BUSY:
                 self.pages.unbusy(pfn)
             return pfn
 

@@ -8,11 +8,11 @@ import pytest
 
 from machine.client import OutOfMemory, RequestError, Segv
 from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
-from machine.proto import Errno, Header, MmuLoad, MmuStore, UvmFault, UvmMmap
+from machine.proto import NO_HEADER, Errno, MmuLoad, MmuStore, UvmFault, UvmMmap
 from machine.testing import SimMachine
 from tests.conftest import Harness
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 
 
 async def test_issue_example_store_load_munmap_exit(harness: Harness) -> None:

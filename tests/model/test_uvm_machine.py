@@ -32,10 +32,10 @@ from hypothesis.stateful import (
 from machine.client import Machine, Process, Segv
 from machine.ipc.inmemory import VirtualTimeLoop
 from machine.params import PAGE_SIZE
-from machine.proto import Header, UvmAudit, UvmAuditReply
+from machine.proto import NO_HEADER, UvmAudit, UvmAuditReply
 from machine.testing import SimMachine
 
-_H = Header(msg_id=0, sender="", incarnation=0)
+_H = NO_HEADER
 NFRAMES = 48
 
 settings.register_profile(
