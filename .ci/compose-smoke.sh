@@ -126,7 +126,8 @@ port_range_free() { # BASE: are BASE..BASE+42 all free on the host?
 }
 if [ -z "${UVM_MACHINE_BASE_PORT:-}" ]; then
   for _ in $(seq 1 50); do
-    UVM_MACHINE_BASE_PORT=$(( (RANDOM % 400 + 200) * 100 ))  # 20000..59900
+    # below the ephemeral range (32768+), so no outgoing connection can take a port meanwhile
+    UVM_MACHINE_BASE_PORT=$(( (RANDOM % 120 + 200) * 100 ))  # 20000..31900
     port_range_free "$UVM_MACHINE_BASE_PORT" && break
   done
 fi
