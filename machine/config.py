@@ -61,6 +61,7 @@ class RoleConfig:
     state_dir: str = ""
     lease_s: float = CLIENT_LEASE_S
     seed: int | None = None
+    swap_bytes: int = 0  # 0: twice the RAM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

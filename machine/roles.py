@@ -35,12 +35,16 @@ def make_service(
     rng: random.Random,
     lease_s: float,
     pid: int | None = None,
+    state_dir: str = "",
+    swap_bytes: int = 0,
 ) -> Service:
     kw: dict[str, Any] = {"rng": rng, "pid": pid}
     if role == "mmu":
         return MmuService(transport, mmu=Mmu(ram), **kw)
     if role == "uvm":
-        return UvmService(transport, ram=ram, lease_s=lease_s, **kw)
+        return UvmService(
+            transport, ram=ram, lease_s=lease_s, state_dir=state_dir, swap_bytes=swap_bytes, **kw
+        )
     if role == "pdaemon":
         return PdaemonService(transport, **kw)
     if role == "net":
@@ -73,7 +77,9 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
     ram = Ram.attach(cfg.ram_name, cfg.ram_bytes)
     transport = ZmqTransport()
     rng = random.Random(cfg.seed)
-    svc = make_service(cfg.role, transport, ram, rng, cfg.lease_s)
+    svc = make_service(
+        cfg.role, transport, ram, rng, cfg.lease_s, None, cfg.state_dir, cfg.swap_bytes
+    )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, svc.stopped.set)
     if standalone:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -40,16 +41,33 @@ class InprocLauncher(Launcher):
     """Roles as in-process services on the in-memory transport."""
 
     def __init__(
-        self, transport: InMemoryTransport, ram: Ram, rng: random.Random, lease_s: float
+        self,
+        transport: InMemoryTransport,
+        ram: Ram,
+        rng: random.Random,
+        lease_s: float,
+        state_dir: str = "",
+        swap_bytes: int = 0,
     ) -> None:
         self.transport = transport
         self.ram = ram
         self.rng = rng
         self.lease_s = lease_s
+        self.state_dir = state_dir
+        self.swap_bytes = swap_bytes
         self.services: dict[str, Service] = {}
 
     async def start(self, role: str, peers: dict[str, dict[str, str]]) -> dict[str, Any]:
-        svc = make_service(role, self.transport, self.ram, self.rng, self.lease_s, pid=0)
+        svc = make_service(
+            role,
+            self.transport,
+            self.ram,
+            self.rng,
+            self.lease_s,
+            pid=0,
+            state_dir=self.state_dir,
+            swap_bytes=self.swap_bytes,
+        )
         eps = await svc.start(
             f"inproc://{role}/kernel", f"inproc://{role}/user", f"inproc://{role}/pub"
         )
@@ -88,11 +106,16 @@ class SimMachine:
         heartbeat_s: float = 1.0,
         panic_grace_s: float = 0.5,
         latency_s: tuple[float, float] = (20e-6, 200e-6),
+        swap_bytes: int = 0,
     ) -> AsyncIterator[SimMachine]:
+        """Boot every role in this process. state_dir "" means a temporary one
+        (disk/ and swap.img), removed afterwards."""
         transport = InMemoryTransport(seed, latency_s)
         rng = random.Random(seed)
         ram = Ram.anonymous(ram_bytes)
-        launcher = InprocLauncher(transport, ram, rng, lease_s)
+        tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-")
+        state_dir = state_dir or (tmp.name if tmp is not None else "")
+        launcher = InprocLauncher(transport, ram, rng, lease_s, state_dir, swap_bytes)
         sup = Supervisor(
             transport,
             launcher,
@@ -116,6 +139,8 @@ class SimMachine:
                 await sup.shutdown("simulation done")
             await sup.close()
             ram.close()
+            if tmp is not None:
+                tmp.cleanup()
 
     def attach(self, **kw: Any) -> contextlib.AbstractAsyncContextManager[Machine]:
         kw.setdefault("session", self.transport.rng.getrandbits(62) | 1)

@@ -409,7 +409,7 @@ class Service:
             self.panic_message = msg.reason
         return self.ack(msg)
 
-    def on_shutdown(self, msg: CtlShutdown) -> Reply:
+    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
         if self.state != "panicked":
             self.state = "stopping"
         asyncio.get_running_loop().call_soon(self.stopped.set)

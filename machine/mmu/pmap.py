@@ -156,6 +156,8 @@ class Mmu:
             self._remove_vpns(pm, [vpn])
         wired = bool(flags & EnterFlags.WIRED)
         pm.ptes[vpn] = Pte(pfn, prot, wired, True)
+        if flags & EnterFlags.CLEAN:
+            self.attrs[pfn] &= ~MODIFIED
         if wired:
             pm.wired_count += 1
         self.pv.setdefault(pfn, set()).add((asid, vpn))
@@ -209,6 +211,19 @@ class Mmu:
             pte.prot = Prot(pte.prot & prot)
         self.stats.protects += len(vpns)
         return len(vpns)
+
+    def unwire(self, asid: int, sva: int, eva: int) -> int:
+        """pmap_unwire over a range: the mappings stay, no longer wired."""
+        pm = self._pmap(asid)
+        self._check_user_range(sva, eva)
+        n = 0
+        for vpn in self._vpns_in(pm, sva, eva):
+            pte = pm.ptes[vpn]
+            if pte.wired:
+                pte.wired = False
+                pm.wired_count -= 1
+                n += 1
+        return n
 
     def page_protect(self, pfns: list[int], prot: Prot) -> int:
         """pmap_page_protect: lower every managed mapping of each frame."""

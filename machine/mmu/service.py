@@ -39,6 +39,7 @@ from machine.proto import (
     PmapPv,
     PmapPvReply,
     PmapRemove,
+    PmapUnwire,
     Reply,
     Request,
     Status,
@@ -65,6 +66,7 @@ class MmuService(Service):
         PmapAttrs,
         PmapPv,
         PmapMappings,
+        PmapUnwire,
         MmuLoad,
         MmuStore,
         MmuKload,
@@ -94,7 +96,7 @@ class MmuService(Service):
 
     def on_enter(self, msg: PmapEnter) -> Reply:
         try:
-            self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 3))
+            self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 7))
         except PmapError as e:
             raise _err(e) from None
         return self.ack(msg)
@@ -108,6 +110,12 @@ class MmuService(Service):
     def on_protect(self, msg: PmapProtect) -> Reply:
         try:
             return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
+        except PmapError as e:
+            raise _err(e) from None
+
+    def on_unwire(self, msg: PmapUnwire) -> Reply:
+        try:
+            return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))
         except PmapError as e:
             raise _err(e) from None
 

@@ -208,6 +208,9 @@ from machine.proto.pmap import (
 from machine.proto.pmap import (
     PmapRemove as PmapRemove,
 )
+from machine.proto.pmap import (
+    PmapUnwire as PmapUnwire,
+)
 from machine.proto.types import EnterFlags as EnterFlags
 from machine.proto.types import Prot as Prot
 from machine.proto.uvm import (
@@ -215,6 +218,9 @@ from machine.proto.uvm import (
 )
 from machine.proto.uvm import (
     UvmAuditReply as UvmAuditReply,
+)
+from machine.proto.uvm import (
+    UvmClose as UvmClose,
 )
 from machine.proto.uvm import (
     UvmDetach as UvmDetach,
@@ -229,13 +235,40 @@ from machine.proto.uvm import (
     UvmFault as UvmFault,
 )
 from machine.proto.uvm import (
+    UvmFork as UvmFork,
+)
+from machine.proto.uvm import (
+    UvmForkReply as UvmForkReply,
+)
+from machine.proto.uvm import (
     UvmMmap as UvmMmap,
 )
 from machine.proto.uvm import (
     UvmMmapReply as UvmMmapReply,
 )
 from machine.proto.uvm import (
+    UvmMprotect as UvmMprotect,
+)
+from machine.proto.uvm import (
+    UvmMsync as UvmMsync,
+)
+from machine.proto.uvm import (
+    UvmMsyncReply as UvmMsyncReply,
+)
+from machine.proto.uvm import (
     UvmMunmap as UvmMunmap,
+)
+from machine.proto.uvm import (
+    UvmOpen as UvmOpen,
+)
+from machine.proto.uvm import (
+    UvmOpenReply as UvmOpenReply,
+)
+from machine.proto.uvm import (
+    UvmPageout as UvmPageout,
+)
+from machine.proto.uvm import (
+    UvmPageoutReply as UvmPageoutReply,
 )
 from machine.proto.uvm import (
     UvmPressure as UvmPressure,
@@ -248,4 +281,10 @@ from machine.proto.uvm import (
 )
 from machine.proto.uvm import (
     UvmSpawnReply as UvmSpawnReply,
+)
+from machine.proto.uvm import (
+    UvmUnwire as UvmUnwire,
+)
+from machine.proto.uvm import (
+    UvmWire as UvmWire,
 )

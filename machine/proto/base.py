@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 0)
+PROTOCOL_VERSION: tuple[int, int] = (1, 1)
 
 
 class Scope(enum.Enum):
@@ -42,6 +42,9 @@ class Errno(enum.StrEnum):
     """The one errno table (POSIX names where one fits)."""
 
     EPERM = "EPERM"  # not allowed from this endpoint, or not your address space
+    EACCES = "EACCES"  # protection beyond what the mapping allows
+    ENOENT = "ENOENT"  # no such file (or nothing resident to page out)
+    EBADF = "EBADF"  # no such open file handle
     ESRCH = "ESRCH"  # no such address space / process
     EINVAL = "EINVAL"  # a field is out of range or the request is malformed
     EBADMSG = "EBADMSG"  # unknown tag, or bytes that do not decode

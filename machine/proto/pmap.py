@@ -53,7 +53,7 @@ class PmapEnter(Request, frozen=True, kw_only=True, tag="pmap.enter"):
     """Create or replace the managed mapping va -> pfn in `asid` (pmap_enter).
 
     => sender: uvm. va page aligned, user range; prot nonzero.
-    => flags: EnterFlags bits (WIRED).
+    => flags: EnterFlags bits (WIRED; CLEAN resets the frame's modified bit).
     Errnos: ESRCH (no pmap), EINVAL (range, alignment, pfn beyond RAM).
     """
 
@@ -98,6 +98,17 @@ class PmapPageProtect(Request, frozen=True, kw_only=True, tag="pmap.page_protect
 
     pfns: PfnList
     prot: ProtBits
+
+
+class PmapUnwire(Request, frozen=True, kw_only=True, tag="pmap.unwire"):
+    """Clear the wired attribute of the mappings in [sva, eva) (pmap_unwire).
+
+    Reply: PmapCountReply with the number of mappings unwired.
+    """
+
+    asid: Asid
+    sva: Va
+    eva: Va
 
 
 class PmapKenter(Request, frozen=True, kw_only=True, tag="pmap.kenter"):

@@ -58,3 +58,8 @@ class EnterFlags(enum.IntFlag):
     NONE = 0
     WIRED = 1  # PMAP_WIRED: the mapping must not be forgotten
     CANFAIL = 2  # PMAP_CANFAIL
+    # The frame's contents equal its backing store (just read from file or
+    # swap): reset its modified bit. Stands in for the pager's
+    # pmap_clear_modify at I/O completion, merged into the enter to save a
+    # round trip.
+    CLEAN = 4

@@ -7,7 +7,7 @@ may name only address spaces its own session created (else EPERM).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -29,12 +29,17 @@ class UvmSpawnReply(Reply, frozen=True, kw_only=True, tag="uvm.spawn.reply"):
 
 
 class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
-    """Map `length` bytes of anonymous, private, zero-filled memory (uvm_map).
+    """Map `length` bytes of memory (uvm_map).
 
     => length > 0 (rounded up to pages); prot in VM_PROT bits.
     => va 0 lets uvm choose; otherwise va is page aligned and, with fixed,
        used exactly (EINVAL if the range overlaps a mapping).
-    Reply: UvmMmapReply with the start VA. Errnos: EINVAL, ENOMEM (no room).
+    => handle 0: anonymous, zero-filled memory; else an open file (uvm.open)
+       at byte `offset` (page aligned).
+    => shared: stores are seen by every process mapping it (and reach the
+       file); private: copy-on-write, the file is never written.
+       Fork inherits shared entries shared and private ones copied.
+    Reply: UvmMmapReply with the start VA. Errnos: EINVAL, ENOMEM, EBADF.
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -43,6 +48,9 @@ class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
     prot: ProtBits
     va: Va = 0
     fixed: bool = False
+    handle: Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)] = 0
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
+    shared: bool = False
 
 
 class UvmMmapReply(Reply, frozen=True, kw_only=True, tag="uvm.mmap.reply"):
@@ -74,6 +82,117 @@ class UvmFault(Request, frozen=True, kw_only=True, tag="uvm.fault"):
     asid: Asid
     va: Va
     access: ProtBits
+
+
+class UvmFork(Request, frozen=True, kw_only=True, tag="uvm.fork"):
+    """fork(2): a child process with copy-on-write copies of the parent's private memory.
+
+    => afterwards stores in either are invisible to the other; shared
+       mappings stay shared; wired private memory is copied at once.
+    Reply: UvmForkReply with the child's asid (owned by the same session).
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+
+
+class UvmForkReply(Reply, frozen=True, kw_only=True, tag="uvm.fork.reply"):
+    asid: int = 0
+
+
+class UvmMprotect(Request, frozen=True, kw_only=True, tag="uvm.mprotect"):
+    """mprotect(2) on [va, va+length): lowering takes effect at once in the mmu.
+
+    Errnos: ENOMEM (range not fully mapped), EACCES (beyond max protection), EINVAL.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    length: Length
+    prot: ProtBits
+
+
+class UvmWire(Request, frozen=True, kw_only=True, tag="uvm.wire"):
+    """mlock(2): fault in and wire every page of the range (uvm_map_pageable).
+
+    => a wired page never leaves RAM; wiring a copy-on-write range copies now.
+    Errnos: ENOMEM (range not fully mapped, or no frames), EINVAL.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    length: Length
+
+
+class UvmUnwire(Request, frozen=True, kw_only=True, tag="uvm.unwire"):
+    """munlock(2): undo one wiring of the range; the last one requeues the pages."""
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    length: Length
+
+
+class UvmMsync(Request, frozen=True, kw_only=True, tag="uvm.msync"):
+    """msync(2): write the dirty pages of shared file mappings in the range to the file.
+
+    Reply: UvmMsyncReply with the number of pages written.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    asid: Asid
+    va: Va
+    length: Length
+
+
+class UvmMsyncReply(Reply, frozen=True, kw_only=True, tag="uvm.msync.reply"):
+    pages: int = 0
+
+
+class UvmOpen(Request, frozen=True, kw_only=True, tag="uvm.open"):
+    """Open a file under the machine's disk/ directory (for mmap with its handle).
+
+    => name: a relative path inside disk/ (no '..', not absolute).
+    => create: make it if missing; size >= 0: at least this many bytes.
+    Reply: UvmOpenReply with the handle and the file's size.
+    Errnos: EINVAL (bad name or size), ENOENT (missing and not create).
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    create: bool = False
+    size: Annotated[int, msgspec.Meta(ge=-1, le=1 << 40)] = -1
+
+
+class UvmOpenReply(Reply, frozen=True, kw_only=True, tag="uvm.open.reply"):
+    handle: int = 0
+    size: int = 0
+
+
+class UvmClose(Request, frozen=True, kw_only=True, tag="uvm.close"):
+    """Close a file handle (mappings made with it stay valid). Errnos: EBADF."""
+
+    scope: ClassVar[Scope] = Scope.USER
+    handle: Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]
+
+
+class UvmPageout(Request, frozen=True, kw_only=True, tag="uvm.pageout"):
+    """Page out the page backing va in asid: revoke its mappings, write it if
+    dirty (anon/aobj pages to swap, file pages to the file), free the frame.
+
+    => kernel endpoint (tests; the page daemon's decisions arrive later).
+    Reply: UvmPageoutReply with the frame freed. Errnos: EBUSY (busy or
+    wired page), ENOENT (nothing resident), ENOMEM (swap full), ESRCH.
+    """
+
+    asid: Asid
+    va: Va
+
+
+class UvmPageoutReply(Reply, frozen=True, kw_only=True, tag="uvm.pageout.reply"):
+    pfn: int = 0
 
 
 class UvmExit(Request, frozen=True, kw_only=True, tag="uvm.exit"):

@@ -1,58 +1,130 @@
 """The invariant auditor: uvm's own invariants, and uvm's agreement with the mmu.
 
-audit() returns a list of problems (empty when all hold). It is run by the
-`uvm.audit` message (tests, stress runs, the kernel debugger) and by the
-model-based tests after every step. What it checks:
+audit() returns the problems found (empty when everything holds). It runs for
+the `uvm.audit` message (tests, stress runs, the kernel debugger) and after
+every step of the model-based tests. What it checks:
 
-  * VmPages.check(): I1 (wired => unqueued), I2 (free pages are clean),
-    I3 (allocated => owned or loaned), Q1 (queue counts and flags).
-  * VmMap.check() for every space: M1 (sorted, aligned, disjoint), M2.
-  * U1: every resident anon's page is owned by that anon (uanon, PG_ANON).
-  * U2 conservation: free + resident anon pages == npages, and no frame is
-    claimed by two anons.
-  * U3 (uvm <-> mmu): every mapping the mmu holds for a user space points at
-    the page of the anon at that address, with a protection no wider than
-    the entry's.
+  * VmPages.check(): I1 (wired => not on a paging queue), I2 (free pages have
+    no owner, wiring or loan), I3 (allocated => owned or loaned), Q1 (queue
+    counts and flags); SwapDevice.check().
+  * maps (M1-M3) and amaps (AM1: slots/back-pointer equation) of every space.
+  * anons: A1 ref > 0; A3 ref == the number of amaps holding the anon; A2 a
+    resident anon's page is owned by it (uanon, PG_ANON); a non-resident anon
+    has a swap slot (its data is somewhere).
+  * objects: O1 every page of an object is owned by it at that offset
+    (uobject, offset, PG_TABLED); refs == entries + open handles.
+  * conservation (U2): every frame is free or owned by exactly one anon or
+    object, and free + owned == npages; swpgonly == the number of slots whose
+    page is not resident.
+  * uvm <-> mmu (U3): every mapping the mmu holds for a user space lies in an
+    entry and points at the frame that entry resolves to (anon first, then
+    object); its protection is within the entry's; no writable mapping of a
+    page that is COW-shared (anon ref > 1, entry NEEDSCOPY, or an object page
+    under a private entry); a wired mapping only in a wired entry.
 """
 
 from __future__ import annotations
 
-from machine.params import PAGE_SHIFT
-from machine.uvm.page import PageFlag
+from collections import Counter
+
+from machine.proto.types import Prot
+from machine.uvm.amap import Amap
+from machine.uvm.object import AObj
+from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
 
 
-async def audit(uvm: Uvm) -> list[str]:
+def _static(uvm: Uvm) -> list[str]:
     problems = uvm.pages.check()
     pages = uvm.pages
-    owners: dict[int, str] = {}
+    if uvm.swap is not None:
+        problems += uvm.swap.check()
+    amaps: dict[int, Amap] = {}
+    obj_refs: Counter[int] = Counter(o.id for o in uvm.handles.values())
     for asid, sp in uvm.spaces.items():
         problems += [f"asid {asid}: {p}" for p in sp.map.check()]
         for e in sp.map.entries:
-            for vpn, anon in e.anons.items():
-                if anon.page < 0:
-                    continue
-                where = f"asid {asid} va {vpn << PAGE_SHIFT:#x}"
-                if anon.page in owners:
-                    problems.append(
-                        f"U2: frame {anon.page} held by {owners[anon.page]} and {where}"
-                    )
-                owners[anon.page] = where
-                if pages.uanon[anon.page] != anon.id or not pages.flags[anon.page] & PageFlag.ANON:
-                    problems.append(f"U1: {where}: page {anon.page} not owned by anon {anon.id}")
-    if pages.free.count + len(owners) != pages.npages:
+            if e.amap is not None:
+                amaps[id(e.amap)] = e.amap
+            if e.obj is not None:
+                obj_refs[e.obj.id] += 1
+    holders: Counter[int] = Counter()
+    for amap in amaps.values():
+        problems += amap.check()
+        for _, anon in amap.used():
+            holders[anon.id] += 1
+            if anon.id not in uvm.anons:
+                problems.append(f"A1: amap holds freed anon {anon.id}")
+    owned: dict[int, str] = {}
+
+    def claim(pfn: int, who: str) -> None:
+        if pfn in owned:
+            problems.append(f"U2: frame {pfn} owned by {owned[pfn]} and {who}")
+        owned[pfn] = who
+
+    swap_only = 0
+    for anon in uvm.anons.values():
+        if anon.ref <= 0 or anon.ref != holders[anon.id]:
+            problems.append(
+                f"A3: anon {anon.id} ref {anon.ref} but held by {holders[anon.id]} amaps"
+            )
+        if anon.page != NIL:
+            claim(anon.page, f"anon {anon.id}")
+            if pages.uanon[anon.page] != anon.id or not pages.flags[anon.page] & PageFlag.ANON:
+                problems.append(f"A2: page {anon.page} not owned by anon {anon.id}")
+        elif not anon.swslot:
+            problems.append(f"A2: anon {anon.id} has neither a page nor a swap slot")
+        else:
+            swap_only += 1
+    for obj in uvm.objects.values():
+        if obj.refs != obj_refs[obj.id]:
+            problems.append(f"O1: object {obj.id} refs {obj.refs} != {obj_refs[obj.id]} users")
+        for pgoff, pfn in obj.pages.items():
+            claim(pfn, f"object {obj.id}+{pgoff}")
+            if (
+                pages.uobject[pfn] != obj.id
+                or pages.offset[pfn] != pgoff
+                or not pages.flags[pfn] & PageFlag.TABLED
+            ):
+                problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
+        if isinstance(obj, AObj):
+            swap_only += sum(1 for pg in obj.swslots if pg not in obj.pages)
+    for pfn in range(pages.npages):
+        if pages.pqflags[pfn] != PQ.FREE and pfn not in owned:
+            problems.append(f"U2: allocated frame {pfn} owned by nobody uvm knows")
+    if pages.free.count + len(owned) != pages.npages:
         problems.append(
-            f"U2: conservation: {pages.free.count} free + {len(owners)} owned "
+            f"U2: conservation: {pages.free.count} free + {len(owned)} owned "
             f"!= {pages.npages} frames"
         )
+    if uvm.swap is not None and uvm.swap.swpgonly != swap_only:
+        problems.append(f"swpgonly {uvm.swap.swpgonly} != {swap_only} pages only on swap")
+    return problems
+
+
+async def audit(uvm: Uvm) -> list[str]:
+    problems = _static(uvm)
     for asid, sp in uvm.spaces.items():
-        for va, pfn, prot, _wired in await uvm.pmap.mappings(asid):
-            entry = sp.map.lookup(va)
-            found = entry.anons.get(va >> PAGE_SHIFT) if entry is not None else None
-            if entry is None or found is None:
-                problems.append(f"U3: asid {asid} maps {va:#x} -> {pfn} with no anon there")
-            elif found.page != pfn:
-                problems.append(f"U3: asid {asid} maps {va:#x} -> {pfn}, anon has {found.page}")
-            elif prot & ~int(entry.prot):
-                problems.append(f"U3: asid {asid} {va:#x} mapped wider than its entry")
+        for va, pfn, prot, wired in await uvm.pmap.mappings(asid):
+            e = sp.map.lookup(va)
+            where = f"U3: asid {asid} maps {va:#x} -> {pfn}"
+            if e is None:
+                problems.append(f"{where} outside any entry")
+                continue
+            anon = e.amap.lookup(e.slot(va)) if e.amap is not None else None
+            if anon is not None:
+                expect, shared = anon.page, anon.ref > 1 or e.needs_copy
+            elif e.obj is not None:
+                expect = e.obj.pages.get(e.pgoff(va), NIL)
+                shared = e.cow
+            else:
+                expect, shared = NIL, False
+            if expect != pfn:
+                problems.append(f"{where}, but the entry resolves to {expect}")
+            if prot & ~int(e.prot):
+                problems.append(f"{where} wider ({Prot(prot).letters()}) than its entry")
+            if prot & Prot.WRITE and shared:
+                problems.append(f"{where} writable although the page is copy-on-write shared")
+            if wired and not e.wired_count:
+                problems.append(f"{where} wired in an unwired entry")
     return problems

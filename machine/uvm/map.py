@@ -1,28 +1,34 @@
-"""vm_map and vm_map_entry: an address space's mappings, and anons.
+"""vm_map and vm_map_entry: an address space's mappings.
 
 A VmMap is a sorted list of non-overlapping MapEntry ranges in user space.
-Each entry has a protection, a maximum protection and an inheritance, and
-(for now) only anonymous memory: `anons` maps a virtual page number to the
-Anon that holds its data. (Objects, amaps with slot/back-pointer arrays,
-COPYONWRITE/NEEDSCOPY and wiring arrive with the UVM core issue.)
+Each entry maps [start, end) with a protection, a maximum protection and an
+inheritance, backed by up to two layers (NetBSD's two-level scheme):
+  * the upper (anon) layer: `amap`, slot i <-> page start + i*PAGE_SIZE;
+  * the lower (object) layer: `obj` at byte `offset` (a vnode, or an aobj
+    for shared anonymous memory); None for private anonymous memory.
+Flags: `cow` (UVM_ET_COPYONWRITE: writes promote into the amap, the object
+is never written), `needs_copy` (UVM_ET_NEEDSCOPY: the amap is shared with
+another entry after fork and must be copied before a write or any anon is
+added), `wired_count` (mlock nesting).
 
 Invariants (check()):
   M1  entries are page aligned, non-empty, sorted and do not overlap.
-  M2  every anon key of an entry lies inside the entry.
-  M3  an anon's page, when resident, is owned by that anon (uanon == id,
-      PG_ANON set) — checked against VmPages by the auditor.
-cf. NetBSD sys/uvm/uvm_map.c, uvm_anon.c (concepts only).
+  M2  an entry's amap has exactly (end - start) / PAGE_SIZE slots.
+  M3  a shared (non-cow) entry has no amap.
+cf. NetBSD sys/uvm/uvm_map.c, uvm_map.h (concepts only).
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP
 from machine.proto.types import Prot
-from machine.uvm.page import NIL
+from machine.uvm.amap import Amap
+from machine.uvm.object import UvmObject
 
 
 class Inherit(enum.Enum):
@@ -33,31 +39,54 @@ class Inherit(enum.Enum):
     NONE = "none"
 
 
-@dataclass(slots=True)
-class Anon:
-    """vm_anon: one page of anonymous memory. [u] fields."""
-
-    id: int
-    ref: int = 1  # references from maps (and, later, loans)
-    page: int = NIL  # resident frame, or NIL
-    swslot: int = 0  # swap slot, 0 = none
-
-
-@dataclass(slots=True)
+@dataclass(eq=False)
 class MapEntry:
     start: int
     end: int
     prot: Prot
     max_prot: Prot
     inheritance: Inherit = Inherit.COPY
-    anons: dict[int, Anon] = field(default_factory=dict)  # vpn -> anon
+    obj: UvmObject | None = None
+    offset: int = 0  # byte offset of `start` in obj
+    amap: Amap | None = None
+    cow: bool = True
+    needs_copy: bool = False
+    wired_count: int = 0
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def slot(self, va: int) -> int:
+        return (va - self.start) >> PAGE_SHIFT
+
+    def pgoff(self, va: int) -> int:
+        """The object page offset that backs va."""
+        return (self.offset + va - self.start) >> PAGE_SHIFT
 
     def split_at(self, va: int) -> MapEntry:
-        """Cut this entry at va; returns the upper part (self keeps [start, va))."""
-        cut = va >> PAGE_SHIFT
-        upper = MapEntry(va, self.end, self.prot, self.max_prot, self.inheritance)
-        for vpn in [v for v in self.anons if v >= cut]:
-            upper.anons[vpn] = self.anons.pop(vpn)
+        """uvm_map_clip: cut at va; self keeps [start, va), the result holds [va, end).
+
+        => the caller made sure the amap (if any) is not shared (ref == 1).
+        """
+        kassert(self.start < va < self.end and not va & PAGE_MASK, "clip at bad va %#x", va)
+        upper = MapEntry(
+            va,
+            self.end,
+            self.prot,
+            self.max_prot,
+            self.inheritance,
+            self.obj,
+            self.offset + (va - self.start),
+            None,
+            self.cow,
+            self.needs_copy,
+            self.wired_count,
+        )
+        if self.amap is not None:
+            upper.amap = self.amap.split(self.slot(va))
+        if self.obj is not None:
+            self.obj.refs += 1
         self.end = va
         return upper
 
@@ -70,6 +99,7 @@ class VmMap:
         self._starts: list[int] = []
 
     def _reindex(self) -> None:
+        self.entries.sort(key=lambda e: e.start)
         self._starts = [e.start for e in self.entries]
 
     def lookup(self, va: int) -> MapEntry | None:
@@ -81,6 +111,15 @@ class VmMap:
     def is_free(self, start: int, end: int) -> bool:
         i = bisect.bisect_left(self._starts, end)
         return i == 0 or self.entries[i - 1].end <= start
+
+    def covers(self, start: int, end: int) -> bool:
+        """Is every page of [start, end) mapped?"""
+        va = start
+        for e in self.in_range(start, end):
+            if e.start > va:
+                return False
+            va = e.end
+        return va >= end
 
     def find_space(self, length: int, hint: int = 0) -> int | None:
         """First fit at or after max(hint, USER_MIN). => start VA, or None if no room."""
@@ -94,29 +133,33 @@ class VmMap:
         return start if start + length <= USER_TOP else None
 
     def insert(self, entry: MapEntry) -> None:
-        i = bisect.bisect_left(self._starts, entry.start)
-        self.entries.insert(i, entry)
+        self.entries.append(entry)
         self._reindex()
 
-    def carve(self, sva: int, eva: int) -> list[MapEntry]:
-        """Split entries at sva and eva, then take out and return those inside [sva, eva)."""
+    def in_range(self, start: int, end: int) -> list[MapEntry]:
+        return [e for e in self.entries if e.start < end and e.end > start]
+
+    def clip(self, start: int, end: int) -> list[MapEntry]:
+        """Split entries so that start and end are entry boundaries. => entries inside.
+
+        => entries that get split must not share their amap (callers unshare first).
+        """
         out: list[MapEntry] = []
-        keep: list[MapEntry] = []
-        for e in self.entries:
-            if e.end <= sva or e.start >= eva:
-                keep.append(e)
-                continue
-            if e.start < sva:
-                upper = e.split_at(sva)
-                keep.append(e)
+        for e in self.in_range(start, end):
+            if e.start < start:
+                upper = e.split_at(start)
+                self.entries.append(upper)
                 e = upper
-            if e.end > eva:
-                keep.append(e.split_at(eva))
+            if e.end > end:
+                self.entries.append(e.split_at(end))
             out.append(e)
-        keep.sort(key=lambda x: x.start)
-        self.entries = keep
         self._reindex()
         return out
+
+    def remove(self, doomed: list[MapEntry]) -> None:
+        ids = {id(e) for e in doomed}
+        self.entries = [e for e in self.entries if id(e) not in ids]
+        self._reindex()
 
     def check(self) -> list[str]:
         problems: list[str] = []
@@ -127,9 +170,12 @@ class VmMap:
             if e.start < prev_end:
                 problems.append(f"M1: entry at {e.start:#x} overlaps its predecessor")
             prev_end = e.end
-            for vpn in e.anons:
-                if not (e.start >> PAGE_SHIFT <= vpn < e.end >> PAGE_SHIFT):
-                    problems.append(f"M2: anon at {vpn << PAGE_SHIFT:#x} outside its entry")
+            if e.amap is not None and e.amap.nslot != e.npages:
+                problems.append(
+                    f"M2: entry at {e.start:#x}: amap has {e.amap.nslot} slots for {e.npages} pages"
+                )
+            if not e.cow and e.amap is not None:
+                problems.append(f"M3: shared entry at {e.start:#x} has an amap")
         if self._starts != [e.start for e in self.entries]:
             problems.append("M1: start index stale")
         return problems

@@ -42,6 +42,13 @@ from machine.kassert import kassert
 
 NIL = -1
 
+# Who allocates, for the reserves of uvm_pagealloc (section 3): a user
+# allocation fails once free <= RESERVE_KERNEL; a kernel one once free <=
+# RESERVE_PAGEDAEMON; only the page daemon may take the last pages.
+USER, KERNEL, PAGEDAEMON = 0, 1, 2
+RESERVE_KERNEL = 5
+RESERVE_PAGEDAEMON = 1
+
 
 class PageFlag(enum.IntFlag):
     """PG_* bits (owner lock / busy holder)."""
@@ -153,13 +160,21 @@ class VmPages:
 
     # -- primitives (section 3) ---------------------------------------------
 
-    def alloc(self, anon: int = NIL, obj: int = NIL, offset: int = 0) -> int:
-        """uvm_pagealloc: take a free page. => pfn, or NIL if none is free.
+    def alloc(self, anon: int = NIL, obj: int = NIL, offset: int = 0, who: int = USER) -> int:
+        """uvm_pagealloc: take a free page. => pfn, or NIL if none may be had.
 
+        => below the reserves a user allocation fails (free <= RESERVE_KERNEL),
+           a kernel one too once free <= RESERVE_PAGEDAEMON; the page daemon
+           may take the last page.
         => the page comes back BUSY|CLEAN|FAKE, on no queue; the caller
            activates or wires it, then unbusies it.
         """
         kassert(anon == NIL or obj == NIL, "uvm_pagealloc: obj and anon != NULL")
+        free = self.free.count
+        if (who == USER and free <= RESERVE_KERNEL) or (
+            who == KERNEL and free <= RESERVE_PAGEDAEMON
+        ):
+            return NIL
         pfn = self.free.head
         if pfn == NIL:
             return NIL

@@ -1,7 +1,9 @@
 """The pmap interface as uvm sees it: async calls that the service sends to the mmu.
 
 uvm never imports the mmu's core; the service passes an object with these
-coroutines (a RemotePmap over the kernel bus, or a test double).
+coroutines (a RemotePmap over the kernel bus, or a test double over an
+in-process Mmu). Batched where NetBSD loops: page_protect and attrs take
+lists of frames, so one message serves a whole range.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ class PmapOps(Protocol):
     async def enter(self, asid: int, va: int, pfn: int, prot: int, flags: int) -> None: ...
 
     async def remove(self, asid: int, sva: int, eva: int) -> int: ...
+
+    async def protect(self, asid: int, sva: int, eva: int, prot: int) -> int: ...
+
+    async def page_protect(self, pfns: list[int], prot: int) -> int: ...
+
+    async def unwire(self, asid: int, sva: int, eva: int) -> int: ...
+
+    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
+        """R/M bits per frame (bit 0 referenced, bit 1 modified), before clearing."""
+        ...
 
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
         """Every mapping of an address space as (va, pfn, prot, wired)."""

@@ -12,41 +12,64 @@ Recovery contract: uvm is the authority; if it dies the machine is gone
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service, UserError
+from machine.params import PAGE_SIZE
 from machine.proto import (
     NO_HEADER,
     CtlAck,
+    CtlShutdown,
     Errno,
     Header,
+    PmapAttrs,
+    PmapAttrsReply,
     PmapCountReply,
     PmapCreate,
     PmapDestroy,
     PmapEnter,
     PmapMappings,
     PmapMappingsReply,
+    PmapPageProtect,
+    PmapProtect,
     PmapRemove,
+    PmapUnwire,
     Reply,
     Request,
     UvmAudit,
     UvmAuditReply,
+    UvmClose,
     UvmDetach,
     UvmDetachReply,
     UvmExit,
     UvmFault,
+    UvmFork,
+    UvmForkReply,
     UvmMmap,
     UvmMmapReply,
+    UvmMprotect,
+    UvmMsync,
+    UvmMsyncReply,
     UvmMunmap,
+    UvmOpen,
+    UvmOpenReply,
+    UvmPageout,
+    UvmPageoutReply,
     UvmPressure,
     UvmProcExited,
     UvmSpawn,
     UvmSpawnReply,
+    UvmUnwire,
+    UvmWire,
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.uvm.audit import audit
+from machine.uvm.fault import fault
+from machine.uvm.pager import flush_object, pageout
+from machine.uvm.swap import SwapDevice
 from machine.uvm.vm import Uvm, VmError
 
 DEFAULT_LEASE_S = 10.0
@@ -73,6 +96,27 @@ class RemotePmap:
         rep = await self.peer.call_ok(PmapRemove(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
         return rep.count
 
+    async def protect(self, asid: int, sva: int, eva: int, prot: int) -> int:
+        rep = await self.peer.call_ok(
+            PmapProtect(h=_H, asid=asid, sva=sva, eva=eva, prot=prot), PmapCountReply
+        )
+        return rep.count
+
+    async def page_protect(self, pfns: list[int], prot: int) -> int:
+        rep = await self.peer.call_ok(PmapPageProtect(h=_H, pfns=pfns, prot=prot), PmapCountReply)
+        return rep.count
+
+    async def unwire(self, asid: int, sva: int, eva: int) -> int:
+        rep = await self.peer.call_ok(PmapUnwire(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
+        return rep.count
+
+    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
+        rep = await self.peer.call_ok(
+            PmapAttrs(h=_H, pfns=pfns, clear_reference=clear_ref, clear_modify=clear_mod),
+            PmapAttrsReply,
+        )
+        return [int(r) | (int(m) << 1) for r, m in zip(rep.referenced, rep.modified, strict=True)]
+
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
         rep = await self.peer.call_ok(PmapMappings(h=_H, asid=asid), PmapMappingsReply)
         return [tuple(m) for m in rep.mappings]  # type: ignore[misc]
@@ -82,30 +126,56 @@ class RemotePmap:
 _H = NO_HEADER
 
 
+def _user(e: VmError) -> UserError:
+    return UserError(Errno(e.errno), e.detail)
+
+
 class UvmService(Service):
     role: ClassVar[str] = "uvm"
     serves: ClassVar[tuple[type[Request], ...]] = (
         UvmSpawn,
         UvmMmap,
         UvmMunmap,
+        UvmMprotect,
         UvmFault,
+        UvmFork,
+        UvmWire,
+        UvmUnwire,
+        UvmMsync,
+        UvmOpen,
+        UvmClose,
         UvmExit,
         UvmDetach,
         UvmAudit,
+        UvmPageout,
     )
 
     def __init__(
-        self, transport: Any, *, ram: Ram, lease_s: float = DEFAULT_LEASE_S, **kw: Any
+        self,
+        transport: Any,
+        *,
+        ram: Ram,
+        lease_s: float = DEFAULT_LEASE_S,
+        state_dir: str = "",
+        swap_bytes: int = 0,
+        **kw: Any,
     ) -> None:
         super().__init__(transport, **kw)
         self.ram = ram
         self.lease_s = lease_s
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.swap_bytes = swap_bytes if swap_bytes else 2 * ram.size
         self.uvm: Uvm | None = None
         self.sessions: dict[int, float] = {}
 
     async def attach_mmu(self, endpoint: str) -> None:
         peer = await self.connect_peer("mmu", endpoint)
-        self.uvm = Uvm(self.ram, RemotePmap(peer), on_pressure=self._pressure)
+        disk = swap = None
+        if self.state_dir is not None:
+            disk = self.state_dir / "disk"
+            disk.mkdir(parents=True, exist_ok=True)
+            swap = SwapDevice(self.state_dir / "swap.img", self.swap_bytes // PAGE_SIZE)
+        self.uvm = Uvm(self.ram, RemotePmap(peer), disk=disk, swap=swap, on_pressure=self._pressure)
         self.spawn(self._reaper(), "lease reaper")
 
     @property
@@ -142,6 +212,7 @@ class UvmService(Service):
                 continue  # exited meanwhile
             done.append(asid)
             self.publish(UvmProcExited(h=self.event_header(), asid=asid, reason=reason))
+        await self.vm.close_all(session)
         return done
 
     # -- handlers ---------------------------------------------------------------
@@ -153,31 +224,90 @@ class UvmService(Service):
     async def on_mmap(self, msg: UvmMmap) -> Reply:
         try:
             va = await self.vm.mmap(
-                msg.asid, msg.h.incarnation, msg.length, Prot(msg.prot), msg.va, msg.fixed
+                msg.asid,
+                msg.h.incarnation,
+                msg.length,
+                Prot(msg.prot),
+                msg.va,
+                msg.fixed,
+                msg.handle,
+                msg.offset,
+                msg.shared,
             )
         except VmError as e:
-            raise UserError(Errno(e.errno), e.detail) from None
+            raise _user(e) from None
         return self.reply(msg, UvmMmapReply, va=va)
 
     async def on_munmap(self, msg: UvmMunmap) -> Reply:
         try:
             await self.vm.munmap(msg.asid, msg.h.incarnation, msg.va, msg.length)
         except VmError as e:
-            raise UserError(Errno(e.errno), e.detail) from None
+            raise _user(e) from None
+        return self.ack(msg)
+
+    async def on_mprotect(self, msg: UvmMprotect) -> Reply:
+        try:
+            await self.vm.mprotect(msg.asid, msg.h.incarnation, msg.va, msg.length, Prot(msg.prot))
+        except VmError as e:
+            raise _user(e) from None
         return self.ack(msg)
 
     async def on_fault(self, msg: UvmFault) -> Reply:
         try:
-            await self.vm.fault(msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
+            await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
         except VmError as e:
-            raise UserError(Errno(e.errno), e.detail) from None
+            raise _user(e) from None
+        return self.ack(msg)
+
+    async def on_fork(self, msg: UvmFork) -> Reply:
+        try:
+            child = await self.vm.fork(msg.asid, msg.h.incarnation)
+        except VmError as e:
+            raise _user(e) from None
+        return self.reply(msg, UvmForkReply, asid=child)
+
+    async def on_wire(self, msg: UvmWire) -> Reply:
+        try:
+            await self.vm.wire(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        except VmError as e:
+            raise _user(e) from None
+        return self.ack(msg)
+
+    async def on_unwire(self, msg: UvmUnwire) -> Reply:
+        try:
+            await self.vm.unwire(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        except VmError as e:
+            raise _user(e) from None
+        return self.ack(msg)
+
+    async def on_msync(self, msg: UvmMsync) -> Reply:
+        try:
+            n = await self.vm.msync(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        except VmError as e:
+            raise _user(e) from None
+        return self.reply(msg, UvmMsyncReply, pages=n)
+
+    def on_open(self, msg: UvmOpen) -> Reply:
+        try:
+            handle, size = self.vm.open(
+                msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
+            )
+        except VmError as e:
+            raise _user(e) from None
+        return self.reply(msg, UvmOpenReply, handle=handle, size=size)
+
+    async def on_close(self, msg: UvmClose) -> Reply:
+        try:
+            await self.vm.close(msg.h.incarnation, msg.handle)
+        except VmError as e:
+            raise _user(e) from None
         return self.ack(msg)
 
     async def on_exit(self, msg: UvmExit) -> Reply:
         try:
             await self.vm.exit(msg.asid, msg.h.incarnation)
         except VmError as e:
-            raise UserError(Errno(e.errno), e.detail) from None
+            raise _user(e) from None
         self.publish(UvmProcExited(h=self.event_header(), asid=msg.asid, reason="exit"))
         return self.ack(msg)
 
@@ -186,20 +316,52 @@ class UvmService(Service):
         done = await self._end_session(msg.h.incarnation, "detach")
         return self.reply(msg, UvmDetachReply, exited=done)
 
+    async def on_pageout(self, msg: UvmPageout) -> Reply:
+        try:
+            pfn = await pageout(self.vm, msg.asid, msg.va)
+        except VmError as e:
+            raise _user(e) from None
+        return self.reply(msg, UvmPageoutReply, pfn=pfn)
+
     async def on_audit(self, msg: UvmAudit) -> Reply:
         problems = await audit(self.vm)
         return self.reply(msg, UvmAuditReply, problems=problems, checked=self.vm.pages.npages)
+
+    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
+        """Clean shutdown: every dirty file page reaches its file before the role stops."""
+        if self.uvm is not None and self.state != "panicked":
+            for obj in list(self.vm.vnodes.values()):
+                await flush_object(self.vm, obj, 0, obj.npages)
+                assert obj.file is not None
+                obj.file.sync()
+        return await super().on_shutdown(msg)
+
+    async def close(self) -> None:
+        await super().close()
+        if self.uvm is not None and self.uvm.swap is not None:
+            self.uvm.swap.close()
 
     # -- reporting ----------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
         if self.uvm is None:
             return {}
-        return {
+        out = {
             **self.vm.stats.as_dict(),
             "processes": len(self.vm.spaces),
             "sessions": len(self.sessions),
+            "anons": len(self.vm.anons),
+            "objects": len(self.vm.objects),
         }
+        if self.vm.swap is not None:
+            out |= {
+                "swpages": self.vm.swap.swpages,
+                "swpginuse": self.vm.swap.swpginuse,
+                "swpgonly": self.vm.swap.swpgonly,
+                "pgswapin": self.vm.swap.pgswapin,
+                "pgswapout": self.vm.swap.pgswapout,
+            }
+        return out
 
     def frames(self) -> dict[str, int]:
         return self.vm.frames() if self.uvm is not None else {}
@@ -216,8 +378,13 @@ class UvmService(Service):
                             "start": e.start,
                             "end": e.end,
                             "prot": e.prot.letters(),
+                            "cow": e.cow,
+                            "needs_copy": e.needs_copy,
+                            "wired": e.wired_count,
+                            "object": e.obj.id if e.obj is not None else None,
                             "anons": {
-                                str(v << 12): an.page for v, an in list(e.anons.items())[:512]
+                                str(e.start + (s << 12)): [an.id, an.ref, an.page]
+                                for s, an in (e.amap.used()[:512] if e.amap else [])
                             },
                         }
                         for e in sp.map.entries

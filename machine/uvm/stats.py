@@ -1,4 +1,4 @@
-"""uvm's counters, named after NetBSD's struct uvmexp."""
+"""uvm's counters, named after NetBSD's struct uvmexp where one exists."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ from dataclasses import asdict, dataclass
 @dataclass(slots=True)
 class UvmStats:
     faults: int = 0  # uvm_fault calls
-    flt_anon: int = 0  # resolved with a resident anon page
-    flt_przero: int = 0  # zero-filled a new anon page
+    flt_anon: int = 0  # upper layer: resident anon page mapped
+    flt_acow: int = 0  # upper layer: copy-on-write of a shared anon
+    flt_obj: int = 0  # lower layer: object page mapped directly
+    flt_prcopy: int = 0  # lower layer: object page promoted (copied) into an anon
+    flt_przero: int = 0  # lower layer: zero-filled a new anon page
+    fltget: int = 0  # object pages read in by the pager (pgo_get)
+    fltanget: int = 0  # anon pages read back from swap
+    fltamcopy: int = 0  # amap copies (NEEDSCOPY resolved)
+    fltpgwait: int = 0  # faults that waited for a busy page
     fltnoram: int = 0  # no free frame for a fault
     segv: int = 0  # faults answered SIGSEGV
     zeropages: int = 0  # pages zeroed
     pgfrees: int = 0  # pages freed
+    pageouts: int = 0  # pages written out and freed on request (uvm.pageout)
+    flushes: int = 0  # dirty file pages written back (msync, munmap, exit, shutdown)
     forks: int = 0
+    wirings: int = 0
     spawns: int = 0
     exits: int = 0
     reaped: int = 0  # processes of vanished client sessions

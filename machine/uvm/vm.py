@@ -1,24 +1,24 @@
-"""The uvm core: address spaces (vmspaces), mmap/munmap, faults, exit, sessions.
+"""The uvm core: address spaces and their operations (mmap, munmap, mprotect, fork,
+mlock/munlock, msync, exit), files, and the ownership of every frame.
 
-One Uvm holds every vm_page (VmPages), every address space and the anons.
-It performs page-table changes only through the injected PmapOps, and it
-touches RAM itself (zero-fill).
+One Uvm holds every vm_page (VmPages), every address space, anon and object,
+the swap device and the open files. It changes translations only through
+the injected PmapOps, and touches RAM itself (zero-fill, copies, pager I/O).
+Faults live in fault.py, pageout and the pagers in pager.py.
 
 Ordering rules (why the machine never maps a freed frame):
   * munmap and exit remove translations from the mmu first and free frames
     only after the mmu has acknowledged.
   * Every operation on one address space holds that space's lock across its
-    awaits; a fault therefore never races an munmap or exit of the same
-    space. Different spaces proceed concurrently.
-  * A page is BUSY from allocation until its mapping is entered.
+    awaits, so faults, mmap, munmap, fork and exit of one space never
+    interleave. Different spaces run concurrently; what they share (anons
+    after fork, object pages) is protected by PG_BUSY: a page is BUSY while
+    a fault or the pager works on it across an await, and whoever finds it
+    BUSY waits (fltpgwait) and starts over.
 
-Invariants (audit.py checks them together with VmPages.check and the mmu):
-  U1  every resident anon's page is owned by it (uanon == anon.id, PG_ANON).
-  U2  every frame is free or owned by exactly one live anon (conservation):
-      free + (resident anon pages) == npages.
-  U3  every mmu mapping of a user space points at the page of the anon at
-      that vpn, with a protection no wider than the entry's.
-cf. NetBSD sys/uvm/uvm_map.c, uvm_fault.c, uvm_mmap.c, uvm_glue.c.
+Frame ownership (U2, conservation): every frame is free, or owned by exactly
+one anon (PG_ANON, uanon) or one object (PG_TABLED, uobject, offset).
+cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c, uvm_anon.c (concepts only).
 """
 
 from __future__ import annotations
@@ -27,15 +27,24 @@ import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
 from machine.proto.types import Prot
 from machine.ram import Ram
-from machine.uvm.map import Anon, MapEntry, VmMap
+from machine.uvm.amap import Amap
+from machine.uvm.anon import Anon
+from machine.uvm.map import Inherit, MapEntry, VmMap
+from machine.uvm.object import AObj, UvmObject, VnodeObject
 from machine.uvm.page import NIL, PageFlag, VmPages
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
+from machine.uvm.swap import SwapDevice
+from machine.uvm.vnode import VnodeError, VnodeFile, resolve
+
+RW = Prot.READ | Prot.WRITE
+RWX = Prot.READ | Prot.WRITE | Prot.EXECUTE
 
 
 class VmError(Exception):
@@ -54,7 +63,7 @@ class Segv(VmError):
         super().__init__("EFAULT", detail)
 
 
-@dataclass(slots=True)
+@dataclass(eq=False)
 class VmSpace:
     asid: int
     owner: int  # client session id
@@ -75,20 +84,164 @@ class Uvm:
     """The machine-independent VM state of the whole machine."""
 
     def __init__(
-        self, ram: Ram, pmap: PmapOps, on_pressure: Callable[[int], None] | None = None
+        self,
+        ram: Ram,
+        pmap: PmapOps,
+        *,
+        disk: Path | None = None,
+        swap: SwapDevice | None = None,
+        on_pressure: Callable[[int], None] | None = None,
     ) -> None:
         self.ram = ram
         self.pmap = pmap
         self.pages = VmPages(ram.nframes)
         self.spaces: dict[int, VmSpace] = {}
+        self.anons: dict[int, Anon] = {}
+        self.objects: dict[int, UvmObject] = {}
+        self.vnodes: dict[Path, VnodeObject] = {}
+        self.handles: dict[tuple[int, int], VnodeObject] = {}
+        self.disk = disk
+        self.swap = swap
         self.stats = UvmStats()
         self.freemin, self.freetarg = tune(ram.nframes)
         self._asids = itertools.count(1)
-        self._anon_ids = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._handle_ids = itertools.count(3)
         self._on_pressure = on_pressure
         self._under_pressure = False
+        self._waiters: dict[int, asyncio.Event] = {}
 
-    # -- address spaces -------------------------------------------------------
+    # -- pages: allocation, busy, free --------------------------------------------
+
+    def alloc_page(
+        self, anon: Anon | None = None, obj: UvmObject | None = None, pgoff: int = 0
+    ) -> int:
+        """uvm_pagealloc for an anon or an object. => pfn, BUSY; VmError ENOMEM if none."""
+        pfn = self.pages.alloc(
+            anon=anon.id if anon else NIL, obj=obj.id if obj else NIL, offset=pgoff
+        )
+        if pfn == NIL:
+            self.stats.fltnoram += 1
+            self.check_pressure(failed=True)
+            raise VmError(
+                "ENOMEM",
+                "out of memory: no free frame (the page daemon reclaims memory in a later issue)",
+            )
+        if anon is not None:
+            anon.page = pfn
+        if obj is not None:
+            obj.pages[pgoff] = pfn
+        self.check_pressure()
+        return pfn
+
+    def busy(self, pfn: int) -> None:
+        kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "page %d already busy", pfn)
+        self.pages.flags[pfn] |= PageFlag.BUSY
+
+    def unbusy(self, pfn: int) -> None:
+        """uvm_page_unbusy: clear BUSY and wake whoever waits for the page."""
+        self.pages.unbusy(pfn)
+        ev = self._waiters.pop(pfn, None)
+        if ev is not None:
+            ev.set()
+
+    async def wait_busy(self, pfn: int) -> None:
+        """Sleep until the page is unbusied (the caller then starts over)."""
+        self.stats.fltpgwait += 1
+        self.pages.flags[pfn] |= PageFlag.WANTED
+        ev = self._waiters.setdefault(pfn, asyncio.Event())
+        await ev.wait()
+
+    def free_page(self, pfn: int) -> None:
+        kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "uvm_pagefree: page %d busy", pfn)
+        self.pages.free_page(pfn)
+        self.stats.pgfrees += 1
+        self.check_pressure()
+
+    def check_pressure(self, failed: bool = False) -> None:
+        """Publish uvm.pressure when free falls below freemin, and on every failed allocation."""
+        low = self.pages.free.count < self.freemin
+        if failed or (low and not self._under_pressure):
+            self.stats.pressure_events += 1
+            if self._on_pressure is not None:
+                self._on_pressure(self.pages.free.count)
+        self._under_pressure = low
+
+    # -- anons and amaps -----------------------------------------------------------
+
+    def new_anon(self) -> Anon:
+        anon = Anon(next(self._ids))
+        self.anons[anon.id] = anon
+        return anon
+
+    def anon_unref(self, anon: Anon) -> None:
+        """uvm_anfree when the last reference goes: its page and its swap slot."""
+        anon.ref -= 1
+        kassert(anon.ref >= 0, "uvm_anfree: anon %d ref < 0", anon.id)
+        if anon.ref:
+            return
+        if anon.page != NIL:
+            kassert(
+                self.pages.uanon[anon.page] == anon.id,
+                "uvm_anfree: page %d not owned by anon %d",
+                anon.page,
+                anon.id,
+            )
+            self.free_page(anon.page)
+            anon.page = NIL
+        elif anon.swslot:
+            self.swap_only(-1)
+        if anon.swslot:
+            self.swap_free(anon.swslot)
+            anon.swslot = 0
+        del self.anons[anon.id]
+
+    def amap_unref(self, amap: Amap) -> None:
+        """amap_unref: the last reference frees every anon reference the amap holds."""
+        amap.ref -= 1
+        if amap.ref == 0:
+            for slot, anon in amap.used():
+                amap.unadd(slot)
+                self.anon_unref(anon)
+
+    def amap_copy(self, e: MapEntry) -> None:
+        """amap_copy: give a NEEDSCOPY entry an amap of its own (no page is copied)."""
+        if e.amap is None:
+            e.amap = Amap(e.npages)
+        elif e.amap.ref > 1:
+            old = e.amap
+            e.amap = old.copy(0, e.npages)
+            old.ref -= 1
+            self.stats.fltamcopy += 1
+        e.needs_copy = False
+
+    def amap_cow_now(self, e: MapEntry) -> Amap:
+        """amap_cow_now for fork of a wired entry: the child's amap with every page copied."""
+        new = Amap(e.npages)
+        if e.amap is not None:
+            for slot, anon in e.amap.used():
+                copy = self.new_anon()
+                pfn = self.alloc_page(anon=copy)
+                src = anon.page
+                kassert(src != NIL, "amap_cow_now: wired anon %d not resident", anon.id)
+                self.ram.frame(pfn)[:] = self.ram.frame(src)
+                self.pages.flags[pfn] &= ~PageFlag.CLEAN
+                self.pages.activate(pfn)
+                self.unbusy(pfn)
+                new.add(slot, copy)
+        return new
+
+    # -- swap accounting -----------------------------------------------------------
+
+    def swap_free(self, slot: int) -> None:
+        assert self.swap is not None
+        self.swap.free(slot)
+
+    def swap_only(self, delta: int) -> None:
+        if self.swap is not None:
+            self.swap.swpgonly += delta
+
+    # -- address spaces ----------------------------------------------------------------
 
     def space(self, asid: int, owner: int) -> VmSpace:
         """The caller's space. => VmError ESRCH (unknown) / EPERM (another client's)."""
@@ -106,14 +259,95 @@ class Uvm:
         self.stats.spawns += 1
         return asid
 
+    def asids_of(self, owner: int) -> list[int]:
+        return sorted(a for a, sp in self.spaces.items() if sp.owner == owner and not sp.dead)
+
+    # -- files -----------------------------------------------------------------------
+
+    def open(self, owner: int, name: str, create: bool, size: int | None) -> tuple[int, int]:
+        """Open (or create) a file under disk/. => (handle, size in bytes)."""
+        if self.disk is None:
+            raise VmError("ENOSYS", "this machine has no disk")
+        try:
+            path = resolve(self.disk, name)
+            obj = self.vnodes.get(path)
+            if obj is None:
+                f = VnodeFile(path, create, size)
+                obj = VnodeObject(next(self._ids), refs=0, file=f, name=name)
+                self.vnodes[path] = obj
+                self.objects[obj.id] = obj
+            elif size is not None and size > obj.npages * PAGE_SIZE:
+                raise VnodeError("EINVAL", f"{name!r} is open with a smaller size")
+        except VnodeError as e:
+            raise VmError(e.errno, e.detail) from None
+        obj.refs += 1
+        handle = next(self._handle_ids)
+        self.handles[(owner, handle)] = obj
+        assert obj.file is not None
+        return handle, obj.file.size
+
+    async def close(self, owner: int, handle: int) -> None:
+        obj = self.handles.pop((owner, handle), None)
+        if obj is None:
+            raise VmError("EBADF", f"no open file with handle {handle}")
+        await self.obj_unref(obj)
+
+    async def close_all(self, owner: int) -> None:
+        for o, h in [k for k in self.handles if k[0] == owner]:
+            await self.close(o, h)
+
+    async def obj_unref(self, obj: UvmObject) -> None:
+        """The last reference to an object: write back its dirty pages, free them."""
+        obj.refs -= 1
+        kassert(obj.refs >= 0, "uvm_obj_unref: object %d refs < 0", obj.id)
+        if obj.refs:
+            return
+        from machine.uvm.pager import flush_object
+
+        if isinstance(obj, VnodeObject):
+            await flush_object(self, obj, 0, obj.npages)
+        for pgoff, pfn in sorted(obj.pages.items()):
+            if self.pages.flags[pfn] & PageFlag.BUSY:
+                await self.wait_busy(pfn)
+            self.free_page(pfn)
+            del obj.pages[pgoff]
+        if isinstance(obj, AObj):
+            for slot in obj.swslots.values():
+                self.swap_free(slot)
+                self.swap_only(-1)
+            obj.swslots.clear()
+        if isinstance(obj, VnodeObject):
+            assert obj.file is not None
+            obj.file.sync()
+            obj.file.close()
+            self.vnodes = {p: o for p, o in self.vnodes.items() if o is not obj}
+        del self.objects[obj.id]
+
+    # -- mmap / munmap / mprotect ------------------------------------------------------
+
     async def mmap(
-        self, asid: int, owner: int, length: int, prot: Prot, va: int = 0, fixed: bool = False
+        self,
+        asid: int,
+        owner: int,
+        length: int,
+        prot: Prot,
+        va: int = 0,
+        fixed: bool = False,
+        handle: int = 0,
+        offset: int = 0,
+        shared: bool = False,
     ) -> int:
-        """uvm_map of anonymous private memory. => start VA."""
+        """uvm_map: anonymous or file memory, private (COW) or shared. => start VA."""
         sp = self.space(asid, owner)
         length = round_page(length)
-        if va & PAGE_MASK:
-            raise VmError("EINVAL", f"mmap address {va:#x} not page aligned")
+        if va & PAGE_MASK or offset & PAGE_MASK:
+            raise VmError("EINVAL", "mmap address and offset must be page aligned")
+        obj: UvmObject | None = None
+        if handle:
+            vobj = self.handles.get((owner, handle))
+            if vobj is None:
+                raise VmError("EBADF", f"no open file with handle {handle}")
+            obj = vobj
         async with sp.lock:
             if fixed:
                 if not (USER_MIN <= va and va + length <= USER_TOP):
@@ -126,135 +360,228 @@ class Uvm:
                 if found is None:
                     raise VmError("ENOMEM", f"no room for {length} bytes in the address space")
                 start = found
+            if obj is None and shared:
+                obj = AObj(next(self._ids), refs=0, size_pages=length >> PAGE_SHIFT)
+                self.objects[obj.id] = obj
+            if obj is not None:
+                obj.refs += 1
             sp.map.insert(
-                MapEntry(start, start + length, prot, Prot.READ | Prot.WRITE | Prot.EXECUTE)
+                MapEntry(
+                    start,
+                    start + length,
+                    prot,
+                    RWX,
+                    Inherit.SHARE if shared else Inherit.COPY,
+                    obj,
+                    offset,
+                    None,
+                    cow=not shared,
+                )
             )
             self.stats.mmaps += 1
             return start
 
-    async def munmap(self, asid: int, owner: int, va: int, length: int) -> int:
-        """uvm_unmap: translations go first, then the frames. => pages freed."""
-        sp = self.space(asid, owner)
+    def _unshare(self, e: MapEntry) -> None:
+        """Before an entry is split, give it its own amap (an early amap_copy)."""
+        if e.needs_copy and e.amap is not None:
+            self.amap_copy(e)
+
+    def _clip(self, sp: VmSpace, start: int, end: int) -> list[MapEntry]:
+        for e in sp.map.in_range(start, end):
+            if e.start < start or e.end > end:
+                self._unshare(e)
+        return sp.map.clip(start, end)
+
+    def _check_range(self, va: int, length: int) -> int:
         if va & PAGE_MASK:
-            raise VmError("EINVAL", f"munmap address {va:#x} not page aligned")
+            raise VmError("EINVAL", f"address {va:#x} not page aligned")
         eva = va + round_page(length)
         if not (USER_MIN <= va and eva <= USER_TOP):
-            raise VmError("EINVAL", f"munmap range at {va:#x} outside user space")
+            raise VmError("EINVAL", f"range at {va:#x} outside user space")
+        return eva
+
+    async def munmap(self, asid: int, owner: int, va: int, length: int) -> None:
+        """uvm_unmap: translations go first, then frames and references."""
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
         async with sp.lock:
             await self.pmap.remove(asid, va, eva)
-            freed = 0
-            for e in sp.map.carve(va, eva):
-                freed += self._free_anons(e)
+            doomed = self._clip(sp, va, eva)
+            sp.map.remove(doomed)
+            for e in doomed:
+                await self._drop_entry(e)
             self.stats.munmaps += 1
-            return freed
 
-    async def exit(self, asid: int, owner: int, reason: str = "exit") -> int:
-        """Process exit: remove the pmap, free every frame. => pages freed."""
+    async def _drop_entry(self, e: MapEntry) -> None:
+        """Release what an entry held (its translations are already gone)."""
+        if e.wired_count and e.amap is not None:
+            for _, anon in e.amap.used():
+                if anon.page != NIL and self.pages.wire_count[anon.page]:
+                    self.pages.unwire(anon.page)
+        if e.amap is not None:
+            self.amap_unref(e.amap)
+            e.amap = None
+        if e.obj is not None:
+            if e.wired_count:
+                for pg in range(e.pgoff(e.start), e.pgoff(e.end)):
+                    pfn = e.obj.pages.get(pg, NIL)
+                    if pfn != NIL and self.pages.wire_count[pfn]:
+                        self.pages.unwire(pfn)
+            if isinstance(e.obj, VnodeObject) and not e.cow:
+                from machine.uvm.pager import flush_object
+
+                await flush_object(self, e.obj, e.pgoff(e.start), e.pgoff(e.end))
+            await self.obj_unref(e.obj)
+            e.obj = None
+
+    async def mprotect(self, asid: int, owner: int, va: int, length: int, prot: Prot) -> None:
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
+        async with sp.lock:
+            if not sp.map.covers(va, eva):
+                raise VmError("ENOMEM", f"mprotect range at {va:#x} is not fully mapped")
+            if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
+                raise VmError("EACCES", "protection beyond the mapping's maximum")
+            for e in self._clip(sp, va, eva):
+                lowered = e.prot & ~prot
+                e.prot = prot
+                if lowered:
+                    await self.pmap.protect(asid, e.start, e.end, int(prot))
+
+    # -- exit -----------------------------------------------------------------------
+
+    async def exit(self, asid: int, owner: int, reason: str = "exit") -> None:
+        """Process exit: remove the pmap, then release every entry."""
         sp = self.space(asid, owner)
         async with sp.lock:
             if sp.dead:
-                return 0
+                return
             sp.dead = True
             await self.pmap.destroy(asid)
-            freed = sum(self._free_anons(e) for e in sp.map.entries)
-            sp.map.entries.clear()
+            entries, sp.map.entries = sp.map.entries, []
+            for e in entries:
+                await self._drop_entry(e)
             del self.spaces[asid]
             self.stats.exits += 1
             if reason != "exit":
                 self.stats.reaped += 1
-            return freed
 
-    def asids_of(self, owner: int) -> list[int]:
-        return sorted(a for a, sp in self.spaces.items() if sp.owner == owner and not sp.dead)
+    # -- fork -------------------------------------------------------------------------
 
-    def _free_anons(self, e: MapEntry) -> int:
-        n = 0
-        for anon in e.anons.values():
-            anon.ref -= 1
-            kassert(anon.ref >= 0, "uvm_anfree: anon %d ref < 0", anon.id)
-            if anon.ref == 0 and anon.page != NIL:
-                kassert(
-                    self.pages.uanon[anon.page] == anon.id,
-                    "uvm_anfree: page %d not owned by anon %d",
-                    anon.page,
-                    anon.id,
-                )
-                self.pages.free_page(anon.page)
-                anon.page = NIL
-                self.stats.pgfrees += 1
-                n += 1
-        e.anons.clear()
-        if n:
-            self._check_pressure()
-        return n
+    async def fork(self, asid: int, owner: int) -> int:
+        """uvmspace_fork: a child address space by each entry's inheritance.
 
-    # -- faults ---------------------------------------------------------------
-
-    async def fault(self, asid: int, owner: int, va: int, access: Prot) -> int:
-        """uvm_fault for anonymous memory. => the pfn now mapped at va.
-
-        => Segv when no entry covers va or its protection forbids `access`.
-        => VmError ENOMEM (fltnoram) when no frame is free.
+        COPY entries become copy-on-write in both (the amap shared with
+        NEEDSCOPY, the parent's writable mappings write-protected), except
+        wired ones, whose anon pages are copied at once (amap_cow_now) so the
+        parent never faults on wired memory. SHARE entries share object and
+        amap. NONE entries are left out.
         """
         sp = self.space(asid, owner)
-        self.stats.faults += 1
         async with sp.lock:
-            if sp.dead:
-                raise VmError("ESRCH", f"process {asid} exited")
-            entry = sp.map.lookup(va)
-            if entry is None:
-                self.stats.segv += 1
-                raise Segv(f"no mapping at {va:#x}")
-            if access & ~entry.prot:
-                self.stats.segv += 1
-                raise Segv(
-                    f"{Prot(access).letters()} access to {va:#x} in a "
-                    f"{entry.prot.letters()} mapping"
+            child_asid = next(self._asids)
+            await self.pmap.create(child_asid, owner)
+            child = VmSpace(child_asid, owner)
+            self.spaces[child_asid] = child
+            for e in sp.map.entries:
+                if e.inheritance is Inherit.NONE:
+                    continue
+                c = MapEntry(
+                    e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow
                 )
-            vpn = va >> PAGE_SHIFT
-            anon = entry.anons.get(vpn)
-            if anon is None:
-                pfn = self._zero_fill(entry, vpn)
-            else:
-                pfn = anon.page
-                self.stats.flt_anon += 1
-            await self.pmap.enter(asid, vpn << PAGE_SHIFT, pfn, int(entry.prot), 0)
-            if self.pages.flags[pfn] & PageFlag.BUSY:
-                self.pages.unbusy(pfn)
-            return pfn
+                if e.obj is not None:
+                    e.obj.refs += 1
+                if e.inheritance is Inherit.SHARE:
+                    kassert(e.amap is None, "fork: shared entry with an amap")
+                elif e.wired_count:
+                    c.amap = self.amap_cow_now(e)
+                elif e.amap is not None:
+                    e.amap.ref += 1
+                    c.amap = e.amap
+                    c.needs_copy = e.needs_copy = True
+                    if e.prot & Prot.WRITE:
+                        await self.pmap.protect(asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
+                else:
+                    c.needs_copy = True
+                child.map.insert(c)
+            self.stats.forks += 1
+            return child_asid
 
-    def _zero_fill(self, entry: MapEntry, vpn: int) -> int:
-        anon = Anon(next(self._anon_ids))
-        pfn = self.pages.alloc(anon=anon.id)
-        if pfn == NIL:
-            self.stats.fltnoram += 1
-            self._check_pressure()
-            raise VmError(
-                "ENOMEM",
-                "out of memory: no free frame (the page daemon reclaims memory in a later issue)",
-            )
-        self.ram.zero(pfn)
-        self.stats.zeropages += 1
-        self.stats.flt_przero += 1
-        anon.page = pfn
-        entry.anons[vpn] = anon
-        self.pages.activate(pfn)
-        self._check_pressure()
-        return pfn
+    # -- wiring ---------------------------------------------------------------------
 
-    def _check_pressure(self) -> None:
-        low = self.pages.free.count < self.freemin
-        if low and not self._under_pressure:
-            self.stats.pressure_events += 1
-            if self._on_pressure is not None:
-                self._on_pressure(self.pages.free.count)
-        self._under_pressure = low
+    async def wire(self, asid: int, owner: int, va: int, length: int) -> None:
+        """mlock: fault in and wire every page (a COW range is copied now, section 6)."""
+        from machine.uvm.fault import fault_locked
 
-    # -- reporting --------------------------------------------------------------
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
+        async with sp.lock:
+            if not sp.map.covers(va, eva):
+                raise VmError("ENOMEM", f"mlock range at {va:#x} is not fully mapped")
+            if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
+                raise VmError("ENOMEM", "mlock of an inaccessible range")
+            for e in self._clip(sp, va, eva):
+                e.wired_count += 1
+                if e.wired_count == 1:
+                    for page in range(e.start, e.end, PAGE_SIZE):
+                        await fault_locked(self, sp, page, e.prot, wire=True)
+            self.stats.wirings += 1
+
+    async def unwire(self, asid: int, owner: int, va: int, length: int) -> None:
+        """munlock: the last unwiring of an entry puts its pages back on the queues."""
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
+        async with sp.lock:
+            if not sp.map.covers(va, eva):
+                raise VmError("ENOMEM", f"munlock range at {va:#x} is not fully mapped")
+            for e in self._clip(sp, va, eva):
+                if e.wired_count == 0:
+                    continue
+                e.wired_count -= 1
+                if e.wired_count:
+                    continue
+                await self.pmap.unwire(asid, e.start, e.end)
+                for pfn in self.resident_pages(e):
+                    if self.pages.wire_count[pfn]:
+                        self.pages.unwire(pfn)
+
+    def resident_pages(self, e: MapEntry) -> list[int]:
+        """The frames an entry resolves to today (anon layer first, then object)."""
+        out = []
+        for i in range(e.npages):
+            anon = e.amap.lookup(i) if e.amap is not None else None
+            if anon is not None:
+                if anon.page != NIL:
+                    out.append(anon.page)
+            elif e.obj is not None:
+                pfn = e.obj.pages.get(e.pgoff(e.start) + i, NIL)
+                if pfn != NIL:
+                    out.append(pfn)
+        return out
+
+    # -- msync --------------------------------------------------------------------------
+
+    async def msync(self, asid: int, owner: int, va: int, length: int) -> int:
+        """Write the dirty file pages of shared mappings in the range. => pages written."""
+        from machine.uvm.pager import flush_object
+
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
+        async with sp.lock:
+            if not sp.map.covers(va, eva):
+                raise VmError("ENOMEM", f"msync range at {va:#x} is not fully mapped")
+            n = 0
+            for e in sp.map.in_range(va, eva):
+                if isinstance(e.obj, VnodeObject) and not e.cow:
+                    lo, hi = max(va, e.start), min(eva, e.end)
+                    n += await flush_object(self, e.obj, e.pgoff(lo), e.pgoff(hi))
+            return n
+
+    # -- reporting ------------------------------------------------------------------------
 
     def frames(self) -> dict[str, int]:
         p = self.pages
-        return {
+        out = {
             "total": p.npages,
             "free": p.free.count,
             "active": p.active.count,
@@ -263,13 +590,10 @@ class Uvm:
             "freemin": self.freemin,
             "freetarg": self.freetarg,
         }
-
-    def resident_anons(self) -> dict[int, tuple[int, int, Anon]]:
-        """pfn -> (asid, vpn, anon) for every resident anon page."""
-        out: dict[int, tuple[int, int, Anon]] = {}
-        for asid, sp in self.spaces.items():
-            for e in sp.map.entries:
-                for vpn, anon in e.anons.items():
-                    if anon.page != NIL:
-                        out[anon.page] = (asid, vpn, anon)
+        if self.swap is not None:
+            out |= {
+                "swpages": self.swap.swpages,
+                "swpginuse": self.swap.swpginuse,
+                "swpgonly": self.swap.swpgonly,
+            }
         return out

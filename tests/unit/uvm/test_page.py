@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from machine.kassert import KernelPanic
-from machine.uvm.page import NIL, PQ, PageFlag, VmPages
+from machine.uvm.page import KERNEL, NIL, PAGEDAEMON, PQ, USER, PageFlag, VmPages
 
 
 def test_alloc_takes_a_free_page_busy_clean_fake_unqueued() -> None:
     p = VmPages(4)
-    pfn = p.alloc(anon=3)
+    pfn = p.alloc(who=PAGEDAEMON, anon=3)
     assert pfn == 0
     assert p.free.count == 3
     assert p.flags[pfn] == PageFlag.BUSY | PageFlag.CLEAN | PageFlag.FAKE | PageFlag.ANON
@@ -21,14 +21,14 @@ def test_alloc_takes_a_free_page_busy_clean_fake_unqueued() -> None:
 
 def test_alloc_fails_when_no_page_is_free() -> None:
     p = VmPages(2)
-    assert p.alloc(anon=1) != NIL
-    assert p.alloc(anon=2) != NIL
-    assert p.alloc(anon=3) == NIL
+    assert p.alloc(who=PAGEDAEMON, anon=1) != NIL
+    assert p.alloc(who=PAGEDAEMON, anon=2) != NIL
+    assert p.alloc(who=PAGEDAEMON, anon=3) == NIL
 
 
 def test_activate_deactivate_free_move_between_queues() -> None:
     p = VmPages(8)
-    a, b = p.alloc(anon=1), p.alloc(anon=2)
+    a, b = p.alloc(who=PAGEDAEMON, anon=1), p.alloc(who=PAGEDAEMON, anon=2)
     p.activate(a)
     p.activate(b)
     assert p.walk(p.active) == [a, b]
@@ -47,7 +47,7 @@ def test_activate_deactivate_free_move_between_queues() -> None:
 
 def test_wiring_dequeues_and_the_last_unwire_activates() -> None:
     p = VmPages(4)
-    a = p.alloc(anon=1)
+    a = p.alloc(who=PAGEDAEMON, anon=1)
     p.activate(a)
     p.wire(a)
     p.wire(a)
@@ -66,7 +66,7 @@ def test_wiring_dequeues_and_the_last_unwire_activates() -> None:
 
 def test_freeing_a_wired_page_drops_the_wiring() -> None:
     p = VmPages(4)
-    a = p.alloc(anon=1)
+    a = p.alloc(who=PAGEDAEMON, anon=1)
     p.wire(a)
     p.free_page(a)
     assert p.wired == 0
@@ -80,20 +80,23 @@ def test_freeing_a_wired_page_drops_the_wiring() -> None:
         (lambda p, a: (p.free_page(a), p.free_page(a)), "uvm_pagefree: freeing free page"),
         (lambda p, a: (p.wire(a), p.deactivate(a)), "caller did not check wire count"),
         (lambda p, a: p.unwire(a), "uvm_pageunwire: page 0 not wired"),
-        (lambda p, a: p.alloc(anon=1, obj=2), "uvm_pagealloc: obj and anon != NULL"),
+        (
+            lambda p, a: p.alloc(who=PAGEDAEMON, anon=1, obj=2),
+            "uvm_pagealloc: obj and anon != NULL",
+        ),
         (lambda p, a: (p.unbusy(a), p.unbusy(a)), "not busy"),
     ],
 )
 def test_violated_preconditions_panic_with_netbsd_messages(setup: object, message: str) -> None:
     p = VmPages(4)
-    a = p.alloc(anon=1)
+    a = p.alloc(who=PAGEDAEMON, anon=1)
     with pytest.raises(KernelPanic, match=message):
         setup(p, a)  # type: ignore[operator]
 
 
 def test_check_finds_corrupted_queues() -> None:
     p = VmPages(4)
-    a = p.alloc(anon=1)
+    a = p.alloc(who=PAGEDAEMON, anon=1)
     p.activate(a)
     p.active.count += 1
     assert any("Q1" in x for x in p.check())
@@ -105,3 +108,20 @@ def test_check_finds_corrupted_queues() -> None:
 
 def test_structure_of_arrays_costs_few_bytes_per_frame() -> None:
     assert VmPages(1024).bytes_per_frame() < 40
+
+
+def test_allocation_reserves() -> None:
+    """Scenario 20: free = 5 -> a user allocation fails, a kernel one succeeds;
+    free = 1 -> only the page daemon gets the page."""
+    p = VmPages(8)
+    for _ in range(3):
+        assert p.alloc(anon=1) != NIL  # 8, 7, 6 free: fine
+    assert p.free.count == 5
+    assert p.alloc(anon=1, who=USER) == NIL
+    for _ in range(4):
+        assert p.alloc(obj=2, who=KERNEL) != NIL
+    assert p.free.count == 1
+    assert p.alloc(obj=2, who=KERNEL) == NIL
+    assert p.alloc(obj=2, who=PAGEDAEMON) != NIL
+    assert p.free.count == 0
+    assert p.check() == []

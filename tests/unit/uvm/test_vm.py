@@ -7,44 +7,20 @@ import pytest
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
 from machine.proto.types import EnterFlags, Prot
-from machine.ram import Ram
 from machine.uvm.audit import audit
+from machine.uvm.fault import fault
 from machine.uvm.map import MapEntry, VmMap
+from machine.uvm.page import RESERVE_KERNEL
 from machine.uvm.vm import Segv, Uvm, VmError, tune
+from tests.unit.uvm.localpmap import make_uvm
 
 OWNER = 77
 
 
-class LocalPmap:
-    """PmapOps over an in-process Mmu (what the service does over the bus)."""
-
-    def __init__(self, mmu: Mmu) -> None:
-        self.mmu = mmu
-
-    async def create(self, asid: int, owner: int) -> None:
-        self.mmu.create(asid, owner)
-
-    async def destroy(self, asid: int) -> int:
-        return self.mmu.destroy(asid)
-
-    async def enter(self, asid: int, va: int, pfn: int, prot: int, flags: int) -> None:
-        self.mmu.enter(asid, va, pfn, Prot(prot), EnterFlags(flags))
-
-    async def remove(self, asid: int, sva: int, eva: int) -> int:
-        return self.mmu.remove(asid, sva, eva)
-
-    async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
-        return [
-            (v << 12, p.pfn, int(p.prot), p.wired)
-            for v, p in sorted(self.mmu.pmaps[asid].ptes.items())
-        ]
-
-
 def make(nframes: int = 64) -> tuple[Uvm, Mmu, list[int]]:
-    ram = Ram.anonymous(nframes * PAGE_SIZE)
-    mmu = Mmu(ram)
     events: list[int] = []
-    return Uvm(ram, LocalPmap(mmu), on_pressure=events.append), mmu, events
+    uvm, mmu = make_uvm(nframes, events=events)
+    return uvm, mmu, events
 
 
 async def test_zero_fill_fault_maps_a_zeroed_page() -> None:
@@ -52,14 +28,14 @@ async def test_zero_fill_fault_maps_a_zeroed_page() -> None:
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, 4 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     uvm.ram.frame(0)[:8] = b"garbage!"  # the next page handed out must come back zeroed
-    pfn = await uvm.fault(asid, OWNER, va + 5, Prot.WRITE)
+    pfn = await fault(uvm, asid, OWNER, va + 5, Prot.WRITE)
     assert mmu.load(asid, va, 8) == bytes(8)
     assert mmu.extract(asid, va).pfn == pfn  # type: ignore[union-attr]
     assert uvm.stats.flt_przero == 1
     assert uvm.pages.active.count == 1
     assert await audit(uvm) == []
     # a second fault on the same page reuses the anon's page
-    assert await uvm.fault(asid, OWNER, va, Prot.READ) == pfn
+    assert await fault(uvm, asid, OWNER, va, Prot.READ) == pfn
     assert uvm.stats.flt_anon == 1
 
 
@@ -68,9 +44,9 @@ async def test_faults_outside_mappings_or_against_protection_segfault() -> None:
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, PAGE_SIZE, Prot.READ)
     with pytest.raises(Segv, match="no mapping"):
-        await uvm.fault(asid, OWNER, va + PAGE_SIZE, Prot.READ)
+        await fault(uvm, asid, OWNER, va + PAGE_SIZE, Prot.READ)
     with pytest.raises(Segv, match="-w- access"):
-        await uvm.fault(asid, OWNER, va, Prot.WRITE)
+        await fault(uvm, asid, OWNER, va, Prot.WRITE)
     assert uvm.pages.free.count == 64
     assert uvm.stats.segv == 2
 
@@ -80,9 +56,8 @@ async def test_munmap_splits_entries_and_frees_only_the_range() -> None:
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, 8 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     for i in range(8):
-        await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
-    freed = await uvm.munmap(asid, OWNER, va + 2 * PAGE_SIZE, 3 * PAGE_SIZE)
-    assert freed == 3
+        await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
+    await uvm.munmap(asid, OWNER, va + 2 * PAGE_SIZE, 3 * PAGE_SIZE)
     assert uvm.pages.free.count == 64 - 5
     starts = [(e.start - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
     ends = [(e.end - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
@@ -96,8 +71,8 @@ async def test_exit_frees_every_frame_and_the_pmap() -> None:
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, 10 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     for i in range(10):
-        await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
-    assert await uvm.exit(asid, OWNER) == 10
+        await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
+    await uvm.exit(asid, OWNER)
     assert uvm.pages.free.count == 64
     assert asid not in mmu.pmaps
     assert asid not in uvm.spaces
@@ -106,17 +81,16 @@ async def test_exit_frees_every_frame_and_the_pmap() -> None:
 
 async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> None:
     uvm, _, events = make(nframes=16)
-    freemin, _ = tune(16)
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, 32 * PAGE_SIZE, Prot.READ | Prot.WRITE)
-    for i in range(16):
-        await uvm.fault(asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
+    usable = 16 - RESERVE_KERNEL  # a user fault never takes the kernel's reserve
+    for i in range(usable):
+        await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
     with pytest.raises(VmError) as ei:
-        await uvm.fault(asid, OWNER, va + 16 * PAGE_SIZE, Prot.WRITE)
+        await fault(uvm, asid, OWNER, va + usable * PAGE_SIZE, Prot.WRITE)
     assert ei.value.errno == "ENOMEM"
     assert uvm.stats.fltnoram == 1
-    assert len(events) == 1
-    assert events[0] == freemin - 1
+    assert events == [RESERVE_KERNEL]  # the failed allocation woke the page daemon
     assert await audit(uvm) == []
 
 
@@ -135,7 +109,7 @@ async def test_audit_detects_disagreement_with_the_mmu() -> None:
     uvm, mmu, _ = make()
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, 2 * PAGE_SIZE, Prot.READ | Prot.WRITE)
-    pfn = await uvm.fault(asid, OWNER, va, Prot.WRITE)
+    pfn = await fault(uvm, asid, OWNER, va, Prot.WRITE)
     mmu.enter(asid, va + PAGE_SIZE, pfn, Prot.READ, EnterFlags.NONE)  # a mapping uvm never made
     problems = await audit(uvm)
     assert any(p.startswith("U3") for p in problems)
@@ -157,7 +131,8 @@ def test_map_find_space_and_carve() -> None:
     assert m.find_space(0x3000) == 0x7000
     assert m.lookup(0x2FFF) is m.entries[0]
     assert m.lookup(0x3000) is None
-    out = m.carve(0x2000, 0x6000)
+    out = m.clip(0x2000, 0x6000)
+    m.remove(out)
     assert [(e.start, e.end) for e in out] == [(0x2000, 0x3000), (0x5000, 0x6000)]
     assert [(e.start, e.end) for e in m.entries] == [(0x1000, 0x2000), (0x6000, 0x7000)]
     assert m.check() == []

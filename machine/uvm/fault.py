@@ -1,0 +1,247 @@
+"""uvm_fault: resolve a trap, for every case of NetBSD's two-layer fault handler.
+
+    fault_locked(space, va, access, wire)
+      1. lookup: no entry -> SIGSEGV; access beyond the entry's protection ->
+         SIGSEGV. A wiring fault uses the entry's full protection (section 6:
+         wiring a writable COW range resolves the COW now).
+      2. NEEDSCOPY: a write (or wiring) through an entry whose amap is shared
+         after fork first gets the entry its own amap (amap_copy).
+      3. upper layer, when the amap has an anon for the page (fault_upper):
+           not resident -> read back from swap (fltanget);
+           write and anon.ref > 1 -> copy-on-write: a new anon with a copy
+           (flt_acow); else map it (flt_anon), read-only while shared.
+      4. lower layer otherwise (fault_lower):
+           no object -> zero-fill a new anon (flt_przero);
+           object page not resident -> pgo_get (vnode: read the file; aobj:
+           swap or zero) (fltget);
+           write through a COW entry -> promote: copy into a new anon
+           (flt_prcopy); else map the object page (flt_obj), read-only
+           through a COW entry so a later write faults and promotes.
+      5. wiring -> uvm_pagewire, PG_CLEAN cleared, the anon's swap slot
+         dropped; otherwise uvm_pageactivate. pmap.enter (WIRED for wiring;
+         CLEAN when the frame was just read from its backing store).
+    A page found BUSY (another fault or the pager is working on it across an
+    await) is waited for (fltpgwait) and the fault starts over, as NetBSD's
+    refault does. The page stays BUSY until its mapping is entered.
+cf. NetBSD sys/uvm/uvm_fault.c (concepts only).
+"""
+
+from __future__ import annotations
+
+from machine.kassert import kassert
+from machine.params import PAGE_SIZE
+from machine.proto.types import EnterFlags, Prot
+from machine.uvm.amap import Amap
+from machine.uvm.anon import Anon
+from machine.uvm.map import MapEntry
+from machine.uvm.object import AObj, VnodeObject
+from machine.uvm.page import NIL, PageFlag
+from machine.uvm.vm import Segv, Uvm, VmError, VmSpace
+
+REFAULT = -1
+
+
+async def fault(uvm: Uvm, asid: int, owner: int, va: int, access: Prot) -> int:
+    """The trap entry point: under the space's lock. => the pfn now mapped at va."""
+    sp = uvm.space(asid, owner)
+    uvm.stats.faults += 1
+    async with sp.lock:
+        if sp.dead:
+            raise VmError("ESRCH", f"process {asid} exited")
+        return await fault_locked(uvm, sp, va, access, wire=False)
+
+
+async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool) -> int:
+    va &= ~(PAGE_SIZE - 1)
+    while True:
+        e = sp.map.lookup(va)
+        if e is None:
+            uvm.stats.segv += 1
+            raise Segv(f"no mapping at {va:#x}")
+        if wire:
+            access = e.prot
+        if access & ~e.prot or e.prot == Prot.NONE:
+            uvm.stats.segv += 1
+            raise Segv(
+                f"{Prot(access).letters()} access to {va:#x} in a {e.prot.letters()} mapping"
+            )
+        if e.needs_copy and (access & Prot.WRITE or wire):
+            uvm.amap_copy(e)
+        slot = e.slot(va)
+        anon = e.amap.lookup(slot) if e.amap is not None else None
+        if anon is not None:
+            pfn = await _fault_upper(uvm, sp, e, va, slot, anon, access, wire)
+        else:
+            pfn = await _fault_lower(uvm, sp, e, va, slot, access, wire)
+        if pfn != REFAULT:
+            return pfn
+
+
+async def _finish(
+    uvm: Uvm, sp: VmSpace, va: int, pfn: int, prot: Prot, wire: bool, clean_read: bool
+) -> int:
+    """Wire or activate, enter the mapping, unbusy. The page is BUSY on entry."""
+    pages = uvm.pages
+    flags = EnterFlags.NONE
+    if wire:
+        pages.wire(pfn)
+        pages.flags[pfn] &= ~PageFlag.CLEAN
+        anon_id = pages.uanon[pfn]
+        if anon_id != NIL and pages.flags[pfn] & PageFlag.ANON:
+            anon = uvm.anons[anon_id]
+            if anon.swslot:
+                uvm.swap_free(anon.swslot)
+                anon.swslot = 0
+        flags |= EnterFlags.WIRED
+    else:
+        pages.activate(pfn)
+    if clean_read:
+        flags |= EnterFlags.CLEAN
+    try:
+        await uvm.pmap.enter(sp.asid, va, pfn, int(prot), int(flags))
+    finally:
+        uvm.unbusy(pfn)
+    return pfn
+
+
+async def _fault_upper(
+    uvm: Uvm, sp: VmSpace, e: MapEntry, va: int, slot: int, anon: Anon, access: Prot, wire: bool
+) -> int:
+    pages = uvm.pages
+    clean_read = False
+    if anon.page == NIL:
+        # Swapped out: read it back (uvmfault_anonget).
+        kassert(uvm.swap is not None and anon.swslot, "uvmfault_anonget: anon %d lost", anon.id)
+        assert uvm.swap is not None
+        pfn = uvm.alloc_page(anon=anon)
+        uvm.swap.get(anon.swslot, uvm.ram, pfn)
+        uvm.swap_only(-1)
+        pages.flags[pfn] &= ~PageFlag.FAKE
+        uvm.stats.fltanget += 1
+        clean_read = True
+    else:
+        pfn = anon.page
+        if pages.flags[pfn] & PageFlag.BUSY:
+            await uvm.wait_busy(pfn)
+            return REFAULT
+        uvm.busy(pfn)
+    prot = e.prot
+    if access & Prot.WRITE and anon.ref > 1:
+        # Copy-on-write: this entry gets its own anon with a copy of the page.
+        assert e.amap is not None
+        new = uvm.new_anon()
+        try:
+            npfn = uvm.alloc_page(anon=new)
+        except VmError:
+            del uvm.anons[new.id]
+            uvm.unbusy(pfn)
+            raise
+        uvm.ram.frame(npfn)[:] = uvm.ram.frame(pfn)
+        pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+        e.amap.add(slot, new, replace=True)
+        anon.ref -= 1
+        uvm.unbusy(pfn)
+        if not pages.wire_count[pfn]:
+            pages.activate(pfn)
+        uvm.stats.flt_acow += 1
+        return await _finish(uvm, sp, va, npfn, prot, wire, False)
+    uvm.stats.flt_anon += 1
+    if anon.ref > 1 or e.needs_copy:
+        prot &= ~Prot.WRITE  # still shared: a write must fault and copy
+    if access & Prot.WRITE:
+        pages.flags[pfn] &= ~PageFlag.CLEAN
+        clean_read = False
+    return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)
+
+
+def _ensure_amap(e: MapEntry) -> Amap:
+    if e.amap is None:
+        e.amap = Amap(e.npages)
+    return e.amap
+
+
+async def _fault_lower(
+    uvm: Uvm, sp: VmSpace, e: MapEntry, va: int, slot: int, access: Prot, wire: bool
+) -> int:
+    pages = uvm.pages
+    obj = e.obj
+    if obj is None:
+        # Anonymous memory never touched: zero-fill a new anon in the amap.
+        if e.needs_copy:
+            uvm.amap_copy(e)
+        amap = _ensure_amap(e)
+        anon = uvm.new_anon()
+        try:
+            pfn = uvm.alloc_page(anon=anon)
+        except VmError:
+            del uvm.anons[anon.id]
+            raise
+        uvm.ram.zero(pfn)
+        pages.flags[pfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+        amap.add(slot, anon)
+        uvm.stats.zeropages += 1
+        uvm.stats.flt_przero += 1
+        prot = e.prot
+        if e.needs_copy:
+            prot &= ~Prot.WRITE
+        return await _finish(uvm, sp, va, pfn, prot, wire, False)
+
+    pgoff = e.pgoff(va)
+    if pgoff >= obj.npages:
+        uvm.stats.segv += 1
+        raise Segv(f"{va:#x} is beyond the end of the mapped object")
+    clean_read = False
+    pfn = obj.pages.get(pgoff, NIL)
+    if pfn == NIL:
+        pfn = uvm.alloc_page(obj=obj, pgoff=pgoff)
+        if isinstance(obj, VnodeObject):
+            assert obj.file is not None
+            obj.file.get(pgoff, uvm.ram, pfn)
+            uvm.stats.fltget += 1
+            clean_read = True
+        elif isinstance(obj, AObj):
+            slotno = obj.swslots.get(pgoff, 0)
+            if slotno:
+                assert uvm.swap is not None
+                uvm.swap.get(slotno, uvm.ram, pfn)
+                uvm.swap_only(-1)
+                uvm.stats.fltanget += 1
+                clean_read = True
+            else:
+                uvm.ram.zero(pfn)
+                uvm.stats.zeropages += 1
+                pages.flags[pfn] &= ~PageFlag.CLEAN
+        pages.flags[pfn] &= ~PageFlag.FAKE
+    else:
+        if pages.flags[pfn] & PageFlag.BUSY:
+            await uvm.wait_busy(pfn)
+            return REFAULT
+        uvm.busy(pfn)
+
+    if e.cow and (access & Prot.WRITE or wire):
+        # Promote: the private entry gets its own copy; the object is never written.
+        amap = _ensure_amap(e)
+        anon = uvm.new_anon()
+        try:
+            npfn = uvm.alloc_page(anon=anon)
+        except VmError:
+            del uvm.anons[anon.id]
+            uvm.unbusy(pfn)
+            raise
+        uvm.ram.frame(npfn)[:] = uvm.ram.frame(pfn)
+        pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+        amap.add(slot, anon)
+        uvm.unbusy(pfn)
+        if not pages.wire_count[pfn] and not pages.pqflags[pfn]:
+            pages.activate(pfn)
+        uvm.stats.flt_prcopy += 1
+        return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
+
+    uvm.stats.flt_obj += 1
+    prot = e.prot
+    if e.cow:
+        prot &= ~Prot.WRITE  # private: the first write faults and promotes
+    if access & Prot.WRITE:
+        pages.flags[pfn] &= ~PageFlag.CLEAN
+        clean_read = False
+    return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)

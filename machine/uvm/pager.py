@@ -1,0 +1,126 @@
+"""The pagers' put side: writing pages back to their store and freeing them.
+
+  flush_object(obj, lo, hi)   pgo_put(PGO_CLEANIT) on a vnode object's range:
+      every resident page that is dirty (PG_CLEAN clear, or the mmu's modified
+      bit set — read and cleared in one batched pmap.attrs) is written to the
+      file and marked clean. Used by msync, by munmap/exit of a shared file
+      mapping, by the last close, and at shutdown.
+  pageout(asid, va)           "page out this page" (the kernel's uvm.pageout,
+      used by tests and, later, by the page daemon's decisions): revoke every
+      mapping of the page (pmap.page_protect NONE), write it if dirty (anon
+      and aobj pages to swap, in the slot they have or a new one; vnode pages
+      to the file), and free the frame. Refused (EBUSY) for a busy or wired
+      page: a wired page never leaves RAM. Swap full -> ENOMEM.
+Data paged out comes back through the fault handler (swap: fltanget;
+file: fltget).
+cf. NetBSD sys/uvm/uvm_pager.c, uvm_vnode.c, uvm_aobj.c, uvm_swap.c.
+"""
+
+from __future__ import annotations
+
+from machine.proto.types import Prot
+from machine.uvm.anon import Anon
+from machine.uvm.object import AObj, UvmObject, VnodeObject
+from machine.uvm.page import NIL, PageFlag
+from machine.uvm.vm import Uvm, VmError
+
+MODIFIED = 2
+
+
+async def flush_object(uvm: Uvm, obj: VnodeObject, lo: int, hi: int) -> int:
+    """Write back the dirty resident pages of obj in page offsets [lo, hi). => pages written."""
+    assert obj.file is not None
+    pfns = sorted((pg, pfn) for pg, pfn in obj.pages.items() if lo <= pg < hi)
+    if not pfns:
+        return 0
+    bits = await uvm.pmap.attrs([pfn for _, pfn in pfns], False, True)
+    n = 0
+    for (pg, pfn), b in zip(pfns, bits, strict=True):
+        if b & MODIFIED or not uvm.pages.flags[pfn] & PageFlag.CLEAN:
+            obj.file.put(pg, uvm.ram, pfn)
+            uvm.pages.flags[pfn] |= PageFlag.CLEAN
+            n += 1
+    if n:
+        obj.file.sync()
+    uvm.stats.flushes += n
+    return n
+
+
+def _owner_of(uvm: Uvm, pfn: int) -> tuple[Anon | None, UvmObject | None, int]:
+    pages = uvm.pages
+    if pages.flags[pfn] & PageFlag.ANON:
+        return uvm.anons[pages.uanon[pfn]], None, 0
+    obj_id = pages.uobject[pfn]
+    return None, uvm.objects.get(obj_id) if obj_id != NIL else None, int(pages.offset[pfn])
+
+
+async def pageout_page(uvm: Uvm, pfn: int) -> None:
+    """Write one frame to its backing store if dirty and free it (see module doc)."""
+    pages = uvm.pages
+    if pages.flags[pfn] & PageFlag.BUSY or pages.wire_count[pfn]:
+        raise VmError("EBUSY", f"page {pfn} is busy or wired")
+    anon, obj, pgoff = _owner_of(uvm, pfn)
+    swap_backed = anon is not None or isinstance(obj, AObj)
+    if swap_backed and uvm.swap is None:
+        raise VmError("ENOMEM", "no swap device")
+    uvm.busy(pfn)
+    try:
+        await uvm.pmap.page_protect([pfn], int(Prot.NONE))
+        bits = (await uvm.pmap.attrs([pfn], True, True))[0]
+    finally:
+        uvm.unbusy(pfn)
+    dirty = bool(bits & MODIFIED) or not pages.flags[pfn] & PageFlag.CLEAN
+    if anon is not None or isinstance(obj, AObj):
+        assert uvm.swap is not None
+        slot = anon.swslot if anon is not None else obj.swslots.get(pgoff, 0)  # type: ignore[union-attr]
+        if not slot:
+            slot = uvm.swap.alloc(1)
+            if not slot:
+                pages.activate(pfn)
+                raise VmError("ENOMEM", "swap is full")
+            dirty = True
+            if anon is not None:
+                anon.swslot = slot
+            else:
+                assert isinstance(obj, AObj)
+                obj.swslots[pgoff] = slot
+        if dirty:
+            uvm.swap.put(slot, uvm.ram, [pfn])
+        if anon is not None:
+            anon.page = NIL
+        else:
+            assert obj is not None
+            del obj.pages[pgoff]
+        uvm.swap_only(+1)
+    elif isinstance(obj, VnodeObject):
+        assert obj.file is not None
+        if dirty:
+            obj.file.put(pgoff, uvm.ram, pfn)
+        del obj.pages[pgoff]
+    else:
+        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+    uvm.free_page(pfn)
+    uvm.stats.pageouts += 1
+
+
+async def pageout(uvm: Uvm, asid: int, va: int) -> int:
+    """Page out the page that backs va in asid (kernel request). => the pfn freed."""
+    sp = uvm.spaces.get(asid)
+    if sp is None:
+        raise VmError("ESRCH", f"no process with asid {asid}")
+    async with sp.lock:
+        e = sp.map.lookup(va)
+        if e is None:
+            raise VmError("EFAULT", f"no mapping at {va:#x}")
+        slot = e.slot(va)
+        anon = e.amap.lookup(slot) if e.amap is not None else None
+        if anon is not None:
+            pfn = anon.page
+        elif e.obj is not None:
+            pfn = e.obj.pages.get(e.pgoff(va), NIL)
+        else:
+            pfn = NIL
+        if pfn == NIL:
+            raise VmError("ENOENT", f"nothing resident at {va:#x}")
+        await pageout_page(uvm, pfn)
+        return pfn

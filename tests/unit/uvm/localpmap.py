@@ -1,0 +1,72 @@
+"""PmapOps over an in-process Mmu: the uvm core's tests without any transport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from machine.mmu.pmap import Mmu
+from machine.params import PAGE_SIZE
+from machine.proto.types import EnterFlags, Prot
+from machine.ram import Ram
+from machine.uvm.swap import SwapDevice
+from machine.uvm.vm import Uvm
+
+
+class LocalPmap:
+    def __init__(self, mmu: Mmu) -> None:
+        self.mmu = mmu
+        self.calls = 0
+
+    async def create(self, asid: int, owner: int) -> None:
+        self.mmu.create(asid, owner)
+
+    async def destroy(self, asid: int) -> int:
+        return self.mmu.destroy(asid)
+
+    async def enter(self, asid: int, va: int, pfn: int, prot: int, flags: int) -> None:
+        self.calls += 1
+        self.mmu.enter(asid, va, pfn, Prot(prot), EnterFlags(flags))
+
+    async def remove(self, asid: int, sva: int, eva: int) -> int:
+        return self.mmu.remove(asid, sva, eva)
+
+    async def protect(self, asid: int, sva: int, eva: int, prot: int) -> int:
+        return self.mmu.protect(asid, sva, eva, Prot(prot))
+
+    async def page_protect(self, pfns: list[int], prot: int) -> int:
+        return self.mmu.page_protect(pfns, Prot(prot))
+
+    async def unwire(self, asid: int, sva: int, eva: int) -> int:
+        return self.mmu.unwire(asid, sva, eva)
+
+    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
+        return self.mmu.get_attrs(pfns, clear_ref, clear_mod)
+
+    async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
+        return [
+            (v << 12, p.pfn, int(p.prot), p.wired)
+            for v, p in sorted(self.mmu.pmaps[asid].ptes.items())
+        ]
+
+
+def make_uvm(
+    nframes: int = 64,
+    tmp: Path | None = None,
+    swap_pages: int = 64,
+    events: list[int] | None = None,
+) -> tuple[Uvm, Mmu]:
+    ram = Ram.anonymous(nframes * PAGE_SIZE)
+    mmu = Mmu(ram)
+    disk = swap = None
+    if tmp is not None:
+        disk = tmp / "disk"
+        disk.mkdir(exist_ok=True)
+        swap = SwapDevice(tmp / "swap.img", swap_pages)
+    uvm = Uvm(
+        ram,
+        LocalPmap(mmu),
+        disk=disk,
+        swap=swap,
+        on_pressure=events.append if events is not None else None,
+    )
+    return uvm, mmu
