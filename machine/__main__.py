@@ -94,6 +94,7 @@ def cmd_up(a: argparse.Namespace) -> int:
                 profile=a.profile,
                 on_ready=ready,
                 lease_s=a.lease,
+                swap_bytes=a.swap or 0,
             )
         )
     except (LaunchError, OSError) as e:
@@ -167,6 +168,7 @@ def cmd_role(a: argparse.Namespace) -> int:
         profile=a.profile,
         state_dir=a.state or "",
         lease_s=a.lease,
+        swap_bytes=a.swap or 0,
     )
     return asyncio.run(serve_role(cfg, None, standalone=True))
 
@@ -293,6 +295,12 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
         type=_profile,
         default=env("PROFILE", DEFAULT_PROFILE),
         help=f"policy profile: {', '.join(SHIPPED)} or a TOML file",
+    )
+    p.add_argument(
+        "--swap",
+        type=_ram,
+        default=None,
+        help="swap device size (<state>/swap.img; default twice the RAM)",
     )
     p.add_argument(
         "--lease",

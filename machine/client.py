@@ -53,14 +53,23 @@ from machine.proto import (
     Reply,
     Request,
     Status,
+    UvmClose,
     UvmDetach,
     UvmExit,
     UvmFault,
+    UvmFork,
+    UvmForkReply,
     UvmMmap,
     UvmMmapReply,
+    UvmMprotect,
+    UvmMsync,
     UvmMunmap,
+    UvmOpen,
+    UvmOpenReply,
     UvmSpawn,
     UvmSpawnReply,
+    UvmUnwire,
+    UvmWire,
     decode_event,
 )
 from machine.proto.types import Prot
@@ -80,10 +89,6 @@ class Segv(MachineError):
         self.va, self.access, self.reason = va, access, reason
 
 
-class OutOfMemory(MachineError):
-    pass
-
-
 class MachinePanic(MachineError):
     """The machine panicked. `message` is the panic string; `role` who; `dump` the crash dump."""
 
@@ -100,6 +105,13 @@ class RequestError(MachineError):
     def __init__(self, errno: Errno, detail: str) -> None:
         super().__init__(f"{errno}: {detail}")
         self.errno, self.detail = errno, detail
+
+
+class OutOfMemory(RequestError):
+    """ENOMEM: no frame (or swap, or address space, or the range is not mapped for mlock)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.ENOMEM, detail)
 
 
 class Machine:
@@ -149,12 +161,12 @@ class Machine:
             transport = ZmqTransport()
         m = cls(transport, endpoint, timeout_s=timeout_s, session=session, own_transport=own)
         try:
-            await m.open(keepalive=keepalive)
+            await m.connect(keepalive=keepalive)
             yield m
         finally:
             await m.close()
 
-    async def open(self, keepalive: bool = True) -> None:
+    async def connect(self, keepalive: bool = True) -> None:
         self._sup = await Peer(self.ident, self.endpoint, self.timeout_s).open(self.transport)
         await self._call(self._sup, CtlHello(h=_H), CtlHelloReply)
         d = await self._call(self._sup, CtlDirectory(h=_H), CtlDirectoryReply)
@@ -249,6 +261,15 @@ class Machine:
         self.processes[rep.asid] = p
         return p
 
+    async def open(self, name: str, create: bool = False, size: int | None = None) -> File:
+        """Open (or create) a file under the machine's disk/ directory, for mmap."""
+        rep = await self._call(
+            self._peers["uvm"],
+            UvmOpen(h=_H, name=name, create=create, size=-1 if size is None else size),
+            UvmOpenReply,
+        )
+        return File(self, rep.handle, name, rep.size)
+
     async def status(self) -> CtlStatusReply:
         assert self._sup is not None
         return await self._call(self._sup, CtlStatus(h=_H), CtlStatusReply)  # type: ignore[no-any-return]
@@ -261,6 +282,16 @@ class Machine:
         for k in ("t", "h", "status", "errno", "detail"):
             out.pop(k, None)
         return out
+
+
+class File:
+    """An open file of the machine's disk/ (a vnode): map it with Process.mmap(file=...)."""
+
+    def __init__(self, machine: Machine, handle: int, name: str, size: int) -> None:
+        self.m, self.handle, self.name, self.size = machine, handle, name, size
+
+    async def close(self) -> None:
+        await self.m._call(self.m._peers["uvm"], UvmClose(h=_H, handle=self.handle), Reply)
 
 
 class Process:
@@ -281,17 +312,66 @@ class Process:
         return self.asid
 
     async def mmap(
-        self, length: int, prot: str | int = "rw", *, va: int = 0, fixed: bool = False
+        self,
+        length: int,
+        prot: str | int = "rw",
+        *,
+        va: int = 0,
+        fixed: bool = False,
+        file: File | None = None,
+        offset: int = 0,
+        shared: bool = False,
     ) -> int:
-        """Anonymous private zero-filled memory. => start VA."""
+        """Map memory. => start VA.
+
+        Anonymous (file None) or a file at `offset`; private (copy-on-write:
+        stores stay in this process and its forks' copies, the file never
+        changes) or shared (stores are seen by every process mapping it and
+        reach the file on msync, munmap, exit and shutdown).
+        """
         rep = await self.m._call(
             self.m._peers["uvm"],
             UvmMmap(
-                h=_H, asid=self.asid, length=length, prot=int(Prot.parse(prot)), va=va, fixed=fixed
+                h=_H,
+                asid=self.asid,
+                length=length,
+                prot=int(Prot.parse(prot)),
+                va=va,
+                fixed=fixed,
+                handle=file.handle if file is not None else 0,
+                offset=offset,
+                shared=shared,
             ),
             UvmMmapReply,
         )
         return int(rep.va)
+
+    async def _range_call(self, cls: Any, va: int, length: int, **kw: Any) -> Any:
+        return await self.m._call(
+            self.m._peers["uvm"], cls(h=_H, asid=self.asid, va=va, length=length, **kw), Reply
+        )
+
+    async def mprotect(self, va: int, length: int, prot: str | int) -> None:
+        await self._range_call(UvmMprotect, va, length, prot=int(Prot.parse(prot)))
+
+    async def mlock(self, va: int, length: int) -> None:
+        """Wire the range: every page faulted in now (COW copied now), never paged out."""
+        await self._range_call(UvmWire, va, length)
+
+    async def munlock(self, va: int, length: int) -> None:
+        await self._range_call(UvmUnwire, va, length)
+
+    async def msync(self, va: int, length: int) -> int:
+        """Write dirty pages of shared file mappings in the range to their file. => pages."""
+        rep = await self._range_call(UvmMsync, va, length)
+        return int(rep.pages)
+
+    async def fork(self) -> Process:
+        """A child process with a copy-on-write copy of this one's private memory."""
+        rep = await self.m._call(self.m._peers["uvm"], UvmFork(h=_H, asid=self.asid), UvmForkReply)
+        child = Process(self.m, rep.asid)
+        self.m.processes[rep.asid] = child
+        return child
 
     async def munmap(self, va: int, length: int) -> None:
         await self.m._call(

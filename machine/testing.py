@@ -92,6 +92,7 @@ class SimMachine:
         self.launcher = launcher
         self.ram = ram
         self.endpoint = sup.endpoints["user"]
+        self.state_dir = ""
         self._kernel_peers: dict[str, Peer] = {}
 
     @classmethod
@@ -130,6 +131,7 @@ class SimMachine:
         )
         await sup.boot("inproc://supervisor/router", "inproc://supervisor/pub")
         sim = cls(transport, sup, launcher, ram)
+        sim.state_dir = state_dir
         try:
             yield sim
         finally:

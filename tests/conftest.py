@@ -95,6 +95,7 @@ class Harness:
     """What a client-level test needs, whatever the transport."""
 
     kind: str
+    disk: Path
 
     def attach(self, **kw: Any) -> contextlib.AbstractAsyncContextManager[Machine]:
         raise NotImplementedError
@@ -117,6 +118,7 @@ class SimHarness(Harness):
 
     def __init__(self, sim: SimMachine) -> None:
         self.sim = sim
+        self.disk = Path(sim.state_dir) / "disk"
 
     def attach(self, **kw: Any) -> contextlib.AbstractAsyncContextManager[Machine]:
         return self.sim.attach(**kw)
@@ -130,6 +132,7 @@ class ZmqHarness(Harness):
 
     def __init__(self, rm: RealMachine) -> None:
         self.rm = rm
+        self.disk = rm.state / "disk"
         self.transport = ZmqTransport()
         self.peers: dict[str, Peer] = {}
 

@@ -123,6 +123,7 @@ async def run_up(
     lease_s: float = CLIENT_LEASE_S,
     heartbeat_s: float = HEARTBEAT_INTERVAL_S,
     panic_grace_s: float = PANIC_GRACE_S,
+    swap_bytes: int = 0,
 ) -> int:
     """Boot supervisor + four role processes; serve until a signal or a panic. => status."""
     prepare_state(state_dir)
@@ -140,6 +141,7 @@ async def run_up(
             profile=profile,
             state_dir=str(state_dir),
             lease_s=lease_s,
+            swap_bytes=swap_bytes,
         )
         launcher = ProcessLauncher(template, local_binds(endpoint, run_dir))
         sup = Supervisor(
