@@ -1,0 +1,345 @@
+# ruff: noqa: PT017, PT018
+"""Model-based test of the UVM core: anonymous and file memory, private and shared, fork,
+mprotect, munmap, mlock/munlock, msync, exit, and "page out this page" / page back in.
+
+The machine runs in-process (in-memory transport, virtual time). A plain
+Python reference model says, for every process and page, what a load must
+return:
+  * private anonymous page  -> the process's own bytes (zeros until written);
+  * private file page       -> the file object's live bytes until the process
+                               first writes (or wires) it, then its own copy;
+  * shared page (anon/file) -> the bytes of the shared object, seen by all.
+fork copies private pages and shares shared ones; what msync, munmap or exit
+write back must then be in the host file, byte for byte.
+After every step the auditor (uvm.audit) must find nothing; at the end every
+frame is free again and no swap slot is in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from machine.client import File, Machine, Process, RequestError, Segv
+from machine.ipc.inmemory import VirtualTimeLoop
+from machine.params import PAGE_SIZE
+from machine.proto import NO_HEADER, Errno, UvmAudit, UvmAuditReply, UvmPageout
+from machine.testing import SimMachine
+
+NFRAMES = 256
+FILES = {"a.bin": 6, "b.bin": 3}  # name -> pages
+
+settings.register_profile("ci", max_examples=80, stateful_step_count=40, derandomize=True,
+                          deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, stateful_step_count=80, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class Shared:
+    """A shared memory object: an aobj, or a file's page cache."""
+
+    data: bytearray
+    name: str = ""  # file name, "" for anonymous shared memory
+
+
+@dataclass
+class Page:
+    prot: str
+    shared: Shared | None  # the object behind the page (aobj or file), if any
+    objpage: int  # page index in that object
+    private: bytearray | None = None  # this process's own copy (COW)
+    cow: bool = True  # private mapping
+    wired: int = 0
+
+    def view(self) -> bytes:
+        if self.private is not None:
+            return bytes(self.private)
+        if self.shared is not None:
+            o = self.objpage * PAGE_SIZE
+            return bytes(self.shared.data[o : o + PAGE_SIZE])
+        return bytes(PAGE_SIZE)
+
+
+@dataclass
+class ModelProc:
+    p: Process
+    pages: dict[int, Page] = field(default_factory=dict)  # vpn -> Page
+
+
+class CowFilesModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = VirtualTimeLoop(limit_s=1e7)
+        self.sim_cm = SimMachine.boot(seed=21, ram_bytes=NFRAMES * PAGE_SIZE,
+                                      swap_bytes=NFRAMES * PAGE_SIZE)
+        self.sim: SimMachine = self.run(self.sim_cm.__aenter__())
+        self.disk = Path(self.sim.state_dir) / "disk"
+        self.m_cm = self.sim.attach()
+        self.m: Machine = self.run(self.m_cm.__aenter__())
+        self.files: dict[str, tuple[File, Shared]] = {}
+        for name, npages in FILES.items():
+            self.disk.mkdir(parents=True, exist_ok=True)
+            init = bytes((i * 7 + len(name)) & 0xFF for i in range(npages * PAGE_SIZE))
+            (self.disk / name).write_bytes(init)
+            f = self.run(self.m.open(name))
+            self.files[name] = (f, Shared(bytearray(init), name))
+        self.procs: list[ModelProc] = [ModelProc(self.run(self.m.spawn()))]
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, 600))
+
+    def teardown(self) -> None:
+        try:
+            for mp in self.procs:
+                self.run(mp.p.exit())
+            for f, _ in self.files.values():
+                self.run(f.close())
+            frames = self.run(self.m.stats())["frames"]
+            assert frames["free"] == frames["total"], frames
+            assert frames["swpginuse"] == 0, frames
+            self.run(self.m_cm.__aexit__(None, None, None))
+            self.run(self.sim_cm.__aexit__(None, None, None))
+        finally:
+            for t in asyncio.all_tasks(self.loop):
+                t.cancel()
+            self.loop.close()
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _file_check(self, name: str, pages: set[int]) -> None:
+        """The host file holds the object's bytes for these pages (written back)."""
+        _, obj = self.files[name]
+        host = (self.disk / name).read_bytes()
+        for pg in pages:
+            o = pg * PAGE_SIZE
+            assert host[o : o + PAGE_SIZE] == obj.data[o : o + PAGE_SIZE], f"{name} page {pg}"
+
+    def _pick(self, data: st.DataObject) -> ModelProc:
+        return data.draw(st.sampled_from(self.procs))
+
+    def _addr(self, mp: ModelProc, data: st.DataObject) -> int:
+        if mp.pages and data.draw(st.integers(0, 9)):
+            vpn = data.draw(st.sampled_from(sorted(mp.pages)))
+            return vpn * PAGE_SIZE + data.draw(st.integers(0, PAGE_SIZE - 1))
+        return data.draw(st.sampled_from([0x3000, 0x6000_0000]))
+
+    def _range(self, mp: ModelProc, data: st.DataObject) -> tuple[int, int]:
+        vpn = data.draw(st.sampled_from(sorted(mp.pages)))
+        n = data.draw(st.integers(1, 4))
+        return vpn * PAGE_SIZE, n * PAGE_SIZE
+
+    # -- rules ---------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.procs) < 4)
+    @rule(data=st.data())
+    def fork(self, data: st.DataObject) -> None:
+        mp = self._pick(data)
+        child = ModelProc(self.run(mp.p.fork()))
+        for vpn, pg in mp.pages.items():
+            c = copy.copy(pg)
+            c.wired = 0
+            if pg.private is not None:
+                c.private = bytearray(pg.private)
+            child.pages[vpn] = c
+        self.procs.append(child)
+
+    @precondition(lambda self: sum(len(p.pages) for p in self.procs) < 60)
+    @rule(data=st.data(), kind=st.sampled_from(["anon", "anon-shared", "file", "file-shared"]),
+          prot=st.sampled_from(["rw", "rw", "r"]))
+    def mmap(self, data: st.DataObject, kind: str, prot: str) -> None:
+        mp = self._pick(data)
+        if kind.startswith("file"):
+            name = data.draw(st.sampled_from(sorted(FILES)))
+            first = data.draw(st.integers(0, FILES[name] - 1))
+            n = data.draw(st.integers(1, FILES[name] - first))
+            f, obj = self.files[name]
+            va = self.run(mp.p.mmap(n * PAGE_SIZE, prot, file=f, offset=first * PAGE_SIZE,
+                                    shared=kind == "file-shared"))
+            for i in range(n):
+                mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, first + i,
+                                                     cow=kind == "file")
+        else:
+            n = data.draw(st.integers(1, 4))
+            va = self.run(mp.p.mmap(n * PAGE_SIZE, prot, shared=kind == "anon-shared"))
+            obj = Shared(bytearray(n * PAGE_SIZE)) if kind == "anon-shared" else None
+            for i in range(n):
+                mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, i, cow=obj is None)
+
+    @rule(data=st.data(), payload=st.binary(min_size=1, max_size=PAGE_SIZE + 64))
+    def store(self, data: st.DataObject, payload: bytes) -> None:
+        mp = self._pick(data)
+        va = self._addr(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + len(payload) - 1) // PAGE_SIZE + 1)
+        ok = all(v in mp.pages and "w" in mp.pages[v].prot for v in vpns)
+        try:
+            self.run(mp.p.store(va, payload))
+        except Segv:
+            assert not ok, f"store at {va:#x} faulted, but the model has it writable"
+            # pages before the bad one were faulted in for writing: private ones promoted
+            for v in vpns:
+                pg = mp.pages.get(v)
+                if pg is None or "w" not in pg.prot:
+                    break
+                if pg.cow and pg.private is None:
+                    pg.private = bytearray(pg.view())
+            return
+        assert ok, f"store at {va:#x} succeeded, but the model says it must fault"
+        for i, b in enumerate(payload):
+            a = va + i
+            pg = mp.pages[a // PAGE_SIZE]
+            if pg.cow:
+                if pg.private is None:
+                    pg.private = bytearray(pg.view())
+                pg.private[a % PAGE_SIZE] = b
+            else:
+                assert pg.shared is not None
+                pg.shared.data[pg.objpage * PAGE_SIZE + a % PAGE_SIZE] = b
+
+    @rule(data=st.data(), n=st.integers(1, PAGE_SIZE + 64))
+    def load(self, data: st.DataObject, n: int) -> None:
+        mp = self._pick(data)
+        va = self._addr(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + n - 1) // PAGE_SIZE + 1)
+        ok = all(v in mp.pages and "r" in mp.pages[v].prot for v in vpns)
+        try:
+            got = self.run(mp.p.load(va, n))
+        except Segv:
+            assert not ok, f"load at {va:#x} faulted, but the model has it readable"
+            return
+        assert ok, f"load at {va:#x} succeeded, but the model says it must fault"
+        want = b"".join(mp.pages[v].view() for v in vpns)
+        off = va % PAGE_SIZE
+        assert got == want[off : off + n]
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def munmap(self, data: st.DataObject) -> None:
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        self.run(mp.p.munmap(va, n))
+        flushed: dict[str, set[int]] = {}
+        for v in range(va // PAGE_SIZE, (va + n) // PAGE_SIZE):
+            pg = mp.pages.pop(v, None)
+            if pg is not None and not pg.cow and pg.shared is not None and pg.shared.name:
+                flushed.setdefault(pg.shared.name, set()).add(pg.objpage)
+        for name, pages in flushed.items():
+            self._file_check(name, pages)
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data(), prot=st.sampled_from(["r", "rw", ""]))
+    def mprotect(self, data: st.DataObject, prot: str) -> None:
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + n) // PAGE_SIZE)
+        mapped = all(v in mp.pages for v in vpns)
+        try:
+            self.run(mp.p.mprotect(va, n, prot or 0))
+        except RequestError as e:
+            assert not mapped and e.errno is Errno.ENOMEM
+            return
+        assert mapped
+        for v in vpns:
+            mp.pages[v].prot = prot
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def mlock(self, data: st.DataObject) -> None:
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + n) // PAGE_SIZE)
+        ok = all(v in mp.pages and mp.pages[v].prot for v in vpns)
+        try:
+            self.run(mp.p.mlock(va, n))
+        except RequestError as e:
+            assert not ok and e.errno is Errno.ENOMEM
+            return
+        assert ok
+        for v in vpns:
+            pg = mp.pages[v]
+            pg.wired += 1
+            if pg.cow and "w" in pg.prot and pg.private is None:
+                pg.private = bytearray(pg.view())  # wiring forces the copy now
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def munlock(self, data: st.DataObject) -> None:
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + n) // PAGE_SIZE)
+        ok = all(v in mp.pages for v in vpns)
+        try:
+            self.run(mp.p.munlock(va, n))
+        except RequestError as e:
+            assert not ok and e.errno is Errno.ENOMEM
+            return
+        assert ok
+        for v in vpns:
+            mp.pages[v].wired = max(0, mp.pages[v].wired - 1)
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def msync(self, data: st.DataObject) -> None:
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        vpns = range(va // PAGE_SIZE, (va + n) // PAGE_SIZE)
+        try:
+            self.run(mp.p.msync(va, n))
+        except RequestError as e:
+            assert e.errno is Errno.ENOMEM
+            assert not all(v in mp.pages for v in vpns)
+            return
+        for v in vpns:
+            pg = mp.pages[v]
+            if not pg.cow and pg.shared is not None and pg.shared.name:
+                self._file_check(pg.shared.name, {pg.objpage})
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def pageout(self, data: st.DataObject) -> None:
+        """Page out this page (anon/aobj to swap, file pages to the file)."""
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        vpn = data.draw(st.sampled_from(sorted(mp.pages)))
+        rep = self.run(self.sim.kcall("uvm", UvmPageout(h=NO_HEADER, asid=mp.p.asid,
+                                                        va=vpn * PAGE_SIZE)))
+        if rep.errno is not None:
+            assert rep.errno in (Errno.ENOENT, Errno.EBUSY), rep
+            if rep.errno is Errno.EBUSY:
+                assert mp.pages[vpn].wired or self._wired_elsewhere(mp, vpn), rep
+
+    def _wired_elsewhere(self, mp: ModelProc, vpn: int) -> bool:
+        pg = mp.pages[vpn]
+        return any(q.wired and q.shared is pg.shared and q.objpage == pg.objpage
+                   and pg.private is None and q.private is None
+                   for p in self.procs for q in p.pages.values()) or pg.private is not None
+
+    @precondition(lambda self: len(self.procs) > 1)
+    @rule(data=st.data())
+    def exit(self, data: st.DataObject) -> None:
+        mp = self._pick(data)
+        self.run(mp.p.exit())
+        self.procs.remove(mp)
+        flushed: dict[str, set[int]] = {}
+        for pg in mp.pages.values():
+            if not pg.cow and pg.shared is not None and pg.shared.name:
+                flushed.setdefault(pg.shared.name, set()).add(pg.objpage)
+        for name, pages in flushed.items():
+            self._file_check(name, pages)
+
+    @invariant()
+    def auditor_finds_nothing(self) -> None:
+        rep = self.run(self.sim.kcall("uvm", UvmAudit(h=NO_HEADER)))
+        assert isinstance(rep, UvmAuditReply)
+        assert rep.problems == []
+
+
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+TestCowFilesModel = CowFilesModel.TestCase
