@@ -37,10 +37,21 @@ from machine.testing import SimMachine
 NFRAMES = 256
 FILES = {"a.bin": 6, "b.bin": 3}  # name -> pages
 
-settings.register_profile("ci", max_examples=80, stateful_step_count=40, derandomize=True,
-                          deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=400, stateful_step_count=80, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci",
+    max_examples=80,
+    stateful_step_count=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=400,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @dataclass
@@ -79,8 +90,9 @@ class CowFilesModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = VirtualTimeLoop(limit_s=1e7)
-        self.sim_cm = SimMachine.boot(seed=21, ram_bytes=NFRAMES * PAGE_SIZE,
-                                      swap_bytes=NFRAMES * PAGE_SIZE)
+        self.sim_cm = SimMachine.boot(
+            seed=21, ram_bytes=NFRAMES * PAGE_SIZE, swap_bytes=NFRAMES * PAGE_SIZE
+        )
         self.sim: SimMachine = self.run(self.sim_cm.__aenter__())
         self.disk = Path(self.sim.state_dir) / "disk"
         self.m_cm = self.sim.attach()
@@ -153,8 +165,11 @@ class CowFilesModel(RuleBasedStateMachine):
         self.procs.append(child)
 
     @precondition(lambda self: sum(len(p.pages) for p in self.procs) < 60)
-    @rule(data=st.data(), kind=st.sampled_from(["anon", "anon-shared", "file", "file-shared"]),
-          prot=st.sampled_from(["rw", "rw", "r"]))
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(["anon", "anon-shared", "file", "file-shared"]),
+        prot=st.sampled_from(["rw", "rw", "r"]),
+    )
     def mmap(self, data: st.DataObject, kind: str, prot: str) -> None:
         mp = self._pick(data)
         if kind.startswith("file"):
@@ -162,11 +177,17 @@ class CowFilesModel(RuleBasedStateMachine):
             first = data.draw(st.integers(0, FILES[name] - 1))
             n = data.draw(st.integers(1, FILES[name] - first))
             f, obj = self.files[name]
-            va = self.run(mp.p.mmap(n * PAGE_SIZE, prot, file=f, offset=first * PAGE_SIZE,
-                                    shared=kind == "file-shared"))
+            va = self.run(
+                mp.p.mmap(
+                    n * PAGE_SIZE,
+                    prot,
+                    file=f,
+                    offset=first * PAGE_SIZE,
+                    shared=kind == "file-shared",
+                )
+            )
             for i in range(n):
-                mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, first + i,
-                                                     cow=kind == "file")
+                mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, first + i, cow=kind == "file")
         else:
             n = data.draw(st.integers(1, 4))
             va = self.run(mp.p.mmap(n * PAGE_SIZE, prot, shared=kind == "anon-shared"))
@@ -308,8 +329,9 @@ class CowFilesModel(RuleBasedStateMachine):
         """Page out this page (anon/aobj to swap, file pages to the file)."""
         mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
         vpn = data.draw(st.sampled_from(sorted(mp.pages)))
-        rep = self.run(self.sim.kcall("uvm", UvmPageout(h=NO_HEADER, asid=mp.p.asid,
-                                                        va=vpn * PAGE_SIZE)))
+        rep = self.run(
+            self.sim.kcall("uvm", UvmPageout(h=NO_HEADER, asid=mp.p.asid, va=vpn * PAGE_SIZE))
+        )
         if rep.errno is not None:
             assert rep.errno in (Errno.ENOENT, Errno.EBUSY), rep
             if rep.errno is Errno.EBUSY:
@@ -317,9 +339,18 @@ class CowFilesModel(RuleBasedStateMachine):
 
     def _wired_elsewhere(self, mp: ModelProc, vpn: int) -> bool:
         pg = mp.pages[vpn]
-        return any(q.wired and q.shared is pg.shared and q.objpage == pg.objpage
-                   and pg.private is None and q.private is None
-                   for p in self.procs for q in p.pages.values()) or pg.private is not None
+        return (
+            any(
+                q.wired
+                and q.shared is pg.shared
+                and q.objpage == pg.objpage
+                and pg.private is None
+                and q.private is None
+                for p in self.procs
+                for q in p.pages.values()
+            )
+            or pg.private is not None
+        )
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
