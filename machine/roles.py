@@ -37,13 +37,20 @@ def make_service(
     pid: int | None = None,
     state_dir: str = "",
     swap_bytes: int = 0,
+    profile: str = "modern",
 ) -> Service:
     kw: dict[str, Any] = {"rng": rng, "pid": pid}
     if role == "mmu":
         return MmuService(transport, mmu=Mmu(ram), **kw)
     if role == "uvm":
         return UvmService(
-            transport, ram=ram, lease_s=lease_s, state_dir=state_dir, swap_bytes=swap_bytes, **kw
+            transport,
+            ram=ram,
+            lease_s=lease_s,
+            state_dir=state_dir,
+            swap_bytes=swap_bytes,
+            profile=profile,
+            **kw,
         )
     if role == "pdaemon":
         return PdaemonService(transport, **kw)
@@ -78,7 +85,15 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
     transport = ZmqTransport()
     rng = random.Random(cfg.seed)
     svc = make_service(
-        cfg.role, transport, ram, rng, cfg.lease_s, None, cfg.state_dir, cfg.swap_bytes
+        cfg.role,
+        transport,
+        ram,
+        rng,
+        cfg.lease_s,
+        None,
+        cfg.state_dir,
+        cfg.swap_bytes,
+        cfg.profile,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, svc.stopped.set)

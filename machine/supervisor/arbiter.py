@@ -267,7 +267,8 @@ class Supervisor(Service):
                 continue
             healthy = h.alive and h.credits == HEARTBEAT_LIVENESS
             if healthy:
-                await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=2.0))
+                # Generous: uvm writes every dirty file page back before it answers.
+                await self._quiet(h.peer.call(CtlShutdown(h=_H), timeout_s=120.0))
             # A role that missed heartbeats gets no long grace: it is terminated at once.
             await self.launcher.stop(role, timeout_s=5.0 if healthy else 0.0)
             h.alive = False

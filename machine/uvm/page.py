@@ -86,9 +86,12 @@ class PageQueue:
 class VmPages:
     """Every frame's vm_page, as parallel arrays, plus the free list and paging queues."""
 
-    def __init__(self, nframes: int) -> None:
+    def __init__(self, nframes: int, diagnostic: bool = True) -> None:
         n = nframes
         self.npages = n
+        # The profile's DIAGNOSTIC knob: the checks NetBSD compiles only under
+        # DIAGNOSTIC (e.g. uvm_pagedeactivate's wire-count panic) run only when set.
+        self.diagnostic = diagnostic
         self.flags = array("H", bytes(2 * n))
         self.pqflags = bytearray(n)
         self.wire_count = array("H", bytes(2 * n))
@@ -216,10 +219,11 @@ class VmPages:
 
     def deactivate(self, pfn: int) -> None:
         """uvm_pagedeactivate: to the inactive queue (caller handled mappings)."""
-        kassert(
-            self.wire_count[pfn] == 0 or self.pqflags[pfn] == PQ.INACTIVE,
-            "uvm_pagedeactivate: caller did not check wire count",
-        )
+        if self.diagnostic:
+            kassert(
+                self.wire_count[pfn] == 0 or self.pqflags[pfn] == PQ.INACTIVE,
+                "uvm_pagedeactivate: caller did not check wire count",
+            )
         if self.pqflags[pfn] == PQ.ACTIVE:
             self._unlink(self.active, pfn)
         if self.pqflags[pfn] == 0:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service, UserError
 from machine.params import PAGE_SIZE
+from machine.profile import DEFAULT_PROFILE, load_profile
 from machine.proto import (
     NO_HEADER,
     CtlAck,
@@ -158,9 +159,11 @@ class UvmService(Service):
         lease_s: float = DEFAULT_LEASE_S,
         state_dir: str = "",
         swap_bytes: int = 0,
+        profile: str = DEFAULT_PROFILE,
         **kw: Any,
     ) -> None:
         super().__init__(transport, **kw)
+        self.profile = load_profile(profile)
         self.ram = ram
         self.lease_s = lease_s
         self.state_dir = Path(state_dir) if state_dir else None
@@ -175,7 +178,14 @@ class UvmService(Service):
             disk = self.state_dir / "disk"
             disk.mkdir(parents=True, exist_ok=True)
             swap = SwapDevice(self.state_dir / "swap.img", self.swap_bytes // PAGE_SIZE)
-        self.uvm = Uvm(self.ram, RemotePmap(peer), disk=disk, swap=swap, on_pressure=self._pressure)
+        self.uvm = Uvm(
+            self.ram,
+            RemotePmap(peer),
+            disk=disk,
+            swap=swap,
+            on_pressure=self._pressure,
+            diagnostic=bool(self.profile.knobs["DIAGNOSTIC"]),
+        )
         self.spawn(self._reaper(), "lease reaper")
 
     @property

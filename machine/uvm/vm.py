@@ -91,10 +91,11 @@ class Uvm:
         disk: Path | None = None,
         swap: SwapDevice | None = None,
         on_pressure: Callable[[int], None] | None = None,
+        diagnostic: bool = True,
     ) -> None:
         self.ram = ram
         self.pmap = pmap
-        self.pages = VmPages(ram.nframes)
+        self.pages = VmPages(ram.nframes, diagnostic)
         self.spaces: dict[int, VmSpace] = {}
         self.anons: dict[int, Anon] = {}
         self.objects: dict[int, UvmObject] = {}
