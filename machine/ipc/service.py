@@ -133,6 +133,9 @@ class Service:
 
     role: ClassVar[str] = "?"
     serves: ClassVar[tuple[type[Request], ...]] = ()
+    #: The core's own client-error exceptions (each with .errno, an Errno name,
+    #: and .detail): a handler lets them propagate and gets that errno replied.
+    user_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
     def __init__(
         self,
@@ -341,6 +344,9 @@ class Service:
         h = msg.h
         if isinstance(e, UserError):
             return self.error(h.msg_id, e.errno, e.detail)
+        if isinstance(e, self.user_errors):
+            err: Any = e  # a core error class: .errno (an Errno name) and .detail
+            return self.error(h.msg_id, Errno(err.errno), str(err.detail))
         if isinstance(e, PeerPanic):
             return self.error(h.msg_id, Errno.EPANIC, e.detail)
         if isinstance(e, CallTimeout):

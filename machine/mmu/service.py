@@ -47,12 +47,9 @@ from machine.proto import (
 from machine.proto.types import EnterFlags, Prot
 
 
-def _err(e: PmapError) -> UserError:
-    return UserError(Errno(e.errno), e.detail)
-
-
 class MmuService(Service):
     role: ClassVar[str] = "mmu"
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (PmapError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
         PmapCreate,
         PmapDestroy,
@@ -82,67 +79,37 @@ class MmuService(Service):
     # -- pmap(9), kernel only -------------------------------------------------
 
     def on_create(self, msg: PmapCreate) -> Reply:
-        try:
-            self.mmu.create(msg.asid, msg.owner)
-        except PmapError as e:
-            raise _err(e) from None
+        self.mmu.create(msg.asid, msg.owner)
         return self.ack(msg)
 
     def on_destroy(self, msg: PmapDestroy) -> Reply:
-        try:
-            return self._count(msg, self.mmu.destroy(msg.asid))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.destroy(msg.asid))
 
     def on_enter(self, msg: PmapEnter) -> Reply:
-        try:
-            self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 7))
-        except PmapError as e:
-            raise _err(e) from None
+        self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 7))
         return self.ack(msg)
 
     def on_remove(self, msg: PmapRemove) -> Reply:
-        try:
-            return self._count(msg, self.mmu.remove(msg.asid, msg.sva, msg.eva))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.remove(msg.asid, msg.sva, msg.eva))
 
     def on_protect(self, msg: PmapProtect) -> Reply:
-        try:
-            return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
 
     def on_unwire(self, msg: PmapUnwire) -> Reply:
-        try:
-            return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))
 
     def on_page_protect(self, msg: PmapPageProtect) -> Reply:
-        try:
-            return self._count(msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot)))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot)))
 
     def on_kenter(self, msg: PmapKenter) -> Reply:
-        try:
-            self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
-        except PmapError as e:
-            raise _err(e) from None
+        self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
         return self.ack(msg)
 
     def on_kremove(self, msg: PmapKremove) -> Reply:
-        try:
-            return self._count(msg, self.mmu.kremove(msg.va, msg.npages))
-        except PmapError as e:
-            raise _err(e) from None
+        return self._count(msg, self.mmu.kremove(msg.va, msg.npages))
 
     def on_extract(self, msg: PmapExtract) -> Reply:
-        try:
-            pte = self.mmu.extract(msg.asid, msg.va)
-        except PmapError as e:
-            raise _err(e) from None
+        pte = self.mmu.extract(msg.asid, msg.va)
         if pte is None:
             return self.reply(msg, PmapExtractReply)
         return self.reply(
@@ -155,10 +122,7 @@ class MmuService(Service):
         )
 
     def on_attrs(self, msg: PmapAttrs) -> Reply:
-        try:
-            bits = self.mmu.get_attrs(msg.pfns, msg.clear_reference, msg.clear_modify)
-        except PmapError as e:
-            raise _err(e) from None
+        bits = self.mmu.get_attrs(msg.pfns, msg.clear_reference, msg.clear_modify)
         return self.reply(
             msg,
             PmapAttrsReply,
@@ -167,16 +131,10 @@ class MmuService(Service):
         )
 
     def on_pv(self, msg: PmapPv) -> Reply:
-        try:
-            return self.reply(msg, PmapPvReply, mappings=self.mmu.mappings_of(msg.pfn))
-        except PmapError as e:
-            raise _err(e) from None
+        return self.reply(msg, PmapPvReply, mappings=self.mmu.mappings_of(msg.pfn))
 
     def on_mappings(self, msg: PmapMappings) -> Reply:
-        try:
-            pm = self.mmu._pmap(msg.asid)
-        except PmapError as e:
-            raise _err(e) from None
+        pm = self.mmu._pmap(msg.asid)
         rows = [(vpn << 12, p.pfn, int(p.prot), p.wired) for vpn, p in sorted(pm.ptes.items())]
         return self.reply(msg, PmapMappingsReply, mappings=rows)
 

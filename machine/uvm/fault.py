@@ -129,20 +129,8 @@ async def _fault_upper(
     if access & Prot.WRITE and anon.ref > 1:
         # Copy-on-write: this entry gets its own anon with a copy of the page.
         assert e.amap is not None
-        new = uvm.new_anon()
-        try:
-            npfn = uvm.alloc_page(anon=new)
-        except VmError:
-            del uvm.anons[new.id]
-            uvm.unbusy(pfn)
-            raise
-        uvm.ram.frame(npfn)[:] = uvm.ram.frame(pfn)
-        pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
-        e.amap.add(slot, new, replace=True)
+        npfn = _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=True)
         anon.ref -= 1
-        uvm.unbusy(pfn)
-        if not pages.wire_count[pfn]:
-            pages.activate(pfn)
         uvm.stats.flt_acow += 1
         return await _finish(uvm, sp, va, npfn, prot, wire, False)
     uvm.stats.flt_anon += 1
@@ -152,6 +140,27 @@ async def _fault_upper(
         pages.flags[pfn] &= ~PageFlag.CLEAN
         clean_read = False
     return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)
+
+
+def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: bool) -> int:
+    """Copy frame `src` into a new anon at amap[slot] (COW or promotion), then unbusy src.
+
+    => the new frame, BUSY, dirty. On ENOMEM nothing changed but src is unbusied.
+    """
+    new = uvm.new_anon()
+    try:
+        npfn = uvm.alloc_page(anon=new)
+    except VmError:
+        del uvm.anons[new.id]
+        uvm.unbusy(src)
+        raise
+    uvm.ram.frame(npfn)[:] = uvm.ram.frame(src)
+    uvm.pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+    amap.add(slot, new, replace=replace)
+    uvm.unbusy(src)
+    if not uvm.pages.wire_count[src]:
+        uvm.pages.activate(src)
+    return npfn
 
 
 def _ensure_amap(e: MapEntry) -> Amap:
@@ -220,20 +229,7 @@ async def _fault_lower(
 
     if e.cow and (access & Prot.WRITE or wire):
         # Promote: the private entry gets its own copy; the object is never written.
-        amap = _ensure_amap(e)
-        anon = uvm.new_anon()
-        try:
-            npfn = uvm.alloc_page(anon=anon)
-        except VmError:
-            del uvm.anons[anon.id]
-            uvm.unbusy(pfn)
-            raise
-        uvm.ram.frame(npfn)[:] = uvm.ram.frame(pfn)
-        pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
-        amap.add(slot, anon)
-        uvm.unbusy(pfn)
-        if not pages.wire_count[pfn] and not pages.pqflags[pfn]:
-            pages.activate(pfn)
+        npfn = _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=False)
         uvm.stats.flt_prcopy += 1
         return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
 

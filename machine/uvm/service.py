@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from machine.ipc.peer import Peer
-from machine.ipc.service import Service, UserError
+from machine.ipc.service import Service
 from machine.params import PAGE_SIZE
 from machine.profile import DEFAULT_PROFILE, load_profile
 from machine.proto import (
     NO_HEADER,
     CtlAck,
     CtlShutdown,
-    Errno,
     Header,
     PmapAttrs,
     PmapAttrsReply,
@@ -127,12 +126,9 @@ class RemotePmap:
 _H = NO_HEADER
 
 
-def _user(e: VmError) -> UserError:
-    return UserError(Errno(e.errno), e.detail)
-
-
 class UvmService(Service):
     role: ClassVar[str] = "uvm"
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (VmError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
         UvmSpawn,
         UvmMmap,
@@ -232,92 +228,59 @@ class UvmService(Service):
         return self.reply(msg, UvmSpawnReply, asid=asid)
 
     async def on_mmap(self, msg: UvmMmap) -> Reply:
-        try:
-            va = await self.vm.mmap(
-                msg.asid,
-                msg.h.incarnation,
-                msg.length,
-                Prot(msg.prot),
-                msg.va,
-                msg.fixed,
-                msg.handle,
-                msg.offset,
-                msg.shared,
-            )
-        except VmError as e:
-            raise _user(e) from None
+        va = await self.vm.mmap(
+            msg.asid,
+            msg.h.incarnation,
+            msg.length,
+            Prot(msg.prot),
+            msg.va,
+            msg.fixed,
+            msg.handle,
+            msg.offset,
+            msg.shared,
+        )
         return self.reply(msg, UvmMmapReply, va=va)
 
     async def on_munmap(self, msg: UvmMunmap) -> Reply:
-        try:
-            await self.vm.munmap(msg.asid, msg.h.incarnation, msg.va, msg.length)
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.munmap(msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_mprotect(self, msg: UvmMprotect) -> Reply:
-        try:
-            await self.vm.mprotect(msg.asid, msg.h.incarnation, msg.va, msg.length, Prot(msg.prot))
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.mprotect(msg.asid, msg.h.incarnation, msg.va, msg.length, Prot(msg.prot))
         return self.ack(msg)
 
     async def on_fault(self, msg: UvmFault) -> Reply:
-        try:
-            await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
-        except VmError as e:
-            raise _user(e) from None
+        await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
         return self.ack(msg)
 
     async def on_fork(self, msg: UvmFork) -> Reply:
-        try:
-            child = await self.vm.fork(msg.asid, msg.h.incarnation)
-        except VmError as e:
-            raise _user(e) from None
+        child = await self.vm.fork(msg.asid, msg.h.incarnation)
         return self.reply(msg, UvmForkReply, asid=child)
 
     async def on_wire(self, msg: UvmWire) -> Reply:
-        try:
-            await self.vm.wire(msg.asid, msg.h.incarnation, msg.va, msg.length)
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.wire(msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_unwire(self, msg: UvmUnwire) -> Reply:
-        try:
-            await self.vm.unwire(msg.asid, msg.h.incarnation, msg.va, msg.length)
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.unwire(msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_msync(self, msg: UvmMsync) -> Reply:
-        try:
-            n = await self.vm.msync(msg.asid, msg.h.incarnation, msg.va, msg.length)
-        except VmError as e:
-            raise _user(e) from None
+        n = await self.vm.msync(msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.reply(msg, UvmMsyncReply, pages=n)
 
     def on_open(self, msg: UvmOpen) -> Reply:
-        try:
-            handle, size = self.vm.open(
-                msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
-            )
-        except VmError as e:
-            raise _user(e) from None
+        handle, size = self.vm.open(
+            msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
+        )
         return self.reply(msg, UvmOpenReply, handle=handle, size=size)
 
     async def on_close(self, msg: UvmClose) -> Reply:
-        try:
-            await self.vm.close(msg.h.incarnation, msg.handle)
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.close(msg.h.incarnation, msg.handle)
         return self.ack(msg)
 
     async def on_exit(self, msg: UvmExit) -> Reply:
-        try:
-            await self.vm.exit(msg.asid, msg.h.incarnation)
-        except VmError as e:
-            raise _user(e) from None
+        await self.vm.exit(msg.asid, msg.h.incarnation)
         self.publish(UvmProcExited(h=self.event_header(), asid=msg.asid, reason="exit"))
         return self.ack(msg)
 
@@ -327,10 +290,7 @@ class UvmService(Service):
         return self.reply(msg, UvmDetachReply, exited=done)
 
     async def on_pageout(self, msg: UvmPageout) -> Reply:
-        try:
-            pfn = await pageout(self.vm, msg.asid, msg.va)
-        except VmError as e:
-            raise _user(e) from None
+        pfn = await pageout(self.vm, msg.asid, msg.va)
         return self.reply(msg, UvmPageoutReply, pfn=pfn)
 
     async def on_audit(self, msg: UvmAudit) -> Reply:

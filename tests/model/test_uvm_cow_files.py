@@ -17,22 +17,19 @@ frame is free again and no swap slot is in use.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
-from machine.client import File, Machine, Process, RequestError, Segv
-from machine.ipc.inmemory import VirtualTimeLoop
+from machine.client import File, Process, RequestError, Segv
 from machine.params import PAGE_SIZE
-from machine.proto import NO_HEADER, Errno, UvmAudit, UvmAuditReply, UvmPageout
-from machine.testing import SimMachine
+from machine.proto import NO_HEADER, Errno, UvmPageout
+from tests.model.simrun import SimStateMachine
 
 NFRAMES = 256
 FILES = {"a.bin": 6, "b.bin": 3}  # name -> pages
@@ -86,17 +83,14 @@ class ModelProc:
     pages: dict[int, Page] = field(default_factory=dict)  # vpn -> Page
 
 
-class CowFilesModel(RuleBasedStateMachine):
+class CowFilesModel(SimStateMachine):
+    SEED = 21
+    NFRAMES = NFRAMES
+    SWAP_PAGES = NFRAMES
+
     def __init__(self) -> None:
         super().__init__()
-        self.loop = VirtualTimeLoop(limit_s=1e7)
-        self.sim_cm = SimMachine.boot(
-            seed=21, ram_bytes=NFRAMES * PAGE_SIZE, swap_bytes=NFRAMES * PAGE_SIZE
-        )
-        self.sim: SimMachine = self.run(self.sim_cm.__aenter__())
         self.disk = Path(self.sim.state_dir) / "disk"
-        self.m_cm = self.sim.attach()
-        self.m: Machine = self.run(self.m_cm.__aenter__())
         self.files: dict[str, tuple[File, Shared]] = {}
         for name, npages in FILES.items():
             self.disk.mkdir(parents=True, exist_ok=True)
@@ -106,24 +100,14 @@ class CowFilesModel(RuleBasedStateMachine):
             self.files[name] = (f, Shared(bytearray(init), name))
         self.procs: list[ModelProc] = [ModelProc(self.run(self.m.spawn()))]
 
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, 600))
-
-    def teardown(self) -> None:
-        try:
-            for mp in self.procs:
-                self.run(mp.p.exit())
-            for f, _ in self.files.values():
-                self.run(f.close())
-            frames = self.run(self.m.stats())["frames"]
-            assert frames["free"] == frames["total"], frames
-            assert frames["swpginuse"] == 0, frames
-            self.run(self.m_cm.__aexit__(None, None, None))
-            self.run(self.sim_cm.__aexit__(None, None, None))
-        finally:
-            for t in asyncio.all_tasks(self.loop):
-                t.cancel()
-            self.loop.close()
+    def finish(self) -> None:
+        for mp in self.procs:
+            self.run(mp.p.exit())
+        for f, _ in self.files.values():
+            self.run(f.close())
+        frames = self.run(self.m.stats())["frames"]
+        assert frames["free"] == frames["total"], frames
+        assert frames["swpginuse"] == 0, frames
 
     # -- helpers -----------------------------------------------------------------
 
@@ -367,9 +351,7 @@ class CowFilesModel(RuleBasedStateMachine):
 
     @invariant()
     def auditor_finds_nothing(self) -> None:
-        rep = self.run(self.sim.kcall("uvm", UvmAudit(h=NO_HEADER)))
-        assert isinstance(rep, UvmAuditReply)
-        assert rep.problems == []
+        assert self.audit() == []
 
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -13,15 +13,12 @@ HYPOTHESIS_PROFILE=long runs more.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
-    RuleBasedStateMachine,
     consumes,
     initialize,
     invariant,
@@ -29,11 +26,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from machine.client import Machine, Process, Segv
-from machine.ipc.inmemory import VirtualTimeLoop
+from machine.client import Process, Segv
 from machine.params import PAGE_SIZE
-from machine.proto import NO_HEADER, UvmAudit, UvmAuditReply
-from machine.testing import SimMachine
+from machine.proto import NO_HEADER
+from tests.model.simrun import SimStateMachine
 
 _H = NO_HEADER
 NFRAMES = 48
@@ -84,30 +80,14 @@ class ModelProc:
         return True, pages
 
 
-class MachineModel(RuleBasedStateMachine):
+class MachineModel(SimStateMachine):
+    SEED = 11
+    NFRAMES = 48
     procs = Bundle("procs")
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = VirtualTimeLoop(limit_s=1e6)
-        self.sim_cm = SimMachine.boot(seed=11, ram_bytes=NFRAMES * PAGE_SIZE)
-        self.sim: SimMachine = self.run(self.sim_cm.__aenter__())
-        self.m_cm = self.sim.attach()
-        self.m: Machine = self.run(self.m_cm.__aenter__())
         self.live: list[ModelProc] = []
-
-    def run(self, coro: Any) -> Any:
-        """Run one step to completion; 120 s of virtual time without an answer is a hang."""
-        return self.loop.run_until_complete(asyncio.wait_for(coro, 120))
-
-    def teardown(self) -> None:
-        try:
-            self.run(self.m_cm.__aexit__(None, None, None))
-            self.run(self.sim_cm.__aexit__(None, None, None))
-        finally:
-            for t in asyncio.all_tasks(self.loop):
-                t.cancel()
-            self.loop.close()
 
     def resident(self) -> int:
         return sum(len(mp.touched) for mp in self.live)
@@ -200,9 +180,7 @@ class MachineModel(RuleBasedStateMachine):
 
     @invariant()
     def auditor_finds_nothing_and_frames_are_conserved(self) -> None:
-        rep = self.run(self.sim.kcall("uvm", UvmAudit(h=_H)))
-        assert isinstance(rep, UvmAuditReply)
-        assert rep.problems == []
+        assert self.audit() == []
         frames = self.run(self.m.stats())["frames"]
         assert frames["total"] - frames["free"] == self.resident()
 
