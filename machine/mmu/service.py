@@ -24,6 +24,8 @@ from machine.proto import (
     MmuStore,
     PmapAttrs,
     PmapAttrsReply,
+    PmapCheck,
+    PmapCheckReply,
     PmapCountReply,
     PmapCreate,
     PmapDestroy,
@@ -64,6 +66,7 @@ class MmuService(Service):
         PmapPv,
         PmapMappings,
         PmapUnwire,
+        PmapCheck,
         MmuLoad,
         MmuStore,
         MmuKload,
@@ -94,6 +97,9 @@ class MmuService(Service):
 
     def on_protect(self, msg: PmapProtect) -> Reply:
         return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
+
+    def on_check(self, msg: PmapCheck) -> Reply:
+        return self.reply(msg, PmapCheckReply, problems=self.mmu.check())
 
     def on_unwire(self, msg: PmapUnwire) -> Reply:
         return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))

@@ -164,6 +164,12 @@ from machine.proto.pmap import (
     PmapAttrsReply as PmapAttrsReply,
 )
 from machine.proto.pmap import (
+    PmapCheck as PmapCheck,
+)
+from machine.proto.pmap import (
+    PmapCheckReply as PmapCheckReply,
+)
+from machine.proto.pmap import (
     PmapCountReply as PmapCountReply,
 )
 from machine.proto.pmap import (

@@ -241,3 +241,16 @@ class PmapMappings(Request, frozen=True, kw_only=True, tag="pmap.mappings"):
 
 class PmapMappingsReply(Reply, frozen=True, kw_only=True, tag="pmap.mappings.reply"):
     mappings: list[tuple[int, int, int, bool]] = msgspec.field(default_factory=list)
+
+
+class PmapCheck(Request, frozen=True, kw_only=True, tag="pmap.check"):
+    """The pmap's own consistency check: pv lists match page tables (P1), every
+    translation names a frame of RAM with a protection (P2), unmanaged mappings only
+    in the kernel pmap (P3), wired counts.
+
+    => kernel endpoint (uvm's auditor). Reply: PmapCheckReply; empty when consistent.
+    """
+
+
+class PmapCheckReply(Reply, frozen=True, kw_only=True, tag="pmap.check.reply"):
+    problems: list[str] = msgspec.field(default_factory=list)

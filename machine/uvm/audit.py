@@ -16,6 +16,7 @@ every step of the model-based tests. What it checks:
   * conservation (U2): every frame is free or owned by exactly one anon or
     object, and free + owned == npages; swpgonly == the number of slots whose
     page is not resident.
+  * the mmu's own check (pmap.check): pv lists match page tables (P1-P3).
   * uvm <-> mmu (U3): every mapping the mmu holds for a user space lies in an
     entry and points at the frame that entry resolves to (anon first, then
     object); its protection is within the entry's; no writable mapping of a
@@ -103,7 +104,7 @@ def _static(uvm: Uvm) -> list[str]:
 
 
 async def audit(uvm: Uvm) -> list[str]:
-    problems = _static(uvm)
+    problems = _static(uvm) + [f"mmu: {p}" for p in await uvm.pmap.check()]
     for asid, sp in uvm.spaces.items():
         for va, pfn, prot, wired in await uvm.pmap.mappings(asid):
             e = sp.map.lookup(va)

@@ -30,6 +30,10 @@ class PmapOps(Protocol):
         """R/M bits per frame (bit 0 referenced, bit 1 modified), before clearing."""
         ...
 
+    async def check(self) -> list[str]:
+        """The pmap's own consistency problems (pv lists vs page tables)."""
+        ...
+
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
         """Every mapping of an address space as (va, pfn, prot, wired)."""
         ...

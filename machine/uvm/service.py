@@ -26,6 +26,8 @@ from machine.proto import (
     Header,
     PmapAttrs,
     PmapAttrsReply,
+    PmapCheck,
+    PmapCheckReply,
     PmapCountReply,
     PmapCreate,
     PmapDestroy,
@@ -116,6 +118,9 @@ class RemotePmap:
             PmapAttrsReply,
         )
         return [int(r) | (int(m) << 1) for r, m in zip(rep.referenced, rep.modified, strict=True)]
+
+    async def check(self) -> list[str]:
+        return (await self.peer.call_ok(PmapCheck(h=_H), PmapCheckReply)).problems
 
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
         rep = await self.peer.call_ok(PmapMappings(h=_H, asid=asid), PmapMappingsReply)

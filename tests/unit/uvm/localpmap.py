@@ -42,6 +42,9 @@ class LocalPmap:
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
         return self.mmu.get_attrs(pfns, clear_ref, clear_mod)
 
+    async def check(self) -> list[str]:
+        return self.mmu.check()
+
     async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
         return [
             (v << 12, p.pfn, int(p.prot), p.wired)
