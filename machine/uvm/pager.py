@@ -25,6 +25,8 @@ from machine.uvm.page import NIL, PageFlag
 from machine.uvm.vm import Uvm, VmError
 
 MODIFIED = 2
+#: Frames per pmap.attrs / pmap.page_protect message (the protocol's PfnList bound).
+PFN_BATCH = 4096
 
 
 async def flush_object(uvm: Uvm, obj: VnodeObject, lo: int, hi: int) -> int:
@@ -33,7 +35,9 @@ async def flush_object(uvm: Uvm, obj: VnodeObject, lo: int, hi: int) -> int:
     pfns = sorted((pg, pfn) for pg, pfn in obj.pages.items() if lo <= pg < hi)
     if not pfns:
         return 0
-    bits = await uvm.pmap.attrs([pfn for _, pfn in pfns], False, True)
+    bits: list[int] = []
+    for i in range(0, len(pfns), PFN_BATCH):  # one pmap.attrs per batch of frames
+        bits += await uvm.pmap.attrs([pfn for _, pfn in pfns[i : i + PFN_BATCH]], False, True)
     n = 0
     for (pg, pfn), b in zip(pfns, bits, strict=True):
         if b & MODIFIED or not uvm.pages.flags[pfn] & PageFlag.CLEAN:

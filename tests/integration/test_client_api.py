@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,22 @@ async def test_out_of_memory_is_an_error_and_the_machine_carries_on() -> None:
         assert st["roles"]["uvm"]["counters"]["fltnoram"] == 1
         assert st["roles"]["uvm"]["counters"]["pressure_events"] >= 1
         assert st["roles"]["pdaemon"]["counters"]["pdwoke"] >= 1  # woken by uvm.pressure
+
+
+async def test_write_back_of_more_frames_than_one_message_carries() -> None:
+    """A file object with more resident pages than one pmap.attrs message may name
+    (4096) is written back in batches (regression: this used to panic uvm)."""
+    npages = 4100
+    async with (
+        SimMachine.boot(seed=4, ram_bytes=(npages + 256) * PAGE_SIZE, latency_s=(0.0, 0.0)) as sim,
+        sim.attach() as m,
+    ):
+        f = await m.open("big.bin", create=True, size=npages * PAGE_SIZE)
+        p = await m.spawn()
+        va = await p.mmap(npages * PAGE_SIZE, file=f, shared=True)
+        await p.mlock(va, npages * PAGE_SIZE)  # every page resident
+        await p.store(va + (npages - 1) * PAGE_SIZE, b"last")
+        assert await p.msync(va, npages * PAGE_SIZE) >= 1
+        await p.exit()
+        data = (Path(sim.state_dir) / "disk" / "big.bin").read_bytes()
+        assert data[(npages - 1) * PAGE_SIZE :][:4] == b"last"
