@@ -30,7 +30,6 @@ from collections import Counter
 
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
-from machine.uvm.object import AObj
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
 
@@ -88,8 +87,7 @@ def _static(uvm: Uvm) -> list[str]:
                 or not pages.flags[pfn] & PageFlag.TABLED
             ):
                 problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
-        if isinstance(obj, AObj):
-            swap_only += sum(1 for pg in obj.swslots if pg not in obj.pages)
+        swap_only += obj.pgops.swap_only(obj)
     for pfn in range(pages.npages):
         if pages.pqflags[pfn] != PQ.FREE and pfn not in owned:
             problems.append(f"U2: allocated frame {pfn} owned by nobody uvm knows")

@@ -33,10 +33,10 @@ from machine.params import PAGE_SIZE
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
+from machine.uvm.errors import Segv, VmError
 from machine.uvm.map import MapEntry
-from machine.uvm.object import AObj, VnodeObject
 from machine.uvm.page import NIL, PageFlag
-from machine.uvm.vm import Segv, Uvm, VmError, VmSpace
+from machine.uvm.vm import Uvm, VmSpace
 
 REFAULT = -1
 
@@ -203,23 +203,9 @@ async def _fault_lower(
     pfn = obj.pages.get(pgoff, NIL)
     if pfn == NIL:
         pfn = uvm.alloc_page(obj=obj, pgoff=pgoff)
-        if isinstance(obj, VnodeObject):
-            assert obj.file is not None
-            obj.file.get(pgoff, uvm.ram, pfn)
-            uvm.stats.fltget += 1
-            clean_read = True
-        elif isinstance(obj, AObj):
-            slotno = obj.swslots.get(pgoff, 0)
-            if slotno:
-                assert uvm.swap is not None
-                uvm.swap.get(slotno, uvm.ram, pfn)
-                uvm.swap_only(-1)
-                uvm.stats.fltanget += 1
-                clean_read = True
-            else:
-                uvm.ram.zero(pfn)
-                uvm.stats.zeropages += 1
-                pages.flags[pfn] &= ~PageFlag.CLEAN
+        clean_read = obj.pgops.get(uvm, obj, pgoff, pfn)  # pgo_get
+        if not clean_read:
+            pages.flags[pfn] &= ~PageFlag.CLEAN
         pages.flags[pfn] &= ~PageFlag.FAKE
     else:
         if pages.flags[pfn] & PageFlag.BUSY:

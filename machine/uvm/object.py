@@ -1,26 +1,61 @@
-"""uvm_object: a memory object with pages of its own, and its pager (the pgops table).
+"""uvm_object: a memory object with pages of its own, and its pager-ops table (pgops).
 
-Two kinds:
-  * VnodeObject: a host file (machine.uvm.vnode). Pages read from the file on
-    first touch (pgo_get); dirty pages written back by put (msync, munmap,
-    exit, pageout, shutdown). One object per file, shared by every mapping.
-  * AObj: anonymous memory shared between processes (MAP_ANON|MAP_SHARED):
-    zero-filled on first touch, paged out to swap with a slot per page
-    (uao_set_swslot / uao_find_swslot / uao_dropswap).
+Two kinds, each with its pager:
+  * VnodeObject / VnodePager: a host file (machine.uvm.vnode), one object per
+    file shared by every mapping. get reads the page from the file; put writes
+    it back. `writes_back`: dirty pages reach the file on msync, munmap and
+    exit of shared mappings, the last close, pageout and shutdown.
+  * AObj / AObjPager: anonymous memory shared between processes
+    (MAP_ANON|MAP_SHARED): get zero-fills, or reads the page's swap slot;
+    put writes to the slot it has or a new one (uao_set_swslot /
+    uao_find_swslot / uao_dropswap).
 
 Fields [u]: refs (map entries + open handles), pages (page offset -> pfn).
 Invariants (audit.py):
   O1  every page in `pages` is owned by this object at that offset
-      (uobject == id, offset == pgoff, PG_TABLED).
-  O2  an AObj slot is allocated on the swap device.
-cf. NetBSD sys/uvm/uvm_object.h, uvm_vnode.c, uvm_aobj.c (concepts only).
+      (uobject == id, offset == pgoff, PG_TABLED); refs == users.
+  O2  an AObj's slots are allocated on the swap device; swap_only() of every
+      object and anon adds up to the device's swpgonly.
+cf. NetBSD sys/uvm/uvm_object.h, uvm_pager.h (struct uvm_pagerops), uvm_vnode.c,
+uvm_aobj.c (concepts only).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from machine.uvm.errors import VmError
 from machine.uvm.vnode import VnodeFile
+
+if TYPE_CHECKING:
+    from machine.uvm.vm import Uvm
+
+
+class PagerOps(Protocol):
+    """The pgops table: how an object's pages move between RAM and their store."""
+
+    writes_back: bool
+
+    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+        """pgo_get: fill frame pfn with page pgoff. => True if it now equals the store."""
+        ...
+
+    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+        """pgo_put: make the store hold the frame's bytes (VmError ENOMEM if no room)."""
+        ...
+
+    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+        """The page of pgoff left RAM after a put (bookkeeping only)."""
+        ...
+
+    def swap_only(self, obj: UvmObject) -> int:
+        """How many of the object's pages exist only in swap."""
+        ...
+
+    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+        """The last reference is gone (its pages are about to be freed): release the store."""
+        ...
 
 
 @dataclass(eq=False)
@@ -28,20 +63,92 @@ class UvmObject:
     id: int
     refs: int = 1
     pages: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def swap_backed(self) -> bool:
-        return False
+    pgops: ClassVar[PagerOps]
 
     @property
     def npages(self) -> int:
         raise NotImplementedError
 
 
+class VnodePager:
+    writes_back = True
+
+    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+        assert isinstance(obj, VnodeObject)
+        assert obj.file is not None
+        obj.file.get(pgoff, uvm.ram, pfn)
+        uvm.stats.fltget += 1
+        return True
+
+    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+        assert isinstance(obj, VnodeObject)
+        assert obj.file is not None
+        if dirty:
+            obj.file.put(pgoff, uvm.ram, pfn)
+
+    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+        return None
+
+    def swap_only(self, obj: UvmObject) -> int:
+        return 0
+
+    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+        assert isinstance(obj, VnodeObject)
+        assert obj.file is not None
+        obj.file.sync()
+        obj.file.close()
+
+
+class AObjPager:
+    writes_back = False
+
+    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+        assert isinstance(obj, AObj)
+        slot = obj.swslots.get(pgoff, 0)
+        if not slot:
+            uvm.ram.zero(pfn)
+            uvm.stats.zeropages += 1
+            return False
+        assert uvm.swap is not None
+        uvm.swap.get(slot, uvm.ram, pfn)
+        uvm.swap_only(-1)
+        uvm.stats.fltanget += 1
+        return True
+
+    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+        assert isinstance(obj, AObj)
+        if uvm.swap is None:
+            raise VmError("ENOMEM", "no swap device")
+        slot = obj.swslots.get(pgoff, 0)
+        if not slot:
+            slot = uvm.swap.alloc(1)
+            if not slot:
+                raise VmError("ENOMEM", "swap is full")
+            obj.swslots[pgoff] = slot
+            dirty = True
+        if dirty:
+            uvm.swap.put(slot, uvm.ram, [pfn])
+
+    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+        uvm.swap_only(+1)
+
+    def swap_only(self, obj: UvmObject) -> int:
+        assert isinstance(obj, AObj)
+        return sum(1 for pg in obj.swslots if pg not in obj.pages)
+
+    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+        assert isinstance(obj, AObj)
+        uvm.swap_only(-self.swap_only(obj))
+        for slot in obj.swslots.values():
+            uvm.swap_free(slot)
+        obj.swslots.clear()
+
+
 @dataclass(eq=False)
 class VnodeObject(UvmObject):
     file: VnodeFile | None = None
     name: str = ""
+    pgops: ClassVar[PagerOps] = VnodePager()
 
     @property
     def npages(self) -> int:
@@ -53,10 +160,7 @@ class VnodeObject(UvmObject):
 class AObj(UvmObject):
     size_pages: int = 0
     swslots: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def swap_backed(self) -> bool:
-        return True
+    pgops: ClassVar[PagerOps] = AObjPager()
 
     @property
     def npages(self) -> int:

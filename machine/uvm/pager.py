@@ -20,18 +20,18 @@ from __future__ import annotations
 
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
-from machine.uvm.object import AObj, UvmObject, VnodeObject
+from machine.uvm.errors import VmError
+from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import NIL, PageFlag
-from machine.uvm.vm import Uvm, VmError
+from machine.uvm.vm import Uvm
 
 MODIFIED = 2
 #: Frames per pmap.attrs / pmap.page_protect message (the protocol's PfnList bound).
 PFN_BATCH = 4096
 
 
-async def flush_object(uvm: Uvm, obj: VnodeObject, lo: int, hi: int) -> int:
+async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int) -> int:
     """Write back the dirty resident pages of obj in page offsets [lo, hi). => pages written."""
-    assert obj.file is not None
     pfns = sorted((pg, pfn) for pg, pfn in obj.pages.items() if lo <= pg < hi)
     if not pfns:
         return 0
@@ -41,10 +41,10 @@ async def flush_object(uvm: Uvm, obj: VnodeObject, lo: int, hi: int) -> int:
     n = 0
     for (pg, pfn), b in zip(pfns, bits, strict=True):
         if b & MODIFIED or not uvm.pages.flags[pfn] & PageFlag.CLEAN:
-            obj.file.put(pg, uvm.ram, pfn)
+            obj.pgops.put(uvm, obj, pg, pfn, True)
             uvm.pages.flags[pfn] |= PageFlag.CLEAN
             n += 1
-    if n:
+    if n and isinstance(obj, VnodeObject) and obj.file is not None:
         obj.file.sync()
     uvm.stats.flushes += n
     return n
@@ -64,8 +64,9 @@ async def pageout_page(uvm: Uvm, pfn: int) -> None:
     if pages.flags[pfn] & PageFlag.BUSY or pages.wire_count[pfn]:
         raise VmError("EBUSY", f"page {pfn} is busy or wired")
     anon, obj, pgoff = _owner_of(uvm, pfn)
-    swap_backed = anon is not None or isinstance(obj, AObj)
-    if swap_backed and uvm.swap is None:
+    if anon is None and obj is None:
+        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+    if anon is not None and uvm.swap is None:
         raise VmError("ENOMEM", "no swap device")
     uvm.busy(pfn)
     try:
@@ -74,35 +75,27 @@ async def pageout_page(uvm: Uvm, pfn: int) -> None:
     finally:
         uvm.unbusy(pfn)
     dirty = bool(bits & MODIFIED) or not pages.flags[pfn] & PageFlag.CLEAN
-    if anon is not None or isinstance(obj, AObj):
+    if anon is not None:
         assert uvm.swap is not None
-        slot = anon.swslot if anon is not None else obj.swslots.get(pgoff, 0)  # type: ignore[union-attr]
-        if not slot:
-            slot = uvm.swap.alloc(1)
-            if not slot:
+        if not anon.swslot:
+            anon.swslot = uvm.swap.alloc(1)
+            if not anon.swslot:
                 pages.activate(pfn)
                 raise VmError("ENOMEM", "swap is full")
             dirty = True
-            if anon is not None:
-                anon.swslot = slot
-            else:
-                assert isinstance(obj, AObj)
-                obj.swslots[pgoff] = slot
         if dirty:
-            uvm.swap.put(slot, uvm.ram, [pfn])
-        if anon is not None:
-            anon.page = NIL
-        else:
-            assert obj is not None
-            del obj.pages[pgoff]
+            uvm.swap.put(anon.swslot, uvm.ram, [pfn])
+        anon.page = NIL
         uvm.swap_only(+1)
-    elif isinstance(obj, VnodeObject):
-        assert obj.file is not None
-        if dirty:
-            obj.file.put(pgoff, uvm.ram, pfn)
-        del obj.pages[pgoff]
     else:
-        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+        assert obj is not None
+        try:
+            obj.pgops.put(uvm, obj, pgoff, pfn, dirty)  # pgo_put
+        except VmError:
+            pages.activate(pfn)
+            raise
+        del obj.pages[pgoff]
+        obj.pgops.released(uvm, obj, pgoff)
     uvm.free_page(pfn)
     uvm.stats.pageouts += 1
 

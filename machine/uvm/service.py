@@ -69,10 +69,11 @@ from machine.proto import (
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.uvm.audit import audit
+from machine.uvm.errors import VmError
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vm import Uvm, VmError
+from machine.uvm.vm import Uvm
 
 DEFAULT_LEASE_S = 10.0
 

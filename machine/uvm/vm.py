@@ -35,6 +35,7 @@ from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
+from machine.uvm.errors import VmError
 from machine.uvm.map import Inherit, MapEntry, VmMap
 from machine.uvm.object import AObj, UvmObject, VnodeObject
 from machine.uvm.page import NIL, PageFlag, VmPages
@@ -45,22 +46,6 @@ from machine.uvm.vnode import VnodeError, VnodeFile, resolve
 
 RW = Prot.READ | Prot.WRITE
 RWX = Prot.READ | Prot.WRITE | Prot.EXECUTE
-
-
-class VmError(Exception):
-    """A client error: errno name + detail; the operation changed nothing."""
-
-    def __init__(self, errno: str, detail: str) -> None:
-        super().__init__(detail)
-        self.errno = errno
-        self.detail = detail
-
-
-class Segv(VmError):
-    """The fault cannot be resolved: the process gets SIGSEGV."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("EFAULT", detail)
 
 
 @dataclass(eq=False)
@@ -305,23 +290,16 @@ class Uvm:
             return
         from machine.uvm.pager import flush_object
 
-        if isinstance(obj, VnodeObject):
+        if obj.pgops.writes_back:
             await flush_object(self, obj, 0, obj.npages)
-        for pgoff, pfn in sorted(obj.pages.items()):
+        for pfn in list(obj.pages.values()):
             if self.pages.flags[pfn] & PageFlag.BUSY:
                 await self.wait_busy(pfn)
+        obj.pgops.drop(self, obj)  # before the pages go: it tells resident from swapped
+        for pgoff, pfn in sorted(obj.pages.items()):
             self.free_page(pfn)
             del obj.pages[pgoff]
-        if isinstance(obj, AObj):
-            for slot in obj.swslots.values():
-                self.swap_free(slot)
-                self.swap_only(-1)
-            obj.swslots.clear()
-        if isinstance(obj, VnodeObject):
-            assert obj.file is not None
-            obj.file.sync()
-            obj.file.close()
-            self.vnodes = {p: o for p, o in self.vnodes.items() if o is not obj}
+        self.vnodes = {p: o for p, o in self.vnodes.items() if o is not obj}
         del self.objects[obj.id]
 
     # -- mmap / munmap / mprotect ------------------------------------------------------
@@ -428,7 +406,7 @@ class Uvm:
                     pfn = e.obj.pages.get(pg, NIL)
                     if pfn != NIL and self.pages.wire_count[pfn]:
                         self.pages.unwire(pfn)
-            if isinstance(e.obj, VnodeObject) and not e.cow:
+            if e.obj.pgops.writes_back and not e.cow:
                 from machine.uvm.pager import flush_object
 
                 await flush_object(self, e.obj, e.pgoff(e.start), e.pgoff(e.end))
@@ -573,7 +551,7 @@ class Uvm:
                 raise VmError("ENOMEM", f"msync range at {va:#x} is not fully mapped")
             n = 0
             for e in sp.map.in_range(va, eva):
-                if isinstance(e.obj, VnodeObject) and not e.cow:
+                if e.obj is not None and e.obj.pgops.writes_back and not e.cow:
                     lo, hi = max(va, e.start), min(eva, e.end)
                     n += await flush_object(self, e.obj, e.pgoff(lo), e.pgoff(hi))
             return n

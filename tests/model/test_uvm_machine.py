@@ -28,10 +28,8 @@ from hypothesis.stateful import (
 
 from machine.client import Process, Segv
 from machine.params import PAGE_SIZE
-from machine.proto import NO_HEADER
 from tests.model.simrun import SimStateMachine
 
-_H = NO_HEADER
 NFRAMES = 48
 
 settings.register_profile(

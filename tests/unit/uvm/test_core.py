@@ -15,11 +15,12 @@ from machine.mmu.pmap import Fault, Mmu
 from machine.params import PAGE_SIZE
 from machine.proto.types import Prot
 from machine.uvm.audit import audit
+from machine.uvm.errors import Segv, VmError
 from machine.uvm.fault import fault
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vm import Segv, Uvm, VmError
+from machine.uvm.vm import Uvm
 from machine.uvm.vnode import VnodeError, VnodeFile, resolve
 from tests.unit.uvm.localpmap import LocalPmap, make_uvm
 
@@ -385,3 +386,21 @@ async def test_flush_writes_only_dirty_pages(vm: tuple[Uvm, Mmu], tmp_path: Path
     assert await flush_object(uvm, obj, 0, 4) == 0  # clean now
     assert uvm.pages.pqflags[obj.pages[0]] == PQ.ACTIVE
     assert NIL not in obj.pages.values()
+
+
+async def test_aobj_swap_accounting_survives_pagein_and_exit(vm: tuple[Uvm, Mmu]) -> None:
+    uvm, mmu = vm
+    assert uvm.swap is not None
+    p = await uvm.spawn(OWN)
+    sh = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW, shared=True)
+    await cpu_store(uvm, mmu, p, sh, b"a" * (2 * PAGE_SIZE))
+    await pageout(uvm, p, sh)
+    await pageout(uvm, p, sh + PAGE_SIZE)
+    assert uvm.swap.swpgonly == 2
+    assert await cpu_load(uvm, mmu, p, sh, 1) == b"a"  # one page back in, its slot kept
+    assert uvm.swap.swpgonly == 1
+    await clean(uvm)
+    await uvm.exit(p, OWN)
+    assert uvm.swap.swpgonly == 0
+    assert uvm.swap.swpginuse == 0
+    await clean(uvm)

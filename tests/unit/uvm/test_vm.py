@@ -8,10 +8,11 @@ from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.audit import audit
+from machine.uvm.errors import Segv, VmError
 from machine.uvm.fault import fault
 from machine.uvm.map import MapEntry, VmMap
 from machine.uvm.page import RESERVE_KERNEL
-from machine.uvm.vm import Segv, Uvm, VmError, tune
+from machine.uvm.vm import Uvm, tune
 from tests.unit.uvm.localpmap import make_uvm
 
 OWNER = 77
