@@ -130,6 +130,8 @@ def _print_status(st: dict[str, Any]) -> None:
             "frames: "
             + "  ".join(f"{k} {f[k]}" for k in ("total", "free", "active", "inactive", "wired"))
         )
+    if "swpages" in f:
+        print("swap: " + "  ".join(f"{k} {f[k]}" for k in ("swpages", "swpginuse", "swpgonly")))
     for r, s in st["roles"].items():
         if s["counters"]:
             print(f"{r}: " + " ".join(f"{k}={v}" for k, v in s["counters"].items()))

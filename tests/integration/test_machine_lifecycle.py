@@ -64,6 +64,7 @@ def test_status_cli_text_and_json(real_machine: RealMachine) -> None:
     t = _cli("status", "--endpoint", real_machine.endpoint)
     assert t.returncode == 0
     assert "frames: total 4096" in t.stdout
+    assert "swap: swpages 8192" in t.stdout  # twice the RAM by default
     assert "pdaemon" in t.stdout
 
 
