@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from clients import pattern
+from clients import forker, pattern
 
-CLIENTS = {"pattern": pattern.main}
+CLIENTS = {"pattern": pattern.main, "forker": forker.main}
 
 
 def main() -> int:

@@ -219,3 +219,19 @@ def test_a_role_that_stops_answering_heartbeats_is_a_panic(tmp_path: Path) -> No
     assert "missed" in dump["panic"]["message"]
     assert "heartbeats" in dump["panic"]["message"]
     assert not any(pid_alive(p) for p in pids.values())
+
+
+def test_the_ready_made_clients_pass_against_a_real_machine(real_machine: RealMachine) -> None:
+    for args in (
+        ["pattern", "--pages", "64", "--procs", "3"],
+        ["forker", "--depth", "2", "--width", "3", "--pages", "8"],
+    ):
+        r = subprocess.run(
+            [PY, "-m", "clients", *args, "--endpoint", real_machine.endpoint],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ": ok" in r.stdout
