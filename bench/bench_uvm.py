@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_machine import group_pids  # bench/ is on sys.path when run as a script
+
 from machine.client import Machine, Process
 from machine.ipc.inmemory import run_simulation
 from machine.params import PAGE_SIZE
@@ -195,18 +197,6 @@ async def run_ops(m: Machine, disk: Path, pl: Plan) -> dict[str, Any]:
 
 
 # -- real machines ------------------------------------------------------------------------------
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    out = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            raw = Path(f"/proc/{d}/stat").read_text()
-            f = raw[raw.rindex(")") + 2 :].split()
-            if int(f[2]) == pgid and f[0] != "Z":
-                out.append(int(d))
-    return out
 
 
 @contextlib.contextmanager
