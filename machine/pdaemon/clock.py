@@ -1,0 +1,95 @@
+"""Today's clock policy (uvm-semantics.md 7.3; NetBSD uvm_pdpolicy_clock.c, concepts only).
+
+tune:   freemin = npages/200 clamped to [128 KiB, 1 MiB] of pages (one CPU),
+        freetarg = 4/3 freemin; inactarg = 33 % of active + inactive (>=
+        freetarg + 1).
+scan:   the inactive queue, until free + paging >= 4 freetarg or 16 dirty
+        reactivations: referenced -> reactivate; wired or busy -> skip (a
+        victim must be unwired); clean -> free; dirty file page -> pgo_put
+        (clean and free); dirty swap-backed page -> swap full: reactivate,
+        else page out in clusters. Then balance: walk the active queue while
+        there is an inactive or swap shortage; deactivation only clears the
+        reference bit (no pmap_page_protect).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from machine.params import PAGE_SIZE
+from machine.pdaemon.policy import (
+    CLUSTER,
+    NUMDIRTYREACTS,
+    Action,
+    Bits,
+    Op,
+    ScanResult,
+    Snapshot,
+    Targets,
+)
+
+INACTIVEPCT = 33
+
+
+class Clock:
+    name = "clock"
+
+    def tune(self, npages: int) -> Targets:
+        lo, hi = (128 << 10) // PAGE_SIZE, (1 << 20) // PAGE_SIZE
+        freemin = min(max(npages // 200, lo), hi)
+        freemin = min(freemin, max(npages // 4, 1))  # tiny machines keep most frames usable
+        return Targets(freemin, max(freemin * 4 // 3, freemin + 1), npages // 3)
+
+    def inactarg(self, snap: Snapshot, t: Targets) -> int:
+        return max((len(snap.active) + len(snap.inactive)) * INACTIVEPCT // 100, t.freetarg + 1)
+
+    def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
+        return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
+
+    def scan(
+        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
+    ) -> ScanResult:
+        res = ScanResult()
+        free, paging, dirtyreacts = snap.free, snap.paging, 0
+        swap_full = snap.swpages > 0 and snap.swpginuse >= snap.swpages
+        cluster, in_cluster = 0, 0
+        for pg in snap.inactive:
+            if free + paging >= 4 * t.freetarg or dirtyreacts == NUMDIRTYREACTS:
+                break
+            if referenced(pg.pfn):
+                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                continue
+            if pg.wire_count or pg.busy:
+                continue
+            if pg.clean:
+                res.add(Action(Op.FREE, pg.pfn, revoke=True), "pdfreed")
+                free += 1
+                continue
+            if not pg.swap_backed:
+                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
+                paging += 1
+                continue
+            if swap_full:
+                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                dirtyreacts += 1
+                continue
+            if in_cluster == CLUSTER:
+                cluster, in_cluster = cluster + 1, 0
+            in_cluster += 1
+            res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
+            paging += 1
+        inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
+        swap_shortage = t.freetarg - free if free < t.freetarg and swap_full else 0
+        for pg in snap.active:  # uvmpdpol_balancequeue
+            if inactive_shortage <= 0 and swap_shortage <= 0:
+                break
+            if pg.busy or pg.wire_count:
+                continue
+            if swap_shortage > 0 and pg.swslot:
+                res.add(Action(Op.DROPSWAP, pg.pfn))
+                swap_shortage -= 1
+            if inactive_shortage > 0:
+                res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=False), "pddeact")
+                inactive_shortage -= 1
+        res.counters["pdscans"] = 1
+        return res

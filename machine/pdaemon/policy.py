@@ -1,0 +1,104 @@
+"""The page-replacement policy interface, and what a policy sees and decides.
+
+A policy is pure: given a snapshot of uvm's paging queues (always a little
+stale: the daemon runs in its own process), the referenced/modified bits the
+mmu reported, the targets and the profile's knobs, it returns the actions it
+wants, in order. It never changes page state: the daemon claims each page
+through uvm (which re-checks the page's current state under the profile's
+rules and marks it BUSY, or refuses), calls the mmu, and asks uvm to carry the
+action out. Two policies ship, selected by the PD_POLICY knob:
+  * scan1999  (uvm-semantics.md 7.1, NetBSD uvm_pdaemon.c 1.19)
+  * clock     (7.3, today's uvmpdpol_clock)
+A user's own policy implements PagePolicy.
+
+Status: the policies and their tests exist; the daemon loop that claims and
+executes their actions through uvm and the mmu is the rest of issue 4.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+CLUSTER = 16  # MAXBSIZE (64 KiB) >> PAGE_SHIFT: swap pageout cluster
+NUMDIRTYREACTS = 16  # UVMPD_NUMDIRTYREACTS
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """The daemon's view of one queued page."""
+
+    pfn: int
+    swap_backed: bool = True  # anon or aobj page (else a file page)
+    clean: bool = False  # PG_CLEAN as uvm last knew it
+    busy: bool = False
+    wire_count: int = 0
+    loan_count: int = 0
+    owned: bool = True  # tabled in an object, or owned by an anon
+    has_anon: bool = True  # uanon set (an ownerless page can be adopted by it)
+    swslot: bool = False  # has a swap slot
+
+
+@dataclass
+class Snapshot:
+    active: list[PageInfo]
+    inactive: list[PageInfo]
+    free: int
+    npages: int
+    paging: int = 0
+    swpages: int = 0
+    swpginuse: int = 0
+    swpgonly: int = 0
+
+
+@dataclass(frozen=True)
+class Targets:
+    freemin: int
+    freetarg: int
+    wiredmax: int
+
+
+class Op(enum.Enum):
+    REACTIVATE = "reactivate"  # uvm_pageactivate (pdreact)
+    DEACTIVATE = "deactivate"  # uvm_pagedeactivate (pddeact)
+    FREE = "free"  # clean: revoke mappings, free (pdfreed)
+    PAGEOUT = "pageout"  # dirty: write to swap or file, then free (pdpageouts)
+    DROPSWAP = "dropswap"  # release the page's swap slot (swap shortage)
+
+
+@dataclass(frozen=True)
+class Action:
+    op: Op
+    pfn: int
+    revoke: bool = False  # pmap_page_protect(NONE) before the op
+    cluster: int = -1  # swap cluster number for PAGEOUT of swap-backed pages
+
+
+@dataclass
+class ScanResult:
+    actions: list[Action] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def add(self, action: Action, counter: str = "") -> None:
+        self.actions.append(action)
+        if counter:
+            self.counters[counter] = self.counters.get(counter, 0) + 1
+
+
+Bits = Callable[[int], bool]
+
+
+class PagePolicy(Protocol):
+    name: str
+
+    def tune(self, npages: int) -> Targets: ...
+
+    def inactarg(self, snap: Snapshot, t: Targets) -> int: ...
+
+    def needs_scan(self, snap: Snapshot, t: Targets) -> bool: ...
+
+    def scan(
+        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
+    ) -> ScanResult: ...

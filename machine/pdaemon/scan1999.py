@@ -1,0 +1,115 @@
+"""The 1999 page daemon (uvm-semantics.md 7.1; NetBSD uvm_pdaemon.c 1.19, concepts only).
+
+tune:   freemin = npages/20 clamped to [16 KiB, 256 KiB] of pages; freetarg =
+        4/3 freemin (>= freemin + 1); wiredmax = npages/3; inactarg = (active +
+        inactive)/3 (>= freetarg + 1), computed each pass.
+scan:   if free < freetarg or inactive < inactarg:
+  loop 1, the inactive queue, until free + paging >= 4 freetarg or 16 dirty
+          reactivations: referenced -> reactivate; busy -> skip; ownerless
+          checks (DIAGNOSTIC panics); clean -> revoke and free; dirty and swap
+          all "only copy" -> reactivate (a dirty reactivation); dirty and swap
+          fully allocated -> drop its slot; else page it out, swap-backed pages
+          in clusters of 16.
+  loop 2, the active queue from its head, while inactive_shortage > 0 or
+          swap_shortage > 0: busy -> skip; (PD_WIRED_CHECK=skip_wired, Thorpe's
+          diff) wired -> skip; swap shortage -> drop the slot; inactive shortage
+          -> pmap_page_protect(NONE) and deactivate, with NO wire-count check:
+          the code trusts "active => not wired" (the 1999 bug's step 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from machine.kassert import kassert
+from machine.params import PAGE_SIZE
+from machine.pdaemon.policy import (
+    CLUSTER,
+    NUMDIRTYREACTS,
+    Action,
+    Bits,
+    Op,
+    ScanResult,
+    Snapshot,
+    Targets,
+)
+
+
+class Scan1999:
+    name = "scan1999"
+
+    def tune(self, npages: int) -> Targets:
+        lo, hi = (16 << 10) // PAGE_SIZE, (256 << 10) // PAGE_SIZE
+        freemin = min(max(npages // 20, lo), hi)
+        freetarg = max(freemin * 4 // 3, freemin + 1)
+        return Targets(freemin, freetarg, npages // 3)
+
+    def inactarg(self, snap: Snapshot, t: Targets) -> int:
+        return max((len(snap.active) + len(snap.inactive)) // 3, t.freetarg + 1)
+
+    def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
+        return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
+
+    def scan(
+        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
+    ) -> ScanResult:
+        res = ScanResult()
+        diagnostic = bool(knobs.get("DIAGNOSTIC", True))
+        free, paging, freed, dirtyreacts = snap.free, snap.paging, 0, 0
+        swap_full = snap.swpages > 0 and snap.swpginuse >= snap.swpages
+        swap_only = snap.swpages > 0 and snap.swpgonly >= snap.swpages
+        cluster, in_cluster = 0, 0
+        for pg in snap.inactive:  # loop 1
+            if free + paging >= 4 * t.freetarg or dirtyreacts == NUMDIRTYREACTS:
+                break
+            if referenced(pg.pfn):
+                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                continue
+            if not pg.owned and diagnostic:
+                kassert(pg.has_anon, "pagedaemon: page with no anon or object detected")
+                kassert(pg.loan_count > 0, "pagedaemon: non-loaned ownerless page detected")
+            if pg.busy:
+                res.counters["pdbusy"] = res.counters.get("pdbusy", 0) + 1
+                continue
+            if pg.clean:
+                res.add(Action(Op.FREE, pg.pfn, revoke=True), "pdfreed")
+                free += 1
+                freed += 1
+                continue
+            if pg.swap_backed and swap_only:
+                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                dirtyreacts += 1
+                continue
+            if pg.swap_backed and swap_full:
+                if pg.swslot:
+                    res.add(Action(Op.DROPSWAP, pg.pfn))
+                continue
+            if pg.swap_backed:
+                if in_cluster == CLUSTER:
+                    cluster, in_cluster = cluster + 1, 0
+                in_cluster += 1
+                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
+            else:
+                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
+            paging += 1
+        inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
+        swap_shortage = 0
+        if free < t.freetarg and swap_full and not swap_only and freed == 0:
+            swap_shortage = t.freetarg - free
+        skip_wired = knobs.get("PD_WIRED_CHECK") == "skip_wired"
+        for pg in snap.active:  # loop 2
+            if inactive_shortage <= 0 and swap_shortage <= 0:
+                break
+            if pg.busy:
+                continue
+            if skip_wired and pg.wire_count > 0:
+                continue  # Thorpe's diff
+            if swap_shortage > 0 and pg.swslot:
+                res.add(Action(Op.DROPSWAP, pg.pfn))
+                swap_shortage -= 1
+            if inactive_shortage > 0:
+                # no need to check wire_count as the page is "active" (1999)
+                res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=True), "pddeact")
+                inactive_shortage -= 1
+        res.counters["pdscans"] = 1
+        return res
