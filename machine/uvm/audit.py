@@ -88,10 +88,13 @@ def _static(uvm: Uvm) -> list[str]:
             ):
                 problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
         swap_only += obj.pgops.swap_only(obj)
+    released = 0
     for pfn in range(pages.npages):
-        if pages.pqflags[pfn] != PQ.FREE and pfn not in owned:
+        if pages.flags[pfn] & PageFlag.RELEASED:
+            released += 1  # disowned while busy: its busy holder frees it
+        elif pages.pqflags[pfn] != PQ.FREE and pfn not in owned:
             problems.append(f"U2: allocated frame {pfn} owned by nobody uvm knows")
-    if pages.free.count + len(owned) != pages.npages:
+    if pages.free.count + len(owned) + released != pages.npages:
         problems.append(
             f"U2: conservation: {pages.free.count} free + {len(owned)} owned "
             f"!= {pages.npages} frames"

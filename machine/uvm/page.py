@@ -287,6 +287,7 @@ class VmPages:
                 and self.uanon[pfn] == NIL
                 and self.uobject[pfn] == NIL
                 and self.loan_count[pfn] == 0
+                and not self.flags[pfn] & PageFlag.RELEASED  # freed when unbusied
             ):
                 problems.append(f"I3: allocated page {pfn} has no owner and no loan")
         if wired != self.wired:

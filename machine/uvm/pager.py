@@ -22,7 +22,7 @@ from machine.proto.types import Prot
 from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
 from machine.uvm.object import UvmObject, VnodeObject
-from machine.uvm.page import NIL, PageFlag
+from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
 
 MODIFIED = 2
@@ -58,29 +58,22 @@ def _owner_of(uvm: Uvm, pfn: int) -> tuple[Anon | None, UvmObject | None, int]:
     return None, uvm.objects.get(obj_id) if obj_id != NIL else None, int(pages.offset[pfn])
 
 
-async def pageout_page(uvm: Uvm, pfn: int) -> None:
-    """Write one frame to its backing store if dirty and free it (see module doc)."""
+def evict(uvm: Uvm, pfn: int, dirty: bool) -> None:
+    """Write one unmapped, unbusy frame to its store if dirty, and free it.
+
+    => anon and aobj pages go to swap (the slot they have, or a new one: VmError
+       ENOMEM "swap is full" and nothing changed); file pages to their file.
+    """
     pages = uvm.pages
-    if pages.flags[pfn] & PageFlag.BUSY or pages.wire_count[pfn]:
-        raise VmError("EBUSY", f"page {pfn} is busy or wired")
     anon, obj, pgoff = _owner_of(uvm, pfn)
     if anon is None and obj is None:
         raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
-    if anon is not None and uvm.swap is None:
-        raise VmError("ENOMEM", "no swap device")
-    uvm.busy(pfn)
-    try:
-        await uvm.pmap.page_protect([pfn], int(Prot.NONE))
-        bits = (await uvm.pmap.attrs([pfn], True, True))[0]
-    finally:
-        uvm.unbusy(pfn)
-    dirty = bool(bits & MODIFIED) or not pages.flags[pfn] & PageFlag.CLEAN
     if anon is not None:
-        assert uvm.swap is not None
+        if uvm.swap is None:
+            raise VmError("ENOMEM", "no swap device")
         if not anon.swslot:
             anon.swslot = uvm.swap.alloc(1)
             if not anon.swslot:
-                pages.activate(pfn)
                 raise VmError("ENOMEM", "swap is full")
             dirty = True
         if dirty:
@@ -89,15 +82,35 @@ async def pageout_page(uvm: Uvm, pfn: int) -> None:
         uvm.swap_only(+1)
     else:
         assert obj is not None
-        try:
-            obj.pgops.put(uvm, obj, pgoff, pfn, dirty)  # pgo_put
-        except VmError:
-            pages.activate(pfn)
-            raise
+        obj.pgops.put(uvm, obj, pgoff, pfn, dirty)  # pgo_put
         del obj.pages[pgoff]
         obj.pgops.released(uvm, obj, pgoff)
+    pages.flags[pfn] &= ~PageFlag.CLEAN
     uvm.free_page(pfn)
     uvm.stats.pageouts += 1
+
+
+async def pageout_page(uvm: Uvm, pfn: int) -> None:
+    """Revoke every mapping of a frame, then evict it (see module doc)."""
+    pages = uvm.pages
+    if pages.flags[pfn] & PageFlag.BUSY or pages.wire_count[pfn]:
+        raise VmError("EBUSY", f"page {pfn} is busy or wired")
+    anon, obj, _ = _owner_of(uvm, pfn)
+    if anon is None and obj is None:
+        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+    uvm.busy(pfn)
+    try:
+        await uvm.pmap.page_protect([pfn], int(Prot.NONE))
+        bits = (await uvm.pmap.attrs([pfn], True, True))[0]
+    finally:
+        uvm.unbusy(pfn)
+    if pages.pqflags[pfn] == PQ.FREE:
+        return  # its owner let it go while we waited: unbusy freed it
+    try:
+        evict(uvm, pfn, bool(bits & MODIFIED) or not pages.flags[pfn] & PageFlag.CLEAN)
+    except VmError:
+        pages.activate(pfn)
+        raise
 
 
 async def pageout(uvm: Uvm, asid: int, va: int) -> int:

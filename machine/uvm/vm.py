@@ -125,11 +125,29 @@ class Uvm:
         self.pages.flags[pfn] |= PageFlag.BUSY
 
     def unbusy(self, pfn: int) -> None:
-        """uvm_page_unbusy: clear BUSY and wake whoever waits for the page."""
+        """uvm_page_unbusy: clear BUSY and wake whoever waits for the page.
+
+        => a page its owner freed while it was busy (PG_RELEASED) is freed now.
+        """
+        released = self.pages.flags[pfn] & PageFlag.RELEASED
         self.pages.unbusy(pfn)
         ev = self._waiters.pop(pfn, None)
         if ev is not None:
             ev.set()
+        if released:
+            self.pages.flags[pfn] &= ~PageFlag.RELEASED
+            self.free_page(pfn)
+
+    def release_page(self, pfn: int) -> None:
+        """Free a page its owner no longer wants; if someone holds it BUSY (the page
+        daemon), disown it and mark it PG_RELEASED: the busy holder's unbusy frees it."""
+        if self.pages.flags[pfn] & PageFlag.BUSY:
+            self.pages.flags[pfn] |= PageFlag.RELEASED
+            self.pages.uanon[pfn] = NIL
+            self.pages.uobject[pfn] = NIL
+            self.pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED)
+            return
+        self.free_page(pfn)
 
     async def wait_busy(self, pfn: int) -> None:
         """Sleep until the page is unbusied (the caller then starts over)."""
@@ -173,7 +191,7 @@ class Uvm:
                 anon.page,
                 anon.id,
             )
-            self.free_page(anon.page)
+            self.release_page(anon.page)
             anon.page = NIL
         elif anon.swslot:
             self.swap_only(-1)

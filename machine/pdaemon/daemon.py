@@ -1,0 +1,103 @@
+"""The page daemon's pass: snapshot, scan with the policy, claim, revoke, finish.
+
+One pass (uvmpd_scan, in a separate process):
+  1. snapshot the queues from uvm (a view that is stale as soon as it arrives);
+  2. read the referenced bits of the inactive pages from the mmu (one batch);
+  3. let the policy decide (machine.pdaemon.scan1999 or .clock);
+  4. claim the pages through uvm, which re-checks each under the profile's
+     rules and marks it BUSY, or refuses;
+  5. revoke the claimed pages' mappings where the policy asks
+     (pmap_page_protect NONE, one batch) and clear the referenced bits of
+     the pages being deactivated (one batch);
+  6. have uvm finish: reactivate, deactivate, free, page out, drop swap.
+It talks to uvm and the mmu through DaemonOps, so the same pass runs over
+the kernel bus or, in tests, straight against an in-process uvm.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from machine.pdaemon.policy import Op, PageInfo, PagePolicy, Snapshot
+
+SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON, SWSLOT = (1 << i for i in range(8))
+SCAN_LIMIT = 4096
+
+
+class DaemonOps(Protocol):
+    async def snapshot(self, limit: int) -> dict[str, Any]: ...
+
+    async def claim(self, items: list[tuple[str, int]]) -> list[int]: ...
+
+    async def finish(self, items: list[tuple[str, int]]) -> dict[str, int]: ...
+
+    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]: ...
+
+    async def page_protect(self, pfns: list[int], prot: int) -> int: ...
+
+
+def _info(row: list[int]) -> PageInfo:
+    pfn, b = row
+    return PageInfo(
+        pfn,
+        swap_backed=bool(b & SWAP_BACKED),
+        clean=bool(b & CLEAN),
+        busy=bool(b & BUSY),
+        wire_count=int(bool(b & WIRED)),
+        loan_count=int(bool(b & LOANED)),
+        owned=bool(b & OWNED),
+        has_anon=bool(b & HAS_ANON),
+        swslot=bool(b & SWSLOT),
+    )
+
+
+def to_snapshot(d: dict[str, Any]) -> Snapshot:
+    return Snapshot(
+        active=[_info(r) for r in d["active"]],
+        inactive=[_info(r) for r in d["inactive"]],
+        free=d["free"],
+        npages=d["npages"],
+        paging=d["paging"],
+        swpages=d["swpages"],
+        swpginuse=d["swpginuse"],
+        swpgonly=d["swpgonly"],
+    )
+
+
+async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) -> dict[str, int]:
+    """One scan. => counters of what was done (empty when no scan was needed)."""
+    snap = to_snapshot(await ops.snapshot(SCAN_LIMIT))
+    t = policy.tune(snap.npages)
+    if not policy.needs_scan(snap, t):
+        return {}
+    inactive = [pg.pfn for pg in snap.inactive]
+    ref = (
+        dict(zip(inactive, await ops.attrs(inactive, False, False), strict=True))
+        if inactive
+        else {}
+    )
+    res = policy.scan(snap, lambda pfn: bool(ref.get(pfn, 0) & 1), t, knobs)
+    wanted = [(a.op.value, a.pfn) for a in res.actions]
+    claimed = set(await ops.claim(wanted))
+    items: list[tuple[str, int]] = []
+    for op, pfn in wanted:
+        if pfn in claimed:
+            items.append((op, pfn))
+            claimed.discard(pfn)  # one action per page per pass
+    revoke = sorted({a.pfn for a in res.actions if a.revoke} & {pfn for _, pfn in items})
+    if revoke:
+        await ops.page_protect(revoke, 0)
+    deact = [pfn for op, pfn in items if op == Op.DEACTIVATE.value]
+    if deact:
+        await ops.attrs(deact, True, False)
+    done = await ops.finish(items)
+    names = {
+        "reactivate": "pdreact",
+        "deactivate": "pddeact",
+        "free": "pdfreed",
+        "pageout": "pdpageouts",
+    }
+    out = {names[k]: v for k, v in done.items() if k in names}
+    out["pdscans"] = 1
+    out["pdbusy"] = len(wanted) - len(items)
+    return out
