@@ -53,7 +53,7 @@ def make_service(
             **kw,
         )
     if role == "pdaemon":
-        return PdaemonService(transport, **kw)
+        return PdaemonService(transport, profile=profile, **kw)
     if role == "net":
         return NetService(transport, **kw)
     raise ValueError(f"unknown role {role!r}")

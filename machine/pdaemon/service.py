@@ -1,31 +1,127 @@
-"""The page daemon role: woken by uvm's pressure events or pd.wakeup.
+"""The page daemon role: woken by uvm's pressure events or pd.wakeup, it scans.
 
-For now the daemon only wakes, counts (pdwoke) and reports (pd.woke); the
-scan policies of uvm-semantics.md section 7 arrive with the page-daemon
-issue. It never owns page state: uvm is the authority.
+Each wakeup runs passes (machine.pdaemon.daemon.run_pass) with the profile's
+policy (PD_POLICY: scan1999 or clock) until the policy needs no scan, or a pass
+makes no progress, or MAX_PASSES. It talks to uvm (snapshot, claim, finish)
+and to the mmu (reference bits, revocation) over the kernel bus; it never owns
+page state (uvm is the authority). Counters: pdwoke, pdscans, pdreact,
+pddeact, pdfreed, pdpageouts, pdbusy.
 
-Recovery contract: holds only policy state; a restarted daemon would re-read
-the queues from uvm (not yet exercised: a dead role is a machine panic).
+Recovery contract: holds only policy state; a restarted daemon re-reads the
+queues from uvm (not yet exercised: a dead role is a machine panic).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription
-from machine.proto import PdWakeup, PdWoke, Reply, Request, UvmPressure, decode_event
+from machine.pdaemon.clock import Clock
+from machine.pdaemon.daemon import run_pass
+from machine.pdaemon.policy import PagePolicy
+from machine.pdaemon.scan1999 import Scan1999
+from machine.profile import DEFAULT_PROFILE, load_profile
+from machine.proto import (
+    NO_HEADER,
+    PdWakeup,
+    PdWoke,
+    PmapAttrs,
+    PmapAttrsReply,
+    PmapCountReply,
+    PmapPageProtect,
+    Reply,
+    Request,
+    UvmPdClaim,
+    UvmPdClaimReply,
+    UvmPdFinish,
+    UvmPdFinishReply,
+    UvmPdSnapshot,
+    UvmPdSnapshotReply,
+    UvmPressure,
+    decode_event,
+)
+
+MAX_PASSES = 32
+POLICIES: dict[str, type[Any]] = {"scan1999": Scan1999, "clock": Clock}
+COUNTERS = ("pdwoke", "pdscans", "pdreact", "pddeact", "pdfreed", "pdpageouts", "pdbusy")
+
+
+class RemoteDaemonOps:
+    """DaemonOps over the kernel bus: uvm for page state, mmu for bits and revocation."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    async def snapshot(self, limit: int) -> dict[str, Any]:
+        rep = await self.svc.peers["uvm"].call_ok(
+            UvmPdSnapshot(h=NO_HEADER, limit=limit), UvmPdSnapshotReply
+        )
+        return {
+            k: getattr(rep, k)
+            for k in (
+                "free",
+                "npages",
+                "paging",
+                "swpages",
+                "swpginuse",
+                "swpgonly",
+                "active",
+                "inactive",
+            )
+        }
+
+    async def claim(self, items: list[tuple[str, int]]) -> list[int]:
+        rep = await self.svc.peers["uvm"].call_ok(
+            UvmPdClaim(h=NO_HEADER, items=items), UvmPdClaimReply
+        )
+        return rep.claimed
+
+    async def finish(self, items: list[tuple[str, int]]) -> dict[str, int]:
+        rep = await self.svc.peers["uvm"].call_ok(
+            UvmPdFinish(h=NO_HEADER, items=items), UvmPdFinishReply
+        )
+        return rep.done
+
+    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
+        out: list[int] = []
+        for i in range(0, len(pfns), 4096):
+            rep = await self.svc.peers["mmu"].call_ok(
+                PmapAttrs(
+                    h=NO_HEADER,
+                    pfns=pfns[i : i + 4096],
+                    clear_reference=clear_ref,
+                    clear_modify=clear_mod,
+                ),
+                PmapAttrsReply,
+            )
+            out += [int(r) | int(m) << 1 for r, m in zip(rep.referenced, rep.modified, strict=True)]
+        return out
+
+    async def page_protect(self, pfns: list[int], prot: int) -> int:
+        n = 0
+        for i in range(0, len(pfns), 4096):
+            rep = await self.svc.peers["mmu"].call_ok(
+                PmapPageProtect(h=NO_HEADER, pfns=pfns[i : i + 4096], prot=prot), PmapCountReply
+            )
+            n += rep.count
+        return n
 
 
 class PdaemonService(Service):
     role: ClassVar[str] = "pdaemon"
     serves: ClassVar[tuple[type[Request], ...]] = (PdWakeup,)
 
-    def __init__(self, transport: Any, **kw: Any) -> None:
+    def __init__(self, transport: Any, *, profile: str = DEFAULT_PROFILE, **kw: Any) -> None:
         super().__init__(transport, **kw)
-        self.pdwoke = 0
+        self.profile = load_profile(profile)
+        self.policy: PagePolicy = POLICIES[str(self.profile.knobs["PD_POLICY"])]()
+        self.stats = dict.fromkeys(COUNTERS, 0)
         self.last_free = 0
         self._sub: Subscription | None = None
+        self._running: asyncio.Task[None] | None = None
+        self._again = False
 
     async def watch_uvm(self, uvm_pub: str) -> None:
         self._sub = await self.transport.subscribe(uvm_pub, "uvm.pressure", self._on_event)
@@ -39,17 +135,39 @@ class PdaemonService(Service):
             self._woke("pressure", ev.free)
 
     def _woke(self, reason: str, free: int) -> None:
-        self.pdwoke += 1
+        self.stats["pdwoke"] += 1
         self.last_free = free
         self.trace.append(f"woke: {reason} free={free}")
         self.publish(PdWoke(h=self.event_header(), reason=reason, free=free))
+        if "uvm" not in self.peers or "mmu" not in self.peers:
+            return
+        if self._running is not None and not self._running.done():
+            self._again = True  # scan once more when this run ends
+            return
+        self._running = self.spawn(self._scan(), "scan")
+
+    async def _scan(self) -> None:
+        ops = RemoteDaemonOps(self)
+        while True:
+            self._again = False
+            for _ in range(MAX_PASSES):
+                if self.state != "running":
+                    return
+                out = await run_pass(ops, self.policy, dict(self.profile.knobs))
+                for k, v in out.items():
+                    self.stats[k] = self.stats.get(k, 0) + v
+                progress = sum(out.get(k, 0) for k in ("pddeact", "pdfreed", "pdpageouts"))
+                if not out or not progress:
+                    break
+            if not self._again:
+                return
 
     def on_wakeup(self, msg: PdWakeup) -> Reply:
         self._woke("wakeup", self.last_free)
         return self.ack(msg)
 
     def counters(self) -> dict[str, int]:
-        return {"pdwoke": self.pdwoke, "pdscans": 0, "pdfreed": 0}
+        return dict(self.stats)
 
     async def close(self) -> None:
         if self._sub is not None:

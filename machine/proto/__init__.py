@@ -277,6 +277,24 @@ from machine.proto.uvm import (
     UvmPageoutReply as UvmPageoutReply,
 )
 from machine.proto.uvm import (
+    UvmPdClaim as UvmPdClaim,
+)
+from machine.proto.uvm import (
+    UvmPdClaimReply as UvmPdClaimReply,
+)
+from machine.proto.uvm import (
+    UvmPdFinish as UvmPdFinish,
+)
+from machine.proto.uvm import (
+    UvmPdFinishReply as UvmPdFinishReply,
+)
+from machine.proto.uvm import (
+    UvmPdSnapshot as UvmPdSnapshot,
+)
+from machine.proto.uvm import (
+    UvmPdSnapshotReply as UvmPdSnapshotReply,
+)
+from machine.proto.uvm import (
     UvmPressure as UvmPressure,
 )
 from machine.proto.uvm import (

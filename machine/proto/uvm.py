@@ -243,3 +243,50 @@ class UvmProcExited(Event, frozen=True, kw_only=True, tag="uvm.proc_exited"):
 
     asid: int
     reason: str
+
+
+class UvmPdSnapshot(Request, frozen=True, kw_only=True, tag="uvm.pd_snapshot"):
+    """The page daemon reads the paging queues (up to `limit` pages of each, from the head).
+
+    => kernel endpoint (pdaemon). Reply: UvmPdSnapshotReply; each page is [pfn, bits]
+       (machine.uvm.pdops: SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON, SWSLOT).
+    """
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 4096
+
+
+class UvmPdSnapshotReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_snapshot.reply"):
+    free: int = 0
+    npages: int = 0
+    paging: int = 0
+    swpages: int = 0
+    swpginuse: int = 0
+    swpgonly: int = 0
+    active: list[list[int]] = msgspec.field(default_factory=list)
+    inactive: list[list[int]] = msgspec.field(default_factory=list)
+
+
+class UvmPdClaim(Request, frozen=True, kw_only=True, tag="uvm.pd_claim"):
+    """The page daemon claims pages for actions; uvm re-checks each page's current state
+    under the profile's rules and marks the accepted ones BUSY.
+
+    => items: [op, pfn] with op in reactivate, deactivate, free, pageout, dropswap.
+    Reply: UvmPdClaimReply with the pfns claimed (the rest were refused).
+    """
+
+    items: list[tuple[str, int]]
+
+
+class UvmPdClaimReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_claim.reply"):
+    claimed: list[int] = msgspec.field(default_factory=list)
+
+
+class UvmPdFinish(Request, frozen=True, kw_only=True, tag="uvm.pd_finish"):
+    """Carry out claimed actions (the daemon revoked mappings where its policy asked),
+    and unbusy every page named. Reply: UvmPdFinishReply with counts per op."""
+
+    items: list[tuple[str, int]]
+
+
+class UvmPdFinishReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_finish.reply"):
+    done: dict[str, int] = msgspec.field(default_factory=dict)

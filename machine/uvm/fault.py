@@ -113,7 +113,7 @@ async def _fault_upper(
         # Swapped out: read it back (uvmfault_anonget).
         kassert(uvm.swap is not None and anon.swslot, "uvmfault_anonget: anon %d lost", anon.id)
         assert uvm.swap is not None
-        pfn = uvm.alloc_page(anon=anon)
+        pfn = await uvm.alloc_page_wait(anon=anon)
         uvm.swap.get(anon.swslot, uvm.ram, pfn)
         uvm.swap_only(-1)
         pages.flags[pfn] &= ~PageFlag.FAKE
@@ -129,7 +129,7 @@ async def _fault_upper(
     if access & Prot.WRITE and anon.ref > 1:
         # Copy-on-write: this entry gets its own anon with a copy of the page.
         assert e.amap is not None
-        npfn = _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=True)
+        npfn = await _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=True)
         anon.ref -= 1
         uvm.stats.flt_acow += 1
         return await _finish(uvm, sp, va, npfn, prot, wire, False)
@@ -142,14 +142,14 @@ async def _fault_upper(
     return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)
 
 
-def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: bool) -> int:
+async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: bool) -> int:
     """Copy frame `src` into a new anon at amap[slot] (COW or promotion), then unbusy src.
 
     => the new frame, BUSY, dirty. On ENOMEM nothing changed but src is unbusied.
     """
     new = uvm.new_anon()
     try:
-        npfn = uvm.alloc_page(anon=new)
+        npfn = await uvm.alloc_page_wait(anon=new)
     except VmError:
         del uvm.anons[new.id]
         uvm.unbusy(src)
@@ -181,7 +181,7 @@ async def _fault_lower(
         amap = _ensure_amap(e)
         anon = uvm.new_anon()
         try:
-            pfn = uvm.alloc_page(anon=anon)
+            pfn = await uvm.alloc_page_wait(anon=anon)
         except VmError:
             del uvm.anons[anon.id]
             raise
@@ -202,7 +202,7 @@ async def _fault_lower(
     clean_read = False
     pfn = obj.pages.get(pgoff, NIL)
     if pfn == NIL:
-        pfn = uvm.alloc_page(obj=obj, pgoff=pgoff)
+        pfn = await uvm.alloc_page_wait(obj=obj, pgoff=pgoff)
         clean_read = obj.pgops.get(uvm, obj, pgoff, pfn)  # pgo_get
         if not clean_read:
             pages.flags[pfn] &= ~PageFlag.CLEAN
@@ -215,7 +215,7 @@ async def _fault_lower(
 
     if e.cow and (access & Prot.WRITE or wire):
         # Promote: the private entry gets its own copy; the object is never written.
-        npfn = _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=False)
+        npfn = await _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=False)
         uvm.stats.flt_prcopy += 1
         return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
 

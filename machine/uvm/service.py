@@ -59,6 +59,12 @@ from machine.proto import (
     UvmOpenReply,
     UvmPageout,
     UvmPageoutReply,
+    UvmPdClaim,
+    UvmPdClaimReply,
+    UvmPdFinish,
+    UvmPdFinishReply,
+    UvmPdSnapshot,
+    UvmPdSnapshotReply,
     UvmPressure,
     UvmProcExited,
     UvmSpawn,
@@ -68,6 +74,7 @@ from machine.proto import (
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
+from machine.uvm import pdops
 from machine.uvm.audit import audit
 from machine.uvm.errors import VmError
 from machine.uvm.fault import fault
@@ -151,6 +158,9 @@ class UvmService(Service):
         UvmDetach,
         UvmAudit,
         UvmPageout,
+        UvmPdSnapshot,
+        UvmPdClaim,
+        UvmPdFinish,
     )
 
     def __init__(
@@ -256,8 +266,27 @@ class UvmService(Service):
         return self.ack(msg)
 
     async def on_fault(self, msg: UvmFault) -> Reply:
-        await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
+        try:
+            await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
+        except VmError as e:
+            if e.errno != "ENOMEM":
+                raise
+            # Neither RAM nor swap can satisfy it: the process is killed, as a kernel would.
+            self.spawn(self._oom_kill(msg.asid, msg.h.incarnation), "oom kill")
+            raise VmError(
+                "ENOMEM", f"out of memory: process {msg.asid} killed ({e.detail})"
+            ) from None
         return self.ack(msg)
+
+    async def _oom_kill(self, asid: int, owner: int) -> None:
+        try:
+            await self.vm.exit(asid, owner, reason="killed: out of memory")
+        except VmError:
+            return  # it exited meanwhile
+        self.vm.stats.oomkills += 1
+        self.publish(
+            UvmProcExited(h=self.event_header(), asid=asid, reason="killed: out of memory")
+        )
 
     async def on_fork(self, msg: UvmFork) -> Reply:
         child = await self.vm.fork(msg.asid, msg.h.incarnation)
@@ -298,6 +327,19 @@ class UvmService(Service):
     async def on_pageout(self, msg: UvmPageout) -> Reply:
         pfn = await pageout(self.vm, msg.asid, msg.va)
         return self.reply(msg, UvmPageoutReply, pfn=pfn)
+
+    def on_pd_snapshot(self, msg: UvmPdSnapshot) -> Reply:
+        return self.reply(msg, UvmPdSnapshotReply, **pdops.snapshot(self.vm, msg.limit))
+
+    def on_pd_claim(self, msg: UvmPdClaim) -> Reply:
+        claimed = pdops.claim(
+            self.vm, [(op, pfn) for op, pfn in msg.items], str(self.profile.knobs["ERA"])
+        )
+        return self.reply(msg, UvmPdClaimReply, claimed=claimed)
+
+    async def on_pd_finish(self, msg: UvmPdFinish) -> Reply:
+        done = await pdops.finish(self.vm, [(op, pfn) for op, pfn in msg.items])
+        return self.reply(msg, UvmPdFinishReply, done=done)
 
     async def on_audit(self, msg: UvmAudit) -> Reply:
         problems = await audit(self.vm)

@@ -38,13 +38,15 @@ from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
 from machine.uvm.map import Inherit, MapEntry, VmMap
 from machine.uvm.object import AObj, UvmObject, VnodeObject
-from machine.uvm.page import NIL, PageFlag, VmPages
+from machine.uvm.page import NIL, RESERVE_KERNEL, PageFlag, VmPages
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
 from machine.uvm.swap import SwapDevice
 from machine.uvm.vnode import VnodeError, VnodeFile, resolve
 
 RW = Prot.READ | Prot.WRITE
+ALLOC_WAIT_S = 1.0  # one uvm_wait sleep
+WAIT_TRIES = 3  # sleeps without any page freed before a fault gives up (ENOMEM)
 RWX = Prot.READ | Prot.WRITE | Prot.EXECUTE
 
 
@@ -96,6 +98,8 @@ class Uvm:
         self._on_pressure = on_pressure
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
+        self._freed = asyncio.Event()  # pages were freed above the reserve (uvm_wait's wakeup)
+        self.alloc_wait_s = ALLOC_WAIT_S
 
     # -- pages: allocation, busy, free --------------------------------------------
 
@@ -119,6 +123,26 @@ class Uvm:
             obj.pages[pgoff] = pfn
         self.check_pressure()
         return pfn
+
+    async def alloc_page_wait(
+        self, anon: Anon | None = None, obj: UvmObject | None = None, pgoff: int = 0
+    ) -> int:
+        """uvm_pagealloc, and uvm_wait when none may be had: wake the page daemon and sleep
+        until pages are freed. => pfn; VmError ENOMEM when the daemon frees nothing for
+        WAIT_TRIES waits of alloc_wait_s (memory and swap exhausted)."""
+        idle = 0
+        while True:
+            try:
+                return self.alloc_page(anon=anon, obj=obj, pgoff=pgoff)
+            except VmError:
+                if idle >= WAIT_TRIES or self.alloc_wait_s <= 0:
+                    raise
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), self.alloc_wait_s)
+                idle = 0
+            except TimeoutError:
+                idle += 1
 
     def busy(self, pfn: int) -> None:
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "page %d already busy", pfn)
@@ -160,6 +184,8 @@ class Uvm:
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "uvm_pagefree: page %d busy", pfn)
         self.pages.free_page(pfn)
         self.stats.pgfrees += 1
+        if self.pages.free.count > RESERVE_KERNEL:
+            self._freed.set()
         self.check_pressure()
 
     def check_pressure(self, failed: bool = False) -> None:

@@ -200,27 +200,41 @@ async def test_after_exit_the_process_is_gone(harness: Harness) -> None:
             await p.load(0x1000, 1)
 
 
-async def test_out_of_memory_is_an_error_and_the_machine_carries_on() -> None:
+async def test_out_of_memory_kills_the_process_and_the_machine_carries_on() -> None:
+    """RAM 64 pages, swap 16: the page daemon pages out until swap is full; then the fault
+    that neither can serve gets ENOMEM and its process is killed; others carry on."""
     async with (
-        SimMachine.boot(seed=3, ram_bytes=64 * PAGE_SIZE, latency_s=(0.0, 0.0)) as sim,
+        SimMachine.boot(
+            seed=3, ram_bytes=64 * PAGE_SIZE, swap_bytes=16 * PAGE_SIZE, latency_s=(0.0, 0.0)
+        ) as sim,
         sim.attach() as m,
     ):
-        p = await m.spawn()
-        va = await p.mmap(128 * PAGE_SIZE)
-        usable = 64 - RESERVE_KERNEL  # user faults leave the kernel's reserve alone
-        for i in range(usable):
-            await p.store(va + i * PAGE_SIZE, bytes([i]))
-        with pytest.raises(OutOfMemory, match="no free frame"):
-            await p.store(va + usable * PAGE_SIZE, b"one too many")
-        assert (await m.stats())["frames"]["free"] == RESERVE_KERNEL
-        assert await p.load(va + 5 * PAGE_SIZE, 1) == b"\x05"  # resident data is intact
-        await p.munmap(va, 32 * PAGE_SIZE)
-        await p.store(va + 100 * PAGE_SIZE, b"room again")
-        assert await p.load(va + 100 * PAGE_SIZE, 10) == b"room again"
+        other = await m.spawn()
+        ova = await other.mmap(PAGE_SIZE)
+        await other.store(ova, b"survivor")
+        hog = await m.spawn()
+        va = await hog.mmap(200 * PAGE_SIZE)
+        stored: list[int] = []
+
+        async def fill() -> None:
+            for i in range(200):
+                await hog.store(va + i * PAGE_SIZE, bytes([i]) * 8)
+                stored.append(i)
+
+        with pytest.raises(OutOfMemory, match="killed"):
+            await fill()
+        assert len(stored) > 64 - RESERVE_KERNEL  # the daemon made room: swap was used
         st = await m.stats()
-        assert st["roles"]["uvm"]["counters"]["fltnoram"] == 1
-        assert st["roles"]["uvm"]["counters"]["pressure_events"] >= 1
-        assert st["roles"]["pdaemon"]["counters"]["pdwoke"] >= 1  # woken by uvm.pressure
+        assert st["roles"]["pdaemon"]["counters"]["pdpageouts"] > 0
+        assert st["roles"]["uvm"]["counters"]["oomkills"] == 1
+        with pytest.raises(RequestError) as ei:
+            await hog.load(va, 1)
+        assert ei.value.errno is Errno.ESRCH  # killed
+        assert await other.load(ova, 8) == b"survivor"
+        p = await m.spawn()
+        vb = await p.mmap(PAGE_SIZE)
+        await p.store(vb, b"room again")
+        assert await p.load(vb, 10) == b"room again"
 
 
 async def test_write_back_of_more_frames_than_one_message_carries() -> None:

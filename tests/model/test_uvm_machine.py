@@ -4,8 +4,8 @@ A Hypothesis state machine drives emulated processes with spawn, mmap,
 store, load, munmap and exit, against a plain-Python reference model (the
 bytes every process should see at every address). After every step the
 auditor (uvm.audit: vm_page queues, maps, uvm<->mmu agreement, frame
-conservation) must find nothing, and the frames in use must equal what the
-model says is resident.
+conservation) must find nothing, and no more frames may be in use than the
+model says are resident (fewer when the page daemon paged some out).
 
 Runs in CI with a fixed seed and a bounded number of examples;
 HYPOTHESIS_PROFILE=long runs more.
@@ -180,7 +180,8 @@ class MachineModel(SimStateMachine):
     def auditor_finds_nothing_and_frames_are_conserved(self) -> None:
         assert self.audit() == []
         frames = self.run(self.m.stats())["frames"]
-        assert frames["total"] - frames["free"] == self.resident()
+        # the page daemon may have paged some out: never more in RAM than the model has
+        assert frames["total"] - frames["free"] <= self.resident()
 
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

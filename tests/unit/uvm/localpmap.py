@@ -72,4 +72,5 @@ def make_uvm(
         swap=swap,
         on_pressure=events.append if events is not None else None,
     )
+    uvm.alloc_wait_s = 0.01  # no page daemon here: give up quickly
     return uvm, mmu
