@@ -1,6 +1,7 @@
 # ruff: noqa: PT017, PT018
 """Model-based test of the UVM core: anonymous and file memory, private and shared, fork,
-mprotect, munmap, mlock/munlock, msync, exit, and "page out this page" / page back in.
+mprotect, munmap, mlock/munlock, msync, exit, "page out this page" / page back in, and
+passes of the page daemon on a small RAM (it also scans by itself under pressure).
 
 The machine runs in-process (in-memory transport, virtual time). A plain
 Python reference model says, for every process and page, what a load must
@@ -28,10 +29,12 @@ from hypothesis.stateful import invariant, precondition, rule
 
 from machine.client import File, Process, RequestError, Segv
 from machine.params import PAGE_SIZE
+from machine.pdaemon.daemon import run_pass
+from machine.pdaemon.service import PdaemonService, RemoteDaemonOps
 from machine.proto import NO_HEADER, Errno, UvmPageout
 from tests.model.simrun import SimStateMachine
 
-NFRAMES = 256
+NFRAMES = 96  # small: the page daemon has work to do
 FILES = {"a.bin": 6, "b.bin": 3}  # name -> pages
 
 settings.register_profile(
@@ -86,7 +89,7 @@ class ModelProc:
 class CowFilesModel(SimStateMachine):
     SEED = 21
     NFRAMES = NFRAMES
-    SWAP_PAGES = NFRAMES
+    SWAP_PAGES = 4 * NFRAMES
 
     def __init__(self) -> None:
         super().__init__()
@@ -335,6 +338,13 @@ class CowFilesModel(SimStateMachine):
             )
             or pg.private is not None
         )
+
+    @rule()
+    def pdaemon_pass(self) -> None:
+        """One pass of the page daemon, over the bus: snapshot, claim, revoke, finish."""
+        svc = self.sim.service("pdaemon")
+        assert isinstance(svc, PdaemonService)
+        self.run(run_pass(RemoteDaemonOps(svc), svc.policy, dict(svc.profile.knobs)))
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
