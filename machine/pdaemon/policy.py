@@ -11,8 +11,8 @@ action out. Two policies ship, selected by the PD_POLICY knob:
   * clock     (7.3, today's uvmpdpol_clock)
 A user's own policy implements PagePolicy.
 
-Status: the policies and their tests exist; the daemon loop that claims and
-executes their actions through uvm and the mmu is the rest of issue 4.
+machine.pdaemon.daemon runs a policy's decisions: claim through uvm, revoke at
+the mmu, finish through uvm (machine.uvm.pdops).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ Each wakeup runs passes (machine.pdaemon.daemon.run_pass) with the profile's
 policy (PD_POLICY: scan1999 or clock) until the policy needs no scan, or a pass
 makes no progress, or MAX_PASSES. It talks to uvm (snapshot, claim, finish)
 and to the mmu (reference bits, revocation) over the kernel bus; it never owns
-page state (uvm is the authority). Counters: pdwoke, pdscans, pdreact,
-pddeact, pdfreed, pdpageouts, pdbusy.
+page state (uvm is the authority). Counters: pdwoke (wakeups), pdrevs (scan
+runs), pdscans (passes), pdreact, pddeact, pdfreed, pdpageouts, pdbusy (actions
+uvm refused at claim: the page had changed).
 
 Recovery contract: holds only policy state; a restarted daemon re-reads the
 queues from uvm (not yet exercised: a dead role is a machine panic).
@@ -45,7 +46,7 @@ from machine.proto import (
 
 MAX_PASSES = 32
 POLICIES: dict[str, type[Any]] = {"scan1999": Scan1999, "clock": Clock}
-COUNTERS = ("pdwoke", "pdscans", "pdreact", "pddeact", "pdfreed", "pdpageouts", "pdbusy")
+COUNTERS = ("pdwoke", "pdrevs", "pdscans", "pdreact", "pddeact", "pdfreed", "pdpageouts", "pdbusy")
 
 
 class RemoteDaemonOps:
@@ -148,6 +149,7 @@ class PdaemonService(Service):
 
     async def _scan(self) -> None:
         ops = RemoteDaemonOps(self)
+        self.stats["pdrevs"] += 1
         while True:
             self._again = False
             for _ in range(MAX_PASSES):

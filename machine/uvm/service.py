@@ -411,4 +411,5 @@ class UvmService(Service):
                 for a, sp in vm.spaces.items()
             },
             "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
+            "dmesg": list(vm.dmesg),
         }

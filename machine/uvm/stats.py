@@ -28,6 +28,7 @@ class UvmStats:
     spawns: int = 0
     exits: int = 0
     reaped: int = 0  # processes of vanished client sessions
+    pddeadlock: int = 0  # the page daemon would have waited for itself
     oomkills: int = 0  # processes killed because neither RAM nor swap could serve a fault
     mmaps: int = 0
     munmaps: int = 0

@@ -24,6 +24,7 @@ cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c, uvm_anon.c (concepts only)
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
 from machine.uvm.map import Inherit, MapEntry, VmMap
 from machine.uvm.object import AObj, UvmObject, VnodeObject
-from machine.uvm.page import NIL, RESERVE_KERNEL, PageFlag, VmPages
+from machine.uvm.page import NIL, PAGEDAEMON, RESERVE_KERNEL, USER, PageFlag, VmPages
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
 from machine.uvm.swap import SwapDevice
@@ -98,24 +99,29 @@ class Uvm:
         self._on_pressure = on_pressure
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
+        self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
         self._freed = asyncio.Event()  # pages were freed above the reserve (uvm_wait's wakeup)
         self.alloc_wait_s = ALLOC_WAIT_S
 
     # -- pages: allocation, busy, free --------------------------------------------
 
     def alloc_page(
-        self, anon: Anon | None = None, obj: UvmObject | None = None, pgoff: int = 0
+        self,
+        anon: Anon | None = None,
+        obj: UvmObject | None = None,
+        pgoff: int = 0,
+        who: int = USER,
     ) -> int:
         """uvm_pagealloc for an anon or an object. => pfn, BUSY; VmError ENOMEM if none."""
         pfn = self.pages.alloc(
-            anon=anon.id if anon else NIL, obj=obj.id if obj else NIL, offset=pgoff
+            anon=anon.id if anon else NIL, obj=obj.id if obj else NIL, offset=pgoff, who=who
         )
         if pfn == NIL:
             self.stats.fltnoram += 1
             self.check_pressure(failed=True)
             raise VmError(
                 "ENOMEM",
-                "out of memory: no free frame (the page daemon reclaims memory in a later issue)",
+                "out of memory: no free frame",
             )
         if anon is not None:
             anon.page = pfn
@@ -125,16 +131,30 @@ class Uvm:
         return pfn
 
     async def alloc_page_wait(
-        self, anon: Anon | None = None, obj: UvmObject | None = None, pgoff: int = 0
+        self,
+        anon: Anon | None = None,
+        obj: UvmObject | None = None,
+        pgoff: int = 0,
+        who: int = USER,
     ) -> int:
         """uvm_pagealloc, and uvm_wait when none may be had: wake the page daemon and sleep
         until pages are freed. => pfn; VmError ENOMEM when the daemon frees nothing for
-        WAIT_TRIES waits of alloc_wait_s (memory and swap exhausted)."""
+        WAIT_TRIES waits of alloc_wait_s (memory and swap exhausted).
+
+        => the page daemon must never wait for itself: on its behalf a failed allocation
+           logs "pagedaemon: deadlock detected!", sleeps briefly (hz/8 in NetBSD) and
+           gives up (scenario 28).
+        """
         idle = 0
         while True:
             try:
-                return self.alloc_page(anon=anon, obj=obj, pgoff=pgoff)
+                return self.alloc_page(anon=anon, obj=obj, pgoff=pgoff, who=who)
             except VmError:
+                if who == PAGEDAEMON:
+                    self.stats.pddeadlock += 1
+                    self.dmesg.append("pagedaemon: deadlock detected!")
+                    await asyncio.sleep(self.alloc_wait_s / 8)
+                    raise
                 if idle >= WAIT_TRIES or self.alloc_wait_s <= 0:
                     raise
             self._freed.clear()
