@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from machine.params import PAGE_SIZE
 from machine.pdaemon.policy import (
     CLUSTER,
     NUMDIRTYREACTS,
@@ -27,6 +26,7 @@ from machine.pdaemon.policy import (
     Snapshot,
     Targets,
 )
+from machine.tuning import tune
 
 INACTIVEPCT = 33
 
@@ -35,10 +35,7 @@ class Clock:
     name = "clock"
 
     def tune(self, npages: int) -> Targets:
-        lo, hi = (128 << 10) // PAGE_SIZE, (1 << 20) // PAGE_SIZE
-        freemin = min(max(npages // 200, lo), hi)
-        freemin = min(freemin, max(npages // 4, 1))  # tiny machines keep most frames usable
-        return Targets(freemin, max(freemin * 4 // 3, freemin + 1), npages // 3)
+        return Targets(*tune(npages, self.name))
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
         return max((len(snap.active) + len(snap.inactive)) * INACTIVEPCT // 100, t.freetarg + 1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from machine.kassert import kassert
-from machine.params import PAGE_SIZE
 from machine.pdaemon.policy import (
     CLUSTER,
     NUMDIRTYREACTS,
@@ -33,16 +32,14 @@ from machine.pdaemon.policy import (
     Snapshot,
     Targets,
 )
+from machine.tuning import tune
 
 
 class Scan1999:
     name = "scan1999"
 
     def tune(self, npages: int) -> Targets:
-        lo, hi = (16 << 10) // PAGE_SIZE, (256 << 10) // PAGE_SIZE
-        freemin = min(max(npages // 20, lo), hi)
-        freetarg = max(freemin * 4 // 3, freemin + 1)
-        return Targets(freemin, freetarg, npages // 3)
+        return Targets(*tune(npages, self.name))
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
         return max((len(snap.active) + len(snap.inactive)) // 3, t.freetarg + 1)

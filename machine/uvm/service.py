@@ -197,6 +197,7 @@ class UvmService(Service):
             swap=swap,
             on_pressure=self._pressure,
             diagnostic=bool(self.profile.knobs["DIAGNOSTIC"]),
+            policy=str(self.profile.knobs["PD_POLICY"]),
         )
         self.spawn(self._reaper(), "lease reaper")
 

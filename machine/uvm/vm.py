@@ -34,6 +34,7 @@ from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
 from machine.proto.types import Prot
 from machine.ram import Ram
+from machine.tuning import tune as policy_tune
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
@@ -60,12 +61,10 @@ class VmSpace:
     dead: bool = False
 
 
-def tune(npages: int) -> tuple[int, int]:
-    """Modern uvmpd_tune: freemin = npages/200 clamped to [128 KiB, 1 MiB]; freetarg = 4/3."""
-    lo, hi = (128 << 10) // PAGE_SIZE, (1 << 20) // PAGE_SIZE
-    freemin = min(max(npages // 200, lo), hi)
-    freemin = min(freemin, max(npages // 4, 1))  # tiny machines keep most frames usable
-    return freemin, max(freemin * 4 // 3, freemin + 1)
+def tune(npages: int, policy: str = "clock") -> tuple[int, int]:
+    """(freemin, freetarg) by the profile's page-daemon policy (machine.tuning)."""
+    freemin, freetarg, _ = policy_tune(npages, policy)
+    return freemin, freetarg
 
 
 class Uvm:
@@ -80,6 +79,7 @@ class Uvm:
         swap: SwapDevice | None = None,
         on_pressure: Callable[[int], None] | None = None,
         diagnostic: bool = True,
+        policy: str = "clock",
     ) -> None:
         self.ram = ram
         self.pmap = pmap
@@ -92,7 +92,7 @@ class Uvm:
         self.disk = disk
         self.swap = swap
         self.stats = UvmStats()
-        self.freemin, self.freetarg = tune(ram.nframes)
+        self.freemin, self.freetarg = tune(ram.nframes, policy)
         self._asids = itertools.count(1)
         self._ids = itertools.count(1)
         self._handle_ids = itertools.count(3)

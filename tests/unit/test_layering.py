@@ -17,6 +17,7 @@ SHARED = {
     "machine.proto",
     "machine.ipc",
     "machine.params",
+    "machine.tuning",
     "machine.kassert",
     "machine.ram",
     "machine.config",
