@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from clients import forker, pattern
+from clients import forker, hog, pattern
 
-CLIENTS = {"pattern": pattern.main, "forker": forker.main}
+CLIENTS = {"pattern": pattern.main, "forker": forker.main, "hog": hog.main}
 
 
 def main() -> int:

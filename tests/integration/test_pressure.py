@@ -88,3 +88,51 @@ def test_three_clients_past_ram_keep_their_data(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_three_clients_of_32_mib_against_16_mib_of_ram(tmp_path: Path) -> None:
     _run(tmp_path, 8192)
+
+
+def _hog(tmp_path: Path, mib: int) -> None:
+    rm = boot_real(tmp_path / "state", "--ram", "16M", "--swap", "128M")
+    try:
+        r = subprocess.run(
+            [
+                PY,
+                "-m",
+                "clients",
+                "hog",
+                "--endpoint",
+                rm.endpoint,
+                "--mib",
+                str(mib),
+                "--state",
+                str(rm.state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.rstrip().endswith(": ok")  # every byte back, and the file on disk
+        st = json.loads(
+            subprocess.run(
+                [PY, "-m", "machine", "status", "--endpoint", rm.endpoint, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        )
+        assert st["roles"]["pdaemon"]["counters"]["pdpageouts"] > 0
+        assert st["frames"]["free"] == st["frames"]["total"]
+        assert st["frames"]["swpginuse"] == 0
+    finally:
+        assert rm.stop() == 0
+
+
+def test_anonymous_and_file_memory_past_ram(tmp_path: Path) -> None:
+    _hog(tmp_path, 20)  # 20 MiB, half anonymous, half a shared file, against 16 MiB of RAM
+
+
+@pytest.mark.slow
+def test_64_mib_of_random_data_through_16_mib_of_ram(tmp_path: Path) -> None:
+    _hog(tmp_path, 64)
