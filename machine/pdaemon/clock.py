@@ -53,6 +53,7 @@ class Clock:
         for pg in snap.inactive:
             if free + paging >= 4 * t.freetarg or dirtyreacts == NUMDIRTYREACTS:
                 break
+            res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if referenced(pg.pfn):
                 res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
                 continue
@@ -80,6 +81,7 @@ class Clock:
         for pg in snap.active:  # uvmpdpol_balancequeue
             if inactive_shortage <= 0 and swap_shortage <= 0:
                 break
+            res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if pg.busy or pg.wire_count:
                 continue
             if swap_shortage > 0 and pg.swslot:
@@ -88,5 +90,4 @@ class Clock:
             if inactive_shortage > 0:
                 res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=False), "pddeact")
                 inactive_shortage -= 1
-        res.counters["pdscans"] = 1
         return res

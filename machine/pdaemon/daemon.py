@@ -98,6 +98,7 @@ async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) ->
         "pageout": "pdpageouts",
     }
     out = {names[k]: v for k, v in done.items() if k in names}
-    out["pdscans"] = 1
+    out["pdscans"] = res.counters.get("pdscans", 0)  # pages examined
+    out["pdrevs"] = 1  # passes
     out["pdbusy"] = len(wanted) - len(items)
     return out

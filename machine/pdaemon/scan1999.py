@@ -59,6 +59,7 @@ class Scan1999:
         for pg in snap.inactive:  # loop 1
             if free + paging >= 4 * t.freetarg or dirtyreacts == NUMDIRTYREACTS:
                 break
+            res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if referenced(pg.pfn):
                 res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
                 continue
@@ -97,6 +98,7 @@ class Scan1999:
         for pg in snap.active:  # loop 2
             if inactive_shortage <= 0 and swap_shortage <= 0:
                 break
+            res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if pg.busy:
                 continue
             if skip_wired and pg.wire_count > 0:
@@ -108,5 +110,4 @@ class Scan1999:
                 # no need to check wire_count as the page is "active" (1999)
                 res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=True), "pddeact")
                 inactive_shortage -= 1
-        res.counters["pdscans"] = 1
         return res

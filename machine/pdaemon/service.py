@@ -4,8 +4,8 @@ Each wakeup runs passes (machine.pdaemon.daemon.run_pass) with the profile's
 policy (PD_POLICY: scan1999 or clock) until the policy needs no scan, or a pass
 makes no progress, or MAX_PASSES. It talks to uvm (snapshot, claim, finish)
 and to the mmu (reference bits, revocation) over the kernel bus; it never owns
-page state (uvm is the authority). Counters: pdwoke (wakeups), pdrevs (scan
-runs), pdscans (passes), pdreact, pddeact, pdfreed, pdpageouts, pdbusy (actions
+page state (uvm is the authority). Counters: pdwoke (wakeups), pdrevs (passes),
+pdscans (pages examined), pdreact, pddeact, pdfreed, pdpageouts, pdbusy (actions
 uvm refused at claim: the page had changed).
 
 Recovery contract: holds only policy state; a restarted daemon re-reads the
@@ -149,7 +149,6 @@ class PdaemonService(Service):
 
     async def _scan(self) -> None:
         ops = RemoteDaemonOps(self)
-        self.stats["pdrevs"] += 1
         while True:
             self._again = False
             for _ in range(MAX_PASSES):
@@ -159,7 +158,7 @@ class PdaemonService(Service):
                 for k, v in out.items():
                     self.stats[k] = self.stats.get(k, 0) + v
                 progress = sum(out.get(k, 0) for k in ("pddeact", "pdfreed", "pdpageouts"))
-                if not out or not progress:
+                if not out or not progress:  # no scan needed, or nothing could be done
                     break
             if not self._again:
                 return
