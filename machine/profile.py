@@ -50,6 +50,8 @@ def _validate(data: dict[str, Any], source: str) -> Profile:
     if not isinstance(knobs, dict):
         raise ProfileError(f"{source}: no [knobs] table")
     for k, v in knobs.items():
+        if k == "PD_POLICY" and isinstance(v, str) and v.startswith("python:"):
+            continue  # a user's own policy class, "python:module:Class" (loaded by pdaemon)
         if k in KNOBS:
             if v not in KNOBS[k] or isinstance(v, bool) != isinstance(KNOBS[k][0], bool):
                 raise ProfileError(f"{source}: {k} = {v!r}; allowed: {list(KNOBS[k])}")

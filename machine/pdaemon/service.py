@@ -15,6 +15,7 @@ queues from uvm (not yet exercised: a dead role is a machine panic).
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import Any, ClassVar
 
 from machine.ipc.service import Service
@@ -47,6 +48,15 @@ from machine.proto import (
 MAX_PASSES = 32
 POLICIES: dict[str, type[Any]] = {"scan1999": Scan1999, "clock": Clock}
 COUNTERS = ("pdwoke", "pdrevs", "pdscans", "pdreact", "pddeact", "pdfreed", "pdpageouts", "pdbusy")
+
+
+def load_policy(name: str) -> PagePolicy:
+    """A shipped policy by name, or a user's own: "python:package.module:ClassName"."""
+    if name.startswith("python:"):
+        module, _, cls = name[len("python:") :].partition(":")
+        policy: PagePolicy = getattr(importlib.import_module(module), cls)()
+        return policy
+    return POLICIES[name]()  # type: ignore[no-any-return]
 
 
 class RemoteDaemonOps:
@@ -117,7 +127,7 @@ class PdaemonService(Service):
     def __init__(self, transport: Any, *, profile: str = DEFAULT_PROFILE, **kw: Any) -> None:
         super().__init__(transport, **kw)
         self.profile = load_profile(profile)
-        self.policy: PagePolicy = POLICIES[str(self.profile.knobs["PD_POLICY"])]()
+        self.policy: PagePolicy = load_policy(str(self.profile.knobs["PD_POLICY"]))
         self.stats = dict.fromkeys(COUNTERS, 0)
         self.last_free = 0
         self._sub: Subscription | None = None

@@ -142,3 +142,21 @@ def test_the_clock_never_chooses_a_wired_victim_and_pages_out_file_pages() -> No
     res = c.scan(snap, never, t, {})
     assert ops(res)[:2] == [(Op.PAGEOUT, 2), (Op.FREE, 3)]
     assert 1 not in [a.pfn for a in res.actions]
+
+
+def test_a_users_own_policy_is_loaded_from_a_profile(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from machine.pdaemon.service import load_policy
+    from machine.profile import load_profile
+
+    text = Path(__file__).parents[3].joinpath("machine/profiles/modern.toml").read_text()
+    custom = Path(str(tmp_path)) / "mine.toml"
+    custom.write_text(
+        text.replace(
+            'PD_POLICY = "clock"', 'PD_POLICY = "python:machine.pdaemon.scan1999:Scan1999"'
+        )
+    )
+    prof = load_profile(str(custom))
+    policy = load_policy(str(prof.knobs["PD_POLICY"]))
+    assert policy.name == "scan1999"
