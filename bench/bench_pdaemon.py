@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_machine import group_pids  # bench/ is on sys.path when run as a script
+from bench_uvm import booted  # bench/ is on sys.path when run as a script
 
 from machine.client import Machine
 from machine.params import PAGE_SIZE
@@ -65,46 +61,6 @@ def log(msg: str) -> None:
 def page_data(i: int, salt: int = 0) -> bytes:
     """4 KiB that differ from page to page (and pass to pass, by salt)."""
     return ((i * 2654435761 + salt) & 0xFFFFFFFF).to_bytes(4, "little") * (PAGE_SIZE // 4)
-
-
-@contextlib.contextmanager
-def booted(ram: str, swap: str) -> Iterator[dict[str, Any]]:
-    """`uvm-machine up` in its own session; stopped with SIGINT, checked for leftovers."""
-    state = Path(tempfile.mkdtemp(prefix="uvm-bench-pd-"))
-    cmd = [UP, "up", "--ram", ram, "--swap", swap, "--endpoint", "tcp://127.0.0.1:0",
-           "--state", str(state)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        if line[:1] != ["attach:"]:
-            raise RuntimeError(f"{' '.join(cmd)} did not boot: {line}")
-        yield {"endpoint": line[1], "state": state}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                log(f"warning: machine {proc.pid} ignored SIGINT; killing it")
-                proc.kill()
-                proc.wait(5)
-        if proc.returncode not in (0, None):
-            log(f"warning: uvm-machine up exited with status {proc.returncode}")
-        deadline = time.monotonic() + 5
-        while (left := group_pids(proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in left:
-            log(f"warning: killing leftover machine process {pid}")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for p in Path("/dev/shm").glob(f"uvm-machine-{proc.pid}-*"):
-            log(f"warning: removing leftover RAM segment {p}")
-            p.unlink(missing_ok=True)
-        if any((state / "dump").glob("crash-*")):
-            log(f"warning: the machine panicked; crash dump kept in {state / 'dump'}")
-        else:
-            shutil.rmtree(state, ignore_errors=True)
 
 
 async def snap(m: Machine) -> dict[str, int]:
@@ -194,7 +150,7 @@ async def working_set(m: Machine, npages: int) -> dict[str, Any]:
 
 def measure(pl: Plan) -> dict[str, Any]:
     ram_pages = pl.ram_mib * MiB // PAGE_SIZE
-    with booted(f"{pl.ram_mib}M", f"{pl.swap_mib}M") as mach:
+    with booted(f"{pl.ram_mib}M", "--swap", f"{pl.swap_mib}M") as mach:
 
         async def main() -> dict[str, Any]:
             async with Machine.attach(mach["endpoint"]) as m:

@@ -200,11 +200,12 @@ async def run_ops(m: Machine, disk: Path, pl: Plan) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def booted(ram: str) -> Iterator[dict[str, Any]]:
-    """`uvm-machine up --ram RAM` in its own session; stopped with SIGINT, checked for leftovers.
-    => machine.json + attach endpoint, state dir, boot_s (process start -> `attach:` line)."""
+def booted(ram: str, *extra: str) -> Iterator[dict[str, Any]]:
+    """`uvm-machine up --ram RAM [extra...]` in its own session; stopped with SIGINT, checked
+    for leftovers. => machine.json + attach endpoint, state dir, boot_s (process start ->
+    `attach:` line)."""
     state = Path(tempfile.mkdtemp(prefix="uvm-bench-uvm-"))
-    cmd = [UP, "up", "--ram", ram, "--endpoint", "tcp://127.0.0.1:0", "--state", str(state)]
+    cmd = [UP, "up", "--ram", ram, *extra, "--endpoint", "tcp://127.0.0.1:0", "--state", str(state)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
