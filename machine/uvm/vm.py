@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -435,6 +436,20 @@ class Uvm:
                 self._unshare(e)
         return sp.map.clip(start, end)
 
+    @contextlib.asynccontextmanager
+    async def _mapped_range(
+        self, asid: int, owner: int, va: int, length: int, what: str
+    ) -> AsyncIterator[tuple[VmSpace, int]]:
+        """The caller's space, locked, for [va, va+length) that must be fully mapped.
+
+        => (space, end VA); VmError ESRCH/EPERM/EINVAL, or ENOMEM when not all mapped."""
+        sp = self.space(asid, owner)
+        eva = self._check_range(va, length)
+        async with sp.lock:
+            if not sp.map.covers(va, eva):
+                raise VmError("ENOMEM", f"{what} range at {va:#x} is not fully mapped")
+            yield sp, eva
+
     def _check_range(self, va: int, length: int) -> int:
         if va & PAGE_MASK:
             raise VmError("EINVAL", f"address {va:#x} not page aligned")
@@ -457,19 +472,14 @@ class Uvm:
 
     async def _drop_entry(self, e: MapEntry) -> None:
         """Release what an entry held (its translations are already gone)."""
-        if e.wired_count and e.amap is not None:
-            for _, anon in e.amap.used():
-                if anon.page != NIL and self.pages.wire_count[anon.page]:
-                    self.pages.unwire(anon.page)
+        if e.wired_count:
+            for pfn in self.resident_pages(e):
+                if self.pages.wire_count[pfn]:
+                    self.pages.unwire(pfn)
         if e.amap is not None:
             self.amap_unref(e.amap)
             e.amap = None
         if e.obj is not None:
-            if e.wired_count:
-                for pg in range(e.pgoff(e.start), e.pgoff(e.end)):
-                    pfn = e.obj.pages.get(pg, NIL)
-                    if pfn != NIL and self.pages.wire_count[pfn]:
-                        self.pages.unwire(pfn)
             if e.obj.pgops.writes_back and not e.cow:
                 from machine.uvm.pager import flush_object
 
@@ -478,11 +488,7 @@ class Uvm:
             e.obj = None
 
     async def mprotect(self, asid: int, owner: int, va: int, length: int, prot: Prot) -> None:
-        sp = self.space(asid, owner)
-        eva = self._check_range(va, length)
-        async with sp.lock:
-            if not sp.map.covers(va, eva):
-                raise VmError("ENOMEM", f"mprotect range at {va:#x} is not fully mapped")
+        async with self._mapped_range(asid, owner, va, length, "mprotect") as (sp, eva):
             if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
                 raise VmError("EACCES", "protection beyond the mapping's maximum")
             for e in self._clip(sp, va, eva):
@@ -556,11 +562,7 @@ class Uvm:
         """mlock: fault in and wire every page (a COW range is copied now, section 6)."""
         from machine.uvm.fault import fault_locked
 
-        sp = self.space(asid, owner)
-        eva = self._check_range(va, length)
-        async with sp.lock:
-            if not sp.map.covers(va, eva):
-                raise VmError("ENOMEM", f"mlock range at {va:#x} is not fully mapped")
+        async with self._mapped_range(asid, owner, va, length, "mlock") as (sp, eva):
             if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
                 raise VmError("ENOMEM", "mlock of an inaccessible range")
             for e in self._clip(sp, va, eva):
@@ -572,11 +574,7 @@ class Uvm:
 
     async def unwire(self, asid: int, owner: int, va: int, length: int) -> None:
         """munlock: the last unwiring of an entry puts its pages back on the queues."""
-        sp = self.space(asid, owner)
-        eva = self._check_range(va, length)
-        async with sp.lock:
-            if not sp.map.covers(va, eva):
-                raise VmError("ENOMEM", f"munlock range at {va:#x} is not fully mapped")
+        async with self._mapped_range(asid, owner, va, length, "munlock") as (sp, eva):
             for e in self._clip(sp, va, eva):
                 if e.wired_count == 0:
                     continue
@@ -608,11 +606,7 @@ class Uvm:
         """Write the dirty file pages of shared mappings in the range. => pages written."""
         from machine.uvm.pager import flush_object
 
-        sp = self.space(asid, owner)
-        eva = self._check_range(va, length)
-        async with sp.lock:
-            if not sp.map.covers(va, eva):
-                raise VmError("ENOMEM", f"msync range at {va:#x} is not fully mapped")
+        async with self._mapped_range(asid, owner, va, length, "msync") as (sp, eva):
             n = 0
             for e in sp.map.in_range(va, eva):
                 if e.obj is not None and e.obj.pgops.writes_back and not e.cow:
