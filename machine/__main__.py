@@ -7,6 +7,8 @@ supervise  supervise roles someone else runs (docker compose)
 panic      make a role panic through its kernel endpoint (kernel debugger)
 profile    list profiles or show one's knobs
 ping       exit 0 if a role (or the supervisor) answers (healthchecks)
+scenario   run one scenario on a fresh machine and report its outcome
+matrix     run every scenario under every profile: outcome, expected, pass/fail
 """
 
 from __future__ import annotations
@@ -266,6 +268,71 @@ def cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_scenarios(coro: Any, inprocess: bool) -> Any:
+    if inprocess:
+        from machine.ipc.inmemory import run_simulation
+
+        return run_simulation(coro)
+    return asyncio.run(coro)
+
+
+def _print_row(o: Any, width: int = 22) -> None:
+    mark = "PASS" if o.passed else "FAIL"
+    print(
+        f"{o.scenario:<{width}} {o.profile:<9} {o.outcome:<11} {o.expected:<11} {mark}  {o.detail}",
+        flush=True,
+    )
+
+
+def cmd_scenario(a: argparse.Namespace) -> int:
+    from machine.scenarios import SCENARIOS, run_scenario
+    from machine.scenarios.runner import outcome_json
+
+    if a.list or not a.name:
+        for sc in SCENARIOS.values():
+            print(f"{sc.name:<22} [{sc.section}] {sc.summary}")
+        return 0
+    if a.name not in SCENARIOS:
+        print(f"uvm-machine scenario: no scenario {a.name!r} (see --list)", file=sys.stderr)
+        return 2
+    o = _run_scenarios(
+        run_scenario(a.name, a.profile, inprocess=a.inprocess, seed=a.seed), a.inprocess
+    )
+    if a.json:
+        print(json.dumps(outcome_json(o), indent=1))
+    else:
+        print(f"{'scenario':<22} {'profile':<9} {'outcome':<11} {'expected':<11} pass")
+        _print_row(o)
+        for k, v in o.evidence.items():
+            print(f"  {k}: {v}")
+    return 0 if o.passed else 1
+
+
+def cmd_matrix(a: argparse.Namespace) -> int:
+    from machine.scenarios import run_matrix
+
+    profiles = a.profiles.split(",") if a.profiles else list(SHIPPED)
+    names = a.scenarios.split(",") if a.scenarios else None
+    if not a.json:
+        print(f"{'scenario':<22} {'profile':<9} {'outcome':<11} {'expected':<11} pass", flush=True)
+    rows = _run_scenarios(
+        run_matrix(
+            profiles,
+            names,
+            inprocess=a.inprocess,
+            seed=a.seed,
+            on_row=None if a.json else _print_row,
+        ),
+        a.inprocess,
+    )
+    failed = [o for o in rows if not o.passed]
+    if a.json:
+        print(json.dumps({"rows": [o.row() for o in rows]}, indent=1))
+    else:
+        print(f"{len(rows) - len(failed)}/{len(rows)} rows as expected")
+    return 1 if failed else 0
+
+
 def _fixed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host",
@@ -363,6 +430,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0)
     _fixed_args(p)
     p.set_defaults(fn=cmd_ping)
+
+    p = sub.add_parser("scenario", help="run one scenario on a fresh machine")
+    p.add_argument("name", nargs="?", help="scenario name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the scenarios")
+    p.add_argument("--profile", type=_profile, default=DEFAULT_PROFILE)
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--inprocess", action="store_true", help="in-memory transport, virtual time (seeded)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_scenario)
+
+    p = sub.add_parser("matrix", help="every scenario under every profile")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--inprocess", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profiles", default="", help="comma-separated (default: the shipped ones)")
+    p.add_argument("--scenarios", default="", help="comma-separated (default: all)")
+    p.set_defaults(fn=cmd_matrix)
 
     p = sub.add_parser("profile", help="list profiles or show one")
     p.add_argument("action", choices=("list", "show"))

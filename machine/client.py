@@ -8,6 +8,13 @@
         await p.munmap(va, 64 * 4096)
         await p.exit()
 
+Zero-copy sends and the wire:
+
+        async with m.wire() as w:
+            s = await p.socket()
+            r = await p.send(s, va, 8192)     # loaned if >= LOAN_THRESHOLD
+            pkt = await w.get()               # pkt.payload: memory as it was at send
+
 A Process's load/store is a CPU access: the mmu performs it, or answers a
 trap; the library then calls uvm.fault and retries, as a CPU would after the
 kernel's fault handler returned. An unresolvable fault raises Segv.
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic, RemoteError
@@ -50,6 +58,14 @@ from machine.proto import (
     MmuAccessReply,
     MmuLoad,
     MmuStore,
+    NetClose,
+    NetMark,
+    NetMarked,
+    NetPacket,
+    NetSend,
+    NetSendReply,
+    NetSocket,
+    NetSocketReply,
     Reply,
     Request,
     Status,
@@ -208,7 +224,8 @@ class Machine:
             ev = decode_event(raw)
         except Exception:
             return
-        if isinstance(ev, CtlPanic) and self.panic is None:
+        if isinstance(ev, CtlPanic) and (self.panic is None or not self.panic.role):
+            # The event names the role and the dump; an EPANIC reply may have come first.
             self._panicked(MachinePanic(ev.message, ev.role, ev.dump))
 
     def _panicked(self, exc: MachinePanic) -> None:
@@ -270,6 +287,10 @@ class Machine:
         )
         return File(self, rep.handle, name, rep.size)
 
+    def wire(self) -> Wire:
+        """A receiver on the wire (see Wire)."""
+        return Wire(self)
+
     async def status(self) -> CtlStatusReply:
         assert self._sup is not None
         return await self._call(self._sup, CtlStatus(h=_H), CtlStatusReply)  # type: ignore[no-any-return]
@@ -282,6 +303,124 @@ class Machine:
         for k in ("t", "h", "status", "errno", "detail"):
             out.pop(k, None)
         return out
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a send queued: its sequence number on the socket, and how (loan or copy)."""
+
+    sock: int
+    seq: int
+    n: int
+    loaned_pages: int
+    copied_bytes: int
+    messages: int  # kernel messages the send path used
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One send as the wire carried it (its mbufs reassembled)."""
+
+    session: int
+    asid: int
+    sock: int
+    seq: int
+    payload: bytes
+    loaned: bool  # at least one mbuf was loaned pages (zero copy)
+
+
+class Socket:
+    def __init__(self, proc: Process, sock: int) -> None:
+        self.proc, self.id = proc, sock
+
+    async def close(self) -> None:
+        await self.proc.m._call(self.proc.m._peers["net"], NetClose(h=_H, sock=self.id), Reply)
+
+
+class Wire:
+    """A receiver on the machine's wire: every send of every client, in order per socket.
+
+    async with m.wire() as w:        # subscribed (and proven live) on entry
+        ...
+        pkt = await w.get()
+    async for pkt in m.wire(): ...   # also works; subscribes on first use
+    """
+
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+        self._q: asyncio.Queue[Packet] = asyncio.Queue()
+        self._partial: dict[tuple[int, int, int], tuple[bytearray, bool]] = {}
+        self._marks: set[int] = set()
+        self._sub: Subscription | None = None
+        self.mbufs = 0
+
+    def _on_event(self, raw: bytes) -> None:
+        try:
+            ev = decode_event(raw)
+        except Exception:
+            return
+        if isinstance(ev, NetMarked):
+            self._marks.add(ev.token)
+        elif isinstance(ev, NetPacket):
+            self.mbufs += 1
+            key = (ev.session, ev.sock, ev.seq)
+            buf, loaned = self._partial.pop(key, (bytearray(), False))
+            buf += ev.payload
+            loaned = loaned or ev.loaned
+            if len(buf) >= ev.total:
+                self._q.put_nowait(Packet(ev.session, ev.asid, ev.sock, ev.seq, bytes(buf), loaned))
+            else:
+                self._partial[key] = (buf, loaned)
+
+    async def open(self) -> Wire:
+        if self._sub is not None:
+            return self
+        d = self.m.directory
+        assert d is not None
+        self._sub = await self.m.transport.subscribe(d.roles["net"].pub, "net.", self._on_event)
+        token = random.getrandbits(62)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while token not in self._marks:  # PUB/SUB joins late: wait until a mark arrives
+            if loop.time() > deadline:
+                raise MachineTimeout("the wire subscription never became live")
+            await self.m.call_role("net", NetMark(h=_H, token=token))
+            for _ in range(20):
+                if token in self._marks:
+                    break
+                await asyncio.sleep(0.005)
+        return self
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+            self._sub = None
+
+    async def __aenter__(self) -> Wire:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def get(self, timeout_s: float = 30.0) -> Packet:
+        """The next complete send. => MachinePanic if the machine panicked meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self.m.panic is not None:
+                raise self.m.panic
+            try:
+                return await asyncio.wait_for(self._q.get(), 0.05)
+            except TimeoutError:
+                if loop.time() > deadline:
+                    raise MachineTimeout(f"no packet on the wire within {timeout_s} s") from None
+
+    def __aiter__(self) -> Wire:
+        return self
+
+    async def __anext__(self) -> Packet:
+        await self.open()
+        return await self.get()
 
 
 class File:
@@ -430,6 +569,24 @@ class Process:
             )
             out += rep.data
         return bytes(out)
+
+    async def socket(self, sndbuf: int = 1 << 20) -> Socket:
+        """socket(2) for this process; sends wait while `sndbuf` bytes are queued."""
+        rep = await self.m._call(
+            self.m._peers["net"], NetSocket(h=_H, asid=self.asid, sndbuf=sndbuf), NetSocketReply
+        )
+        return Socket(self, rep.sock)
+
+    async def send(self, sock: Socket, va: int, n: int) -> SendResult:
+        """Send n bytes from va (write(2) on a socket). Returns once the data is queued:
+        the receiver gets what memory held now, whatever this process does next.
+        => Segv-like RequestError EFAULT for a bad buffer."""
+        rep = await self.m._call(
+            self.m._peers["net"],
+            NetSend(h=_H, asid=self.asid, sock=sock.id, va=va, n=n),
+            NetSendReply,
+        )
+        return SendResult(sock.id, rep.seq, n, rep.loaned_pages, rep.copied_bytes, rep.messages)
 
     async def touch(self, va: int, npages: int) -> None:
         """Write one byte in each of npages pages (first-touch faults)."""

@@ -24,6 +24,7 @@ from machine.mmu.pmap import Mmu
 from machine.mmu.service import MmuService
 from machine.net.service import NetService
 from machine.pdaemon.service import PdaemonService
+from machine.profile import load_profile
 from machine.ram import Ram
 from machine.uvm.service import UvmService
 
@@ -40,8 +41,10 @@ def make_service(
     profile: str = "modern",
 ) -> Service:
     kw: dict[str, Any] = {"rng": rng, "pid": pid}
+    knobs = load_profile(profile).knobs
     if role == "mmu":
-        return MmuService(transport, mmu=Mmu(ram), **kw)
+        mmu = Mmu(ram, str(knobs["KENTER_MODE"]), str(knobs["PPP_WIRED"]))
+        return MmuService(transport, mmu=mmu, **kw)
     if role == "uvm":
         return UvmService(
             transport,
@@ -55,7 +58,7 @@ def make_service(
     if role == "pdaemon":
         return PdaemonService(transport, profile=profile, **kw)
     if role == "net":
-        return NetService(transport, **kw)
+        return NetService(transport, ram=ram, profile=profile, **kw)
     raise ValueError(f"unknown role {role!r}")
 
 

@@ -48,7 +48,9 @@ class InprocLauncher(Launcher):
         lease_s: float,
         state_dir: str = "",
         swap_bytes: int = 0,
+        profile: str = "modern",
     ) -> None:
+        self.profile = profile
         self.transport = transport
         self.ram = ram
         self.rng = rng
@@ -67,6 +69,7 @@ class InprocLauncher(Launcher):
             pid=0,
             state_dir=self.state_dir,
             swap_bytes=self.swap_bytes,
+            profile=self.profile,
         )
         eps = await svc.start(
             f"inproc://{role}/kernel", f"inproc://{role}/user", f"inproc://{role}/pub"
@@ -108,20 +111,21 @@ class SimMachine:
         panic_grace_s: float = 0.5,
         latency_s: tuple[float, float] = (20e-6, 200e-6),
         swap_bytes: int = 0,
+        profile: str = "modern",
     ) -> AsyncIterator[SimMachine]:
         """Boot every role in this process. state_dir "" means a temporary one
-        (disk/ and swap.img), removed afterwards."""
+        (disk/ and swap.img), removed afterwards. profile: a shipped name or a TOML path."""
         transport = InMemoryTransport(seed, latency_s)
         rng = random.Random(seed)
         ram = Ram.anonymous(ram_bytes)
         tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-")
         state_dir = state_dir or (tmp.name if tmp is not None else "")
-        launcher = InprocLauncher(transport, ram, rng, lease_s, state_dir, swap_bytes)
+        launcher = InprocLauncher(transport, ram, rng, lease_s, state_dir, swap_bytes, profile)
         sup = Supervisor(
             transport,
             launcher,
             nframes=ram_bytes // PAGE_SIZE,
-            profile="modern",
+            profile=profile,
             state_dir=state_dir,
             lease_s=lease_s,
             heartbeat_s=heartbeat_s,

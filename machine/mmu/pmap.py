@@ -5,7 +5,12 @@ user translations; clients only load and store through it.
 
 State:
   * pmaps[asid].ptes: vpn -> Pte(pfn, prot, wired, managed). asid 0 is the
-    kernel pmap; kenter mappings there are unmanaged (no pv entry).
+    kernel pmap. kenter mappings there are unmanaged (no pv entry) under
+    KENTER_MODE=unmanaged (i386, alpha, modern) and managed wired mappings
+    with a pv entry under KENTER_MODE=managed (hp300, mips, sparc, powerpc in
+    1999): pmap_page_protect(NONE) then finds and removes them.
+  * krevoked[vpn]: who revoked a kernel mapping (page_protect of a managed
+    kenter), the evidence a later kernel fault at that VA reports.
   * pv[pfn]: the set of (asid, vpn) of every *managed* mapping of a frame.
   * attrs[pfn]: the frame's referenced (bit 0) and modified (bit 1) bits.
 
@@ -13,6 +18,9 @@ Invariants (checked by check()):
   P1  (asid, vpn) in pv[pfn]  <=>  pmaps[asid].ptes[vpn] is managed with pfn.
   P2  every pte's pfn < nframes and prot != NONE.
   P3  an unmanaged pte is in the kernel pmap.
+pmap_page_protect(NONE) on a wired managed mapping does what PPP_WIRED says:
+remove it (i386, mips, powerpc), skip it (alpha, hp300, sh3's work-around), or
+panic (Silvers: page_protect is ill-defined for wired pages).
   P4  only managed mappings set referenced/modified bits; the bits of a frame
       survive the removal of its mappings (pmap_is_modified after remove).
 
@@ -91,11 +99,29 @@ class PmapStats:
     kremoves: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class Revocation:
+    """A kernel mapping removed by pmap_page_protect: the evidence for a later trap."""
+
+    pfn: int
+    by: str  # the role that asked
+    why: str  # what it was doing (deactivate, loan break, anon free, ...)
+
+    def describe(self, va: int) -> str:
+        return (
+            f"kernel mapping {va:#x} -> page {self.pfn} was revoked by {self.by}: "
+            f"pmap_page_protect(NONE) ({self.why})"
+        )
+
+
 class Mmu:
     """All pmaps of the machine and the CPU that uses them."""
 
-    def __init__(self, ram: Ram) -> None:
+    def __init__(self, ram: Ram, kenter_mode: str = "unmanaged", ppp_wired: str = "remove") -> None:
         self.ram = ram
+        self.kenter_managed = kenter_mode == "managed"
+        self.ppp_wired = ppp_wired
+        self.krevoked: dict[int, Revocation] = {}
         self.nframes = ram.nframes
         self.pmaps: dict[int, Pmap] = {KERNEL_ASID: Pmap(KERNEL_ASID, 0)}
         self.pv: dict[int, set[tuple[int, int]]] = {}
@@ -226,16 +252,32 @@ class Mmu:
                 n += 1
         return n
 
-    def page_protect(self, pfns: list[int], prot: Prot) -> int:
-        """pmap_page_protect: lower every managed mapping of each frame."""
+    def page_protect(self, pfns: list[int], prot: Prot, by: str = "", why: str = "") -> int:
+        """pmap_page_protect: lower every managed mapping of each frame.
+
+        => NONE on a wired mapping follows PPP_WIRED (remove / skip / panic).
+        => a managed kernel mapping removed here is recorded in krevoked."""
         for pfn in pfns:
             self._check_pfn(pfn)
         n = 0
         mask = int(prot)
         for pfn in pfns:
-            for asid, vpn in list(self.pv.get(pfn, ())):
+            for asid, vpn in sorted(self.pv.get(pfn, ())):
                 pm = self.pmaps[asid]
                 if prot == Prot.NONE:
+                    if pm.ptes[vpn].wired:
+                        if self.ppp_wired == "skip":
+                            continue
+                        kassert(
+                            self.ppp_wired != "panic",
+                            "pmap_page_protect: wired mapping %#x of page %d (asid %d): %s",
+                            vpn << PAGE_SHIFT,
+                            pfn,
+                            asid,
+                            why or by,
+                        )
+                    if asid == KERNEL_ASID:
+                        self.krevoked[vpn] = Revocation(pfn, by or "?", why or "page_protect")
                     n += self._remove_vpns(pm, [vpn])
                 else:
                     pte = pm.ptes[vpn]
@@ -263,9 +305,13 @@ class Mmu:
                 "pmap_kenter_pa: mapping already present at %#x",
                 (base + i) << PAGE_SHIFT,
             )
+        managed = self.kenter_managed
         for i, pfn in enumerate(pfns):
-            kpm.ptes[base + i] = Pte(pfn, int(prot), True, False)
+            kpm.ptes[base + i] = Pte(pfn, int(prot), True, managed)
             kpm.wired_count += 1
+            self.krevoked.pop(base + i, None)
+            if managed:  # pmap_enter(pmap_kernel(), va, pa, prot, PMAP_WIRED)
+                self.pv.setdefault(pfn, set()).add((KERNEL_ASID, base + i))
         self.stats.kenters += len(pfns)
 
     def kremove(self, va: int, npages: int) -> int:
@@ -274,17 +320,52 @@ class Mmu:
         base = va >> PAGE_SHIFT
         n = 0
         for vpn in range(base, base + npages):
+            self.krevoked.pop(vpn, None)
             pte = kpm.ptes.get(vpn)
             if pte is None:
                 continue
-            kassert(
-                not pte.managed, "pmap_kremove: PG_PVLIST mapping for va %#x", vpn << PAGE_SHIFT
-            )
-            del kpm.ptes[vpn]
-            kpm.wired_count -= 1
+            if pte.managed:
+                # A managed-kenter port removes its kernel mappings with pmap_remove;
+                # on an unmanaged one a PG_PVLIST mapping here is a caller's bug.
+                kassert(
+                    self.kenter_managed,
+                    "pmap_kremove: PG_PVLIST mapping for va %#x",
+                    vpn << PAGE_SHIFT,
+                )
+                self._remove_vpns(kpm, [vpn])
+                self.stats.removes -= 1
+            else:
+                del kpm.ptes[vpn]
+                kpm.wired_count -= 1
             n += 1
         self.stats.kremoves += n
         return n
+
+    def kextract(self, va: int, npages: int) -> list[int] | Fault:
+        """Translate a kernel range page by page (a NIC's DMA setup). => pfns or the trap."""
+        self._check_kernel_range(va, npages)
+        kpm = self.pmaps[KERNEL_ASID]
+        base = va >> PAGE_SHIFT
+        out = []
+        for vpn in range(base, base + npages):
+            pte = kpm.ptes.get(vpn)
+            if pte is None:
+                self.stats.traps += 1
+                rev = self.krevoked.get(vpn)
+                reason = "no translation" + (
+                    f": {rev.describe(vpn << PAGE_SHIFT)}" if rev is not None else ""
+                )
+                return Fault(vpn << PAGE_SHIFT, Prot.READ, reason)
+            out.append(pte.pfn)
+        self.stats.kloads += 1
+        return out
+
+    def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes | Fault:
+        """copyin(9): the kernel reads a user's memory on its behalf (sosend's copy path)."""
+        pm = self._pmap(asid)
+        if asid == KERNEL_ASID or pm.owner != owner:
+            raise PmapError("EPERM", f"address space {asid} belongs to another client")
+        return self.load(asid, va, n)
 
     def extract(self, asid: int, va: int) -> Pte | None:
         pm = self._pmap(asid)

@@ -19,6 +19,7 @@ from machine.params import KERNEL_ASID
 from machine.proto import (
     Errno,
     MmuAccessReply,
+    MmuCopyin,
     MmuKload,
     MmuLoad,
     MmuStore,
@@ -33,6 +34,8 @@ from machine.proto import (
     PmapExtract,
     PmapExtractReply,
     PmapKenter,
+    PmapKextract,
+    PmapKextractReply,
     PmapKremove,
     PmapMappings,
     PmapMappingsReply,
@@ -70,6 +73,8 @@ class MmuService(Service):
         MmuLoad,
         MmuStore,
         MmuKload,
+        PmapKextract,
+        MmuCopyin,
     )
 
     def __init__(self, transport: Any, *, mmu: Mmu, **kw: Any) -> None:
@@ -105,7 +110,25 @@ class MmuService(Service):
         return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))
 
     def on_page_protect(self, msg: PmapPageProtect) -> Reply:
-        return self._count(msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot)))
+        return self._count(
+            msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot), msg.h.sender, msg.why)
+        )
+
+    def on_kextract(self, msg: PmapKextract) -> Reply:
+        res = self.mmu.kextract(msg.va, msg.npages)
+        if isinstance(res, Fault):
+            return self.reply(
+                msg,
+                PmapKextractReply,
+                status=Status.ERROR,
+                errno=Errno.EFAULT,
+                detail=res.reason if "revoked" in res.reason else f"{res.reason} at {res.va:#x}",
+                fault_va=res.va,
+            )
+        return self.reply(msg, PmapKextractReply, pfns=res)
+
+    def on_copyin(self, msg: MmuCopyin) -> Reply:
+        return self._access_reply(msg, self.mmu.copyin(msg.asid, msg.owner, msg.va, msg.n))
 
     def on_kenter(self, msg: PmapKenter) -> Reply:
         self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
@@ -193,6 +216,12 @@ class MmuService(Service):
 
     def dump_state(self) -> dict[str, Any]:
         return {
+            "kenter_mode": "managed" if self.mmu.kenter_managed else "unmanaged",
+            "ppp_wired": self.mmu.ppp_wired,
+            "krevoked": {
+                hex(vpn << 12): r.describe(vpn << 12)
+                for vpn, r in list(self.mmu.krevoked.items())[:256]
+            },
             "pmaps": {
                 str(asid): {
                     "owner": pm.owner,

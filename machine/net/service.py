@@ -1,39 +1,436 @@
-"""The net role: the mbuf driver and its link.
+"""The net role: sockets, the send path (sosend with page loaning), the mbuf driver, the wire.
 
-For now it brings its link up (net.link_up) and answers hello/ping/stats;
-sockets, the loan send path and the wire arrive with the zero-copy issue.
+Send path (uvm-semantics.md section 10, NetBSD sosend / sosend_loan):
+  * net.send(asid, sock, va, n) is cut into chunks of at most SOCK_LOAN_CHUNK
+    (64 KiB), each waiting for send-buffer space (sbwait).
+  * Loan path, when the profile's LOAN_THRESHOLD >= 0, the bytes left are at
+    least the threshold and the buffer has that much space: reserve loan KVA
+    (waits while socurkva + len > somaxkva, sokvareserve), uvm.loan (one
+    message per chunk: the pages, write-protected, counted as loaned), one
+    pmap.kenter of every page read-only, an mbuf with external storage at
+    that KVA. A refused loan (modern: a wired page) frees the KVA and the
+    chunk is copied instead.
+  * Copy path otherwise: mmu.copyin of the chunk's bytes (a fault is resolved
+    through uvm.kfault on the process's behalf; EFAULT ends the send).
+  * The send returns once every chunk is queued (write(2) semantics).
+Driver (one task per machine): drains the transmit queue in order at the
+link's speed (bandwidth, latency; `hold` stops it). A loaned mbuf is
+translated through the mmu (pmap.kextract, one request per mbuf); a missing
+translation is a kernel page fault sent to uvm (uvm.kfault), which resolves
+it or panics. The bytes are read straight from RAM, as a NIC's DMA would, and
+published on the wire (net.packet). The mbuf is then freed off the transmit
+path (sopendfree): pmap.kremove, uvm.unloan, KVA released, waiters woken.
 
-Recovery contract: in-flight mbufs are dropped on restart and uvm drops the
-kernel loans of the dead incarnation (not yet exercised: a dead role is a
-machine panic).
+Invariants:
+  * mbufs of one socket reach the wire in send order (one queue, one driver).
+  * sb_cc (bytes queued, not yet on the wire) <= sndbuf; socurkva <= somaxkva.
+  * every loaned mbuf is eventually kremoved and unloaned exactly once.
+Recovery contract: in-flight mbufs are lost with the role (a dead role is a
+machine panic today).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from machine.ipc.service import Service
-from machine.proto import NetLinkUp, Request
+from machine.ipc.peer import PeerPanic, RemoteError, raise_for
+from machine.ipc.service import Service, UserError
+from machine.params import KERNEL_MIN, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, round_page, trunc_page
+from machine.profile import DEFAULT_PROFILE, load_profile
+from machine.proto import (
+    NO_HEADER,
+    CtlAck,
+    Errno,
+    MmuAccessReply,
+    MmuCopyin,
+    NetClose,
+    NetLink,
+    NetLinkUp,
+    NetMark,
+    NetMarked,
+    NetPacket,
+    NetSend,
+    NetSendReply,
+    NetSocket,
+    NetSocketReply,
+    PmapCountReply,
+    PmapKenter,
+    PmapKextract,
+    PmapKextractReply,
+    PmapKremove,
+    Reply,
+    Request,
+    Status,
+    UvmKfault,
+    UvmLoan,
+    UvmLoanReply,
+    UvmUnloan,
+)
+from machine.proto.types import Prot
+from machine.ram import Ram
 
-DEFAULT_BANDWIDTH_BPS = 1_000_000_000
-DEFAULT_LATENCY_US = 50
+DEFAULT_BANDWIDTH_BPS = 0  # unthrottled
+DEFAULT_LATENCY_US = 0
+SOCK_LOAN_CHUNK = 64 << 10  # SOCK_LOAN_CHUNK
+SOMAXKVA = 16 << 20  # SOMAXKVA
+KVA_SLOT_PAGES = 32  # VA per mbuf slot: a 64 KiB chunk not page aligned spans 17 pages
+KVA_BASE = KERNEL_MIN + (1 << 40)  # the loan KVA arena
+
+
+@dataclass(eq=False)
+class Socket:
+    id: int
+    session: int
+    asid: int
+    sndbuf: int
+    cc: int = 0  # bytes queued and not yet on the wire (sb_cc)
+    next_seq: int = 1
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # sblock: one send at a time
+
+
+@dataclass(eq=False)
+class Mbuf:
+    sock: Socket
+    seq: int
+    off: int  # offset of this mbuf's bytes in its send
+    total: int  # bytes of the whole send
+    length: int
+    data: bytes = b""  # copy path: the bytes themselves
+    kva: int = 0  # loan path: external storage at kva + pgoff
+    pgoff: int = 0
+    pfns: list[int] = field(default_factory=list)
+
+    @property
+    def loaned(self) -> bool:
+        return bool(self.pfns)
 
 
 class NetService(Service):
     role: ClassVar[str] = "net"
-    serves: ClassVar[tuple[type[Request], ...]] = ()
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (RemoteError,)
+    serves: ClassVar[tuple[type[Request], ...]] = (NetSocket, NetSend, NetClose, NetMark, NetLink)
 
-    def __init__(self, transport: Any, **kw: Any) -> None:
+    def __init__(
+        self, transport: Any, *, ram: Ram | None = None, profile: str = DEFAULT_PROFILE, **kw: Any
+    ) -> None:
         super().__init__(transport, **kw)
+        self.ram = ram
+        knobs = load_profile(profile).knobs
+        self.loan_thresh = int(knobs["LOAN_THRESHOLD"])  # sock_loan_thresh; -1: no loans
         self.bandwidth_bps = DEFAULT_BANDWIDTH_BPS
         self.latency_us = DEFAULT_LATENCY_US
+        self.somaxkva = SOMAXKVA
+        self.socurkva = 0
+        self.sockets: dict[int, Socket] = {}
+        self._sock_ids = itertools.count(1)
+        self._kva_slots: list[int] = []
+        self._kva_next = 0
+        self._txq: asyncio.Queue[Mbuf] = asyncio.Queue()
+        self._pendfree: asyncio.Queue[Mbuf] = asyncio.Queue()
+        self._space = asyncio.Condition()  # send-buffer space or KVA freed
+        self._unheld = asyncio.Event()
+        self._unheld.set()
+        self.stats = dict.fromkeys(
+            (
+                "sends",
+                "tx_packets",
+                "tx_bytes",
+                "loaned_chunks",
+                "loaned_pages",
+                "copied_chunks",
+                "copied_bytes",
+                "loan_fallbacks",
+                "kvawaits",
+                "sbwaits",
+                "kfaults",
+                "pendfree",
+            ),
+            0,
+        )
 
     async def link_up(self) -> None:
+        self.spawn(self._driver(), "driver")
+        self.spawn(self._sopendfree(), "sopendfree")
         self.publish(
             NetLinkUp(
                 h=self.event_header(), bandwidth_bps=self.bandwidth_bps, latency_us=self.latency_us
             )
         )
 
+    # -- sockets --------------------------------------------------------------
+
+    def on_socket(self, msg: NetSocket) -> Reply:
+        sid = next(self._sock_ids)
+        self.sockets[sid] = Socket(sid, msg.h.incarnation, msg.asid, msg.sndbuf)
+        return self.reply(msg, NetSocketReply, sock=sid)
+
+    def _socket(self, sid: int, session: int) -> Socket:
+        so = self.sockets.get(sid)
+        if so is None:
+            raise UserError(Errno.EBADF, f"no socket {sid}")
+        if so.session != session:
+            raise UserError(Errno.EPERM, f"socket {sid} belongs to another client")
+        return so
+
+    def on_close(self, msg: NetClose) -> Reply:
+        self._socket(msg.sock, msg.h.incarnation)
+        del self.sockets[msg.sock]
+        return self.ack(msg)
+
+    def on_mark(self, msg: NetMark) -> Reply:
+        self.publish(NetMarked(h=self.event_header(), token=msg.token))
+        return self.ack(msg)
+
+    def on_link(self, msg: NetLink) -> Reply:
+        self.bandwidth_bps, self.latency_us = msg.bandwidth_bps, msg.latency_us
+        if msg.somaxkva:
+            self.somaxkva = msg.somaxkva
+        if msg.hold:
+            self._unheld.clear()
+        else:
+            self._unheld.set()
+        return self.ack(msg)
+
+    # -- sosend -----------------------------------------------------------------
+
+    async def on_send(self, msg: NetSend) -> Reply:
+        so = self._socket(msg.sock, msg.h.incarnation)
+        if msg.asid != so.asid:
+            raise UserError(Errno.EINVAL, f"socket {so.id} belongs to process {so.asid}")
+        owner = msg.h.incarnation
+        loaned = copied = messages = 0
+        async with so.lock:
+            seq = so.next_seq
+            so.next_seq += 1
+            off = 0
+            while off < msg.n:
+                resid = msg.n - off
+                want = min(resid, SOCK_LOAN_CHUNK, so.sndbuf)
+                space = await self._sbwait(so, want)
+                va = msg.va + off
+                mb: Mbuf | None = None
+                if 0 <= self.loan_thresh <= min(resid, space):
+                    mb, used = await self._loan_chunk(so, seq, off, msg.n, va, want, owner)
+                    messages += used
+                if mb is None:
+                    mb, used = await self._copy_chunk(so, seq, off, msg.n, va, want, owner)
+                    messages += used
+                    copied += mb.length
+                else:
+                    loaned += len(mb.pfns)
+                so.cc += mb.length
+                self._txq.put_nowait(mb)
+                off += mb.length
+            self.stats["sends"] += 1
+        return self.reply(
+            msg, NetSendReply, seq=seq, loaned_pages=loaned, copied_bytes=copied, messages=messages
+        )
+
+    async def _sbwait(self, so: Socket, want: int) -> int:
+        """Wait until the send buffer has room for `want` bytes. => the space there is."""
+        async with self._space:
+            if so.sndbuf - so.cc < want:
+                self.stats["sbwaits"] += 1
+            await self._space.wait_for(lambda: so.sndbuf - so.cc >= want)
+            return so.sndbuf - so.cc
+
+    async def _loan_chunk(
+        self, so: Socket, seq: int, off: int, total: int, va: int, length: int, owner: int
+    ) -> tuple[Mbuf | None, int]:
+        """sosend_loan for one chunk. => (the mbuf, or None to copy instead; messages used)."""
+        sva = trunc_page(va)
+        npages = (round_page(va + length) - sva) >> PAGE_SHIFT
+        kva = await self._kva_reserve(npages)
+        try:
+            rep = await self.peers["uvm"].call_ok(
+                UvmLoan(h=NO_HEADER, asid=so.asid, owner=owner, va=sva, npages=npages),
+                UvmLoanReply,
+            )
+        except PeerPanic:
+            raise
+        except RemoteError as e:
+            self._kva_release(kva, npages)
+            self.stats["loan_fallbacks"] += 1
+            self.trace.append(f"loan refused ({e.errno}): copying chunk of send {seq}")
+            return None, 1
+        await self.peers["mmu"].call_ok(
+            PmapKenter(h=NO_HEADER, va=kva, pfns=rep.pfns, prot=int(Prot.READ)), CtlAck
+        )
+        self.stats["loaned_chunks"] += 1
+        self.stats["loaned_pages"] += npages
+        mb = Mbuf(so, seq, off, total, length, kva=kva, pgoff=va & PAGE_MASK, pfns=rep.pfns)
+        return mb, 2
+
+    async def _copy_chunk(
+        self, so: Socket, seq: int, off: int, total: int, va: int, length: int, owner: int
+    ) -> tuple[Mbuf, int]:
+        """The copy path: copyin, resolving faults on the process's behalf."""
+        used = 0
+        while True:
+            rep = await self.peers["mmu"].call(
+                MmuCopyin(h=NO_HEADER, asid=so.asid, owner=owner, va=va, n=length)
+            )
+            used += 1
+            if rep.status == Status.OK and isinstance(rep, MmuAccessReply):
+                break
+            if not isinstance(rep, MmuAccessReply) or rep.errno != Errno.EFAULT:
+                raise_for(rep)  # EPANIC -> PeerPanic; other errnos -> RemoteError
+                raise RemoteError(Errno.EBADMSG, f"mmu.copyin answered {rep!r}")
+            try:
+                await self.peers["uvm"].call_ok(
+                    UvmKfault(
+                        h=NO_HEADER,
+                        va=rep.fault_va,
+                        access=int(Prot.READ),
+                        asid=so.asid,
+                        owner=owner,
+                    ),
+                    CtlAck,
+                )
+            except PeerPanic:
+                raise
+            except RemoteError as e:
+                raise UserError(Errno.EFAULT, f"send buffer: {e.detail}") from None
+            used += 1
+        self.stats["copied_chunks"] += 1
+        self.stats["copied_bytes"] += length
+        return Mbuf(so, seq, off, total, length, data=rep.data), used
+
+    # -- loan KVA (sokvareserve / sokvaunreserve) ---------------------------------
+
+    async def _kva_reserve(self, npages: int) -> int:
+        size = npages << PAGE_SHIFT
+        async with self._space:
+            if self.socurkva + size > self.somaxkva:
+                self.stats["kvawaits"] += 1
+            await self._space.wait_for(lambda: self.socurkva + size <= self.somaxkva)
+            self.socurkva += size
+        if self._kva_slots:
+            slot = self._kva_slots.pop()
+        else:
+            slot = self._kva_next
+            self._kva_next += 1
+        return KVA_BASE + slot * KVA_SLOT_PAGES * PAGE_SIZE
+
+    def _kva_release(self, kva: int, npages: int) -> None:
+        self._kva_slots.append((kva - KVA_BASE) // (KVA_SLOT_PAGES * PAGE_SIZE))
+        self.socurkva -= npages << PAGE_SHIFT
+        self._wake()
+
+    def _wake(self) -> None:
+        async def notify() -> None:
+            async with self._space:
+                self._space.notify_all()
+
+        self.spawn(notify(), "wake")
+
+    # -- the driver -----------------------------------------------------------------
+
+    async def _driver(self) -> None:
+        try:
+            while True:
+                mb = await self._txq.get()
+                await self._unheld.wait()
+                delay = self.latency_us / 1e6
+                if self.bandwidth_bps:
+                    delay += mb.length * 8 / self.bandwidth_bps
+                if delay:
+                    await self.clock.sleep(delay)
+                payload = await self._dma_read(mb) if mb.loaned else mb.data
+                self.publish(
+                    NetPacket(
+                        h=self.event_header(),
+                        session=mb.sock.session,
+                        asid=mb.sock.asid,
+                        sock=mb.sock.id,
+                        seq=mb.seq,
+                        off=mb.off,
+                        total=mb.total,
+                        payload=payload,
+                        loaned=mb.loaned,
+                    )
+                )
+                self.stats["tx_packets"] += 1
+                self.stats["tx_bytes"] += mb.length
+                mb.sock.cc -= mb.length
+                if mb.loaned:
+                    self._pendfree.put_nowait(mb)  # soloanfree: defer, never free here
+                self._wake()
+        except PeerPanic:
+            return  # the machine panicked (a kernel fault uvm could not resolve)
+
+    async def _dma_read(self, mb: Mbuf) -> bytes:
+        """Translate the mbuf's KVA (one request) and read its bytes from RAM."""
+        assert self.ram is not None
+        npages = len(mb.pfns)
+        while True:
+            rep = await self.peers["mmu"].call(PmapKextract(h=NO_HEADER, va=mb.kva, npages=npages))
+            if isinstance(rep, PmapKextractReply) and rep.status == Status.OK:
+                break
+            if not isinstance(rep, PmapKextractReply) or rep.errno != Errno.EFAULT:
+                raise_for(rep)
+                raise RemoteError(Errno.EBADMSG, f"pmap.kextract answered {rep!r}")
+            # A kernel page fault: uvm resolves it or panics (section 9).
+            self.stats["kfaults"] += 1
+            idx = (rep.fault_va - mb.kva) >> PAGE_SHIFT
+            evidence = (
+                f"net driver reading mbuf of socket {mb.sock.id} send {mb.seq} "
+                f"(bytes {mb.off}..{mb.off + mb.length} of {mb.total}, process {mb.sock.asid}) "
+                f"found {rep.detail}"
+            )
+            await self.peers["uvm"].call_ok(
+                UvmKfault(
+                    h=NO_HEADER,
+                    va=rep.fault_va,
+                    access=int(Prot.READ),
+                    evidence=evidence[:4096],
+                    pfn=mb.pfns[idx] if 0 <= idx < npages else -1,
+                ),
+                CtlAck,
+            )
+        view = self.ram.view
+        out = bytearray()
+        for pfn in rep.pfns:
+            base = pfn << PAGE_SHIFT
+            out += view[base : base + PAGE_SIZE]
+        return bytes(out[mb.pgoff : mb.pgoff + mb.length])
+
+    async def _sopendfree(self) -> None:
+        """sodoloanfree, off the transmit path: kremove, unloan, release the KVA."""
+        try:
+            while True:
+                mb = await self._pendfree.get()
+                npages = len(mb.pfns)
+                await self.peers["mmu"].call_ok(
+                    PmapKremove(h=NO_HEADER, va=mb.kva, npages=npages), PmapCountReply
+                )
+                await self.peers["uvm"].call_ok(
+                    UvmUnloan(h=NO_HEADER, pfns=mb.pfns, kva=mb.kva, npages=npages), CtlAck
+                )
+                self._kva_release(mb.kva, npages)
+                self.stats["pendfree"] += 1
+        except PeerPanic:
+            return
+
+    # -- reporting ---------------------------------------------------------------------
+
     def counters(self) -> dict[str, int]:
-        return {"sockets": 0, "mbufs": 0, "tx_packets": 0, "tx_bytes": 0}
+        return {
+            **self.stats,
+            "sockets": len(self.sockets),
+            "txq": self._txq.qsize(),
+            "pendfree_q": self._pendfree.qsize(),
+            "socurkva": self.socurkva,
+            "held": int(not self._unheld.is_set()),
+        }
+
+    def dump_state(self) -> dict[str, Any]:
+        return {
+            "counters": self.counters(),
+            "loan_thresh": self.loan_thresh,
+            "somaxkva": self.somaxkva,
+            "link": {"bandwidth_bps": self.bandwidth_bps, "latency_us": self.latency_us},
+        }

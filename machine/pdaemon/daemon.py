@@ -33,7 +33,7 @@ class DaemonOps(Protocol):
 
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]: ...
 
-    async def page_protect(self, pfns: list[int], prot: int) -> int: ...
+    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int: ...
 
 
 def _info(row: list[int]) -> PageInfo:
@@ -84,9 +84,11 @@ async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) ->
         if pfn in claimed:
             items.append((op, pfn))
             claimed.discard(pfn)  # one action per page per pass
-    revoke = sorted({a.pfn for a in res.actions if a.revoke} & {pfn for _, pfn in items})
-    if revoke:
-        await ops.page_protect(revoke, 0)
+    revoke = {a.pfn for a in res.actions if a.revoke} & {pfn for _, pfn in items}
+    for op in ("deactivate", "free", "pageout"):  # one batch per kind, named for the evidence
+        batch = sorted(pfn for o, pfn in items if o == op and pfn in revoke)
+        if batch:
+            await ops.page_protect(batch, 0, f"page daemon ({policy.name}): {op}")
     deact = [pfn for op, pfn in items if op == Op.DEACTIVATE.value]
     if deact:
         await ops.attrs(deact, True, False)

@@ -110,11 +110,12 @@ class RemoteDaemonOps:
             out += [int(r) | int(m) << 1 for r, m in zip(rep.referenced, rep.modified, strict=True)]
         return out
 
-    async def page_protect(self, pfns: list[int], prot: int) -> int:
+    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
         n = 0
         for i in range(0, len(pfns), 4096):
             rep = await self.svc.peers["mmu"].call_ok(
-                PmapPageProtect(h=NO_HEADER, pfns=pfns[i : i + 4096], prot=prot), PmapCountReply
+                PmapPageProtect(h=NO_HEADER, pfns=pfns[i : i + 4096], prot=prot, why=why),
+                PmapCountReply,
             )
             n += rep.count
         return n
@@ -178,7 +179,8 @@ class PdaemonService(Service):
         return self.ack(msg)
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats)
+        scanning = self._running is not None and not self._running.done()
+        return {**self.stats, "scanning": int(scanning)}
 
     async def close(self) -> None:
         if self._sub is not None:

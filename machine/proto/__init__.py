@@ -137,7 +137,34 @@ from machine.proto.control import (
     RoleStatus as RoleStatus,
 )
 from machine.proto.net import (
+    NetClose as NetClose,
+)
+from machine.proto.net import (
+    NetLink as NetLink,
+)
+from machine.proto.net import (
     NetLinkUp as NetLinkUp,
+)
+from machine.proto.net import (
+    NetMark as NetMark,
+)
+from machine.proto.net import (
+    NetMarked as NetMarked,
+)
+from machine.proto.net import (
+    NetPacket as NetPacket,
+)
+from machine.proto.net import (
+    NetSend as NetSend,
+)
+from machine.proto.net import (
+    NetSendReply as NetSendReply,
+)
+from machine.proto.net import (
+    NetSocket as NetSocket,
+)
+from machine.proto.net import (
+    NetSocketReply as NetSocketReply,
 )
 from machine.proto.pdaemon import (
     PdWakeup as PdWakeup,
@@ -147,6 +174,9 @@ from machine.proto.pdaemon import (
 )
 from machine.proto.pmap import (
     MmuAccessReply as MmuAccessReply,
+)
+from machine.proto.pmap import (
+    MmuCopyin as MmuCopyin,
 )
 from machine.proto.pmap import (
     MmuKload as MmuKload,
@@ -191,6 +221,12 @@ from machine.proto.pmap import (
     PmapKenter as PmapKenter,
 )
 from machine.proto.pmap import (
+    PmapKextract as PmapKextract,
+)
+from machine.proto.pmap import (
+    PmapKextractReply as PmapKextractReply,
+)
+from machine.proto.pmap import (
     PmapKremove as PmapKremove,
 )
 from machine.proto.pmap import (
@@ -217,8 +253,6 @@ from machine.proto.pmap import (
 from machine.proto.pmap import (
     PmapUnwire as PmapUnwire,
 )
-from machine.proto.types import EnterFlags as EnterFlags
-from machine.proto.types import Prot as Prot
 from machine.proto.uvm import (
     UvmAudit as UvmAudit,
 )
@@ -245,6 +279,15 @@ from machine.proto.uvm import (
 )
 from machine.proto.uvm import (
     UvmForkReply as UvmForkReply,
+)
+from machine.proto.uvm import (
+    UvmKfault as UvmKfault,
+)
+from machine.proto.uvm import (
+    UvmLoan as UvmLoan,
+)
+from machine.proto.uvm import (
+    UvmLoanReply as UvmLoanReply,
 )
 from machine.proto.uvm import (
     UvmMmap as UvmMmap,
@@ -305,6 +348,9 @@ from machine.proto.uvm import (
 )
 from machine.proto.uvm import (
     UvmSpawnReply as UvmSpawnReply,
+)
+from machine.proto.uvm import (
+    UvmUnloan as UvmUnloan,
 )
 from machine.proto.uvm import (
     UvmUnwire as UvmUnwire,

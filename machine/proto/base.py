@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 1)
+PROTOCOL_VERSION: tuple[int, int] = (1, 2)
 
 
 class Scope(enum.Enum):

@@ -10,7 +10,7 @@ mmu.store, which are user accesses, never in kernel messages.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -24,6 +24,7 @@ from machine.proto.types import (
     Pfn,
     PfnList,
     ProtBits,
+    ShortText,
     Va,
 )
 
@@ -91,13 +92,17 @@ class PmapPageProtect(Request, frozen=True, kw_only=True, tag="pmap.page_protect
     """Lower every managed mapping of each frame to `prot` (pmap_page_protect).
 
     => prot READ write-protects (COW, loans); NONE revokes every managed
-       mapping, wired or not (the 1999 i386 behaviour; knobs arrive with
-       profiles). Unmanaged kenter mappings are never touched.
+       mapping. A wired one is removed, skipped or panics, by the profile's
+       PPP_WIRED. Unmanaged kenter mappings are never touched; managed ones
+       (KENTER_MODE=managed) are, and the mmu records who revoked them.
+    => why: what the caller is doing (deactivate, loan break, anon free), kept
+       as the evidence a later kernel fault at a revoked VA reports. (1.2)
     Reply: PmapCountReply with the number of mappings changed.
     """
 
     pfns: PfnList
     prot: ProtBits
+    why: ShortText = ""
 
 
 class PmapUnwire(Request, frozen=True, kw_only=True, tag="pmap.unwire"):
@@ -121,6 +126,36 @@ class PmapKenter(Request, frozen=True, kw_only=True, tag="pmap.kenter"):
     va: Va
     pfns: PfnList
     prot: ProtBits
+
+
+class PmapKextract(Request, frozen=True, kw_only=True, tag="pmap.kextract"):
+    """Translate npages of kernel VA from va (a NIC's DMA setup for one mbuf). (1.2)
+
+    Reply: PmapKextractReply with one pfn per page; EFAULT with fault_va at the
+    first page that has no translation (a kernel page fault), the detail naming
+    who revoked that mapping when the mmu knows.
+    """
+
+    va: Va
+    npages: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
+class PmapKextractReply(Reply, frozen=True, kw_only=True, tag="pmap.kextract.reply"):
+    pfns: list[int] = msgspec.field(default_factory=list)
+    fault_va: int = 0
+
+
+class MmuCopyin(Request, frozen=True, kw_only=True, tag="mmu.copyin"):
+    """copyin(9): the kernel reads n bytes of a user's memory on the user's behalf. (1.2)
+
+    => kernel endpoint (net's copy path); owner is the client session that
+       owns asid (EPERM otherwise). Reply: MmuAccessReply, EFAULT as mmu.load.
+    """
+
+    asid: Asid
+    owner: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+    va: Va
+    n: AccessLen
 
 
 class PmapKremove(Request, frozen=True, kw_only=True, tag="pmap.kremove"):

@@ -290,3 +290,63 @@ class UvmPdFinish(Request, frozen=True, kw_only=True, tag="uvm.pd_finish"):
 
 class UvmPdFinishReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_finish.reply"):
     done: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+Owner = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
+class UvmLoan(Request, frozen=True, kw_only=True, tag="uvm.loan"):
+    """Loan npages of a user's memory from va to the kernel (uvm_loan, UVM_LOAN_TOPAGE). (1.2)
+
+    => kernel endpoint (net's sosend); owner is the client session owning asid.
+    => every page is made resident (swap-in, pgo_get, or the zero page for
+       untouched anonymous memory); the first loan of a page write-protects
+       every managed mapping of it; what else happens (wire, dequeue, nothing)
+       is the profile's ERA. One message per 64 KiB chunk, never per page.
+    Reply: UvmLoanReply with one pfn per page. All or nothing: EFAULT (hole or
+    no read access), EBUSY (ERA=modern refuses a wired page), ENOMEM.
+    """
+
+    asid: Asid
+    owner: Owner
+    va: Va
+    npages: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+
+
+class UvmLoanReply(Reply, frozen=True, kw_only=True, tag="uvm.loan.reply"):
+    pfns: list[int] = msgspec.field(default_factory=list)
+
+
+class UvmUnloan(Request, frozen=True, kw_only=True, tag="uvm.unloan"):
+    """End kernel loans of pages (uvm_unloan, UVM_LOAN_TOPAGE), after the kernel
+    removed its mappings at [kva, kva + npages pages). (1.2)
+
+    => a page whose owner let it go meanwhile (an orphan) is freed with its last
+       loan; a page that is not loaned panics ("uvm_unloanpage: page isn't loaned").
+    => kernel_object pages that a kernel fault put in the KVA range
+       (LOAN_KVA=kernel_object) are freed too.
+    """
+
+    pfns: list[int]
+    kva: Va = 0
+    npages: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+
+
+class UvmKfault(Request, frozen=True, kw_only=True, tag="uvm.kfault"):
+    """A kernel-mode page fault (trap): resolve it or panic (section 9). (1.2)
+
+    => asid 0: the fault is at kernel VA va (a driver reading loaned mbuf
+       storage). LOAN_KVA=none: the loan KVA has no object ("case 0"), so uvm
+       panics, naming the page and who revoked its mapping (evidence, from the
+       mmu). LOAN_KVA=kernel_object (1999 uvm_km_valloc): a fresh zero page is
+       entered at va and the fault "succeeds".
+    => asid > 0: a copyin fault in the address space of client `owner`:
+       resolved as that process's fault; EFAULT when it cannot be.
+    """
+
+    va: Va
+    access: ProtBits
+    asid: Asid = 0
+    owner: Owner = 0
+    evidence: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    pfn: Annotated[int, msgspec.Meta(ge=-1, le=(1 << 40) - 1)] = -1  # the page loaned there

@@ -13,15 +13,17 @@ every step of the model-based tests. What it checks:
     has a swap slot (its data is somewhere).
   * objects: O1 every page of an object is owned by it at that offset
     (uobject, offset, PG_TABLED); refs == entries + open handles.
-  * conservation (U2): every frame is free or owned by exactly one anon or
-    object, and free + owned == npages; swpgonly == the number of slots whose
+  * conservation (U2): every frame is free, or owned by exactly one anon or
+    object, or an orphan kept alive by kernel loans (loan_count > 0), or the
+    shared zero page; free + the rest == npages; swpgonly == the number of slots whose
     page is not resident.
   * the mmu's own check (pmap.check): pv lists match page tables (P1-P3).
   * uvm <-> mmu (U3): every mapping the mmu holds for a user space lies in an
     entry and points at the frame that entry resolves to (anon first, then
     object); its protection is within the entry's; no writable mapping of a
     page that is COW-shared (anon ref > 1, entry NEEDSCOPY, or an object page
-    under a private entry); a wired mapping only in a wired entry.
+    under a private entry); I5 no writable mapping of a loaned page; a wired
+    mapping only in a wired entry.
 """
 
 from __future__ import annotations
@@ -88,10 +90,19 @@ def _static(uvm: Uvm) -> list[str]:
             ):
                 problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
         swap_only += obj.pgops.swap_only(obj)
+    if uvm.zero_pfn != NIL:
+        claim(uvm.zero_pfn, "uvm_loanzero_object")
     released = 0
     for pfn in range(pages.npages):
         if pages.flags[pfn] & PageFlag.RELEASED:
             released += 1  # disowned while busy: its busy holder frees it
+        elif (
+            pages.pqflags[pfn] != PQ.FREE
+            and pfn not in owned
+            and pages.loan_count[pfn]
+            and not pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
+        ):
+            claim(pfn, "the kernel's loans (orphan)")
         elif pages.pqflags[pfn] != PQ.FREE and pfn not in owned:
             problems.append(f"U2: allocated frame {pfn} owned by nobody uvm knows")
     if pages.free.count + len(owned) + released != pages.npages:
@@ -127,6 +138,8 @@ async def audit(uvm: Uvm) -> list[str]:
                 problems.append(f"{where} wider ({Prot(prot).letters()}) than its entry")
             if prot & Prot.WRITE and shared:
                 problems.append(f"{where} writable although the page is copy-on-write shared")
+            if prot & Prot.WRITE and uvm.pages.loan_count[pfn]:
+                problems.append(f"I5: {where} writable although the page is loaned")
             if wired and not e.wired_count:
                 problems.append(f"{where} wired in an unwired entry")
     return problems

@@ -17,7 +17,13 @@
            write through a COW entry -> promote: copy into a new anon
            (flt_prcopy); else map the object page (flt_obj), read-only
            through a COW entry so a later write faults and promotes.
-      5. wiring -> uvm_pagewire, PG_CLEAN cleared, the anon's swap slot
+      Loans (section 5): a read of a loaned page maps it read-only (5.1). A
+  write (or wiring) of a loaned page the process owns alone breaks the loan
+  (5.2): the owner gets a fresh copy, the old page is revoked
+  (pmap_page_protect NONE, which on a managed-kenter port also removes the
+  kernel's loan mapping: the 1999 chain's step 4b) and left to its loans as
+  an orphan.
+  5. wiring -> uvm_pagewire, PG_CLEAN cleared, the anon's swap slot
          dropped; otherwise uvm_pageactivate. pmap.enter (WIRED for wiring;
          CLEAN when the frame was just read from its backing store).
     A page found BUSY (another fault or the pager is working on it across an
@@ -35,6 +41,7 @@ from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.errors import Segv, VmError
 from machine.uvm.map import MapEntry
+from machine.uvm.object import UvmObject
 from machine.uvm.page import NIL, PageFlag
 from machine.uvm.vm import Uvm, VmSpace
 
@@ -133,9 +140,11 @@ async def _fault_upper(
         anon.ref -= 1
         uvm.stats.flt_acow += 1
         return await _finish(uvm, sp, va, npfn, prot, wire, False)
+    if access & Prot.WRITE and pages.loan_count[pfn]:
+        pfn = await _break_anon_loan(uvm, anon, pfn, sp.asid, va)
     uvm.stats.flt_anon += 1
-    if anon.ref > 1 or e.needs_copy:
-        prot &= ~Prot.WRITE  # still shared: a write must fault and copy
+    if anon.ref > 1 or e.needs_copy or pages.loan_count[pfn]:
+        prot &= ~Prot.WRITE  # still shared or loaned: a write must fault and copy
     if access & Prot.WRITE:
         pages.flags[pfn] &= ~PageFlag.CLEAN
         clean_read = False
@@ -160,6 +169,62 @@ async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: 
     uvm.unbusy(src)
     if not uvm.pages.wire_count[src]:
         uvm.pages.activate(src)
+    return npfn
+
+
+async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -> int:
+    """uvm_loanbreak_anon: the anon gets a copy; the loaned page becomes an orphan.
+
+    => old is BUSY on entry; returns the new page, BUSY, dirty."""
+    pages = uvm.pages
+    try:
+        npfn = await uvm.alloc_page_wait(anon=anon)
+    except VmError:
+        anon.page = old
+        uvm.unbusy(old)
+        raise
+    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
+    pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
+    _orphan(uvm, old)
+    uvm.unbusy(old)
+    uvm.stats.loanbreaks += 1
+    return npfn
+
+
+def _orphan(uvm: Uvm, pfn: int) -> None:
+    """The owner lets a loaned page go (section 5.2): ownerless, kept by its loans."""
+    pages = uvm.pages
+    pages.uanon[pfn] = NIL
+    pages.uobject[pfn] = NIL
+    pages.offset[pfn] = 0
+    pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
+    if uvm.era != "1999":
+        pages.dequeue(pfn)
+    uvm.stats.orphans += 1
+
+
+async def _break_obj_loan(
+    uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: int, va: int
+) -> int:
+    """uvm_loanbreak: the object gets a copy in place of its loaned page (uvm_pagereplace).
+
+    => old is BUSY on entry; returns the new page, BUSY, dirty, owned by obj."""
+    pages = uvm.pages
+    try:
+        npfn = await uvm.alloc_page_wait()
+    except VmError:
+        uvm.unbusy(old)
+        raise
+    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
+    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
+    _orphan(uvm, old)
+    pages.uobject[npfn] = obj.id
+    pages.offset[npfn] = pgoff
+    pages.flags[npfn] = (pages.flags[npfn] | PageFlag.TABLED) & ~(PageFlag.CLEAN | PageFlag.FAKE)
+    obj.pages[pgoff] = npfn
+    uvm.unbusy(old)
+    uvm.stats.loanbreaks += 1
     return npfn
 
 
@@ -219,10 +284,12 @@ async def _fault_lower(
         uvm.stats.flt_prcopy += 1
         return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
 
+    if access & Prot.WRITE and pages.loan_count[pfn]:
+        pfn = await _break_obj_loan(uvm, obj, pgoff, pfn, sp.asid, va)
     uvm.stats.flt_obj += 1
     prot = e.prot
-    if e.cow:
-        prot &= ~Prot.WRITE  # private: the first write faults and promotes
+    if e.cow or pages.loan_count[pfn]:
+        prot &= ~Prot.WRITE  # private: the first write faults and promotes; loaned: breaks
     if access & Prot.WRITE:
         pages.flags[pfn] &= ~PageFlag.CLEAN
         clean_read = False

@@ -12,7 +12,7 @@ Fields (per frame):
   flags [b]        PageFlag bits (BUSY, WANTED, CLEAN, FAKE, RELEASED, TABLED, ANON)
   pqflags [u]      the queue the page is on: FREE, ACTIVE, INACTIVE, or 0 (none)
   wire_count [u]   number of wirings; a wired page is on no paging queue
-  loan_count [u]   number of loans (arrives with page loaning)
+  loan_count [u]   number of loans (machine.uvm.loan)
   uanon [u]        id of the owning anon, or -1
   uobject [u]      id of the owning object, or -1
   offset [u]       offset in the owning object
@@ -27,6 +27,8 @@ Page identities and transitions (section 2.6 of uvm-semantics.md):
 Invariants (check()):
   I1  wire_count > 0  =>  not on the active or inactive queue.
   I2  FREE  <=>  on the free list, no owner, wire_count == loan_count == 0.
+  I3  allocated and ownerless  =>  loan_count > 0 (an orphan kept by its loans),
+      or a kernel-owned page (the shared zero page).
   Q1  each queue's count equals the length of its list, and every page on a
       list has exactly that queue's pqflag.
 A violated precondition of a primitive is a kernel panic with NetBSD's message.
@@ -109,6 +111,9 @@ class VmPages:
         self.free.head, self.free.tail, self.free.count = (0, n - 1, n) if n else (NIL, NIL, 0)
         self.pqflags[:] = bytes([PQ.FREE]) * n
         self.wired = 0  # uvmexp.wired: pages with wire_count > 0
+        # Pages a kernel object owns outside any uvm object table (modern's shared
+        # zero page of uvm_loanzero_object): allocated, ownerless, and legitimately so.
+        self.kernel_owned: set[int] = set()
 
     # -- queue mechanics ----------------------------------------------------
 
@@ -288,6 +293,7 @@ class VmPages:
                 and self.uobject[pfn] == NIL
                 and self.loan_count[pfn] == 0
                 and not self.flags[pfn] & PageFlag.RELEASED  # freed when unbusied
+                and pfn not in self.kernel_owned
             ):
                 problems.append(f"I3: allocated page {pfn} has no owner and no loan")
         if wired != self.wired:

@@ -32,6 +32,7 @@ from machine.proto import (
     PmapCreate,
     PmapDestroy,
     PmapEnter,
+    PmapKenter,
     PmapMappings,
     PmapMappingsReply,
     PmapPageProtect,
@@ -49,6 +50,9 @@ from machine.proto import (
     UvmFault,
     UvmFork,
     UvmForkReply,
+    UvmKfault,
+    UvmLoan,
+    UvmLoanReply,
     UvmMmap,
     UvmMmapReply,
     UvmMprotect,
@@ -69,12 +73,13 @@ from machine.proto import (
     UvmProcExited,
     UvmSpawn,
     UvmSpawnReply,
+    UvmUnloan,
     UvmUnwire,
     UvmWire,
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
-from machine.uvm import pdops
+from machine.uvm import loan, pdops
 from machine.uvm.audit import audit
 from machine.uvm.errors import VmError
 from machine.uvm.fault import fault
@@ -112,9 +117,18 @@ class RemotePmap:
         )
         return rep.count
 
-    async def page_protect(self, pfns: list[int], prot: int) -> int:
-        rep = await self.peer.call_ok(PmapPageProtect(h=_H, pfns=pfns, prot=prot), PmapCountReply)
-        return rep.count
+    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
+        n = 0
+        for i in range(0, len(pfns), 4096):
+            rep = await self.peer.call_ok(
+                PmapPageProtect(h=_H, pfns=pfns[i : i + 4096], prot=prot, why=why[:4096]),
+                PmapCountReply,
+            )
+            n += rep.count
+        return n
+
+    async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
+        await self.peer.call_ok(PmapKenter(h=_H, va=va, pfns=pfns, prot=prot), CtlAck)
 
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         rep = await self.peer.call_ok(PmapUnwire(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
@@ -161,6 +175,9 @@ class UvmService(Service):
         UvmPdSnapshot,
         UvmPdClaim,
         UvmPdFinish,
+        UvmLoan,
+        UvmUnloan,
+        UvmKfault,
     )
 
     def __init__(
@@ -198,6 +215,7 @@ class UvmService(Service):
             on_pressure=self._pressure,
             diagnostic=bool(self.profile.knobs["DIAGNOSTIC"]),
             policy=str(self.profile.knobs["PD_POLICY"]),
+            knobs=dict(self.profile.knobs),
         )
         self.spawn(self._reaper(), "lease reaper")
 
@@ -341,6 +359,21 @@ class UvmService(Service):
     async def on_pd_finish(self, msg: UvmPdFinish) -> Reply:
         done = await pdops.finish(self.vm, [(op, pfn) for op, pfn in msg.items])
         return self.reply(msg, UvmPdFinishReply, done=done)
+
+    async def on_loan(self, msg: UvmLoan) -> Reply:
+        pfns = await loan.loan_to_kernel(self.vm, msg.asid, msg.owner, msg.va, msg.npages)
+        return self.reply(msg, UvmLoanReply, pfns=pfns)
+
+    def on_unloan(self, msg: UvmUnloan) -> Reply:
+        loan.unloan(self.vm, msg.pfns, msg.kva, msg.npages)
+        return self.ack(msg)
+
+    async def on_kfault(self, msg: UvmKfault) -> Reply:
+        if msg.asid == 0:
+            await loan.kernel_fault(self.vm, msg.va, msg.access, msg.evidence, msg.pfn)
+        else:  # copyin on behalf of a process: its own fault
+            await fault(self.vm, msg.asid, msg.owner, msg.va, Prot(msg.access))
+        return self.ack(msg)
 
     async def on_audit(self, msg: UvmAudit) -> Reply:
         problems = await audit(self.vm)

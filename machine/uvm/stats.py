@@ -33,6 +33,16 @@ class UvmStats:
     mmaps: int = 0
     munmaps: int = 0
     pressure_events: int = 0
+    loans: int = 0  # pages loaned to the kernel
+    unloans: int = 0  # kernel loans ended
+    loanrefused: int = 0  # loans refused (modern: wired page)
+    loanzero: int = 0  # zero-page loans (untouched anonymous memory)
+    loanbreaks: int = 0  # write faults that broke a loan (the owner got a copy)
+    orphans: int = 0  # loaned pages their owner freed (kept alive by the loans)
+    injected: int = 0  # QUEUE_INVARIANT=violated: loaned pages left on the active queue
+    pqdoubleins: int = 0  # 1999 uvm_pageunwire double insertions detected
+    kfaults: int = 0  # kernel-mode page faults (trap at loan KVA)
+    kfault_zero: int = 0  # ... "resolved" with a kernel_object zero page (LOAN_KVA)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

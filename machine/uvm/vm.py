@@ -30,6 +30,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
@@ -81,6 +82,7 @@ class Uvm:
         on_pressure: Callable[[int], None] | None = None,
         diagnostic: bool = True,
         policy: str = "clock",
+        knobs: dict[str, Any] | None = None,
     ) -> None:
         self.ram = ram
         self.pmap = pmap
@@ -103,6 +105,15 @@ class Uvm:
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
         self._freed = asyncio.Event()  # pages were freed above the reserve (uvm_wait's wakeup)
         self.alloc_wait_s = ALLOC_WAIT_S
+        k = knobs or {}
+        # The profile's loan and pmap knobs (uvm-semantics.md section 13).
+        self.era = str(k.get("ERA", "modern"))
+        self.queue_invariant = str(k.get("QUEUE_INVARIANT", "enforced"))
+        self.ppp_wired = str(k.get("PPP_WIRED", "remove"))
+        self.loan_kva = str(k.get("LOAN_KVA", "none"))
+        self.zero_pfn = NIL  # modern: the shared zero page of uvm_loanzero_object
+        self.kobj_pages: dict[int, int] = {}  # kernel vpn -> kernel_object page (LOAN_KVA)
+        self.doomed_loans: list[int] = []  # loaned anon pages freed, to revoke (uvm_anfree)
 
     # -- pages: allocation, busy, free --------------------------------------------
 
@@ -202,12 +213,43 @@ class Uvm:
         await ev.wait()
 
     def free_page(self, pfn: int) -> None:
+        """uvm_pagefree. A page still loaned to the kernel is only disowned (section 3):
+        it leaves its object or anon (an orphan, PG_CLEAN cleared) and stays alive for
+        its loans; 1999 leaves it where it was, later eras dequeue it. Its last unloan
+        frees it."""
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "uvm_pagefree: page %d busy", pfn)
+        pages = self.pages
+        if pages.loan_count[pfn]:
+            pages.uanon[pfn] = NIL
+            pages.uobject[pfn] = NIL
+            pages.offset[pfn] = 0
+            pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
+            if self.era != "1999":
+                pages.dequeue(pfn)
+            self.stats.orphans += 1
+            return
         self.pages.free_page(pfn)
         self.stats.pgfrees += 1
         if self.pages.free.count > RESERVE_KERNEL:
             self._freed.set()
         self.check_pressure()
+
+    async def revoke(self, pfns: list[int], why: str) -> None:
+        """pmap_page_protect(NONE) on pages uvm is taking away (loan break, anon free).
+
+        => PPP_WIRED=panic (Silvers): page_protect is ill-defined for a wired page."""
+        if self.ppp_wired == "panic":
+            for pfn in pfns:
+                kassert(
+                    not self.pages.wire_count[pfn],
+                    "pmap_page_protect: page %d is wired (wire_count %d, loan_count %d): %s",
+                    pfn,
+                    self.pages.wire_count[pfn],
+                    self.pages.loan_count[pfn],
+                    why,
+                )
+        if pfns:
+            await self.pmap.page_protect(pfns, int(Prot.NONE), why)
 
     def check_pressure(self, failed: bool = False) -> None:
         """Publish uvm.pressure when free falls below freemin, and on every failed allocation."""
@@ -238,6 +280,9 @@ class Uvm:
                 anon.page,
                 anon.id,
             )
+            if self.pages.loan_count[anon.page]:
+                # uvm_anfree: pmap_page_protect(NONE), then uvm_pagefree disowns it.
+                self.doomed_loans.append(anon.page)
             self.release_page(anon.page)
             anon.page = NIL
         elif anon.swslot:
@@ -479,6 +524,8 @@ class Uvm:
         if e.amap is not None:
             self.amap_unref(e.amap)
             e.amap = None
+            doomed, self.doomed_loans = self.doomed_loans, []
+            await self.revoke(doomed, "uvm_anfree of a loaned anon page")
         if e.obj is not None:
             if e.obj.pgops.writes_back and not e.cow:
                 from machine.uvm.pager import flush_object
@@ -624,6 +671,7 @@ class Uvm:
             "active": p.active.count,
             "inactive": p.inactive.count,
             "wired": p.wired,
+            "loaned": sum(1 for c in p.loan_count if c),
             "freemin": self.freemin,
             "freetarg": self.freetarg,
         }

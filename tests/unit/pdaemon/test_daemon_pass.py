@@ -34,8 +34,8 @@ class LocalOps:
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
         return self.mmu.get_attrs(pfns, clear_ref, clear_mod)
 
-    async def page_protect(self, pfns: list[int], prot: int) -> int:
-        return self.mmu.page_protect(pfns, Prot(prot))
+    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
+        return self.mmu.page_protect(pfns, Prot(prot), "pdaemon", why)
 
 
 async def _fill(uvm: Uvm, mmu: Mmu, npages: int) -> tuple[int, int]:

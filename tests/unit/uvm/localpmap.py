@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
@@ -33,8 +34,11 @@ class LocalPmap:
     async def protect(self, asid: int, sva: int, eva: int, prot: int) -> int:
         return self.mmu.protect(asid, sva, eva, Prot(prot))
 
-    async def page_protect(self, pfns: list[int], prot: int) -> int:
-        return self.mmu.page_protect(pfns, Prot(prot))
+    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
+        return self.mmu.page_protect(pfns, Prot(prot), "uvm", why)
+
+    async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
+        self.mmu.kenter(va, pfns, Prot(prot))
 
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         return self.mmu.unwire(asid, sva, eva)
@@ -57,9 +61,12 @@ def make_uvm(
     tmp: Path | None = None,
     swap_pages: int = 64,
     events: list[int] | None = None,
+    knobs: dict[str, Any] | None = None,
 ) -> tuple[Uvm, Mmu]:
+    """An in-process uvm + pmap. knobs: a profile's knobs (ERA, KENTER_MODE, ...)."""
+    k = knobs or {}
     ram = Ram.anonymous(nframes * PAGE_SIZE)
-    mmu = Mmu(ram)
+    mmu = Mmu(ram, str(k.get("KENTER_MODE", "unmanaged")), str(k.get("PPP_WIRED", "remove")))
     disk = swap = None
     if tmp is not None:
         disk = tmp / "disk"
@@ -71,6 +78,8 @@ def make_uvm(
         disk=disk,
         swap=swap,
         on_pressure=events.append if events is not None else None,
+        diagnostic=bool(k.get("DIAGNOSTIC", True)),
+        knobs=k,
     )
     uvm.alloc_wait_s = 0.01  # no page daemon here: give up quickly
     return uvm, mmu

@@ -1,0 +1,291 @@
+"""Page loaning (uvm_loan.c): loans of user pages to the kernel, their end, and kernel faults.
+
+    loan_to_kernel(asid, owner, va, npages)    uvm_loan(..., UVM_LOAN_TOPAGE)
+        Per page, anon layer first (A->K), else the object's page (O->K), else
+        for untouched anonymous memory a zero page (zero->K). The page is made
+        resident first (swap-in, pgo_get) and held BUSY while the loan is set
+        up. All or nothing: on any failure the pages already loaned are
+        returned. The first loan of a page (loan_count 0 -> 1) write-protects
+        every managed mapping of it (pmap_page_protect(READ), one batch).
+    unloan(pfns, kva, npages)                  uvm_unloan(..., UVM_LOAN_TOPAGE)
+        loan_count--; a page whose owner let it go meanwhile (an orphan) is
+        freed with its last loan.
+    kernel_fault(va, access, evidence)         trap() -> uvm_fault(kernel_map)
+
+What a kernel loan does to the page, by the profile's ERA (section 4.2):
+    1999    loan_count++ and uvm_pagewire (a loan is a wiring: off the queues).
+            QUEUE_INVARIANT=violated injects the thread's state: the loaned,
+            wired page is left on the active queue. unloan unwires; 1999's
+            uvm_pageunwire inserts at the active tail without checking, so an
+            injected page is inserted twice: that double insertion is detected
+            and reported (dmesg, counter pqdoubleins), never silently merged.
+    2002    loan_count++ and uvm_pagedequeue (KASSERT wire_count == 0).
+    modern  loan_count++, the page stays queued; a wired page is refused (EBUSY)
+            and sosend falls back to copying. The daemon may reclaim a loaned
+            page: its owner's pgo_put disowns it and the loan keeps the data.
+Zero loans: 1999/2002 a fresh zeroed ownerless page per loan (and wired in
+1999); modern one shared zero page (uvm_loanzero_object's), loan_count per loan,
+never queued and never freed.
+
+Invariants: loan_count > 0 => every managed mapping of the page is read-only
+(I5); an ownerless allocated page has loan_count > 0 (I3). Kernel mappings of
+loaned pages are entered read-only by the borrower (net), never written.
+cf. NetBSD sys/uvm/uvm_loan.c, uvm_fault.c (concepts only).
+"""
+
+from __future__ import annotations
+
+from machine.kassert import kassert, panic
+from machine.params import PAGE_SHIFT, PAGE_SIZE
+from machine.proto.types import Prot
+from machine.uvm.errors import VmError
+from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
+from machine.uvm.vm import Uvm, VmSpace
+
+REFAULT = -1
+
+
+async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -> list[int]:
+    """uvm_loan(TOPAGE) of [va, va + npages pages). => one pfn per page (see module doc)."""
+    sp = uvm.space(asid, owner)
+    uvm._check_range(va, npages * PAGE_SIZE)
+    loaned: list[int] = []
+    first: list[int] = []
+    async with sp.lock:
+        try:
+            for i in range(npages):
+                pfn = await _loan_one(uvm, sp, va + i * PAGE_SIZE)
+                loaned.append(pfn)
+                if uvm.pages.loan_count[pfn] == 1 and pfn != uvm.zero_pfn:
+                    first.append(pfn)
+            if first:  # the first loan write-protects every managed mapping, one batch
+                await uvm.pmap.page_protect(first, int(Prot.READ), "first loan to the kernel")
+        except BaseException:
+            for pfn in loaned:
+                if uvm.pages.flags[pfn] & PageFlag.BUSY and pfn != uvm.zero_pfn:
+                    uvm.unbusy(pfn)
+            _unloan_pages(uvm, loaned)
+            raise
+        for pfn in loaned:
+            if pfn != uvm.zero_pfn and uvm.pages.flags[pfn] & PageFlag.BUSY:
+                uvm.unbusy(pfn)
+    uvm.stats.loans += len(loaned)
+    return loaned
+
+
+async def _loan_one(uvm: Uvm, sp: VmSpace, va: int) -> int:
+    """Loan the page at va: resident, BUSY (the zero page excepted), loan counted."""
+    while True:
+        e = sp.map.lookup(va)
+        if e is None or not e.prot & Prot.READ:
+            raise VmError("EFAULT", f"no readable mapping at {va:#x} to loan")
+        slot = e.slot(va)
+        anon = e.amap.lookup(slot) if e.amap is not None else None
+        pages = uvm.pages
+        if anon is not None:  # A->K (uvm_loananon)
+            if anon.page == NIL:
+                assert uvm.swap is not None
+                pfn = await uvm.alloc_page_wait(anon=anon)
+                uvm.swap.get(anon.swslot, uvm.ram, pfn)
+                uvm.swap_only(-1)
+                pages.flags[pfn] &= ~PageFlag.FAKE
+                pages.activate(pfn)
+                uvm.stats.fltanget += 1
+            else:
+                pfn = anon.page
+                if pages.flags[pfn] & PageFlag.BUSY:
+                    await uvm.wait_busy(pfn)
+                    continue
+                uvm.busy(pfn)
+        elif e.obj is not None:  # O->K (uvm_loanuobj)
+            pgoff = e.pgoff(va)
+            if pgoff >= e.obj.npages:
+                raise VmError("EFAULT", f"{va:#x} is beyond the end of the mapped object")
+            pfn = e.obj.pages.get(pgoff, NIL)
+            if pfn == NIL:
+                pfn = await uvm.alloc_page_wait(obj=e.obj, pgoff=pgoff)
+                if not e.obj.pgops.get(uvm, e.obj, pgoff, pfn):
+                    pages.flags[pfn] &= ~PageFlag.CLEAN
+                pages.flags[pfn] &= ~PageFlag.FAKE
+                pages.activate(pfn)
+            elif pages.flags[pfn] & PageFlag.BUSY:
+                await uvm.wait_busy(pfn)
+                continue
+            else:
+                uvm.busy(pfn)
+        else:  # untouched anonymous memory: zero->K (uvm_loanzero)
+            return await _loan_zero(uvm)
+        try:
+            loan_page(uvm, pfn)
+        except VmError:
+            uvm.unbusy(pfn)
+            raise
+        return pfn
+
+
+def loan_page(uvm: Uvm, pfn: int) -> None:
+    """Count one kernel loan of a resident, owned page, by the ERA (module doc)."""
+    pages = uvm.pages
+    if uvm.era == "modern":
+        if pages.wire_count[pfn]:
+            uvm.stats.loanrefused += 1
+            raise VmError("EBUSY", f"page {pfn} is wired: modern UVM does not loan it")
+        pages.loan_count[pfn] += 1
+        if not pages.pqflags[pfn]:
+            pages.activate(pfn)  # uvm_pageactivate: a loaned page stays pageable
+        return
+    if uvm.era == "2002":
+        kassert(pages.wire_count[pfn] == 0, "uvm_loanuobj: loaning wired page %d", pfn)
+        pages.loan_count[pfn] += 1
+        pages.dequeue(pfn)
+        return
+    # 1999: a loan to the kernel is a wiring.
+    queued = pages.pqflags[pfn]
+    pages.loan_count[pfn] += 1
+    pages.wire(pfn)
+    if uvm.queue_invariant == "violated" and queued and not pages.pqflags[pfn]:
+        pages._insert_tail(pages.active, pfn)  # the injected fault: wired yet active
+        uvm.stats.injected += 1
+        uvm.dmesg.append(
+            f"inject: QUEUE_INVARIANT=violated: loaned page {pfn} left on the active queue "
+            f"(wire_count {pages.wire_count[pfn]})"
+        )
+
+
+async def _loan_zero(uvm: Uvm) -> int:
+    pages = uvm.pages
+    uvm.stats.loanzero += 1
+    if uvm.era == "modern":
+        if uvm.zero_pfn == NIL:
+            pfn = await uvm.alloc_page_wait(who=KERNEL)
+            uvm.ram.zero(pfn)
+            pages.flags[pfn] = PageFlag.CLEAN
+            uvm.zero_pfn = pfn
+            pages.kernel_owned.add(pfn)
+        pages.loan_count[uvm.zero_pfn] += 1
+        return uvm.zero_pfn
+    pfn = await uvm.alloc_page_wait(who=KERNEL)  # ownerless, BUSY
+    uvm.ram.zero(pfn)
+    pages.flags[pfn] &= ~PageFlag.FAKE
+    pages.loan_count[pfn] = 1
+    if uvm.era == "1999":
+        pages.wire(pfn)
+    return pfn
+
+
+def _unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
+    for pfn in pfns:
+        unloan_page(uvm, pfn)
+
+
+def unloan_page(uvm: Uvm, pfn: int) -> None:
+    """uvm_unloanpage: one kernel loan of pfn ends."""
+    pages = uvm.pages
+    kassert(
+        0 <= pfn < pages.npages and pages.loan_count[pfn] > 0,
+        "uvm_unloanpage: page %d isn't loaned",
+        pfn,
+    )
+    pages.loan_count[pfn] -= 1
+    uvm.stats.unloans += 1
+    if pfn == uvm.zero_pfn:
+        return  # the shared zero page is never freed
+    if uvm.era == "1999":
+        _unwire_1999(uvm, pfn)
+    owned = pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
+    if pages.loan_count[pfn]:
+        return
+    if not owned:
+        kassert(
+            not pages.flags[pfn] & PageFlag.BUSY,
+            "uvm_unloanpage: page %d unowned but PG_BUSY!",
+            pfn,
+        )
+        uvm.free_page(pfn)
+    elif uvm.era == "2002" and not pages.pqflags[pfn]:
+        pages.activate(pfn)
+
+
+def _unwire_1999(uvm: Uvm, pfn: int) -> None:
+    """1999 uvm_pageunwire: the last unwiring inserts at the active tail, unchecked."""
+    pages = uvm.pages
+    kassert(pages.wire_count[pfn] > 0, "uvm_pageunwire: page %d not wired", pfn)
+    if pages.wire_count[pfn] == 1 and pages.pqflags[pfn] in (PQ.ACTIVE, PQ.INACTIVE):
+        where = "active" if pages.pqflags[pfn] == PQ.ACTIVE else "inactive"
+        uvm.stats.pqdoubleins += 1
+        uvm.dmesg.append(
+            f"uvm_pageunwire: page {pfn} is already on the {where} queue: inserting it at the "
+            "active tail again would corrupt the queue (double insertion; the page was "
+            "wired while queued)"
+        )
+    pages.unwire(pfn)
+
+
+def unloan(uvm: Uvm, pfns: list[int], kva: int, npages: int) -> None:
+    """uvm_unloan(TOPAGE) for a chunk, plus the kernel_object pages a kernel fault put
+    in its KVA range (LOAN_KVA=kernel_object)."""
+    pages = uvm.pages
+    for pfn in pfns:  # validate first: a bad list panics before anything changes
+        kassert(
+            0 <= pfn < pages.npages and pages.loan_count[pfn] > 0,
+            "uvm_unloanpage: page %d isn't loaned",
+            pfn,
+        )
+    _unloan_pages(uvm, pfns)
+    base = kva >> PAGE_SHIFT
+    for vpn in range(base, base + npages):
+        zpfn = uvm.kobj_pages.pop(vpn, NIL)
+        if zpfn != NIL:
+            pages.loan_count[zpfn] = 0
+            uvm.free_page(zpfn)
+
+
+async def kernel_fault(uvm: Uvm, va: int, access: int, evidence: str, pfn: int = NIL) -> None:
+    """A kernel-mode trap at loan KVA va (section 9): resolve it or panic with the chain."""
+    uvm.stats.kfaults += 1
+    call = f"uvm_fault(kernel_map, {va:#x}, 0, {Prot(access).letters()})"
+    if uvm.loan_kva == "kernel_object":
+        # 1999 uvm_km_valloc: the range is backed by kernel_object, so the fault is
+        # "satisfied" with a fresh zero page: the driver reads zeros (silent corruption).
+        zpfn = await uvm.alloc_page_wait(who=KERNEL)
+        uvm.ram.zero(zpfn)
+        uvm.pages.flags[zpfn] &= ~PageFlag.FAKE
+        uvm.pages.loan_count[zpfn] = 1  # held for the KVA's owner, freed by its unloan
+        uvm.unbusy(zpfn)
+        uvm.kobj_pages[va >> PAGE_SHIFT] = zpfn
+        await uvm.pmap.kenter(va, [zpfn], int(Prot.READ | Prot.WRITE))
+        uvm.stats.kfault_zero += 1
+        uvm.dmesg.append(
+            f"{call} -> 0: kernel_object zero-filled page {zpfn} in place of "
+            f"{describe_page(uvm, pfn)} (valloc KVA) [{evidence}]"
+        )
+        return
+    raise panic(
+        "trap: kernel page fault at %#x: %s -> EFAULT: the loan KVA has no object "
+        "(VA-only, case 0); the loaned %s; %s",
+        va,
+        call,
+        describe_page(uvm, pfn),
+        evidence or "no mmu evidence",
+    )
+
+
+def describe_page(uvm: Uvm, pfn: int) -> str:
+    """A page's identity in the panic message's terms."""
+    p = uvm.pages
+    if not 0 <= pfn < p.npages:
+        return f"page {pfn}"
+    q = {PQ.FREE: "free", PQ.ACTIVE: "active", PQ.INACTIVE: "inactive"}.get(
+        PQ(p.pqflags[pfn]) if p.pqflags[pfn] else PQ(0), "no queue"
+    )
+    obj = uvm.objects.get(p.uobject[pfn]) if p.uobject[pfn] != NIL else None
+    if obj is not None:
+        owner = f"object {obj.id} ({getattr(obj, 'name', '') or type(obj).__name__}) "
+        owner += f"offset {int(p.offset[pfn]) << PAGE_SHIFT:#x}"
+    elif p.flags[pfn] & PageFlag.ANON:
+        owner = f"anon {p.uanon[pfn]}"
+    else:
+        owner = "no owner (orphan)"
+    return (
+        f"page {pfn} [{owner}, loan_count {p.loan_count[pfn]}, wire_count {p.wire_count[pfn]}, {q}]"
+    )
