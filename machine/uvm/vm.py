@@ -672,6 +672,7 @@ class Uvm:
             "inactive": p.inactive.count,
             "wired": p.wired,
             "loaned": sum(1 for c in p.loan_count if c),
+            "kernel_owned": len(p.kernel_owned),
             "freemin": self.freemin,
             "freetarg": self.freetarg,
         }

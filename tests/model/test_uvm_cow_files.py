@@ -1,7 +1,8 @@
 # ruff: noqa: PT017, PT018
 """Model-based test of the UVM core: anonymous and file memory, private and shared, fork,
-mprotect, munmap, mlock/munlock, msync, exit, "page out this page" / page back in, and
-passes of the page daemon on a small RAM (it also scans by itself under pressure).
+mprotect, munmap, mlock/munlock, msync, exit, "page out this page" / page back in,
+passes of the page daemon on a small RAM (it also scans by itself under pressure), and
+zero-copy sends (page loans to the net role) with the driver draining the wire.
 
 The machine runs in-process (in-memory transport, virtual time). A plain
 Python reference model says, for every process and page, what a load must
@@ -11,7 +12,11 @@ return:
                                first writes (or wires) it, then its own copy;
   * shared page (anon/file) -> the bytes of the shared object, seen by all.
 fork copies private pages and shares shared ones; what msync, munmap or exit
-write back must then be in the host file, byte for byte.
+write back must then be in the host file, byte for byte. A send records the
+model's bytes of its range at that moment; the link is held, so loans stay
+outstanding while every other rule runs (COW breaks of loaned pages, exits,
+the daemon reclaiming them), and whatever the wire later carries must be
+those bytes (machine.wirecheck) under the default profile (modern).
 After every step the auditor (uvm.audit) must find nothing; at the end every
 frame is free again and no swap slot is in use.
 """
@@ -27,11 +32,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from machine.client import File, Process, RequestError, Segv
+from machine.client import File, Process, RequestError, Segv, Socket
 from machine.params import PAGE_SIZE
 from machine.pdaemon.daemon import run_pass
 from machine.pdaemon.service import PdaemonService, RemoteDaemonOps
-from machine.proto import NO_HEADER, Errno, UvmPageout
+from machine.proto import NO_HEADER, Errno, NetLink, UvmPageout
+from machine.testing import poll_for
+from machine.wirecheck import WireCheck
 from tests.model.simrun import SimStateMachine
 
 NFRAMES = 96  # small: the page daemon has work to do
@@ -51,6 +58,15 @@ settings.register_profile(
     stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# Store payloads drawn compactly (a seed and a length, not every byte), so that an
+# example's choice budget goes to many steps rather than to a few long byte strings.
+PAYLOADS = st.builds(
+    lambda seed, n: bytes((seed + i * 7) & 0xFF for i in range(n)),
+    st.integers(0, 255),
+    st.integers(1, PAGE_SIZE + 64),
 )
 
 
@@ -102,14 +118,21 @@ class CowFilesModel(SimStateMachine):
             f = self.run(self.m.open(name))
             self.files[name] = (f, Shared(bytearray(init), name))
         self.procs: list[ModelProc] = [ModelProc(self.run(self.m.spawn()))]
+        self.wire = self.run(self.m.wire().open())
+        self.check = WireCheck()
+        self.sockets: dict[int, Socket] = {}
+        self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=True)))
 
     def finish(self) -> None:
+        self.drain()
         for mp in self.procs:
             self.run(mp.p.exit())
         for f, _ in self.files.values():
             self.run(f.close())
+        self.run(self.wire.close())
         frames = self.run(self.m.stats())["frames"]
-        assert frames["free"] == frames["total"], frames
+        assert frames["loaned"] == 0, frames
+        assert frames["free"] + frames["kernel_owned"] == frames["total"], frames
         assert frames["swpginuse"] == 0, frames
 
     # -- helpers -----------------------------------------------------------------
@@ -182,7 +205,7 @@ class CowFilesModel(SimStateMachine):
             for i in range(n):
                 mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, i, cow=obj is None)
 
-    @rule(data=st.data(), payload=st.binary(min_size=1, max_size=PAGE_SIZE + 64))
+    @rule(data=st.data(), payload=PAYLOADS)
     def store(self, data: st.DataObject, payload: bytes) -> None:
         mp = self._pick(data)
         va = self._addr(mp, data)
@@ -358,6 +381,44 @@ class CowFilesModel(SimStateMachine):
                 flushed.setdefault(pg.shared.name, set()).add(pg.objpage)
         for name, pages in flushed.items():
             self._file_check(name, pages)
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data())
+    def send(self, data: st.DataObject) -> None:
+        """Send 1-4 readable pages (from a byte offset): loaned, or copied when refused."""
+        mp = self._pick(data)
+        readable = sorted(v for v, pg in mp.pages.items() if "r" in pg.prot)
+        if not readable:
+            return
+        first = data.draw(st.sampled_from(readable))
+        run = [first]
+        while run[-1] + 1 in mp.pages and "r" in mp.pages[run[-1] + 1].prot and len(run) < 4:
+            run.append(run[-1] + 1)
+        size = len(run) * PAGE_SIZE
+        kind = data.draw(st.sampled_from(["whole", "whole", "loan", "any"]))
+        n = size if kind == "whole" else data.draw(st.integers(1 if kind == "any" else 4096, size))
+        off = data.draw(st.integers(0, size - n))
+        want = b"".join(mp.pages[v].view() for v in run)[off : off + n]
+        s = self.sockets.get(mp.p.asid)
+        if s is None:
+            s = self.sockets[mp.p.asid] = self.run(mp.p.socket())
+        r = self.run(mp.p.send(s, first * PAGE_SIZE + off, n))
+        self.check.expect(r, want)
+
+    @rule()
+    def drain(self) -> None:
+        """Let the driver run: every queued send reaches the wire and is checked."""
+        self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=False)))
+        while self.check.expected:
+            self.check.check(self.run(self.wire.get(60)))
+        self.run(
+            poll_for(
+                lambda: (c := self.sim.service("net").counters())["pendfree"] == c["loaned_chunks"],
+                60,
+                what="every loaned mbuf freed",
+            )
+        )
+        self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=True)))
 
     @invariant()
     def auditor_finds_nothing(self) -> None:
