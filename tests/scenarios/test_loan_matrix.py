@@ -26,7 +26,8 @@ def test_scenario_outcome_is_the_predicted_one(name: str, profile: str) -> None:
     assert o.outcome == o.expected, o.detail
     if o.outcome == "panic":
         # The machine says what happened, in its own terms (section 1.3's chain).
-        assert o.evidence["role"] and o.evidence["dump"], o.evidence
+        assert o.evidence["role"], o.evidence
+        assert o.evidence["dump"], o.evidence
         assert "pmap_page_protect" in o.detail
     if o.outcome == "corruption":
         assert o.evidence["offsets"]
