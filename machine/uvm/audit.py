@@ -8,9 +8,10 @@ every step of the model-based tests. What it checks:
     no owner, wiring or loan), I3 (allocated => owned or loaned), Q1 (queue
     counts and flags); SwapDevice.check().
   * maps (M1-M3) and amaps (AM1: slots/back-pointer equation) of every space.
-  * anons: A1 ref > 0; A3 ref == the number of amaps holding the anon; A2 a
-    resident anon's page is owned by it (uanon, PG_ANON); a non-resident anon
-    has a swap slot (its data is somewhere).
+  * anons: A1 ref > 0; A3 ref == the amaps holding the anon + its loans to anons;
+    A2 a resident anon's page is owned by it (uanon, PG_ANON) or borrowed from
+    an object (uanon, PG_ANON clear, counted in loan_count: I7); a
+    non-resident anon has a swap slot (its data is somewhere).
   * objects: O1 every page of an object is owned by it at that offset
     (uobject, offset, PG_TABLED); refs == entries + open handles.
   * conservation (U2): every frame is free, or owned by exactly one anon or
@@ -66,14 +67,20 @@ def _static(uvm: Uvm) -> list[str]:
 
     swap_only = 0
     for anon in uvm.anons.values():
-        if anon.ref <= 0 or anon.ref != holders[anon.id]:
+        held = holders[anon.id] + uvm.anon_loans[anon.id]
+        if anon.ref <= 0 or anon.ref != held:
             problems.append(
-                f"A3: anon {anon.id} ref {anon.ref} but held by {holders[anon.id]} amaps"
+                f"A3: anon {anon.id} ref {anon.ref} but held by {holders[anon.id]} amaps "
+                f"and {uvm.anon_loans[anon.id]} loans"
             )
         if anon.page != NIL:
-            claim(anon.page, f"anon {anon.id}")
-            if pages.uanon[anon.page] != anon.id or not pages.flags[anon.page] & PageFlag.ANON:
-                problems.append(f"A2: page {anon.page} not owned by anon {anon.id}")
+            pg = anon.page
+            if pages.flags[pg] & PageFlag.ANON:
+                claim(pg, f"anon {anon.id}")
+            elif not pages.loan_count[pg]:  # a borrower (O->A) is counted in loan_count
+                problems.append(f"I7: anon {anon.id} borrows page {pg} without a loan")
+            if pages.uanon[pg] != anon.id:
+                problems.append(f"A2: page {pg} not owned or borrowed by anon {anon.id}")
         elif not anon.swslot:
             problems.append(f"A2: anon {anon.id} has neither a page nor a swap slot")
         else:

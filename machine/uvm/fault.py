@@ -40,6 +40,7 @@ from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.errors import Segv, VmError
+from machine.uvm.loan import adopt
 from machine.uvm.map import MapEntry
 from machine.uvm.object import UvmObject
 from machine.uvm.page import NIL, PageFlag
@@ -132,6 +133,7 @@ async def _fault_upper(
             await uvm.wait_busy(pfn)
             return REFAULT
         uvm.busy(pfn)
+        adopt(uvm, pfn)  # an orphan this anon borrowed becomes its own (5.4)
     prot = e.prot
     if access & Prot.WRITE and anon.ref > 1:
         # Copy-on-write: this entry gets its own anon with a copy of the page.
@@ -186,8 +188,15 @@ async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
     pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
     await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
-    _orphan(uvm, old)
-    uvm.unbusy(old)
+    if pages.flags[old] & PageFlag.ANON:
+        _orphan(uvm, old)  # the anon lent it (A->K): the kernel's loans keep it
+        uvm.unbusy(old)
+    else:  # the anon borrowed it (O->A): drop that loan; the object keeps its page
+        pages.loan_count[old] -= 1
+        pages.uanon[old] = NIL
+        uvm.unbusy(old)
+        if not pages.flags[old] & PageFlag.TABLED and not pages.loan_count[old]:
+            uvm.free_page(old)
     uvm.stats.loanbreaks += 1
     return npfn
 

@@ -11,6 +11,8 @@
         loan_count--; a page whose owner let it go meanwhile (an orphan) is
         freed with its last loan.
     kernel_fault(va, access, evidence)         trap() -> uvm_fault(kernel_map)
+    loan_to_anons / unloan_anons               uvm_loan(..., UVM_LOAN_TOANON), A->A, O->A
+    adopt(pfn)                                 an orphan's borrowing anon takes it (5.4)
 
 What a kernel loan does to the page, by the profile's ERA (section 4.2):
     1999    loan_count++ and uvm_pagewire (a loan is a wiring: off the queues).
@@ -38,6 +40,7 @@ from __future__ import annotations
 from machine.kassert import kassert, panic
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto.types import Prot
+from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
 from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm, VmSpace
@@ -73,8 +76,10 @@ async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) 
     return loaned
 
 
-async def _loan_one(uvm: Uvm, sp: VmSpace, va: int) -> int:
-    """Loan the page at va: resident, BUSY (the zero page excepted), loan counted."""
+async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
+    """Loan the page at va: resident, BUSY (the zero page excepted), loan counted.
+
+    => count False: only make it resident and BUSY (loans to anons count their own)."""
     while True:
         e = sp.map.lookup(va)
         if e is None or not e.prot & Prot.READ:
@@ -115,6 +120,8 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int) -> int:
                 uvm.busy(pfn)
         else:  # untouched anonymous memory: zero->K (uvm_loanzero)
             return await _loan_zero(uvm)
+        if not count:
+            return pfn
         try:
             loan_page(uvm, pfn)
         except VmError:
@@ -173,6 +180,100 @@ async def _loan_zero(uvm: Uvm) -> int:
     return pfn
 
 
+async def loan_to_anons(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -> list[Anon]:
+    """uvm_loan(TOANON): lend [va, va + npages pages) as anons (section 4.2).
+
+    A->A: the anon itself, an_ref++ and write-protected (COW sharing; modern
+    refuses a wired page). O->A (not in the modern era, where it is compiled
+    out): the page's borrowing anon, or a new anon that borrows the object's
+    page (uanon set, PG_ANON clear, loan_count++). zero->A: a new anon with a
+    zeroed page. The caller owns one reference of each anon (unloan_anons).
+    """
+    sp = uvm.space(asid, owner)
+    uvm._check_range(va, npages * PAGE_SIZE)
+    pages = uvm.pages
+    anons: list[Anon] = []
+    protect: list[int] = []
+    async with sp.lock:
+        try:
+            for i in range(npages):
+                a = va + i * PAGE_SIZE
+                e = sp.map.lookup(a)
+                if e is None or not e.prot & Prot.READ:
+                    raise VmError("EFAULT", f"no readable mapping at {a:#x} to loan")
+                anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
+                if anon is None and uvm.era == "modern":
+                    raise VmError("EINVAL", "modern UVM loans only anons to anons (O->A is gone)")
+                if anon is not None or e.obj is not None:
+                    pfn = await _loan_one(uvm, sp, a, count=False)
+                    anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
+                    if anon is not None:  # A->A
+                        if uvm.era == "modern" and pages.wire_count[pfn]:
+                            uvm.unbusy(pfn)
+                            uvm.stats.loanrefused += 1
+                            raise VmError("EBUSY", f"page {pfn} is wired: not loaned")
+                        protect.append(pfn)
+                    elif pages.uanon[pfn] != NIL:  # O->A, already lent to an anon
+                        anon = uvm.anons[pages.uanon[pfn]]
+                        pages.activate(pfn)
+                    else:  # O->A: a new anon borrows the object's page
+                        anon = uvm.new_anon()
+                        anon.ref = 0
+                        anon.page = pfn
+                        pages.uanon[pfn] = anon.id
+                        pages.loan_count[pfn] += 1
+                        if pages.loan_count[pfn] == 1:
+                            protect.append(pfn)
+                        pages.activate(pfn)
+                    uvm.unbusy(pfn)
+                else:  # zero->A
+                    anon = uvm.new_anon()
+                    anon.ref = 0
+                    pfn = await uvm.alloc_page_wait(anon=anon)
+                    uvm.ram.zero(pfn)
+                    pages.flags[pfn] &= ~(PageFlag.FAKE | PageFlag.CLEAN)
+                    pages.activate(pfn)
+                    uvm.unbusy(pfn)
+                anon.ref += 1
+                uvm.anon_loans[anon.id] += 1
+                anons.append(anon)
+            if protect:
+                await uvm.pmap.page_protect(protect, int(Prot.READ), "loan to an anon")
+        except BaseException:
+            unloan_anons(uvm, anons)
+            raise
+    uvm.stats.loans += len(anons)
+    return anons
+
+
+def unloan_anons(uvm: Uvm, anons: list[Anon]) -> None:
+    """uvm_unloan(TOANON) / uvm_unloananon: drop the borrower's reference of each anon."""
+    for anon in anons:
+        kassert(uvm.anon_loans[anon.id] > 0, "uvm_unloananon: anon %d isn't loaned", anon.id)
+        uvm.anon_loans[anon.id] -= 1
+        if not uvm.anon_loans[anon.id]:
+            del uvm.anon_loans[anon.id]
+        uvm.anon_unref(anon)
+        uvm.stats.unloans += 1
+
+
+def adopt(uvm: Uvm, pfn: int) -> bool:
+    """uvm_anon_lockloanpg / the page daemon: an orphan its borrowing anon now owns (5.4).
+
+    => True if the page was adopted (PG_ANON set, the anon's loan dropped)."""
+    pages = uvm.pages
+    f = pages.flags[pfn]
+    if f & (PageFlag.ANON | PageFlag.TABLED) or pages.uanon[pfn] == NIL:
+        return False
+    kassert(pages.loan_count[pfn] > 0, "uvm_anon_lockloanpg: unloaned page %d", pfn)
+    pages.flags[pfn] |= PageFlag.ANON
+    pages.loan_count[pfn] -= 1
+    uvm.stats.adoptions += 1
+    if not pages.loan_count[pfn] and not pages.wire_count[pfn] and not pages.pqflags[pfn]:
+        pages.activate(pfn)
+    return True
+
+
 def _unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
     for pfn in pfns:
         unloan_page(uvm, pfn)
@@ -193,7 +294,15 @@ def unloan_page(uvm: Uvm, pfn: int) -> None:
     if uvm.era == "1999":
         _unwire_1999(uvm, pfn)
     owned = pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
+    borrowed = not pages.flags[pfn] & PageFlag.ANON and pages.uanon[pfn] != NIL
+    last_kernel_loan = pages.loan_count[pfn] == int(borrowed)
+    if uvm.era == "2002" and last_kernel_loan and not pages.pqflags[pfn] and (owned or borrowed):
+        # [cvs139]: the last kernel loan ended; a page an anon still borrows (or its
+        # owner's) goes back on a paging queue, or it would never be paged out.
+        pages.activate(pfn)
     if pages.loan_count[pfn]:
+        if not owned and borrowed and uvm.era != "1999":
+            adopt(uvm, pfn)  # 2002+: uvm_unloanpage adopts for the borrowing anon
         return
     if not owned:
         kassert(
@@ -202,8 +311,6 @@ def unloan_page(uvm: Uvm, pfn: int) -> None:
             pfn,
         )
         uvm.free_page(pfn)
-    elif uvm.era == "2002" and not pages.pqflags[pfn]:
-        pages.activate(pfn)
 
 
 def _unwire_1999(uvm: Uvm, pfn: int) -> None:

@@ -38,6 +38,7 @@ class UvmStats:
     loanrefused: int = 0  # loans refused (modern: wired page)
     loanzero: int = 0  # zero-page loans (untouched anonymous memory)
     loanbreaks: int = 0  # write faults that broke a loan (the owner got a copy)
+    adoptions: int = 0  # orphans taken over by the anon that borrowed them (5.4)
     orphans: int = 0  # loaned pages their owner freed (kept alive by the loans)
     injected: int = 0  # QUEUE_INVARIANT=violated: loaned pages left on the active queue
     pqdoubleins: int = 0  # 1999 uvm_pageunwire double insertions detected

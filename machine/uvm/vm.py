@@ -114,6 +114,7 @@ class Uvm:
         self.zero_pfn = NIL  # modern: the shared zero page of uvm_loanzero_object
         self.kobj_pages: dict[int, int] = {}  # kernel vpn -> kernel_object page (LOAN_KVA)
         self.doomed_loans: list[int] = []  # loaned anon pages freed, to revoke (uvm_anfree)
+        self.anon_loans: collections.Counter[int] = collections.Counter()  # anon id -> TOANON refs
 
     # -- pages: allocation, busy, free --------------------------------------------
 
@@ -220,7 +221,8 @@ class Uvm:
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "uvm_pagefree: page %d busy", pfn)
         pages = self.pages
         if pages.loan_count[pfn]:
-            pages.uanon[pfn] = NIL
+            if pages.flags[pfn] & PageFlag.ANON:
+                pages.uanon[pfn] = NIL  # an anon owner lets go; an O->A borrower stays
             pages.uobject[pfn] = NIL
             pages.offset[pfn] = 0
             pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
@@ -280,10 +282,19 @@ class Uvm:
                 anon.page,
                 anon.id,
             )
-            if self.pages.loan_count[anon.page]:
-                # uvm_anfree: pmap_page_protect(NONE), then uvm_pagefree disowns it.
-                self.doomed_loans.append(anon.page)
-            self.release_page(anon.page)
+            pfn = anon.page
+            if not self.pages.flags[pfn] & PageFlag.ANON:
+                # The anon only borrows the page (O->A): drop this anon's loan (5.3).
+                self.pages.loan_count[pfn] -= 1
+                self.pages.uanon[pfn] = NIL
+                owned = self.pages.flags[pfn] & PageFlag.TABLED
+                if not owned and not self.pages.loan_count[pfn]:
+                    self.free_page(pfn)
+            else:
+                if self.pages.loan_count[pfn]:
+                    # uvm_anfree: pmap_page_protect(NONE), then uvm_pagefree disowns it.
+                    self.doomed_loans.append(pfn)
+                self.release_page(pfn)
             anon.page = NIL
         elif anon.swslot:
             self.swap_only(-1)
