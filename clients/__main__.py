@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from clients import forker, hog, pattern
+from clients import forker, hog, pattern, sender
 
-CLIENTS = {"pattern": pattern.main, "forker": forker.main, "hog": hog.main}
+CLIENTS = {"pattern": pattern.main, "forker": forker.main, "hog": hog.main, "sender": sender.main}
 
 
 def main() -> int:

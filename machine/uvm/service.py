@@ -418,6 +418,22 @@ class UvmService(Service):
     def frames(self) -> dict[str, int]:
         return self.vm.frames() if self.uvm is not None else {}
 
+    def _strays(self) -> dict[str, list[int]]:
+        """Allocated frames with no owner and no loan (I3 violations), for the dump."""
+        p = self.vm.pages
+        out: dict[str, list[int]] = {}
+        for pfn in range(p.npages):
+            if (
+                p.pqflags[pfn] != 1
+                and not p.flags[pfn] & 0x60
+                and not p.loan_count[pfn]
+                and pfn not in p.kernel_owned
+            ):
+                out[str(pfn)] = [p.flags[pfn], p.pqflags[pfn], p.wire_count[pfn], p.uanon[pfn]]
+            if len(out) >= 64:
+                break
+        return out
+
     def dump_state(self) -> dict[str, Any]:
         vm = self.vm
         return {
@@ -445,5 +461,6 @@ class UvmService(Service):
                 for a, sp in vm.spaces.items()
             },
             "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
+            "strays": self._strays(),
             "dmesg": list(vm.dmesg),
         }

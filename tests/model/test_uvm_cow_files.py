@@ -405,6 +405,30 @@ class CowFilesModel(SimStateMachine):
         r = self.run(mp.p.send(s, first * PAGE_SIZE + off, n))
         self.check.expect(r, want)
 
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data(), seed=st.integers(0, 255))
+    def send_then_overwrite(self, data: st.DataObject, seed: int) -> None:
+        """With the driver running: send, then at once write over the buffer, so the
+        loan break races the driver's DMA read and its unloan."""
+        mp = self._pick(data)
+        run = [v for v, pg in sorted(mp.pages.items()) if pg.prot == "rw"][:4]
+        if not run or any(b - a != 1 for a, b in zip(run, run[1:], strict=False)):
+            return
+        self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=False)))
+        self.send(data)
+        va = run[0] * PAGE_SIZE
+        payload = bytes((seed + i) & 0xFF for i in range(len(run) * PAGE_SIZE))
+        self.run(mp.p.store(va, payload))
+        for i, v in enumerate(run):
+            pg = mp.pages[v]
+            chunk = bytearray(payload[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])
+            if pg.cow:
+                pg.private = chunk
+            else:
+                assert pg.shared is not None
+                pg.shared.data[pg.objpage * PAGE_SIZE : (pg.objpage + 1) * PAGE_SIZE] = chunk
+        self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=True)))
+
     @rule()
     def drain(self) -> None:
         """Let the driver run: every queued send reaches the wire and is checked."""
