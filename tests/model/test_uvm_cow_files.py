@@ -24,6 +24,7 @@ frame is free again and no swap slot is in use.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,7 +413,7 @@ class CowFilesModel(SimStateMachine):
         loan break races the driver's DMA read and its unloan."""
         mp = self._pick(data)
         run = [v for v, pg in sorted(mp.pages.items()) if pg.prot == "rw"][:4]
-        if not run or any(b - a != 1 for a, b in zip(run, run[1:], strict=False)):
+        if not run or any(b - a != 1 for a, b in itertools.pairwise(run)):
             return
         self.run(self.sim.kcall("net", NetLink(h=NO_HEADER, hold=False)))
         self.send(data)
