@@ -5,8 +5,10 @@ The four shipped ones live in machine/profiles/; `--profile FILE` loads a
 user's own. Every knob must be known and hold one of its allowed values;
 anything else is refused at load time with a clear error.
 
-What the knobs change arrives with the issues that build loans, the page
-daemon and the net driver; today the profile is carried and reported.
+Each role reads the knobs it acts on (docs/design.md, "Profiles"): the mmu
+KENTER_MODE and PPP_WIRED; uvm ERA, QUEUE_INVARIANT, PPP_WIRED, LOAN_KVA and
+DIAGNOSTIC; the page daemon PD_POLICY, PD_WIRED_CHECK, DEACT_MODE; net
+LOAN_THRESHOLD.
 """
 
 from __future__ import annotations

@@ -12,14 +12,18 @@ Send path (uvm-semantics.md section 10, NetBSD sosend / sosend_loan):
     chunk is copied instead.
   * Copy path otherwise: mmu.copyin of the chunk's bytes (a fault is resolved
     through uvm.kfault on the process's behalf; EFAULT ends the send).
-  * The send returns once every chunk is queued (write(2) semantics).
-Driver (one task per machine): drains the transmit queue in order at the
-link's speed (bandwidth, latency; `hold` stops it). A loaned mbuf is
-translated through the mmu (pmap.kextract, one request per mbuf); a missing
-translation is a kernel page fault sent to uvm (uvm.kfault), which resolves
-it or panics. The bytes are read straight from RAM, as a NIC's DMA would, and
-published on the wire (net.packet). The mbuf is then freed off the transmit
-path (sopendfree): pmap.kremove, uvm.unloan, KVA released, waiters woken.
+  * Up to PIPELINE chunks of a send are set up concurrently (their round trips
+    overlap) and queued in order; the send returns once every chunk is queued
+    (write(2) semantics).
+Driver: one task takes mbufs in order and, once the link is up (`hold`
+stops it), starts each loaned mbuf's DMA up to RING mbufs ahead (a NIC's
+descriptor ring): its KVA is translated through the mmu (pmap.kextract, one
+request per mbuf) and the bytes are read straight from RAM; a missing
+translation is a kernel page fault sent to uvm (uvm.kfault) with the mmu's
+evidence, which uvm resolves or panics on. A second task puts the mbufs on
+the wire (net.packet) in order at the link's speed (bandwidth, latency).
+The mbuf is then freed off the transmit path (sopendfree): pmap.kremove,
+uvm.unloan, KVA released, waiters woken.
 
 Invariants:
   * mbufs of one socket reach the wire in send order (one queue, one driver).
@@ -76,8 +80,10 @@ DEFAULT_BANDWIDTH_BPS = 0  # unthrottled
 DEFAULT_LATENCY_US = 0
 SOCK_LOAN_CHUNK = 64 << 10  # SOCK_LOAN_CHUNK
 SOMAXKVA = 16 << 20  # SOMAXKVA
-KVA_SLOT_PAGES = 32  # VA per mbuf slot: a 64 KiB chunk not page aligned spans 17 pages
+KVA_SLOT_PAGES = 2048  # VA per mbuf slot (8 MiB): any chunk, page aligned or not, fits
 KVA_BASE = KERNEL_MIN + (1 << 40)  # the loan KVA arena
+PIPELINE = 8  # chunks of one send set up concurrently (their loans' round trips overlap)
+RING = 8  # the driver's descriptor ring: mbufs whose DMA may run ahead of the wire
 
 
 @dataclass(eq=False)
@@ -123,6 +129,7 @@ class NetService(Service):
         self.bandwidth_bps = DEFAULT_BANDWIDTH_BPS
         self.latency_us = DEFAULT_LATENCY_US
         self.somaxkva = SOMAXKVA
+        self.loan_chunk = SOCK_LOAN_CHUNK
         self.socurkva = 0
         self.sockets: dict[int, Socket] = {}
         self._sock_ids = itertools.count(1)
@@ -130,6 +137,7 @@ class NetService(Service):
         self._kva_next = 0
         self._txq: asyncio.Queue[Mbuf] = asyncio.Queue()
         self._pendfree: asyncio.Queue[Mbuf] = asyncio.Queue()
+        self._ring: asyncio.Queue[tuple[Mbuf, asyncio.Future[bytes] | None]] = asyncio.Queue(RING)
         self._space = asyncio.Condition()  # send-buffer space or KVA freed
         self._unheld = asyncio.Event()
         self._unheld.set()
@@ -153,6 +161,7 @@ class NetService(Service):
 
     async def link_up(self) -> None:
         self.spawn(self._driver(), "driver")
+        self.spawn(self._transmit(), "transmit")
         self.spawn(self._sopendfree(), "sopendfree")
         self.publish(
             NetLinkUp(
@@ -188,6 +197,8 @@ class NetService(Service):
         self.bandwidth_bps, self.latency_us = msg.bandwidth_bps, msg.latency_us
         if msg.somaxkva:
             self.somaxkva = msg.somaxkva
+        if msg.loan_chunk:
+            self.loan_chunk = msg.loan_chunk
         if msg.hold:
             self._unheld.clear()
         else:
@@ -201,33 +212,105 @@ class NetService(Service):
         if msg.asid != so.asid:
             raise UserError(Errno.EINVAL, f"socket {so.id} belongs to process {so.asid}")
         owner = msg.h.incarnation
-        loaned = copied = messages = 0
+        tally = {"loaned": 0, "copied": 0, "messages": 0}
         async with so.lock:
             seq = so.next_seq
             so.next_seq += 1
+            window: list[tuple[int, int, bool, int]] = []  # (off, length, loan, kva)
             off = 0
             while off < msg.n:
                 resid = msg.n - off
-                want = min(resid, SOCK_LOAN_CHUNK, so.sndbuf)
+                want = min(resid, self.loan_chunk, so.sndbuf)
+                if window and so.sndbuf - so.cc < want:
+                    await self._flush(so, seq, msg, owner, window, tally)  # frees our space
                 space = await self._sbwait(so, want)
-                va = msg.va + off
-                mb: Mbuf | None = None
-                if 0 <= self.loan_thresh <= min(resid, space):
-                    mb, used = await self._loan_chunk(so, seq, off, msg.n, va, want, owner)
-                    messages += used
-                if mb is None:
-                    mb, used = await self._copy_chunk(so, seq, off, msg.n, va, want, owner)
-                    messages += used
-                    copied += mb.length
-                else:
-                    loaned += len(mb.pfns)
-                so.cc += mb.length
-                self._txq.put_nowait(mb)
-                off += mb.length
+                loan = 0 <= self.loan_thresh <= min(resid, space)
+                kva = 0
+                if loan:
+                    npages = self._npages(msg.va + off, want)
+                    if window and self.socurkva + (npages << PAGE_SHIFT) > self.somaxkva:
+                        await self._flush(so, seq, msg, owner, window, tally)
+                    kva = await self._kva_reserve(npages)
+                so.cc += want
+                window.append((off, want, loan, kva))
+                off += want
+                if len(window) >= PIPELINE:
+                    await self._flush(so, seq, msg, owner, window, tally)
+            if window:
+                await self._flush(so, seq, msg, owner, window, tally)
             self.stats["sends"] += 1
         return self.reply(
-            msg, NetSendReply, seq=seq, loaned_pages=loaned, copied_bytes=copied, messages=messages
+            msg,
+            NetSendReply,
+            seq=seq,
+            loaned_pages=tally["loaned"],
+            copied_bytes=tally["copied"],
+            messages=tally["messages"],
         )
+
+    @staticmethod
+    def _npages(va: int, length: int) -> int:
+        return (round_page(va + length) - trunc_page(va)) >> PAGE_SHIFT
+
+    async def _flush(
+        self,
+        so: Socket,
+        seq: int,
+        msg: NetSend,
+        owner: int,
+        window: list[tuple[int, int, bool, int]],
+        tally: dict[str, int],
+    ) -> None:
+        """Set up a window of chunks concurrently (their loans or copies overlap), then
+        queue them in order. A chunk that failed ends the send: the chunks after it are
+        never queued (loaned ones go straight to sopendfree) and the error is raised."""
+        results = await asyncio.gather(
+            *(
+                self._make_mbuf(so, seq, off, msg.n, msg.va + off, length, owner, loan, kva)
+                for off, length, loan, kva in window
+            ),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (_, length, _, _), res in zip(window, results, strict=True):
+            if failed is None and isinstance(res, BaseException):
+                failed = res
+            if failed is not None or isinstance(res, BaseException):
+                so.cc -= length
+                if not isinstance(res, BaseException) and res[0].loaned:
+                    self._pendfree.put_nowait(res[0])
+                continue
+            mb, used = res
+            tally["messages"] += used
+            if mb.loaned:
+                tally["loaned"] += len(mb.pfns)
+            else:
+                tally["copied"] += mb.length
+            self._txq.put_nowait(mb)
+        window.clear()
+        if failed is not None:
+            self._wake()
+            raise failed
+
+    async def _make_mbuf(
+        self,
+        so: Socket,
+        seq: int,
+        off: int,
+        total: int,
+        va: int,
+        length: int,
+        owner: int,
+        loan: bool,
+        kva: int,
+    ) -> tuple[Mbuf, int]:
+        used = 0
+        if loan:
+            mb, used = await self._loan_chunk(so, seq, off, total, va, length, owner, kva)
+            if mb is not None:
+                return mb, used
+        mb, more = await self._copy_chunk(so, seq, off, total, va, length, owner)
+        return mb, used + more
 
     async def _sbwait(self, so: Socket, want: int) -> int:
         """Wait until the send buffer has room for `want` bytes. => the space there is."""
@@ -238,12 +321,20 @@ class NetService(Service):
             return so.sndbuf - so.cc
 
     async def _loan_chunk(
-        self, so: Socket, seq: int, off: int, total: int, va: int, length: int, owner: int
+        self,
+        so: Socket,
+        seq: int,
+        off: int,
+        total: int,
+        va: int,
+        length: int,
+        owner: int,
+        kva: int,
     ) -> tuple[Mbuf | None, int]:
-        """sosend_loan for one chunk. => (the mbuf, or None to copy instead; messages used)."""
+        """sosend_loan for one chunk, at reserved KVA. => (the mbuf, or None to copy
+        instead; messages used)."""
         sva = trunc_page(va)
-        npages = (round_page(va + length) - sva) >> PAGE_SHIFT
-        kva = await self._kva_reserve(npages)
+        npages = self._npages(va, length)
         try:
             rep = await self.peers["uvm"].call_ok(
                 UvmLoan(h=NO_HEADER, asid=so.asid, owner=owner, va=sva, npages=npages),
@@ -330,16 +421,29 @@ class NetService(Service):
     # -- the driver -----------------------------------------------------------------
 
     async def _driver(self) -> None:
+        """The NIC's descriptor ring: take mbufs in order and, once the link is up, start
+        each loaned one's DMA (translate, read RAM) up to RING mbufs ahead."""
         try:
             while True:
                 mb = await self._txq.get()
+                await self._unheld.wait()
+                dma = asyncio.ensure_future(self._dma_read(mb)) if mb.loaned else None
+                await self._ring.put((mb, dma))
+        except PeerPanic:
+            return
+
+    async def _transmit(self) -> None:
+        """Put ring entries on the wire in order, at the link's speed."""
+        try:
+            while True:
+                mb, dma = await self._ring.get()
                 await self._unheld.wait()
                 delay = self.latency_us / 1e6
                 if self.bandwidth_bps:
                     delay += mb.length * 8 / self.bandwidth_bps
                 if delay:
                     await self.clock.sleep(delay)
-                payload = await self._dma_read(mb) if mb.loaned else mb.data
+                payload = await dma if dma is not None else mb.data
                 self.publish(
                     NetPacket(
                         h=self.event_header(),
@@ -360,7 +464,7 @@ class NetService(Service):
                     self._pendfree.put_nowait(mb)  # soloanfree: defer, never free here
                 self._wake()
         except PeerPanic:
-            return  # the machine panicked (a kernel fault uvm could not resolve)
+            return
 
     async def _dma_read(self, mb: Mbuf) -> bytes:
         """Translate the mbuf's KVA (one request) and read its bytes from RAM."""
@@ -399,21 +503,27 @@ class NetService(Service):
         return bytes(out[mb.pgoff : mb.pgoff + mb.length])
 
     async def _sopendfree(self) -> None:
-        """sodoloanfree, off the transmit path: kremove, unloan, release the KVA."""
+        """sodoloanfree, off the transmit path: every mbuf waiting is freed concurrently
+        (per mbuf: kremove, then unloan, then its KVA is released)."""
         try:
             while True:
-                mb = await self._pendfree.get()
-                npages = len(mb.pfns)
-                await self.peers["mmu"].call_ok(
-                    PmapKremove(h=NO_HEADER, va=mb.kva, npages=npages), PmapCountReply
-                )
-                await self.peers["uvm"].call_ok(
-                    UvmUnloan(h=NO_HEADER, pfns=mb.pfns, kva=mb.kva, npages=npages), CtlAck
-                )
-                self._kva_release(mb.kva, npages)
-                self.stats["pendfree"] += 1
+                batch = [await self._pendfree.get()]
+                while not self._pendfree.empty():
+                    batch.append(self._pendfree.get_nowait())
+                await asyncio.gather(*(self._loanfree(mb) for mb in batch))
         except PeerPanic:
             return
+
+    async def _loanfree(self, mb: Mbuf) -> None:
+        npages = len(mb.pfns)
+        await self.peers["mmu"].call_ok(
+            PmapKremove(h=NO_HEADER, va=mb.kva, npages=npages), PmapCountReply
+        )
+        await self.peers["uvm"].call_ok(
+            UvmUnloan(h=NO_HEADER, pfns=mb.pfns, kva=mb.kva, npages=npages), CtlAck
+        )
+        self._kva_release(mb.kva, npages)
+        self.stats["pendfree"] += 1
 
     # -- reporting ---------------------------------------------------------------------
 
@@ -421,7 +531,7 @@ class NetService(Service):
         return {
             **self.stats,
             "sockets": len(self.sockets),
-            "txq": self._txq.qsize(),
+            "txq": self._txq.qsize() + self._ring.qsize(),
             "pendfree_q": self._pendfree.qsize(),
             "socurkva": self.socurkva,
             "held": int(not self._unheld.is_set()),

@@ -94,6 +94,8 @@ class NetLink(Request, frozen=True, kw_only=True, tag="net.link"):
     latency_us: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
     hold: bool = False
     somaxkva: Annotated[int, msgspec.Meta(ge=0, le=1 << 34)] = 0  # 0: unchanged
+    # SOCK_LOAN_CHUNK, for experiments (NetBSD: 64 KiB); 0: unchanged
+    loan_chunk: Annotated[int, msgspec.Meta(ge=0, le=4 << 20, multiple_of=4096)] = 0
 
 
 class NetPacket(Event, frozen=True, kw_only=True, tag="net.packet"):

@@ -4,9 +4,11 @@
         Per page, anon layer first (A->K), else the object's page (O->K), else
         for untouched anonymous memory a zero page (zero->K). The page is made
         resident first (swap-in, pgo_get) and held BUSY while the loan is set
-        up. All or nothing: on any failure the pages already loaned are
-        returned. The first loan of a page (loan_count 0 -> 1) write-protects
-        every managed mapping of it (pmap_page_protect(READ), one batch).
+        up, and unbusied once its loan is counted. All or nothing: on any
+        failure the pages already loaned are returned. The first loan of a page
+        (loan_count 0 -> 1) write-protects every managed mapping of it
+        (pmap_page_protect(READ), one batch) before uvm.loan answers, so what
+        the kernel later reads is what memory held when the send returned.
     unloan(pfns, kva, npages)                  uvm_unloan(..., UVM_LOAN_TOPAGE)
         loan_count--; a page whose owner let it go meanwhile (an orphan) is
         freed with its last loan.
@@ -64,22 +66,17 @@ async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) 
             if first:  # the first loan write-protects every managed mapping, one batch
                 await uvm.pmap.page_protect(first, int(Prot.READ), "first loan to the kernel")
         except BaseException:
-            for pfn in loaned:
-                if uvm.pages.flags[pfn] & PageFlag.BUSY and pfn != uvm.zero_pfn:
-                    uvm.unbusy(pfn)
             _unloan_pages(uvm, loaned)
             raise
-        for pfn in loaned:
-            if pfn != uvm.zero_pfn and uvm.pages.flags[pfn] & PageFlag.BUSY:
-                uvm.unbusy(pfn)
     uvm.stats.loans += len(loaned)
     return loaned
 
 
 async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
-    """Loan the page at va: resident, BUSY (the zero page excepted), loan counted.
+    """Loan the page at va: made resident, loan counted, unbusied. => pfn.
 
-    => count False: only make it resident and BUSY (loans to anons count their own)."""
+    => count False: only make it resident and leave it BUSY (loans to anons count
+       their own)."""
     while True:
         e = sp.map.lookup(va)
         if e is None or not e.prot & Prot.READ:
@@ -124,9 +121,10 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
             return pfn
         try:
             loan_page(uvm, pfn)
-        except VmError:
+        finally:
+            # Unbusy at once, as uvm_loanuobj does: the loan now keeps the page, and a
+            # range that maps one page twice must not wait for itself.
             uvm.unbusy(pfn)
-            raise
         return pfn
 
 
@@ -177,6 +175,7 @@ async def _loan_zero(uvm: Uvm) -> int:
     pages.loan_count[pfn] = 1
     if uvm.era == "1999":
         pages.wire(pfn)
+    uvm.unbusy(pfn)
     return pfn
 
 
@@ -383,7 +382,7 @@ def describe_page(uvm: Uvm, pfn: int) -> str:
     if not 0 <= pfn < p.npages:
         return f"page {pfn}"
     q = {PQ.FREE: "free", PQ.ACTIVE: "active", PQ.INACTIVE: "inactive"}.get(
-        PQ(p.pqflags[pfn]) if p.pqflags[pfn] else PQ(0), "no queue"
+        p.pqflags[pfn], "no queue"
     )
     obj = uvm.objects.get(p.uobject[pfn]) if p.uobject[pfn] != NIL else None
     if obj is not None:

@@ -375,3 +375,22 @@ async def test_1999_loan_break_on_a_managed_kenter_port_revokes_the_kernel_mappi
     assert "loan break" in mmu.krevoked[K >> 12].why
     with pytest.raises(KernelPanic, match=r"trap: kernel page fault .* case 0"):
         await loan.kernel_fault(uvm, K, int(Prot.READ), f.reason, old)
+
+
+async def test_a_range_that_maps_one_page_twice_is_loaned_twice(tmp_path: Path) -> None:
+    """Regression: the loan of a range in which one file page appears at two VAs must not
+    wait for its own BUSY page (it hung the model test)."""
+    uvm, mmu = boot(tmp_path, MODERN)
+    (tmp_path / "disk" / "d.bin").write_bytes(b"twin" * 1024)
+    h, _ = uvm.open(OWN, "d.bin", False, None)
+    p = await uvm.spawn(OWN)
+    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=0x10000, fixed=True, handle=h, shared=True)
+    await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=0x11000, fixed=True, handle=h, shared=True)
+    pfns = await lend(uvm, mmu, p, va, 2)
+    assert pfns[0] == pfns[1]
+    assert uvm.pages.loan_count[pfns[0]] == 2
+    assert kread(mmu, 8) == b"twintwin"
+    assert await audit(uvm) == []
+    give_back(uvm, mmu, pfns)
+    assert uvm.pages.loan_count[pfns[0]] == 0
+    assert await audit(uvm) == []
