@@ -15,9 +15,10 @@ subscriber in the same client receives every packet. Throughput = bytes /
 with the buffer.
 
 Kernel messages per send: what the send path used (net.send's reply: loan +
-kenter per 64 KiB chunk, or copyin per chunk) plus the driver's per-mbuf
-messages for loaned chunks (pmap.kextract, pmap.kremove, uvm.unloan), from
-net's counters. Page bytes never travel in a kernel message on the loan path.
+kenter per 64 KiB chunk, or copyin per chunk), uvm's pmap.page_protect(READ)
+per loan (the mmu's counter), and the driver's per-mbuf messages for loaned
+chunks (pmap.kextract, pmap.kremove, uvm.unloan), from net's counters. Page
+bytes never travel in a kernel message on the loan path.
 
 Markdown on stdout, progress on stderr, JSON in bench/results/ (git-ignored).
 """
@@ -61,14 +62,14 @@ def copy_profile(where: Path) -> str:
     return str(path)
 
 
-async def net_counters(m: Machine) -> dict[str, int]:
-    rep: CtlStatsReply = await m.call_role("net", CtlStats(h=NO_HEADER), CtlStatsReply)
+async def role_counters(m: Machine, role: str) -> dict[str, int]:
+    rep: CtlStatsReply = await m.call_role(role, CtlStats(h=NO_HEADER), CtlStatsReply)
     return dict(rep.counters)
 
 
 async def one_size(m: Machine, wire: Any, p: Any, s: Any, va: int, buf: bytes, size: int,
                    k: int) -> dict[str, Any]:  # fmt: skip
-    c0 = await net_counters(m)
+    c0, p0 = await role_counters(m, "net"), await role_counters(m, "mmu")
     msgs = 0
     loaned = copied = 0
     t0 = time.perf_counter()
@@ -83,9 +84,10 @@ async def one_size(m: Machine, wire: Any, p: Any, s: Any, va: int, buf: bytes, s
         if pkt.payload != buf[:size]:
             raise AssertionError(f"size {size}: a payload differs from the buffer")
     t1 = time.perf_counter()
-    c1 = await net_counters(m)
+    c1, p1 = await role_counters(m, "net"), await role_counters(m, "mmu")
     chunks = c1["loaned_chunks"] - c0["loaned_chunks"]
     driver = 3 * chunks  # kextract + kremove + unloan per loaned mbuf
+    driver += p1["page_protects"] - p0["page_protects"]  # uvm's write-protect, per loan
     return {
         "size": size,
         "sends": k,
