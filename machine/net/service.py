@@ -97,6 +97,19 @@ class Socket:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # sblock: one send at a time
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a send being set up: its bytes at va in the sender's memory."""
+
+    so: Socket
+    seq: int
+    off: int  # offset in the send
+    total: int  # bytes of the whole send
+    va: int
+    length: int
+    owner: int  # the client session that owns the process
+
+
 @dataclass(eq=False)
 class Mbuf:
     sock: Socket
@@ -266,7 +279,7 @@ class NetService(Service):
         never queued (loaned ones go straight to sopendfree) and the error is raised."""
         results = await asyncio.gather(
             *(
-                self._make_mbuf(so, seq, off, msg.n, msg.va + off, length, owner, loan, kva)
+                self._make_mbuf(Chunk(so, seq, off, msg.n, msg.va + off, length, owner), loan, kva)
                 for off, length, loan, kva in window
             ),
             return_exceptions=True,
@@ -292,24 +305,13 @@ class NetService(Service):
             self._wake()
             raise failed
 
-    async def _make_mbuf(
-        self,
-        so: Socket,
-        seq: int,
-        off: int,
-        total: int,
-        va: int,
-        length: int,
-        owner: int,
-        loan: bool,
-        kva: int,
-    ) -> tuple[Mbuf, int]:
+    async def _make_mbuf(self, c: Chunk, loan: bool, kva: int) -> tuple[Mbuf, int]:
         used = 0
         if loan:
-            mb, used = await self._loan_chunk(so, seq, off, total, va, length, owner, kva)
+            mb, used = await self._loan_chunk(c, kva)
             if mb is not None:
                 return mb, used
-        mb, more = await self._copy_chunk(so, seq, off, total, va, length, owner)
+        mb, more = await self._copy_chunk(c)
         return mb, used + more
 
     async def _sbwait(self, so: Socket, want: int) -> int:
@@ -320,24 +322,14 @@ class NetService(Service):
             await self._space.wait_for(lambda: so.sndbuf - so.cc >= want)
             return so.sndbuf - so.cc
 
-    async def _loan_chunk(
-        self,
-        so: Socket,
-        seq: int,
-        off: int,
-        total: int,
-        va: int,
-        length: int,
-        owner: int,
-        kva: int,
-    ) -> tuple[Mbuf | None, int]:
+    async def _loan_chunk(self, c: Chunk, kva: int) -> tuple[Mbuf | None, int]:
         """sosend_loan for one chunk, at reserved KVA. => (the mbuf, or None to copy
         instead; messages used)."""
-        sva = trunc_page(va)
-        npages = self._npages(va, length)
+        sva = trunc_page(c.va)
+        npages = self._npages(c.va, c.length)
         try:
             rep = await self.peers["uvm"].call_ok(
-                UvmLoan(h=NO_HEADER, asid=so.asid, owner=owner, va=sva, npages=npages),
+                UvmLoan(h=NO_HEADER, asid=c.so.asid, owner=c.owner, va=sva, npages=npages),
                 UvmLoanReply,
             )
         except PeerPanic:
@@ -345,24 +337,24 @@ class NetService(Service):
         except RemoteError as e:
             self._kva_release(kva, npages)
             self.stats["loan_fallbacks"] += 1
-            self.trace.append(f"loan refused ({e.errno}): copying chunk of send {seq}")
+            self.trace.append(f"loan refused ({e.errno}): copying chunk of send {c.seq}")
             return None, 1
         await self.peers["mmu"].call_ok(
             PmapKenter(h=NO_HEADER, va=kva, pfns=rep.pfns, prot=int(Prot.READ)), CtlAck
         )
         self.stats["loaned_chunks"] += 1
         self.stats["loaned_pages"] += npages
-        mb = Mbuf(so, seq, off, total, length, kva=kva, pgoff=va & PAGE_MASK, pfns=rep.pfns)
+        mb = Mbuf(
+            c.so, c.seq, c.off, c.total, c.length, kva=kva, pgoff=c.va & PAGE_MASK, pfns=rep.pfns
+        )
         return mb, 2
 
-    async def _copy_chunk(
-        self, so: Socket, seq: int, off: int, total: int, va: int, length: int, owner: int
-    ) -> tuple[Mbuf, int]:
+    async def _copy_chunk(self, c: Chunk) -> tuple[Mbuf, int]:
         """The copy path: copyin, resolving faults on the process's behalf."""
         used = 0
         while True:
             rep = await self.peers["mmu"].call(
-                MmuCopyin(h=NO_HEADER, asid=so.asid, owner=owner, va=va, n=length)
+                MmuCopyin(h=NO_HEADER, asid=c.so.asid, owner=c.owner, va=c.va, n=c.length)
             )
             used += 1
             if rep.status == Status.OK and isinstance(rep, MmuAccessReply):
@@ -376,8 +368,8 @@ class NetService(Service):
                         h=NO_HEADER,
                         va=rep.fault_va,
                         access=int(Prot.READ),
-                        asid=so.asid,
-                        owner=owner,
+                        asid=c.so.asid,
+                        owner=c.owner,
                     ),
                     CtlAck,
                 )
@@ -387,8 +379,8 @@ class NetService(Service):
                 raise UserError(Errno.EFAULT, f"send buffer: {e.detail}") from None
             used += 1
         self.stats["copied_chunks"] += 1
-        self.stats["copied_bytes"] += length
-        return Mbuf(so, seq, off, total, length, data=rep.data), used
+        self.stats["copied_bytes"] += c.length
+        return Mbuf(c.so, c.seq, c.off, c.total, c.length, data=rep.data), used
 
     # -- loan KVA (sokvareserve / sokvaunreserve) ---------------------------------
 

@@ -88,6 +88,20 @@ def pattern(seed: int, n: int) -> bytes:
 # -- the bodies (ctx: machine.scenarios.runner.Ctx) --------------------------------------
 
 
+async def sent_anon_buffer(ctx: Any, seed: int, npages: int = 4) -> tuple[Any, int, int]:
+    """A process whose anonymous buffer, filled with a pattern, was just sent (loaned)
+    with the link held. => (process, va, length)."""
+    p = await ctx.m.spawn()
+    n = npages * PAGE_SIZE
+    va = await p.mmap(n, "rw")
+    data = pattern(seed, n)
+    await p.store(va, data)
+    s = await p.socket()
+    await ctx.hold()
+    await ctx.send(p, s, va, data)
+    return p, va, n
+
+
 async def seed(ctx: Any) -> None:
     """The thread: a file page loaned for an 8 KiB send, the daemon runs, the driver reads."""
     f = await ctx.m.open("seed.bin", create=True, size=2 * PAGE_SIZE)
@@ -117,14 +131,7 @@ async def seed(ctx: Any) -> None:
 
 async def write_after_send(ctx: Any) -> None:
     """The sender overwrites its buffer as soon as send returns (a loan break, 5.2)."""
-    p = await ctx.m.spawn()
-    n = 4 * PAGE_SIZE
-    va = await p.mmap(n, "rw")
-    data = pattern(2, n)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    await ctx.send(p, s, va, data)
+    p, va, n = await sent_anon_buffer(ctx, 2)
     await p.store(va, b"\xee" * n)  # write fault on a loaned page: the owner gets a copy
     await ctx.release()
     await ctx.receive()
@@ -136,14 +143,7 @@ async def write_after_send(ctx: Any) -> None:
 
 async def unmap_after_send(ctx: Any) -> None:
     """The sender unmaps its buffer as soon as send returns (the owner frees, 5.3)."""
-    p = await ctx.m.spawn()
-    n = 4 * PAGE_SIZE
-    va = await p.mmap(n, "rw")
-    data = pattern(3, n)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    await ctx.send(p, s, va, data)
+    p, va, n = await sent_anon_buffer(ctx, 3)
     await p.munmap(va, n)
     await ctx.release()
     await ctx.receive()
@@ -153,14 +153,7 @@ async def unmap_after_send(ctx: Any) -> None:
 
 async def exit_after_send(ctx: Any) -> None:
     """The sender exits as soon as send returns; its anon pages become orphans."""
-    p = await ctx.m.spawn()
-    n = 4 * PAGE_SIZE
-    va = await p.mmap(n, "rw")
-    data = pattern(4, n)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    await ctx.send(p, s, va, data)
+    p, _, _ = await sent_anon_buffer(ctx, 4)
     await p.exit()
     await ctx.release()
     await ctx.receive()
@@ -169,17 +162,10 @@ async def exit_after_send(ctx: Any) -> None:
 
 async def fork_after_send(ctx: Any) -> None:
     """Fork after a send; the child writes: ordinary COW, the loan is untouched (14.7)."""
-    p = await ctx.m.spawn()
-    n = 4 * PAGE_SIZE
-    va = await p.mmap(n, "rw")
-    data = pattern(5, n)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    await ctx.send(p, s, va, data)
+    p, va, n = await sent_anon_buffer(ctx, 5)
     c = await p.fork()
     await c.store(va, b"\xcc" * n)
-    if await p.load(va, n) != data:
+    if await p.load(va, n) != pattern(5, n):
         raise ScenarioFailure("the child's write reached the parent")
     await ctx.release()
     await ctx.receive()

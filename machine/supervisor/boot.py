@@ -64,6 +64,17 @@ def local_binds(endpoint: str, run_dir: Path) -> Callable[[str], dict[str, str]]
     return binds
 
 
+def early_signals() -> list[int]:
+    """Catch SIGINT/SIGTERM from the very start, before the RAM segment exists, so a
+    signal during set-up ends the boot cleanly (status 130) instead of killing the
+    process with the segment left behind. _serve takes over the handlers."""
+    got: list[int] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, got.append, sig)
+    return got
+
+
 async def _serve(
     sup: Supervisor,
     launcher: Launcher,
@@ -72,9 +83,12 @@ async def _serve(
     state: Path,
     ram: Ram,
     on_ready: Callable[[str], None],
+    early: list[int] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     booting = asyncio.ensure_future(sup.boot(router, pub))
+    if early:
+        booting.cancel()  # a signal arrived while the machine was being set up
 
     def on_signal() -> None:
         if not booting.done():
@@ -126,6 +140,7 @@ async def run_up(
     swap_bytes: int = 0,
 ) -> int:
     """Boot supervisor + four role processes; serve until a signal or a panic. => status."""
+    early = early_signals()
     prepare_state(state_dir)
     run_dir = state_dir / "run"
     ram = Ram.create(f"uvm-machine-{os.getpid()}-{secrets.token_hex(4)}", ram_bytes)
@@ -156,7 +171,7 @@ async def run_up(
             rng=random.Random(),
         )
         pub = local_binds(endpoint, run_dir)("supervisor")["pub"]
-        return await _serve(sup, launcher, endpoint, pub, state_dir, ram, on_ready)
+        return await _serve(sup, launcher, endpoint, pub, state_dir, ram, on_ready, early)
     finally:
         await transport.close()
         ram.close()
@@ -175,6 +190,7 @@ async def run_external(
     lease_s: float = CLIENT_LEASE_S,
 ) -> int:
     """Supervise roles that compose runs at the fixed port layout; own the RAM segment."""
+    early = early_signals()
     prepare_state(state_dir)
     layout = fixed_layout(host, base_port)
     ram = Ram.create(ram_name, ram_bytes)
@@ -193,7 +209,9 @@ async def run_external(
             rng=rng,
         )
         bind = layout["supervisor"]
-        return await _serve(sup, launcher, bind["router"], bind["pub"], state_dir, ram, on_ready)
+        return await _serve(
+            sup, launcher, bind["router"], bind["pub"], state_dir, ram, on_ready, early
+        )
     finally:
         await transport.close()
         ram.close()

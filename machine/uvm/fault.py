@@ -189,7 +189,7 @@ async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -
     pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
     await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
     if pages.flags[old] & PageFlag.ANON:
-        _orphan(uvm, old)  # the anon lent it (A->K): the kernel's loans keep it
+        uvm.disown(old)  # the anon lent it (A->K): the kernel's loans keep it
         _unbusy_orphan(uvm, old)
     else:  # the anon borrowed it (O->A): drop that loan; the object keeps its page
         pages.loan_count[old] -= 1
@@ -209,18 +209,6 @@ def _unbusy_orphan(uvm: Uvm, pfn: int) -> None:
         uvm.free_page(pfn)
 
 
-def _orphan(uvm: Uvm, pfn: int) -> None:
-    """The owner lets a loaned page go (section 5.2): ownerless, kept by its loans."""
-    pages = uvm.pages
-    pages.uanon[pfn] = NIL
-    pages.uobject[pfn] = NIL
-    pages.offset[pfn] = 0
-    pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
-    if uvm.era != "1999":
-        pages.dequeue(pfn)
-    uvm.stats.orphans += 1
-
-
 async def _break_obj_loan(
     uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: int, va: int
 ) -> int:
@@ -235,7 +223,7 @@ async def _break_obj_loan(
         raise
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
     await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
-    _orphan(uvm, old)
+    uvm.disown(old)
     pages.uobject[npfn] = obj.id
     pages.offset[npfn] = pgoff
     pages.flags[npfn] = (pages.flags[npfn] | PageFlag.TABLED) & ~(PageFlag.CLEAN | PageFlag.FAKE)

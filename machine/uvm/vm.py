@@ -219,18 +219,25 @@ class Uvm:
         its loans; 1999 leaves it where it was, later eras dequeue it. Its last unloan
         frees it."""
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "uvm_pagefree: page %d busy", pfn)
-        pages = self.pages
-        if pages.loan_count[pfn]:
-            if pages.flags[pfn] & PageFlag.ANON:
-                pages.uanon[pfn] = NIL  # an anon owner lets go; an O->A borrower stays
-            pages.uobject[pfn] = NIL
-            pages.offset[pfn] = 0
-            pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
-            if self.era != "1999":
-                pages.dequeue(pfn)
-            self.stats.orphans += 1
+        if self.pages.loan_count[pfn]:
+            self.disown(pfn)
             return
         self.pages.free_page(pfn)
+
+    def disown(self, pfn: int) -> None:
+        """The owner lets a loaned page go: an orphan, kept alive by its loans (sections 3,
+        5.2, 5.3). Its object or anon owner is gone and PG_CLEAN cleared (a future anon
+        owner needs swap); an anon that only borrows it (O->A) keeps its uanon; 1999
+        leaves it where it was, later eras dequeue it."""
+        pages = self.pages
+        if pages.flags[pfn] & PageFlag.ANON:
+            pages.uanon[pfn] = NIL
+        pages.uobject[pfn] = NIL
+        pages.offset[pfn] = 0
+        pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
+        if self.era != "1999":
+            pages.dequeue(pfn)
+        self.stats.orphans += 1
         self.stats.pgfrees += 1
         if self.pages.free.count > RESERVE_KERNEL:
             self._freed.set()
