@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
@@ -451,4 +452,7 @@ class CowFilesModel(SimStateMachine):
 
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# A passing run takes seconds; a failing one shrinks for minutes. The default 120 s
+# would interrupt the shrink mid-example, and Hypothesis would report that as flaky.
+pytestmark = pytest.mark.timeout(900)
 TestCowFilesModel = CowFilesModel.TestCase

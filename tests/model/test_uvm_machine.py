@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -185,4 +186,7 @@ class MachineModel(SimStateMachine):
 
 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# A passing run takes seconds; a failing one shrinks for minutes. The default 120 s
+# would interrupt the shrink mid-example, and Hypothesis would report that as flaky.
+pytestmark = pytest.mark.timeout(900)
 TestMachineModel = MachineModel.TestCase
