@@ -41,7 +41,7 @@ from bench_uvm import booted, log, table  # bench/ is on sys.path when run as a 
 from machine.client import Machine
 from machine.ipc.peer import Identity, Peer
 from machine.ipc.zmqtransport import ZmqTransport
-from machine.profile import load_profile
+from machine.profile import load_profile, with_overrides
 from machine.proto import NO_HEADER, CtlAck, CtlStats, CtlStatsReply, NetLink
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -49,17 +49,6 @@ SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20]
 BUF = 4 << 20
 TOTAL = 16 << 20
 MODES = ["loan", "copy", "loan-1M"]  # loan-1M: SOCK_LOAN_CHUNK raised to 1 MiB (experiment)
-
-
-def copy_profile(where: Path) -> str:
-    base = load_profile("modern")
-    knobs = {**base.knobs, "LOAN_THRESHOLD": -1}
-    lines = ['name = "modern-copy"', 'description = "modern, sosend never loans"', "[knobs]"]
-    for k, v in knobs.items():
-        lines.append(f"{k} = {json.dumps(v)}")
-    path = where / "modern-copy.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 async def role_counters(m: Machine, role: str) -> dict[str, int]:
@@ -132,7 +121,8 @@ async def run_mode(mach: dict[str, Any], sizes: Sequence[int], chunk: int) -> li
 
 def measure(rounds: int, sizes: Sequence[int]) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="uvm-bench-net-"))
-    profiles = {"loan": "modern", "copy": copy_profile(tmp), "loan-1M": "modern"}
+    copy = with_overrides(load_profile("modern"), {"LOAN_THRESHOLD": -1}, tmp, "modern-copy")
+    profiles = {"loan": "modern", "copy": copy, "loan-1M": "modern"}
     chunks = {"loan": 0, "copy": 0, "loan-1M": 1 << 20}
     raw: dict[str, list[list[dict[str, Any]]]] = {mode: [] for mode in MODES}
     for rnd in range(rounds):

@@ -13,6 +13,7 @@ LOAN_THRESHOLD.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -89,3 +90,22 @@ def load_profile(name_or_path: str) -> Profile:
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{source}: {e}") from None
     return _validate(data, source)
+
+
+def with_overrides(base: Profile, overrides: dict[str, Any], where: Path, name: str = "") -> str:
+    """Write `base` with some knobs changed as a TOML profile file in `where`. => what
+    --profile takes: the base itself (its name or file) when nothing is overridden,
+    else the new file's path. Booleans, integers and strings are TOML as JSON writes them."""
+    if not overrides:
+        return base.source if base.source.endswith(".toml") else base.name
+    name = name or base.name + "+" + "+".join(f"{k}={v}" for k, v in overrides.items())
+    lines = [
+        f"name = {json.dumps(name)}",
+        f"description = {json.dumps(base.description + ' (with overrides)')}",
+        "",
+        "[knobs]",
+        *(f"{k} = {json.dumps(v)}" for k, v in {**base.knobs, **overrides}.items()),
+    ]
+    path = where / f"{name.replace('/', '_')}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)

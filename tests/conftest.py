@@ -83,6 +83,18 @@ def boot_real(state: Path, *args: str, timeout_s: float = 30.0) -> RealMachine:
     return RealMachine(proc, endpoint, state, info)
 
 
+def status_json(endpoint: str) -> dict[str, Any]:
+    """`uvm-machine status --json` of a running machine, as a user runs it."""
+    r = subprocess.run(
+        [PY, "-m", "machine", "status", "--endpoint", endpoint, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
 @pytest.fixture(scope="session")
 def real_machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealMachine]:
     """One real machine shared by the client-level tests (each detaches when done)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from machine.params import PAGE_SIZE
 
@@ -88,30 +88,31 @@ def pattern(seed: int, n: int) -> bytes:
 # -- the bodies (ctx: machine.scenarios.runner.Ctx) --------------------------------------
 
 
-async def sent_anon_buffer(ctx: Any, seed: int, npages: int = 4) -> tuple[Any, int, int]:
-    """A process whose anonymous buffer, filled with a pattern, was just sent (loaned)
-    with the link held. => (process, va, length)."""
-    p = await ctx.m.spawn()
+class Sent(NamedTuple):
+    p: Any  # the sending process (machine.client.Process)
+    va: int
+    n: int
+    r: Any  # its SendResult
+    f: Any  # the file mapped, or None
+
+
+async def sent_buffer(ctx: Any, seed: int, npages: int = 4, file: str = "") -> Sent:
+    """A process whose buffer (anonymous, or a shared mapping of `file`), filled with a
+    pattern, was just sent with the link held: its loans stay outstanding."""
     n = npages * PAGE_SIZE
-    va = await p.mmap(n, "rw")
+    f = await ctx.m.open(file, create=True, size=n) if file else None
+    p = await ctx.m.spawn()
+    va = await p.mmap(n, "rw", file=f, shared=f is not None)
     data = pattern(seed, n)
     await p.store(va, data)
     s = await p.socket()
     await ctx.hold()
-    await ctx.send(p, s, va, data)
-    return p, va, n
+    return Sent(p, va, n, await ctx.send(p, s, va, data), f)
 
 
 async def seed(ctx: Any) -> None:
     """The thread: a file page loaned for an 8 KiB send, the daemon runs, the driver reads."""
-    f = await ctx.m.open("seed.bin", create=True, size=2 * PAGE_SIZE)
-    p = await ctx.m.spawn()
-    va = await p.mmap(2 * PAGE_SIZE, "rw", file=f, shared=True)
-    data = pattern(1, 2 * PAGE_SIZE)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    r = await ctx.send(p, s, va, data)
+    p, _, _, r, f = await sent_buffer(ctx, 1, 2, "seed.bin")
     if ctx.knobs["LOAN_THRESHOLD"] >= 0 and r.loaned_pages != 2:
         raise ScenarioFailure(f"an 8 KiB send loaned {r.loaned_pages} pages, not 2")
     ctx.note(f"loaned {r.loaned_pages} pages")
@@ -131,7 +132,7 @@ async def seed(ctx: Any) -> None:
 
 async def write_after_send(ctx: Any) -> None:
     """The sender overwrites its buffer as soon as send returns (a loan break, 5.2)."""
-    p, va, n = await sent_anon_buffer(ctx, 2)
+    p, va, n, _, _ = await sent_buffer(ctx, 2)
     await p.store(va, b"\xee" * n)  # write fault on a loaned page: the owner gets a copy
     await ctx.release()
     await ctx.receive()
@@ -143,7 +144,7 @@ async def write_after_send(ctx: Any) -> None:
 
 async def unmap_after_send(ctx: Any) -> None:
     """The sender unmaps its buffer as soon as send returns (the owner frees, 5.3)."""
-    p, va, n = await sent_anon_buffer(ctx, 3)
+    p, va, n, _, _ = await sent_buffer(ctx, 3)
     await p.munmap(va, n)
     await ctx.release()
     await ctx.receive()
@@ -153,7 +154,7 @@ async def unmap_after_send(ctx: Any) -> None:
 
 async def exit_after_send(ctx: Any) -> None:
     """The sender exits as soon as send returns; its anon pages become orphans."""
-    p, _, _ = await sent_anon_buffer(ctx, 4)
+    p = (await sent_buffer(ctx, 4)).p
     await p.exit()
     await ctx.release()
     await ctx.receive()
@@ -162,7 +163,7 @@ async def exit_after_send(ctx: Any) -> None:
 
 async def fork_after_send(ctx: Any) -> None:
     """Fork after a send; the child writes: ordinary COW, the loan is untouched (14.7)."""
-    p, va, n = await sent_anon_buffer(ctx, 5)
+    p, va, n, _, _ = await sent_buffer(ctx, 5)
     c = await p.fork()
     await c.store(va, b"\xcc" * n)
     if await p.load(va, n) != pattern(5, n):
@@ -261,14 +262,7 @@ async def zero_loan(ctx: Any) -> None:
 
 async def reclaim_while_loaned(ctx: Any) -> None:
     """A loaned file page under real memory pressure (14.4): a hog forces the daemon."""
-    f = await ctx.m.open("loaned.bin", create=True, size=4 * PAGE_SIZE)
-    p = await ctx.m.spawn()
-    va = await p.mmap(4 * PAGE_SIZE, "rw", file=f, shared=True)
-    data = pattern(9, 4 * PAGE_SIZE)
-    await p.store(va, data)
-    s = await p.socket()
-    await ctx.hold()
-    await ctx.send(p, s, va, data)
+    p, _, _, _, f = await sent_buffer(ctx, 9, 4, "loaned.bin")
     hog = await ctx.m.spawn()
     hn = 2 * ctx.ram
     hva = await hog.mmap(hn, "rw")

@@ -34,7 +34,7 @@ from typing import Any
 
 from machine.client import Machine, MachinePanic, Process, SendResult, Socket, Wire
 from machine.ipc.peer import Identity, Peer
-from machine.profile import Profile, load_profile
+from machine.profile import load_profile, with_overrides
 from machine.proto import (
     NO_HEADER,
     CtlStats,
@@ -136,18 +136,20 @@ class Ctx:
     async def poll(
         self, pred: Callable[[dict[str, int]], bool], role: str, what: str, timeout_s: float = 10
     ) -> dict[str, int]:
-        """Poll a role's counters until pred holds (a deadline, never a bare sleep)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            c = await self.counters(role)
-            if pred(c):
-                return c
+        """Poll a role's counters until pred holds (machine.testing.poll_for's deadline)."""
+        seen: dict[str, int] = {}
+
+        async def holds() -> bool:
             if self.m.panic is not None:
                 raise self.m.panic
-            if loop.time() > deadline:
-                raise ScenarioFailure(f"timed out waiting for {what}: {role} {c}")
-            await asyncio.sleep(0.01)
+            seen.update(await self.counters(role))
+            return pred(seen)
+
+        try:
+            await poll_for(holds, timeout_s, 0.01, what)
+        except TimeoutError:
+            raise ScenarioFailure(f"timed out waiting for {what}: {role} {seen}") from None
+        return seen
 
     async def pdaemon_pass(self) -> None:
         """Wake the page daemon and wait until it has finished its passes."""
@@ -182,29 +184,6 @@ class Ctx:
             raise ScenarioFailure(f"audit: {getattr(rep, 'problems', rep)}")
 
 
-def _profile_file(base: Profile, overrides: dict[str, Any], where: Path) -> str:
-    """The base profile with a scenario's knob overrides, as a TOML file. => its path."""
-    if not overrides:
-        return base.source if base.source.endswith(".toml") else base.name
-    knobs = {**base.knobs, **overrides}
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return str(v) if isinstance(v, int) else json.dumps(v)
-
-    lines = [
-        f'name = "{base.name}+{"+".join(f"{k}={v}" for k, v in overrides.items())}"',
-        f"description = {json.dumps(base.description + ' (scenario overrides)')}",
-        "",
-        "[knobs]",
-        *(f"{k} = {val(v)}" for k, v in knobs.items()),
-    ]
-    path = where / "profile.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
 def _profile_label(name_or_path: str) -> str:
     return Path(name_or_path).stem if name_or_path.endswith(".toml") else name_or_path
 
@@ -226,7 +205,7 @@ async def run_scenario(
     state = Path(tempfile.mkdtemp(prefix=f"uvm-scenario-{name}-"))
     out = Outcome(name, _profile_label(profile), ERROR, expected)
     try:
-        prof = _profile_file(base, sc.overrides, state)
+        prof = with_overrides(base, sc.overrides, state)
         booter = (
             _boot_inprocess(sc, prof, seed, state) if inprocess else _boot_real(sc, prof, state)
         )

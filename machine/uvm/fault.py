@@ -190,23 +190,12 @@ async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -
     await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
     if pages.flags[old] & PageFlag.ANON:
         uvm.disown(old)  # the anon lent it (A->K): the kernel's loans keep it
-        _unbusy_orphan(uvm, old)
     else:  # the anon borrowed it (O->A): drop that loan; the object keeps its page
         pages.loan_count[old] -= 1
         pages.uanon[old] = NIL
-        uvm.unbusy(old)
-        if not pages.flags[old] & PageFlag.TABLED and not pages.loan_count[old]:
-            uvm.free_page(old)
+    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
     uvm.stats.loanbreaks += 1
     return npfn
-
-
-def _unbusy_orphan(uvm: Uvm, pfn: int) -> None:
-    """Unbusy a page just orphaned; if its last loan ended while we copied (the
-    driver's unloan ran during our awaits), nobody holds it any more: free it."""
-    uvm.unbusy(pfn)
-    if not uvm.pages.loan_count[pfn]:
-        uvm.free_page(pfn)
 
 
 async def _break_obj_loan(
@@ -228,7 +217,7 @@ async def _break_obj_loan(
     pages.offset[npfn] = pgoff
     pages.flags[npfn] = (pages.flags[npfn] | PageFlag.TABLED) & ~(PageFlag.CLEAN | PageFlag.FAKE)
     obj.pages[pgoff] = npfn
-    _unbusy_orphan(uvm, old)
+    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
     uvm.stats.loanbreaks += 1
     return npfn
 

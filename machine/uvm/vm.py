@@ -184,15 +184,25 @@ class Uvm:
     def unbusy(self, pfn: int) -> None:
         """uvm_page_unbusy: clear BUSY and wake whoever waits for the page.
 
-        => a page its owner freed while it was busy (PG_RELEASED) is freed now.
+        => a page its owner freed while it was busy (PG_RELEASED) is freed now; so is a
+           page nobody holds any more: no owner, no borrowing anon, no loans (its last
+           loan ended while the busy holder worked on it, e.g. during a loan break).
         """
-        released = self.pages.flags[pfn] & PageFlag.RELEASED
-        self.pages.unbusy(pfn)
+        pages = self.pages
+        released = pages.flags[pfn] & PageFlag.RELEASED
+        pages.unbusy(pfn)
         ev = self._waiters.pop(pfn, None)
         if ev is not None:
             ev.set()
         if released:
-            self.pages.flags[pfn] &= ~PageFlag.RELEASED
+            pages.flags[pfn] &= ~PageFlag.RELEASED
+            self.free_page(pfn)
+        elif (
+            not pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
+            and pages.uanon[pfn] == NIL
+            and not pages.loan_count[pfn]
+            and pfn not in pages.kernel_owned
+        ):
             self.free_page(pfn)
 
     def release_page(self, pfn: int) -> None:
@@ -689,7 +699,7 @@ class Uvm:
             "active": p.active.count,
             "inactive": p.inactive.count,
             "wired": p.wired,
-            "loaned": sum(1 for c in p.loan_count if c),
+            "loaned": p.npages - p.loan_count.count(0),
             "kernel_owned": len(p.kernel_owned),
             "freemin": self.freemin,
             "freetarg": self.freetarg,

@@ -5,13 +5,12 @@ memory held at send, and every frame is accounted for when the clients are gone.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PY, boot_real
+from tests.conftest import PY, boot_real, status_json
 from tests.integration.test_pressure import _audit
 
 pytestmark = pytest.mark.integration
@@ -42,15 +41,7 @@ def test_senders_loan_while_the_page_daemon_reclaims(tmp_path: Path) -> None:
             out, err = c.communicate(timeout=600)
             assert c.returncode == 0, out + err
             assert ": ok" in out, out
-        st = json.loads(
-            subprocess.run(
-                [PY, "-m", "machine", "status", "--endpoint", rm.endpoint, "--json"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
-        )
+        st = status_json(rm.endpoint)
         assert st["state"] == "running"
         net = st["roles"]["net"]["counters"]
         uvm = st["roles"]["uvm"]["counters"]

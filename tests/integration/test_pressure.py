@@ -8,7 +8,6 @@ issue's full size (3 clients x 32 MiB).
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from machine.ipc.peer import Identity, Peer
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.proto import NO_HEADER, UvmAudit, UvmAuditReply
-from tests.conftest import PY, boot_real
+from tests.conftest import PY, boot_real, status_json
 
 pytestmark = pytest.mark.integration
 
@@ -61,14 +60,7 @@ def _run(tmp_path: Path, pages_per_client: int) -> None:
             out, err = c.communicate(timeout=600)
             assert c.returncode == 0, out + err
             assert ": ok" in out
-        r = subprocess.run(
-            [PY, "-m", "machine", "status", "--endpoint", rm.endpoint, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        st = json.loads(r.stdout)
+        st = status_json(rm.endpoint)
         pd = st["roles"]["pdaemon"]["counters"]
         assert pd["pdwoke"] > 0
         assert pd["pdscans"] > 0
@@ -113,15 +105,7 @@ def _hog(tmp_path: Path, mib: int) -> None:
         )
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.rstrip().endswith(": ok")  # every byte back, and the file on disk
-        st = json.loads(
-            subprocess.run(
-                [PY, "-m", "machine", "status", "--endpoint", rm.endpoint, "--json"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
-        )
+        st = status_json(rm.endpoint)
         assert st["roles"]["pdaemon"]["counters"]["pdpageouts"] > 0
         assert st["frames"]["free"] == st["frames"]["total"]
         assert st["frames"]["swpginuse"] == 0
