@@ -349,7 +349,7 @@ class Wire:
     def __init__(self, m: Machine) -> None:
         self.m = m
         self._q: asyncio.Queue[Packet] = asyncio.Queue()
-        self._partial: dict[tuple[int, int, int], tuple[bytearray, bool]] = {}
+        self._partial: dict[tuple[int, int, int], tuple[bytearray, int, bool]] = {}
         self._marks: set[int] = set()
         self._sub: Subscription | None = None
         self.mbufs = 0
@@ -364,13 +364,14 @@ class Wire:
         elif isinstance(ev, NetPacket):
             self.mbufs += 1
             key = (ev.session, ev.sock, ev.seq)
-            buf, loaned = self._partial.pop(key, (bytearray(), False))
-            buf += ev.payload
+            buf, got, loaned = self._partial.pop(key, (bytearray(ev.total), 0, False))
+            buf[ev.off : ev.off + len(ev.payload)] = ev.payload  # placed by offset
+            got += len(ev.payload)
             loaned = loaned or ev.loaned
-            if len(buf) >= ev.total:
+            if got >= ev.total:
                 self._q.put_nowait(Packet(ev.session, ev.asid, ev.sock, ev.seq, bytes(buf), loaned))
             else:
-                self._partial[key] = (buf, loaned)
+                self._partial[key] = (buf, got, loaned)
 
     async def open(self) -> Wire:
         if self._sub is not None:

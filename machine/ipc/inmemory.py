@@ -111,9 +111,14 @@ class MemPublisher(Publisher):
         self.bus, self.endpoint = bus, endpoint
 
     def publish(self, topic: str, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
         for sub in list(self.bus.subs.get(self.endpoint, ())):
             if topic.startswith(sub.prefix):
-                self.bus.schedule(sub.deliver, data)
+                # A PUB/SUB pair delivers in order, as ZeroMQ does: a random latency, but
+                # never before the previous event to this subscriber.
+                when = max(loop.time() + self.bus.latency.draw(), sub.last_when + 1e-9)
+                sub.last_when = when
+                loop.call_at(when, sub.deliver, data)
 
     async def close(self) -> None:
         self.bus.pubs.discard(self.endpoint)
@@ -123,6 +128,7 @@ class MemSubscription(Subscription):
     def __init__(self, bus: InMemoryTransport, endpoint: str, prefix: str, cb: OnBytes) -> None:
         self.bus, self.endpoint, self.prefix, self.cb = bus, endpoint, prefix, cb
         self.closed = False
+        self.last_when = 0.0  # delivery time of the last event scheduled (per-pair order)
 
     def deliver(self, data: bytes) -> None:
         if not self.closed:
