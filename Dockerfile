@@ -20,9 +20,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 # The RAM segment is created 0600 by the supervisor: every service runs as this one user.
+# /run/uvm-machine is where the `kernel` volume is mounted (kernel sockets, machine key): a new
+# volume takes this directory's owner and mode 0700.
 RUN useradd --uid 10001 --user-group --shell /usr/sbin/nologin --home-dir /var/lib/uvm-machine \
         --no-create-home uvm \
- && install -d -o uvm -g uvm /var/lib/uvm-machine
+ && install -d -o uvm -g uvm /var/lib/uvm-machine \
+ && install -d -o uvm -g uvm -m 0700 /run/uvm-machine
 
 # Runtime dependencies (read from pyproject.toml) in a layer of their own: a code change keeps it.
 COPY docker/wheels/ /tmp/wheels/

@@ -4,7 +4,10 @@
 #   docker engine + compose (installed if missing), dockerd (started if none answers),
 #   base image (mkbase.sh if missing), wheels fetched on the host, image built offline,
 #   `docker compose up -d --wait`, the pattern client as `docker compose run --rm client`,
-#   attach from the host (`python -m machine status`), graceful stop, `down`, no leftovers.
+#   kernel endpoints unreachable from the host and from a client container (no kernel TCP
+#   port; ctl.kpanic/ctl.shutdown to every port change nothing; kernel volume 0700, sockets
+#   0600), attach from the host (`python -m machine status`), graceful stop, `down`, no
+#   leftovers.
 #
 # Environment:
 #   DOCKER_TOOLS   shared/tools/docker (default: ../shared/tools/docker beside the repo)
@@ -156,6 +159,52 @@ if ! "$PY" -c 'import zmq, msgspec' 2>/dev/null; then
     PYTHONPATH=$PYTHONPATH:$TMP/site
   fi
 fi
+# -- the kernel stays inside: no kernel endpoint reachable from the host or a client ---------
+# Kernel endpoints are ipc sockets on the `kernel` volume (docker-compose.yml): no TCP
+# listener may exist on the TCP layout's kernel ports, and ctl.kpanic / ctl.shutdown sent
+# to every port of the range, from the host and from a client container, must change
+# nothing (the status check below then finds the machine running with 4 roles alive).
+knock_summary() { # JSON report of tests/integration/kernel_knock.py -> one line
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+eperm = sorted(int(p) for p, o in r["replies"].items() if any("EPERM" in x for x in o))
+obeyed, reachable = r["obeyed"] or "none", r["reachable"] or "none"
+print(f"    EPERM from ports {eperm}; obeyed: {obeyed}; kernel sockets reachable: {reachable}")
+EOF
+}
+kernel_private() {
+  local B=$UVM_MACHINE_BASE_PORT bad=0 listening mp
+  listening=$(ss -Htln | awk '{print $4}' | sed 's/.*://' \
+    | awk -v b="$B" '$1 >= b && $1 <= b + 42 {print $1 - b}' | sort -n | uniq | tr '\n' ' ')
+  echo "  TCP listeners at B+: $listening"
+  [ "$listening" = "0 1 11 12 21 22 31 32 41 42 " ] \
+    || { log "expected listeners at B+0 1 11 12 21 22 31 32 41 42 only"; bad=1; }
+  echo "  knock from the host:"
+  "$PY" tests/integration/kernel_knock.py 127.0.0.1 "$B" >"$TMP/knock-host.json" \
+    || { cat "$TMP/knock-host.json"; log "a kernel request from the host was obeyed"; bad=1; }
+  knock_summary "$TMP/knock-host.json"
+  echo "  knock from a client container (and look for the kernel sockets there):"
+  dc run --rm -T --no-deps --entrypoint python client - 127.0.0.1 "$B" \
+    --no-dir /run/uvm-machine <tests/integration/kernel_knock.py >"$TMP/knock-client.json" \
+    || { cat "$TMP/knock-client.json"; log "the kernel was reachable from a client"; bad=1; }
+  knock_summary "$TMP/knock-client.json"
+  # The volume itself: the uid of the services (10001) alone, sockets and key 0600.
+  mp=$(docker volume inspect -f '{{.Mountpoint}}' "${COMPOSE_PROJECT_NAME}_kernel")
+  echo "  kernel volume: $(stat -c '%a %u' "$mp");" \
+    "$(cd "$mp" && stat -c '%n %F %a %u' -- * | paste -sd ';' | sed 's/;/; /g')"
+  [ "$(stat -c '%a %u' "$mp")" = "700 10001" ] || { log "kernel volume is not 0700 uid 10001"; bad=1; }
+  for f in mmu.kernel uvm.kernel pdaemon.kernel net.kernel machine.key; do
+    [ "$(stat -c '%a %u' "$mp/$f" 2>&1)" = "600 10001" ] || { log "$f: not 0600 uid 10001"; bad=1; }
+  done
+  # Wait for what must NOT happen: a role obeying ctl.shutdown exits and the supervisor
+  # misses its heartbeats within about 3 s; a ctl.kpanic stops the machine at once.
+  sleep 5
+  [ "$(dc ps -q --status running | wc -l)" = 5 ] || { log "a container stopped"; dc ps -a; bad=1; }
+  return $bad
+}
+step "kernel unreachable" kernel_private
+
 log "attach from the host with $PY"
 step "host attach (status)" "$PY" -m machine status --endpoint "$ENDPOINT"
 "$PY" -m machine status --endpoint "$ENDPOINT" --json >"$TMP/status.json"

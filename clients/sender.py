@@ -7,8 +7,8 @@ with a pattern and sends random ranges of it (1 byte .. 256 KiB: below the
 loan threshold they are copied, above it loaned in 64 KiB chunks). Right
 after a send returns it does what a careless program would: overwrites the
 range (a loan break), forks a child that writes and exits, or unmaps and
-remaps the buffer. A wire subscription receives this session's packets and
-checks each against what memory held when its send returned
+remaps the buffer. The session's wire (m.wire(): its own packets only)
+receives them and checks each against what memory held when its send returned
 (machine.wirecheck). Exit status 0 when every payload matched and arrived,
 1 on corruption, 2 when the machine reports an error (panic, timeout).
 """

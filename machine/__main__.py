@@ -33,6 +33,7 @@ from machine.config import (
     env,
     fixed_layout,
 )
+from machine.limits import Limits
 from machine.params import MAX_RAM_BYTES, MIN_RAM_BYTES, parse_size
 from machine.profile import DEFAULT_PROFILE, SHIPPED, ProfileError, load_profile
 
@@ -92,11 +93,13 @@ def cmd_up(a: argparse.Namespace) -> int:
             run_up(
                 ram_bytes=a.ram,
                 state_dir=state,
+                temp_state=temp,
                 endpoint=a.endpoint,
                 profile=a.profile,
                 on_ready=ready,
                 lease_s=a.lease,
                 swap_bytes=a.swap or 0,
+                limits=a.limit,
             )
         )
     except (LaunchError, OSError) as e:
@@ -157,9 +160,9 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_role(a: argparse.Namespace) -> int:
     from machine.roles import serve_role
 
-    layout = fixed_layout(a.host, a.base_port)
+    layout = fixed_layout(a.host, a.base_port, a.kernel_dir)
     bind_host = a.bind or a.host
-    binds = fixed_layout(bind_host, a.base_port)[a.name]
+    binds = fixed_layout(bind_host, a.base_port, a.kernel_dir)[a.name]
     cfg = RoleConfig(
         role=a.name,
         ram_name=a.ram_name,
@@ -173,8 +176,15 @@ def cmd_role(a: argparse.Namespace) -> int:
         state_dir=a.state or "",
         lease_s=a.lease,
         swap_bytes=a.swap or 0,
+        key_file=a.key_file or _default_key_file(a.state),
+        limits=a.limit.to_dict(),
     )
     return asyncio.run(serve_role(cfg, None, standalone=True))
+
+
+def _default_key_file(state: str | None) -> str:
+    """Where `supervise` writes the machine key: <state>/run/machine.key."""
+    return str(Path(state) / "run" / "machine.key") if state else ""
 
 
 def cmd_supervise(a: argparse.Namespace) -> int:
@@ -193,6 +203,8 @@ def cmd_supervise(a: argparse.Namespace) -> int:
                 profile=a.profile,
                 on_ready=lambda e: print(f"attach: {e}", flush=True),
                 lease_s=a.lease,
+                key_file=Path(a.key_file or _default_key_file(str(state))),
+                kernel_dir=a.kernel_dir,
             )
         )
     except (LaunchError, OSError) as e:
@@ -202,12 +214,14 @@ def cmd_supervise(a: argparse.Namespace) -> int:
     return status
 
 
-async def _kernel_call(endpoint: str, req: Any, timeout_s: float) -> Any:
+async def _kernel_call(endpoint: str, req: Any, timeout_s: float, session: bool = True) -> Any:
+    """One request. `session=False`: as no session (incarnation 0), for a user endpoint's
+    public requests (the supervisor's ctl.ping), which must otherwise be signed."""
     from machine.ipc.peer import Identity, Peer
     from machine.ipc.zmqtransport import ZmqTransport
 
     t = ZmqTransport()
-    peer = await Peer(Identity("kdebug", os.getpid()), endpoint).open(t)
+    peer = await Peer(Identity("kdebug", os.getpid() if session else 0), endpoint).open(t)
     try:
         return await peer.call(req, timeout_s)
     finally:
@@ -219,7 +233,7 @@ def _kernel_endpoint(a: argparse.Namespace, role: str) -> str:
     if a.state:
         info = json.loads((Path(a.state) / "machine.json").read_text())
         return str(info["roles"][role]["kernel"])
-    return fixed_layout(a.host, a.base_port)[role]["kernel"]
+    return fixed_layout(a.host, a.base_port, a.kernel_dir)[role]["kernel"]
 
 
 def cmd_panic(a: argparse.Namespace) -> int:
@@ -242,7 +256,12 @@ def cmd_ping(a: argparse.Namespace) -> int:
     )
     try:
         rep = asyncio.run(
-            _kernel_call(ep, CtlPing(h=Header(msg_id=0, sender="", incarnation=0)), a.timeout)
+            _kernel_call(
+                ep,
+                CtlPing(h=Header(msg_id=0, sender="", incarnation=0)),
+                a.timeout,
+                session=a.role != "supervisor",
+            )
         )
     except RemoteError as e:
         print(f"{a.role}: {e}", file=sys.stderr)
@@ -333,6 +352,18 @@ def cmd_matrix(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _limits(text: str) -> Limits:
+    try:
+        return Limits().with_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _kernel_dir(text: str) -> str:
+    """An absolute directory (every role must name the same sockets), or "" for TCP."""
+    return os.path.abspath(text) if text else ""
+
+
 def _fixed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--host",
@@ -344,6 +375,21 @@ def _fixed_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=int(env("BASE_PORT", str(DEFAULT_BASE_PORT))),
         help="port layout base (env UVM_MACHINE_BASE_PORT)",
+    )
+    p.add_argument(
+        "--kernel-dir",
+        type=_kernel_dir,
+        default=_kernel_dir(env("KERNEL_DIR", "")),
+        help="kernel endpoints as ipc sockets DIR/ROLE.kernel, no kernel TCP port "
+        "(env UVM_MACHINE_KERNEL_DIR; compose sets it)",
+    )
+
+
+def _key_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--key-file",
+        default=env("KEY_FILE", ""),
+        help="the machine key (env UVM_MACHINE_KEY_FILE; default <state>/run/machine.key)",
     )
 
 
@@ -377,6 +423,14 @@ def _machine_args(p: argparse.ArgumentParser) -> None:
         default=float(env("LEASE_S", str(CLIENT_LEASE_S))),
         help="seconds a silent client session lives before it is reaped",
     )
+    p.add_argument(
+        "--limit",
+        type=_limits,
+        default=_limits(env("LIMITS", "")),
+        metavar="NAME=VALUE[,...]",
+        help="resource limits, e.g. procs=64,vsize=1G (env UVM_MACHINE_LIMITS); "
+        "names: " + ", ".join(Limits().to_dict()),
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -409,12 +463,14 @@ def parser() -> argparse.ArgumentParser:
     _fixed_args(p)
     p.add_argument("--bind", default=env("BIND", ""), help="host to bind (default --host)")
     p.add_argument("--ram-name", default=env("RAM_NAME", "uvm-machine"))
+    _key_file_arg(p)
     p.set_defaults(fn=cmd_role)
 
     p = sub.add_parser("supervise", help="supervise roles run elsewhere; own the RAM segment")
     _machine_args(p)
     _fixed_args(p)
     p.add_argument("--ram-name", default=env("RAM_NAME", "uvm-machine"))
+    _key_file_arg(p)
     p.set_defaults(fn=cmd_supervise)
 
     p = sub.add_parser("panic", help="make a role panic (kernel endpoint)")

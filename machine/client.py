@@ -8,7 +8,8 @@
         await p.munmap(va, 64 * 4096)
         await p.exit()
 
-Zero-copy sends and the wire:
+Zero-copy sends and the wire (this session's own packets; the operator's tap,
+Wire.tap, sees every session's):
 
         async with m.wire() as w:
             s = await p.socket()
@@ -23,21 +24,24 @@ Errors a caller can see (all MachineError):
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine
   OutOfMemory     no frame could be had for the fault
   MachinePanic    the machine panicked; every pending and later call raises it
+  MachineStopped  the machine stopped cleanly (or is stopping); every pending
+                  and later call raises it, within a second of the stop
   MachineTimeout  a role did not answer in time (the machine may be gone)
   RequestError    any other error reply (errno + detail)
 
-A session is this attachment; its id is the `incarnation` in every header.
-Leaving the `async with` detaches (every process of the session exits); a
-session that vanishes is reaped by uvm when its lease (renewed by a
-keepalive task) runs out.
+A session is this attachment, made by the machine (uvm.attach): a public id,
+the `incarnation` in every header, and a secret key with which every request
+is signed (machine.ipc.auth); nobody else can act as this session. Leaving
+the `async with` detaches (every process of the session exits); a session
+that vanishes is reaped by uvm when its lease (renewed by a keepalive task)
+runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,21 +58,29 @@ from machine.proto import (
     CtlPing,
     CtlStatus,
     CtlStatusReply,
+    CtlStopping,
     Errno,
     MmuAccessReply,
     MmuLoad,
     MmuStore,
     NetClose,
-    NetMark,
-    NetMarked,
-    NetPacket,
+    NetListen,
+    NetRecv,
+    NetRecvReply,
     NetSend,
     NetSendReply,
     NetSocket,
     NetSocketReply,
+    NetTapListen,
+    NetTapListenReply,
+    NetTapRecv,
+    NetTapUnlisten,
+    NetUnlisten,
     Reply,
     Request,
     Status,
+    UvmAttach,
+    UvmAttachReply,
     UvmClose,
     UvmDetach,
     UvmExit,
@@ -86,6 +98,7 @@ from machine.proto import (
     UvmSpawnReply,
     UvmUnwire,
     UvmWire,
+    WirePacket,
     decode_event,
 )
 from machine.proto.types import Prot
@@ -111,6 +124,14 @@ class MachinePanic(MachineError):
     def __init__(self, message: str, role: str = "", dump: str = "") -> None:
         super().__init__(f"machine panic: {role + ': ' if role else ''}{message}")
         self.message, self.role, self.dump = message, role, dump
+
+
+class MachineStopped(MachineError):
+    """The machine stopped (cleanly): `reason` as the supervisor gave it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"machine stopped: {reason}")
+        self.reason = reason
 
 
 class MachineTimeout(MachineError):
@@ -139,21 +160,21 @@ class Machine:
         endpoint: str,
         *,
         timeout_s: float = 30.0,
-        session: int | None = None,
         own_transport: bool = False,
     ) -> None:
         self.transport = transport
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.session = session if session is not None else random.getrandbits(62) | 1
-        self.ident = Identity("client", self.session)
+        self.ident = Identity("client", 0)  # anonymous until uvm.attach makes the session
         self.directory: CtlDirectoryReply | None = None
         self.panic: MachinePanic | None = None
+        self.stopped: MachineStopped | None = None
         self._own_transport = own_transport
         self._sup: Peer | None = None
         self._peers: dict[str, Peer] = {}
         self._sub: Subscription | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._feed: WireFeed | None = None  # this session's wire (shared by its Wires)
         self.processes: dict[int, Process] = {}
 
     # -- attach / detach -----------------------------------------------------
@@ -166,7 +187,6 @@ class Machine:
         *,
         transport: Transport | None = None,
         timeout_s: float = 30.0,
-        session: int | None = None,
         keepalive: bool = True,
     ) -> AsyncIterator[Machine]:
         """Attach (async context manager); detaches on the way out."""
@@ -175,7 +195,7 @@ class Machine:
             from machine.ipc.zmqtransport import ZmqTransport
 
             transport = ZmqTransport()
-        m = cls(transport, endpoint, timeout_s=timeout_s, session=session, own_transport=own)
+        m = cls(transport, endpoint, timeout_s=timeout_s, own_transport=own)
         try:
             await m.connect(keepalive=keepalive)
             yield m
@@ -187,22 +207,26 @@ class Machine:
         await self._call(self._sup, CtlHello(h=_H), CtlHelloReply)
         d = await self._call(self._sup, CtlDirectory(h=_H), CtlDirectoryReply)
         self.directory = d
-        self._sub = await self.transport.subscribe(d.events, "ctl.panic", self._on_event)
+        self._sub = await self.transport.subscribe(d.events, "ctl.", self._on_event)
         for role, eps in d.roles.items():
             peer = await Peer(self.ident, eps.user, self.timeout_s).open(self.transport)
             self._peers[role] = peer
         for peer in self._peers.values():
             await self._call(peer, CtlHello(h=_H), CtlHelloReply)
+        a = await self._call(self._peers["uvm"], UvmAttach(h=_H), UvmAttachReply)
+        self.ident.become(a.session, a.key)  # from here on every request is signed
         if keepalive and d.lease_s > 0:
             self._keepalive = asyncio.ensure_future(self._keep_alive(d.lease_s / 4))
 
     async def close(self) -> None:
         """Detach: every process of this session exits. Safe after a panic."""
+        if self._feed is not None:
+            await self._feed.stop()
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
-        if self.panic is None and "uvm" in self._peers:
+        if self.panic is None and self.stopped is None and self.session and "uvm" in self._peers:
             with contextlib.suppress(MachineError):
                 await self._call(self._peers["uvm"], UvmDetach(h=_H), Reply, timeout_s=5.0)
         for peer in (*self._peers.values(), *([self._sup] if self._sup else [])):
@@ -227,6 +251,13 @@ class Machine:
         if isinstance(ev, CtlPanic) and (self.panic is None or not self.panic.role):
             # The event names the role and the dump; an EPANIC reply may have come first.
             self._panicked(MachinePanic(ev.message, ev.role, ev.dump))
+        elif isinstance(ev, CtlStopping) and self.panic is None and self.stopped is None:
+            self._stopping(MachineStopped(ev.reason))
+
+    def _stopping(self, exc: MachineStopped) -> None:
+        self.stopped = exc
+        for peer in (*self._peers.values(), *([self._sup] if self._sup else [])):
+            peer.fail_all(exc)
 
     def _panicked(self, exc: MachinePanic) -> None:
         self.panic = exc
@@ -241,11 +272,15 @@ class Machine:
         """One request; error replies become the library's exceptions."""
         if self.panic is not None:
             raise self.panic
+        if self.stopped is not None:
+            raise self.stopped
         try:
             rep = await peer.call(req, timeout_s)
         except CallTimeout as e:
             if self.panic is not None:
                 raise self.panic from None
+            if self.stopped is not None:
+                raise self.stopped from None
             raise MachineTimeout(e.detail) from None
         except PeerPanic as e:
             self._panicked(MachinePanic(e.detail))
@@ -259,6 +294,10 @@ class Machine:
         if rep.errno is Errno.EPANIC:
             self._panicked(MachinePanic(rep.detail))
             raise self.panic  # type: ignore[misc]
+        if rep.errno is Errno.ESHUTDOWN:
+            if self.stopped is None:
+                self._stopping(MachineStopped(rep.detail))
+            raise self.stopped  # type: ignore[misc]
         if isinstance(rep, expect) and isinstance(rep, MmuAccessReply):
             return rep  # a trap: the caller handles it
         if rep.errno is Errno.ENOMEM:
@@ -268,6 +307,11 @@ class Machine:
     async def call_role(self, role: str, req: Request, expect: type[Any] = Reply) -> Any:
         """Send any request to a role's user endpoint (tools and tests)."""
         return await self._call(self._peers[role], req, expect)
+
+    @property
+    def session(self) -> int:
+        """This session's public id (0 before attach); it authorises nothing by itself."""
+        return self.ident.incarnation
 
     # -- the API ---------------------------------------------------------------------
 
@@ -288,8 +332,25 @@ class Machine:
         return File(self, rep.handle, name, rep.size)
 
     def wire(self) -> Wire:
-        """A receiver on the wire (see Wire)."""
+        """A receiver of this session's packets on the wire (see Wire)."""
         return Wire(self)
+
+    def _session_feed(self) -> WireFeed:
+        if self._feed is None:
+            net = self._peers["net"]
+
+            async def listen() -> None:
+                await self._call(net, NetListen(h=_H), Reply)
+
+            async def recv(max_packets: int, wait_ms: int) -> NetRecvReply:
+                req = NetRecv(h=_H, max_packets=max_packets, wait_ms=wait_ms)
+                return await self._call(net, req, NetRecvReply)  # type: ignore[no-any-return]
+
+            async def unlisten() -> None:
+                await self._call(net, NetUnlisten(h=_H), Reply)
+
+            self._feed = WireFeed(listen, recv, unlisten)
+        return self._feed
 
     async def status(self) -> CtlStatusReply:
         assert self._sup is not None
@@ -334,68 +395,172 @@ class Socket:
         self.proc, self.id = proc, sock
 
     async def close(self) -> None:
+        """close(2): queued data is still sent. => RequestError EBADF if already closed
+        (the machine also closes it when its process exits or the session detaches)."""
         await self.proc.m._call(self.proc.m._peers["net"], NetClose(h=_H, sock=self.id), Reply)
 
 
-class Wire:
-    """A receiver on the machine's wire: every send of every client, in order per socket.
+KCall = Callable[[str, Request], Awaitable[Reply]]
 
-    async with m.wire() as w:        # subscribed (and proven live) on entry
-        ...
-        pkt = await w.get()
-    async for pkt in m.wire(): ...   # also works; subscribes on first use
+#: One long poll: at most this many mbufs, waiting at most this long for the first.
+RECV_PACKETS = 256
+RECV_WAIT_MS = 1000
+
+
+class WireFeed:
+    """One receiver queue in net, long-polled by a background task that hands every
+    mbuf to each Wire registered: a session's queue (net.listen / net.recv, shared by
+    all the session's Wires) or an operator's tap (kernel endpoint).
+
+    Invariant: the queue is listened to (in net) while at least one Wire is open;
+    `error` is what ended the poll (a panic, a stop, a timeout), raised by Wire.get.
     """
 
-    def __init__(self, m: Machine) -> None:
-        self.m = m
-        self._q: asyncio.Queue[Packet] = asyncio.Queue()
-        self._partial: dict[tuple[int, int, int], tuple[bytearray, int, bool]] = {}
-        self._marks: set[int] = set()
-        self._sub: Subscription | None = None
-        self.mbufs = 0
+    def __init__(
+        self,
+        listen: Callable[[], Awaitable[None]],
+        recv: Callable[[int, int], Awaitable[NetRecvReply]],
+        unlisten: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._listen, self._recv, self._unlisten = listen, recv, unlisten
+        self.wires: set[Wire] = set()
+        self.error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
-    def _on_event(self, raw: bytes) -> None:
-        try:
-            ev = decode_event(raw)
-        except Exception:
+    async def add(self, w: Wire) -> None:
+        async with self._lock:
+            if self._task is None:
+                await self._listen()  # from its reply on, every mbuf is queued for us
+                self.error = None
+                self._task = asyncio.ensure_future(self._poll())
+            self.wires.add(w)
+
+    async def remove(self, w: Wire) -> None:
+        async with self._lock:
+            self.wires.discard(w)
+            if not self.wires:
+                await self._halt(unlisten=True)
+
+    async def stop(self) -> None:
+        """The session is going: stop polling (net ends its listener at detach)."""
+        self.wires.clear()
+        await self._halt(unlisten=False)
+
+    async def _halt(self, unlisten: bool) -> None:
+        task, self._task = self._task, None
+        if task is None:
             return
-        if isinstance(ev, NetMarked):
-            self._marks.add(ev.token)
-        elif isinstance(ev, NetPacket):
-            self.mbufs += 1
-            key = (ev.session, ev.sock, ev.seq)
-            buf, got, loaned = self._partial.pop(key, (bytearray(ev.total), 0, False))
-            buf[ev.off : ev.off + len(ev.payload)] = ev.payload  # placed by offset
-            got += len(ev.payload)
-            loaned = loaned or ev.loaned
-            if got >= ev.total:
-                self._q.put_nowait(Packet(ev.session, ev.asid, ev.sock, ev.seq, bytes(buf), loaned))
-            else:
-                self._partial[key] = (buf, got, loaned)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if unlisten and self.error is None:
+            with contextlib.suppress(MachineError):
+                await self._unlisten()
+
+    async def _poll(self) -> None:
+        try:
+            while True:
+                rep = await self._recv(RECV_PACKETS, RECV_WAIT_MS)
+                for w in list(self.wires):
+                    w.dropped += rep.dropped
+                    for pkt in rep.packets:
+                        w._on_packet(pkt)
+        except Exception as e:  # a panic, a stop, a timeout: Wire.get raises it
+            self.error = e
+
+
+class Wire:
+    """A receiver on the machine's wire: every send of this session's sockets, in
+    order per socket (another session's packets never reach it); Wire.tap is the
+    operator's receiver of every session's packets.
+
+    async with m.wire() as w:        # listening on entry: every later send arrives
+        ...
+        pkt = await w.get()
+    async for pkt in m.wire(): ...   # also works; listens on first use
+
+    `dropped`: mbufs net dropped because this receiver's queue held more than the
+    wire_bytes limit (the oldest go first); `lost`: sends that therefore never
+    arrived whole (discarded once a later send of their socket arrives).
+    """
+
+    def __init__(self, m: Machine | None, feed: WireFeed | None = None) -> None:
+        self.m = m
+        self._feed = feed
+        self._q: asyncio.Queue[Packet] = asyncio.Queue()
+        # (session, sock) -> (seq, bytes so far, bytes got, loaned): mbufs of one socket
+        # arrive in send order, so at most one send per socket is partial.
+        self._partial: dict[tuple[int, int], tuple[int, bytearray, int, bool]] = {}
+        self._open = False
+        self.mbufs = 0
+        self.dropped = 0
+        self.lost = 0
+
+    @classmethod
+    def tap(cls, kcall: KCall, m: Machine | None = None) -> Wire:
+        """The operator's tap: every packet of every session, through net's kernel
+        endpoint (`kcall(role, request) -> reply`, as SimMachine.kcall). `m`, if
+        given, is the client whose panic and stop end get()."""
+        tap = 0
+
+        async def call(req: Request, expect: type[Reply]) -> Reply:
+            rep = await kcall("net", req)
+            if rep.status is not Status.OK or not isinstance(rep, expect):
+                if rep.errno is Errno.EPANIC:
+                    raise MachinePanic(rep.detail)
+                raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
+            return rep
+
+        async def listen() -> None:
+            nonlocal tap
+            rep = await call(NetTapListen(h=_H), NetTapListenReply)
+            assert isinstance(rep, NetTapListenReply)
+            tap = rep.tap
+
+        async def recv(max_packets: int, wait_ms: int) -> NetRecvReply:
+            req = NetTapRecv(h=_H, tap=tap, max_packets=max_packets, wait_ms=wait_ms)
+            rep = await call(req, NetRecvReply)
+            assert isinstance(rep, NetRecvReply)
+            return rep
+
+        async def unlisten() -> None:
+            await call(NetTapUnlisten(h=_H, tap=tap), Reply)
+
+        return cls(m, WireFeed(listen, recv, unlisten))
+
+    def _on_packet(self, pkt: WirePacket) -> None:
+        self.mbufs += 1
+        key = (pkt.session, pkt.sock)
+        part = self._partial.pop(key, None)
+        if part is not None and part[0] != pkt.seq:
+            self.lost += 1  # a later send: the rest of that one was dropped
+            part = None
+        seq, buf, got, loaned = part or (pkt.seq, bytearray(pkt.total), 0, False)
+        buf[pkt.off : pkt.off + len(pkt.payload)] = pkt.payload  # placed by offset
+        got += len(pkt.payload)
+        loaned = loaned or pkt.loaned
+        if got >= pkt.total:
+            self._q.put_nowait(Packet(pkt.session, pkt.asid, pkt.sock, seq, bytes(buf), loaned))
+        else:
+            self._partial[key] = (seq, buf, got, loaned)
+
+    def _feed_of(self) -> WireFeed:
+        if self._feed is None:
+            assert self.m is not None
+            self._feed = self.m._session_feed()
+        return self._feed
 
     async def open(self) -> Wire:
-        if self._sub is not None:
-            return self
-        d = self.m.directory
-        assert d is not None
-        self._sub = await self.m.transport.subscribe(d.roles["net"].pub, "net.", self._on_event)
-        token = random.getrandbits(62)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10.0
-        while token not in self._marks:  # PUB/SUB joins late: wait until a mark arrives
-            if loop.time() > deadline:
-                raise MachineTimeout("the wire subscription never became live")
-            await self.m.call_role("net", NetMark(h=_H, token=token))
-            for _ in range(20):
-                if token in self._marks:
-                    break
-                await asyncio.sleep(0.005)
+        if not self._open:
+            await self._feed_of().add(self)
+            self._open = True
         return self
 
     async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.close()
-            self._sub = None
+        if self._open:
+            self._open = False
+            await self._feed_of().remove(self)
 
     async def __aenter__(self) -> Wire:
         return await self.open()
@@ -404,12 +569,19 @@ class Wire:
         await self.close()
 
     async def get(self, timeout_s: float = 30.0) -> Packet:
-        """The next complete send. => MachinePanic if the machine panicked meanwhile."""
+        """The next complete send. => MachinePanic (MachineStopped) if the machine
+        panicked (stopped) meanwhile; MachineTimeout after timeout_s."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            if self.m.panic is not None:
+            if not self._q.empty():
+                return self._q.get_nowait()
+            if self.m is not None and self.m.panic is not None:
                 raise self.m.panic
+            if self.m is not None and self.m.stopped is not None:
+                raise self.m.stopped
+            if self._feed is not None and self._feed.error is not None:
+                raise self._feed.error
             try:
                 return await asyncio.wait_for(self._q.get(), 0.05)
             except TimeoutError:

@@ -11,6 +11,10 @@ port B on host H,
     uvm         kernel B+20   user B+21   pub B+22
     pdaemon     kernel B+30   user B+31   pub B+32
     net         kernel B+40   user B+41   pub B+42
+With a kernel directory D (compose: UVM_MACHINE_KERNEL_DIR), every kernel
+channel is instead the Unix socket ipc://D/ROLE.kernel (mode 0600, D mode
+0700, on a volume only the machine's services mount): no kernel TCP port
+exists, so nothing outside the machine can reach a kernel endpoint.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ def env(name: str, default: str) -> str:
     return os.environ.get("UVM_MACHINE_" + name, default)
 
 
-def fixed_layout(host: str, base: int) -> dict[str, dict[str, str]]:
-    """Endpoints of every role (and the supervisor) under the fixed port layout."""
+def fixed_layout(host: str, base: int, kernel_dir: str = "") -> dict[str, dict[str, str]]:
+    """Endpoints of every role (and the supervisor) under the fixed port layout.
+
+    => with `kernel_dir`, each role's kernel channel is ipc://{kernel_dir}/{role}.kernel
+       and its port (B+10, B+20, ...) is not used; user and pub stay TCP.
+    """
     out = {"supervisor": {"router": f"tcp://{host}:{base}", "pub": f"tcp://{host}:{base + 1}"}}
     for i, role in enumerate(ROLE_ORDER, start=1):
         out[role] = {ch: f"tcp://{host}:{base + 10 * i + j}" for j, ch in enumerate(CHANNELS)}
+        if kernel_dir:
+            out[role]["kernel"] = f"ipc://{kernel_dir.rstrip('/')}/{role}.kernel"
     return out
 
 
@@ -62,6 +72,10 @@ class RoleConfig:
     lease_s: float = CLIENT_LEASE_S
     seed: int | None = None
     swap_bytes: int = 0  # 0: twice the RAM
+    key_file: str = ""  # the machine key (hex, mode 0600): roles check signed user requests
+    limits: dict[str, int] = field(default_factory=dict)  # machine.limits.Limits fields
+    supervisor_pid: int = 0  # watched (machine.orphan); 0: watch its heartbeat instead
+    temp_state: bool = False  # state_dir is `up`'s temporary one (an orphan removes it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

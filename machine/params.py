@@ -23,6 +23,11 @@ KERNEL_ASID = 0  # the kernel pmap's address-space id; user asids start at 1
 #: Largest single load/store a CPU access message may carry.
 MAX_ACCESS_BYTES = 1 << 20
 
+#: Largest request frame any endpoint accepts: above the largest legitimate request
+#: (an mmu.store of MAX_ACCESS_BYTES, or a kernel batch of page numbers) with room
+#: to spare. Larger frames are refused unread (ZMQ_MAXMSGSIZE drops the connection).
+MAX_REQUEST_BYTES = MAX_ACCESS_BYTES + (1 << 20)
+
 #: RAM sizes accepted by --ram.
 MIN_RAM_BYTES = 16 * PAGE_SIZE
 MAX_RAM_BYTES = 64 << 30
@@ -46,22 +51,29 @@ def round_page(addr: int) -> int:
     return (addr + PAGE_MASK) & ~PAGE_MASK
 
 
+def parse_quantity(text: str) -> int:
+    """Parse '64', '16K', '64M', '1G', '1T' (binary multiples) into an int.
+
+    => raises ValueError on anything else.
+    """
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    if not t.isdigit():
+        raise ValueError(f"not a size: {text!r} (use e.g. 16M, 1G)")
+    return int(t) * mult
+
+
 def parse_size(text: str) -> int:
     """Parse '64M', '1G', '16384K' or a plain byte count into bytes.
 
     => raises ValueError on anything else, or a size that is not a whole
        number of pages.
     """
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    try:
-        n = int(t) * mult
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 16M, 1G)") from None
+    n = parse_quantity(text)
     if n <= 0 or n % PAGE_SIZE:
         raise ValueError(f"size {text!r} is not a positive multiple of {PAGE_SIZE}")
     return n

@@ -1,10 +1,11 @@
 """Building and running one role: the same code in a real process and in simulation.
 
 make_service() builds a role's Service on a transport; connect_role() wires
-it to its peers (uvm -> mmu; pdaemon -> uvm's events; net -> link up).
+it to its peers (uvm -> mmu; pdaemon -> uvm's events; net -> uvm's exits, link up).
 role_main() is a role process's entry point (multiprocess target and
 `uvm-machine role NAME`): it maps RAM, binds, reports its endpoints through
-the ready pipe (or stdout), and serves until ctl.shutdown or a signal.
+the ready pipe (or stdout), and serves until ctl.shutdown or a signal — or
+until the supervisor dies (machine.orphan: it then stops as ctl.shutdown would).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import random
 import signal
 from typing import Any
 
+from machine import orphan
 from machine.config import RoleConfig, advertised
+from machine.ipc.auth import read_key_file
 from machine.ipc.service import Service
 from machine.ipc.transport import Transport
+from machine.limits import Limits
 from machine.mmu.pmap import Mmu
 from machine.mmu.service import MmuService
 from machine.net.service import NetService
@@ -39,8 +43,14 @@ def make_service(
     state_dir: str = "",
     swap_bytes: int = 0,
     profile: str = "modern",
+    *,
+    key: bytes | None = None,
+    limits: Limits | None = None,
 ) -> Service:
-    kw: dict[str, Any] = {"rng": rng, "pid": pid}
+    """=> the role's Service. `key`: the machine key (signed user requests);
+    `limits`: what one process and one session may hold (machine.limits)."""
+    kw: dict[str, Any] = {"rng": rng, "pid": pid, "key": key}
+    limits = limits or Limits()
     knobs = load_profile(profile).knobs
     if role == "mmu":
         mmu = Mmu(ram, str(knobs["KENTER_MODE"]), str(knobs["PPP_WIRED"]))
@@ -53,12 +63,13 @@ def make_service(
             state_dir=state_dir,
             swap_bytes=swap_bytes,
             profile=profile,
+            limits=limits,
             **kw,
         )
     if role == "pdaemon":
         return PdaemonService(transport, profile=profile, **kw)
     if role == "net":
-        return NetService(transport, ram=ram, profile=profile, **kw)
+        return NetService(transport, ram=ram, profile=profile, limits=limits, **kw)
     raise ValueError(f"unknown role {role!r}")
 
 
@@ -73,14 +84,16 @@ async def connect_role(svc: Service, peers: dict[str, dict[str, str]]) -> None:
     elif isinstance(svc, NetService):
         await svc.connect_peer("uvm", peers["uvm"]["kernel"])
         await svc.connect_peer("mmu", peers["mmu"]["kernel"])
+        await svc.watch_uvm(peers["uvm"]["pub"])  # sockets close when processes exit
         await svc.link_up()
 
 
 async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = False) -> int:
     """Run one role over ZeroMQ until ctl.shutdown or SIGTERM (and SIGINT if standalone).
 
-    => exit status. A supervised role ignores SIGINT: a terminal's Ctrl-C
-       reaches the whole process group, and the supervisor stops roles in order.
+    => exit status: 0, or orphan.EXIT_ORPHANED when the supervisor died first.
+       A supervised role ignores SIGINT: a terminal's Ctrl-C reaches the whole
+       process group, and the supervisor stops roles in order.
     """
     from machine.ipc.zmqtransport import ZmqTransport
 
@@ -97,11 +110,14 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
         cfg.state_dir,
         cfg.swap_bytes,
         cfg.profile,
+        key=read_key_file(cfg.key_file) if cfg.key_file else None,
+        limits=Limits.from_dict(cfg.limits),
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, svc.stopped.set)
     if standalone:
         loop.add_signal_handler(signal.SIGINT, svc.stopped.set)
+    orphaned = False
     try:
         eps = await svc.start(cfg.kernel, cfg.user, cfg.pub)
         eps = {k: advertised(v, cfg.advertise) for k, v in eps.items()}
@@ -112,7 +128,7 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
             ready.close()
         else:
             print(json.dumps(info), flush=True)
-        await svc.stopped.wait()
+        orphaned = await orphan.until_stopped(svc, cfg)
     except Exception as e:
         if ready is not None:
             with contextlib.suppress(Exception):
@@ -122,7 +138,9 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
         await svc.close()
         await transport.close()
         ram.close()
-    return 0
+        if orphaned:
+            orphan.remove_leftovers(cfg, ram)
+    return orphan.EXIT_ORPHANED if orphaned else 0
 
 
 def role_main(cfg_dict: dict[str, Any], ready: Any = None) -> None:

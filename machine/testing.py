@@ -24,9 +24,11 @@ from typing import Any
 
 from machine.client import Machine
 from machine.config import CLIENT_LEASE_S, ROLE_ORDER
+from machine.ipc.auth import KEY_LEN
 from machine.ipc.inmemory import InMemoryTransport
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service
+from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.proto import NO_HEADER, Reply, Request
 from machine.ram import Ram
@@ -49,8 +51,11 @@ class InprocLauncher(Launcher):
         state_dir: str = "",
         swap_bytes: int = 0,
         profile: str = "modern",
+        limits: Limits | None = None,
     ) -> None:
         self.profile = profile
+        self.limits = limits
+        self.key = rng.randbytes(KEY_LEN)  # the machine key, from the seed (deterministic)
         self.transport = transport
         self.ram = ram
         self.rng = rng
@@ -70,6 +75,8 @@ class InprocLauncher(Launcher):
             state_dir=self.state_dir,
             swap_bytes=self.swap_bytes,
             profile=self.profile,
+            key=self.key,
+            limits=self.limits,
         )
         eps = await svc.start(
             f"inproc://{role}/kernel", f"inproc://{role}/user", f"inproc://{role}/pub"
@@ -112,6 +119,7 @@ class SimMachine:
         latency_s: tuple[float, float] = (20e-6, 200e-6),
         swap_bytes: int = 0,
         profile: str = "modern",
+        limits: Limits | None = None,
     ) -> AsyncIterator[SimMachine]:
         """Boot every role in this process. state_dir "" means a temporary one
         (disk/ and swap.img), removed afterwards. profile: a shipped name or a TOML path."""
@@ -120,7 +128,9 @@ class SimMachine:
         ram = Ram.anonymous(ram_bytes)
         tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-")
         state_dir = state_dir or (tmp.name if tmp is not None else "")
-        launcher = InprocLauncher(transport, ram, rng, lease_s, state_dir, swap_bytes, profile)
+        launcher = InprocLauncher(
+            transport, ram, rng, lease_s, state_dir, swap_bytes, profile, limits
+        )
         sup = Supervisor(
             transport,
             launcher,
@@ -132,6 +142,7 @@ class SimMachine:
             panic_grace_s=panic_grace_s,
             rng=rng,
             pid=0,
+            key=launcher.key,
         )
         await sup.boot("inproc://supervisor/router", "inproc://supervisor/pub")
         sim = cls(transport, sup, launcher, ram)
@@ -149,7 +160,6 @@ class SimMachine:
                 tmp.cleanup()
 
     def attach(self, **kw: Any) -> contextlib.AbstractAsyncContextManager[Machine]:
-        kw.setdefault("session", self.transport.rng.getrandbits(62) | 1)
         return Machine.attach(self.endpoint, transport=self.transport, **kw)
 
     def service(self, role: str) -> Service:

@@ -2,9 +2,10 @@
 
 The sender records, when send returns, the bytes its memory held (a test
 client knows what it wrote); the receiver hands every packet from the wire
-to check(). A payload that differs is corruption, reported with the first
-differing offsets and both values; a send that never arrives is reported by
-missing().
+to check(): the session's own `m.wire()` when only its sends are checked, or
+the operator's tap (`Wire.tap(kcall)`, every session's packets). A payload
+that differs is corruption, reported with the first differing offsets and
+both values; a send that never arrives is reported by missing().
 
     check = WireCheck()
     r = await p.send(s, va, n); check.expect(r, data)

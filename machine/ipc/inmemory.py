@@ -33,6 +33,7 @@ from machine.ipc.transport import (
     Subscription,
     Transport,
 )
+from machine.params import MAX_REQUEST_BYTES
 
 
 class SimulationDeadlock(RuntimeError):
@@ -160,7 +161,8 @@ class InMemoryTransport(Transport):
 
     def deliver_request(self, conn: MemConnection, data: bytes) -> None:
         server = self.servers.get(conn.endpoint)
-        if server is None or conn.closed:
+        if server is None or conn.closed or len(data) > MAX_REQUEST_BYTES:
+            # Too large: refused unread, as ZMQ_MAXMSGSIZE does (the call times out).
             self.dropped += 1
             return
         self.delivered += 1

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 from typing import TypeVar
 
+from machine.ipc.auth import sign
 from machine.ipc.transport import Clock, Connection, Transport
 from machine.proto import (
     PROTOCOL_VERSION,
@@ -52,13 +53,29 @@ class CallTimeout(RemoteError):
 
 
 class Identity:
-    """Who sends: role name, incarnation, a msg_id counter and the clock."""
+    """Who sends: role name, incarnation, a msg_id counter and the clock.
 
-    def __init__(self, sender: str, incarnation: int, clock: Clock | None = None) -> None:
+    A client session's identity also holds the session key: every request it
+    sends is then signed (machine.ipc.auth). `become` turns the anonymous
+    identity a client starts with (incarnation 0) into its session's.
+    """
+
+    def __init__(
+        self, sender: str, incarnation: int, clock: Clock | None = None, key: bytes | None = None
+    ) -> None:
         self.sender = sender
         self.incarnation = incarnation
         self.clock = clock or Clock()
+        self.key = key
         self._ids = itertools.count(1)
+
+    def become(self, incarnation: int, key: bytes) -> None:
+        self.incarnation, self.key = incarnation, key
+
+    def frame(self, msg: Request) -> bytes:
+        """The bytes to send: the message, and its tag when this identity has a key."""
+        body = encode(msg)
+        return body if self.key is None else body + sign(self.key, body)
 
     def header(self, re: int = 0) -> Header:
         return Header(
@@ -123,7 +140,7 @@ class Peer:
         # One timer per call rather than asyncio.wait_for, which costs a task per call.
         timer = loop.call_later(timeout_s or self.timeout_s, self._expire, mid)
         try:
-            self._conn.send(encode(msg))
+            self._conn.send(self.ident.frame(msg))
             return await fut
         finally:
             timer.cancel()

@@ -11,6 +11,11 @@ What happens to every incoming request, in order:
   2. Another major protocol version: EPROTO.
   3. Wrong endpoint for the request's scope (a kernel message on the user
      endpoint, or the reverse): EPERM.
+  3a. On a user endpoint, a request that is not signed by the session its
+     header names (machine.ipc.auth: a 16-byte tag after the msgpack bytes),
+     or that replays a msg_id that session already sent here: EPERM. Only
+     the public requests (hello, ping, stats, directory, status, attach)
+     may come unsigned, from session 0.
   4. The role has panicked or was halted: EPANIC with the panic message
      (except ctl.ping/dump/shutdown, which still work for the supervisor).
   5. Not served by this role: ENOSYS.
@@ -35,6 +40,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
+from machine.ipc.auth import PUBLIC_TAGS, TAG_LEN, SessionAuth, new_machine_key
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
 from machine.ipc.transport import Clock, Publisher, Server, Transport
 from machine.kassert import KernelPanic
@@ -145,8 +151,12 @@ class Service:
         clock: Clock | None = None,
         incarnation: int | None = None,
         pid: int | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.transport = transport
+        #: Checks signed user requests; `key` is the machine key every role shares
+        #: (a fresh one when none is given: then no client can sign for this role).
+        self.auth = SessionAuth(key if key is not None else new_machine_key())
         self.rng = rng
         self.clock = clock or Clock()
         self.incarnation = incarnation if incarnation is not None else new_incarnation(rng)
@@ -154,6 +164,11 @@ class Service:
         self.ident = Identity(self.role, self.incarnation, self.clock)
         self.state = "running"
         self.panic_message = ""
+        #: When the supervisor's last ctl.ping arrived (clock seconds; None: never).
+        #: An orphaned role notices the silence (machine.orphan).
+        self.supervisor_seen: float | None = None
+        #: Who sent the ctl.shutdown that stopped the role ("": none yet, or a signal).
+        self.stopped_by = ""
         self.trace: collections.deque[str] = collections.deque(maxlen=TRACE_LEN)
         self.stopped = asyncio.Event()
         self.peers: dict[str, Peer] = {}
@@ -310,8 +325,13 @@ class Service:
         return decode_reply(out if isinstance(out, bytes) else await out)
 
     def _check(self, raw: bytes, endpoint: Scope) -> Reply | tuple[Request, Callable[[Any], Any]]:
+        tag: bytes | None = None
+        body: bytes | memoryview = raw
         try:
-            msg = decode_request(raw)
+            if endpoint is Scope.USER and len(raw) > TAG_LEN:
+                msg, body, tag = self._decode_signed(raw)
+            else:
+                msg = decode_request(raw)
         except BadMessage as e:
             return self.error(e.msg_id, e.errno, e.detail)
         h = msg.h
@@ -329,15 +349,52 @@ class Service:
                 Errno.EPERM,
                 f"{tag_of(msg)} is a {scope.value} message; this is the {endpoint.value} endpoint",
             )
+        if endpoint is Scope.USER:
+            if h.incarnation == 0:
+                if tag_of(msg) not in PUBLIC_TAGS:
+                    return self.error(
+                        h.msg_id,
+                        Errno.EPERM,
+                        f"{tag_of(msg)} needs a session: attach (uvm.attach) and sign requests",
+                    )
+            else:
+                why = self.auth.check(h.incarnation, h.msg_id, body, tag)
+                if why:
+                    return self.error(h.msg_id, Errno.EPERM, why)
+                if not self.session_ok(h):
+                    return self.error(
+                        h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
+                    )
         if self.state == "panicked" and not isinstance(msg, _PANIC_EXEMPT):
             return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
         handler = self._handlers.get(type(msg))
         if handler is None:
             return self.error(h.msg_id, Errno.ENOSYS, f"{self.role} does not serve {tag_of(msg)}")
-        if endpoint is Scope.USER:
+        if endpoint is Scope.USER and h.incarnation:
             self.user_seen(h)
+        elif endpoint is Scope.KERNEL and h.sender == "supervisor" and isinstance(msg, CtlPing):
+            # The supervisor's heartbeat (only the kernel endpoint's counts: a client
+            # could name itself "supervisor" on a user endpoint).
+            self.supervisor_seen = self.clock.now_s()
         self.trace.append(f"{h.sent_ns} {tag_of(msg)} {h.sender}:{h.msg_id}")
         return msg, handler
+
+    @staticmethod
+    def _decode_signed(raw: bytes) -> tuple[Request, bytes | memoryview, bytes | None]:
+        """A user frame: body || tag, or a bare body (public requests). => (msg, body, tag).
+
+        A msgpack message's length follows from its bytes, so at most one of the
+        two readings decodes; when neither does, the signed reading's error is the
+        more useful one unless those bytes did not decode at all.
+        """
+        view = memoryview(raw)
+        try:
+            return decode_request(view[:-TAG_LEN]), view[:-TAG_LEN], raw[-TAG_LEN:]
+        except BadMessage as signed:
+            try:
+                return decode_request(raw), raw, None
+            except BadMessage as bare:
+                raise (bare if signed.errno is Errno.EBADMSG else signed) from None
 
     def _failed(self, msg: Request, e: Exception) -> Reply:
         """The reply for a handler that raised: an errno, or EPANIC after a panic."""
@@ -359,6 +416,10 @@ class Service:
         self.trace.extend("".join(tb).strip().splitlines()[-6:])
         self.panic(f"{self.role}: unexpected {type(e).__name__} in {tag_of(msg)}: {e}")
         return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
+
+    def session_ok(self, h: Header) -> bool:
+        """Hook: is h's (authenticated) session still live here? (uvm holds the registry)."""
+        return True
 
     def user_seen(self, h: Header) -> None:
         """Hook: a user request from session h.incarnation arrived (uvm renews leases)."""
@@ -418,6 +479,7 @@ class Service:
     async def on_shutdown(self, msg: CtlShutdown) -> Reply:
         if self.state != "panicked":
             self.state = "stopping"
+        self.stopped_by = msg.h.sender
         asyncio.get_running_loop().call_soon(self.stopped.set)
         return self.ack(msg)
 

@@ -16,6 +16,11 @@ message. Wildcard ports ("tcp://127.0.0.1:*") are resolved with
 ZMQ_LAST_ENDPOINT. A send that would block (high-water mark) is queued and
 flushed when the socket can take it again; nothing is dropped except on PUB,
 where dropping is ZeroMQ's own rule.
+
+Bounds: a ROUTER refuses any frame above MAX_REQUEST_BYTES (ZMQ_MAXMSGSIZE:
+ZeroMQ drops the connection as soon as the frame's length is read, so the
+frame is never buffered; the sender's call times out). An ipc:// endpoint's
+socket file is made mode 0600 (the run directory around it is 0700).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +43,7 @@ from machine.ipc.transport import (
     Subscription,
     Transport,
 )
+from machine.params import MAX_REQUEST_BYTES
 
 _HWM = 100_000
 
@@ -193,6 +200,12 @@ class ZmqSubscription(Subscription):
         self._ls.close(linger_ms=0)
 
 
+def _private(endpoint: str) -> None:
+    """An ipc:// socket file: its owner's alone (mode 0600)."""
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        os.chmod(endpoint[len("ipc://") :], 0o600)
+
+
 class ZmqTransport(Transport):
     """One zmq context per process."""
 
@@ -207,11 +220,13 @@ class ZmqTransport(Transport):
 
     async def bind(self, endpoint: str, handler: Handler) -> Server:
         s = self._socket(zmq.ROUTER)
+        s.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         try:
             s.bind(endpoint)
         except zmq.ZMQError as e:
             s.close(linger=0)
             raise OSError(f"cannot bind {endpoint}: {e}") from None
+        _private(endpoint)
         return ZmqServer(s, handler)
 
     async def connect(self, endpoint: str, on_reply: OnBytes) -> Connection:
@@ -226,6 +241,7 @@ class ZmqTransport(Transport):
         except zmq.ZMQError as e:
             s.close(linger=0)
             raise OSError(f"cannot bind {endpoint}: {e}") from None
+        _private(endpoint)
         return ZmqPublisher(s)
 
     async def subscribe(self, endpoint: str, prefix: str, on_event: OnBytes) -> Subscription:

@@ -5,8 +5,9 @@ mappings (pmap(9)); restarting the mmu is not supported yet, so a dead mmu
 is a machine panic (the supervisor's policy).
 
 Ownership: a client may load/store only in address spaces whose pmap was
-created for its session (pmap.create's `owner`); anything else is EPERM,
-and an unknown asid ESRCH.
+created for its session (pmap.create's `owner`, checked against the header's
+session, which the Service has authenticated); another session's asid and an
+unknown one are both ESRCH, the kernel's EPERM.
 """
 
 from __future__ import annotations
@@ -173,10 +174,9 @@ class MmuService(Service):
         owner = self.mmu.owner_of(msg.asid)
         if msg.asid == KERNEL_ASID:
             raise UserError(Errno.EPERM, "the kernel address space is not yours")
-        if owner is None:
+        if owner is None or owner != msg.h.incarnation:
+            # Alike for an unknown space and another session's: no existence oracle.
             raise UserError(Errno.ESRCH, f"no address space {msg.asid}")
-        if owner != msg.h.incarnation:
-            raise UserError(Errno.EPERM, f"address space {msg.asid} belongs to another client")
 
     def _access_reply(self, msg: Request, res: bytes | Fault | None) -> Reply:
         if isinstance(res, Fault):

@@ -146,13 +146,19 @@ from machine.proto.net import (
     NetLinkUp as NetLinkUp,
 )
 from machine.proto.net import (
+    NetListen as NetListen,
+)
+from machine.proto.net import (
     NetMark as NetMark,
 )
 from machine.proto.net import (
-    NetMarked as NetMarked,
+    NetPacket as NetPacket,
 )
 from machine.proto.net import (
-    NetPacket as NetPacket,
+    NetRecv as NetRecv,
+)
+from machine.proto.net import (
+    NetRecvReply as NetRecvReply,
 )
 from machine.proto.net import (
     NetSend as NetSend,
@@ -165,6 +171,24 @@ from machine.proto.net import (
 )
 from machine.proto.net import (
     NetSocketReply as NetSocketReply,
+)
+from machine.proto.net import (
+    NetTapListen as NetTapListen,
+)
+from machine.proto.net import (
+    NetTapListenReply as NetTapListenReply,
+)
+from machine.proto.net import (
+    NetTapRecv as NetTapRecv,
+)
+from machine.proto.net import (
+    NetTapUnlisten as NetTapUnlisten,
+)
+from machine.proto.net import (
+    NetUnlisten as NetUnlisten,
+)
+from machine.proto.net import (
+    WirePacket as WirePacket,
 )
 from machine.proto.pdaemon import (
     PdWakeup as PdWakeup,
@@ -254,6 +278,12 @@ from machine.proto.pmap import (
     PmapUnwire as PmapUnwire,
 )
 from machine.proto.uvm import (
+    UvmAttach as UvmAttach,
+)
+from machine.proto.uvm import (
+    UvmAttachReply as UvmAttachReply,
+)
+from machine.proto.uvm import (
     UvmAudit as UvmAudit,
 )
 from machine.proto.uvm import (
@@ -312,6 +342,12 @@ from machine.proto.uvm import (
 )
 from machine.proto.uvm import (
     UvmOpenReply as UvmOpenReply,
+)
+from machine.proto.uvm import (
+    UvmOwners as UvmOwners,
+)
+from machine.proto.uvm import (
+    UvmOwnersReply as UvmOwnersReply,
 )
 from machine.proto.uvm import (
     UvmPageout as UvmPageout,

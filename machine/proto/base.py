@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 2)
+PROTOCOL_VERSION: tuple[int, int] = (1, 3)
 
 
 class Scope(enum.Enum):
@@ -41,16 +41,24 @@ class Status(enum.StrEnum):
 class Errno(enum.StrEnum):
     """The one errno table (POSIX names where one fits)."""
 
-    EPERM = "EPERM"  # not allowed from this endpoint, or not your address space
+    EPERM = "EPERM"  # not allowed from this endpoint, or not signed by the session named
     EACCES = "EACCES"  # protection beyond what the mapping allows
     ENOENT = "ENOENT"  # no such file (or nothing resident to page out)
     EBADF = "EBADF"  # no such open file handle
+    EEXIST = "EEXIST"  # uvm.open: the name exists and cannot be made what was asked
+    EISDIR = "EISDIR"  # uvm.open: the name is a directory (".", "dir", "dir/")
+    ENOTDIR = "ENOTDIR"  # uvm.open: a component on the way is not a directory ("f/x")
+    ENAMETOOLONG = "ENAMETOOLONG"  # uvm.open: a component > NAME_MAX or a path >= PATH_MAX
+    ELOOP = "ELOOP"  # uvm.open: a symbolic link in the path (never followed)
+    EIO = "EIO"  # uvm.open: the host file system failed (detail: the host's words)
     ESRCH = "ESRCH"  # no such address space / process
     EINVAL = "EINVAL"  # a field is out of range or the request is malformed
     EBADMSG = "EBADMSG"  # unknown tag, or bytes that do not decode
     EFAULT = "EFAULT"  # access to an address with no valid translation (a trap)
     ENOMEM = "ENOMEM"  # out of memory, frames or address space
     EBUSY = "EBUSY"  # resource busy; try again
+    EAGAIN = "EAGAIN"  # a limit on processes or sessions is reached (see machine/limits.py)
+    EMFILE = "EMFILE"  # a session's limit on open files or sockets is reached
     ENOSYS = "ENOSYS"  # known message, not served by this role
     EPROTO = "EPROTO"  # protocol version refused at hello
     ETIMEDOUT = "ETIMEDOUT"  # a peer did not answer in time
@@ -63,7 +71,9 @@ class Header(msgspec.Struct, frozen=True, kw_only=True):
 
     msg_id: per-sender counter, > 0 for requests; re: the msg_id answered
     (replies), else 0; sender: role name or "client"; incarnation: random per
-    process start (a client's is its session id); proto: (major, minor);
+    process start (a client's is its session id from uvm.attach, 0 before it;
+    on a user endpoint a request of a session is followed by its tag, see
+    machine.ipc.auth); proto: (major, minor);
     sent_ns: the sender's injected clock.
     """
 

@@ -74,7 +74,7 @@ def encode(msg: Msg) -> bytes:
     return _encoder.encode(msg)
 
 
-def _salvage_msg_id(raw: bytes) -> tuple[int, Any]:
+def _salvage_msg_id(raw: bytes | memoryview) -> tuple[int, Any]:
     try:
         obj = _any_decoder.decode(raw)
     except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
@@ -88,7 +88,7 @@ def _salvage_msg_id(raw: bytes) -> tuple[int, Any]:
     return 0, obj
 
 
-def decode_request(raw: bytes) -> Request:
+def decode_request(raw: bytes | memoryview) -> Request:
     """Decode one request. => BadMessage(EBADMSG | EINVAL, detail, msg_id) on bad input."""
     try:
         msg = _req_decoder.decode(raw)

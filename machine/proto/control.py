@@ -113,7 +113,9 @@ class CtlStatus(Request, frozen=True, kw_only=True, tag="ctl.status"):
     """The machine at a glance: every role's pid, incarnation, liveness and counters.
 
     => client -> supervisor.
-    Reply: CtlStatusReply. `frames` has total, free, active, inactive, wired.
+    Reply: CtlStatusReply. `frames` has total, free, active, inactive, wired, loaned and
+    kernel_owned (the kernel's own frames, the shared zero page included: with no
+    client left, free + kernel_owned == total).
     """
 
     scope: ClassVar[Scope] = Scope.ANY
@@ -153,7 +155,8 @@ class CtlHalt(Request, frozen=True, kw_only=True, tag="ctl.halt"):
 class CtlShutdown(Request, frozen=True, kw_only=True, tag="ctl.shutdown"):
     """Stop the role cleanly after replying.
 
-    => supervisor -> role (kernel endpoint).
+    => supervisor -> role (kernel endpoint); also an orphaned uvm -> the mmu, once
+       written back (machine.orphan: the supervisor died).
     """
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from machine.params import MAX_REQUEST_BYTES
 from machine.proto.base import PROTOCOL_VERSION, Errno, Header, Msg, Request
 from machine.proto.codec import EVENTS, REPLIES, REQUESTS, tag_of
 
@@ -89,6 +90,21 @@ def render() -> str:
         "header's `re` is the request's `msg_id`. Replies carry `status` (`ok`/`error`), "
         "`errno` and `detail`. Over ZeroMQ: ROUTER/DEALER with one msgpack frame per message; "
         "events on PUB with the tag as topic frame.",
+        "",
+        "## Sessions and signed requests",
+        "",
+        "A client first sends `uvm.attach` (unsigned, header `incarnation` 0) and gets its "
+        "session: a public id and a 32-byte secret `key`. Every later request of the session "
+        "has the id as its header's `incarnation`, a fresh `msg_id` (never reused: replays "
+        "are refused), and is followed on the wire by a 16-byte tag: "
+        "`frame = body + HMAC-SHA256(key, body)[:16]`, where `body` is the request's msgpack "
+        "bytes. A user endpoint refuses with `EPERM` a request that is unsigned, signed with "
+        "another key, altered, or replayed; only `ctl.hello`, `ctl.ping`, `ctl.stats`, "
+        "`ctl.directory`, `ctl.status` and `uvm.attach` may come unsigned from session 0. "
+        "Kernel endpoints take no tags (only the machine's own roles can reach them). Any "
+        "endpoint drops a frame larger than "
+        f"{MAX_REQUEST_BYTES} bytes unread (`ZMQ_MAXMSGSIZE`). See "
+        "[tests/integration/plain_msgpack_client.py](../tests/integration/plain_msgpack_client.py).",
         "",
         "## Header",
         "",

@@ -2,8 +2,15 @@
 
 A send returns when its data is queued, as write(2) does: from then on the
 receiver gets exactly what the sender's memory held at that moment, whatever
-the sender does next. The driver transmits queued mbufs at the link's speed
-and publishes each one on the wire (net.packet).
+the sender does next. The driver transmits queued mbufs at the link's speed.
+
+The wire is per session (since 1.3): a session that listens (net.listen)
+gets its own sockets' mbufs, and only those, by long polling (net.recv);
+nothing carrying a payload is published on any PUB. The operator's tap
+(net.tap_listen / net.tap_recv, kernel endpoint) sees every mbuf. A queue
+holds at most the wire_bytes limit: beyond it the oldest mbufs are dropped
+and counted (`dropped`), so a receiver that does not read never holds up the
+driver or anyone else.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ class NetLinkUp(Event, frozen=True, kw_only=True, tag="net.link_up"):
 class NetSocket(Request, frozen=True, kw_only=True, tag="net.socket"):
     """Create a datagram-like socket for process asid (socket(2)). (1.2)
 
+    => asid: a live process of the calling session (else ESRCH, alike for an
+       unknown process and another session's).
     => sndbuf: the send buffer's size in bytes; a send waits while it is full.
+    => at most the sockets limit per session (EMFILE beyond); a closed socket
+       counts until its queued data has left.
     Reply: NetSocketReply with the socket id.
     """
 
@@ -51,7 +62,8 @@ class NetSend(Request, frozen=True, kw_only=True, tag="net.send"):
     => returns once every byte is queued; waits while the send buffer is full
        or loan KVA is exhausted.
     Reply: NetSendReply with the sequence number the wire will carry, and how
-    many pages were loaned and bytes copied. Errnos: EFAULT (bad buffer), EBADF.
+    many pages were loaned and bytes copied. Errnos: EFAULT (bad buffer), EBADF
+    (no such socket of this session, or it was closed, also during the send).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -69,15 +81,20 @@ class NetSendReply(Reply, frozen=True, kw_only=True, tag="net.send.reply"):
 
 
 class NetClose(Request, frozen=True, kw_only=True, tag="net.close"):
-    """Close a socket; data already queued is still transmitted. (1.2)"""
+    """Close a socket; data already queued is still transmitted (and its loans
+    returned); a send waiting on it fails with EBADF. (1.2)
+
+    => EBADF if the session has no such open socket (closing twice). Sockets
+       are also closed when their process exits or is reaped, and at detach.
+    """
 
     scope: ClassVar[Scope] = Scope.USER
     sock: SockId
 
 
 class NetMark(Request, frozen=True, kw_only=True, tag="net.mark"):
-    """Ask the driver to publish net.marked with this token (a wire subscriber's
-    proof that its subscription is live). (1.2)"""
+    """Withdrawn in 1.3 (ENOSYS): it proved a PUB subscription to the wire live;
+    the wire is now request/reply (net.listen). Kept so 1.2 encodings decode. (1.2)"""
 
     scope: ClassVar[Scope] = Scope.USER
     token: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -99,8 +116,8 @@ class NetLink(Request, frozen=True, kw_only=True, tag="net.link"):
 
 
 class NetPacket(Event, frozen=True, kw_only=True, tag="net.packet"):
-    """One mbuf put on the wire: bytes [off, off + len(payload)) of send `seq` (of
-    `total` bytes) on socket `sock` of process `asid` of client `session`. (1.2)"""
+    """Not published since 1.3 (the wire is per session: see net.recv); kept so
+    1.2 encodings decode. (1.2)"""
 
     session: int
     asid: int
@@ -112,7 +129,90 @@ class NetPacket(Event, frozen=True, kw_only=True, tag="net.packet"):
     loaned: bool
 
 
-class NetMarked(Event, frozen=True, kw_only=True, tag="net.marked"):
-    """The answer to net.mark, on the wire. (1.2)"""
+class WirePacket(msgspec.Struct, frozen=True, kw_only=True):
+    """One mbuf as the wire carried it: bytes [off, off + len(payload)) of send
+    `seq` (of `total` bytes) on socket `sock` of process `asid` of session
+    `session`; `loaned`: its storage was loaned pages (zero copy). Mbufs of one
+    socket come in send order."""
 
-    token: int
+    session: int
+    asid: int
+    sock: int
+    seq: int
+    off: int
+    total: int
+    payload: bytes
+    loaned: bool
+
+
+MaxPackets = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+WaitMs = Annotated[int, msgspec.Meta(ge=0, le=5000)]
+TapId = Annotated[int, msgspec.Meta(ge=1, le=(1 << 31) - 1)]
+
+
+class NetListen(Request, frozen=True, kw_only=True, tag="net.listen"):
+    """Start queueing this session's mbufs for it (idempotent). (1.3)
+
+    => from the reply on, every mbuf of the session's sockets that reaches the
+       wire is queued for net.recv (mbufs before it are not). The queue ends at
+       net.unlisten or when the session ends. Reply: ack.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+
+
+class NetRecv(Request, frozen=True, kw_only=True, tag="net.recv"):
+    """Take up to max_packets of this session's queued mbufs (a long poll). (1.3)
+
+    => answers at once when mbufs are queued, else waits up to wait_ms for one
+       (an empty reply when none came). A reply carries at most about 1 MiB of
+       payload (at least one mbuf). EINVAL if the session is not listening.
+    Reply: NetRecvReply.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+    max_packets: MaxPackets = 256
+    wait_ms: WaitMs = 1000
+
+
+class NetRecvReply(Reply, frozen=True, kw_only=True, tag="net.recv.reply"):
+    """`packets`: WirePacket {session, asid, sock, seq, off, total, payload,
+    loaned}, oldest first; `dropped`: mbufs dropped from this queue (the oldest,
+    when it held more than the wire_bytes limit) since the last reply."""
+
+    packets: list[WirePacket] = msgspec.field(default_factory=list)
+    dropped: int = 0
+
+
+class NetUnlisten(Request, frozen=True, kw_only=True, tag="net.unlisten"):
+    """Stop queueing this session's mbufs; what was queued is discarded
+    (idempotent). (1.3) Reply: ack."""
+
+    scope: ClassVar[Scope] = Scope.USER
+
+
+class NetTapListen(Request, frozen=True, kw_only=True, tag="net.tap_listen"):
+    """The operator's tap: a queue of every mbuf of every session. (1.3)
+
+    => kernel endpoint (the machine's own tools: scenarios, the wire check).
+       EAGAIN when the machine holds its limit of taps.
+    Reply: NetTapListenReply with the tap's id.
+    """
+
+
+class NetTapListenReply(Reply, frozen=True, kw_only=True, tag="net.tap_listen.reply"):
+    tap: int = 0
+
+
+class NetTapRecv(Request, frozen=True, kw_only=True, tag="net.tap_recv"):
+    """net.recv for a tap. (1.3) => EINVAL for an unknown tap. Reply: NetRecvReply."""
+
+    tap: TapId
+    max_packets: MaxPackets = 256
+    wait_ms: WaitMs = 1000
+
+
+class NetTapUnlisten(Request, frozen=True, kw_only=True, tag="net.tap_unlisten"):
+    """End a tap (idempotent). (1.3) Reply: ack."""
+
+    tap: TapId

@@ -2,7 +2,9 @@
 
 Clients create address spaces (uvm.spawn), map and unmap memory, and trap
 into uvm.fault when the mmu answers a load or store with a fault. A client
-may name only address spaces its own session created (else EPERM).
+first attaches (uvm.attach: a session and its key), then signs every
+request; it may name only address spaces its own session created (else
+ESRCH, which does not tell whether the space exists).
 """
 
 from __future__ import annotations
@@ -13,6 +15,26 @@ import msgspec
 
 from machine.proto.base import Event, Reply, Request, Scope
 from machine.proto.types import Asid, Length, ProtBits, Va
+
+
+class UvmAttach(Request, frozen=True, kw_only=True, tag="uvm.attach"):
+    """Make a client session (public: sent unsigned, from incarnation 0).
+
+    => client -> uvm. Reply: UvmAttachReply with the session's public id and
+       its secret key (32 bytes). From then on the client puts `session` in the
+       incarnation of every header and appends HMAC-SHA256(key, body)[:16] to
+       every request's bytes (machine.ipc.auth); the machine refuses anything
+       else for that session with EPERM. EAGAIN when the machine holds its
+       limit of sessions.
+    """
+
+    scope: ClassVar[Scope] = Scope.USER
+
+
+class UvmAttachReply(Reply, frozen=True, kw_only=True, tag="uvm.attach.reply"):
+    session: int = 0
+    key: bytes = b""
+    lease_s: float = 0.0
 
 
 class UvmSpawn(Request, frozen=True, kw_only=True, tag="uvm.spawn"):
@@ -154,14 +176,20 @@ class UvmMsyncReply(Reply, frozen=True, kw_only=True, tag="uvm.msync.reply"):
 class UvmOpen(Request, frozen=True, kw_only=True, tag="uvm.open"):
     """Open a file under the machine's disk/ directory (for mmap with its handle).
 
-    => name: a relative path inside disk/ (no '..', not absolute).
-    => create: make it if missing; size >= 0: at least this many bytes.
+    => name: a relative path inside disk/ naming a regular file (no '..', not
+       absolute, no NUL, components <= 255 bytes, path < 1024 bytes); no
+       symbolic link on the way or at the end is followed.
+    => create: make it (and missing directories on the way) if missing;
+       size >= 0: at least this many bytes.
     Reply: UvmOpenReply with the handle and the file's size.
-    Errnos: EINVAL (bad name or size), ENOENT (missing and not create).
+    Errnos: EINVAL (bad name or size), ENOENT (missing and not create),
+    EISDIR (a directory), ENOTDIR (a file on the way), ENAMETOOLONG, ELOOP (a
+    symbolic link), EACCES (not a regular file, or the host refused), EEXIST,
+    EIO (the host file system failed).
     """
 
     scope: ClassVar[Scope] = Scope.USER
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     create: bool = False
     size: Annotated[int, msgspec.Meta(ge=-1, le=1 << 40)] = -1
 
@@ -228,6 +256,29 @@ class UvmAudit(Request, frozen=True, kw_only=True, tag="uvm.audit"):
 class UvmAuditReply(Reply, frozen=True, kw_only=True, tag="uvm.audit.reply"):
     problems: list[str] = msgspec.field(default_factory=list)
     checked: int = 0
+
+
+class UvmOwners(Request, frozen=True, kw_only=True, tag="uvm.owners"):
+    """Which session owns each of these processes, and are these sessions live?
+
+    => kernel endpoint (net: the owner check of net.socket, and its periodic
+       reconciliation, which closes the sockets of processes whose
+       uvm.proc_exited event it missed). Asids are never reused.
+    Reply: UvmOwnersReply; owners[i]: the session owning asids[i], 0 when it
+    is no live process; live[i]: sessions[i] is attached.
+    """
+
+    asids: Annotated[list[Asid], msgspec.Meta(max_length=65536)] = msgspec.field(
+        default_factory=list
+    )
+    sessions: Annotated[list[int], msgspec.Meta(max_length=65536)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class UvmOwnersReply(Reply, frozen=True, kw_only=True, tag="uvm.owners.reply"):
+    owners: list[int] = msgspec.field(default_factory=list)
+    live: list[bool] = msgspec.field(default_factory=list)
 
 
 class UvmPressure(Event, frozen=True, kw_only=True, tag="uvm.pressure"):

@@ -3,6 +3,9 @@
     outcome = await run_scenario("seed", "bug1999")                    # real processes
     outcome = await run_scenario("seed", "bug1999", inprocess=True, seed=3)
 
+The wire is read through the operator's tap (net.tap_recv on net's kernel
+endpoint: every session's packets), as an operator would check a machine.
+
 Outcomes: `ok` (the workload finished, every payload on the wire matched what
 its sender's memory held at send, the auditor is clean and every loan was
 returned), `panic` (the machine panicked: the role and its message, which
@@ -210,7 +213,7 @@ async def run_scenario(
             _boot_inprocess(sc, prof, seed, state) if inprocess else _boot_real(sc, prof, state)
         )
         async with booter as (m, kcall):
-            ctx = Ctx(m, kcall, m.wire(), knobs, sc.ram)
+            ctx = Ctx(m, kcall, Wire.tap(kcall, m), knobs, sc.ram)  # the operator's tap
             await _classify(sc, ctx, out, timeout_s)
     except Exception as e:  # booting or tearing down failed
         if out.outcome == OK or not out.detail:

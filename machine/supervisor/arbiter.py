@@ -10,7 +10,9 @@ Life cycle of the machine (supervisor state):
 Start order mmu -> uvm -> pdaemon -> net (each started with the endpoints of
 those before it); shutdown in reverse. Liveness: every HEARTBEAT_INTERVAL_S
 each role gets ctl.ping; an answer resets its credits to HEARTBEAT_LIVENESS,
-a miss takes one; below zero the role is missing.
+a miss takes one; below zero the role is missing. The pings go on (uncounted)
+while the machine panics or stops: compose roles take their silence for the
+supervisor's death (machine.orphan).
 
 Panic policy: a role that panics, exits unexpectedly or goes missing stops
 the machine (restarting roles, with their recovery contracts, is future
@@ -168,15 +170,23 @@ class Supervisor(Service):
             )
 
     async def _heartbeat(self) -> None:
-        """Ping every role once per interval, at a fixed cadence (a slow answer is a miss)."""
-        while True:
+        """Ping every role once per interval, at a fixed cadence (a slow answer is a miss).
+
+        => pings until the machine is stopped: while it panics or stops, the pings
+           only tell roles the supervisor lives (misses are not counted), so a
+           role watching for silence (machine.orphan) does not take a slow stop
+           for the supervisor's death.
+        """
+        while self.machine_state != "stopped":
             start = self.clock.now_s()
             await asyncio.gather(*(self._ping(h) for h in list(self.roles.values())))
             await self.clock.sleep(max(0.0, start + self.heartbeat_s - self.clock.now_s()))
-            if self.machine_state != "running":
-                return
 
     async def _ping(self, h: RoleHandle) -> None:
+        if self.machine_state != "running":
+            if h.alive:  # keepalive only
+                await self._quiet(h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s * 0.8))
+            return
         try:
             rep = await h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s * 0.8)
         except RemoteError:
@@ -185,10 +195,11 @@ class Supervisor(Service):
                 h.alive = False
                 reason = f"missed {HEARTBEAT_LIVENESS + 1} heartbeats"
                 self.publish(CtlRoleMissing(h=self.event_header(), role=h.role, reason=reason))
-                await self.machine_panic(h.role, f"role {h.role} {reason}", [])
+                # Spawned, not awaited: the heartbeat carries on through the panic.
+                self.spawn(self.machine_panic(h.role, f"role {h.role} {reason}", []), "panic")
             return
         if rep.errno is Errno.EPANIC and self.machine_state == "running":
-            await self.machine_panic(h.role, rep.detail, [])
+            self.spawn(self.machine_panic(h.role, rep.detail, []), "panic")
             return
         h.credits = HEARTBEAT_LIVENESS
         h.alive = True

@@ -5,7 +5,8 @@ happens: the RAM segment (unlinked), the role processes (stopped in reverse
 order, killed if they do not stop), the ipc sockets and run directory. What
 stays in the state directory is what a user wants to keep: disk/ (files),
 dump/ (crash dumps) and, for a state directory of its own choosing, that
-directory itself.
+directory itself. If this process dies without its way out (SIGKILL), the
+roles notice and do the same themselves (machine.orphan).
 
 <state>/machine.json describes the running machine for kernel tools (the
 kernel endpoints, pids, RAM segment); it is removed at shutdown.
@@ -31,8 +32,10 @@ from machine.config import (
     RoleConfig,
     fixed_layout,
 )
+from machine.ipc.auth import new_machine_key, write_key_file
 from machine.ipc.peer import Identity
 from machine.ipc.zmqtransport import ZmqTransport
+from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.ram import Ram
 from machine.supervisor.arbiter import Supervisor
@@ -40,8 +43,18 @@ from machine.supervisor.launcher import ExternalLauncher, Launcher, ProcessLaunc
 
 
 def prepare_state(state_dir: Path) -> None:
-    for sub in ("disk", "dump", "run"):
+    """disk/, dump/ and run/; run/ (kernel sockets, the machine key) is the owner's alone."""
+    for sub in ("disk", "dump"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
+    run = state_dir / "run"
+    run.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run.chmod(0o700)  # whatever the umask, or a directory left by an earlier run
+
+
+def private_dir(path: Path) -> None:
+    """Make `path` (a kernel socket directory) mode 0700, whatever the umask or its old mode."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def local_binds(endpoint: str, run_dir: Path) -> Callable[[str], dict[str, str]]:
@@ -138,14 +151,23 @@ async def run_up(
     heartbeat_s: float = HEARTBEAT_INTERVAL_S,
     panic_grace_s: float = PANIC_GRACE_S,
     swap_bytes: int = 0,
+    limits: Limits | None = None,
+    temp_state: bool = False,
 ) -> int:
-    """Boot supervisor + four role processes; serve until a signal or a panic. => status."""
+    """Boot supervisor + four role processes; serve until a signal or a panic. => status.
+
+    => `temp_state`: state_dir is a temporary one of the caller's (removed at exit
+       unless it holds a dump); roles orphaned by this process's death remove it.
+    """
     early = early_signals()
     prepare_state(state_dir)
     run_dir = state_dir / "run"
     ram = Ram.create(f"uvm-machine-{os.getpid()}-{secrets.token_hex(4)}", ram_bytes)
     transport = ZmqTransport()
     try:
+        key_file = run_dir / "machine.key"
+        key = new_machine_key()
+        write_key_file(key_file, key)
         template = RoleConfig(
             role="",
             ram_name=ram.name,
@@ -157,6 +179,10 @@ async def run_up(
             state_dir=str(state_dir),
             lease_s=lease_s,
             swap_bytes=swap_bytes,
+            key_file=str(key_file),
+            limits=(limits or Limits()).to_dict(),
+            supervisor_pid=os.getpid(),  # roles watch it (machine.orphan)
+            temp_state=temp_state,
         )
         launcher = ProcessLauncher(template, local_binds(endpoint, run_dir))
         sup = Supervisor(
@@ -169,6 +195,7 @@ async def run_up(
             heartbeat_s=heartbeat_s,
             panic_grace_s=panic_grace_s,
             rng=random.Random(),
+            key=key,
         )
         pub = local_binds(endpoint, run_dir)("supervisor")["pub"]
         return await _serve(sup, launcher, endpoint, pub, state_dir, ram, on_ready, early)
@@ -188,11 +215,22 @@ async def run_external(
     profile: str,
     on_ready: Callable[[str], None],
     lease_s: float = CLIENT_LEASE_S,
+    key_file: Path | None = None,
+    kernel_dir: str = "",
 ) -> int:
-    """Supervise roles that compose runs at the fixed port layout; own the RAM segment."""
+    """Supervise roles that compose runs at the fixed port layout; own the RAM segment.
+
+    => writes the machine key to `key_file` (default <state>/run/machine.key, mode
+       0600) before anything serves: the roles read it at their start.
+    => with `kernel_dir`, the roles' kernel endpoints are ipc sockets there
+       (fixed_layout), and the directory is made mode 0700 before anything serves."""
     early = early_signals()
     prepare_state(state_dir)
-    layout = fixed_layout(host, base_port)
+    if kernel_dir:
+        private_dir(Path(kernel_dir))
+    key = new_machine_key()
+    write_key_file(key_file or state_dir / "run" / "machine.key", key)
+    layout = fixed_layout(host, base_port, kernel_dir)
     ram = Ram.create(ram_name, ram_bytes)
     transport = ZmqTransport()
     try:
@@ -207,6 +245,7 @@ async def run_external(
             state_dir=str(state_dir),
             lease_s=lease_s,
             rng=rng,
+            key=key,
         )
         bind = layout["supervisor"]
         return await _serve(

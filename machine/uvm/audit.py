@@ -7,7 +7,7 @@ every step of the model-based tests. What it checks:
   * VmPages.check(): I1 (wired => not on a paging queue), I2 (free pages have
     no owner, wiring or loan), I3 (allocated => owned or loaned), Q1 (queue
     counts and flags); SwapDevice.check().
-  * maps (M1-M3) and amaps (AM1: slots/back-pointer equation) of every space.
+  * maps (M1-M5) and amaps (AM1: slots/back-pointer equation) of every space.
   * anons: A1 ref > 0; A3 ref == the amaps holding the anon + its loans to anons;
     A2 a resident anon's page is owned by it (uanon, PG_ANON) or borrowed from
     an object (uanon, PG_ANON clear, counted in loan_count: I7); a

@@ -15,6 +15,14 @@ Invariants (check()):
   M1  entries are page aligned, non-empty, sorted and do not overlap.
   M2  an entry's amap has exactly (end - start) / PAGE_SIZE slots.
   M3  a shared (non-cow) entry has no amap.
+  M4  size == the sum of the entries' lengths (vm_map.size, the process's
+      vsize: what limits.vsize bounds).
+  M5  every page of [USER_MIN, first_free) is mapped (NetBSD's first_free
+      hint: first fit starts there).
+Costs: an entry and its amap cost O(used slots), whatever its length;
+insert and lookup are bisections, find_space starts at first_free (packing
+a map costs O(log entries) per mmap; a fragmented one, up to O(entries)),
+clip and remove O(entries).
 cf. NetBSD sys/uvm/uvm_map.c, uvm_map.h (concepts only).
 """
 
@@ -97,6 +105,8 @@ class VmMap:
     def __init__(self) -> None:
         self.entries: list[MapEntry] = []
         self._starts: list[int] = []
+        self.size = 0  # bytes mapped (vm_map.size)
+        self.first_free = USER_MIN  # M5: no free page below it
 
     def _reindex(self) -> None:
         self.entries.sort(key=lambda e: e.start)
@@ -122,19 +132,34 @@ class VmMap:
         return va >= end
 
     def find_space(self, length: int, hint: int = 0) -> int | None:
-        """First fit at or after max(hint, USER_MIN). => start VA, or None if no room."""
-        start = max(hint, USER_MIN)
-        for e in self.entries:
-            if e.end <= start:
-                continue
-            if start + length <= e.start:
-                return start
+        """First fit at or after max(hint, USER_MIN). => start VA, or None if no room.
+
+        => the scan starts at max(hint, first_free), found by bisection; a scan from
+           first_free moves first_free up to the lowest free page it finds (M5)."""
+        from_bottom = hint <= self.first_free
+        start = max(hint, USER_MIN, self.first_free)
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i >= 0 and self.entries[i].end > start:
+            start = self.entries[i].end
+        i += 1
+        while i < len(self.entries):
+            e = self.entries[i]
+            if start < e.start:  # a hole [start, e.start)
+                if from_bottom:
+                    self.first_free, from_bottom = start, False
+                if start + length <= e.start:
+                    return start
             start = max(start, e.end)
+            i += 1
+        if from_bottom:
+            self.first_free = start
         return start if start + length <= USER_TOP else None
 
     def insert(self, entry: MapEntry) -> None:
-        self.entries.append(entry)
-        self._reindex()
+        i = bisect.bisect_left(self._starts, entry.start)
+        self.entries.insert(i, entry)
+        self._starts.insert(i, entry.start)
+        self.size += entry.end - entry.start
 
     def in_range(self, start: int, end: int) -> list[MapEntry]:
         return [e for e in self.entries if e.start < end and e.end > start]
@@ -159,7 +184,15 @@ class VmMap:
     def remove(self, doomed: list[MapEntry]) -> None:
         ids = {id(e) for e in doomed}
         self.entries = [e for e in self.entries if id(e) not in ids]
+        self.size -= sum(e.end - e.start for e in doomed)
+        self.first_free = min([self.first_free, *(e.start for e in doomed)])
         self._reindex()
+
+    def take_all(self) -> list[MapEntry]:
+        """Empty the map (exit). => the entries it held."""
+        entries, self.entries, self._starts, self.size = self.entries, [], [], 0
+        self.first_free = USER_MIN
+        return entries
 
     def check(self) -> list[str]:
         problems: list[str] = []
@@ -178,4 +211,8 @@ class VmMap:
                 problems.append(f"M3: shared entry at {e.start:#x} has an amap")
         if self._starts != [e.start for e in self.entries]:
             problems.append("M1: start index stale")
+        if self.size != sum(e.end - e.start for e in self.entries):
+            problems.append(f"M4: size {self.size} != the entries' total length")
+        if self.first_free > USER_MIN and not self.covers(USER_MIN, self.first_free):
+            problems.append(f"M5: a free page below first_free {self.first_free:#x}")
         return problems

@@ -1,10 +1,14 @@
 """The uvm role's service: uvm.* from clients and the kernel; calls the mmu for pmap work.
 
-Sessions and leases: a client session is the incarnation in its headers.
+Sessions and leases: uvm makes every client session (uvm.attach: a random
+public id and its key, machine.ipc.auth) and is the registry of live ones;
+the Service has checked each user request's signature before it gets here,
+and a request of a session uvm no longer holds (detached, reaped) is EPERM.
 Every user request renews the session's lease; a session silent for longer
 than `lease_s` (it died, or its host vanished) has its processes exited, as
 if each had called exit: every frame they held goes back to the free list.
-A clean client detaches (uvm.detach) instead of waiting for its lease.
+A clean client detaches (uvm.detach) instead of waiting for its lease. At
+most `limits.sessions` sessions live at once (EAGAIN beyond).
 
 Recovery contract: uvm is the authority; if it dies the machine is gone
 (clients see MachinePanic), so the supervisor treats its death as a panic.
@@ -16,13 +20,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from machine.ipc.peer import Peer
-from machine.ipc.service import Service
+from machine.ipc.service import Service, UserError
+from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.profile import DEFAULT_PROFILE, load_profile
 from machine.proto import (
     NO_HEADER,
     CtlAck,
     CtlShutdown,
+    Errno,
     Header,
     PmapAttrs,
     PmapAttrsReply,
@@ -41,6 +47,8 @@ from machine.proto import (
     PmapUnwire,
     Reply,
     Request,
+    UvmAttach,
+    UvmAttachReply,
     UvmAudit,
     UvmAuditReply,
     UvmClose,
@@ -61,6 +69,8 @@ from machine.proto import (
     UvmMunmap,
     UvmOpen,
     UvmOpenReply,
+    UvmOwners,
+    UvmOwnersReply,
     UvmPageout,
     UvmPageoutReply,
     UvmPdClaim,
@@ -157,6 +167,7 @@ class UvmService(Service):
     role: ClassVar[str] = "uvm"
     user_errors: ClassVar[tuple[type[Exception], ...]] = (VmError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
+        UvmAttach,
         UvmSpawn,
         UvmMmap,
         UvmMunmap,
@@ -178,6 +189,7 @@ class UvmService(Service):
         UvmLoan,
         UvmUnloan,
         UvmKfault,
+        UvmOwners,
     )
 
     def __init__(
@@ -189,10 +201,12 @@ class UvmService(Service):
         state_dir: str = "",
         swap_bytes: int = 0,
         profile: str = DEFAULT_PROFILE,
+        limits: Limits | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(transport, **kw)
         self.profile = load_profile(profile)
+        self.limits = limits or Limits()
         self.ram = ram
         self.lease_s = lease_s
         self.state_dir = Path(state_dir) if state_dir else None
@@ -216,6 +230,7 @@ class UvmService(Service):
             diagnostic=bool(self.profile.knobs["DIAGNOSTIC"]),
             policy=str(self.profile.knobs["PD_POLICY"]),
             knobs=dict(self.profile.knobs),
+            limits=self.limits,
         )
         self.spawn(self._reaper(), "lease reaper")
 
@@ -232,8 +247,26 @@ class UvmService(Service):
 
     # -- sessions -------------------------------------------------------------
 
+    def session_ok(self, h: Header) -> bool:
+        return h.incarnation in self.sessions
+
     def user_seen(self, h: Header) -> None:
-        self.sessions[h.incarnation] = self.clock.now_s()
+        if h.incarnation in self.sessions:
+            self.sessions[h.incarnation] = self.clock.now_s()
+
+    def on_attach(self, msg: UvmAttach) -> Reply:
+        if len(self.sessions) >= self.limits.sessions:
+            raise UserError(
+                Errno.EAGAIN, f"the machine holds its limit of {self.limits.sessions} sessions"
+            )
+        sid = 0
+        while sid == 0 or sid in self.sessions:
+            sid = self.rng.getrandbits(62) | 1
+        self.sessions[sid] = self.clock.now_s()
+        self.vm.stats.attaches += 1
+        return self.reply(
+            msg, UvmAttachReply, session=sid, key=self.auth.key(sid), lease_s=self.lease_s
+        )
 
     async def _reaper(self) -> None:
         while True:
@@ -242,6 +275,7 @@ class UvmService(Service):
             for session, seen in list(self.sessions.items()):
                 if now - seen > self.lease_s:
                     del self.sessions[session]
+                    self.auth.forget(session)
                     await self._end_session(session, "reaped: client lease expired")
 
     async def _end_session(self, session: int, reason: str) -> list[int]:
@@ -340,6 +374,7 @@ class UvmService(Service):
 
     async def on_detach(self, msg: UvmDetach) -> Reply:
         self.sessions.pop(msg.h.incarnation, None)
+        self.auth.forget(msg.h.incarnation)
         done = await self._end_session(msg.h.incarnation, "detach")
         return self.reply(msg, UvmDetachReply, exited=done)
 
@@ -374,6 +409,16 @@ class UvmService(Service):
         else:  # copyin on behalf of a process: its own fault
             await fault(self.vm, msg.asid, msg.owner, msg.va, Prot(msg.access))
         return self.ack(msg)
+
+    def on_owners(self, msg: UvmOwners) -> Reply:
+        """Owners of processes (0: none live) and liveness of sessions, for net."""
+        spaces = self.uvm.spaces if self.uvm is not None else {}
+        owners = []
+        for asid in msg.asids:
+            sp = spaces.get(asid)
+            owners.append(sp.owner if sp is not None and not sp.dead else 0)
+        live = [s in self.sessions for s in msg.sessions]
+        return self.reply(msg, UvmOwnersReply, owners=owners, live=live)
 
     async def on_audit(self, msg: UvmAudit) -> Reply:
         problems = await audit(self.vm)

@@ -26,6 +26,7 @@ class UvmStats:
     forks: int = 0
     wirings: int = 0
     spawns: int = 0
+    attaches: int = 0  # client sessions made (uvm.attach)
     exits: int = 0
     reaped: int = 0  # processes of vanished client sessions
     pddeadlock: int = 0  # the page daemon would have waited for itself

@@ -18,6 +18,22 @@ Ordering rules (why the machine never maps a freed frame):
 
 Frame ownership (U2, conservation): every frame is free, or owned by exactly
 one anon (PG_ANON, uanon) or one object (PG_TABLED, uobject, offset).
+
+Memory follows use: nothing uvm keeps, and no loop it runs, is sized by the
+virtual size of a mapping. Amaps and objects are sparse (machine.uvm.amap,
+UvmObject.pages), the mmu's page tables are dicts, and munmap, mprotect,
+munlock, fork and exit walk the used slots and the resident pages, never
+every page of a range: one byte stored at the end of a 2^40-byte mapping
+costs a few KiB. Only mlock touches every page (it must fault each in), and
+it refuses up front a range larger than the frames that could be wired.
+
+Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
+  vsize        mmap beyond the process's mapped bytes limit -> ENOMEM
+               (a forked child inherits its parent's size);
+  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap inside an
+               entry) that would leave more entries -> ENOMEM;
+  procs        spawn or fork beyond the session's processes -> EAGAIN;
+  files        open beyond the session's open files -> EMFILE.
 cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c, uvm_anon.c (concepts only).
 """
 
@@ -33,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from machine.kassert import kassert
+from machine.limits import Limits
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
 from machine.proto.types import Prot
 from machine.ram import Ram
@@ -46,7 +63,7 @@ from machine.uvm.page import NIL, PAGEDAEMON, RESERVE_KERNEL, USER, PageFlag, Vm
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vnode import VnodeError, VnodeFile, resolve
+from machine.uvm.vnode import MAX_FILE_BYTES, VnodeError, VnodeFile, lookup, release
 
 RW = Prot.READ | Prot.WRITE
 ALLOC_WAIT_S = 1.0  # one uvm_wait sleep
@@ -83,14 +100,17 @@ class Uvm:
         diagnostic: bool = True,
         policy: str = "clock",
         knobs: dict[str, Any] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.ram = ram
+        self.limits = limits or Limits()
+        self.nprocs: collections.Counter[int] = collections.Counter()  # session -> spaces
         self.pmap = pmap
         self.pages = VmPages(ram.nframes, diagnostic)
         self.spaces: dict[int, VmSpace] = {}
         self.anons: dict[int, Anon] = {}
         self.objects: dict[int, UvmObject] = {}
-        self.vnodes: dict[Path, VnodeObject] = {}
+        self.vnodes: dict[tuple[int, int], VnodeObject] = {}  # (st_dev, st_ino) -> vnode
         self.handles: dict[tuple[int, int], VnodeObject] = {}
         self.disk = disk
         self.swap = swap
@@ -368,20 +388,42 @@ class Uvm:
     # -- address spaces ----------------------------------------------------------------
 
     def space(self, asid: int, owner: int) -> VmSpace:
-        """The caller's space. => VmError ESRCH (unknown) / EPERM (another client's)."""
+        """The caller's space. => VmError ESRCH, alike for an unknown space and for
+        another session's (the reply does not tell whether the space exists)."""
         sp = self.spaces.get(asid)
-        if sp is None or sp.dead:
+        if sp is None or sp.dead or sp.owner != owner:
             raise VmError("ESRCH", f"no process with asid {asid}")
-        if sp.owner != owner:
-            raise VmError("EPERM", f"address space {asid} belongs to another client")
         return sp
 
     async def spawn(self, owner: int) -> int:
+        """A new, empty address space. => asid; VmError EAGAIN beyond limits.procs."""
+        self._charge_proc(owner)
         asid = next(self._asids)
-        await self.pmap.create(asid, owner)
+        try:
+            await self.pmap.create(asid, owner)
+        except BaseException:
+            self._uncharge_proc(owner)
+            raise
         self.spaces[asid] = VmSpace(asid, owner)
         self.stats.spawns += 1
         return asid
+
+    def _charge_proc(self, owner: int) -> None:
+        """Count one more process of the session (RLIMIT_NPROC). => VmError EAGAIN at the
+        limit, nothing counted. Counted before the first await, so racing spawns agree."""
+        if self.nprocs[owner] >= self.limits.procs:
+            raise VmError("EAGAIN", f"the session holds its limit of {self.limits.procs} processes")
+        if self.nprocs.total() >= self.limits.maxproc:
+            raise VmError(
+                "EAGAIN", f"the machine holds its limit of {self.limits.maxproc} processes"
+            )
+        self.nprocs[owner] += 1
+
+    def _uncharge_proc(self, owner: int) -> None:
+        self.nprocs[owner] -= 1
+        kassert(self.nprocs[owner] >= 0, "nprocs of session %d < 0", owner)
+        if not self.nprocs[owner]:
+            del self.nprocs[owner]
 
     def asids_of(self, owner: int) -> list[int]:
         return sorted(a for a, sp in self.spaces.items() if sp.owner == owner and not sp.dead)
@@ -389,19 +431,29 @@ class Uvm:
     # -- files -----------------------------------------------------------------------
 
     def open(self, owner: int, name: str, create: bool, size: int | None) -> tuple[int, int]:
-        """Open (or create) a file under disk/. => (handle, size in bytes)."""
+        """Open (or create) a file under disk/. => (handle, size in bytes).
+
+        => VmError with an errno for every name and every host failure (see
+           machine.uvm.vnode: no symbolic link is followed); one vnode object
+           per host file, whatever the spelling of its name ((st_dev, st_ino))."""
+        if sum(1 for o, _ in self.handles if o == owner) >= self.limits.files:
+            raise VmError("EMFILE", f"the session holds its limit of {self.limits.files} files")
         if self.disk is None:
             raise VmError("ENOSYS", "this machine has no disk")
         try:
-            path = resolve(self.disk, name)
-            obj = self.vnodes.get(path)
+            if size is not None and not 0 <= size <= MAX_FILE_BYTES:
+                raise VnodeError("EINVAL", f"file size {size} out of range")
+            fd, key = lookup(self.disk, name, create)
+            obj = self.vnodes.get(key)
             if obj is None:
-                f = VnodeFile(path, create, size)
+                f = VnodeFile(fd, key, name, size)
                 obj = VnodeObject(next(self._ids), refs=0, file=f, name=name)
-                self.vnodes[path] = obj
+                self.vnodes[key] = obj
                 self.objects[obj.id] = obj
-            elif size is not None and size > obj.npages * PAGE_SIZE:
-                raise VnodeError("EINVAL", f"{name!r} is open with a smaller size")
+            else:
+                release(fd)  # the vnode keeps its own descriptor
+                if size is not None and size > obj.npages * PAGE_SIZE:
+                    raise VnodeError("EINVAL", f"{name!r} is open with a smaller size")
         except VnodeError as e:
             raise VmError(e.errno, e.detail) from None
         obj.refs += 1
@@ -454,8 +506,16 @@ class Uvm:
         offset: int = 0,
         shared: bool = False,
     ) -> int:
-        """uvm_map: anonymous or file memory, private (COW) or shared. => start VA."""
+        """uvm_map: anonymous or file memory, private (COW) or shared. => start VA.
+
+        => VmError EINVAL (length <= 0, misaligned, fixed outside user space or
+           overlapping), ENOMEM (no room, length beyond user space, limits.vsize
+           or limits.map_entries reached), EBADF; nothing changed on any error."""
         sp = self.space(asid, owner)
+        if length <= 0 or offset < 0:
+            raise VmError("EINVAL", f"mmap length {length} / offset {offset} out of range")
+        if length > USER_TOP - USER_MIN:
+            raise VmError("ENOMEM", f"mmap length {length:#x} is larger than user space")
         length = round_page(length)
         if va & PAGE_MASK or offset & PAGE_MASK:
             raise VmError("EINVAL", "mmap address and offset must be page aligned")
@@ -466,6 +526,16 @@ class Uvm:
                 raise VmError("EBADF", f"no open file with handle {handle}")
             obj = vobj
         async with sp.lock:
+            if sp.map.size + length > self.limits.vsize:
+                raise VmError(
+                    "ENOMEM",
+                    f"{sp.map.size} + {length} bytes mapped would exceed the process's "
+                    f"limit of {self.limits.vsize} (vsize)",
+                )
+            if len(sp.map.entries) >= self.limits.map_entries:
+                raise VmError(
+                    "ENOMEM", f"the process holds its limit of {self.limits.map_entries} entries"
+                )
             if fixed:
                 if not (USER_MIN <= va and va + length <= USER_TOP):
                     raise VmError("EINVAL", f"mmap range at {va:#x} outside user space")
@@ -503,7 +573,26 @@ class Uvm:
         if e.needs_copy and e.amap is not None:
             self.amap_copy(e)
 
-    def _clip(self, sp: VmSpace, start: int, end: int) -> list[MapEntry]:
+    def _clip_room(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> None:
+        """=> VmError ENOMEM when clipping at start and end would leave the process more
+        than limits.map_entries entries (removing: the entries inside then go, munmap)."""
+        inside = sp.map.in_range(start, end)
+        if not inside:
+            return
+        splits = int(inside[0].start < start) + int(inside[-1].end > end)
+        after = len(sp.map.entries) + splits - (len(inside) if removing else 0)
+        if splits and after > self.limits.map_entries:
+            raise VmError(
+                "ENOMEM",
+                f"splitting at {start:#x}-{end:#x} would exceed the process's limit of "
+                f"{self.limits.map_entries} map entries",
+            )
+
+    def _clip(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> list[MapEntry]:
+        """uvm_map_clip of [start, end), each split entry unshared first. => entries inside.
+
+        => VmError ENOMEM (limits.map_entries) before anything changed."""
+        self._clip_room(sp, start, end, removing)
         for e in sp.map.in_range(start, end):
             if e.start < start or e.end > end:
                 self._unshare(e)
@@ -536,8 +625,9 @@ class Uvm:
         sp = self.space(asid, owner)
         eva = self._check_range(va, length)
         async with sp.lock:
+            self._clip_room(sp, va, eva, removing=True)
             await self.pmap.remove(asid, va, eva)
-            doomed = self._clip(sp, va, eva)
+            doomed = self._clip(sp, va, eva, removing=True)
             sp.map.remove(doomed)
             for e in doomed:
                 await self._drop_entry(e)
@@ -582,10 +672,11 @@ class Uvm:
                 return
             sp.dead = True
             await self.pmap.destroy(asid)
-            entries, sp.map.entries = sp.map.entries, []
+            entries = sp.map.take_all()
             for e in entries:
                 await self._drop_entry(e)
             del self.spaces[asid]
+            self._uncharge_proc(sp.owner)
             self.stats.exits += 1
             if reason != "exit":
                 self.stats.reaped += 1
@@ -603,8 +694,13 @@ class Uvm:
         """
         sp = self.space(asid, owner)
         async with sp.lock:
+            self._charge_proc(owner)
             child_asid = next(self._asids)
-            await self.pmap.create(child_asid, owner)
+            try:
+                await self.pmap.create(child_asid, owner)
+            except BaseException:
+                self._uncharge_proc(owner)
+                raise
             child = VmSpace(child_asid, owner)
             self.spaces[child_asid] = child
             for e in sp.map.entries:
@@ -640,6 +736,15 @@ class Uvm:
         async with self._mapped_range(asid, owner, va, length, "mlock") as (sp, eva):
             if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
                 raise VmError("ENOMEM", "mlock of an inaccessible range")
+            npages = sum(
+                (min(eva, e.end) - max(va, e.start)) >> PAGE_SHIFT
+                for e in sp.map.in_range(va, eva)
+                if not e.wired_count
+            )
+            if npages + self.pages.wired > self.pages.npages:
+                # sys_mlock's wiredmax check: it could never succeed; refuse before
+                # faulting anything (and before looping over a huge range).
+                raise VmError("EAGAIN", f"mlock of {npages} pages: more than RAM can wire")
             for e in self._clip(sp, va, eva):
                 e.wired_count += 1
                 if e.wired_count == 1:
@@ -662,18 +767,19 @@ class Uvm:
                         self.pages.unwire(pfn)
 
     def resident_pages(self, e: MapEntry) -> list[int]:
-        """The frames an entry resolves to today (anon layer first, then object)."""
-        out = []
-        for i in range(e.npages):
-            anon = e.amap.lookup(i) if e.amap is not None else None
-            if anon is not None:
-                if anon.page != NIL:
-                    out.append(anon.page)
-            elif e.obj is not None:
-                pfn = e.obj.pages.get(e.pgoff(e.start) + i, NIL)
-                if pfn != NIL:
-                    out.append(pfn)
-        return out
+        """The frames an entry resolves to today (anon layer first, then object), in page
+        order. => O(used slots + the object's resident pages), never O(e.npages)."""
+        found: dict[int, int] = {}
+        if e.amap is not None:
+            for slot, anon in e.amap.used():
+                found[slot] = anon.page  # NIL when swapped: the object page is hidden
+        if e.obj is not None:
+            base = e.pgoff(e.start)
+            for pgoff, pfn in e.obj.pages.items():
+                slot = pgoff - base
+                if 0 <= slot < e.npages and slot not in found:
+                    found[slot] = pfn
+        return [pfn for _, pfn in sorted(found.items()) if pfn != NIL]
 
     # -- msync --------------------------------------------------------------------------
 
@@ -700,6 +806,8 @@ class Uvm:
             "inactive": p.inactive.count,
             "wired": p.wired,
             "loaned": p.npages - p.loan_count.count(0),
+            # the kernel's own frames, the shared zero page (modern zero loans) included:
+            # every frame is free or kernel-owned once the clients are gone
             "kernel_owned": len(p.kernel_owned),
             "freemin": self.freemin,
             "freetarg": self.freetarg,

@@ -1,12 +1,15 @@
 # ruff: noqa: PT018
 """A client written with pyzmq and the plain `msgpack` package only: no project code.
 
-Proves the wire is plain msgpack: attach through the supervisor's directory,
+Proves the wire is plain msgpack: find the roles through the supervisor's
+directory, attach (uvm.attach gives the session id and its key), then sign
+every request (HMAC-SHA256 over its bytes, the first 16 bytes appended),
 spawn a process, map memory, take the store fault, resolve it through
 uvm.fault, retry, load the bytes back. Usage: python plain_msgpack_client.py ENDPOINT
 """
 
-import random
+import hashlib
+import hmac
 import sys
 
 sys.modules["machine"] = None  # type: ignore[assignment]  # any project import would fail
@@ -14,7 +17,7 @@ sys.modules["machine"] = None  # type: ignore[assignment]  # any project import 
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
-SESSION = random.getrandbits(62) | 1
+SESSION = {"id": 0, "key": b""}  # made by the machine at uvm.attach
 _ids = iter(range(1, 1 << 30))
 
 
@@ -22,10 +25,13 @@ def call(sock: zmq.Socket, tag: str, **fields: object) -> dict:
     mid = next(_ids)
     msg = {
         "t": tag,
-        "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION, "proto": [1, 0]},
+        "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION["id"], "proto": [1, 3]},
         **fields,
     }
-    sock.send(msgpack.packb(msg))
+    body = msgpack.packb(msg)
+    if SESSION["key"]:  # every request of a session carries its tag
+        body += hmac.new(SESSION["key"], body, hashlib.sha256).digest()[:16]
+    sock.send(body)
     if not sock.poll(10_000):
         raise SystemExit(f"no reply to {tag}")
     rep = msgpack.unpackb(sock.recv())
@@ -45,6 +51,11 @@ def main(endpoint: str) -> None:
     uvm.connect(d["roles"]["uvm"]["user"])
     mmu = ctx.socket(zmq.DEALER)
     mmu.connect(d["roles"]["mmu"]["user"])
+    refused = call(uvm, "uvm.spawn")  # nothing but the public requests without a session
+    assert refused["status"] == "error" and refused["errno"] == "EPERM", refused
+    att = call(uvm, "uvm.attach")
+    assert att["status"] == "ok" and len(att["key"]) == 32, att
+    SESSION.update(id=att["session"], key=att["key"])
     asid = call(uvm, "uvm.spawn")["asid"]
     va = call(uvm, "uvm.mmap", asid=asid, length=8192, prot=3)["va"]
     rep = call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")

@@ -6,6 +6,8 @@ peer of another major protocol version is refused at hello.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from machine.client import Machine
+from machine.client import Machine, RequestError
+from machine.ipc.auth import TAG_LEN, sign
 from machine.params import PAGE_SIZE
 from machine.proto import REQUESTS, Request, Scope, tag_of
 from tests.conftest import PY, RealMachine
@@ -28,29 +31,34 @@ ROLES = ("supervisor", "mmu", "uvm", "pdaemon", "net")
 
 
 class RawClient:
-    """A bare DEALER per user endpoint that sends arbitrary bytes."""
+    """A bare DEALER per user endpoint that sends arbitrary bytes.
 
-    def __init__(self, rm: RealMachine, session: int) -> None:
+    It attaches like any client (uvm.attach: a session and its key) and signs what
+    it sends, so bad input reaches the checks behind the signature; `signed=False`
+    sends the bytes as they are, `key=` signs with another key (a forger's).
+    """
+
+    def __init__(self, rm: RealMachine) -> None:
         self.ctx = zmq.Context()
-        self.session = session
         self.socks: dict[str, zmq.Socket[bytes]] = {}
+        self.ids = iter(range(1, 1 << 30))
         eps = {"supervisor": rm.endpoint}
+        self.session, self.key = 0, b""
         d = self.request_to(rm.endpoint, "ctl.directory")
         eps |= {r: v["user"] for r, v in d["roles"].items()}
         for role, ep in eps.items():
             s = self.ctx.socket(zmq.DEALER)
             s.connect(ep)
             self.socks[role] = s
-        self.ids = iter(range(1, 1 << 30))
+        att = self.msg("uvm", {"t": "uvm.attach", "h": self.header()}, signed=False)
+        assert att is not None
+        assert att["status"] == "ok", att
+        self.session, self.key = att["session"], att["key"]
 
     def request_to(self, ep: str, tag: str) -> Any:
         s = self.ctx.socket(zmq.DEALER)
         s.connect(ep)
-        s.send(
-            msgpack.packb(
-                {"t": tag, "h": {"msg_id": 1, "sender": "raw", "incarnation": self.session}}
-            )
-        )
+        s.send(msgpack.packb({"t": tag, "h": {"msg_id": 1, "sender": "raw", "incarnation": 0}}))
         assert s.poll(10_000)
         out = msgpack.unpackb(s.recv())
         s.close(linger=0)
@@ -59,8 +67,17 @@ class RawClient:
     def header(self, **kw: Any) -> dict[str, Any]:
         return {"msg_id": next(self.ids), "sender": "fuzz", "incarnation": self.session, **kw}
 
-    def send(self, role: str, payload: bytes, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    def send(
+        self,
+        role: str,
+        payload: bytes,
+        timeout_s: float = 5.0,
+        signed: bool = True,
+        key: bytes | None = None,
+    ) -> dict[str, Any] | None:
         s = self.socks[role]
+        if signed and (key or self.key):
+            payload += sign(key or self.key, payload)
         s.send(payload)
         if not s.poll(int(timeout_s * 1000)):
             return None
@@ -68,8 +85,8 @@ class RawClient:
         assert isinstance(rep, dict)
         return rep
 
-    def msg(self, role: str, obj: Any) -> dict[str, Any] | None:
-        return self.send(role, msgpack.packb(obj))
+    def msg(self, role: str, obj: Any, **kw: Any) -> dict[str, Any] | None:
+        return self.send(role, msgpack.packb(obj), **kw)
 
     def close(self) -> None:
         for s in self.socks.values():
@@ -79,9 +96,23 @@ class RawClient:
 
 @pytest.fixture
 def raw(real_machine: RealMachine) -> Iterator[RawClient]:
-    c = RawClient(real_machine, session=424242)
+    c = RawClient(real_machine)
     yield c
     c.close()
+
+
+def _VICTIM_REQUESTS(asid: int, va: int) -> list[tuple[str, dict[str, Any]]]:  # noqa: N802
+    """Requests that would read, change or end the victim's process."""
+    return [
+        ("mmu", {"t": "mmu.load", "asid": asid, "va": va, "n": 11}),
+        ("mmu", {"t": "mmu.store", "asid": asid, "va": va, "data": b"overwritten"}),
+        ("uvm", {"t": "uvm.mmap", "asid": asid, "length": 4096, "prot": 3}),
+        ("uvm", {"t": "uvm.munmap", "asid": asid, "va": va, "length": 4096}),
+        ("uvm", {"t": "uvm.fault", "asid": asid, "va": va + 8192, "access": 2}),
+        ("uvm", {"t": "uvm.fork", "asid": asid}),
+        ("uvm", {"t": "uvm.exit", "asid": asid}),
+        ("net", {"t": "net.socket", "asid": asid}),
+    ]
 
 
 def _example(cls: type[Request], **over: Any) -> dict[str, Any]:
@@ -109,7 +140,9 @@ def _example(cls: type[Request], **over: Any) -> dict[str, Any]:
 async def _snapshot(rm: RealMachine) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     async with Machine.attach(rm.endpoint, keepalive=False) as m:
         st = await m.stats()
-    uvm = {k: v for k, v in st["roles"]["uvm"]["counters"].items() if k != "sessions"}
+    uvm = {
+        k: v for k, v in st["roles"]["uvm"]["counters"].items() if k not in ("sessions", "attaches")
+    }
     mmu = st["roles"]["mmu"]["counters"]
     return st["frames"], uvm, mmu
 
@@ -173,15 +206,9 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
         ]
         for role, obj in bad_fields:
             _assert_error(raw.msg(role, {"h": h(), **obj}), "EINVAL", "EBADMSG")
-        # well-formed requests naming another client's address space
-        for role, obj in (
-            ("mmu", {"t": "mmu.load", "asid": p.asid, "va": va, "n": 11}),
-            ("mmu", {"t": "mmu.store", "asid": p.asid, "va": va, "data": b"overwritten"}),
-            ("uvm", {"t": "uvm.munmap", "asid": p.asid, "va": va, "length": 4096}),
-            ("uvm", {"t": "uvm.exit", "asid": p.asid}),
-            ("uvm", {"t": "uvm.fault", "asid": p.asid, "va": va + 8192, "access": 2}),
-        ):
-            _assert_error(raw.msg(role, {"h": h(), **obj}), "EPERM")
+        # well-formed requests naming another client's address space: as if it did not exist
+        for role, obj in _VICTIM_REQUESTS(p.asid, va):
+            _assert_error(raw.msg(role, {"h": h(), **obj}), "ESRCH")
         # another major protocol version
         _assert_error(raw.msg("uvm", {"t": "ctl.hello", "h": h(proto=[2, 0])}), "EPROTO")
         _assert_error(
@@ -225,9 +252,7 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
             ),
         ),
         st.builds(
-            lambda tag, extra: msgpack.packb(
-                {"t": tag, "h": {"msg_id": 5, "sender": "f", "incarnation": 3}, **extra}
-            ),
+            lambda tag, extra: {"t": tag, **extra},
             st.sampled_from([tag_of(c) for c in REQUESTS]),
             st.dictionaries(
                 st.sampled_from(
@@ -244,19 +269,71 @@ async def test_every_kind_of_bad_input_is_refused_and_changes_nothing(
         ),
     )
 )
-def test_fuzzed_payloads_get_error_replies(raw: RawClient, payload: bytes) -> None:
-    for role in ("mmu", "uvm"):
-        rep = raw.send(role, payload)
+def test_fuzzed_payloads_get_error_replies(raw: RawClient, payload: bytes | dict[str, Any]) -> None:
+    for role, signed in (("mmu", True), ("uvm", True), ("uvm", False)):
+        # A generated request map goes out as the fuzzer's own session, signed: it
+        # reaches the handlers; unsigned, it must be refused before them.
+        data = (
+            payload if isinstance(payload, bytes) else msgpack.packb({**payload, "h": raw.header()})
+        )
+        rep = raw.send(role, data, signed=signed)
         assert rep is not None, "every request gets a reply"
         if rep["status"] == "ok":
             # only a well-formed request may succeed, and only harmless ones can be generated
-            assert rep["t"] in (
-                "ctl.hello.reply",
-                "ctl.ping.reply",
-                "ctl.stats.reply",
-                "uvm.spawn.reply",
-                "uvm.detach.reply",
-            ), rep
+            public = ("ctl.hello.reply", "ctl.ping.reply", "ctl.stats.reply", "uvm.attach.reply")
+            assert rep["t"] in (*public, "uvm.spawn.reply", "uvm.detach.reply"), rep
+            assert signed or rep["t"] in public, rep
+
+
+async def test_forged_sessions_get_no_access_and_change_nothing(
+    real_machine: RealMachine, raw: RawClient
+) -> None:
+    """Issue 9, defect 1: another client that knows the victim's session id (it is on
+    the wire and in events) cannot act as the victim: not unsigned, not with its own
+    key or a guessed one, not by replaying or re-using the victim's own frames."""
+    async with Machine.attach(real_machine.endpoint) as victim:
+        p = await victim.spawn()
+        va = await p.mmap(4 * PAGE_SIZE)
+        captured: list[tuple[str, bytes]] = []  # the victim's frames, as a sniffer saw them
+        for role in ("mmu", "uvm"):
+            conn: Any = victim._peers[role]._conn
+            real_send = conn.send
+            conn.send = lambda b, _r=role, _s=real_send: (captured.append((_r, b)), _s(b))[1]
+        await p.store(va, b"victim data")
+        await p.mprotect(va + 3 * PAGE_SIZE, PAGE_SIZE, "r")
+        assert {r for r, _ in captured} == {"mmu", "uvm"}
+        before = await _snapshot(real_machine)
+        sid = victim.session
+        forgers: list[dict[str, Any]] = [
+            {"signed": False},  # the id alone
+            {"key": raw.key},  # the forger's own key
+            {"key": os.urandom(32)},  # a guessed key
+        ]
+        requests = [*_VICTIM_REQUESTS(p.asid, va), ("uvm", {"t": "uvm.detach"})]
+        for role, obj in requests:
+            for how in forgers:
+                h = raw.header(incarnation=sid)
+                _assert_error(raw.msg(role, {**obj, "h": h}, **how), "EPERM")
+            # a random tag of the right length
+            body = msgpack.packb({**obj, "h": raw.header(incarnation=sid)})
+            _assert_error(raw.send(role, body + os.urandom(TAG_LEN), signed=False), "EPERM")
+            # a session id nobody has, signed with the forger's key
+            h = raw.header(incarnation=int.from_bytes(os.urandom(7), "big") | 1)
+            _assert_error(raw.msg(role, {**obj, "h": h}), "EPERM")
+        for role, frame in captured:
+            # replayed as it was, and to the other role
+            _assert_error(raw.send(role, frame, signed=False), "EPERM")
+            # its tag on a new msg_id (the tag covers the header)
+            m = msgpack.unpackb(frame[:-TAG_LEN])
+            m["h"]["msg_id"] += 1_000_000
+            _assert_error(
+                raw.send(role, msgpack.packb(m) + frame[-TAG_LEN:], signed=False), "EPERM"
+            )
+        after = await _snapshot(real_machine)
+        assert after == before
+        assert await p.load(va, 11) == b"victim data"
+        q = await victim.spawn()  # the victim's session is still its own and alive
+        assert q.asid != p.asid
 
 
 async def test_the_machine_survives_fuzzing(real_machine: RealMachine, raw: RawClient) -> None:
@@ -278,3 +355,63 @@ def test_a_plain_msgpack_client_speaks_the_protocol(real_machine: RealMachine) -
     )
     assert r.returncode == 0, r.stderr
     assert "plain msgpack client: ok" in r.stdout
+
+
+async def test_bad_file_names_get_errnos_and_links_are_not_followed(
+    real_machine: RealMachine, tmp_path: Path
+) -> None:
+    """uvm.open on the real processes: every bad name an errno, no panic, nothing
+    outside disk/ read, written or created (issue 9, defects 2 and 5)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"host secret")
+    bad = real_machine.state / "disk" / "badnames"
+    bad.mkdir()
+    (bad / "dir").mkdir()
+    (bad / "f").write_bytes(b"plain")
+    os.symlink(outside / "secret.txt", bad / "link_file")
+    os.symlink(outside, bad / "link_dir")
+    os.symlink(outside / "new.txt", bad / "dangling")
+    os.mkfifo(bad / "fifo")
+    cases: list[tuple[str, bool, tuple[str, ...]]] = [
+        (".", True, ("EISDIR",)),
+        ("", True, ("EINVAL",)),  # refused by the schema
+        ("badnames/dir", True, ("EISDIR",)),
+        ("badnames/dir/", True, ("EISDIR",)),
+        ("badnames/f/x", True, ("ENOTDIR",)),
+        ("../x", True, ("EINVAL",)),
+        ("/etc/passwd", False, ("EINVAL",)),
+        ("a\0b", True, ("EINVAL",)),
+        ("x" * 300, True, ("ENAMETOOLONG",)),
+        ("d/" * 1000, True, ("ENAMETOOLONG",)),
+        ("badnames/link_file", False, ("ELOOP",)),
+        ("badnames/link_file", True, ("ELOOP",)),
+        ("badnames/link_dir/x", True, ("ELOOP",)),
+        ("badnames/link_dir/secret.txt", False, ("ELOOP",)),
+        ("badnames/dangling", True, ("ELOOP",)),
+        ("badnames/fifo", False, ("EACCES",)),
+        ("x" * 5000, True, ("EINVAL", "ENAMETOOLONG")),  # over the schema's bound
+    ]
+    listing = sorted(str(p.relative_to(real_machine.state)) for p in real_machine.state.rglob("*"))
+    async with Machine.attach(real_machine.endpoint) as m:
+        for name, create, errnos in cases:
+            with pytest.raises(RequestError) as ei:
+                await m.open(name, create=create, size=PAGE_SIZE if create else None)
+            assert ei.value.errno in errnos, (name[:40], ei.value.detail)
+        st = await m.stats()
+        assert st["state"] == "running"
+        assert all(r["alive"] for r in st["roles"].values())
+        f = await m.open("badnames/ok.bin", create=True, size=PAGE_SIZE)
+        p = await m.spawn()
+        va = await p.mmap(PAGE_SIZE, "rw", file=f, shared=True)
+        await p.store(va, b"still serving")
+        await p.msync(va, PAGE_SIZE)
+        await p.exit()
+        await f.close()
+    assert (bad / "ok.bin").read_bytes()[:13] == b"still serving"
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_bytes() == b"host secret"
+    assert sorted(
+        str(p.relative_to(real_machine.state)) for p in real_machine.state.rglob("*")
+    ) == sorted([*listing, "disk/badnames/ok.bin"])
+    shutil.rmtree(bad)  # the shared machine's disk/ without the planted fifo and links

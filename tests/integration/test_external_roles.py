@@ -1,17 +1,21 @@
 """The compose deployment without docker: `supervise` plus one `role` process per role.
 
 This is exactly what docker-compose.yml runs (fixed port layout, RAM owned by
-the supervisor, roles attaching it), so the main suite covers it on every run;
-.ci/compose-smoke.sh then runs the same commands in containers.
+the supervisor, roles attaching it, kernel endpoints as ipc sockets in a
+private kernel directory with the machine key beside them), so the main suite
+covers it on every run; .ci/compose-smoke.sh then runs the same commands in
+containers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ import pytest
 from machine.config import ROLE_ORDER
 from machine.ram import SHM_DIR
 from tests.conftest import PY
+from tests.integration.kernel_knock import knock_ports
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +68,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         UVM_MACHINE_RAM="16M",
         UVM_MACHINE_RAM_NAME=f"uvm-test-{os.getpid()}-{time.monotonic_ns() % 10**6}",
         UVM_MACHINE_STATE=str(tmp_path / "state"),
+        # as docker-compose.yml: kernel sockets and the machine key on a private volume
+        UVM_MACHINE_KERNEL_DIR=str(tmp_path / "kernel"),
+        UVM_MACHINE_KEY_FILE=str(tmp_path / "kernel" / "machine.key"),
     )
     yield e
     (SHM_DIR / e["UVM_MACHINE_RAM_NAME"]).unlink(missing_ok=True)
@@ -78,6 +86,27 @@ def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _assert_kernel_is_private(env: dict[str, str]) -> None:
+    """No kernel TCP port; kernel sockets 0600 in a 0700 directory; TCP knocks obeyed by none."""
+    base = int(env["UVM_MACHINE_BASE_PORT"])
+    for off in (10, 20, 30, 40):  # the kernel ports of the TCP layout: nobody listens
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", base + off), timeout=5),
+        ):
+            pass
+    kdir = Path(env["UVM_MACHINE_KERNEL_DIR"])
+    assert kdir.stat().st_mode & 0o777 == 0o700
+    assert Path(env["UVM_MACHINE_KEY_FILE"]).stat().st_mode & 0o777 == 0o600
+    for role in ROLE_ORDER:
+        sock = kdir / f"{role}.kernel"
+        assert stat.S_ISSOCK(sock.stat().st_mode), sock
+        assert sock.stat().st_mode & 0o777 == 0o600, sock
+    report = asyncio.run(knock_ports("127.0.0.1", base))
+    assert report["obeyed"] == [], report
+    assert any("EPERM" in o for outs in report["replies"].values() for o in outs), report
+
+
 def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
     sup = _spawn(env, "supervise")
     roles: list[subprocess.Popen[str]] = []
@@ -87,6 +116,8 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
             roles.append(_spawn(env, "role", role))
             line = roles[-1].stdout.readline()  # type: ignore[union-attr]
             assert json.loads(line)["role"] == role
+            kdir = env["UVM_MACHINE_KERNEL_DIR"]
+            assert json.loads(line)["kernel"] == f"ipc://{kdir}/{role}.kernel"
         assert sup.stdout is not None
         assert sup.stdout.readline().startswith("attach: tcp://127.0.0.1:")
         ep = f"tcp://127.0.0.1:{env['UVM_MACHINE_BASE_PORT']}"
@@ -99,6 +130,7 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert ": ok" in r.stdout
+        _assert_kernel_is_private(env)
         st = subprocess.run(
             [PY, "-m", "machine", "status", "--endpoint", ep, "--json"],
             capture_output=True,
@@ -107,9 +139,10 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
             check=False,
         )
         status = json.loads(st.stdout)
+        assert status["state"] == "running"  # the knocks above stopped nothing
         assert all(v["alive"] for v in status["roles"].values())
         assert status["frames"]["free"] == status["frames"]["total"] == 4096
-        for role in ROLE_ORDER:
+        for role in (*ROLE_ORDER, "supervisor"):  # the compose healthchecks
             ping = subprocess.run(
                 [PY, "-m", "machine", "ping", role],
                 env=env,

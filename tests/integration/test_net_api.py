@@ -1,6 +1,10 @@
 """Sockets, sends and the wire at the client level, on both transports: what a receiver
 gets, a full send buffer, the link's pace, and bad sends (another client's socket or
-process, a bad buffer) answered with an error that changes nothing."""
+process, a bad buffer) answered with an error that changes nothing. The wire is per
+session (another session's packets never arrive; the operator's tap sees all; a full
+queue drops the oldest and says so); sockets close on close, exit, reap and detach
+(queued data still leaves, every loan is returned, the count goes back to 0); at most
+limits.sockets per session (EMFILE); net.socket names only the caller's processes."""
 
 from __future__ import annotations
 
@@ -8,12 +12,27 @@ import asyncio
 
 import pytest
 
-from machine.client import RequestError
+from machine.client import Machine, MachineTimeout, Process, RequestError, Wire
 from machine.ipc.inmemory import run_simulation
+from machine.limits import Limits
 from machine.params import PAGE_SIZE
-from machine.proto import NO_HEADER, CtlStats, CtlStatsReply, Errno, NetLink, NetSend
+from machine.proto import (
+    NO_HEADER,
+    CtlStats,
+    CtlStatsReply,
+    Errno,
+    NetLink,
+    NetListen,
+    NetPacket,
+    NetRecv,
+    NetRecvReply,
+    NetSend,
+    NetSocket,
+    Reply,
+    decode_event,
+)
 from machine.testing import SimMachine, poll_for
-from tests.conftest import Harness
+from tests.conftest import Harness, SimHarness
 
 
 async def test_loaned_and_copied_sends_arrive_in_order_with_their_bytes(harness: Harness) -> None:
@@ -47,9 +66,9 @@ async def test_bad_sends_get_errors_and_change_nothing(harness: Harness) -> None
         sa = await pa.socket()
         pb = await b.spawn()
         frames = (await a.stats())["frames"]
-        with pytest.raises(RequestError) as ei:  # another client's socket
+        with pytest.raises(RequestError) as ei:  # another client's socket: as if none
             await b.call_role("net", NetSend(h=NO_HEADER, asid=pb.pid, sock=sa.id, va=va, n=64))
-        assert ei.value.errno is Errno.EPERM
+        assert (ei.value.errno, ei.value.detail) == (Errno.EBADF, f"no socket {sa.id}")
         sb = await pb.socket()
         with pytest.raises(RequestError) as ei:  # a socket of another process
             await b.call_role("net", NetSend(h=NO_HEADER, asid=pa.pid, sock=sb.id, va=va, n=64))
@@ -118,3 +137,284 @@ def test_the_link_speed_paces_the_wire(bandwidth_bps: int, latency_us: int, leas
 
     took = run_simulation(main())
     assert least_s <= took < least_s + 0.1
+
+
+# -- the wire is per session ------------------------------------------------------------
+
+
+async def _counters(m: Machine, role: str) -> dict[str, int]:
+    rep = await m.call_role(role, CtlStats(h=NO_HEADER), CtlStatsReply)
+    return dict(rep.counters)
+
+
+async def _filled(p: Process, npages: int, byte: bytes) -> int:
+    va = await p.mmap(npages * PAGE_SIZE, "rw")
+    await p.store(va, byte * npages * PAGE_SIZE)
+    return va
+
+
+async def test_a_session_receives_only_its_own_packets(harness: Harness) -> None:
+    """Defect 1 of issue 9's wire: every packet was published on net's PUB for anyone."""
+    published: list[str] = []
+    if isinstance(harness, SimHarness):  # whatever net publishes, on any PUB
+        net = harness.sim.service("net")
+        real_publish = net.publish
+        net.publish = lambda ev: (published.append(type(ev).__name__), real_publish(ev))  # type: ignore[method-assign]
+    async with harness.attach() as a, harness.attach() as b, a.wire() as wa, b.wire() as wb:
+        snooped: list[bytes] = []
+        assert b.directory is not None
+        sub = await b.transport.subscribe(b.directory.roles["net"].pub, "", snooped.append)
+        try:
+            pa, pb = await a.spawn(), await b.spawn()
+            va, vb = await _filled(pa, 4, b"A"), await _filled(pb, 4, b"B")
+            sa, sb = await pa.socket(), await pb.socket()
+            await pa.send(sa, va, 4 * PAGE_SIZE)  # loaned
+            await pa.send(sa, va, 100)  # copied
+            await pb.send(sb, vb, 100)
+            got_a = [await wa.get(), await wa.get()]
+            got_b = await wb.get()
+            assert [(x.session, x.payload[:1]) for x in got_a] == [(a.session, b"A")] * 2
+            assert (got_b.session, got_b.payload) == (b.session, b"B" * 100)
+            with pytest.raises(MachineTimeout):
+                await wb.get(0.5)  # a's sends never reach b
+        finally:
+            await sub.close()
+        for raw in snooped:
+            assert b"AAAA" not in raw  # no payload on net's PUB
+            assert not isinstance(decode_event(raw), NetPacket)
+    assert "NetPacket" not in published
+
+
+async def test_the_operators_tap_sees_every_session(harness: Harness) -> None:
+    async with harness.attach() as a, harness.attach() as b:
+        async with Wire.tap(harness.kcall, a) as tap:
+            pa, pb = await a.spawn(), await b.spawn()
+            va, vb = await _filled(pa, 2, b"a"), await _filled(pb, 2, b"b")
+            ra = await pa.send(await pa.socket(), va, 2 * PAGE_SIZE)
+            rb = await pb.send(await pb.socket(), vb, 10)
+            got = {
+                (x.session, x.sock, x.seq): x.payload for x in (await tap.get(), await tap.get())
+            }
+        assert got == {
+            (a.session, ra.sock, ra.seq): b"a" * 2 * PAGE_SIZE,
+            (b.session, rb.sock, rb.seq): b"b" * 10,
+        }
+
+
+def test_a_full_queue_drops_the_oldest_and_says_so() -> None:
+    """wire_bytes bounds a listener's queue (a non-reader holds up nobody): the oldest go."""
+
+    async def main() -> None:
+        boot = SimMachine.boot(seed=5, ram_bytes=1 << 20, limits=Limits(wire_bytes=2500))
+        async with boot as sim, sim.attach() as m:
+            await m.call_role("net", NetListen(h=NO_HEADER))
+            p = await m.spawn()
+            va = await _filled(p, 1, b"z")
+            s = await p.socket()
+            seqs = [(await p.send(s, va, 1000)).seq for _ in range(4)]  # 4 mbufs of 1128 B
+
+            async def sent() -> bool:
+                return (await _counters(m, "net"))["tx_packets"] >= 4
+
+            await poll_for(sent, 10, what="four mbufs on the wire")
+            rep = await m.call_role("net", NetRecv(h=NO_HEADER, wait_ms=0), NetRecvReply)
+            assert ([x.seq for x in rep.packets], rep.dropped) == (seqs[2:], 2)
+            assert (await _counters(m, "net"))["wiredrops"] == 2
+            async with m.wire() as w:  # the client's wire counts what was dropped, too
+                await p.send(s, va, 1000)
+                assert (await w.get()).seq == seqs[-1] + 1
+
+    run_simulation(main())
+
+
+def test_copied_data_in_net_is_bounded_over_every_session() -> None:
+    """limits.mbufs bounds the copied bytes net holds, whoever sends: with the link held,
+    a copying send waits for mbuf storage (m_get M_WAIT) instead of growing the kernel."""
+
+    async def main() -> None:
+        boot = SimMachine.boot(seed=6, ram_bytes=1 << 20, limits=Limits(mbufs=8192))
+        async with boot as sim, sim.attach() as a, sim.attach() as b, a.wire() as wa:
+            await sim.kcall("net", NetLink(h=NO_HEADER, hold=True))
+            pa, pb = await a.spawn(), await b.spawn()
+            va, vb = await _filled(pa, 1, b"a"), await _filled(pb, 1, b"b")
+            sa, sb = await pa.socket(), await pb.socket()
+            await pa.send(sa, va, 4000)  # below the loan threshold: copied
+            await pb.send(sb, vb, 4000)
+            third = asyncio.ensure_future(pa.send(sa, va, 4000))
+
+            async def waiting() -> bool:
+                c = await _counters(a, "net")
+                return c["mbufwaits"] >= 1 and c["mbuf_bytes"] == 8000
+
+            await poll_for(waiting, 10, what="a copy waiting for mbuf storage")
+            assert not third.done()
+            await sim.kcall("net", NetLink(h=NO_HEADER, hold=False))
+            await asyncio.wait_for(third, 10)
+            got = [await wa.get() for _ in range(2)]
+            assert [p.payload for p in got] == [b"a" * 4000] * 2
+            assert (await _counters(a, "net"))["mbuf_bytes"] <= 4000
+
+    run_simulation(main())
+
+
+# -- sockets close ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exit", "fork_exit", "reaped", "detach"])
+async def test_sockets_close_when_their_process_goes_and_queued_data_still_leaves(
+    harness: Harness, how: str
+) -> None:
+    """Defect 4 of issue 9: a socket's record lived forever. Now the descriptor closes
+    at exit, reap and detach; with the link held its loaned and copied mbufs stay
+    queued, then reach the wire, every loan is returned and the count returns to 0."""
+    async with harness.attach() as watcher, Wire.tap(harness.kcall) as tap:
+        free0 = (await watcher.stats())["frames"]["free"]
+        reaped0 = (await _counters(watcher, "uvm")).get("reaped", 0)
+        await harness.kcall("net", NetLink(h=NO_HEADER, hold=True))
+        try:
+            async with harness.attach(keepalive=how != "reaped") as m:
+                p = await m.spawn()
+                va = await _filled(p, 8, b"L")
+                sender = await p.fork() if how == "fork_exit" else p
+                s = await sender.socket()
+                big = await sender.send(s, va, 8 * PAGE_SIZE)  # loaned: 2 mbufs of 4 pages
+                small = await sender.send(s, va + 1, 100)  # copied
+                await sender.store(va, b"N" * PAGE_SIZE)  # a loan break: the wire keeps "L"
+                before = await _counters(watcher, "net")
+                assert before["sockets"] >= 1
+                if how == "exit":
+                    await p.exit()
+                elif how == "fork_exit":
+                    await sender.exit()
+                    ps = await p.socket()  # the parent's own descriptors are untouched
+                    await p.send(ps, va, 10)
+                    await p.exit()
+                elif how == "reaped":  # no keepalive: the lease runs out
+
+                    async def reaped() -> bool:
+                        return (await _counters(watcher, "uvm")).get("reaped", 0) > reaped0
+
+                    await poll_for(reaped, 20, 0.1, "the session's lease to run out")
+
+            async def closed() -> bool:
+                return (await _counters(watcher, "net"))["soclosed"] > before["soclosed"]
+
+            await poll_for(closed, 20, 0.05, "the socket to be closed")
+            assert (await _counters(watcher, "net"))["sockets"] >= 1  # still draining
+        finally:
+            await harness.kcall("net", NetLink(h=NO_HEADER, hold=False))
+        got = {}
+        for _ in range(3 if how == "fork_exit" else 2):
+            pkt = await tap.get()
+            got[(pkt.sock, pkt.seq)] = pkt.payload
+        assert got[(s.id, big.seq)] == b"L" * 8 * PAGE_SIZE
+        assert got[(s.id, small.seq)] == b"L" * 100
+
+        async def drained() -> bool:
+            c = await _counters(watcher, "net")
+            return c["sockets"] == 0 and c["pendfree"] == c["loaned_chunks"] and not c["txq"]
+
+        await poll_for(drained, 20, 0.05, "every socket freed and every loan returned")
+        frames = (await watcher.stats())["frames"]
+        assert (frames["loaned"], frames["free"]) == (0, free0)
+    assert await harness.audit() == []
+
+
+def test_a_lost_exit_event_still_closes_the_socket() -> None:
+    """uvm.proc_exited is fire-and-forget: net's reconciliation with uvm.owners closes
+    the socket of a process whose event never arrived."""
+
+    async def main() -> None:
+        async with SimMachine.boot(seed=9, ram_bytes=1 << 20) as sim, sim.attach() as m:
+            net = sim.service("net")
+            await net._uvm_sub.close()  # type: ignore[attr-defined,union-attr]
+            p = await m.spawn()
+            await p.socket()
+            await p.socket()
+            assert (await _counters(m, "net"))["sockets"] == 2
+            await p.exit()
+
+            async def freed() -> bool:
+                return (await _counters(m, "net"))["sockets"] == 0
+
+            await poll_for(freed, 10, what="reconciliation to close the sockets")
+            assert (await _counters(m, "net"))["reconciles"] >= 1
+
+    run_simulation(main())
+
+
+async def test_close_twice_is_ebadf_and_close_ends_a_waiting_send(harness: Harness) -> None:
+    async with harness.attach() as m, m.wire() as wire:
+        p = await m.spawn()
+        va = await _filled(p, 4, b"c")
+        s = await p.socket(sndbuf=2 * PAGE_SIZE)
+        await harness.kcall("net", NetLink(h=NO_HEADER, hold=True))
+        try:
+            first = await p.send(s, va, 2 * PAGE_SIZE)  # fills the send buffer
+            waiting = asyncio.ensure_future(p.send(s, va, PAGE_SIZE))
+
+            async def blocked() -> bool:
+                return (await _counters(m, "net"))["sbwaits"] >= 1 and not waiting.done()
+
+            await poll_for(blocked, 10, what="the second send to wait for buffer space")
+            await s.close()
+            with pytest.raises(RequestError) as ei:
+                await waiting  # soclose kicked it out of sbwait
+            assert ei.value.errno is Errno.EBADF
+            with pytest.raises(RequestError) as ei:
+                await s.close()
+            assert ei.value.errno is Errno.EBADF
+            with pytest.raises(RequestError) as ei:
+                await p.send(s, va, 10)
+            assert ei.value.errno is Errno.EBADF
+        finally:
+            await harness.kcall("net", NetLink(h=NO_HEADER, hold=False))
+        pkt = await wire.get()  # queued before the close: still sent
+        assert (pkt.seq, pkt.payload) == (first.seq, b"c" * 2 * PAGE_SIZE)
+        with pytest.raises(MachineTimeout):
+            await wire.get(0.3)  # the send the close interrupted queued nothing
+
+
+def test_a_session_holds_at_most_the_sockets_limit() -> None:
+    async def main() -> None:
+        boot = SimMachine.boot(seed=4, ram_bytes=1 << 20, limits=Limits(sockets=4))
+        async with boot as sim, sim.attach() as a, sim.attach() as b:
+            pa = await a.spawn()
+            socks = [await pa.socket() for _ in range(4)]
+            with pytest.raises(RequestError) as ei:
+                await pa.socket()
+            assert ei.value.errno is Errno.EMFILE
+            pb = await b.spawn()
+            assert len([await pb.socket() for _ in range(4)]) == 4  # per session
+            await socks[0].close()  # nothing queued: the record is freed at once
+            await pa.socket()
+
+    run_simulation(main())
+
+
+async def test_a_socket_only_for_the_callers_own_process(harness: Harness) -> None:
+    async with harness.attach() as a, harness.attach() as b:
+        pa = await a.spawn()
+        sockets = (await _counters(a, "net"))["sockets"]
+        errors = []
+        for asid in (pa.pid, pa.pid + 100_000):  # another session's, and nobody's
+            with pytest.raises(RequestError) as ei:
+                await b.call_role("net", NetSocket(h=NO_HEADER, asid=asid), Reply)
+            errors.append((ei.value.errno, ei.value.detail.replace(str(asid), "N")))
+        assert errors == [(Errno.ESRCH, "no process with asid N")] * 2
+        assert (await _counters(a, "net"))["sockets"] == sockets
+
+
+async def test_a_listener_ends_with_its_session(harness: Harness) -> None:
+    """A session that ends while listening (here: detach with its wire still open) loses
+    its queue: net learns of it from uvm (uvm.owners) and drops the listener."""
+    async with harness.attach() as watcher:
+        listeners = (await _counters(watcher, "net"))["listeners"]
+        async with harness.attach() as m:
+            await m.wire().open()  # never closed: the session just goes
+            assert (await _counters(watcher, "net"))["listeners"] == listeners + 1
+
+        async def ended() -> bool:
+            return (await _counters(watcher, "net"))["listeners"] == listeners
+
+        await poll_for(ended, 10, 0.05, "the ended session's listener to go")

@@ -19,6 +19,7 @@ SHARED = {
     "machine.params",
     "machine.tuning",
     "machine.kassert",
+    "machine.limits",
     "machine.ram",
     "machine.config",
     "machine.profile",

@@ -105,18 +105,20 @@ def test_pub_sub_delivers_in_publish_order_as_zeromq_does() -> None:
 
 def test_the_wire_places_each_mbuf_by_its_offset() -> None:
     from machine.client import Machine, Wire
-    from machine.proto import NetPacket, encode
-    from machine.proto.base import Header
+    from machine.proto import WirePacket
 
     w = Wire(Machine.__new__(Machine))
-    h = Header(msg_id=0, sender="net", incarnation=1)
     for off, chunk in ((4, b"efgh"), (0, b"abcd"), (8, b"ij")):
-        w._on_event(
-            encode(
-                NetPacket(h=h, session=1, asid=1, sock=1, seq=1, off=off, total=10,
-                          payload=chunk, loaned=off == 4)
-            )
+        w._on_packet(
+            WirePacket(session=1, asid=1, sock=1, seq=1, off=off, total=10, payload=chunk,
+                       loaned=off == 4)
         )  # fmt: skip
     pkt = w._q.get_nowait()
     assert (pkt.payload, pkt.loaned) == (b"abcdefghij", True)
     assert w._q.empty()
+    # A send whose other mbufs were dropped is discarded when the socket's next send comes.
+    w._on_packet(WirePacket(session=1, asid=1, sock=1, seq=2, off=0, total=8, payload=b"ab",
+                            loaned=False))  # fmt: skip
+    w._on_packet(WirePacket(session=1, asid=1, sock=1, seq=3, off=0, total=2, payload=b"cd",
+                            loaned=False))  # fmt: skip
+    assert (w._q.get_nowait().seq, w.lost, w._partial) == (3, 1, {})

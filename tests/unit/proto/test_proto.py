@@ -197,3 +197,34 @@ def test_golden_encodings_of_every_released_version_still_decode() -> None:
             assert tag_of(msg) == m["tag"]
             if path.name == f"proto-{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}.json":
                 assert encode(msg).hex() == m["hex"]  # this version encodes identically
+
+
+async def test_golden_signed_frames_verify_and_decode_at_a_user_endpoint() -> None:
+    """A session's frame is body || HMAC-SHA256(key, body)[:16] (machine.ipc.auth): the
+    sample from 1.3 on still verifies, and a role accepts it."""
+    import json
+    import random
+    from pathlib import Path
+
+    from machine.ipc.auth import TAG_LEN, SessionAuth, sign
+    from machine.ipc.inmemory import InMemoryTransport
+    from machine.ipc.service import Service
+    from machine.proto import Scope
+
+    frames = []
+    for path in sorted((Path(__file__).parents[2] / "golden").glob("proto-*.json")):
+        frames += json.loads(path.read_text()).get("signed", [])
+    assert frames, "no signed sample"
+    for f in frames:
+        raw, key = bytes.fromhex(f["hex"]), bytes.fromhex(f["key"])
+        body, tag = raw[:-TAG_LEN], raw[-TAG_LEN:]
+        assert sign(key, body) == tag
+        msg = decode_request(body)
+        assert tag_of(msg) == f["tag"]
+        # The sample's key is the session key of machine key bytes(range(32)).
+        assert SessionAuth(bytes(range(32))).check(msg.h.incarnation, msg.h.msg_id, body, tag) == ""
+        svc = Service(InMemoryTransport(0), rng=random.Random(0), key=bytes(range(32)))
+        checked = svc._check(raw, Scope.USER)
+        # Every check passed but the last: a bare Service serves no uvm.spawn.
+        assert isinstance(checked, Reply)
+        assert checked.errno is Errno.ENOSYS, checked

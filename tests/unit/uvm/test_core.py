@@ -21,7 +21,7 @@ from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.swap import SwapDevice
 from machine.uvm.vm import Uvm
-from machine.uvm.vnode import VnodeError, VnodeFile, resolve
+from machine.uvm.vnode import VnodeError, VnodeFile, check_name
 from tests.unit.uvm.localpmap import LocalPmap, make_uvm
 
 OWN = 77  # the owning session
@@ -360,9 +360,9 @@ def test_vnode_files_are_confined_and_read_zeros_past_eof(tmp_path: Path) -> Non
 
     for bad in ("/etc/passwd", "../x", "a/../../x", ""):
         with pytest.raises(VnodeError):
-            resolve(tmp_path, bad)
+            check_name(bad)
     ram = Ram.anonymous(4 * PAGE_SIZE)
-    f = VnodeFile(tmp_path / "v.bin", True, 10)
+    f = VnodeFile.open(tmp_path, "v.bin", True, 10)
     ram.frame(0)[:] = b"z" * PAGE_SIZE
     f.put(0, ram, 0)
     assert (tmp_path / "v.bin").read_bytes() == b"z" * 10
@@ -370,7 +370,7 @@ def test_vnode_files_are_confined_and_read_zeros_past_eof(tmp_path: Path) -> Non
     assert bytes(ram.frame(1)[:12]) == b"z" * 10 + b"\0\0"
     f.close()
     with pytest.raises(VnodeError):
-        VnodeFile(tmp_path / "missing.bin", False, None)
+        VnodeFile.open(tmp_path, "missing.bin", False, None)
 
 
 async def test_flush_writes_only_dirty_pages(vm: tuple[Uvm, Mmu], tmp_path: Path) -> None:

@@ -1,0 +1,153 @@
+"""Sessions that cannot be forged: the machine key, session keys, signed user requests.
+
+A client session is made by the machine (uvm.attach) and consists of
+  * `sid`, its public id: the `incarnation` in every header the client sends,
+    also seen by others (on the wire's metadata, in events, in status);
+  * `key`, its secret: HMAC-SHA256(machine key, "uvm-machine session" || sid),
+    256 bits that only the machine and that client know.
+The machine key is 32 random bytes made at boot (`new_machine_key`) and held
+by every role (from RoleConfig.key_file, a mode-0600 file); so each role
+derives any session's key itself and keeps no session table to check a
+request.
+
+Framing on a user endpoint. A request is its msgpack bytes, optionally
+followed by a 16-byte tag:
+
+    frame = body || HMAC-SHA256(session key, body)[:16]
+
+A request whose header names a session (incarnation != 0) must carry the tag
+of that session's key over its exact bytes, and its msg_id must not have been
+seen before from that session at this role (a replay window of REPLAY_WINDOW
+ids below the highest seen; ids below the window are refused). Only the
+public requests (`PUBLIC_TAGS`: hello, ping, stats, directory, status,
+attach) may come unsigned, with incarnation 0. Anything else is refused with
+EPERM before it is dispatched, and nothing changes. The refusal does not say
+whether the session exists.
+
+Invariants:
+  * An identifier others can see (a session id, an asid, a socket id, a
+    handle) never authorises anything: only a tag made with the session key
+    does, and every object a request names is checked against the session
+    that owns it (uvm, mmu and net each do so).
+  * A replayed frame (same session, same msg_id) is refused, whatever its bytes.
+  * Kernel endpoints take no tags: they are reachable only by the machine's
+    own roles (ipc sockets in a mode-0700 run directory; under compose, ipc
+    sockets on a volume only the roles mount).
+
+Residual risk, stated plainly: the tag authenticates, it does not encrypt.
+Someone who can read a client's TCP stream (root on the host, or on the path
+to a remote client) sees its data and the key in the attach reply; on an
+untrusted network run clients on the machine's host or over a tunnel.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import secrets
+from pathlib import Path
+
+TAG_LEN = 16
+KEY_LEN = 32
+REPLAY_WINDOW = 4096
+_MAX_KEYS = 4096  # session keys cached per role (LRU); recomputing one costs ~2 us
+_MAX_WINDOWS = 65536  # sessions whose replay window a role remembers (LRU)
+_SESSION_LABEL = b"uvm-machine session"
+
+#: Requests a client may send before it has a session (incarnation 0, no tag).
+PUBLIC_TAGS = frozenset(
+    {"ctl.hello", "ctl.ping", "ctl.stats", "ctl.directory", "ctl.status", "uvm.attach"}
+)
+
+
+def new_machine_key() -> bytes:
+    return secrets.token_bytes(KEY_LEN)
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write the machine key, hex, readable by its owner only (0600 from the start)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key.hex().encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def read_key_file(path: str | Path) -> bytes:
+    key = bytes.fromhex(Path(path).read_text().strip())
+    if len(key) != KEY_LEN:
+        raise ValueError(f"{path}: a machine key is {KEY_LEN} bytes, not {len(key)}")
+    return key
+
+
+def session_key(machine_key: bytes, sid: int) -> bytes:
+    return hmac.digest(machine_key, _SESSION_LABEL + sid.to_bytes(8, "big"), "sha256")
+
+
+def sign(key: bytes, body: bytes | memoryview) -> bytes:
+    """=> the tag a client appends to `body` (the request's msgpack bytes)."""
+    return hmac.digest(key, body, "sha256")[:TAG_LEN]
+
+
+class SessionAuth:
+    """One role's check of signed user requests (keys derived, replays refused)."""
+
+    def __init__(self, machine_key: bytes) -> None:
+        if len(machine_key) != KEY_LEN:
+            raise ValueError(f"a machine key is {KEY_LEN} bytes")
+        self._machine_key = machine_key
+        self._keys: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        # sid -> (highest msg_id seen, bitmap: bit i set = highest - i seen)
+        self._windows: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+        self.refused = 0
+        self.replays = 0
+
+    def key(self, sid: int) -> bytes:
+        k = self._keys.get(sid)
+        if k is None:
+            k = session_key(self._machine_key, sid)
+            self._keys[sid] = k
+            if len(self._keys) > _MAX_KEYS:
+                self._keys.popitem(last=False)
+        else:
+            self._keys.move_to_end(sid)
+        return k
+
+    def check(self, sid: int, msg_id: int, body: bytes | memoryview, tag: bytes | None) -> str:
+        """=> "" if the request is the session's own and new; else why it is refused.
+
+        The tag is checked before the replay window, so a forged frame cannot
+        mark an id as seen.
+        """
+        if tag is None:
+            self.refused += 1
+            return "unsigned request: attach for a session and sign every request"
+        if not hmac.compare_digest(sign(self.key(sid), body), tag):
+            self.refused += 1
+            return "bad session credentials"
+        high, seen = self._windows.get(sid, (0, 0))
+        if msg_id > high:
+            shift = msg_id - high
+            seen = (
+                ((seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1) if shift < REPLAY_WINDOW else 1
+            )
+            high = msg_id
+        else:
+            back = high - msg_id
+            if back >= REPLAY_WINDOW or seen >> back & 1:
+                self.replays += 1
+                return "replayed request (msg_id already seen from this session)"
+            seen |= 1 << back
+        self._windows[sid] = (high, seen)
+        self._windows.move_to_end(sid)
+        if len(self._windows) > _MAX_WINDOWS:
+            self._windows.popitem(last=False)
+        return ""
+
+    def forget(self, sid: int) -> None:
+        """The session ended: drop its cached key (its window stays, against replays)."""
+        self._keys.pop(sid, None)

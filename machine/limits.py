@@ -1,0 +1,76 @@
+"""Resource limits: what one process and one client session may hold (NetBSD's rlimits).
+
+A client must not be able to bloat the kernel: every structure a user request
+can make the kernel allocate is bounded by one of these, and the request that
+would exceed it gets an errno and changes nothing:
+
+  name         bound on                                       errno when exceeded
+  vsize        bytes of address space mapped by one process   ENOMEM (RLIMIT_AS)
+  map_entries  map entries of one process                     ENOMEM (vm.max_map_count)
+  procs        processes of one session                       EAGAIN (RLIMIT_NPROC)
+  maxproc      processes on the machine                       EAGAIN (kern.maxproc)
+  files        open files of one session                      EMFILE (RLIMIT_NOFILE)
+  sockets      sockets of one session                         EMFILE
+  mbufs        bytes of copied send data net holds, over all  a copy waits for storage
+               sessions (nmbclusters x MCLBYTES)              (m_get M_WAIT)
+  sessions     attached sessions on the machine               EAGAIN
+  wire_bytes   bytes of wire packets queued for one session's
+               receiver; the oldest are dropped (and counted) beyond it
+
+The defaults are generous for every workload in this project (they are far
+above what the tests and clients use) and small enough that the kernel's
+bookkeeping stays within a few hundred MiB whatever clients do (16384
+processes of a few KiB each; 1024 sessions each queueing at most wire_bytes
+only while it listens). `uvm-machine up --limit
+NAME=VALUE` (repeatable; env UVM_MACHINE_LIMITS="procs=64,files=128") changes
+them; every role reads the same Limits (the ones it enforces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from machine.params import parse_quantity
+
+
+@dataclass(frozen=True)
+class Limits:
+    vsize: int = 1 << 40
+    map_entries: int = 65536
+    procs: int = 1024
+    maxproc: int = 16384
+    files: int = 1024
+    sockets: int = 1024
+    mbufs: int = 256 << 20
+    sessions: int = 1024
+    wire_bytes: int = 16 << 20
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Limits:
+        """=> Limits with the given fields; unknown names or non-positive values: ValueError."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown limit {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        for k, v in d.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"limit {k} must be a positive integer, not {v!r}")
+        return cls(**d)
+
+    def with_text(self, text: str) -> Limits:
+        """Apply "name=value[,name=value...]" (values take K/M/G/T suffixes)."""
+        out = self.to_dict()
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"limit {item!r}: use NAME=VALUE")
+            out[name.strip()] = parse_quantity(value.strip())
+        return Limits.from_dict(out)

@@ -1,0 +1,45 @@
+"""`uvm-machine up` keeps its kernel to its owner: run/ is 0700 and every socket in it 0600.
+
+The kernel endpoints of `up` are ipc sockets in <state>/run/, beside the
+machine key. Nobody but the machine's owner may connect to them (a kernel
+request is obeyed unsigned), so `up` sets those modes explicitly rather than
+trusting the umask: the test boots with umask 0 (sockets would be created
+0777) on a run/ directory an earlier run left open to everyone (0777).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from machine.config import ROLE_ORDER
+from tests.conftest import boot_real
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_makes_run_0700_and_its_sockets_0600_whatever_the_umask(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    run = state / "run"
+    run.mkdir(parents=True)
+    run.chmod(0o777)  # left open by an earlier run (or made by hand)
+    old = os.umask(0)  # the machine and its roles inherit it: no help from the umask
+    try:
+        rm = boot_real(state, "--ram", "16M")
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(run.stat().st_mode) == 0o700
+        entries = {p.name: p.lstat().st_mode for p in run.iterdir()}
+        sockets = sorted(n for n, m in entries.items() if stat.S_ISSOCK(m))
+        assert sockets == sorted(f"{r}.kernel" for r in ROLE_ORDER)  # user/pub are TCP here
+        for name, mode in entries.items():  # the sockets and the machine key
+            assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
+        for role in ROLE_ORDER:
+            assert rm.info["roles"][role]["kernel"] == f"ipc://{run}/{role}.kernel"
+    finally:
+        assert rm.stop() == 0
+    assert not run.exists()

@@ -1,0 +1,182 @@
+"""Sessions that cannot be forged, their limits, clients that learn of a stop, bounded frames.
+
+Issue 9, defects 1, 7 and 9, on both transports where they apply: a session id
+(public: on the wire, in events) authorises nothing without the session's key;
+a session ended (detached, reaped) is refused; the machine holds at most
+`limits.sessions`; a client sees MachineStopped at once on a clean stop; a frame
+above MAX_REQUEST_BYTES is dropped unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from machine.client import Machine, MachineStopped, RequestError
+from machine.ipc.auth import KEY_LEN
+from machine.limits import Limits
+from machine.params import MAX_REQUEST_BYTES, PAGE_SIZE
+from machine.proto import NO_HEADER, Errno, MmuLoad, MmuStore, UvmExit, UvmMmap, UvmSpawn
+from machine.testing import SimMachine
+from tests.conftest import Harness, boot_real, pid_alive
+
+_H = NO_HEADER
+
+
+async def test_a_session_id_seen_by_others_authorises_nothing(harness: Harness) -> None:
+    async with harness.attach() as victim, harness.attach() as thief:
+        p = await victim.spawn()
+        va = await p.mmap(PAGE_SIZE)
+        await p.store(va, b"secret")
+        own_key = thief.ident.key
+        assert own_key is not None
+        # The thief speaks as the victim's session: with its own key, then a guessed one.
+        for key in (own_key, os.urandom(KEY_LEN)):
+            thief.ident.become(victim.session, key)
+            for role, req in (
+                ("mmu", MmuLoad(h=_H, asid=p.asid, va=va, n=6)),
+                ("mmu", MmuStore(h=_H, asid=p.asid, va=va, data=b"stolen")),
+                ("uvm", UvmMmap(h=_H, asid=p.asid, length=PAGE_SIZE, prot=3)),
+                ("uvm", UvmExit(h=_H, asid=p.asid)),
+                ("uvm", UvmSpawn(h=_H)),
+            ):
+                with pytest.raises(RequestError) as ei:
+                    await thief.call_role(role, req)
+                assert ei.value.errno is Errno.EPERM, (role, req)
+        assert await p.load(va, 6) == b"secret"
+        assert victim.session != 0
+        q = await victim.spawn()  # the victim's session is untouched
+        assert q.asid != p.asid
+
+
+async def test_an_ended_session_is_refused_even_with_its_key(harness: Harness) -> None:
+    async with harness.attach() as m:
+        sid, key = m.session, m.ident.key
+    async with harness.attach() as other:
+        assert other.session != sid  # the machine chose it; a client cannot
+        assert key is not None
+        other.ident.become(sid, key)  # the old session's own credentials,
+        other.ident._ids = itertools.count(1 << 30)  # and msg_ids it never used
+        with pytest.raises(RequestError) as ei:
+            await other.call_role("uvm", UvmSpawn(h=_H))
+        assert ei.value.errno is Errno.EPERM
+        assert "ended" in ei.value.detail
+
+
+async def test_the_machine_holds_at_most_its_limit_of_sessions() -> None:
+    async with SimMachine.boot(seed=3, ram_bytes=4 << 20, limits=Limits(sessions=2)) as sim:
+        async with sim.attach() as a, sim.attach() as b:
+            assert a.session != b.session
+            with pytest.raises(RequestError) as ei:
+                async with sim.attach():
+                    pass
+            assert ei.value.errno is Errno.EAGAIN
+        async with sim.attach() as c:  # detaching made room
+            await c.spawn()
+
+
+async def test_a_clean_stop_fails_pending_and_later_calls_with_machine_stopped() -> None:
+    async with SimMachine.boot(seed=5, ram_bytes=4 << 20) as sim, sim.attach() as m:
+        p = await m.spawn()
+        va = await p.mmap(PAGE_SIZE)
+        loop = asyncio.get_running_loop()
+
+        async def busy() -> None:
+            while True:
+                await p.store(va, b"x")
+
+        task = asyncio.ensure_future(busy())
+        await asyncio.sleep(0.01)
+        t0 = loop.time()
+        await sim.sup.shutdown("operator")
+        with pytest.raises(MachineStopped, match="operator"):
+            await asyncio.wait_for(task, 1.0)
+        assert loop.time() - t0 < 1.0
+        with pytest.raises(MachineStopped):
+            await p.load(va, 1)
+
+
+async def test_a_real_client_learns_of_sigterm_within_a_second(tmp_path: Path) -> None:
+    import signal
+
+    rm = boot_real(tmp_path / "state", "--ram", "8M")
+    try:
+        async with Machine.attach(rm.endpoint) as m:
+            p = await m.spawn()
+            va = await p.mmap(PAGE_SIZE)
+            rm.proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+
+            async def store_until_stopped() -> None:
+                while time.monotonic() - t0 < 5.0:
+                    await p.store(va, b"x")
+
+            with pytest.raises(MachineStopped):
+                await store_until_stopped()
+            assert time.monotonic() - t0 < 1.0
+    finally:
+        assert rm.stop() == 0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.integration
+def test_an_oversized_frame_is_dropped_unread(real_machine: object) -> None:
+    from tests.conftest import RealMachine
+
+    assert isinstance(real_machine, RealMachine)
+    mmu_pid = real_machine.role_pids()["mmu"]
+    ep = asyncio.run(_user_endpoint(real_machine.endpoint, "mmu"))
+    rss0 = _rss_kib(mmu_pid)
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        s.send(b"\x80" + bytes(64 << 20))  # 64 MiB: far above MAX_REQUEST_BYTES
+        assert not s.poll(1500), "an oversized frame got a reply"
+        s.close(linger=0)
+    finally:
+        ctx.term()
+    assert pid_alive(mmu_pid)
+    # ZeroMQ dropped the connection when it read the frame's length: never buffered.
+    assert _rss_kib(mmu_pid) - rss0 < 4 * MAX_REQUEST_BYTES // 1024
+    asyncio.run(_still_serves(real_machine.endpoint))
+
+
+async def _user_endpoint(endpoint: str, role: str) -> str:
+    async with Machine.attach(endpoint, keepalive=False) as m:
+        assert m.directory is not None
+        return m.directory.roles[role].user
+
+
+async def _still_serves(endpoint: str) -> None:
+    async with Machine.attach(endpoint, keepalive=False) as m:
+        p = await m.spawn()
+        va = await p.mmap(PAGE_SIZE)
+        await p.store(va, b"alive")
+        assert await p.load(va, 5) == b"alive"
+
+
+async def test_an_oversized_frame_is_dropped_in_simulation_too() -> None:
+    async with SimMachine.boot(seed=2, ram_bytes=4 << 20) as sim, sim.attach() as m:
+        p = await m.spawn()
+        va = await p.mmap(PAGE_SIZE)
+        dropped = sim.transport.dropped
+        m.timeout_s = 0.5
+        for peer in m._peers.values():
+            peer.timeout_s = 0.5
+        with pytest.raises(Exception, match="within the timeout"):
+            await m.call_role("mmu", MmuStore(h=_H, asid=p.asid, va=va, data=bytes(3 << 20)))
+        assert sim.transport.dropped == dropped + 1
+        await p.store(va, b"ok")

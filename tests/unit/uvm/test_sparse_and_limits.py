@@ -1,0 +1,396 @@
+"""uvm memory follows use (sparse amaps, no per-page loops) and the limits of machine.limits.
+
+Issue 9, defect 3: one store at the end of a 2^36-byte anonymous mapping cost
+uvm 256 MiB (the amap's slot arrays were sized by the entry), 2^40 cost 4 GiB,
+and a munmap of such a range looped over every page. Here a 2^40 mapping,
+stored to, forked, stored to again, unmapped and exited costs uvm a few KiB
+and milliseconds. Then each limit: its errno, and that the refused request
+changed nothing (spaces, entries, mapped size, handles, frames; audit clean).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from machine.client import RequestError
+from machine.limits import Limits
+from machine.mmu.pmap import Mmu
+from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
+from machine.proto import Errno
+from machine.proto.types import Prot
+from machine.testing import SimMachine
+from machine.uvm.audit import audit
+from machine.uvm.errors import VmError
+from machine.uvm.vm import Uvm
+from tests.unit.uvm.localpmap import make_uvm
+from tests.unit.uvm.test_core import OWN, cpu_load, cpu_store
+
+RW = Prot.READ | Prot.WRITE
+OTHER = 78  # another session
+MEM_BOUND = 5 << 20  # bytes uvm may allocate for a handful of touched pages
+TIME_BOUND_S = 1.0
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> tuple[Uvm, Mmu]:
+    return make_uvm(64, tmp_path, swap_pages=64)
+
+
+async def clean(uvm: Uvm) -> None:
+    assert await audit(uvm) == []
+
+
+async def measured(work: Callable[[], Awaitable[Any]]) -> tuple[Any, int, float]:
+    """=> (result, peak bytes Python allocated, seconds) of running work."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        out = await work()
+        return out, tracemalloc.get_traced_memory()[1], time.perf_counter() - t0
+    finally:
+        tracemalloc.stop()
+
+
+def state(uvm: Uvm, mmu: Mmu) -> tuple[Any, ...]:
+    """What a refused request must leave as it was."""
+    return (
+        sorted(uvm.spaces),
+        {
+            a: [(e.start, e.end, e.prot, e.wired_count) for e in sp.map.entries]
+            for a, sp in uvm.spaces.items()
+        },
+        {a: sp.map.size for a, sp in uvm.spaces.items()},
+        sorted(uvm.handles),
+        sorted(uvm.objects),
+        dict(uvm.nprocs),
+        sorted(mmu.pmaps),
+        uvm.pages.free.count,
+        uvm.pages.wired,
+        len(uvm.anons),
+    )
+
+
+# -- memory follows use ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [36, 40])
+async def test_one_store_at_the_end_of_a_huge_mapping_costs_what_it_touches(
+    vm: tuple[Uvm, Mmu], shift: int
+) -> None:
+    """mmap 2^shift + store the last byte + fork + store in the child + munmap + exit:
+    bounded memory and time (before: 512 MiB / 3.7 s for 2^36, 8 GiB / 35 s for 2^40)."""
+    uvm, mmu = vm
+    size = 1 << shift
+    p = await uvm.spawn(OWN)
+
+    async def work() -> None:
+        va = await uvm.mmap(p, OWN, size, RW)
+        last = va + size - PAGE_SIZE
+        await cpu_store(uvm, mmu, p, last + PAGE_SIZE - 1, b"P")
+        c = await uvm.fork(p, OWN)
+        await cpu_store(uvm, mmu, c, last + PAGE_SIZE - 1, b"C")
+        assert await cpu_load(uvm, mmu, p, last + PAGE_SIZE - 1, 1) == b"P"
+        assert await cpu_load(uvm, mmu, c, last + PAGE_SIZE - 1, 1) == b"C"
+        assert await cpu_load(uvm, mmu, c, va, 4) == b"\0" * 4  # untouched: zero-fill
+        await clean(uvm)
+        (e,) = uvm.spaces[c].map.entries
+        assert e.amap is not None
+        assert e.amap.nslot == size // PAGE_SIZE
+        assert e.amap.nused == 2
+        await uvm.munmap(c, OWN, va, size)
+        assert uvm.spaces[c].map.entries == []
+        assert uvm.spaces[c].map.size == 0
+        await uvm.exit(c, OWN)
+        await uvm.munmap(p, OWN, va, size)
+        await uvm.exit(p, OWN)
+
+    _, peak, seconds = await measured(work)
+    assert peak < MEM_BOUND, f"uvm allocated {peak} bytes for 3 touched pages"
+    assert seconds < TIME_BOUND_S
+    await clean(uvm)
+    assert uvm.pages.free.count == uvm.pages.npages
+    assert uvm.anons == {}
+    assert uvm.spaces == {}
+    assert not uvm.nprocs
+
+
+async def test_fork_of_a_huge_sparse_mapping_stays_copy_on_write(vm: tuple[Uvm, Mmu]) -> None:
+    uvm, mmu = vm
+    size = 1 << 40
+    p = await uvm.spawn(OWN)
+
+    async def work() -> None:
+        va = await uvm.mmap(p, OWN, size, RW)
+        spots = [va, va + size // 2 + 5 * PAGE_SIZE, va + size - PAGE_SIZE]
+        for i, a in enumerate(spots):
+            await cpu_store(uvm, mmu, p, a + 7, b"parent%d" % i)
+        c = await uvm.fork(p, OWN)
+        await clean(uvm)
+        assert await cpu_store(uvm, mmu, c, spots[1] + 7, b"child!!") == 1  # one COW fault
+        await cpu_store(uvm, mmu, p, spots[2] + 7, b"PARENT2")
+        await clean(uvm)
+        assert await cpu_load(uvm, mmu, p, spots[1] + 7, 7) == b"parent1"
+        assert await cpu_load(uvm, mmu, c, spots[1] + 7, 7) == b"child!!"
+        assert await cpu_load(uvm, mmu, c, spots[2] + 7, 7) == b"parent2"
+        assert await cpu_load(uvm, mmu, c, spots[0] + 7, 7) == b"parent0"
+        (pe,), (ce,) = uvm.spaces[p].map.entries, uvm.spaces[c].map.entries
+        assert pe.amap is not None
+        assert ce.amap is not None
+        assert pe.amap is not ce.amap
+        assert pe.amap.nused == ce.amap.nused == 3
+        shared = {a.id for _, a in pe.amap.used()} & {a.id for _, a in ce.amap.used()}
+        assert len(shared) == 1  # spots[0]: still shared, read-only in both
+        await uvm.exit(p, OWN)
+        await clean(uvm)
+        assert await cpu_load(uvm, mmu, c, spots[0] + 7, 7) == b"parent0"
+        await uvm.exit(c, OWN)
+
+    _, peak, seconds = await measured(work)
+    assert peak < MEM_BOUND
+    assert seconds < TIME_BOUND_S
+    assert uvm.pages.free.count == uvm.pages.npages
+    assert uvm.anons == {}
+
+
+async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    uvm, mmu = vm
+    size = 1 << 40
+    p = await uvm.spawn(OWN)
+
+    async def work() -> None:
+        va = await uvm.mmap(p, OWN, size, RW)
+        lo, hi = va + PAGE_SIZE, va + size - 2 * PAGE_SIZE
+        await cpu_store(uvm, mmu, p, va, b"first")
+        await cpu_store(uvm, mmu, p, hi, b"last")
+        # mprotect the huge middle: three entries, the amap split by its used slots
+        await uvm.mprotect(p, OWN, lo, hi - lo, Prot.READ)
+        entries = uvm.spaces[p].map.entries
+        assert [(e.start, e.end) for e in entries] == [(va, lo), (lo, hi), (hi, va + size)]
+        assert [e.amap.nused if e.amap else 0 for e in entries] == [1, 0, 1]
+        with pytest.raises(VmError) as ei:  # the middle is read-only now
+            await cpu_store(uvm, mmu, p, lo + size // 4, b"x")
+        assert ei.value.errno == "EFAULT"
+        await clean(uvm)
+        # mlock of the huge middle: refused up front (it could never be wired)
+        before = state(uvm, mmu)
+        with pytest.raises(VmError) as ei:
+            await uvm.wire(p, OWN, lo, hi - lo)
+        assert ei.value.errno == "EAGAIN"
+        assert state(uvm, mmu) == before
+        # mlock + munlock of the whole mapping's small touched ends
+        await uvm.wire(p, OWN, va, PAGE_SIZE)
+        await uvm.wire(p, OWN, hi, PAGE_SIZE)
+        assert uvm.pages.wired == 2
+        pte = mmu.extract(p, va)
+        assert pte is not None
+        assert uvm.resident_pages(uvm.spaces[p].map.entries[0]) == [pte.pfn]
+        assert uvm.resident_pages(uvm.spaces[p].map.entries[1]) == []  # 2^40 - 3 pages, none
+        await uvm.unwire(p, OWN, hi, PAGE_SIZE)
+        await uvm.unwire(p, OWN, va, PAGE_SIZE)
+        assert uvm.pages.wired == 0
+        # munmap of almost all of it, across the clipped entries
+        await uvm.munmap(p, OWN, lo, hi + PAGE_SIZE - lo)
+        assert [(e.start, e.end) for e in uvm.spaces[p].map.entries] == [
+            (va, lo),
+            (hi + PAGE_SIZE, va + size),
+        ]
+        assert await cpu_load(uvm, mmu, p, va, 5) == b"first"
+        await clean(uvm)
+        await uvm.exit(p, OWN)
+
+    _, peak, seconds = await measured(work)
+    assert peak < MEM_BOUND
+    assert seconds < TIME_BOUND_S
+    assert uvm.pages.free.count == uvm.pages.npages
+    assert uvm.anons == {}
+
+
+async def test_mmap_length_and_address_are_capped_without_a_panic(vm: tuple[Uvm, Mmu]) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(vsize=1 << 47)
+    p = await uvm.spawn(OWN)
+    before = state(uvm, mmu)
+    for kw, errno in [
+        ({"length": 0}, "EINVAL"),
+        ({"length": -PAGE_SIZE}, "EINVAL"),
+        ({"length": PAGE_SIZE, "offset": -PAGE_SIZE}, "EINVAL"),
+        ({"length": USER_TOP}, "ENOMEM"),  # larger than user space
+        ({"length": 1 << 60}, "ENOMEM"),
+        ({"length": PAGE_SIZE, "va": USER_TOP}, "ENOMEM"),  # a hint beyond user space
+        ({"length": 2 * PAGE_SIZE, "va": USER_TOP - PAGE_SIZE, "fixed": True}, "EINVAL"),
+        ({"length": PAGE_SIZE, "va": 0, "fixed": True}, "EINVAL"),
+    ]:
+        args: dict[str, Any] = {"prot": RW, **kw}
+        with pytest.raises(VmError) as ei:
+            await uvm.mmap(p, OWN, **args)
+        assert ei.value.errno == errno, kw
+        assert state(uvm, mmu) == before
+    # the whole of user space is one (sparse) mapping, and costs nothing until touched
+    va = await uvm.mmap(p, OWN, USER_TOP - USER_MIN, RW)
+    assert va == USER_MIN
+    await cpu_store(uvm, mmu, p, USER_TOP - 1, b"!")
+    await clean(uvm)
+    await uvm.exit(p, OWN)
+    assert uvm.pages.free.count == uvm.pages.npages
+
+
+async def test_many_small_mappings_are_placed_first_fit_in_log_time(vm: tuple[Uvm, Mmu]) -> None:
+    """find_space starts at first_free (before: a scan of every entry, 34 s for 16384)."""
+    uvm, _ = vm
+    p = await uvm.spawn(OWN)
+    t0 = time.perf_counter()
+    vas = [await uvm.mmap(p, OWN, PAGE_SIZE, RW) for _ in range(16384)]
+    assert vas == [USER_MIN + i * PAGE_SIZE for i in range(16384)]
+    assert time.perf_counter() - t0 < 5.0
+    await uvm.munmap(p, OWN, vas[100], 2 * PAGE_SIZE)
+    await uvm.munmap(p, OWN, vas[7], PAGE_SIZE)
+    assert uvm.spaces[p].map.first_free == vas[7]
+    await clean(uvm)
+    assert await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW) == vas[100]  # first fit skips the 1-page hole
+    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW) == vas[7]
+    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW) == vas[-1] + PAGE_SIZE
+    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=vas[50]) == vas[-1] + 2 * PAGE_SIZE  # a hint
+    await clean(uvm)
+
+
+# -- limits -----------------------------------------------------------------------------
+
+
+async def test_vsize_limit_gives_enomem_and_a_forked_child_inherits_the_size(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(vsize=16 * PAGE_SIZE)
+    p = await uvm.spawn(OWN)
+    va = await uvm.mmap(p, OWN, 10 * PAGE_SIZE, RW)
+    await cpu_store(uvm, mmu, p, va, b"x")
+    before = state(uvm, mmu)
+    with pytest.raises(VmError) as ei:
+        await uvm.mmap(p, OWN, 7 * PAGE_SIZE, RW)
+    assert ei.value.errno == "ENOMEM"
+    assert state(uvm, mmu) == before
+    await clean(uvm)
+    c = await uvm.fork(p, OWN)
+    assert uvm.spaces[c].map.size == uvm.spaces[p].map.size == 10 * PAGE_SIZE
+    with pytest.raises(VmError) as ei:
+        await uvm.mmap(c, OWN, 7 * PAGE_SIZE, RW)
+    assert ei.value.errno == "ENOMEM"
+    await uvm.mmap(c, OWN, 6 * PAGE_SIZE, RW)  # exactly at the limit
+    await uvm.munmap(p, OWN, va, 4 * PAGE_SIZE)  # unmapping makes room again
+    await uvm.mmap(p, OWN, 10 * PAGE_SIZE, RW)
+    await clean(uvm)
+
+
+async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(map_entries=3)
+    p = await uvm.spawn(OWN)
+    vas = [await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
+    await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
+    before = state(uvm, mmu)
+    refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("mmap", lambda: uvm.mmap(p, OWN, PAGE_SIZE, RW)),
+        ("mprotect", lambda: uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
+        ("mlock", lambda: uvm.wire(p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: uvm.unwire(p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("munmap", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
+    ]
+    for what, call in refused:
+        with pytest.raises(VmError) as ei:
+            await call()
+        assert ei.value.errno == "ENOMEM", what
+        assert state(uvm, mmu) == before, what
+        await clean(uvm)
+    assert await cpu_load(uvm, mmu, p, vas[0] + PAGE_SIZE, 4) == b"keep"  # still mapped
+    # a munmap that splits one entry but removes another leaves fewer: allowed
+    await uvm.munmap(p, OWN, vas[1] + PAGE_SIZE, 7 * PAGE_SIZE)
+    assert len(uvm.spaces[p].map.entries) == 2
+    await uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, 3 * PAGE_SIZE, Prot.READ)  # one split: 3
+    assert len(uvm.spaces[p].map.entries) == 3
+    with pytest.raises(VmError):  # two splits would make 5
+        await uvm.mprotect(p, OWN, vas[0] + 2 * PAGE_SIZE, PAGE_SIZE, Prot.NONE)
+    await clean(uvm)
+
+
+async def test_procs_limit_gives_eagain_at_spawn_and_fork_and_leaks_no_asid(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(procs=2)
+    p = await uvm.spawn(OWN)
+    await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+    c = await uvm.fork(p, OWN)
+    before = state(uvm, mmu)
+    for call in (lambda: uvm.spawn(OWN), lambda: uvm.fork(p, OWN)):
+        with pytest.raises(VmError) as ei:
+            await call()
+        assert ei.value.errno == "EAGAIN"
+        assert state(uvm, mmu) == before  # no space, no pmap
+    other = await uvm.spawn(OTHER)  # another session has its own count
+    assert other == c + 1  # no asid was spent on the refusals
+    await uvm.exit(c, OWN)
+    assert await uvm.spawn(OWN) == other + 1
+    assert uvm.nprocs == {OWN: 2, OTHER: 1}
+    await clean(uvm)
+
+
+async def test_maxproc_bounds_the_machine_whatever_the_sessions(vm: tuple[Uvm, Mmu]) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(procs=10, maxproc=3)
+    p = await uvm.spawn(OWN)
+    await uvm.spawn(OTHER)
+    await uvm.spawn(OTHER + 1)
+    before = state(uvm, mmu)
+    for call in (lambda: uvm.spawn(OTHER + 2), lambda: uvm.fork(p, OWN)):
+        with pytest.raises(VmError) as ei:
+            await call()
+        assert ei.value.errno == "EAGAIN"
+        assert "machine" in ei.value.detail
+        assert state(uvm, mmu) == before
+    await uvm.exit(p, OWN)
+    await uvm.spawn(OTHER + 2)  # an exit made room
+    await clean(uvm)
+
+
+async def test_files_limit_gives_emfile_and_opens_nothing(
+    vm: tuple[Uvm, Mmu], tmp_path: Path
+) -> None:
+    uvm, mmu = vm
+    uvm.limits = Limits(files=2)
+    h1, _ = uvm.open(OWN, "a.bin", True, PAGE_SIZE)
+    uvm.open(OWN, "b.bin", True, PAGE_SIZE)
+    before = state(uvm, mmu)
+    with pytest.raises(VmError) as ei:
+        uvm.open(OWN, "c.bin", True, PAGE_SIZE)
+    assert ei.value.errno == "EMFILE"
+    with pytest.raises(VmError) as ei:
+        uvm.open(OWN, "a.bin", False, None)  # the same file again is one more handle
+    assert ei.value.errno == "EMFILE"
+    assert state(uvm, mmu) == before
+    assert not (tmp_path / "disk" / "c.bin").exists()  # nothing created
+    uvm.open(OTHER, "c.bin", True, PAGE_SIZE)  # another session has its own count
+    await uvm.close(OWN, h1)
+    uvm.open(OWN, "a.bin", False, None)
+    await clean(uvm)
+
+
+async def test_the_uvm_role_enforces_the_limits_it_is_booted_with() -> None:
+    limits = Limits(procs=1, files=1)
+    async with SimMachine.boot(seed=9, limits=limits, latency_s=(0.0, 0.0)) as sim:
+        vm = sim.service("uvm").vm  # type: ignore[attr-defined]
+        assert vm.limits == limits
+        async with sim.attach() as m:
+            await m.spawn()
+            with pytest.raises(RequestError) as ei:
+                await m.spawn()
+            assert ei.value.errno is Errno.EAGAIN
