@@ -69,7 +69,8 @@ def write_key_file(path: Path, key: bytes) -> None:
     import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    path.unlink(missing_ok=True)  # a key of an earlier run; never write into a file we find
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, key.hex().encode() + b"\n")

@@ -15,12 +15,14 @@ kernel endpoints, pids, RAM segment); it is removed at shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import secrets
 import shutil
 import signal
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,13 +44,47 @@ from machine.supervisor.arbiter import Supervisor
 from machine.supervisor.launcher import ExternalLauncher, Launcher, ProcessLauncher
 
 
+class StateDirError(OSError):
+    """The state directory is not safely ours: the machine refuses to boot on it."""
+
+
+def _ours(path: Path, what: str, fix_mode: bool = False) -> None:
+    """=> path is a real directory (no symbolic link), owned by this user, and writable
+    by nobody else (fix_mode: made so); else StateDirError. Someone else's directory
+    (pre-created in /tmp, a planted disk/ link) would let them read or redirect what the
+    machine's files hold."""
+    st = os.lstat(path)
+    if fix_mode and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise StateDirError(f"{what} {path} is a symbolic link: refusing to use it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"{what} {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateDirError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()})"
+        )
+    if st.st_mode & 0o022:
+        raise StateDirError(
+            f"{what} {path} is writable by group or others (mode {st.st_mode & 0o777:o}): "
+            "chmod go-w it, or choose another"
+        )
+
+
 def prepare_state(state_dir: Path) -> None:
-    """disk/, dump/ and run/; run/ (kernel sockets, the machine key) is the owner's alone."""
-    for sub in ("disk", "dump"):
-        (state_dir / sub).mkdir(parents=True, exist_ok=True)
-    run = state_dir / "run"
-    run.mkdir(mode=0o700, parents=True, exist_ok=True)
-    run.chmod(0o700)  # whatever the umask, or a directory left by an earlier run
+    """The state directory and its disk/, dump/ and run/, each checked to be ours alone
+    to write (a missing one is made 0700); run/ (kernel sockets, the machine key) is
+    mode 0700 whatever the umask or an earlier run left. => StateDirError otherwise."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _ours(state_dir, "state directory")
+    for sub in ("disk", "dump", "run"):
+        with contextlib.suppress(FileExistsError):
+            (state_dir / sub).mkdir(mode=0o700)
+        _ours(state_dir / sub, f"{sub}/ of the state directory", fix_mode=sub == "run")
+    for entry in (state_dir / "run").iterdir():  # left by an earlier run: ours, or refused
+        if entry.lstat().st_uid != os.geteuid():
+            raise StateDirError(f"{entry} belongs to someone else: remove it first")
 
 
 def private_dir(path: Path) -> None:

@@ -179,7 +179,7 @@ def lookup(disk: Path, name: str, create: bool) -> tuple[int, tuple[int, int]]:
     if not comps:
         raise VnodeError("EISDIR", f"{_show(name)} names disk/ itself")
     try:
-        dfd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise host_error(e, "the disk directory") from None
     try:

@@ -43,3 +43,39 @@ def test_up_makes_run_0700_and_its_sockets_0600_whatever_the_umask(tmp_path: Pat
     finally:
         assert rm.stop() == 0
     assert not run.exists()
+
+
+@pytest.mark.parametrize("plant", ["state_by_other", "state_open", "disk_link", "run_entry"])
+def test_up_refuses_a_state_directory_others_could_have_planted(tmp_path: Path, plant: str) -> None:
+    """A local user who pre-creates the state directory (or plants disk/ as a link to a
+    directory only root may read) must not get the machine's files: `up` refuses to boot."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    secret = tmp_path / "root-only"
+    secret.mkdir(mode=0o700)
+    (secret / "file").write_bytes(b"root only")
+    if plant == "state_by_other":
+        os.chown(state, 65534, 65534)  # nobody's
+    elif plant == "state_open":
+        state.chmod(0o777)
+    elif plant == "disk_link":
+        (state / "disk").symlink_to(secret)
+    else:
+        (state / "run").mkdir()
+        (state / "run" / "machine.key").write_text("planted")
+        os.chown(state / "run" / "machine.key", 65534, 65534)
+    r = subprocess.run(
+        [sys.executable, "-m", "machine", "up", "--state", str(state), "--ram", "8M"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "attach:" not in r.stdout
+    assert "uvm-machine up:" in r.stderr, r.stderr
+    assert (secret / "file").read_bytes() == b"root only"
+    assert sorted(p.name for p in secret.iterdir()) == ["file"]
