@@ -481,7 +481,8 @@ class Wire:
     async for pkt in m.wire(): ...   # also works; listens on first use
 
     `dropped`: mbufs net dropped because this receiver's queue held more than the
-    wire_bytes limit (the oldest go first); `lost`: sends that therefore never
+    wire_bytes limit, or was the largest when every queue together held wire_total
+    (the oldest go first); `lost`: sends that therefore never
     arrived whole (discarded once a later send of their socket arrives).
     """
 

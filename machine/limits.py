@@ -7,21 +7,31 @@ would exceed it gets an errno and changes nothing:
   name         bound on                                       errno when exceeded
   vsize        bytes of address space mapped by one process   ENOMEM (RLIMIT_AS)
   map_entries  map entries of one process                     ENOMEM (vm.max_map_count)
+  maxentries   map entries on the machine, every process      ENOMEM (NetBSD's pool of
+               together (fork charges the child's first)      map entries)
   procs        processes of one session                       EAGAIN (RLIMIT_NPROC)
   maxproc      processes on the machine                       EAGAIN (kern.maxproc)
   files        open files of one session                      EMFILE (RLIMIT_NOFILE)
+  filesize     bytes of one file under disk/ (open's size)    EFBIG (RLIMIT_FSIZE)
   sockets      sockets of one session                         EMFILE
   mbufs        bytes of copied send data net holds, over all  a copy waits for storage
                sessions (nmbclusters x MCLBYTES)              (m_get M_WAIT)
   sessions     attached sessions on the machine               EAGAIN
+  inflight     requests of one session a role is still        EAGAIN
+               working on (faults, sends, long polls)
+  inflight_total  the same, every session together, per role  EAGAIN
   wire_bytes   bytes of wire packets queued for one session's
                receiver; the oldest are dropped (and counted) beyond it
+  wire_total   bytes of wire packets queued over every receiver
+               (sessions and taps); beyond it the oldest packets
+               of the largest queue are dropped (and counted)
 
 The defaults are generous for every workload in this project (they are far
 above what the tests and clients use) and small enough that the kernel's
 bookkeeping stays within a few hundred MiB whatever clients do (16384
-processes of a few KiB each; 1024 sessions each queueing at most wire_bytes
-only while it listens). `uvm-machine up --limit
+processes of a few KiB each; maxentries map entries of about 140 bytes, up
+to about 800 with an amap holding anons: at most about 200 MiB; wire
+packets within wire_total however many sessions listen). `uvm-machine up --limit
 NAME=VALUE` (repeatable; env UVM_MACHINE_LIMITS="procs=64,files=128") changes
 them; every role reads the same Limits (the ones it enforces).
 """
@@ -39,13 +49,18 @@ from machine.params import parse_quantity
 class Limits:
     vsize: int = 1 << 40
     map_entries: int = 65536
+    maxentries: int = 1 << 18
     procs: int = 1024
     maxproc: int = 16384
     files: int = 1024
+    filesize: int = 64 << 30
     sockets: int = 1024
     mbufs: int = 256 << 20
     sessions: int = 1024
+    inflight: int = 1024
+    inflight_total: int = 16384
     wire_bytes: int = 16 << 20
+    wire_total: int = 128 << 20
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

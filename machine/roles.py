@@ -54,7 +54,7 @@ def make_service(
     knobs = load_profile(profile).knobs
     if role == "mmu":
         mmu = Mmu(ram, str(knobs["KENTER_MODE"]), str(knobs["PPP_WIRED"]))
-        return MmuService(transport, mmu=mmu, **kw)
+        return MmuService(transport, mmu=mmu, limits=limits, **kw)
     if role == "uvm":
         return UvmService(
             transport,
@@ -67,7 +67,7 @@ def make_service(
             **kw,
         )
     if role == "pdaemon":
-        return PdaemonService(transport, profile=profile, **kw)
+        return PdaemonService(transport, profile=profile, limits=limits, **kw)
     if role == "net":
         return NetService(transport, ram=ram, profile=profile, limits=limits, **kw)
     raise ValueError(f"unknown role {role!r}")

@@ -50,6 +50,8 @@ from pathlib import Path
 TAG_LEN = 16
 KEY_LEN = 32
 REPLAY_WINDOW = 4096
+#: Session ids and msg_ids a signed request may carry: 0 < n < 2**63 (as the header's types).
+_ID_LIMIT = 1 << 63
 _MAX_KEYS = 4096  # session keys cached per role (LRU); recomputing one costs ~2 us
 _MAX_WINDOWS = 65536  # sessions whose replay window a role remembers (LRU)
 _SESSION_LABEL = b"uvm-machine session"
@@ -122,11 +124,15 @@ class SessionAuth:
         """=> "" if the request is the session's own and new; else why it is refused.
 
         The tag is checked before the replay window, so a forged frame cannot
-        mark an id as seen.
+        mark an id as seen. Any int is answered (never raises): a session id or
+        msg_id outside [1, 2**63) names no session and no request.
         """
         if tag is None:
             self.refused += 1
             return "unsigned request: attach for a session and sign every request"
+        if not (0 < sid < _ID_LIMIT and 0 < msg_id < _ID_LIMIT):
+            self.refused += 1
+            return "bad session credentials"
         if not hmac.compare_digest(sign(self.key(sid), body), tag):
             self.refused += 1
             return "bad session credentials"

@@ -13,6 +13,14 @@ and delivered after a latency drawn from a seeded RNG, on a virtual clock:
     raises SimulationDeadlock instead of hanging. Virtual time past
     `limit_s` raises SimulationTimeout.
 
+Fairness: each request is delivered by its own loop callback, so no reader
+drains a burst in one go; on the virtual clock no deadline (a heartbeat's
+timeout) passes while callbacks run, so a burst cannot starve the supervisor.
+On a real-time loop (a SimMachine in a plain pytest loop) a burst delays what
+was scheduled after it, as one CPU would; the bus is reachable only from
+its own process. bind(user=) is accepted and ignored: an in-process client
+reads every reply.
+
 Endpoint names are free-form strings ("inproc://uvm/user", ...).
 """
 
@@ -186,7 +194,7 @@ class InMemoryTransport(Transport):
         if not conn.closed:
             conn.on_reply(data)
 
-    async def bind(self, endpoint: str, handler: Handler) -> Server:
+    async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server:
         if endpoint in self.servers:
             raise OSError(f"address in use: {endpoint}")
         s = MemServer(self, endpoint, handler)

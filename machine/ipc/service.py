@@ -24,6 +24,14 @@ What happens to every incoming request, in order:
      exception -> this role panics: it publishes ctl.panic, answers EPANIC
      from then on, and waits for the supervisor to stop it (it does not
      exit, so the panic event and dump requests are not lost).
+  7. Last resort: should the checks themselves raise (a bug: they must
+     answer any input), the request is answered EINVAL, dispatched to no
+     handler, and counted (`check_errors`, with the traceback in the trace);
+     the role serves on. Every request gets exactly one reply.
+
+The trace ring keeps the last TRACE_LEN lines, each cut to TRACE_LINE
+characters, and a panic message is cut to PANIC_LEN: nothing a client sends
+makes either grow with its input.
 
 Control requests (ctl.*) are answered without touching role state or
 locks, so they never queue behind work.
@@ -37,13 +45,14 @@ import inspect
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 from machine.ipc.auth import PUBLIC_TAGS, TAG_LEN, SessionAuth, new_machine_key
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
 from machine.ipc.transport import Clock, Publisher, Server, Transport
 from machine.kassert import KernelPanic
+from machine.limits import Limits
 from machine.proto import (
     PROTOCOL_VERSION,
     BadMessage,
@@ -70,11 +79,14 @@ from machine.proto import (
     Status,
     decode_request,
     encode,
+    salvage_msg_id,
     tag_of,
 )
 
 R = TypeVar("R", bound=Reply)
 TRACE_LEN = 256
+TRACE_LINE = 256
+PANIC_LEN = 4096
 
 CTL_REQUESTS: tuple[type[Request], ...] = (
     CtlHello,
@@ -126,6 +138,20 @@ class _Resumed:
                     return done.value
 
 
+class TraceRing(collections.deque[str]):
+    """The role's trace: the last TRACE_LEN lines, each at most TRACE_LINE characters."""
+
+    def __init__(self) -> None:
+        super().__init__(maxlen=TRACE_LEN)
+
+    def append(self, line: str) -> None:
+        super().append(line if len(line) <= TRACE_LINE else line[: TRACE_LINE - 3] + "...")
+
+    def extend(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+
 def verb_of(cls: type[Request]) -> str:
     return tag_of(cls).split(".", 1)[1]
 
@@ -152,11 +178,18 @@ class Service:
         incarnation: int | None = None,
         pid: int | None = None,
         key: bytes | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.transport = transport
         #: Checks signed user requests; `key` is the machine key every role shares
         #: (a fresh one when none is given: then no client can sign for this role).
         self.auth = SessionAuth(key if key is not None else new_machine_key())
+        self.limits = limits or Limits()
+        #: Coroutine requests of each session still running here (<= limits.inflight),
+        #: and of every session together (<= limits.inflight_total): a session that
+        #: pipelines without waiting gets EAGAIN instead of a task per request.
+        self._inflight: collections.Counter[int] = collections.Counter()
+        self._inflight_total = 0
         self.rng = rng
         self.clock = clock or Clock()
         self.incarnation = incarnation if incarnation is not None else new_incarnation(rng)
@@ -169,7 +202,9 @@ class Service:
         self.supervisor_seen: float | None = None
         #: Who sent the ctl.shutdown that stopped the role ("": none yet, or a signal).
         self.stopped_by = ""
-        self.trace: collections.deque[str] = collections.deque(maxlen=TRACE_LEN)
+        self.trace: collections.deque[str] = TraceRing()
+        #: Requests whose checks raised (a bug; answered EINVAL, see step 7).
+        self.check_errors = 0
         self.stopped = asyncio.Event()
         self.peers: dict[str, Peer] = {}
         self.endpoints: dict[str, str] = {}
@@ -202,7 +237,7 @@ class Service:
             self._servers.append(ks)
             self.endpoints["kernel"] = ks.endpoint
         if user is not None:
-            us = await self.transport.bind(user, self._on_user)
+            us = await self.transport.bind(user, self._on_user, user=True)
             self._servers.append(us)
             self.endpoints["user"] = us.endpoint
         self._pub = await self.transport.publisher(pub)
@@ -268,6 +303,8 @@ class Service:
         """Enter the panicked state and publish ctl.panic. Idempotent."""
         if self.state == "panicked":
             return
+        if len(message) > PANIC_LEN:
+            message = message[: PANIC_LEN - 3] + "..."
         self.state = "panicked"
         self.panic_message = message
         self.trace.append(f"PANIC {message}")
@@ -289,8 +326,12 @@ class Service:
 
         A handler written as a plain function runs right here and its reply goes
         back without creating a task; a coroutine handler runs as a task.
+        => never raises: every request gets a reply (steps 1-7 of the module).
         """
-        checked = self._check(raw, endpoint)
+        try:
+            checked = self._check(raw, endpoint)
+        except Exception as e:
+            return encode(self._check_failed(raw, e))
         if isinstance(checked, Reply):
             return encode(checked)
         msg, fn = checked
@@ -309,13 +350,23 @@ class Service:
             return encode(done.value)
         except Exception as e:
             return encode(self._failed(msg, e))
-        return self._finish(msg, _Resumed(coro, first))
+        sid = msg.h.incarnation if endpoint is Scope.USER else 0
+        if sid:
+            self._inflight[sid] += 1
+            self._inflight_total += 1
+        return self._finish(msg, _Resumed(coro, first), sid)
 
-    async def _finish(self, msg: Request, rest: _Resumed) -> bytes:
+    async def _finish(self, msg: Request, rest: _Resumed, sid: int = 0) -> bytes:
         try:
             return encode(await rest)
         except Exception as e:
             return encode(self._failed(msg, e))
+        finally:
+            if sid:
+                self._inflight_total -= 1
+                self._inflight[sid] -= 1
+                if not self._inflight[sid]:
+                    del self._inflight[sid]
 
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
         """handle(), decoded: for tests and tools that want the Reply object."""
@@ -365,6 +416,17 @@ class Service:
                     return self.error(
                         h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
                     )
+                if type(msg) in self._async and (
+                    self._inflight[h.incarnation] >= self.limits.inflight
+                    or self._inflight_total >= self.limits.inflight_total
+                ):
+                    return self.error(
+                        h.msg_id,
+                        Errno.EAGAIN,
+                        f"too many requests in flight at {self.role} "
+                        f"(limits inflight {self.limits.inflight}, "
+                        f"inflight_total {self.limits.inflight_total})",
+                    )
         if self.state == "panicked" and not isinstance(msg, _PANIC_EXEMPT):
             return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
         handler = self._handlers.get(type(msg))
@@ -378,6 +440,15 @@ class Service:
             self.supervisor_seen = self.clock.now_s()
         self.trace.append(f"{h.sent_ns} {tag_of(msg)} {h.sender}:{h.msg_id}")
         return msg, handler
+
+    def _check_failed(self, raw: bytes, e: Exception) -> Reply:
+        """The reply for a request whose checks raised: EINVAL; nothing was dispatched."""
+        self.check_errors += 1
+        tb = traceback.format_exception(e, limit=8)
+        self.trace.append(f"check failed: {type(e).__name__}: {e}")
+        self.trace.extend("".join(tb).strip().splitlines()[-4:])
+        msg_id = salvage_msg_id(raw[:-TAG_LEN]) or salvage_msg_id(raw)
+        return self.error(msg_id, Errno.EINVAL, f"request refused: {type(e).__name__}")
 
     @staticmethod
     def _decode_signed(raw: bytes) -> tuple[Request, bytes | memoryview, bytes | None]:
@@ -401,8 +472,8 @@ class Service:
         h = msg.h
         if isinstance(e, UserError):
             return self.error(h.msg_id, e.errno, e.detail)
-        if isinstance(e, self.user_errors):
-            err: Any = e  # a core error class: .errno (an Errno name) and .detail
+        err: Any = e  # a core error class: .errno (an Errno name) and .detail
+        if isinstance(e, self.user_errors) and err.errno in Errno.__members__:
             return self.error(h.msg_id, Errno(err.errno), str(err.detail))
         if isinstance(e, PeerPanic):
             return self.error(h.msg_id, Errno.EPANIC, e.detail)

@@ -11,8 +11,11 @@ replies to requests is machine.ipc.peer's job, dispatching requests is
 machine.ipc.service's.
 
 Contract:
-  * bind(endpoint, handler): every request's bytes go to `handler`, called
-    from the loop as they arrive. It returns the reply bytes at once (a
+  * bind(endpoint, handler, user=): every request's bytes go to `handler`,
+    called from the loop as they arrive. `user` marks an endpoint clients
+    reach (user or attach): the transport may then bound what it queues per
+    client (zmq: USER_HWM replies; a reply beyond it is dropped, and that
+    client's call times out). It returns the reply bytes at once (a
     request served without waiting: no task is created, which is most of the
     cost of a request here), or an awaitable of them (run as a task, so a
     slow request never blocks the others), or None to send nothing. A
@@ -67,7 +70,7 @@ class Subscription(abc.ABC):
 
 class Transport(abc.ABC):
     @abc.abstractmethod
-    async def bind(self, endpoint: str, handler: Handler) -> Server: ...
+    async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server: ...
 
     @abc.abstractmethod
     async def connect(self, endpoint: str, on_reply: OnBytes) -> Connection: ...

@@ -10,16 +10,35 @@ reader drains until ZMQ_EVENTS lacks POLLIN, and after every send the
 wrapper re-reads ZMQ_EVENTS and drains again, since the send may have
 consumed the edge.
 
+Fairness: a reader takes at most DRAIN_BATCH messages or DRAIN_BUDGET_S of
+handler time per turn of the loop, then comes back with loop.call_soon (the
+edge is spent, so a drain cut short is always rescheduled, never dropped).
+Every socket of the process, the kernel endpoint's among them, is so read
+in turn: one client's burst delays the supervisor's heartbeat by one batch,
+never by the whole burst. No socket is served first: a turn is short enough.
+
 Framing: ROUTER sees [identity, payload]; a DEALER sends and receives the
 bare payload; PUB/SUB frames are [topic, payload]. One msgpack frame per
-message. Wildcard ports ("tcp://127.0.0.1:*") are resolved with
-ZMQ_LAST_ENDPOINT. A send that would block (high-water mark) is queued and
-flushed when the socket can take it again; nothing is dropped except on PUB,
-where dropping is ZeroMQ's own rule.
+message; a message with more parts than its socket's framing is dropped, its
+extra parts read without a copy and discarded unjoined. (ZeroMQ delivers a
+multipart message whole: libzmq has buffered every part before the first one
+can be read, and ZMQ_MAXMSGSIZE bounds each part, not their sum. What is
+buffered is freed once the message is read and dropped; a message whose
+last part never comes stays in libzmq until its peer disconnects.)
+Wildcard ports ("tcp://127.0.0.1:*") are resolved with ZMQ_LAST_ENDPOINT.
+A DEALER's send that would block (high-water mark) is queued and flushed when
+the socket can take it again. A ROUTER never queues in Python: ZeroMQ drops a
+reply to a peer whose pipe is at its high-water mark (that peer does not read;
+its call times out), and so does a PUB to a slow subscriber.
 
 Bounds: a ROUTER refuses any frame above MAX_REQUEST_BYTES (ZMQ_MAXMSGSIZE:
 ZeroMQ drops the connection as soon as the frame's length is read, so the
-frame is never buffered; the sender's call times out). An ipc:// endpoint's
+frame is never buffered; the sender's call times out). A user endpoint's
+ROUTER holds at most USER_HWM replies per client connection (USER_HWM x the
+largest reply, an mmu.load of MAX_ACCESS_BYTES: 32 MiB) and at most USER_HWM
+unread requests (64 MiB): beyond that libzmq stops reading the connection, and
+TCP pushes back on the client. Kernel endpoints keep the large _HWM (their
+peers are the machine's roles, which always read). An ipc:// endpoint's
 socket file is made mode 0600 (the run directory around it is 0700).
 """
 
@@ -29,6 +48,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,44 +67,125 @@ from machine.params import MAX_REQUEST_BYTES
 
 _HWM = 100_000
 
+#: Replies a user endpoint's ROUTER queues for one client connection before it
+#: drops more (ZeroMQ's rule for a ROUTER at its high-water mark); also the
+#: requests it takes in from one connection before it stops reading it (the
+#: client's sends then wait: TCP's flow control, nothing is lost). A client that
+#: reads never comes near it: its own libzmq thread moves replies off the TCP
+#: connection into the client's receive queue whatever the client's code does,
+#: so replies pile up here only when the link (or a client that stopped reading
+#: with a tiny receive queue) is slower than the role. The project's clients
+#: keep one call per process in flight, a handful of processes per connection
+#: (clients/pattern --procs, the tests' 8 workers), and small replies travel in
+#: the TCP buffers, not in this queue. 32 replies of at most MAX_ACCESS_BYTES:
+#: 32 MiB held for a client that does not read, per connection.
+USER_HWM = 32
+
+#: One turn of a socket's reader: at most this many messages ...
+DRAIN_BATCH = 32
+#: ... or this much time in their handlers, whichever comes first.
+DRAIN_BUDGET_S = 0.002
+_clock = time.perf_counter  # the budget's clock (tests replace it)
+
 
 class _LoopSocket:
-    """A zmq socket read and written from the asyncio loop (see the module docstring)."""
+    """A zmq socket read and written from the asyncio loop (see the module docstring).
+
+    => at most `max_parts` parts per message reach on_frames; longer messages
+       are dropped (counted in `dropped`).
+    => one drain() reads at most DRAIN_BATCH messages or DRAIN_BUDGET_S; when it
+       stops early a drain is scheduled (call_soon), so input is never stranded
+       behind a spent edge. At most one scheduled drain is pending at a time.
+    """
 
     def __init__(
         self,
         sock: zmq.Socket[bytes],
         on_frames: Callable[[list[bytes]], None] | None,
         drop_when_full: bool = False,
+        max_parts: int = 2,
     ) -> None:
         self.sock = sock
         self.on_frames = on_frames
         self.drop_when_full = drop_when_full
+        self.max_parts = max_parts
         self.loop = asyncio.get_running_loop()
         self.fd = int(sock.getsockopt(zmq.FD))
         self.backlog: collections.deque[list[bytes]] = collections.deque()
         self.closed = False
+        self.dropped = 0
+        self.turns = 0  # drains cut short by the batch or the budget (tests)
+        self._draining = False
+        self._again: asyncio.Handle | None = None
         self.loop.add_reader(self.fd, self.drain)
-        self.loop.call_soon(self.drain)
+        self._resume()
+
+    def _resume(self) -> None:
+        """Drain again on the loop's next turn (once, however often asked)."""
+        if self._again is None and not self.closed:
+            self._again = self.loop.call_soon(self._drain_again)
+
+    def _drain_again(self) -> None:
+        self._again = None
+        self.drain()
 
     def drain(self) -> None:
-        while not self.closed:
+        if self.closed or self._draining:
+            return
+        self._draining = True
+        try:
+            if self._drain_batch():
+                self.turns += 1
+                self._resume()
+        finally:
+            self._draining = False
+
+    def _drain_batch(self) -> bool:
+        """Read one batch. => True if input may be left (the edge is spent: come back)."""
+        deadline = _clock() + DRAIN_BUDGET_S
+        for _ in range(DRAIN_BATCH):
+            if self.closed:
+                return False
             try:
                 events = int(self.sock.getsockopt(zmq.EVENTS))
             except zmq.ZMQError:
-                return
+                return False
             if events & zmq.POLLOUT and self.backlog:
                 self._flush()
             if not events & zmq.POLLIN:
-                return
+                return False
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                return
-            if self.on_frames is not None:
-                self.on_frames(frames)
+                frames = self._recv()
+            except zmq.ZMQError:  # Again included: POLLIN said otherwise; the fd will tell
+                return False
+            if frames is not None and self.on_frames is not None:
+                try:
+                    self.on_frames(frames)
+                except Exception as e:  # a handler never raises; if one does, read on
+                    self.loop.call_exception_handler(
+                        {"message": "socket reader callback raised", "exception": e}
+                    )
+            if _clock() >= deadline:
+                break
+        return True
+
+    def _recv(self) -> list[bytes] | None:
+        """One whole message, or None when it has more parts than max_parts (dropped).
+
+        ZeroMQ makes a message readable only once all its parts are in, so the
+        parts after the first never block. Extra parts are read without a copy
+        (copy=False: a zmq.Frame around libzmq's buffer) and let go at once.
+        """
+        frames = [self.sock.recv(zmq.NOBLOCK)]
+        while self.sock.getsockopt(zmq.RCVMORE):
+            if len(frames) < self.max_parts:
+                frames.append(self.sock.recv(zmq.NOBLOCK))
+                continue
+            while self.sock.getsockopt(zmq.RCVMORE):
+                self.sock.recv(zmq.NOBLOCK, copy=False)
+            self.dropped += 1
+            return None
+        return frames
 
     def _flush(self) -> None:
         while self.backlog:
@@ -107,10 +208,12 @@ class _LoopSocket:
                 return
         elif not self.drop_when_full:
             self.backlog.append(frames)
+        if self._draining:
+            return  # the drain in progress reads ZMQ_EVENTS again before it stops
         # The send may have eaten the fd's edge: look again for input.
         try:
             if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                self.loop.call_soon(self.drain)
+                self._resume()
         except zmq.ZMQError:
             pass
 
@@ -118,6 +221,9 @@ class _LoopSocket:
         if self.closed:
             return
         self.closed = True
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.fd)
         self.sock.close(linger=linger_ms)
@@ -129,16 +235,25 @@ def _last_endpoint(sock: zmq.Socket[bytes]) -> str:
 
 
 class ZmqServer(Server):
+    """A ROUTER: [identity, payload] in, [identity, reply] out; anything else is dropped."""
+
     def __init__(self, sock: zmq.Socket[bytes], handler: Handler) -> None:
         self.endpoint = _last_endpoint(sock)
         self._handler = handler
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ls = _LoopSocket(sock, self._on_frames)
+        # drop_when_full: a ROUTER drops at the high-water mark itself (it never says
+        # EAGAIN); this keeps it so should that change: no reply waits in Python.
+        self._ls = _LoopSocket(sock, self._on_frames, drop_when_full=True, max_parts=2)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped for having more parts than [identity, payload]."""
+        return self._ls.dropped
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        if len(frames) < 2:
+        if len(frames) != 2:
             return
-        ident, payload = frames[0], frames[-1]
+        ident, payload = frames
         out = self._handler(payload)
         if out is None or isinstance(out, bytes):
             if out is not None:
@@ -163,10 +278,10 @@ class ZmqConnection(Connection):
     def __init__(self, sock: zmq.Socket[bytes], endpoint: str, on_reply: OnBytes) -> None:
         self.endpoint = endpoint
         self._on_reply = on_reply
-        self._ls = _LoopSocket(sock, self._on_frames)
+        self._ls = _LoopSocket(sock, self._on_frames, max_parts=1)
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        self._on_reply(frames[-1])
+        self._on_reply(frames[0])
 
     def send(self, data: bytes) -> None:
         self._ls.send([data])
@@ -190,7 +305,7 @@ class ZmqPublisher(Publisher):
 class ZmqSubscription(Subscription):
     def __init__(self, sock: zmq.Socket[bytes], on_event: OnBytes) -> None:
         self._on_event = on_event
-        self._ls = _LoopSocket(sock, self._on_frames)
+        self._ls = _LoopSocket(sock, self._on_frames, max_parts=2)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) == 2:
@@ -218,9 +333,12 @@ class ZmqTransport(Transport):
         s.setsockopt(zmq.RCVHWM, _HWM)
         return s
 
-    async def bind(self, endpoint: str, handler: Handler) -> Server:
+    async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server:
         s = self._socket(zmq.ROUTER)
         s.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        if user:
+            s.setsockopt(zmq.SNDHWM, USER_HWM)
+            s.setsockopt(zmq.RCVHWM, USER_HWM)
         try:
             s.bind(endpoint)
         except zmq.ZMQError as e:

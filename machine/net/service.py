@@ -29,9 +29,14 @@ The wire is per session: an mbuf on the wire is queued for its session's
 listener (net.listen / net.recv, a long poll) and for every operator tap
 (net.tap_listen / net.tap_recv, kernel endpoint); nothing carrying a payload
 is published. A queue holds at most limits.wire_bytes (payload plus
-WIRE_OVERHEAD per mbuf): beyond it the oldest mbufs are dropped and counted
-(`wiredrops`), never back-pressure on the driver. A session's listener ends
-at net.unlisten or when the session ends.
+WIRE_OVERHEAD per mbuf): beyond it its oldest mbufs are dropped. Every queue
+together, listeners and taps, holds at most limits.wire_total (`wire_queued`):
+a packet that would pass it drops the oldest mbufs of the LARGEST queue (the
+receiver that hoards pays, not those that read), whichever queue that is.
+Drops are counted (the queue's `dropped`, net's `wiredrops`), never
+back-pressure on the driver. A session's listener ends at net.unlisten or when
+the session ends; its queue is then freed (the bytes go back to the allocator,
+which may keep the heap's pages for reuse rather than return them to the host).
 
 Sockets close (soclose, as NetBSD's exit closes every descriptor) on
 net.close, when their process exits or is reaped and when their session
@@ -51,6 +56,8 @@ Invariants:
     chunk let into an empty pool; it is 0 when nothing is queued.
   * every loaned mbuf is eventually kremoved and unloaned exactly once.
   * a listener's queue holds only its session's mbufs; bytes queued <= wire_bytes.
+  * wire_queued == the sum of every listener's and tap's bytes <= wire_total, after
+    every enqueue (a tap shares its packets' payloads, so memory is at most that).
   * a socket's record lives until it is closed, sb_cc is 0, its loaned mbufs
     are freed and no send holds it; then it is freed exactly once.
 Recovery contract: in-flight mbufs are lost with the role (a dead role is a
@@ -121,7 +128,7 @@ KVA_SLOT_PAGES = 2048  # VA per mbuf slot (8 MiB): any chunk, page aligned or no
 KVA_BASE = KERNEL_MIN + (1 << 40)  # the loan KVA arena
 PIPELINE = 8  # chunks of one send set up concurrently (their loans' round trips overlap)
 RING = 8  # the driver's descriptor ring: mbufs whose DMA may run ahead of the wire
-WIRE_OVERHEAD = 128  # bytes a queued mbuf costs beyond its payload (wire_bytes accounting)
+WIRE_OVERHEAD = 256  # bytes a queued mbuf costs beyond its payload (measured: ~140-330)
 RECV_MAX_BYTES = 1 << 20  # payload in one net.recv reply (at least one mbuf)
 MAX_TAPS = 16  # operator taps at once
 RECONCILE_S = 2.0  # how often net asks uvm which processes and sessions still live
@@ -151,6 +158,11 @@ class WireQueue:
     dropped: int = 0  # dropped since the last recv
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set while not empty
     closed: bool = False
+
+
+def _cost(pkt: WirePacket) -> int:
+    """What a queued mbuf counts against wire_bytes and wire_total."""
+    return len(pkt.payload) + WIRE_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -208,9 +220,8 @@ class NetService(Service):
         limits: Limits | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(transport, **kw)
+        super().__init__(transport, limits=limits, **kw)
         self.ram = ram
-        self.limits = limits or Limits()
         knobs = load_profile(profile).knobs
         self.loan_thresh = int(knobs["LOAN_THRESHOLD"])  # sock_loan_thresh; -1: no loans
         self.bandwidth_bps = DEFAULT_BANDWIDTH_BPS
@@ -225,6 +236,7 @@ class NetService(Service):
         self._records: collections.Counter[int] = collections.Counter()  # session -> records
         self.listeners: dict[int, WireQueue] = {}  # session -> its queue
         self.taps: dict[int, WireQueue] = {}
+        self.wire_queued = 0  # bytes queued over every listener and tap (<= limits.wire_total)
         self._tap_ids = itertools.count(1)
         self._uvm_sub: Subscription | None = None
         self._kva_slots: list[int] = []
@@ -423,12 +435,12 @@ class NetService(Service):
         self._unlisten(self.taps, msg.tap)
         return self.ack(msg)
 
-    @staticmethod
-    def _unlisten(queues: dict[int, WireQueue], key: int) -> None:
+    def _unlisten(self, queues: dict[int, WireQueue], key: int) -> None:
         q = queues.pop(key, None)
         if q is not None:
             q.closed = True
             q.packets.clear()
+            self.wire_queued -= q.nbytes
             q.nbytes = 0
             q.ready.set()  # a pending recv answers now
 
@@ -445,7 +457,8 @@ class NetService(Service):
             if out and size + len(pkt.payload) > RECV_MAX_BYTES:
                 break
             q.packets.popleft()
-            q.nbytes -= len(pkt.payload) + WIRE_OVERHEAD
+            q.nbytes -= _cost(pkt)
+            self.wire_queued -= _cost(pkt)
             size += len(pkt.payload)
             out.append(pkt)
         if not q.packets:
@@ -454,17 +467,31 @@ class NetService(Service):
         return self.reply(msg, NetRecvReply, packets=out, dropped=dropped)
 
     def _enqueue(self, q: WireQueue, pkt: WirePacket) -> None:
-        """Queue an mbuf for one receiver; drop the oldest beyond wire_bytes."""
-        cost = len(pkt.payload) + WIRE_OVERHEAD
+        """Queue an mbuf for one receiver. => q.nbytes <= wire_bytes (q's own oldest go)
+        and wire_queued <= wire_total (the oldest of the largest queue go, q or not)."""
+        cost = _cost(pkt)
         q.packets.append(pkt)
         q.nbytes += cost
-        while q.nbytes > self.limits.wire_bytes and q.packets:
-            old = q.packets.popleft()
-            q.nbytes -= len(old.payload) + WIRE_OVERHEAD
-            q.dropped += 1
-            self.stats["wiredrops"] += 1
+        self.wire_queued += cost
+        while q.nbytes > self.limits.wire_bytes:
+            self._wire_drop(q)
+        while self.wire_queued > self.limits.wire_total:  # then some queue is not empty
+            self._wire_drop(max(self._queues(), key=lambda x: x.nbytes))
         if q.packets:
             q.ready.set()
+
+    def _wire_drop(self, q: WireQueue) -> None:
+        """Drop q's oldest mbuf and count it (q is not empty)."""
+        old = q.packets.popleft()
+        q.nbytes -= _cost(old)
+        self.wire_queued -= _cost(old)
+        q.dropped += 1
+        self.stats["wiredrops"] += 1
+        if not q.packets:
+            q.ready.clear()
+
+    def _queues(self) -> itertools.chain[WireQueue]:
+        return itertools.chain(self.listeners.values(), self.taps.values())
 
     def _deliver(self, pkt: WirePacket) -> None:
         """Put an mbuf on the wire: its session's listener and every tap."""
@@ -849,7 +876,7 @@ class NetService(Service):
             "sockets": len(self.sockets),
             "listeners": len(self.listeners),
             "taps": len(self.taps),
-            "wire_queued": sum(q.nbytes for q in (*self.listeners.values(), *self.taps.values())),
+            "wire_queued": self.wire_queued,
             "txq": self._txq.qsize() + self._ring.qsize(),
             "pendfree_q": self._pendfree.qsize(),
             "socurkva": self.socurkva,

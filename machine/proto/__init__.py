@@ -65,6 +65,9 @@ from machine.proto.codec import (
     encode as encode,
 )
 from machine.proto.codec import (
+    salvage_msg_id as salvage_msg_id,
+)
+from machine.proto.codec import (
     tag_of as tag_of,
 )
 from machine.proto.codec import (

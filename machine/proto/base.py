@@ -20,7 +20,7 @@ Rules that hold for every message:
 from __future__ import annotations
 
 import enum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -50,6 +50,7 @@ class Errno(enum.StrEnum):
     ENOTDIR = "ENOTDIR"  # uvm.open: a component on the way is not a directory ("f/x")
     ENAMETOOLONG = "ENAMETOOLONG"  # uvm.open: a component > NAME_MAX or a path >= PATH_MAX
     ELOOP = "ELOOP"  # uvm.open: a symbolic link in the path (never followed)
+    EFBIG = "EFBIG"  # uvm.open: a size beyond the filesize limit (see machine/limits.py)
     EIO = "EIO"  # uvm.open: the host file system failed (detail: the host's words)
     ESRCH = "ESRCH"  # no such address space / process
     EINVAL = "EINVAL"  # a field is out of range or the request is malformed
@@ -66,23 +67,34 @@ class Errno(enum.StrEnum):
     ESHUTDOWN = "ESHUTDOWN"  # the machine is shutting down
 
 
+#: A header number: 0 <= n < 2**63 (msgspec bounds fit an int64; the project's
+#: ids are smaller: incarnations and session ids 62 bits, msg_ids counters).
+HeaderInt = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+#: A sender's name: a role ("uvm", "supervisor"), "client", a tool's name.
+SENDER_MAX = 64
+SenderName = Annotated[str, msgspec.Meta(max_length=SENDER_MAX)]
+
+
 class Header(msgspec.Struct, frozen=True, kw_only=True):
     """Carried by every message.
 
     msg_id: per-sender counter, > 0 for requests; re: the msg_id answered
-    (replies), else 0; sender: role name or "client"; incarnation: random per
-    process start (a client's is its session id from uvm.attach, 0 before it;
-    on a user endpoint a request of a session is followed by its tag, see
-    machine.ipc.auth); proto: (major, minor);
-    sent_ns: the sender's injected clock.
+    (replies), else 0; sender: role name or "client" (at most SENDER_MAX
+    characters); incarnation: random per process start (62 bits; a client's is
+    its session id from uvm.attach, 0 before it; on a user endpoint a request of
+    a session is followed by its tag, see machine.ipc.auth); proto: (major,
+    minor); sent_ns: the sender's injected clock.
+    => every number is in [0, 2**63) (EINVAL otherwise), so no header can
+       carry a value that a role's arithmetic on ids cannot hold;
+       a longer sender is EINVAL too (headers go into the role's trace).
     """
 
-    msg_id: int
-    sender: str
-    incarnation: int
-    re: int = 0
+    msg_id: HeaderInt
+    sender: SenderName
+    incarnation: HeaderInt
+    re: HeaderInt = 0
     proto: tuple[int, int] = PROTOCOL_VERSION
-    sent_ns: int = 0
+    sent_ns: HeaderInt = 0
 
 
 #: The header to build a request with: Peer.call stamps the real one before sending.

@@ -53,7 +53,6 @@ def _make_union(classes: list[type[Msg]]) -> Any:
 _req_decoder = msgspec.msgpack.Decoder(type=_make_union(list(REQUESTS)))
 _rep_decoder = msgspec.msgpack.Decoder(type=_make_union(list(REPLIES)))
 _evt_decoder = msgspec.msgpack.Decoder(type=_make_union(list(EVENTS)))
-_any_decoder = msgspec.msgpack.Decoder()
 
 
 class BadMessage(Exception):
@@ -74,18 +73,47 @@ def encode(msg: Msg) -> bytes:
     return _encoder.encode(msg)
 
 
-def _salvage_msg_id(raw: bytes | memoryview) -> tuple[int, Any]:
+class _ProbeTag(msgspec.Struct):
+    t: str | None = None
+
+
+class _ProbeHead(msgspec.Struct):
+    msg_id: int = 0
+
+
+class _ProbeId(msgspec.Struct):
+    h: _ProbeHead | None = None
+
+
+# Typed probes read only "t" and "h.msg_id" of a map and skip everything else
+# without building it: a bad request costs no more memory than its bytes (an
+# untyped decode of 2 MiB of empty lists would build ~128 MiB of objects).
+_probe_tag = msgspec.msgpack.Decoder(_ProbeTag)
+_probe_id = msgspec.msgpack.Decoder(_ProbeId)
+_PROBE_ERRORS = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    ValueError,
+    TypeError,
+    RecursionError,
+)
+
+
+def salvage_msg_id(raw: bytes | memoryview) -> int:
+    """The msg_id of a request's bytes, if they decode as a map with one (else 0)."""
     try:
-        obj = _any_decoder.decode(raw)
-    except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
-        return 0, None
-    if isinstance(obj, dict):
-        h = obj.get("h")
-        if isinstance(h, dict):
-            mid = h.get("msg_id")
-            if isinstance(mid, int) and not isinstance(mid, bool) and 0 < mid < (1 << 63):
-                return mid, obj
-    return 0, obj
+        h = _probe_id.decode(raw).h
+    except _PROBE_ERRORS:
+        return 0
+    mid = h.msg_id if h is not None else 0
+    return mid if 0 < mid < (1 << 63) else 0
+
+
+def _salvage_tag(raw: bytes | memoryview) -> str | None:
+    try:
+        return _probe_tag.decode(raw).t
+    except _PROBE_ERRORS:
+        return None
 
 
 def decode_request(raw: bytes | memoryview) -> Request:
@@ -93,10 +121,11 @@ def decode_request(raw: bytes | memoryview) -> Request:
     try:
         msg = _req_decoder.decode(raw)
     except msgspec.ValidationError as e:
-        msg_id, obj = _salvage_msg_id(raw)
-        tag = obj.get("t") if isinstance(obj, dict) else None
-        if not isinstance(tag, str) or tag not in BY_TAG:
-            raise BadMessage(Errno.EBADMSG, f"unknown message tag {tag!r}", msg_id) from None
+        msg_id, tag = salvage_msg_id(raw), _salvage_tag(raw)
+        if tag is None or tag not in BY_TAG:
+            shown = repr(tag)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise BadMessage(Errno.EBADMSG, f"unknown message tag {shown}", msg_id) from None
         if not issubclass(BY_TAG[tag], Request):
             raise BadMessage(Errno.EBADMSG, f"{tag} is not a request", msg_id) from None
         raise BadMessage(Errno.EINVAL, f"{tag}: {e}", msg_id) from None

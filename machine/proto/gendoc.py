@@ -40,7 +40,7 @@ def _type_name(t: Any) -> str:
     return s
 
 
-def _fields(cls: type[Msg]) -> list[str]:
+def _fields(cls: type[msgspec.Struct]) -> list[str]:
     rows = []
     for f in msgspec.structs.fields(cls):
         if f.name == "h":
@@ -88,8 +88,8 @@ def render() -> str:
         f"Protocol version **{major}.{minor}**. Every message is one msgpack map with the tag "
         "in field `t` and the header in field `h`; a request gets exactly one reply whose "
         "header's `re` is the request's `msg_id`. Replies carry `status` (`ok`/`error`), "
-        "`errno` and `detail`. Over ZeroMQ: ROUTER/DEALER with one msgpack frame per message; "
-        "events on PUB with the tag as topic frame.",
+        "`errno` and `detail`. Over ZeroMQ: ROUTER/DEALER with one msgpack frame per message "
+        "(a message of more frames is dropped); events on PUB with the tag as topic frame.",
         "",
         "## Sessions and signed requests",
         "",
@@ -111,9 +111,7 @@ def render() -> str:
         "| field | type | default |",
         "|---|---|---|",
     ]
-    for f in msgspec.structs.fields(Header):
-        d = "" if f.default is msgspec.NODEFAULT else repr(f.default)
-        out.append(f"| `{f.name}` | `{_type_name(f.type)}` | `{d}` |")
+    out += _fields(Header)
     out += ["", "## Errnos", ""]
     out += [f"- `{e.value}`" for e in Errno]
     out += [""]

@@ -8,8 +8,9 @@ The wire is per session (since 1.3): a session that listens (net.listen)
 gets its own sockets' mbufs, and only those, by long polling (net.recv);
 nothing carrying a payload is published on any PUB. The operator's tap
 (net.tap_listen / net.tap_recv, kernel endpoint) sees every mbuf. A queue
-holds at most the wire_bytes limit: beyond it the oldest mbufs are dropped
-and counted (`dropped`), so a receiver that does not read never holds up the
+holds at most the wire_bytes limit, and every queue together at most
+wire_total (beyond it the largest queue loses its oldest): dropped mbufs are
+counted (`dropped`), so a receiver that does not read never holds up the
 driver or anyone else.
 """
 
@@ -178,7 +179,8 @@ class NetRecv(Request, frozen=True, kw_only=True, tag="net.recv"):
 class NetRecvReply(Reply, frozen=True, kw_only=True, tag="net.recv.reply"):
     """`packets`: WirePacket {session, asid, sock, seq, off, total, payload,
     loaned}, oldest first; `dropped`: mbufs dropped from this queue (the oldest,
-    when it held more than the wire_bytes limit) since the last reply."""
+    when it held more than the wire_bytes limit or was the largest when every
+    queue together held wire_total) since the last reply."""
 
     packets: list[WirePacket] = msgspec.field(default_factory=list)
     dropped: int = 0

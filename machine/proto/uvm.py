@@ -25,7 +25,9 @@ class UvmAttach(Request, frozen=True, kw_only=True, tag="uvm.attach"):
        incarnation of every header and appends HMAC-SHA256(key, body)[:16] to
        every request's bytes (machine.ipc.auth); the machine refuses anything
        else for that session with EPERM. EAGAIN when the machine holds its
-       limit of sessions.
+       limit of sessions and none of them can be reclaimed (one holding no
+       process and no file, silent for a second: the least recently seen
+       such session is ended to make room).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -112,6 +114,9 @@ class UvmFork(Request, frozen=True, kw_only=True, tag="uvm.fork"):
     => afterwards stores in either are invisible to the other; shared
        mappings stay shared; wired private memory is copied at once.
     Reply: UvmForkReply with the child's asid (owned by the same session).
+    Errnos: EAGAIN (the procs or maxproc limit), ENOMEM (the machine's map
+    entries, maxentries: the child's are charged first; or no frame to copy
+    wired memory into).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -177,12 +182,14 @@ class UvmOpen(Request, frozen=True, kw_only=True, tag="uvm.open"):
     """Open a file under the machine's disk/ directory (for mmap with its handle).
 
     => name: a relative path inside disk/ naming a regular file (no '..', not
-       absolute, no NUL, components <= 255 bytes, path < 1024 bytes); no
-       symbolic link on the way or at the end is followed.
-    => create: make it (and missing directories on the way) if missing;
-       size >= 0: at least this many bytes.
+       absolute, no NUL, components <= 255 bytes, path < 1024 bytes, at most
+       16 components); no symbolic link on the way or at the end is followed.
+       disk/ is shared by every session; handles are per session.
+    => create: make it (mode 0600, and missing directories on the way, 0700)
+       if missing; size >= 0: at least this many bytes.
     Reply: UvmOpenReply with the handle and the file's size.
-    Errnos: EINVAL (bad name or size), ENOENT (missing and not create),
+    Errnos: EINVAL (bad name or negative size), EFBIG (a size beyond the
+    filesize limit), ENOENT (missing and not create),
     EISDIR (a directory), ENOTDIR (a file on the way), ENAMETOOLONG, ELOOP (a
     symbolic link), EACCES (not a regular file, or the host refused), EEXIST,
     EIO (the host file system failed).

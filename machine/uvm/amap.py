@@ -32,6 +32,8 @@ from machine.uvm.anon import Anon
 
 
 class Amap:
+    __slots__ = ("anon", "bckptr", "nslot", "ref", "slots")  # an amap per entry: keep it small
+
     def __init__(self, nslot: int) -> None:
         self.nslot = nslot
         self.anon: dict[int, Anon] = {}

@@ -7,13 +7,16 @@ every step of the model-based tests. What it checks:
   * VmPages.check(): I1 (wired => not on a paging queue), I2 (free pages have
     no owner, wiring or loan), I3 (allocated => owned or loaned), Q1 (queue
     counts and flags); SwapDevice.check().
-  * maps (M1-M5) and amaps (AM1: slots/back-pointer equation) of every space.
+  * maps (M1-M5) and amaps (AM1: slots/back-pointer equation) of every space;
+    E1: every map counts in the machine's entry pool, whose nentries is the
+    sum of the spaces' entries (a fork's child is a space from its first entry).
   * anons: A1 ref > 0; A3 ref == the amaps holding the anon + its loans to anons;
     A2 a resident anon's page is owned by it (uanon, PG_ANON) or borrowed from
     an object (uanon, PG_ANON clear, counted in loan_count: I7); a
     non-resident anon has a swap slot (its data is somewhere).
   * objects: O1 every page of an object is owned by it at that offset
     (uobject, offset, PG_TABLED); refs == entries + open handles.
+  * files: F1 each session's open-file count (limits.files) == its handles.
   * conservation (U2): every frame is free, or owned by exactly one anon or
     object, or an orphan kept alive by kernel loans (loan_count > 0), or the
     shared zero page; free + the rest == npages; swpgonly == the number of slots whose
@@ -44,13 +47,21 @@ def _static(uvm: Uvm) -> list[str]:
         problems += uvm.swap.check()
     amaps: dict[int, Amap] = {}
     obj_refs: Counter[int] = Counter(o.id for o in uvm.handles.values())
+    nentries = 0
     for asid, sp in uvm.spaces.items():
         problems += [f"asid {asid}: {p}" for p in sp.map.check()]
+        nentries += len(sp.map.entries)
+        if sp.map.pool is not uvm.entry_pool:
+            problems.append(f"E1: asid {asid}: map counts in another entry pool")
         for e in sp.map.entries:
             if e.amap is not None:
                 amaps[id(e.amap)] = e.amap
             if e.obj is not None:
                 obj_refs[e.obj.id] += 1
+    if Counter(o for o, _ in uvm.handles) != uvm.nfiles:
+        problems.append("F1: the sessions' open file counts disagree with their handles")
+    if nentries != uvm.entry_pool.nentries:
+        problems.append(f"E1: entry pool counts {uvm.entry_pool.nentries} != {nentries} entries")
     holders: Counter[int] = Counter()
     for amap in amaps.values():
         problems += amap.check()

@@ -19,6 +19,17 @@ Invariants (check()):
       vsize: what limits.vsize bounds).
   M5  every page of [USER_MIN, first_free) is mapped (NetBSD's first_free
       hint: first fit starts there).
+Entry accounting (NetBSD's pool of map entries, bounded by limits.maxentries):
+every VmMap of a machine shares one MapEntryPool, and only VmMap's own methods
+change its `nentries` (insert +1, clip +1 per split, remove and take_all -1 per
+entry gone), so it cannot drift from the maps:
+  E1  pool.nentries == the sum of len(map.entries) over the pool's maps
+      (audit.py sums every space).
+`reserved` holds the entries a fork has charged for a child it is still
+building; insert(reserved=True) turns one into a counted entry. The limit is
+checked by the callers (machine.uvm.vm), before anything changes; VmMap only
+counts. An entry costs about 140 bytes of uvm memory (MapEntry has __slots__;
+measured with tracemalloc over 2000 entries x 100 forks), its amap apart.
 Costs: an entry and its amap cost O(used slots), whatever its length;
 insert and lookup are bisections, find_space starts at first_free (packing
 a map costs O(log entries) per mmap; a fragmented one, up to O(entries)),
@@ -47,7 +58,7 @@ class Inherit(enum.Enum):
     NONE = "none"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class MapEntry:
     start: int
     end: int
@@ -93,16 +104,48 @@ class MapEntry:
         )
         if self.amap is not None:
             upper.amap = self.amap.split(self.slot(va))
+            # an empty piece holds no amap (as a fresh entry): clipping an entry into
+            # many pieces costs one amap per piece that holds anons, not per piece
+            if not upper.amap.nused:
+                upper.amap = None
+            if not self.amap.nused:
+                self.amap = None
         if self.obj is not None:
             self.obj.refs += 1
         self.end = va
         return upper
 
 
+class MapEntryPool:
+    """The map entries of the whole machine (NetBSD's uvm_map_entry pool): a count.
+
+    => nentries: entries in maps (E1); reserved: charged for a fork's child not yet
+       inserted. Both only grow and shrink through VmMap's methods and reserve()/
+       unreserve(); the caller checks room() against limits.maxentries first."""
+
+    def __init__(self) -> None:
+        self.nentries = 0
+        self.reserved = 0
+
+    def room(self, n: int, limit: int) -> bool:
+        """Can n more entries be made without exceeding limit?"""
+        return self.nentries + self.reserved + n <= limit
+
+    def reserve(self, n: int) -> None:
+        """Set n entries aside for a map being built (fork's child)."""
+        self.reserved += n
+
+    def unreserve(self, n: int) -> None:
+        """Give back reserved entries that were not inserted (a fork that failed)."""
+        self.reserved -= n
+        kassert(self.reserved >= 0, "map entry pool: reserved %d < 0", self.reserved)
+
+
 class VmMap:
     """The entries of one address space, sorted by start."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: MapEntryPool | None = None) -> None:
+        self.pool = pool if pool is not None else MapEntryPool()  # None: a map of its own
         self.entries: list[MapEntry] = []
         self._starts: list[int] = []
         self.size = 0  # bytes mapped (vm_map.size)
@@ -155,11 +198,15 @@ class VmMap:
             self.first_free = start
         return start if start + length <= USER_TOP else None
 
-    def insert(self, entry: MapEntry) -> None:
+    def insert(self, entry: MapEntry, reserved: bool = False) -> None:
+        """Add an entry (counted in the pool; reserved: one of the pool's reservations)."""
         i = bisect.bisect_left(self._starts, entry.start)
         self.entries.insert(i, entry)
         self._starts.insert(i, entry.start)
         self.size += entry.end - entry.start
+        if reserved:
+            self.pool.unreserve(1)
+        self.pool.nentries += 1
 
     def in_range(self, start: int, end: int) -> list[MapEntry]:
         return [e for e in self.entries if e.start < end and e.end > start]
@@ -174,16 +221,22 @@ class VmMap:
             if e.start < start:
                 upper = e.split_at(start)
                 self.entries.append(upper)
+                self.pool.nentries += 1
                 e = upper
             if e.end > end:
                 self.entries.append(e.split_at(end))
+                self.pool.nentries += 1
             out.append(e)
         self._reindex()
         return out
 
     def remove(self, doomed: list[MapEntry]) -> None:
+        """=> every entry of doomed is in the map."""
         ids = {id(e) for e in doomed}
-        self.entries = [e for e in self.entries if id(e) not in ids]
+        kept = [e for e in self.entries if id(e) not in ids]
+        kassert(len(kept) + len(ids) == len(self.entries), "vm_map remove: entry not in map")
+        self.pool.nentries -= len(self.entries) - len(kept)
+        self.entries = kept
         self.size -= sum(e.end - e.start for e in doomed)
         self.first_free = min([self.first_free, *(e.start for e in doomed)])
         self._reindex()
@@ -191,6 +244,7 @@ class VmMap:
     def take_all(self) -> list[MapEntry]:
         """Empty the map (exit). => the entries it held."""
         entries, self.entries, self._starts, self.size = self.entries, [], [], 0
+        self.pool.nentries -= len(entries)
         self.first_free = USER_MIN
         return entries
 

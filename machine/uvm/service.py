@@ -8,7 +8,16 @@ Every user request renews the session's lease; a session silent for longer
 than `lease_s` (it died, or its host vanished) has its processes exited, as
 if each had called exit: every frame they held goes back to the free list.
 A clean client detaches (uvm.detach) instead of waiting for its lease. At
-most `limits.sessions` sessions live at once (EAGAIN beyond).
+most `limits.sessions` sessions live at once. An attach that finds them all
+taken first reclaims the least recently seen session that holds nothing (no
+process, no open file: its sockets and wire queue belong to processes and
+to live sessions, so net lets them go) and has been silent for
+`reclaim_idle_s`, as a listen queue drops its oldest embryonic connection;
+only when none qualifies is the attach refused (EAGAIN). So a flood of
+attaches that then do nothing locks nobody out for longer than
+reclaim_idle_s; one that keeps every session holding a process or a file
+(bounded by procs, maxproc and files) or requesting more often than that
+still can, until those sessions end.
 
 Recovery contract: uvm is the authority; if it dies the machine is gone
 (clients see MachinePanic), so the supervisor treats its death as a panic.
@@ -98,6 +107,10 @@ from machine.uvm.swap import SwapDevice
 from machine.uvm.vm import Uvm
 
 DEFAULT_LEASE_S = 10.0
+#: An attach may reclaim a session that holds nothing once it has been silent this long.
+#: Under a third of a client's keepalive (lease_s / 4) would reclaim idle clients between
+#: pings even without a flood; this is only done when the machine is full anyway.
+RECLAIM_IDLE_S = 1.0
 
 
 class RemotePmap:
@@ -204,22 +217,22 @@ class UvmService(Service):
         limits: Limits | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(transport, **kw)
+        super().__init__(transport, limits=limits, **kw)
         self.profile = load_profile(profile)
-        self.limits = limits or Limits()
         self.ram = ram
         self.lease_s = lease_s
         self.state_dir = Path(state_dir) if state_dir else None
         self.swap_bytes = swap_bytes if swap_bytes else 2 * ram.size
         self.uvm: Uvm | None = None
-        self.sessions: dict[int, float] = {}
+        self.sessions: dict[int, float] = {}  # session -> when last seen (clock seconds)
+        self.reclaim_idle_s = RECLAIM_IDLE_S
 
     async def attach_mmu(self, endpoint: str) -> None:
         peer = await self.connect_peer("mmu", endpoint)
         disk = swap = None
         if self.state_dir is not None:
             disk = self.state_dir / "disk"
-            disk.mkdir(parents=True, exist_ok=True)
+            disk.mkdir(mode=0o700, parents=True, exist_ok=True)  # one user's files
             swap = SwapDevice(self.state_dir / "swap.img", self.swap_bytes // PAGE_SIZE)
         self.uvm = Uvm(
             self.ram,
@@ -255,9 +268,13 @@ class UvmService(Service):
             self.sessions[h.incarnation] = self.clock.now_s()
 
     def on_attach(self, msg: UvmAttach) -> Reply:
-        if len(self.sessions) >= self.limits.sessions:
+        """A new session and its key. => EAGAIN when limits.sessions are live and none of
+        them can be reclaimed (_reclaim_idle)."""
+        if len(self.sessions) >= self.limits.sessions and not self._reclaim_idle():
             raise UserError(
-                Errno.EAGAIN, f"the machine holds its limit of {self.limits.sessions} sessions"
+                Errno.EAGAIN,
+                f"the machine holds its limit of {self.limits.sessions} sessions, each "
+                f"holding a process or a file or seen in the last {self.reclaim_idle_s} s",
             )
         sid = 0
         while sid == 0 or sid in self.sessions:
@@ -267,6 +284,27 @@ class UvmService(Service):
         return self.reply(
             msg, UvmAttachReply, session=sid, key=self.auth.key(sid), lease_s=self.lease_s
         )
+
+    def _reclaim_idle(self) -> bool:
+        """End the least recently seen session that holds no process and no open file
+        and has been silent for reclaim_idle_s. => whether one was ended.
+
+        => O(sessions); synchronous, so nothing can make it hold something meanwhile;
+           its later requests get EPERM (the session has ended), as after a reap."""
+        vm = self.vm
+        now = self.clock.now_s()
+        idle = [
+            (seen, sid)
+            for sid, seen in self.sessions.items()
+            if now - seen >= self.reclaim_idle_s and not vm.nprocs[sid] and not vm.nfiles[sid]
+        ]
+        if not idle:
+            return False
+        _, sid = min(idle)
+        del self.sessions[sid]
+        self.auth.forget(sid)
+        vm.stats.sessreclaimed += 1
+        return True
 
     async def _reaper(self) -> None:
         while True:
@@ -447,6 +485,7 @@ class UvmService(Service):
             **self.vm.stats.as_dict(),
             "processes": len(self.vm.spaces),
             "sessions": len(self.sessions),
+            "map_entries": self.vm.entry_pool.nentries,
             "anons": len(self.vm.anons),
             "objects": len(self.vm.objects),
         }

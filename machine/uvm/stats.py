@@ -27,6 +27,7 @@ class UvmStats:
     wirings: int = 0
     spawns: int = 0
     attaches: int = 0  # client sessions made (uvm.attach)
+    sessreclaimed: int = 0  # idle sessions holding nothing ended to make room for an attach
     exits: int = 0
     reaped: int = 0  # processes of vanished client sessions
     pddeadlock: int = 0  # the page daemon would have waited for itself

@@ -32,8 +32,13 @@ Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
                (a forked child inherits its parent's size);
   map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap inside an
                entry) that would leave more entries -> ENOMEM;
+  maxentries   the same, for the machine's entries (entry_pool, E1 in
+               machine.uvm.map), and fork: the child's entries are charged
+               (reserved) before the child exists -> ENOMEM;
   procs        spawn or fork beyond the session's processes -> EAGAIN;
-  files        open beyond the session's open files -> EMFILE.
+  files        open beyond the session's open files -> EMFILE;
+  filesize     open asking for a size beyond it -> EFBIG (an existing file
+               that is larger may still be opened, at its own size).
 cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c, uvm_anon.c (concepts only).
 """
 
@@ -57,13 +62,13 @@ from machine.tuning import tune as policy_tune
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.errors import VmError
-from machine.uvm.map import Inherit, MapEntry, VmMap
+from machine.uvm.map import Inherit, MapEntry, MapEntryPool, VmMap
 from machine.uvm.object import AObj, UvmObject, VnodeObject
 from machine.uvm.page import NIL, PAGEDAEMON, RESERVE_KERNEL, USER, PageFlag, VmPages
 from machine.uvm.pmapops import PmapOps
 from machine.uvm.stats import UvmStats
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vnode import MAX_FILE_BYTES, VnodeError, VnodeFile, lookup, release
+from machine.uvm.vnode import VnodeError, VnodeFile, check_size, lookup, release
 
 RW = Prot.READ | Prot.WRITE
 ALLOC_WAIT_S = 1.0  # one uvm_wait sleep
@@ -108,10 +113,12 @@ class Uvm:
         self.pmap = pmap
         self.pages = VmPages(ram.nframes, diagnostic)
         self.spaces: dict[int, VmSpace] = {}
+        self.entry_pool = MapEntryPool()  # every space's map counts its entries here
         self.anons: dict[int, Anon] = {}
         self.objects: dict[int, UvmObject] = {}
         self.vnodes: dict[tuple[int, int], VnodeObject] = {}  # (st_dev, st_ino) -> vnode
-        self.handles: dict[tuple[int, int], VnodeObject] = {}
+        self.handles: dict[tuple[int, int], VnodeObject] = {}  # (session, handle) -> vnode
+        self.nfiles: collections.Counter[int] = collections.Counter()  # session -> handles
         self.disk = disk
         self.swap = swap
         self.stats = UvmStats()
@@ -360,12 +367,19 @@ class Uvm:
         e.needs_copy = False
 
     def amap_cow_now(self, e: MapEntry) -> Amap:
-        """amap_cow_now for fork of a wired entry: the child's amap with every page copied."""
+        """amap_cow_now for fork of a wired entry: the child's amap with every page copied.
+
+        => VmError ENOMEM when a frame is missing, every copy made so far freed."""
         new = Amap(e.npages)
         if e.amap is not None:
             for slot, anon in e.amap.used():
                 copy = self.new_anon()
-                pfn = self.alloc_page(anon=copy)
+                try:
+                    pfn = self.alloc_page(anon=copy)
+                except VmError:
+                    del self.anons[copy.id]
+                    self.amap_unref(new)
+                    raise
                 src = anon.page
                 kassert(src != NIL, "amap_cow_now: wired anon %d not resident", anon.id)
                 self.ram.frame(pfn)[:] = self.ram.frame(src)
@@ -404,7 +418,7 @@ class Uvm:
         except BaseException:
             self._uncharge_proc(owner)
             raise
-        self.spaces[asid] = VmSpace(asid, owner)
+        self.spaces[asid] = VmSpace(asid, owner, VmMap(self.entry_pool))
         self.stats.spawns += 1
         return asid
 
@@ -435,14 +449,17 @@ class Uvm:
 
         => VmError with an errno for every name and every host failure (see
            machine.uvm.vnode: no symbolic link is followed); one vnode object
-           per host file, whatever the spelling of its name ((st_dev, st_ino))."""
-        if sum(1 for o, _ in self.handles if o == owner) >= self.limits.files:
+           per host file, whatever the spelling of its name ((st_dev, st_ino)).
+        => EMFILE beyond limits.files, EFBIG for a size beyond limits.filesize,
+           both before anything is made. disk/ is shared by every session (one
+           user's file system): any session may open any name; handles are
+           per session."""
+        if self.nfiles[owner] >= self.limits.files:
             raise VmError("EMFILE", f"the session holds its limit of {self.limits.files} files")
         if self.disk is None:
             raise VmError("ENOSYS", "this machine has no disk")
         try:
-            if size is not None and not 0 <= size <= MAX_FILE_BYTES:
-                raise VnodeError("EINVAL", f"file size {size} out of range")
+            check_size(size, self.limits.filesize)  # before anything is made
             fd, key = lookup(self.disk, name, create)
             obj = self.vnodes.get(key)
             if obj is None:
@@ -459,6 +476,7 @@ class Uvm:
         obj.refs += 1
         handle = next(self._handle_ids)
         self.handles[(owner, handle)] = obj
+        self.nfiles[owner] += 1
         assert obj.file is not None
         return handle, obj.file.size
 
@@ -466,6 +484,9 @@ class Uvm:
         obj = self.handles.pop((owner, handle), None)
         if obj is None:
             raise VmError("EBADF", f"no open file with handle {handle}")
+        self.nfiles[owner] -= 1
+        if not self.nfiles[owner]:
+            del self.nfiles[owner]
         await self.obj_unref(obj)
 
     async def close_all(self, owner: int) -> None:
@@ -536,6 +557,7 @@ class Uvm:
                 raise VmError(
                     "ENOMEM", f"the process holds its limit of {self.limits.map_entries} entries"
                 )
+            self._entry_room(1, "mmap")
             if fixed:
                 if not (USER_MIN <= va and va + length <= USER_TOP):
                     raise VmError("EINVAL", f"mmap range at {va:#x} outside user space")
@@ -573,9 +595,19 @@ class Uvm:
         if e.needs_copy and e.amap is not None:
             self.amap_copy(e)
 
+    def _entry_room(self, n: int, what: str) -> None:
+        """=> VmError ENOMEM when n more map entries would exceed limits.maxentries."""
+        if not self.entry_pool.room(n, self.limits.maxentries):
+            raise VmError(
+                "ENOMEM",
+                f"{what}: the machine holds its limit of {self.limits.maxentries} map entries "
+                "(maxentries)",
+            )
+
     def _clip_room(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> None:
         """=> VmError ENOMEM when clipping at start and end would leave the process more
-        than limits.map_entries entries (removing: the entries inside then go, munmap)."""
+        than limits.map_entries entries, or the machine more than limits.maxentries
+        (removing: the entries inside then go, munmap)."""
         inside = sp.map.in_range(start, end)
         if not inside:
             return
@@ -587,6 +619,8 @@ class Uvm:
                 f"splitting at {start:#x}-{end:#x} would exceed the process's limit of "
                 f"{self.limits.map_entries} map entries",
             )
+        if splits and after > len(sp.map.entries):
+            self._entry_room(after - len(sp.map.entries), f"splitting at {start:#x}-{end:#x}")
 
     def _clip(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> list[MapEntry]:
         """uvm_map_clip of [start, end), each split entry unshared first. => entries inside.
@@ -621,13 +655,17 @@ class Uvm:
         return eva
 
     async def munmap(self, asid: int, owner: int, va: int, length: int) -> None:
-        """uvm_unmap: translations go first, then frames and references."""
+        """uvm_unmap: translations go first, then frames and references.
+
+        => VmError ENOMEM (a split beyond map_entries or maxentries) before anything
+           changed. The clip comes before the await, right after its check, so no other
+           space can take the entries meanwhile; until the doomed entries go (after the
+           mmu's answer) the machine may count up to 2 entries over maxentries."""
         sp = self.space(asid, owner)
         eva = self._check_range(va, length)
         async with sp.lock:
-            self._clip_room(sp, va, eva, removing=True)
-            await self.pmap.remove(asid, va, eva)
             doomed = self._clip(sp, va, eva, removing=True)
+            await self.pmap.remove(asid, va, eva)
             sp.map.remove(doomed)
             for e in doomed:
                 await self._drop_entry(e)
@@ -691,41 +729,63 @@ class Uvm:
         wired ones, whose anon pages are copied at once (amap_cow_now) so the
         parent never faults on wired memory. SHARE entries share object and
         amap. NONE entries are left out.
+
+        => VmError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
+           are reserved in the pool before the child exists) with nothing changed;
+           ENOMEM when a wired entry's pages cannot be copied (no free frame): the
+           half-built child is torn down, the parent keeps its memory (its entries
+           may be left NEEDSCOPY and write-protected: its next writes fault).
         """
         sp = self.space(asid, owner)
         async with sp.lock:
+            todo = [e for e in sp.map.entries if e.inheritance is not Inherit.NONE]
+            self._entry_room(len(todo), "fork")
             self._charge_proc(owner)
+            pool = self.entry_pool
+            pool.reserve(len(todo))  # before any await: racing forks and mmaps agree
             child_asid = next(self._asids)
             try:
                 await self.pmap.create(child_asid, owner)
             except BaseException:
+                pool.unreserve(len(todo))
                 self._uncharge_proc(owner)
                 raise
-            child = VmSpace(child_asid, owner)
+            child = VmSpace(child_asid, owner, VmMap(pool))
             self.spaces[child_asid] = child
-            for e in sp.map.entries:
-                if e.inheritance is Inherit.NONE:
-                    continue
-                c = MapEntry(
-                    e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow
-                )
-                if e.obj is not None:
-                    e.obj.refs += 1
-                if e.inheritance is Inherit.SHARE:
-                    kassert(e.amap is None, "fork: shared entry with an amap")
-                elif e.wired_count:
-                    c.amap = self.amap_cow_now(e)
-                elif e.amap is not None:
-                    e.amap.ref += 1
-                    c.amap = e.amap
-                    c.needs_copy = e.needs_copy = True
-                    if e.prot & Prot.WRITE:
-                        await self.pmap.protect(asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
-                else:
-                    c.needs_copy = True
-                child.map.insert(c)
+            done = 0  # entries inserted: their reservations are spent
+            try:
+                for e in todo:
+                    await self._fork_entry(sp, child, e)
+                    done += 1
+            except BaseException:
+                pool.unreserve(len(todo) - done)
+                await self.exit(child_asid, owner, reason="fork failed")
+                raise
             self.stats.forks += 1
             return child_asid
+
+    async def _fork_entry(self, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
+        """The child's copy of entry e, inserted into child's map on a reservation.
+
+        => VmError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
+        c = MapEntry(
+            e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow
+        )
+        if e.inheritance is Inherit.SHARE:
+            kassert(e.amap is None, "fork: shared entry with an amap")
+        elif e.wired_count:
+            c.amap = self.amap_cow_now(e)
+        elif e.amap is not None:
+            e.amap.ref += 1
+            c.amap = e.amap
+            c.needs_copy = e.needs_copy = True
+            if e.prot & Prot.WRITE:
+                await self.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
+        else:
+            c.needs_copy = True
+        if e.obj is not None:
+            e.obj.refs += 1
+        child.map.insert(c, reserved=True)
 
     # -- wiring ---------------------------------------------------------------------
 

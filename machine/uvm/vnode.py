@@ -8,8 +8,9 @@ the last page stays out of the file, as it does for mmap(2).
 
 Names (namei's part): a client's name is a relative path inside disk/.
 check_name refuses, before anything is touched, the empty name, NUL, an
-absolute path and a '..' component (EINVAL), a component over NAME_MAX bytes
-and a path of PATH_MAX bytes or more (ENAMETOOLONG). lookup then walks the
+absolute path and a '..' component (EINVAL), a component over NAME_MAX bytes,
+a path of PATH_MAX bytes or more and one of more than MAX_DEPTH components
+('.' and empty ones aside) (ENAMETOOLONG). lookup then walks the
 components from a descriptor of disk/, one openat(O_DIRECTORY|O_NOFOLLOW)
 per directory, and opens the last one O_NOFOLLOW|O_NONBLOCK:
   * a symbolic link anywhere in the path is ELOOP and is never followed, so
@@ -20,8 +21,11 @@ per directory, and opens the last one O_NOFOLLOW|O_NONBLOCK:
   * '.' and empty components are skipped, as namei does: "a//b", "a/./b" and
     "a/b" are one file; vnode objects are keyed by (st_dev, st_ino)
     (VnodeFile.key), so every spelling of one file is one object;
-  * with create, missing directories on the way are made (0755) and then the
-    file (0644); without it a missing component is ENOENT.
+  * with create, missing directories on the way are made (0700) and then the
+    file (0600): one open makes at most MAX_DEPTH - 1 directories and one
+    file; without create a missing component is ENOENT. disk/ is the
+    machine's one file system, shared by every session (one user's files),
+    so nothing in it is for the host's other users.
 lookup and VnodeFile() raise VnodeError (an errno name) and never OSError;
 get/put/sync (paging an open file) let a host I/O error through.
 """
@@ -38,17 +42,20 @@ from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto.base import Errno
 from machine.ram import Ram
 
-MAX_FILE_BYTES = 1 << 40
+MAX_FILE_BYTES = 1 << 40  # whatever limits.filesize says (Uvm.open checks that: EFBIG)
 NAME_MAX = 255  # bytes in one component (NetBSD's NAME_MAX)
 PATH_MAX = 1024  # bytes in a path, counting the terminating NUL (NetBSD's PATH_MAX)
+MAX_DEPTH = 16  # components in a path: one open makes at most 15 directories
+FILE_MODE = 0o600  # files and directories a client makes: the machine's alone
+DIR_MODE = 0o700
 
 #: Host errnos passed on by name (if the Errno table has them); any other host
-#: failure is EIO. EFBIG is EINVAL, EROFS EACCES, ENFILE (uvm out of descriptors) EMFILE.
+#: failure is EIO. EROFS is EACCES, ENFILE (uvm out of descriptors) EMFILE.
 _HOST_ERRNOS = frozenset(
     {"ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "ENAMETOOLONG", "ELOOP", "EACCES", "EPERM", "EINVAL"}
-    | {"EMFILE"}
+    | {"EMFILE", "EFBIG"}
 ) & frozenset(Errno.__members__)
-_HOST_ALIASES = {"EFBIG": "EINVAL", "EROFS": "EACCES", "ENFILE": "EMFILE"}
+_HOST_ALIASES = {"EROFS": "EACCES", "ENFILE": "EMFILE"}
 
 
 class VnodeError(Exception):
@@ -98,7 +105,25 @@ def check_name(name: str) -> tuple[list[bytes], bool]:
         raise VnodeError("EINVAL", f"bad file name {_show(name)}: '..' leaves disk/")
     if any(len(c) > NAME_MAX for c in parts):
         raise VnodeError("ENAMETOOLONG", f"a component of {_show(name)} is over {NAME_MAX} bytes")
-    return [c for c in parts if c not in (b"", b".")], parts[-1] in (b"", b".")
+    comps = [c for c in parts if c not in (b"", b".")]
+    if len(comps) > MAX_DEPTH:
+        raise VnodeError(
+            "ENAMETOOLONG", f"{_show(name)} has {len(comps)} components (at most {MAX_DEPTH})"
+        )
+    return comps, parts[-1] in (b"", b".")
+
+
+def check_size(size: int | None, limit: int) -> None:
+    """A size asked at open. => VnodeError EINVAL (negative), EFBIG (over limit or
+    MAX_FILE_BYTES, RLIMIT_FSIZE's errno); touches nothing."""
+    if size is None:
+        return
+    if size < 0:
+        raise VnodeError("EINVAL", f"file size {size} out of range")
+    if size > min(limit, MAX_FILE_BYTES):
+        raise VnodeError(
+            "EFBIG", f"file size {size} over the limit of {min(limit, MAX_FILE_BYTES)} (filesize)"
+        )
 
 
 def _lstat_mode(dfd: int, c: bytes) -> int | None:
@@ -130,7 +155,7 @@ def _subdir(dfd: int, c: bytes, create: bool) -> int:
             if not create:
                 raise VnodeError("ENOENT", f"no such directory {_show(c)}") from None
             try:
-                os.mkdir(c, 0o755, dir_fd=dfd)
+                os.mkdir(c, DIR_MODE, dir_fd=dfd)
             except FileExistsError:
                 pass  # made meanwhile: open (or refuse) it next time round
             except OSError as e:
@@ -154,7 +179,7 @@ def _open_file(dfd: int, c: bytes, create: bool) -> tuple[int, tuple[int, int]]:
         raise _not_a_file(mode, c)  # before open: a fifo or device is never opened
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(c, flags | (os.O_CREAT if create else 0), 0o644, dir_fd=dfd)
+        fd = os.open(c, flags | (os.O_CREAT if create else 0), FILE_MODE, dir_fd=dfd)
     except OSError as e:  # e.g. swapped for a link meanwhile: ELOOP
         raise host_error(e, _show(c)) from None
     try:
@@ -212,8 +237,7 @@ class VnodeFile:
         self.key = key  # (st_dev, st_ino): the vnode's identity
         self.name = name
         try:
-            if size is not None and not 0 <= size <= MAX_FILE_BYTES:
-                raise VnodeError("EINVAL", f"file size {size} out of range")
+            check_size(size, MAX_FILE_BYTES)
             cur = os.fstat(fd).st_size
             if size is not None and size > cur:
                 os.ftruncate(fd, size)
@@ -230,8 +254,7 @@ class VnodeFile:
     @classmethod
     def open(cls, disk: Path, name: str, create: bool, size: int | None) -> VnodeFile:
         """lookup + VnodeFile: for callers that do not share vnodes (tests)."""
-        if size is not None and not 0 <= size <= MAX_FILE_BYTES:
-            raise VnodeError("EINVAL", f"file size {size} out of range")
+        check_size(size, MAX_FILE_BYTES)
         fd, key = lookup(disk, name, create)
         return cls(fd, key, name, size)
 

@@ -6,9 +6,11 @@ peer of another major protocol version is refused at hello.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from machine.client import Machine, RequestError
 from machine.ipc.auth import TAG_LEN, sign
 from machine.params import PAGE_SIZE
 from machine.proto import REQUESTS, Request, Scope, tag_of
-from tests.conftest import PY, RealMachine
+from tests.conftest import PY, RealMachine, boot_real, pid_alive, status_json
 
 pytestmark = pytest.mark.integration
 ROLES = ("supervisor", "mmu", "uvm", "pdaemon", "net")
@@ -415,3 +417,209 @@ async def test_bad_file_names_get_errnos_and_links_are_not_followed(
         str(p.relative_to(real_machine.state)) for p in real_machine.state.rglob("*")
     ) == sorted([*listing, "disk/badnames/ok.bin"])
     shutil.rmtree(bad)  # the shared machine's disk/ without the planted fifo and links
+
+
+# -- hostile clients of the IPC layer (issue 9 red team: /tmp/rt a_*.py) ------------------
+
+
+class Pipelined:
+    """One DEALER to one user endpoint that sends signed frames back to back."""
+
+    def __init__(self, rm: RealMachine, role: str, ctx: zmq.Context[Any], **opts: int) -> None:
+        self.rm, self.ids = rm, itertools.count(1)
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in opts.items():
+            self.sock.setsockopt(getattr(zmq, opt), value)
+        self.sock.connect(rm.endpoint if role == "supervisor" else rm.info["roles"][role]["user"])
+        self.sid, self.key = 0, b""
+
+    def frame(self, tag: str, **fields: Any) -> bytes:
+        h = {"msg_id": next(self.ids), "sender": "burst", "incarnation": self.sid, "proto": [1, 3]}
+        body: bytes = msgpack.packb({"t": tag, "h": h, **fields})
+        return body + sign(self.key, body) if self.key else body
+
+    def call(self, tag: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+        self.sock.send(self.frame(tag, **fields))
+        assert self.sock.poll(int(timeout_s * 1000)), f"no reply to {tag}"
+        rep: dict[str, Any] = msgpack.unpackb(self.sock.recv())
+        return rep
+
+    def attach(self) -> None:
+        rep = self.call("uvm.attach")
+        self.sid, self.key = rep["session"], rep["key"]
+
+    def join(self, other: Pipelined) -> Pipelined:
+        """Send as other's session (its key, and its msg_ids: the replay window is per role)."""
+        self.sid, self.key, self.ids = other.sid, other.key, other.ids
+        return self
+
+    def __enter__(self) -> Pipelined:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def wait_for(pred: Any, timeout_s: float) -> bool:
+    """Poll pred() until it holds or the deadline passes (a sync test's poll_for)."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _machine_is_whole(rm: RealMachine) -> None:
+    """Not panicked, every role alive and answering its heartbeats, and it still serves."""
+    st = status_json(rm.endpoint)
+    assert st["state"] == "running", st.get("panic")
+    assert all(r["alive"] for r in st["roles"].values()), st["roles"]
+    assert all(pid_alive(pid) for pid in rm.role_pids().values())
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RealMachine, Any]]:
+    """A machine of its own (a regression panics it), a session, and 1 MiB of faulted memory."""
+    rm = boot_real(tmp_path_factory.mktemp("hostile"), "--ram", "16M", "--lease", "300")
+    ctx: zmq.Context[Any] = zmq.Context()
+    uvm = Pipelined(rm, "uvm", ctx)
+    uvm.attach()
+    asid = uvm.call("uvm.spawn")["asid"]
+    va = uvm.call("uvm.mmap", asid=asid, length=1 << 20, prot=3)["va"]
+    for p in range(256):
+        assert uvm.call("uvm.fault", asid=asid, va=va + p * PAGE_SIZE, access=1)["status"] == "ok"
+    try:
+        yield rm, (ctx, uvm, asid, va)
+    finally:
+        ctx.destroy(linger=0)
+        assert rm.stop() == 0
+
+
+def _mmu_loads(rm: RealMachine, ctx: zmq.Context[Any]) -> int:
+    with Pipelined(rm, "mmu", ctx) as c:
+        return int(c.call("ctl.stats")["counters"]["loads"])
+
+
+def test_a_client_that_never_reads_its_replies_holds_little_of_the_roles_memory(
+    hostile: tuple[RealMachine, Any],
+) -> None:
+    """a_replies: 300 loads of 1 MiB from a DEALER that never reads (RCVHWM 1, a 4 KiB
+    receive buffer) held ~300 MiB in the mmu (SNDHWM 100 000). A user ROUTER now keeps
+    USER_HWM replies per connection and drops the rest (that client's calls time out)."""
+    rm, (ctx, uvm, asid, va) = hostile
+    mmu_pid = rm.role_pids()["mmu"]
+    with Pipelined(rm, "mmu", ctx, RCVHWM=1, RCVBUF=4096) as slow:
+        slow.join(uvm)
+        loads0, rss0 = _mmu_loads(rm, ctx), _rss_mib(mmu_pid)
+        for _ in range(300):
+            slow.sock.send(slow.frame("mmu.load", asid=asid, va=va, n=1 << 20))
+        assert wait_for(lambda: _mmu_loads(rm, ctx) >= loads0 + 300, 60), "mmu did not serve"
+        grown = _rss_mib(mmu_pid) - rss0
+        assert grown < 64, f"the mmu holds {grown:.0f} MiB of unread replies"
+        with Pipelined(rm, "mmu", ctx) as other:
+            assert other.call("ctl.ping")["status"] == "ok"
+    _machine_is_whole(rm)
+
+
+def test_a_burst_from_one_client_does_not_starve_the_heartbeat(
+    hostile: tuple[RealMachine, Any],
+) -> None:
+    """a_block2: thousands of 1 MiB loads sent back to back were served in one go of the
+    mmu's reader, so the supervisor's ping on the kernel endpoint waited behind all of
+    them: "role mmu missed 4 heartbeats", machine panic. Sized to keep the mmu busy for
+    ~8 s (twice HEARTBEAT_LIVENESS + 1 intervals), between 3000 and 8000 loads."""
+    rm, (ctx, uvm, asid, va) = hostile
+    c = Pipelined(rm, "mmu", ctx, RCVHWM=0)
+    c.join(uvm)
+
+    def burst(n: int) -> float:
+        """n loads back to back; => seconds until the mmu has served them all. Replies
+        are counted, not decoded: with 3000 MiB in flight a client that lags loses
+        some (USER_HWM), which is not what this test is about."""
+        loads0 = _mmu_loads(rm, ctx)
+        frames = [c.frame("mmu.load", asid=asid, va=va, n=1 << 20) for _ in range(n)]
+        t0 = time.monotonic()
+        for f in frames:
+            c.sock.send(f)
+        deadline = t0 + 120
+        while time.monotonic() < deadline:
+            if c.sock.poll(250):
+                c.sock.recv(copy=False)
+            elif _mmu_loads(rm, ctx) >= loads0 + n:
+                return time.monotonic() - t0
+        raise AssertionError("the burst was not served within 120 s")
+
+    with c:
+        per_load = burst(100) / 100
+        n = max(3000, min(8000, int(10.0 / per_load)))
+        burst(n)
+        _machine_is_whole(rm)
+        assert c.call("mmu.load", asid=asid, va=va, n=16)["status"] == "ok"
+
+
+def test_a_message_of_many_parts_is_dropped_and_freed(hostile: tuple[RealMachine, Any]) -> None:
+    """a_multipart2: ZMQ_MAXMSGSIZE bounds each part, and the ROUTER used to serve the
+    last part of any message. Now only [identity, payload] is served; a longer message
+    is read part by part without a copy and dropped. (libzmq still buffers a whole
+    multipart message before the first part can be read: its peak is the sender's
+    own message, freed as soon as the role reads it.)"""
+    rm, (ctx, _uvm, _asid, _va) = hostile
+    mmu_pid = rm.role_pids()["mmu"]
+    rss0 = _rss_mib(mmu_pid)
+    with Pipelined(rm, "mmu", ctx) as c:
+        c.sock.send_multipart([b"\0" * ((2 << 20) - 64)] * 20 + [c.frame("ctl.ping")])
+        assert not c.sock.poll(1500), "a multipart message was served"
+        assert wait_for(lambda: _rss_mib(mmu_pid) - rss0 < 16, 20), "the parts were not freed"
+        assert c.call("ctl.ping")["status"] == "ok"  # the same connection serves on
+    _machine_is_whole(rm)
+
+
+def test_a_huge_header_sender_is_refused_before_it_reaches_the_trace(
+    real_machine: RealMachine,
+) -> None:
+    """a_trace: unsigned pings whose h.sender was 2 MiB went whole into uvm's trace ring
+    (256 lines): +250 MiB. Header.sender is at most 64 characters now (EINVAL)."""
+    uvm_pid = real_machine.role_pids()["uvm"]
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        c = Pipelined(real_machine, "uvm", ctx)
+        rss0 = _rss_mib(uvm_pid)
+        for i in range(20):
+            h = {"msg_id": i + 1, "sender": "A" * (1 << 20), "incarnation": 0, "proto": [1, 3]}
+            c.sock.send(msgpack.packb({"t": "ctl.ping", "h": h}))
+            assert c.sock.poll(10_000)
+            rep = msgpack.unpackb(c.sock.recv())
+            assert (rep["status"], rep["errno"], rep["h"]["re"]) == ("error", "EINVAL", i + 1)
+        assert _rss_mib(uvm_pid) - rss0 < 16
+        assert c.call("ctl.ping")["status"] == "ok"
+    finally:
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("role", ["mmu", "uvm", "net", "supervisor"])
+def test_a_negative_incarnation_gets_a_reply_and_the_connection_serves_on(
+    real_machine: RealMachine, role: str
+) -> None:
+    """a_neg3: incarnation -1 with 16 bytes after it raised OverflowError in session_key;
+    no reply, and later requests on that connection went unanswered."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        c = Pipelined(real_machine, role, ctx)
+        h = {"msg_id": 5, "sender": "x", "incarnation": -1, "proto": [1, 3]}
+        c.sock.send(msgpack.packb({"t": "ctl.stats", "h": h}) + bytes(TAG_LEN))
+        assert c.sock.poll(5000), "no reply"
+        rep = msgpack.unpackb(c.sock.recv())
+        assert (rep["errno"], rep["h"]["re"]) == ("EINVAL", 5)
+        for _ in range(3):
+            assert c.call("ctl.ping", timeout_s=5)["status"] == "ok"
+    finally:
+        ctx.destroy(linger=0)

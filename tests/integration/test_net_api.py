@@ -2,19 +2,24 @@
 gets, a full send buffer, the link's pace, and bad sends (another client's socket or
 process, a bad buffer) answered with an error that changes nothing. The wire is per
 session (another session's packets never arrive; the operator's tap sees all; a full
-queue drops the oldest and says so); sockets close on close, exit, reap and detach
+queue drops the oldest and says so; every queue together stays within wire_total, the
+largest paying); sockets close on close, exit, reap and detach
 (queued data still leaves, every loan is returned, the count goes back to 0); at most
 limits.sockets per session (EMFILE); net.socket names only the caller's processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from machine.client import Machine, MachineTimeout, Process, RequestError, Wire
 from machine.ipc.inmemory import run_simulation
 from machine.limits import Limits
+from machine.net.service import WIRE_OVERHEAD
 from machine.params import PAGE_SIZE
 from machine.proto import (
     NO_HEADER,
@@ -28,11 +33,15 @@ from machine.proto import (
     NetRecvReply,
     NetSend,
     NetSocket,
+    NetTapListen,
+    NetTapListenReply,
+    NetTapRecv,
     Reply,
+    WirePacket,
     decode_event,
 )
 from machine.testing import SimMachine, poll_for
-from tests.conftest import Harness, SimHarness
+from tests.conftest import Harness, SimHarness, boot_real
 
 
 async def test_loaned_and_copied_sends_arrive_in_order_with_their_bytes(harness: Harness) -> None:
@@ -205,13 +214,13 @@ def test_a_full_queue_drops_the_oldest_and_says_so() -> None:
     """wire_bytes bounds a listener's queue (a non-reader holds up nobody): the oldest go."""
 
     async def main() -> None:
-        boot = SimMachine.boot(seed=5, ram_bytes=1 << 20, limits=Limits(wire_bytes=2500))
+        boot = SimMachine.boot(seed=5, ram_bytes=1 << 20, limits=Limits(wire_bytes=2600))
         async with boot as sim, sim.attach() as m:
             await m.call_role("net", NetListen(h=NO_HEADER))
             p = await m.spawn()
             va = await _filled(p, 1, b"z")
             s = await p.socket()
-            seqs = [(await p.send(s, va, 1000)).seq for _ in range(4)]  # 4 mbufs of 1128 B
+            seqs = [(await p.send(s, va, 1000)).seq for _ in range(4)]  # 4 mbufs of 1256 B
 
             async def sent() -> bool:
                 return (await _counters(m, "net"))["tx_packets"] >= 4
@@ -225,6 +234,112 @@ def test_a_full_queue_drops_the_oldest_and_says_so() -> None:
                 assert (await w.get()).seq == seqs[-1] + 1
 
     run_simulation(main())
+
+
+@pytest.mark.parametrize("hoarder", ["listener", "tap"])
+def test_every_queue_together_stays_within_wire_total_and_the_largest_pays(
+    hoarder: str,
+) -> None:
+    """Red team (issue 9): ten listeners that never read held 167 MB, wire_bytes each.
+    limits.wire_total bounds every queue together: once it is full a packet drops the
+    oldest of the LARGEST queue (here the one that never reads: a session's listener,
+    or an operator's tap), so the session that reads loses nothing; wire_queued equals
+    the sum of the queues and never passes the budget, after every enqueue."""
+    cost = 1000 + WIRE_OVERHEAD
+    budget = 4 * cost + cost // 2  # room for four mbufs of 1000 bytes
+
+    async def main() -> None:
+        boot = SimMachine.boot(seed=7, ram_bytes=1 << 20, limits=Limits(wire_total=budget))
+        async with boot as sim, sim.attach() as h, sim.attach() as v, v.wire() as wv:
+            net: Any = sim.service("net")
+            broken: list[tuple[int, int]] = []
+            enqueue = net._enqueue
+
+            def checked(q: Any, pkt: WirePacket) -> None:
+                enqueue(q, pkt)
+                total = sum(x.nbytes for x in net._queues())
+                if not net.wire_queued == total <= budget:
+                    broken.append((net.wire_queued, total))
+
+            net._enqueue = checked
+            tap = 0
+            if hoarder == "listener":
+                await h.call_role("net", NetListen(h=NO_HEADER))
+            else:
+                rep = await sim.kcall("net", NetTapListen(h=NO_HEADER))
+                assert isinstance(rep, NetTapListenReply)
+                tap = rep.tap
+
+            async def take() -> Reply:  # everything the hoarder's queue holds
+                if not tap:
+                    hoard = NetRecv(h=NO_HEADER, wait_ms=0, max_packets=4096)
+                    return await h.call_role("net", hoard, NetRecvReply)
+                return await sim.kcall(
+                    "net", NetTapRecv(h=NO_HEADER, tap=tap, wait_ms=0, max_packets=4096)
+                )
+
+            ph, pv = await h.spawn(), await v.spawn()
+            vh, vv = await _filled(ph, 1, b"h"), await _filled(pv, 1, b"v")
+            sh, sv = await ph.socket(), await pv.socket()
+            hoarded = [(await ph.send(sh, vh, 1000)).seq for _ in range(8)]
+            for _ in range(5):  # the hoarder goes on sending; the reader still gets all
+                hoarded.append((await ph.send(sh, vh, 1000)).seq)
+                r = await pv.send(sv, vv, 1000)
+                pkt = await wv.get()
+                assert (pkt.sock, pkt.seq, pkt.payload) == (sv.id, r.seq, b"v" * 1000)
+            assert wv.dropped == 0
+            c = await _counters(v, "net")
+            assert 0 < c["wire_queued"] <= budget
+            got = await take()
+            assert isinstance(got, NetRecvReply)
+            assert 0 < len(got.packets) <= 4
+            assert got.dropped + len(got.packets) == (13 if hoarder == "listener" else 18)
+            assert got.dropped == c["wiredrops"]  # every drop was the hoarder's
+            if hoarder == "listener":  # the newest survive, in order
+                assert [x.seq for x in got.packets] == hoarded[-len(got.packets) :]
+            assert broken == []
+
+    run_simulation(main())
+
+
+def _vmrss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_listeners_that_never_read_cannot_bloat_net(tmp_path: Path) -> None:
+    """The red team's attack on real processes: ten sessions listen, never read, and
+    each sends 17 MiB (1 GiB send buffers, as the protocol allows). Before wire_total
+    net grew from 32 to 192 MiB; now its queues hold at most wire_total (32M here) and
+    its RSS grows by less than that plus 48 MiB."""
+    budget = 32 << 20
+    rm = boot_real(tmp_path, "--ram", "16M", "--limit", f"wire_total={budget}")
+    try:
+        net_pid = rm.role_pids()["net"]
+        before = _vmrss(net_pid)
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(10):
+                m = await stack.enter_async_context(Machine.attach(rm.endpoint))
+                await m.call_role("net", NetListen(h=NO_HEADER))
+                p = await m.spawn()
+                va = await p.mmap(1 << 20, "rw")
+                s = await p.socket(sndbuf=1 << 30)
+                for _ in range(17):
+                    await p.send(s, va, 1 << 20)
+
+            async def sent() -> bool:
+                return (await _counters(m, "net"))["tx_bytes"] >= 170 << 20
+
+            await poll_for(sent, 60, 0.1, "every send on the wire")
+            c = await _counters(m, "net")
+            grew = _vmrss(net_pid) - before
+            assert 0 < c["wire_queued"] <= budget
+            assert c["wiredrops"] >= (170 << 20) // (64 << 10) - budget // (64 << 10)
+            assert grew < budget + (48 << 20), f"net grew by {grew >> 20} MiB"
+    finally:
+        assert rm.stop() == 0
 
 
 def test_copied_data_in_net_is_bounded_over_every_session() -> None:

@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 import msgpack
 import pytest
 
-from machine.ipc.auth import REPLAY_WINDOW, TAG_LEN, session_key, sign
+from machine.ipc.auth import REPLAY_WINDOW, TAG_LEN, SessionAuth, session_key, sign
 from machine.ipc.inmemory import InMemoryTransport
-from machine.ipc.service import Service, UserError
+from machine.ipc.service import PANIC_LEN, TRACE_LEN, TRACE_LINE, Service, UserError
 from machine.kassert import KernelPanic
+from machine.limits import Limits
 from machine.proto import (
     CtlHello,
     CtlKpanic,
@@ -26,6 +27,7 @@ from machine.proto import (
     Request,
     Scope,
     Status,
+    UvmFork,
     UvmSpawn,
     encode,
 )
@@ -180,3 +182,121 @@ def test_startup_fails_without_a_handler() -> None:
 
     with pytest.raises(TypeError, match="no handler on_wakeup"):
         Broken(InMemoryTransport(1), rng=random.Random(1))
+
+
+# -- hostile headers and last-resort replies (issue 9 red team) ---------------------------
+
+
+def _raw_header(**h: Any) -> dict[str, Any]:
+    return {"msg_id": 5, "sender": "x", "incarnation": 0, "proto": [1, 3], **h}
+
+
+async def test_a_negative_incarnation_is_einval_and_the_role_serves_on(toy: Toy) -> None:
+    """/tmp/rt/a_neg3: incarnation -1 plus 16 bytes reached int.to_bytes (OverflowError)
+    and escaped handle() with no reply."""
+    body = msgpack.packb({"t": "ctl.stats", "h": _raw_header(incarnation=-1)})
+    out = toy.handle(body + bytes(TAG_LEN), Scope.USER)
+    assert isinstance(out, bytes)
+    rep = msgpack.unpackb(out)
+    assert (rep["errno"], rep["h"]["re"]) == ("EINVAL", 5)
+    assert await errno_of(toy, signed(UvmSpawn(h=H))) is None
+    assert toy.state == "running"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("msg_id", -1),
+        ("msg_id", 1 << 63),
+        ("incarnation", -1),
+        ("incarnation", (1 << 64) - 1),
+        ("re", -5),
+        ("sent_ns", -1),
+        ("sender", "A" * 65),
+    ],
+)
+async def test_header_numbers_and_sender_are_bounded(toy: Toy, field: str, value: Any) -> None:
+    body = msgpack.packb({"t": "ctl.ping", "h": _raw_header(**{field: value})})
+    for raw in (body, body + bytes(TAG_LEN)):
+        rep = await toy.dispatch(raw, Scope.USER)
+        assert rep.errno is Errno.EINVAL, rep
+    assert len(toy.trace) == 0  # refused before anything is traced
+
+
+def test_session_auth_check_answers_any_int_without_raising() -> None:
+    auth = SessionAuth(KEY)
+    for sid, mid in [(-1, 1), (1 << 64, 1), (1 << 200, 1), (0, 1), (9, 0), (9, -1), (9, 1 << 64)]:
+        assert auth.check(sid, mid, b"body", bytes(TAG_LEN)) == "bad session credentials"
+    # Negative msg_ids could not sneak under the replay window either.
+    body = b"body"
+    assert auth.check(9, 1, body, sign(session_key(KEY, 9), body)) == ""
+    assert auth.check(9, -1, body, sign(session_key(KEY, 9), body)) != ""
+
+
+async def test_a_check_that_raises_is_answered_einval_and_nothing_is_dispatched(
+    toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(h: Header) -> bool:
+        raise RuntimeError("bug in a hook")
+
+    monkeypatch.setattr(toy, "session_ok", broken)
+    out = toy.handle(signed(UvmSpawn(h=H), msg_id=77), Scope.USER)
+    assert isinstance(out, bytes)
+    rep = msgpack.unpackb(out)
+    assert (rep["errno"], rep["h"]["re"]) == ("EINVAL", 77)
+    assert toy.check_errors == 1
+    assert toy.state == "running"
+    assert any("RuntimeError" in line for line in toy.trace)
+
+
+async def test_trace_lines_and_panic_messages_are_bounded(toy: Toy) -> None:
+    toy.trace.append("x" * 100_000)
+    toy.trace.extend(["y" * 100_000] * 3)
+    assert all(len(line) <= TRACE_LINE for line in toy.trace)
+    for _ in range(2 * TRACE_LEN):
+        toy.trace.append("z")
+    assert len(toy.trace) == TRACE_LEN
+    toy.panic("p" * 100_000)
+    assert len(toy.panic_message) <= PANIC_LEN
+
+
+class Slow(Service):
+    """A role whose one user request waits until released (a fault waiting for memory)."""
+
+    role: ClassVar[str] = "slow"
+    serves: ClassVar[tuple[type[Request], ...]] = (UvmFork,)
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(InMemoryTransport(1), rng=random.Random(1), pid=1, key=KEY, **kw)
+        self.release = asyncio.Event()
+
+    async def on_fork(self, msg: UvmFork) -> Reply:
+        await self.release.wait()
+        return self.ack(msg)
+
+
+async def test_a_session_cannot_pile_up_requests_in_flight() -> None:
+    """Each waiting request is a task: limits.inflight (per session) and inflight_total
+    (per role) bound them with EAGAIN, so pipelining without waiting cannot bloat a role."""
+    slow = Slow(limits=Limits(inflight=2, inflight_total=3))
+    waiting = [slow.handle(signed(UvmFork(h=H, asid=1)), Scope.USER) for _ in range(2)]
+    assert all(not isinstance(w, bytes) for w in waiting)
+    assert await errno_of_slow(slow, 9) is Errno.EAGAIN  # the session's own limit
+    waiting.append(slow.handle(signed(UvmFork(h=H, asid=1), sid=10), Scope.USER))
+    assert await errno_of_slow(slow, 11) is Errno.EAGAIN  # the role's limit, another session
+    slow.release.set()
+    for w in waiting:
+        assert msgpack.unpackb(await w)["status"] == "ok"  # type: ignore[misc]
+    assert not slow._inflight
+    assert slow._inflight_total == 0
+    slow.release.clear()
+    again = slow.handle(signed(UvmFork(h=H, asid=1)), Scope.USER)
+    assert not isinstance(again, bytes)  # room again
+    slow.release.set()
+    await again  # type: ignore[misc]
+
+
+async def errno_of_slow(slow: Slow, sid: int) -> Errno | None:
+    out = slow.handle(signed(UvmFork(h=H, asid=1), sid=sid), Scope.USER)
+    assert isinstance(out, bytes), "refused at once, before any task"
+    return Errno(msgpack.unpackb(out)["errno"])

@@ -228,3 +228,84 @@ async def test_golden_signed_frames_verify_and_decode_at_a_user_endpoint() -> No
         # Every check passed but the last: a bare Service serves no uvm.spawn.
         assert isinstance(checked, Reply)
         assert checked.errno is Errno.ENOSYS, checked
+
+
+def _is_bounded(t: Any) -> bool:
+    """A field type that holds a bounded amount: a number with ge/le, or a sized
+    str/bytes/list/dict with max_length (bool and None are bounded by nature)."""
+    if t in (bool, type(None)):
+        return True
+    meta = getattr(t, "__metadata__", ())
+    base = getattr(t, "__origin__", t)
+    if base is int:
+        return any(
+            getattr(m, "ge", None) is not None and getattr(m, "le", None) is not None for m in meta
+        )
+    if base in (str, bytes) or getattr(base, "__origin__", base) in (list, dict, tuple):
+        return any(getattr(m, "max_length", None) is not None for m in meta)
+    return False
+
+
+def test_every_field_a_client_can_send_is_bounded() -> None:
+    """Audit: the header and every field of every request a user endpoint accepts
+    (USER and ANY scopes) has a range or a maximum length, so what a client sends is
+    refused (EINVAL) before it can grow a role's memory or trace."""
+    loose = [
+        f"Header.{f.name}"
+        for f in msgspec.structs.fields(Header)
+        if f.name != "proto" and not _is_bounded(f.type)
+    ]
+    for cls in REQUESTS:
+        if cls.scope is Scope.KERNEL:
+            continue
+        loose += [
+            f"{tag_of(cls)}.{f.name}"
+            for f in msgspec.structs.fields(cls)
+            if f.name != "h" and not _is_bounded(f.type)
+        ]
+    assert loose == []
+
+
+@pytest.mark.parametrize(
+    "h",
+    [
+        {"msg_id": -1, "sender": "x", "incarnation": 0},
+        {"msg_id": 1 << 63, "sender": "x", "incarnation": 0},
+        {"msg_id": 5, "sender": "x", "incarnation": -1},
+        {"msg_id": 5, "sender": "x" * 65, "incarnation": 0},
+        {"msg_id": 5, "sender": "x", "incarnation": 0, "re": -1},
+        {"msg_id": 5, "sender": "x", "incarnation": 0, "sent_ns": 1 << 63},
+    ],
+)
+def test_out_of_range_headers_are_einval(h: dict[str, Any]) -> None:
+    with pytest.raises(BadMessage) as ei:
+        decode_request(msgpack.packb({"t": "ctl.ping", "h": h}))
+    assert ei.value.errno is Errno.EINVAL
+
+
+def test_a_refused_request_costs_no_more_memory_than_its_bytes() -> None:
+    """Reading the msg_id and tag of a bad request skips the rest unbuilt (an untyped
+    decode of 2 MiB of empty lists made ~128 MiB of Python objects)."""
+    import tracemalloc
+
+    junk = msgpack.packb(
+        {
+            "t": "ctl.ping",
+            "junk": [[]] * ((2 << 20) - 100),
+            "h": {"msg_id": 3, "sender": "x", "incarnation": -1},
+        }
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadMessage) as ei:
+            decode_request(junk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (ei.value.errno, ei.value.msg_id) == (Errno.EINVAL, 3)
+    assert peak < 8 << 20, peak
+    # An unknown tag is echoed cut short.
+    with pytest.raises(BadMessage) as ei:
+        decode_request(msgpack.packb({"t": "x" * 100_000, "h": {"msg_id": 4}}))
+    assert (ei.value.errno, ei.value.msg_id) == (Errno.EBADMSG, 4)
+    assert len(ei.value.detail) < 200

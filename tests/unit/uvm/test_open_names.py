@@ -12,18 +12,20 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 from pathlib import Path
 
 import pytest
 
 from machine.client import RequestError
+from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.proto.base import Errno
 from machine.proto.types import Prot
 from machine.testing import SimMachine
 from machine.uvm.errors import VmError
 from machine.uvm.vm import Uvm
-from machine.uvm.vnode import NAME_MAX, PATH_MAX, VnodeFile, host_error
+from machine.uvm.vnode import MAX_DEPTH, NAME_MAX, PATH_MAX, VnodeFile, host_error
 from tests.unit.uvm.localpmap import make_uvm
 
 OWN = 77
@@ -50,6 +52,8 @@ BAD: list[tuple[str, bool, str]] = [
     ("x" * (NAME_MAX + 45), True, "ENAMETOOLONG"),
     ("d/" * 1000, True, "ENAMETOOLONG"),  # a 2000-byte path
     ("y" * PATH_MAX, True, "ENAMETOOLONG"),
+    ("a/" * 500 + "x", True, "ENAMETOOLONG"),  # red team: 1001 bytes, made 500 directories
+    ("d/./" * MAX_DEPTH + "x", True, "ENAMETOOLONG"),  # MAX_DEPTH + 1 components
     ("link_file", False, "ELOOP"),  # -> a host file outside disk/
     ("link_file", True, "ELOOP"),
     ("link_dir/secret.txt", False, "ELOOP"),  # a symlinked directory on the way
@@ -176,7 +180,7 @@ async def test_a_file_page_reaches_the_file_not_a_link_target(uvm: Uvm, tmp_path
 
 def test_host_failures_map_to_errnos_and_close_never_raises(tmp_path: Path) -> None:
     assert host_error(OSError(errno.ENOSPC, "No space left"), "x").errno == "EIO"
-    assert host_error(OSError(errno.EFBIG, "File too large"), "x").errno == "EINVAL"
+    assert host_error(OSError(errno.EFBIG, "File too large"), "x").errno == "EFBIG"
     assert host_error(OSError(errno.EROFS, "Read-only"), "x").errno == "EACCES"
     assert host_error(OSError(errno.EMLINK, "?"), "x").errno == "EIO"
     assert host_error(OSError(errno.ELOOP, "loop"), "x").errno == "ELOOP"
@@ -209,6 +213,54 @@ def test_a_file_the_host_refuses_is_eacces(
     with pytest.raises(VmError) as ei:
         uvm.open(OWN, "locked", False, None)
     assert ei.value.errno == "EACCES"
+
+
+def test_an_open_makes_at_most_max_depth_components_private_to_the_machine(
+    uvm: Uvm, tmp_path: Path
+) -> None:
+    """Red team: one open of a fresh 500-deep path made 500 directories. At most
+    MAX_DEPTH components (so MAX_DEPTH - 1 directories and a file); files 0600,
+    directories 0700 (the machine's own, whatever the umask allows beyond)."""
+    name = "/".join(f"d{i}" for i in range(MAX_DEPTH - 1)) + "/deep.bin"
+    h, _ = uvm.open(OWN, name, True, PAGE_SIZE)
+    assert h
+    top = tmp_path / "disk" / "d0"
+    made = [top, *top.rglob("*")]
+    assert len([p for p in made if p.is_dir()]) == MAX_DEPTH - 1
+    for p in made:
+        assert stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600), p
+    uvm.open(OWN, "top.bin", True, None)
+    assert stat.S_IMODE((tmp_path / "disk" / "top.bin").stat().st_mode) == 0o600
+
+
+def test_a_size_beyond_filesize_is_efbig_and_makes_nothing(uvm: Uvm, tmp_path: Path) -> None:
+    """Red team: 20 opens of 1 TiB sparse files. The default filesize is 64 GiB."""
+    before = _outside(tmp_path)
+    for size in (1 << 40, (64 << 30) + 1):
+        with pytest.raises(VmError) as ei:
+            uvm.open(OWN, "huge/big.bin", True, size)
+        assert ei.value.errno == "EFBIG"
+    assert _outside(tmp_path) == before  # no file, no directory
+    uvm.limits = Limits(filesize=4 * PAGE_SIZE)
+    with pytest.raises(VmError) as ei:
+        uvm.open(OWN, "five.bin", True, 5 * PAGE_SIZE)
+    assert ei.value.errno == "EFBIG"
+    assert "filesize" in ei.value.detail
+    assert not (tmp_path / "disk" / "five.bin").exists()
+    _, size = uvm.open(OWN, "four.bin", True, 4 * PAGE_SIZE)
+    assert size == 4 * PAGE_SIZE
+    (tmp_path / "disk" / "host.bin").write_bytes(b"h" * 5 * PAGE_SIZE)  # the host's own
+    assert uvm.open(OWN, "host.bin", False, None)[1] == 5 * PAGE_SIZE  # opens at its size
+    with pytest.raises(VmError) as ei:
+        uvm.open(OWN, "neg.bin", True, -1)
+    assert ei.value.errno == "EINVAL"
+
+
+async def test_uvm_makes_disk_private_when_it_makes_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    async with SimMachine.boot(seed=4, ram_bytes=64 * PAGE_SIZE, state_dir=str(state)):
+        assert stat.S_IMODE((state / "disk").stat().st_mode) == 0o700
 
 
 def test_a_missing_disk_directory_is_an_errno(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ changed nothing (spaces, entries, mapped size, handles, frames; audit clean).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -73,6 +74,7 @@ def state(uvm: Uvm, mmu: Mmu) -> tuple[Any, ...]:
         uvm.pages.free.count,
         uvm.pages.wired,
         len(uvm.anons),
+        (uvm.entry_pool.nentries, uvm.entry_pool.reserved),
     )
 
 
@@ -394,3 +396,164 @@ async def test_the_uvm_role_enforces_the_limits_it_is_booted_with() -> None:
             with pytest.raises(RequestError) as ei:
                 await m.spawn()
             assert ei.value.errno is Errno.EAGAIN
+
+
+# -- the machine's map entries (maxentries) -----------------------------------------------
+
+
+async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm, Mmu]) -> None:
+    """Red team: 2000 one-page mmaps x 400 forks grew uvm by 147 MiB, every process within
+    its own map_entries. The machine's entries are one budget; each refusal changes nothing."""
+    uvm, mmu = vm
+    uvm.limits = Limits(maxentries=8)
+    p = await uvm.spawn(OWN)
+    vas = [await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
+    await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
+    c = await uvm.fork(p, OWN)  # 6 entries
+    o = await uvm.spawn(OTHER)
+    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # 7
+    await uvm.mprotect(c, OWN, vas[2], PAGE_SIZE, Prot.READ)  # one split: 8, the limit
+    assert uvm.entry_pool.nentries == 8
+    await clean(uvm)
+    before = state(uvm, mmu)
+    refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("mmap", lambda: uvm.mmap(o, OTHER, PAGE_SIZE, RW)),  # another session's, too
+        ("fork", lambda: uvm.fork(p, OWN)),  # the child's 3 entries are charged first
+        ("fork of one entry", lambda: uvm.fork(o, OTHER)),
+        ("mprotect", lambda: uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
+        ("mlock", lambda: uvm.wire(p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: uvm.unwire(p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("munmap of a middle", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
+    ]
+    for what, call in refused:
+        with pytest.raises(VmError) as ei:
+            await call()
+        assert ei.value.errno == "ENOMEM", what
+        assert "maxentries" in ei.value.detail, what
+        assert state(uvm, mmu) == before, what
+        await clean(uvm)
+    assert await cpu_load(uvm, mmu, p, vas[0] + PAGE_SIZE, 4) == b"keep"
+    # unmapping the end of an entry splits nothing; a whole entry gives one back
+    await uvm.munmap(p, OWN, vas[1] + 3 * PAGE_SIZE, PAGE_SIZE)
+    await uvm.munmap(c, OWN, vas[1], 4 * PAGE_SIZE)
+    assert uvm.entry_pool.nentries == 7
+    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # room again, for anyone
+    await clean(uvm)
+    await uvm.exit(c, OWN)  # exit gives back every entry of the child (3)
+    assert uvm.entry_pool.nentries == 5
+    assert await uvm.fork(o, OTHER)  # 2 more: 7
+    assert uvm.entry_pool.nentries == 7
+    await clean(uvm)
+
+
+async def test_a_fork_charges_its_childs_entries_before_the_child_exists(
+    vm: tuple[Uvm, Mmu], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a fork waits for the mmu (write-protecting the parent), another space's mmap
+    must not take the entries the child is about to get (reserved, not merely checked)."""
+    uvm, mmu = vm
+    uvm.limits = Limits(maxentries=7)
+    p = await uvm.spawn(OWN)
+    for _ in range(3):
+        va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+        await cpu_store(uvm, mmu, p, va, b"w")  # writable + an amap: fork protects it
+    o = await uvm.spawn(OTHER)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real_protect = uvm.pmap.protect
+
+    async def slow_protect(asid: int, sva: int, eva: int, prot: int) -> int:
+        entered.set()
+        await gate.wait()
+        return await real_protect(asid, sva, eva, prot)
+
+    monkeypatch.setattr(uvm.pmap, "protect", slow_protect)
+    fork = asyncio.ensure_future(uvm.fork(p, OWN))
+    await asyncio.wait_for(entered.wait(), 5)
+    assert (uvm.entry_pool.nentries, uvm.entry_pool.reserved) == (3, 3)
+    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # 3 + 3 reserved + 1: the last one
+    with pytest.raises(VmError) as ei:
+        await uvm.mmap(o, OTHER, PAGE_SIZE, RW)
+    assert ei.value.errno == "ENOMEM"
+    gate.set()
+    c = await asyncio.wait_for(fork, 5)
+    assert len(uvm.spaces[c].map.entries) == 3
+    assert (uvm.entry_pool.nentries, uvm.entry_pool.reserved) == (7, 0)
+    await clean(uvm)
+
+
+async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    """amap_cow_now out of frames: ENOMEM, no child, no leaked anon, frame or reservation."""
+    uvm, mmu = vm
+    p = await uvm.spawn(OWN)
+    va = await uvm.mmap(p, OWN, 20 * PAGE_SIZE, RW)  # copied by reference (COW)...
+    for i in range(20):
+        await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, b"cow")
+    wva = await uvm.mmap(p, OWN, 24 * PAGE_SIZE, RW)  # ...then a wired one, copied now
+    await uvm.wire(p, OWN, wva, 24 * PAGE_SIZE)
+    before = state(uvm, mmu)
+    asids = sorted(uvm.spaces)
+    with pytest.raises(VmError) as ei:
+        await uvm.fork(p, OWN)  # 64 frames: 44 used, too few left for 24 copies
+    assert ei.value.errno == "ENOMEM"
+    assert sorted(uvm.spaces) == asids
+    assert state(uvm, mmu) == before
+    await clean(uvm)
+    await cpu_store(uvm, mmu, p, va, b"COW")  # the parent's COW entry still works
+    assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE, 3) == b"cow"
+    await clean(uvm)
+
+
+async def test_the_auditor_catches_an_entry_count_that_drifted(vm: tuple[Uvm, Mmu]) -> None:
+    uvm, _ = vm
+    p = await uvm.spawn(OWN)
+    await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+    await clean(uvm)
+    uvm.entry_pool.nentries += 1
+    assert any(problem.startswith("E1") for problem in await audit(uvm))
+    uvm.entry_pool.nentries -= 1
+    uvm.spaces[p].map.pool = type(uvm.entry_pool)()
+    assert any("another entry pool" in problem for problem in await audit(uvm))
+
+
+async def test_an_entry_costs_uvm_what_the_default_maxentries_assumes(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    """Measured bytes per entry x the default maxentries stays near 200 MiB, for plain
+    entries (fork of many mappings) and for entries that each hold an amap with an anon
+    (a child clipping every inherited entry); forks stop with ENOMEM at the limit."""
+    uvm, mmu = vm
+    uvm.limits = Limits(maxentries=6000, procs=1 << 20, maxproc=1 << 20)
+    p = await uvm.spawn(OWN)
+    vas = [await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW) for _ in range(1000)]
+
+    async def fork_to_the_limit() -> None:
+        for _ in range(5):  # 1000 + 5 x 1000 entries
+            await uvm.fork(p, OWN)
+        with pytest.raises(VmError) as ei:
+            await uvm.fork(p, OWN)
+        assert ei.value.errno == "ENOMEM"
+
+    _, plain, _ = await measured(fork_to_the_limit)
+    assert uvm.entry_pool.nentries == 6000
+    for a in [a for a in uvm.spaces if a != p]:
+        await uvm.exit(a, OWN)
+    uvm.limits = Limits(procs=1 << 20, maxproc=1 << 20)
+    for va in vas[:20]:  # 20 entries of 2 anons each, inherited; clipped: 40 entries
+        await cpu_store(uvm, mmu, p, va, b"a")
+        await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"b")
+
+    async def fork_and_clip() -> None:
+        for _ in range(20):
+            c = await uvm.fork(p, OWN)
+            for va in vas[:20]:
+                await uvm.mprotect(c, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
+
+    _, amapped, _ = await measured(fork_and_clip)
+    per_plain = plain / 5000
+    per_amapped = (amapped - 20 * 980 * per_plain) / (20 * 40)
+    assert per_plain < 200, per_plain
+    assert per_amapped < 900, per_amapped
+    assert Limits().maxentries * per_amapped < 240 << 20
+    await clean(uvm)
