@@ -15,7 +15,7 @@ import asyncio
 import itertools
 from typing import TypeVar
 
-from machine.ipc.auth import sign
+from machine.ipc.auth import Mac
 from machine.ipc.transport import Clock, Connection, Transport
 from machine.proto import (
     PROTOCOL_VERSION,
@@ -67,15 +67,16 @@ class Identity:
         self.incarnation = incarnation
         self.clock = clock or Clock()
         self.key = key
+        self._mac = Mac(key) if key is not None else None
         self._ids = itertools.count(1)
 
     def become(self, incarnation: int, key: bytes) -> None:
-        self.incarnation, self.key = incarnation, key
+        self.incarnation, self.key, self._mac = incarnation, key, Mac(key)
 
     def frame(self, msg: Request) -> bytes:
         """The bytes to send: the message, and its tag when this identity has a key."""
         body = encode(msg)
-        return body if self.key is None else body + sign(self.key, body)
+        return body if self._mac is None else body + self._mac.tag(body)
 
     def header(self, re: int = 0) -> Header:
         return Header(

@@ -300,3 +300,18 @@ async def errno_of_slow(slow: Slow, sid: int) -> Errno | None:
     out = slow.handle(signed(UvmFork(h=H, asid=1), sid=sid), Scope.USER)
     assert isinstance(out, bytes), "refused at once, before any task"
     return Errno(msgpack.unpackb(out)["errno"])
+
+
+@pytest.mark.parametrize("key_len", [0, 16, 32, 64, 65, 200])
+@pytest.mark.parametrize("body_len", [0, 1, 90, 4096, 70_000])
+def test_the_precomputed_mac_is_hmac_sha256(key_len: int, body_len: int) -> None:
+    import hashlib
+    import hmac
+
+    from machine.ipc.auth import Mac
+
+    key, body = bytes(range(key_len % 256))[:key_len] * 1, bytes([7]) * body_len
+    key = (key * (key_len // max(len(key), 1) + 1))[:key_len]
+    want = hmac.new(key, body, hashlib.sha256).digest()[:TAG_LEN]
+    assert Mac(key).tag(body) == want == sign(key, body)
+    assert Mac(key).tag(memoryview(body)) == want
