@@ -107,9 +107,10 @@ from machine.uvm.swap import SwapDevice
 from machine.uvm.vm import Uvm
 
 DEFAULT_LEASE_S = 10.0
-#: An attach may reclaim a session that holds nothing once it has been silent this long.
-#: Under a third of a client's keepalive (lease_s / 4) would reclaim idle clients between
-#: pings even without a flood; this is only done when the machine is full anyway.
+#: An attach may reclaim a session that holds nothing once it has been silent this long
+#: (and at least half its lease: a live client pings uvm every lease_s / 4, so it is never
+#: taken for idle, even while it only listens on the wire or waits before its first spawn).
+#: This is only done when the machine is full anyway.
 RECLAIM_IDLE_S = 1.0
 
 
@@ -225,7 +226,7 @@ class UvmService(Service):
         self.swap_bytes = swap_bytes if swap_bytes else 2 * ram.size
         self.uvm: Uvm | None = None
         self.sessions: dict[int, float] = {}  # session -> when last seen (clock seconds)
-        self.reclaim_idle_s = RECLAIM_IDLE_S
+        self.reclaim_idle_s = max(RECLAIM_IDLE_S, lease_s / 2)
 
     async def attach_mmu(self, endpoint: str) -> None:
         peer = await self.connect_peer("mmu", endpoint)

@@ -9,6 +9,7 @@ the sessions' last-seen stamps (no sleeps); keepalive is off so no ping renews t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import pytest
@@ -88,3 +89,33 @@ async def test_a_session_seen_recently_is_not_reclaimed() -> None:
                         pass
                 assert ei.value.errno is Errno.EAGAIN
                 await c.spawn()
+
+
+def test_a_live_client_holding_nothing_survives_an_attach_flood() -> None:
+    """Red team, second pass: a client that only listens on the wire (or waits before its
+    first spawn) holds nothing in uvm, but its keepalive pings uvm every lease/4: it is
+    never idle for lease/2, so a flood of attaches reclaims only the flood's own sessions.
+    Runs on virtual time: 30 simulated seconds of flooding (the default lease, 10 s)."""
+    from machine.ipc.inmemory import run_simulation
+
+    async def main() -> None:
+        boot = SimMachine.boot(seed=12, lease_s=10.0, limits=Limits(sessions=3))
+        async with boot as sim, sim.attach() as live:  # keepalive on
+            svc = sim.service("uvm")
+            assert isinstance(svc, UvmService)
+            assert svc.reclaim_idle_s == 5.0
+            loop = asyncio.get_running_loop()
+            end, made = loop.time() + 30.0, 0
+            async with contextlib.AsyncExitStack() as stack:
+                while loop.time() < end:
+                    with contextlib.suppress(RequestError):
+                        await stack.enter_async_context(sim.attach(keepalive=False))
+                        made += 1
+                    await asyncio.sleep(0.25)  # the flooder's pace (simulated time)
+            assert made > 5  # the flood did get sessions, by reclaiming its own
+            assert svc.vm.stats.sessreclaimed >= made - 2
+            assert live.session in svc.sessions
+            p = await live.spawn()  # still its own session
+            await p.exit()
+
+    run_simulation(main())
