@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from machine.config import (
     DEFAULT_RAM,
     ROLE_ORDER,
     RoleConfig,
+    discard_temp_state,
     env,
     fixed_layout,
 )
@@ -106,9 +106,8 @@ def cmd_up(a: argparse.Namespace) -> int:
         print(f"uvm-machine up: {e}", file=sys.stderr)
         return 1
     _report_panic(status, state)
-    dumps = list((state / "dump").glob("*.json")) if (state / "dump").is_dir() else []
-    if temp and not dumps:
-        shutil.rmtree(state, ignore_errors=True)
+    if temp:
+        discard_temp_state(state)
     return status
 
 

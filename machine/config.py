@@ -20,7 +20,9 @@ exists, so nothing outside the machine can reach a kernel endpoint.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 ROLE_ORDER = ("mmu", "uvm", "pdaemon", "net")
@@ -94,3 +96,11 @@ def advertised(endpoint: str, host: str) -> str:
         if endpoint.startswith(prefix):
             return f"tcp://{host}:" + endpoint[len(prefix) :]
     return endpoint
+
+
+def discard_temp_state(state: Path) -> None:
+    """Remove a state directory `up` made for itself (no --state), unless it holds a
+    crash dump, which the user will want to read. Done by `up` on its way out, or by an
+    orphaned uvm when the supervisor died (machine.orphan)."""
+    if not any((state / "dump").glob("*.json")):
+        shutil.rmtree(state, ignore_errors=True)

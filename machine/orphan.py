@@ -49,7 +49,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machine.config import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, RoleConfig
+from machine.config import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    RoleConfig,
+    discard_temp_state,
+)
 from machine.ipc.service import Service
 from machine.proto import NO_HEADER, CtlShutdown
 from machine.ram import Ram
@@ -225,5 +230,5 @@ def remove_leftovers(cfg: RoleConfig, ram: Ram) -> None:
         return  # another machine booted on this state directory meanwhile
     shutil.rmtree(state / "run", ignore_errors=True)
     (state / "machine.json").unlink(missing_ok=True)
-    if cfg.role == "uvm" and cfg.temp_state and not any((state / "dump").glob("*.json")):
-        shutil.rmtree(state, ignore_errors=True)
+    if cfg.role == "uvm" and cfg.temp_state:
+        discard_temp_state(state)

@@ -28,32 +28,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from machine.ipc.peer import Peer
 from machine.ipc.service import Service, UserError
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.profile import DEFAULT_PROFILE, load_profile
 from machine.proto import (
     NO_HEADER,
-    CtlAck,
     CtlShutdown,
     Errno,
     Header,
-    PmapAttrs,
-    PmapAttrsReply,
-    PmapCheck,
-    PmapCheckReply,
-    PmapCountReply,
-    PmapCreate,
-    PmapDestroy,
-    PmapEnter,
-    PmapKenter,
-    PmapMappings,
-    PmapMappingsReply,
-    PmapPageProtect,
-    PmapProtect,
-    PmapRemove,
-    PmapUnwire,
     Reply,
     Request,
     UvmAttach,
@@ -103,6 +86,7 @@ from machine.uvm.audit import audit
 from machine.uvm.errors import VmError
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
+from machine.uvm.remotepmap import RemotePmap
 from machine.uvm.swap import SwapDevice
 from machine.uvm.vm import Uvm
 
@@ -112,65 +96,6 @@ DEFAULT_LEASE_S = 10.0
 #: taken for idle, even while it only listens on the wire or waits before its first spawn).
 #: This is only done when the machine is full anyway.
 RECLAIM_IDLE_S = 1.0
-
-
-class RemotePmap:
-    """PmapOps over the kernel bus: one pmap.* request per call."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-
-    async def create(self, asid: int, owner: int) -> None:
-        await self.peer.call_ok(PmapCreate(h=_H, asid=asid, owner=owner), CtlAck)
-
-    async def destroy(self, asid: int) -> int:
-        return (await self.peer.call_ok(PmapDestroy(h=_H, asid=asid), PmapCountReply)).count
-
-    async def enter(self, asid: int, va: int, pfn: int, prot: int, flags: int) -> None:
-        await self.peer.call_ok(
-            PmapEnter(h=_H, asid=asid, va=va, pfn=pfn, prot=prot, flags=flags), CtlAck
-        )
-
-    async def remove(self, asid: int, sva: int, eva: int) -> int:
-        rep = await self.peer.call_ok(PmapRemove(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
-        return rep.count
-
-    async def protect(self, asid: int, sva: int, eva: int, prot: int) -> int:
-        rep = await self.peer.call_ok(
-            PmapProtect(h=_H, asid=asid, sva=sva, eva=eva, prot=prot), PmapCountReply
-        )
-        return rep.count
-
-    async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
-        n = 0
-        for i in range(0, len(pfns), 4096):
-            rep = await self.peer.call_ok(
-                PmapPageProtect(h=_H, pfns=pfns[i : i + 4096], prot=prot, why=why[:4096]),
-                PmapCountReply,
-            )
-            n += rep.count
-        return n
-
-    async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
-        await self.peer.call_ok(PmapKenter(h=_H, va=va, pfns=pfns, prot=prot), CtlAck)
-
-    async def unwire(self, asid: int, sva: int, eva: int) -> int:
-        rep = await self.peer.call_ok(PmapUnwire(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
-        return rep.count
-
-    async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
-        rep = await self.peer.call_ok(
-            PmapAttrs(h=_H, pfns=pfns, clear_reference=clear_ref, clear_modify=clear_mod),
-            PmapAttrsReply,
-        )
-        return [int(r) | (int(m) << 1) for r, m in zip(rep.referenced, rep.modified, strict=True)]
-
-    async def check(self) -> list[str]:
-        return (await self.peer.call_ok(PmapCheck(h=_H), PmapCheckReply)).problems
-
-    async def mappings(self, asid: int) -> list[tuple[int, int, int, bool]]:
-        rep = await self.peer.call_ok(PmapMappings(h=_H, asid=asid), PmapMappingsReply)
-        return [tuple(m) for m in rep.mappings]  # type: ignore[misc]
 
 
 #: Placeholder header; Peer.call stamps the real one.
