@@ -60,6 +60,7 @@ from machine.proto import (
     CtlStatusReply,
     CtlStopping,
     Errno,
+    ErrnoError,
     MmuAccessReply,
     MmuLoad,
     MmuStore,
@@ -138,10 +139,8 @@ class MachineTimeout(MachineError):
     pass
 
 
-class RequestError(MachineError):
-    def __init__(self, errno: Errno, detail: str) -> None:
-        super().__init__(f"{errno}: {detail}")
-        self.errno, self.detail = errno, detail
+class RequestError(MachineError, ErrnoError):
+    """An error reply to a request: `errno` and `detail` as the machine sent them."""
 
 
 class OutOfMemory(RequestError):

@@ -20,6 +20,7 @@ from machine.ipc.transport import Clock, Connection, Transport
 from machine.proto import (
     PROTOCOL_VERSION,
     Errno,
+    ErrnoError,
     Header,
     Reply,
     Request,
@@ -34,13 +35,13 @@ R = TypeVar("R", bound=Reply)
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class RemoteError(Exception):
-    """An error reply: `errno` and `detail` as the peer sent them."""
+class RemoteError(ErrnoError):
+    """An error reply: `errno` and `detail` as the peer sent them (`tag`: the request)."""
 
     def __init__(self, errno: Errno, detail: str, tag: str = "") -> None:
-        super().__init__(f"{errno}: {detail}" if not tag else f"{tag}: {errno}: {detail}")
-        self.errno = errno
-        self.detail = detail
+        super().__init__(errno, detail)
+        if tag:
+            self.args = (f"{tag}: {errno}: {detail}",)
 
 
 class PeerPanic(RemoteError):

@@ -77,6 +77,7 @@ from machine.proto import (
     Request,
     Scope,
     Status,
+    UserError,
     decode_request,
     encode,
     salvage_msg_id,
@@ -98,15 +99,6 @@ CTL_REQUESTS: tuple[type[Request], ...] = (
     CtlKpanic,
 )
 _PANIC_EXEMPT = (CtlPing, CtlDump, CtlShutdown, CtlHello, CtlStats)
-
-
-class UserError(Exception):
-    """A client's mistake: answered with `errno` and `detail`; nothing changed."""
-
-    def __init__(self, errno: Errno, detail: str) -> None:
-        super().__init__(f"{errno}: {detail}")
-        self.errno = errno
-        self.detail = detail
 
 
 class _Resumed:

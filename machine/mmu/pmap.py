@@ -44,20 +44,12 @@ from machine.params import (
     USER_MIN,
     USER_TOP,
 )
+from machine.proto import Errno, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.ram import Ram
 
 REFERENCED = 1
 MODIFIED = 2
-
-
-class PmapError(Exception):
-    """Bad arguments from a caller (answered with an errno, state unchanged)."""
-
-    def __init__(self, errno: str, detail: str) -> None:
-        super().__init__(detail)
-        self.errno = errno
-        self.detail = detail
 
 
 @dataclass(slots=True)
@@ -133,29 +125,29 @@ class Mmu:
     def _pmap(self, asid: int) -> Pmap:
         pm = self.pmaps.get(asid)
         if pm is None:
-            raise PmapError("ESRCH", f"no pmap for asid {asid}")
+            raise UserError(Errno.ESRCH, f"no pmap for asid {asid}")
         return pm
 
     def _check_user_range(self, sva: int, eva: int) -> None:
         if sva & PAGE_MASK or eva & PAGE_MASK:
-            raise PmapError("EINVAL", f"range [{sva:#x}, {eva:#x}) not page aligned")
+            raise UserError(Errno.EINVAL, f"range [{sva:#x}, {eva:#x}) not page aligned")
         if not (USER_MIN <= sva <= eva <= USER_TOP):
-            raise PmapError("EINVAL", f"range [{sva:#x}, {eva:#x}) outside user space")
+            raise UserError(Errno.EINVAL, f"range [{sva:#x}, {eva:#x}) outside user space")
 
     def _check_pfn(self, pfn: int) -> None:
         if not 0 <= pfn < self.nframes:
-            raise PmapError("EINVAL", f"pfn {pfn} beyond RAM ({self.nframes} frames)")
+            raise UserError(Errno.EINVAL, f"pfn {pfn} beyond RAM ({self.nframes} frames)")
 
     # -- address spaces -----------------------------------------------------
 
     def create(self, asid: int, owner: int) -> None:
         if asid == KERNEL_ASID or asid in self.pmaps:
-            raise PmapError("EINVAL", f"asid {asid} exists or is the kernel's")
+            raise UserError(Errno.EINVAL, f"asid {asid} exists or is the kernel's")
         self.pmaps[asid] = Pmap(asid, owner)
 
     def destroy(self, asid: int) -> int:
         if asid == KERNEL_ASID:
-            raise PmapError("EINVAL", "cannot destroy the kernel pmap")
+            raise UserError(Errno.EINVAL, "cannot destroy the kernel pmap")
         pm = self._pmap(asid)
         n = self._remove_vpns(pm, list(pm.ptes))
         del self.pmaps[asid]
@@ -171,11 +163,11 @@ class Mmu:
         """pmap_enter: create or replace the managed mapping va -> pfn."""
         pm = self._pmap(asid)
         if asid == KERNEL_ASID:
-            raise PmapError("EINVAL", "pmap.enter into the kernel pmap: use kenter")
+            raise UserError(Errno.EINVAL, "pmap.enter into the kernel pmap: use kenter")
         self._check_user_range(va, va + PAGE_SIZE)
         self._check_pfn(pfn)
         if prot == Prot.NONE:
-            raise PmapError("EINVAL", "pmap.enter with VM_PROT_NONE")
+            raise UserError(Errno.EINVAL, "pmap.enter with VM_PROT_NONE")
         vpn = va >> PAGE_SHIFT
         old = pm.ptes.get(vpn)
         if old is not None:
@@ -288,9 +280,9 @@ class Mmu:
 
     def _check_kernel_range(self, va: int, npages: int) -> None:
         if va & PAGE_MASK:
-            raise PmapError("EINVAL", f"kernel va {va:#x} not page aligned")
+            raise UserError(Errno.EINVAL, f"kernel va {va:#x} not page aligned")
         if not (KERNEL_MIN <= va and va + npages * PAGE_SIZE <= KERNEL_TOP):
-            raise PmapError("EINVAL", f"kernel range at {va:#x} outside kernel space")
+            raise UserError(Errno.EINVAL, f"kernel range at {va:#x} outside kernel space")
 
     def kenter(self, va: int, pfns: list[int], prot: Prot) -> None:
         """pmap_kenter_pa for a chunk: unmanaged, wired, untouched by page_protect."""
@@ -364,7 +356,7 @@ class Mmu:
         """copyin(9): the kernel reads a user's memory on its behalf (sosend's copy path)."""
         pm = self._pmap(asid)
         if asid == KERNEL_ASID or pm.owner != owner:
-            raise PmapError("EPERM", f"address space {asid} belongs to another client")
+            raise UserError(Errno.EPERM, f"address space {asid} belongs to another client")
         return self.load(asid, va, n)
 
     def extract(self, asid: int, va: int) -> Pte | None:

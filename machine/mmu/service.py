@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from machine.ipc.service import Service, UserError
-from machine.mmu.pmap import Fault, Mmu, PmapError
+from machine.ipc.service import Service
+from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_ASID
 from machine.proto import (
     Errno,
@@ -49,13 +49,14 @@ from machine.proto import (
     Reply,
     Request,
     Status,
+    UserError,
 )
 from machine.proto.types import EnterFlags, Prot
 
 
 class MmuService(Service):
     role: ClassVar[str] = "mmu"
-    user_errors: ClassVar[tuple[type[Exception], ...]] = (PmapError,)
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (UserError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
         PmapCreate,
         PmapDestroy,

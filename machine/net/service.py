@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from machine.ipc.peer import PeerPanic, RemoteError, raise_for
-from machine.ipc.service import Service, UserError
+from machine.ipc.service import Service
 from machine.ipc.transport import Subscription
 from machine.limits import Limits
 from machine.params import KERNEL_MIN, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, round_page, trunc_page
@@ -107,6 +107,7 @@ from machine.proto import (
     Reply,
     Request,
     Status,
+    UserError,
     UvmKfault,
     UvmLoan,
     UvmLoanReply,

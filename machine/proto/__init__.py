@@ -10,9 +10,11 @@ from machine.proto.base import (
 from machine.proto.base import (
     PROTOCOL_VERSION as PROTOCOL_VERSION,
 )
+from machine.proto.base import BadAddress as BadAddress
 from machine.proto.base import (
     Errno as Errno,
 )
+from machine.proto.base import ErrnoError as ErrnoError
 from machine.proto.base import (
     ErrorReply as ErrorReply,
 )
@@ -37,6 +39,7 @@ from machine.proto.base import (
 from machine.proto.base import (
     Status as Status,
 )
+from machine.proto.base import UserError as UserError
 from machine.proto.codec import (
     BY_TAG as BY_TAG,
 )

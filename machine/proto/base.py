@@ -67,6 +67,33 @@ class Errno(enum.StrEnum):
     ESHUTDOWN = "ESHUTDOWN"  # the machine is shutting down
 
 
+class ErrnoError(Exception):
+    """Anything answered by, or received as, an error reply: `errno` and `detail`.
+
+    The one base of the project's errno-carrying exceptions: UserError (a
+    caller's mistake, raised by the cores and services; nothing changed),
+    machine.ipc.peer.RemoteError (an error reply a peer sent) and
+    machine.client.RequestError (one the client library received).
+    """
+
+    def __init__(self, errno: Errno | str, detail: str) -> None:
+        self.errno = Errno(errno)
+        self.detail = detail
+        super().__init__(f"{self.errno}: {detail}")
+
+
+class UserError(ErrnoError):
+    """A caller's mistake, answered with `errno` and `detail`: the operation changed nothing."""
+
+
+class BadAddress(UserError):
+    """EFAULT: the access cannot be resolved (no mapping, beyond the object, or a
+    protection the mapping does not allow); the process gets SIGSEGV."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.EFAULT, detail)
+
+
 #: A header number: 0 <= n < 2**63 (msgspec bounds fit an int64; the project's
 #: ids are smaller: incarnations and session ids 62 bits, msg_ids counters).
 HeaderInt = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]

@@ -43,7 +43,7 @@ from machine.config import (
     ROLE_ORDER,
 )
 from machine.ipc.peer import Peer, RemoteError
-from machine.ipc.service import Service, UserError
+from machine.ipc.service import Service
 from machine.ipc.transport import Subscription, Transport
 from machine.params import PAGE_SIZE
 from machine.proto import (
@@ -70,6 +70,7 @@ from machine.proto import (
     Request,
     RoleEndpoints,
     RoleStatus,
+    UserError,
     decode_event,
 )
 from machine.supervisor.launcher import Launcher

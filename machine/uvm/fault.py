@@ -36,10 +36,10 @@ from __future__ import annotations
 
 from machine.kassert import kassert
 from machine.params import PAGE_SIZE
+from machine.proto import BadAddress, Errno, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
-from machine.uvm.errors import Segv, VmError
 from machine.uvm.loan import adopt
 from machine.uvm.map import MapEntry
 from machine.uvm.object import UvmObject
@@ -55,7 +55,7 @@ async def fault(uvm: Uvm, asid: int, owner: int, va: int, access: Prot) -> int:
     uvm.stats.faults += 1
     async with sp.lock:
         if sp.dead:
-            raise VmError("ESRCH", f"process {asid} exited")
+            raise UserError(Errno.ESRCH, f"process {asid} exited")
         return await fault_locked(uvm, sp, va, access, wire=False)
 
 
@@ -65,12 +65,12 @@ async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool)
         e = sp.map.lookup(va)
         if e is None:
             uvm.stats.segv += 1
-            raise Segv(f"no mapping at {va:#x}")
+            raise BadAddress(f"no mapping at {va:#x}")
         if wire:
             access = e.prot
         if access & ~e.prot or e.prot == Prot.NONE:
             uvm.stats.segv += 1
-            raise Segv(
+            raise BadAddress(
                 f"{Prot(access).letters()} access to {va:#x} in a {e.prot.letters()} mapping"
             )
         if e.needs_copy and (access & Prot.WRITE or wire):
@@ -161,7 +161,7 @@ async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: 
     new = uvm.new_anon()
     try:
         npfn = await uvm.alloc_page_wait(anon=new)
-    except VmError:
+    except UserError:
         del uvm.anons[new.id]
         uvm.unbusy(src)
         raise
@@ -181,7 +181,7 @@ async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -
     pages = uvm.pages
     try:
         npfn = await uvm.alloc_page_wait(anon=anon)
-    except VmError:
+    except UserError:
         anon.page = old
         uvm.unbusy(old)
         raise
@@ -207,7 +207,7 @@ async def _break_obj_loan(
     pages = uvm.pages
     try:
         npfn = await uvm.alloc_page_wait()
-    except VmError:
+    except UserError:
         uvm.unbusy(old)
         raise
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
@@ -241,7 +241,7 @@ async def _fault_lower(
         anon = uvm.new_anon()
         try:
             pfn = await uvm.alloc_page_wait(anon=anon)
-        except VmError:
+        except UserError:
             del uvm.anons[anon.id]
             raise
         uvm.ram.zero(pfn)
@@ -257,7 +257,7 @@ async def _fault_lower(
     pgoff = e.pgoff(va)
     if pgoff >= obj.npages:
         uvm.stats.segv += 1
-        raise Segv(f"{va:#x} is beyond the end of the mapped object")
+        raise BadAddress(f"{va:#x} is beyond the end of the mapped object")
     clean_read = False
     pfn = obj.pages.get(pgoff, NIL)
     if pfn == NIL:

@@ -41,9 +41,9 @@ from __future__ import annotations
 
 from machine.kassert import kassert, panic
 from machine.params import PAGE_SHIFT, PAGE_SIZE
+from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
-from machine.uvm.errors import VmError
 from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm, VmSpace
 
@@ -80,7 +80,7 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
     while True:
         e = sp.map.lookup(va)
         if e is None or not e.prot & Prot.READ:
-            raise VmError("EFAULT", f"no readable mapping at {va:#x} to loan")
+            raise UserError(Errno.EFAULT, f"no readable mapping at {va:#x} to loan")
         slot = e.slot(va)
         anon = e.amap.lookup(slot) if e.amap is not None else None
         pages = uvm.pages
@@ -102,7 +102,7 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
         elif e.obj is not None:  # O->K (uvm_loanuobj)
             pgoff = e.pgoff(va)
             if pgoff >= e.obj.npages:
-                raise VmError("EFAULT", f"{va:#x} is beyond the end of the mapped object")
+                raise UserError(Errno.EFAULT, f"{va:#x} is beyond the end of the mapped object")
             pfn = e.obj.pages.get(pgoff, NIL)
             if pfn == NIL:
                 pfn = await uvm.alloc_page_wait(obj=e.obj, pgoff=pgoff)
@@ -134,7 +134,7 @@ def loan_page(uvm: Uvm, pfn: int) -> None:
     if uvm.era == "modern":
         if pages.wire_count[pfn]:
             uvm.stats.loanrefused += 1
-            raise VmError("EBUSY", f"page {pfn} is wired: modern UVM does not loan it")
+            raise UserError(Errno.EBUSY, f"page {pfn} is wired: modern UVM does not loan it")
         pages.loan_count[pfn] += 1
         if not pages.pqflags[pfn]:
             pages.activate(pfn)  # uvm_pageactivate: a loaned page stays pageable
@@ -199,10 +199,12 @@ async def loan_to_anons(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -
                 a = va + i * PAGE_SIZE
                 e = sp.map.lookup(a)
                 if e is None or not e.prot & Prot.READ:
-                    raise VmError("EFAULT", f"no readable mapping at {a:#x} to loan")
+                    raise UserError(Errno.EFAULT, f"no readable mapping at {a:#x} to loan")
                 anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
                 if anon is None and uvm.era == "modern":
-                    raise VmError("EINVAL", "modern UVM loans only anons to anons (O->A is gone)")
+                    raise UserError(
+                        Errno.EINVAL, "modern UVM loans only anons to anons (O->A is gone)"
+                    )
                 if anon is not None or e.obj is not None:
                     pfn = await _loan_one(uvm, sp, a, count=False)
                     anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
@@ -210,7 +212,7 @@ async def loan_to_anons(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -
                         if uvm.era == "modern" and pages.wire_count[pfn]:
                             uvm.unbusy(pfn)
                             uvm.stats.loanrefused += 1
-                            raise VmError("EBUSY", f"page {pfn} is wired: not loaned")
+                            raise UserError(Errno.EBUSY, f"page {pfn} is wired: not loaned")
                         protect.append(pfn)
                     elif pages.uanon[pfn] != NIL:  # O->A, already lent to an anon
                         anon = uvm.anons[pages.uanon[pfn]]

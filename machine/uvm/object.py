@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from machine.uvm.errors import VmError
+from machine.proto import Errno, UserError
 from machine.uvm.vnode import VnodeFile
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class PagerOps(Protocol):
         ...
 
     def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
-        """pgo_put: make the store hold the frame's bytes (VmError ENOMEM if no room)."""
+        """pgo_put: make the store hold the frame's bytes (UserError ENOMEM if no room)."""
         ...
 
     def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
@@ -118,12 +118,12 @@ class AObjPager:
     def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
         assert isinstance(obj, AObj)
         if uvm.swap is None:
-            raise VmError("ENOMEM", "no swap device")
+            raise UserError(Errno.ENOMEM, "no swap device")
         slot = obj.swslots.get(pgoff, 0)
         if not slot:
             slot = uvm.swap.alloc(1)
             if not slot:
-                raise VmError("ENOMEM", "swap is full")
+                raise UserError(Errno.ENOMEM, "swap is full")
             obj.swslots[pgoff] = slot
             dirty = True
         if dirty:

@@ -18,9 +18,9 @@ cf. NetBSD sys/uvm/uvm_pager.c, uvm_vnode.c, uvm_aobj.c, uvm_swap.c.
 
 from __future__ import annotations
 
+from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
-from machine.uvm.errors import VmError
 from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
@@ -61,20 +61,20 @@ def _owner_of(uvm: Uvm, pfn: int) -> tuple[Anon | None, UvmObject | None, int]:
 def evict(uvm: Uvm, pfn: int, dirty: bool) -> None:
     """Write one unmapped, unbusy frame to its store if dirty, and free it.
 
-    => anon and aobj pages go to swap (the slot they have, or a new one: VmError
+    => anon and aobj pages go to swap (the slot they have, or a new one: UserError
        ENOMEM "swap is full" and nothing changed); file pages to their file.
     """
     pages = uvm.pages
     anon, obj, pgoff = _owner_of(uvm, pfn)
     if anon is None and obj is None:
-        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+        raise UserError(Errno.EINVAL, f"page {pfn} has no owner to page out to")
     if anon is not None:
         if uvm.swap is None:
-            raise VmError("ENOMEM", "no swap device")
+            raise UserError(Errno.ENOMEM, "no swap device")
         if not anon.swslot:
             anon.swslot = uvm.swap.alloc(1)
             if not anon.swslot:
-                raise VmError("ENOMEM", "swap is full")
+                raise UserError(Errno.ENOMEM, "swap is full")
             dirty = True
         if dirty:
             uvm.swap.put(anon.swslot, uvm.ram, [pfn])
@@ -94,10 +94,10 @@ async def pageout_page(uvm: Uvm, pfn: int) -> None:
     """Revoke every mapping of a frame, then evict it (see module doc)."""
     pages = uvm.pages
     if pages.flags[pfn] & PageFlag.BUSY or pages.wire_count[pfn]:
-        raise VmError("EBUSY", f"page {pfn} is busy or wired")
+        raise UserError(Errno.EBUSY, f"page {pfn} is busy or wired")
     anon, obj, _ = _owner_of(uvm, pfn)
     if anon is None and obj is None:
-        raise VmError("EINVAL", f"page {pfn} has no owner to page out to")
+        raise UserError(Errno.EINVAL, f"page {pfn} has no owner to page out to")
     uvm.busy(pfn)
     try:
         await uvm.pmap.page_protect([pfn], int(Prot.NONE))
@@ -108,7 +108,7 @@ async def pageout_page(uvm: Uvm, pfn: int) -> None:
         return  # its owner let it go while we waited: unbusy freed it
     try:
         evict(uvm, pfn, bool(bits & MODIFIED) or not pages.flags[pfn] & PageFlag.CLEAN)
-    except VmError:
+    except UserError:
         pages.activate(pfn)
         raise
 
@@ -117,11 +117,11 @@ async def pageout(uvm: Uvm, asid: int, va: int) -> int:
     """Page out the page that backs va in asid (kernel request). => the pfn freed."""
     sp = uvm.spaces.get(asid)
     if sp is None:
-        raise VmError("ESRCH", f"no process with asid {asid}")
+        raise UserError(Errno.ESRCH, f"no process with asid {asid}")
     async with sp.lock:
         e = sp.map.lookup(va)
         if e is None:
-            raise VmError("EFAULT", f"no mapping at {va:#x}")
+            raise UserError(Errno.EFAULT, f"no mapping at {va:#x}")
         slot = e.slot(va)
         anon = e.amap.lookup(slot) if e.amap is not None else None
         if anon is not None:
@@ -131,6 +131,6 @@ async def pageout(uvm: Uvm, asid: int, va: int) -> int:
         else:
             pfn = NIL
         if pfn == NIL:
-            raise VmError("ENOENT", f"nothing resident at {va:#x}")
+            raise UserError(Errno.ENOENT, f"nothing resident at {va:#x}")
         await pageout_page(uvm, pfn)
         return pfn

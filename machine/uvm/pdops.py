@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from machine.uvm.errors import VmError
+from machine.proto import UserError
 from machine.uvm.object import AObj
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
@@ -136,7 +136,7 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
             dirty = bool(mods.get(pfn, 0) & MODIFIED) or not p.flags[pfn] & PageFlag.CLEAN
             try:
                 evict(uvm, pfn, dirty)
-            except VmError:
+            except UserError:
                 p.activate(pfn)  # swap full: keep it
                 op = "reactivate"
         done[op] = done.get(op, 0) + 1

@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from machine.ipc.service import Service, UserError
+from machine.ipc.service import Service
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.profile import DEFAULT_PROFILE, load_profile
@@ -39,6 +39,7 @@ from machine.proto import (
     Header,
     Reply,
     Request,
+    UserError,
     UvmAttach,
     UvmAttachReply,
     UvmAudit,
@@ -83,7 +84,6 @@ from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.uvm import loan, pdops
 from machine.uvm.audit import audit
-from machine.uvm.errors import VmError
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
@@ -104,7 +104,7 @@ _H = NO_HEADER
 
 class UvmService(Service):
     role: ClassVar[str] = "uvm"
-    user_errors: ClassVar[tuple[type[Exception], ...]] = (VmError,)
+    user_errors: ClassVar[tuple[type[Exception], ...]] = (UserError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
         UvmAttach,
         UvmSpawn,
@@ -247,7 +247,7 @@ class UvmService(Service):
         for asid in self.vm.asids_of(session):
             try:
                 await self.vm.exit(asid, session, reason)
-            except VmError:
+            except UserError:
                 continue  # exited meanwhile
             done.append(asid)
             self.publish(UvmProcExited(h=self.event_header(), asid=asid, reason=reason))
@@ -285,12 +285,12 @@ class UvmService(Service):
     async def on_fault(self, msg: UvmFault) -> Reply:
         try:
             await fault(self.vm, msg.asid, msg.h.incarnation, msg.va, Prot(msg.access))
-        except VmError as e:
+        except UserError as e:
             if e.errno != "ENOMEM":
                 raise
             # Neither RAM nor swap can satisfy it: the process is killed, as a kernel would.
             self.spawn(self._oom_kill(msg.asid, msg.h.incarnation), "oom kill")
-            raise VmError(
+            raise UserError(
                 "ENOMEM", f"out of memory: process {msg.asid} killed ({e.detail})"
             ) from None
         return self.ack(msg)
@@ -298,7 +298,7 @@ class UvmService(Service):
     async def _oom_kill(self, asid: int, owner: int) -> None:
         try:
             await self.vm.exit(asid, owner, reason="killed: out of memory")
-        except VmError:
+        except UserError:
             return  # it exited meanwhile
         self.vm.stats.oomkills += 1
         self.publish(

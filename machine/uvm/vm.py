@@ -56,12 +56,12 @@ from typing import Any
 from machine.kassert import kassert
 from machine.limits import Limits
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
+from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.tuning import tune as policy_tune
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
-from machine.uvm.errors import VmError
 from machine.uvm.map import Inherit, MapEntry, MapEntryPool, VmMap
 from machine.uvm.object import AObj, UvmObject, VnodeObject
 from machine.uvm.page import NIL, PAGEDAEMON, RESERVE_KERNEL, USER, PageFlag, VmPages
@@ -152,14 +152,14 @@ class Uvm:
         pgoff: int = 0,
         who: int = USER,
     ) -> int:
-        """uvm_pagealloc for an anon or an object. => pfn, BUSY; VmError ENOMEM if none."""
+        """uvm_pagealloc for an anon or an object. => pfn, BUSY; UserError ENOMEM if none."""
         pfn = self.pages.alloc(
             anon=anon.id if anon else NIL, obj=obj.id if obj else NIL, offset=pgoff, who=who
         )
         if pfn == NIL:
             self.stats.fltnoram += 1
             self.check_pressure(failed=True)
-            raise VmError(
+            raise UserError(
                 "ENOMEM",
                 "out of memory: no free frame",
             )
@@ -178,7 +178,7 @@ class Uvm:
         who: int = USER,
     ) -> int:
         """uvm_pagealloc, and uvm_wait when none may be had: wake the page daemon and sleep
-        until pages are freed. => pfn; VmError ENOMEM when the daemon frees nothing for
+        until pages are freed. => pfn; UserError ENOMEM when the daemon frees nothing for
         WAIT_TRIES waits of alloc_wait_s (memory and swap exhausted).
 
         => the page daemon must never wait for itself: on its behalf a failed allocation
@@ -189,7 +189,7 @@ class Uvm:
         while True:
             try:
                 return self.alloc_page(anon=anon, obj=obj, pgoff=pgoff, who=who)
-            except VmError:
+            except UserError:
                 if who == PAGEDAEMON:
                     self.stats.pddeadlock += 1
                     self.dmesg.append("pagedaemon: deadlock detected!")
@@ -369,14 +369,14 @@ class Uvm:
     def amap_cow_now(self, e: MapEntry) -> Amap:
         """amap_cow_now for fork of a wired entry: the child's amap with every page copied.
 
-        => VmError ENOMEM when a frame is missing, every copy made so far freed."""
+        => UserError ENOMEM when a frame is missing, every copy made so far freed."""
         new = Amap(e.npages)
         if e.amap is not None:
             for slot, anon in e.amap.used():
                 copy = self.new_anon()
                 try:
                     pfn = self.alloc_page(anon=copy)
-                except VmError:
+                except UserError:
                     del self.anons[copy.id]
                     self.amap_unref(new)
                     raise
@@ -402,15 +402,15 @@ class Uvm:
     # -- address spaces ----------------------------------------------------------------
 
     def space(self, asid: int, owner: int) -> VmSpace:
-        """The caller's space. => VmError ESRCH, alike for an unknown space and for
+        """The caller's space. => UserError ESRCH, alike for an unknown space and for
         another session's (the reply does not tell whether the space exists)."""
         sp = self.spaces.get(asid)
         if sp is None or sp.dead or sp.owner != owner:
-            raise VmError("ESRCH", f"no process with asid {asid}")
+            raise UserError(Errno.ESRCH, f"no process with asid {asid}")
         return sp
 
     async def spawn(self, owner: int) -> int:
-        """A new, empty address space. => asid; VmError EAGAIN beyond limits.procs."""
+        """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs."""
         self._charge_proc(owner)
         asid = next(self._asids)
         try:
@@ -423,12 +423,14 @@ class Uvm:
         return asid
 
     def _charge_proc(self, owner: int) -> None:
-        """Count one more process of the session (RLIMIT_NPROC). => VmError EAGAIN at the
+        """Count one more process of the session (RLIMIT_NPROC). => UserError EAGAIN at the
         limit, nothing counted. Counted before the first await, so racing spawns agree."""
         if self.nprocs[owner] >= self.limits.procs:
-            raise VmError("EAGAIN", f"the session holds its limit of {self.limits.procs} processes")
+            raise UserError(
+                Errno.EAGAIN, f"the session holds its limit of {self.limits.procs} processes"
+            )
         if self.nprocs.total() >= self.limits.maxproc:
-            raise VmError(
+            raise UserError(
                 "EAGAIN", f"the machine holds its limit of {self.limits.maxproc} processes"
             )
         self.nprocs[owner] += 1
@@ -447,7 +449,7 @@ class Uvm:
     def open(self, owner: int, name: str, create: bool, size: int | None) -> tuple[int, int]:
         """Open (or create) a file under disk/. => (handle, size in bytes).
 
-        => VmError with an errno for every name and every host failure (see
+        => UserError with an errno for every name and every host failure (see
            machine.uvm.vnode: no symbolic link is followed); one vnode object
            per host file, whatever the spelling of its name ((st_dev, st_ino)).
         => EMFILE beyond limits.files, EFBIG for a size beyond limits.filesize,
@@ -455,9 +457,11 @@ class Uvm:
            user's file system): any session may open any name; handles are
            per session."""
         if self.nfiles[owner] >= self.limits.files:
-            raise VmError("EMFILE", f"the session holds its limit of {self.limits.files} files")
+            raise UserError(
+                Errno.EMFILE, f"the session holds its limit of {self.limits.files} files"
+            )
         if self.disk is None:
-            raise VmError("ENOSYS", "this machine has no disk")
+            raise UserError(Errno.ENOSYS, "this machine has no disk")
         try:
             check_size(size, self.limits.filesize)  # before anything is made
             fd, key = lookup(self.disk, name, create)
@@ -472,7 +476,7 @@ class Uvm:
                 if size is not None and size > obj.npages * PAGE_SIZE:
                     raise VnodeError("EINVAL", f"{name!r} is open with a smaller size")
         except VnodeError as e:
-            raise VmError(e.errno, e.detail) from None
+            raise UserError(e.errno, e.detail) from None
         obj.refs += 1
         handle = next(self._handle_ids)
         self.handles[(owner, handle)] = obj
@@ -483,7 +487,7 @@ class Uvm:
     async def close(self, owner: int, handle: int) -> None:
         obj = self.handles.pop((owner, handle), None)
         if obj is None:
-            raise VmError("EBADF", f"no open file with handle {handle}")
+            raise UserError(Errno.EBADF, f"no open file with handle {handle}")
         self.nfiles[owner] -= 1
         if not self.nfiles[owner]:
             del self.nfiles[owner]
@@ -529,45 +533,47 @@ class Uvm:
     ) -> int:
         """uvm_map: anonymous or file memory, private (COW) or shared. => start VA.
 
-        => VmError EINVAL (length <= 0, misaligned, fixed outside user space or
+        => UserError EINVAL (length <= 0, misaligned, fixed outside user space or
            overlapping), ENOMEM (no room, length beyond user space, limits.vsize
            or limits.map_entries reached), EBADF; nothing changed on any error."""
         sp = self.space(asid, owner)
         if length <= 0 or offset < 0:
-            raise VmError("EINVAL", f"mmap length {length} / offset {offset} out of range")
+            raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
         if length > USER_TOP - USER_MIN:
-            raise VmError("ENOMEM", f"mmap length {length:#x} is larger than user space")
+            raise UserError(Errno.ENOMEM, f"mmap length {length:#x} is larger than user space")
         length = round_page(length)
         if va & PAGE_MASK or offset & PAGE_MASK:
-            raise VmError("EINVAL", "mmap address and offset must be page aligned")
+            raise UserError(Errno.EINVAL, "mmap address and offset must be page aligned")
         obj: UvmObject | None = None
         if handle:
             vobj = self.handles.get((owner, handle))
             if vobj is None:
-                raise VmError("EBADF", f"no open file with handle {handle}")
+                raise UserError(Errno.EBADF, f"no open file with handle {handle}")
             obj = vobj
         async with sp.lock:
             if sp.map.size + length > self.limits.vsize:
-                raise VmError(
+                raise UserError(
                     "ENOMEM",
                     f"{sp.map.size} + {length} bytes mapped would exceed the process's "
                     f"limit of {self.limits.vsize} (vsize)",
                 )
             if len(sp.map.entries) >= self.limits.map_entries:
-                raise VmError(
+                raise UserError(
                     "ENOMEM", f"the process holds its limit of {self.limits.map_entries} entries"
                 )
             self._entry_room(1, "mmap")
             if fixed:
                 if not (USER_MIN <= va and va + length <= USER_TOP):
-                    raise VmError("EINVAL", f"mmap range at {va:#x} outside user space")
+                    raise UserError(Errno.EINVAL, f"mmap range at {va:#x} outside user space")
                 if not sp.map.is_free(va, va + length):
-                    raise VmError("EINVAL", f"mmap range at {va:#x} overlaps a mapping")
+                    raise UserError(Errno.EINVAL, f"mmap range at {va:#x} overlaps a mapping")
                 start = va
             else:
                 found = sp.map.find_space(length, va)
                 if found is None:
-                    raise VmError("ENOMEM", f"no room for {length} bytes in the address space")
+                    raise UserError(
+                        Errno.ENOMEM, f"no room for {length} bytes in the address space"
+                    )
                 start = found
             if obj is None and shared:
                 obj = AObj(next(self._ids), refs=0, size_pages=length >> PAGE_SHIFT)
@@ -596,16 +602,16 @@ class Uvm:
             self.amap_copy(e)
 
     def _entry_room(self, n: int, what: str) -> None:
-        """=> VmError ENOMEM when n more map entries would exceed limits.maxentries."""
+        """=> UserError ENOMEM when n more map entries would exceed limits.maxentries."""
         if not self.entry_pool.room(n, self.limits.maxentries):
-            raise VmError(
+            raise UserError(
                 "ENOMEM",
                 f"{what}: the machine holds its limit of {self.limits.maxentries} map entries "
                 "(maxentries)",
             )
 
     def _clip_room(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> None:
-        """=> VmError ENOMEM when clipping at start and end would leave the process more
+        """=> UserError ENOMEM when clipping at start and end would leave the process more
         than limits.map_entries entries, or the machine more than limits.maxentries
         (removing: the entries inside then go, munmap)."""
         inside = sp.map.in_range(start, end)
@@ -614,7 +620,7 @@ class Uvm:
         splits = int(inside[0].start < start) + int(inside[-1].end > end)
         after = len(sp.map.entries) + splits - (len(inside) if removing else 0)
         if splits and after > self.limits.map_entries:
-            raise VmError(
+            raise UserError(
                 "ENOMEM",
                 f"splitting at {start:#x}-{end:#x} would exceed the process's limit of "
                 f"{self.limits.map_entries} map entries",
@@ -625,7 +631,7 @@ class Uvm:
     def _clip(self, sp: VmSpace, start: int, end: int, removing: bool = False) -> list[MapEntry]:
         """uvm_map_clip of [start, end), each split entry unshared first. => entries inside.
 
-        => VmError ENOMEM (limits.map_entries) before anything changed."""
+        => UserError ENOMEM (limits.map_entries) before anything changed."""
         self._clip_room(sp, start, end, removing)
         for e in sp.map.in_range(start, end):
             if e.start < start or e.end > end:
@@ -638,26 +644,26 @@ class Uvm:
     ) -> AsyncIterator[tuple[VmSpace, int]]:
         """The caller's space, locked, for [va, va+length) that must be fully mapped.
 
-        => (space, end VA); VmError ESRCH/EPERM/EINVAL, or ENOMEM when not all mapped."""
+        => (space, end VA); UserError ESRCH/EPERM/EINVAL, or ENOMEM when not all mapped."""
         sp = self.space(asid, owner)
         eva = self._check_range(va, length)
         async with sp.lock:
             if not sp.map.covers(va, eva):
-                raise VmError("ENOMEM", f"{what} range at {va:#x} is not fully mapped")
+                raise UserError(Errno.ENOMEM, f"{what} range at {va:#x} is not fully mapped")
             yield sp, eva
 
     def _check_range(self, va: int, length: int) -> int:
         if va & PAGE_MASK:
-            raise VmError("EINVAL", f"address {va:#x} not page aligned")
+            raise UserError(Errno.EINVAL, f"address {va:#x} not page aligned")
         eva = va + round_page(length)
         if not (USER_MIN <= va and eva <= USER_TOP):
-            raise VmError("EINVAL", f"range at {va:#x} outside user space")
+            raise UserError(Errno.EINVAL, f"range at {va:#x} outside user space")
         return eva
 
     async def munmap(self, asid: int, owner: int, va: int, length: int) -> None:
         """uvm_unmap: translations go first, then frames and references.
 
-        => VmError ENOMEM (a split beyond map_entries or maxentries) before anything
+        => UserError ENOMEM (a split beyond map_entries or maxentries) before anything
            changed. The clip comes before the await, right after its check, so no other
            space can take the entries meanwhile; until the doomed entries go (after the
            mmu's answer) the machine may count up to 2 entries over maxentries."""
@@ -693,7 +699,7 @@ class Uvm:
     async def mprotect(self, asid: int, owner: int, va: int, length: int, prot: Prot) -> None:
         async with self._mapped_range(asid, owner, va, length, "mprotect") as (sp, eva):
             if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
-                raise VmError("EACCES", "protection beyond the mapping's maximum")
+                raise UserError(Errno.EACCES, "protection beyond the mapping's maximum")
             for e in self._clip(sp, va, eva):
                 lowered = e.prot & ~prot
                 e.prot = prot
@@ -730,7 +736,7 @@ class Uvm:
         parent never faults on wired memory. SHARE entries share object and
         amap. NONE entries are left out.
 
-        => VmError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
+        => UserError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
            are reserved in the pool before the child exists) with nothing changed;
            ENOMEM when a wired entry's pages cannot be copied (no free frame): the
            half-built child is torn down, the parent keeps its memory (its entries
@@ -767,7 +773,7 @@ class Uvm:
     async def _fork_entry(self, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
         """The child's copy of entry e, inserted into child's map on a reservation.
 
-        => VmError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
+        => UserError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
         c = MapEntry(
             e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow
         )
@@ -795,7 +801,7 @@ class Uvm:
 
         async with self._mapped_range(asid, owner, va, length, "mlock") as (sp, eva):
             if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
-                raise VmError("ENOMEM", "mlock of an inaccessible range")
+                raise UserError(Errno.ENOMEM, "mlock of an inaccessible range")
             npages = sum(
                 (min(eva, e.end) - max(va, e.start)) >> PAGE_SHIFT
                 for e in sp.map.in_range(va, eva)
@@ -804,7 +810,7 @@ class Uvm:
             if npages + self.pages.wired > self.pages.npages:
                 # sys_mlock's wiredmax check: it could never succeed; refuse before
                 # faulting anything (and before looping over a huge range).
-                raise VmError("EAGAIN", f"mlock of {npages} pages: more than RAM can wire")
+                raise UserError(Errno.EAGAIN, f"mlock of {npages} pages: more than RAM can wire")
             for e in self._clip(sp, va, eva):
                 e.wired_count += 1
                 if e.wired_count == 1:

@@ -13,10 +13,10 @@ import pytest
 from machine.kassert import KernelPanic
 from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_MIN, PAGE_SIZE
+from machine.proto import UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm import loan
 from machine.uvm.audit import audit
-from machine.uvm.errors import VmError
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.vm import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -179,7 +179,7 @@ async def test_9b_modern_refuses_object_to_anon_loans(tmp_path: Path) -> None:
     h, _ = uvm.open(OWN, "o.bin", False, None)
     p = await uvm.spawn(OWN)
     va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await loan.loan_to_anons(uvm, p, OWN, va, 1)
     assert ei.value.errno == "EINVAL"
     assert await audit(uvm) == []
@@ -243,7 +243,7 @@ async def test_25_loaning_a_wired_page(tmp_path: Path, knobs: dict[str, Any]) ->
     await uvm.wire(p, OWN, va, PAGE_SIZE)
     prot = mmu.extract(p, va).prot  # type: ignore[union-attr]
     if knobs["ERA"] == "modern":
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await loan.loan_to_kernel(uvm, p, OWN, va, 1)
         assert ei.value.errno == "EBUSY"
         assert uvm.pages.loan_count[pfn] == 0

@@ -112,14 +112,14 @@ async def test_20_allocation_reserves() -> None:
 async def test_28_the_page_daemon_never_waits_for_itself(tmp_path: Path) -> None:
     """The page daemon calls uvm_wait: "pagedaemon: deadlock detected!", a short sleep,
     and no wait for memory it alone could free."""
-    from machine.uvm.errors import VmError
+    from machine.proto import UserError
     from tests.unit.uvm.localpmap import make_uvm
 
     uvm, _ = make_uvm(16, tmp_path)
     uvm.alloc_wait_s = 0.08
     while uvm.pages.free.count:
         uvm.pages.alloc(obj=999, who=PAGEDAEMON)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.alloc_page_wait(obj=None, who=PAGEDAEMON)
     assert ei.value.errno == "ENOMEM"
     assert uvm.stats.pddeadlock == 1

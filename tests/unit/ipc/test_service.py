@@ -12,7 +12,7 @@ import pytest
 
 from machine.ipc.auth import REPLAY_WINDOW, TAG_LEN, SessionAuth, session_key, sign
 from machine.ipc.inmemory import InMemoryTransport
-from machine.ipc.service import PANIC_LEN, TRACE_LEN, TRACE_LINE, Service, UserError
+from machine.ipc.service import PANIC_LEN, TRACE_LEN, TRACE_LINE, Service
 from machine.kassert import KernelPanic
 from machine.limits import Limits
 from machine.proto import (
@@ -27,6 +27,7 @@ from machine.proto import (
     Request,
     Scope,
     Status,
+    UserError,
     UvmFork,
     UvmSpawn,
     encode,

@@ -13,9 +13,9 @@ import pytest
 
 from machine.mmu.pmap import Fault, Mmu
 from machine.params import PAGE_SIZE
+from machine.proto import BadAddress, UserError
 from machine.proto.types import Prot
 from machine.uvm.audit import audit
-from machine.uvm.errors import Segv, VmError
 from machine.uvm.fault import fault
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import flush_object, pageout
@@ -131,7 +131,7 @@ async def test_shared_file_mapping_reaches_the_file(vm: tuple[Uvm, Mmu], tmp_pat
     await cpu_store(uvm, mmu, p, va + PAGE_SIZE + 50, b"tail")
     await uvm.munmap(p, OWN, va, 2 * PAGE_SIZE)  # munmap writes back too
     assert (tmp_path / "disk" / "f.bin").read_bytes()[PAGE_SIZE + 50 : PAGE_SIZE + 54] == b"tail"
-    with pytest.raises(Segv):
+    with pytest.raises(BadAddress):
         await fault(uvm, p, OWN, va, Prot.READ)
     await clean(uvm)
 
@@ -273,7 +273,7 @@ async def test_wired_pages_never_leave_ram(vm: tuple[Uvm, Mmu]) -> None:
     p = await uvm.spawn(OWN)
     va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
     await uvm.wire(p, OWN, va, PAGE_SIZE)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await pageout(uvm, p, va)
     assert ei.value.errno == "EBUSY"
 
@@ -284,7 +284,7 @@ async def test_swap_full_is_enomem_and_changes_nothing(tmp_path: Path) -> None:
     va = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"a" * (PAGE_SIZE + 1))
     await pageout(uvm, p, va)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await pageout(uvm, p, va + PAGE_SIZE)
     assert ei.value.errno == "ENOMEM"
     assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE, 1) == b"a"
@@ -298,13 +298,13 @@ async def test_mprotect_lowers_at_once_and_raises_lazily(vm: tuple[Uvm, Mmu]) ->
     await cpu_store(uvm, mmu, p, va, b"x" * 3 * PAGE_SIZE)
     await uvm.mprotect(p, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
     assert len(uvm.spaces[p].map.entries) == 3
-    with pytest.raises(Segv):
+    with pytest.raises(BadAddress):
         await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"y")
     assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE, 1) == b"x"
     await uvm.mprotect(p, OWN, va + PAGE_SIZE, PAGE_SIZE, RW)
     assert await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"y") == 1
     await clean(uvm)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.mprotect(p, OWN, va, 8 * PAGE_SIZE, Prot.READ)
     assert ei.value.errno == "ENOMEM"
 

@@ -20,10 +20,10 @@ import pytest
 from machine.client import RequestError
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
+from machine.proto import UserError
 from machine.proto.base import Errno
 from machine.proto.types import Prot
 from machine.testing import SimMachine
-from machine.uvm.errors import VmError
 from machine.uvm.vm import Uvm
 from machine.uvm.vnode import MAX_DEPTH, NAME_MAX, PATH_MAX, VnodeFile, host_error
 from tests.unit.uvm.localpmap import make_uvm
@@ -117,7 +117,7 @@ def test_a_bad_name_gets_its_errno_and_changes_nothing(
     uvm: Uvm, tmp_path: Path, name: str, create: bool, err: str
 ) -> None:
     before = _outside(tmp_path)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, name, create, PAGE_SIZE if create else None)
     assert ei.value.errno == err, ei.value.detail
     assert _outside(tmp_path) == before  # disk/ and outside/ alike: nothing made or written
@@ -131,7 +131,7 @@ def test_a_bad_name_gets_its_errno_and_changes_nothing(
 
 
 def test_a_name_that_cannot_be_encoded_is_einval(uvm: Uvm) -> None:
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "bad\ud800", True, None)
     assert ei.value.errno == "EINVAL"
 
@@ -142,7 +142,7 @@ def test_a_unix_socket_is_not_a_regular_file(uvm: Uvm, tmp_path: Path) -> None:
         pytest.skip("the tmp path is too long for a unix socket")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             uvm.open(OWN, "sock", False, None)
     assert ei.value.errno == "EACCES"
 
@@ -156,7 +156,7 @@ def test_every_spelling_of_one_file_is_one_vnode(uvm: Uvm, tmp_path: Path) -> No
     assert len(uvm.vnodes) == 1
     assert all(uvm.handles[(OWN, h)] is uvm.handles[(OWN, h1)] for h in hs)
     assert uvm.handles[(OWN, h1)].refs == 1 + len(hs)
-    with pytest.raises(VmError) as ei:  # a second spelling cannot resize the open vnode
+    with pytest.raises(UserError) as ei:  # a second spelling cannot resize the open vnode
         uvm.open(OWN, "a//b", True, 8 * PAGE_SIZE)
     assert ei.value.errno == "EINVAL"
     assert (tmp_path / "disk" / "a" / "b").stat().st_size == 2 * PAGE_SIZE
@@ -165,7 +165,7 @@ def test_every_spelling_of_one_file_is_one_vnode(uvm: Uvm, tmp_path: Path) -> No
 async def test_a_file_page_reaches_the_file_not_a_link_target(uvm: Uvm, tmp_path: Path) -> None:
     """The valid open after the bad ones maps and writes back into disk/ only."""
     for name, create, _ in BAD:
-        with pytest.raises(VmError):
+        with pytest.raises(UserError):
             uvm.open(OWN, name, create, None)
     h, _ = uvm.open(OWN, "dir/data.bin", True, PAGE_SIZE)
     asid = await uvm.spawn(OWN)
@@ -210,7 +210,7 @@ def test_a_file_the_host_refuses_is_eacces(
         return real_open(path, flags, *a, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "open", refusing_open)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "locked", False, None)
     assert ei.value.errno == "EACCES"
 
@@ -237,12 +237,12 @@ def test_a_size_beyond_filesize_is_efbig_and_makes_nothing(uvm: Uvm, tmp_path: P
     """Red team: 20 opens of 1 TiB sparse files. The default filesize is 64 GiB."""
     before = _outside(tmp_path)
     for size in (1 << 40, (64 << 30) + 1):
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             uvm.open(OWN, "huge/big.bin", True, size)
         assert ei.value.errno == "EFBIG"
     assert _outside(tmp_path) == before  # no file, no directory
     uvm.limits = Limits(filesize=4 * PAGE_SIZE)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "five.bin", True, 5 * PAGE_SIZE)
     assert ei.value.errno == "EFBIG"
     assert "filesize" in ei.value.detail
@@ -251,7 +251,7 @@ def test_a_size_beyond_filesize_is_efbig_and_makes_nothing(uvm: Uvm, tmp_path: P
     assert size == 4 * PAGE_SIZE
     (tmp_path / "disk" / "host.bin").write_bytes(b"h" * 5 * PAGE_SIZE)  # the host's own
     assert uvm.open(OWN, "host.bin", False, None)[1] == 5 * PAGE_SIZE  # opens at its size
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "neg.bin", True, -1)
     assert ei.value.errno == "EINVAL"
 
@@ -266,7 +266,7 @@ async def test_uvm_makes_disk_private_when_it_makes_it(tmp_path: Path) -> None:
 def test_a_missing_disk_directory_is_an_errno(tmp_path: Path) -> None:
     u, _ = make_uvm(16, tmp_path, swap_pages=4)
     (tmp_path / "disk").rmdir()
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         u.open(OWN, "x", True, None)
     assert ei.value.errno == "ENOENT"
 

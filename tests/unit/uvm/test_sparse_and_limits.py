@@ -23,11 +23,10 @@ from machine.client import RequestError
 from machine.limits import Limits
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
-from machine.proto import Errno
+from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.testing import SimMachine
 from machine.uvm.audit import audit
-from machine.uvm.errors import VmError
 from machine.uvm.vm import Uvm
 from tests.unit.uvm.localpmap import make_uvm
 from tests.unit.uvm.test_core import OWN, cpu_load, cpu_store
@@ -177,13 +176,13 @@ async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
         entries = uvm.spaces[p].map.entries
         assert [(e.start, e.end) for e in entries] == [(va, lo), (lo, hi), (hi, va + size)]
         assert [e.amap.nused if e.amap else 0 for e in entries] == [1, 0, 1]
-        with pytest.raises(VmError) as ei:  # the middle is read-only now
+        with pytest.raises(UserError) as ei:  # the middle is read-only now
             await cpu_store(uvm, mmu, p, lo + size // 4, b"x")
         assert ei.value.errno == "EFAULT"
         await clean(uvm)
         # mlock of the huge middle: refused up front (it could never be wired)
         before = state(uvm, mmu)
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await uvm.wire(p, OWN, lo, hi - lo)
         assert ei.value.errno == "EAGAIN"
         assert state(uvm, mmu) == before
@@ -231,7 +230,7 @@ async def test_mmap_length_and_address_are_capped_without_a_panic(vm: tuple[Uvm,
         ({"length": PAGE_SIZE, "va": 0, "fixed": True}, "EINVAL"),
     ]:
         args: dict[str, Any] = {"prot": RW, **kw}
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await uvm.mmap(p, OWN, **args)
         assert ei.value.errno == errno, kw
         assert state(uvm, mmu) == before
@@ -275,14 +274,14 @@ async def test_vsize_limit_gives_enomem_and_a_forked_child_inherits_the_size(
     va = await uvm.mmap(p, OWN, 10 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"x")
     before = state(uvm, mmu)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.mmap(p, OWN, 7 * PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
     assert state(uvm, mmu) == before
     await clean(uvm)
     c = await uvm.fork(p, OWN)
     assert uvm.spaces[c].map.size == uvm.spaces[p].map.size == 10 * PAGE_SIZE
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.mmap(c, OWN, 7 * PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
     await uvm.mmap(c, OWN, 6 * PAGE_SIZE, RW)  # exactly at the limit
@@ -308,7 +307,7 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
         ("munmap", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "ENOMEM", what
         assert state(uvm, mmu) == before, what
@@ -319,7 +318,7 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
     assert len(uvm.spaces[p].map.entries) == 2
     await uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, 3 * PAGE_SIZE, Prot.READ)  # one split: 3
     assert len(uvm.spaces[p].map.entries) == 3
-    with pytest.raises(VmError):  # two splits would make 5
+    with pytest.raises(UserError):  # two splits would make 5
         await uvm.mprotect(p, OWN, vas[0] + 2 * PAGE_SIZE, PAGE_SIZE, Prot.NONE)
     await clean(uvm)
 
@@ -334,7 +333,7 @@ async def test_procs_limit_gives_eagain_at_spawn_and_fork_and_leaks_no_asid(
     c = await uvm.fork(p, OWN)
     before = state(uvm, mmu)
     for call in (lambda: uvm.spawn(OWN), lambda: uvm.fork(p, OWN)):
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "EAGAIN"
         assert state(uvm, mmu) == before  # no space, no pmap
@@ -354,7 +353,7 @@ async def test_maxproc_bounds_the_machine_whatever_the_sessions(vm: tuple[Uvm, M
     await uvm.spawn(OTHER + 1)
     before = state(uvm, mmu)
     for call in (lambda: uvm.spawn(OTHER + 2), lambda: uvm.fork(p, OWN)):
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "EAGAIN"
         assert "machine" in ei.value.detail
@@ -372,10 +371,10 @@ async def test_files_limit_gives_emfile_and_opens_nothing(
     h1, _ = uvm.open(OWN, "a.bin", True, PAGE_SIZE)
     uvm.open(OWN, "b.bin", True, PAGE_SIZE)
     before = state(uvm, mmu)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "c.bin", True, PAGE_SIZE)
     assert ei.value.errno == "EMFILE"
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         uvm.open(OWN, "a.bin", False, None)  # the same file again is one more handle
     assert ei.value.errno == "EMFILE"
     assert state(uvm, mmu) == before
@@ -426,7 +425,7 @@ async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm
         ("munmap of a middle", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "ENOMEM", what
         assert "maxentries" in ei.value.detail, what
@@ -471,7 +470,7 @@ async def test_a_fork_charges_its_childs_entries_before_the_child_exists(
     await asyncio.wait_for(entered.wait(), 5)
     assert (uvm.entry_pool.nentries, uvm.entry_pool.reserved) == (3, 3)
     await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # 3 + 3 reserved + 1: the last one
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.mmap(o, OTHER, PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
     gate.set()
@@ -494,7 +493,7 @@ async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
     await uvm.wire(p, OWN, wva, 24 * PAGE_SIZE)
     before = state(uvm, mmu)
     asids = sorted(uvm.spaces)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await uvm.fork(p, OWN)  # 64 frames: 44 used, too few left for 24 copies
     assert ei.value.errno == "ENOMEM"
     assert sorted(uvm.spaces) == asids
@@ -531,7 +530,7 @@ async def test_an_entry_costs_uvm_what_the_default_maxentries_assumes(
     async def fork_to_the_limit() -> None:
         for _ in range(5):  # 1000 + 5 x 1000 entries
             await uvm.fork(p, OWN)
-        with pytest.raises(VmError) as ei:
+        with pytest.raises(UserError) as ei:
             await uvm.fork(p, OWN)
         assert ei.value.errno == "ENOMEM"
 

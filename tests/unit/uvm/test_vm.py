@@ -6,9 +6,9 @@ import pytest
 
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
+from machine.proto import BadAddress, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.audit import audit
-from machine.uvm.errors import Segv, VmError
 from machine.uvm.fault import fault
 from machine.uvm.map import MapEntry, VmMap
 from machine.uvm.page import RESERVE_KERNEL
@@ -44,9 +44,9 @@ async def test_faults_outside_mappings_or_against_protection_segfault() -> None:
     uvm, _, _ = make()
     asid = await uvm.spawn(OWNER)
     va = await uvm.mmap(asid, OWNER, PAGE_SIZE, Prot.READ)
-    with pytest.raises(Segv, match="no mapping"):
+    with pytest.raises(BadAddress, match="no mapping"):
         await fault(uvm, asid, OWNER, va + PAGE_SIZE, Prot.READ)
-    with pytest.raises(Segv, match="-w- access"):
+    with pytest.raises(BadAddress, match="-w- access"):
         await fault(uvm, asid, OWNER, va, Prot.WRITE)
     assert uvm.pages.free.count == 64
     assert uvm.stats.segv == 2
@@ -87,7 +87,7 @@ async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> Non
     usable = 16 - RESERVE_KERNEL  # a user fault never takes the kernel's reserve
     for i in range(usable):
         await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
-    with pytest.raises(VmError) as ei:
+    with pytest.raises(UserError) as ei:
         await fault(uvm, asid, OWNER, va + usable * PAGE_SIZE, Prot.WRITE)
     assert ei.value.errno == "ENOMEM"
     # each failed allocation woke the page daemon; none came (no daemon here), so after
@@ -100,9 +100,9 @@ async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> Non
 async def test_ownership_is_checked() -> None:
     uvm, _, _ = make()
     asid = await uvm.spawn(OWNER)
-    with pytest.raises(VmError) as other:
+    with pytest.raises(UserError) as other:
         await uvm.mmap(asid, OWNER + 1, PAGE_SIZE, Prot.READ)
-    with pytest.raises(VmError) as unknown:
+    with pytest.raises(UserError) as unknown:
         await uvm.exit(asid + 100, OWNER)
     # Another session's space is answered as one that does not exist: no oracle.
     assert other.value.errno == unknown.value.errno == "ESRCH"
