@@ -14,7 +14,8 @@ One run measures (bench/README.md says how):
     under two CPU placements;
  3. the same client operations on SimMachine (in-memory transport, zero latency);
  4. where one fault's time goes, on real processes and in memory: the roles timestamp every
-    request (bench/trace_patch.py; in role processes through bench/_rolepatch/sitecustomize.py).
+    request and call (machine.ipc.timing: UVM_MACHINE_TIMING=1 in the role processes,
+    Service.timing / Peer.timing in this one).
 
 Markdown on stdout, progress on stderr, JSON in bench/results/ (git-ignored).
 """
@@ -46,16 +47,16 @@ import zmq
 import zmq.asyncio
 
 from machine.client import Machine
+from machine.ipc import timing
 from machine.ipc.inmemory import run_simulation
 from machine.ipc.peer import Identity, Peer
+from machine.ipc.service import Service
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.params import PAGE_SIZE
 from machine.proto import NO_HEADER, CtlDump, CtlDumpReply, CtlPing
 from machine.testing import SimMachine
 
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-import trace_patch  # noqa: E402
 
 ALL_CPUS: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
 OPS = {
@@ -379,10 +380,7 @@ def booted_machine(trace: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     state = Path(tempfile.mkdtemp(prefix="uvm-bench-"))
     env = dict(os.environ)
     if trace:
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(BENCH_DIR / "_rolepatch"), env.get("PYTHONPATH")])
-        )
-        env[trace_patch.ENV_VAR] = "1"
+        env[timing.ENV_VAR] = "1"  # every role times its requests (machine.ipc.timing)
     up = [str(Path(sys.executable).parent / "uvm-machine"), "up", "--ram", "256M"]
     cmd = [*up, "--endpoint", "tcp://127.0.0.1:0", "--state", str(state)]
     line = ["", "", "-"]
@@ -503,7 +501,7 @@ async def measure_real(
 
 def measure_sim(pl: Plan, trace_faults: int) -> dict[str, Any]:
     """The same client operations, in-process on the in-memory transport, zero latency; then
-    (trace_faults > 0) a fault breakdown on a second in-memory machine with trace_patch."""
+    (trace_faults > 0) a fault breakdown on a second in-memory machine, timed."""
 
     async def main(n_fault: int, traced: bool) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -511,9 +509,10 @@ def measure_sim(pl: Plan, trace_faults: int) -> dict[str, Any]:
         async with boot as sim, sim.attach() as m:
             ops = await Ops().open(m, n_fault)
             if traced:
-                trace_patch.drain()
+                assert Service.timing is not None
+                Service.timing.drain()
                 faults = await traced_faults(ops, n_fault)
-                tr = trace_patch.drain()
+                tr = Service.timing.drain()
                 return breakdown(faults, tr["handled"], tr["calls"])
             acc: Samples = {}
             v0 = loop.time()
@@ -522,11 +521,11 @@ def measure_sim(pl: Plan, trace_faults: int) -> dict[str, Any]:
             return {**summarise(acc, {}), "virtual_s_elapsed": loop.time() - v0}
 
     res: dict[str, Any] = run_simulation(main(pl.r_fault * pl.rounds, False))
-    trace_patch.install_roles()
+    Service.timing = Peer.timing = timing.Timing()  # every role of the in-memory machine
     try:
         res["breakdown"] = run_simulation(main(trace_faults, True))
     finally:
-        trace_patch.install_roles(False)
+        Service.timing = Peer.timing = None
     return res
 
 
@@ -560,15 +559,17 @@ Fault = tuple[int, int, list[list[Any]]]
 async def traced_faults(ops: Ops, n: int) -> list[Fault]:
     """n first-touch faults: when each store() started and returned, and the client's calls."""
     out = []
-    trace_patch.install_client()
+    own = Peer.timing is None  # real machine: time this process's calls only here
+    tm = Peer.timing = Peer.timing or timing.Timing()
     try:
         for i in range(n):
-            n0, t0 = len(trace_patch.CALLS), time.monotonic_ns()
+            n0, t0 = len(tm.calls), time.monotonic_ns()
             await ops.fault(i)
-            calls = [list(c) for c in trace_patch.CALLS[n0:] if c[0] == "client"]
+            calls = [list(c) for c in itertools.islice(tm.calls, n0, None) if c[0] == "client"]
             out.append((t0, time.monotonic_ns(), calls))
     finally:
-        trace_patch.install_client(False)
+        if own:
+            Peer.timing = None
     return out
 
 
@@ -602,7 +603,7 @@ def breakdown(
 
 
 def measure_breakdown(n: int) -> dict[str, Any]:
-    """n faults on a machine whose roles run trace_patch; their records come via ctl.dump."""
+    """n faults on a machine whose roles time their requests; their records come via ctl.dump."""
 
     async def dump(info: dict[str, Any], role: str) -> dict[str, list[list[Any]]]:
         t = ZmqTransport()
@@ -613,7 +614,7 @@ def measure_breakdown(n: int) -> dict[str, Any]:
             await peer.close()
             await t.close()
         assert isinstance(rep, CtlDumpReply), rep
-        tr: dict[str, list[list[Any]]] = rep.state["bench_trace"]
+        tr: dict[str, list[list[Any]]] = rep.state["timings"]
         return tr
 
     async def main(ep: str, info: dict[str, Any]) -> dict[str, Any]:

@@ -4,17 +4,8 @@ RoleConfig is everything one role process needs to start; it is plain data
 (picklable) so the supervisor can hand it to a child process, and every
 field can also come from the environment (UVM_MACHINE_*) for compose.
 
-Port layout for fixed deployments (compose, `uvm-machine role`): with base
-port B on host H,
-    supervisor  ROUTER B      PUB B+1
-    mmu         kernel B+10   user B+11   pub B+12
-    uvm         kernel B+20   user B+21   pub B+22
-    pdaemon     kernel B+30   user B+31   pub B+32
-    net         kernel B+40   user B+41   pub B+42
-With a kernel directory D (compose: UVM_MACHINE_KERNEL_DIR), every kernel
-channel is instead the Unix socket ipc://D/ROLE.kernel (mode 0600, D mode
-0700, on a volume only the machine's services mount): no kernel TCP port
-exists, so nothing outside the machine can reach a kernel endpoint.
+The port layout of fixed deployments (compose, `uvm-machine role`) is
+machine.roles.fixed_layout, from each role's spec (RoleSpec.port_offset).
 """
 
 from __future__ import annotations
@@ -25,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLE_ORDER = ("mmu", "uvm", "pdaemon", "net")
 CHANNELS = ("kernel", "user", "pub")
 DEFAULT_BASE_PORT = 7700
 DEFAULT_HOST = "127.0.0.1"
@@ -41,20 +31,6 @@ CALL_TIMEOUT_S = 30.0
 
 def env(name: str, default: str) -> str:
     return os.environ.get("UVM_MACHINE_" + name, default)
-
-
-def fixed_layout(host: str, base: int, kernel_dir: str = "") -> dict[str, dict[str, str]]:
-    """Endpoints of every role (and the supervisor) under the fixed port layout.
-
-    => with `kernel_dir`, each role's kernel channel is ipc://{kernel_dir}/{role}.kernel
-       and its port (B+10, B+20, ...) is not used; user and pub stay TCP.
-    """
-    out = {"supervisor": {"router": f"tcp://{host}:{base}", "pub": f"tcp://{host}:{base + 1}"}}
-    for i, role in enumerate(ROLE_ORDER, start=1):
-        out[role] = {ch: f"tcp://{host}:{base + 10 * i + j}" for j, ch in enumerate(CHANNELS)}
-        if kernel_dir:
-            out[role]["kernel"] = f"ipc://{kernel_dir.rstrip('/')}/{role}.kernel"
-    return out
 
 
 @dataclass

@@ -45,7 +45,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from machine.config import (
     discard_temp_state,
 )
 from machine.ipc.service import Service
+from machine.ipc.tasks import race
 from machine.proto import NO_HEADER, CtlShutdown
 from machine.ram import Ram
 
@@ -156,18 +157,14 @@ async def until_stopped(svc: Service, cfg: RoleConfig) -> bool:
        wrote back) and svc.stopped is set; the caller closes and then calls
        remove_leftovers.
     """
-    watch = asyncio.ensure_future(supervisor_gone(svc, cfg))
-    stopped = asyncio.ensure_future(svc.stopped.wait())
-    try:
-        await asyncio.wait({watch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        stopped.cancel()
+    # The first to end of the watch and the stop; race() ends the other before it returns.
+    first = await race(supervisor_gone(svc, cfg), svc.stopped.wait())
     if svc.stopped_by == "uvm":  # the mmu, stopped by an orphaned uvm before it noticed
         log(cfg.role, "uvm stopped me: the supervisor is gone: shutting down")
         return True
-    if svc.stopped.is_set() or watch.cancelled():
+    if svc.stopped.is_set() or first is None or first.cancelled():
         return False
+    watch = first  # supervisor_gone ended first
     if watch.exception() is not None:  # cannot watch: serve on, as before this watch existed
         log(cfg.role, f"cannot watch the supervisor: {watch.exception()!r}")
         await svc.stopped.wait()
@@ -191,15 +188,11 @@ async def until_stopped(svc: Service, cfg: RoleConfig) -> bool:
 
 async def _uvm_done(svc: Service, cfg: RoleConfig) -> None:
     """The mmu's wait: uvm's ctl.shutdown (svc.stopped), uvm's exit, or SHUTDOWN_GRACE_S."""
-    waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(svc.stopped.wait())]
+    waits: list[Coroutine[Any, Any, Any]] = [svc.stopped.wait()]
     uvm_pid = _machine_json(cfg).get("roles", {}).get("uvm", {}).get("pid")
     if isinstance(uvm_pid, int) and uvm_pid > 0:
-        waits.append(asyncio.ensure_future(pid_exit(uvm_pid)))
-    try:
-        await asyncio.wait(waits, timeout=SHUTDOWN_GRACE_S, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
+        waits.append(pid_exit(uvm_pid))
+    await race(*waits, timeout_s=SHUTDOWN_GRACE_S)
 
 
 def _machine_json(cfg: RoleConfig) -> dict[str, Any]:

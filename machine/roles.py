@@ -1,7 +1,9 @@
 """Building and running one role: the same code in a real process and in simulation.
 
-make_service() builds a role's Service on a transport; connect_role() wires
-it to its peers (uvm -> mmu; pdaemon -> uvm's events; net -> uvm's exits, link up).
+ROLES lists every role's spec (machine.rolespec) in start order. make_service()
+builds a role's Service from its spec, its core complete; `await svc.connect()`
+opens its peers (uvm -> mmu; pdaemon -> uvm, mmu and uvm's events; net -> uvm,
+mmu, uvm's exits, link up); then it binds and serves.
 role_main() is a role process's entry point (multiprocess target and
 `uvm-machine role NAME`): it maps RAM, binds, reports its endpoints through
 the ready pipe (or stdout), and serves until ctl.shutdown or a signal — or
@@ -19,18 +21,47 @@ import signal
 from typing import Any
 
 from machine import orphan
-from machine.config import RoleConfig, advertised
+from machine.config import CHANNELS, RoleConfig, advertised
+from machine.ipc import timing
 from machine.ipc.auth import read_key_file
+from machine.ipc.peer import Peer
 from machine.ipc.service import Service
 from machine.ipc.transport import Transport
 from machine.limits import Limits
-from machine.mmu.pmap import Mmu
-from machine.mmu.service import MmuService
-from machine.net.service import NetService
-from machine.pdaemon.service import PdaemonService
+from machine.mmu import spec as mmu_spec
+from machine.net import spec as net_spec
+from machine.pdaemon import spec as pdaemon_spec
 from machine.profile import load_profile
 from machine.ram import Ram
-from machine.uvm.service import UvmService
+from machine.rolespec import RoleContext, RoleSpec
+from machine.uvm import spec as uvm_spec
+
+#: Every role, in start order: a role starts after the roles it connects to
+#: (RoleSpec.connects_to) and stops before them. Adding a role is adding its spec here.
+ROLES: tuple[RoleSpec, ...] = (mmu_spec.SPEC, uvm_spec.SPEC, pdaemon_spec.SPEC, net_spec.SPEC)
+SPECS: dict[str, RoleSpec] = {s.name: s for s in ROLES}
+ROLE_NAMES: tuple[str, ...] = tuple(SPECS)
+
+
+def fixed_layout(host: str, base: int, kernel_dir: str = "") -> dict[str, dict[str, str]]:
+    """Endpoints of every role (and the supervisor) under the fixed port layout: with
+    base port B on host H, the supervisor's ROUTER B and PUB B+1; each role's kernel,
+    user and pub B + port_offset + 0, 1, 2 (mmu 10, uvm 20, pdaemon 30, net 40).
+    With a kernel directory D (compose: UVM_MACHINE_KERNEL_DIR), every kernel channel
+    is instead the Unix socket ipc://D/ROLE.kernel (mode 0600, D mode 0700, on a volume
+    only the machine's services mount): no kernel TCP port exists, so nothing outside
+    the machine can reach a kernel endpoint.
+
+    => with `kernel_dir`, each role's kernel channel is ipc://{kernel_dir}/{role}.kernel
+       and its port (B+10, B+20, ...) is not used; user and pub stay TCP.
+    """
+    out = {"supervisor": {"router": f"tcp://{host}:{base}", "pub": f"tcp://{host}:{base + 1}"}}
+    for spec in ROLES:
+        role, off = spec.name, spec.port_offset
+        out[role] = {ch: f"tcp://{host}:{base + off + j}" for j, ch in enumerate(CHANNELS)}
+        if kernel_dir:
+            out[role]["kernel"] = f"ipc://{kernel_dir.rstrip('/')}/{role}.kernel"
+    return out
 
 
 def make_service(
@@ -46,46 +77,28 @@ def make_service(
     *,
     key: bytes | None = None,
     limits: Limits | None = None,
+    peers: dict[str, dict[str, str]] | None = None,
 ) -> Service:
-    """=> the role's Service. `key`: the machine key (signed user requests);
-    `limits`: what one process and one session may hold (machine.limits)."""
-    kw: dict[str, Any] = {"rng": rng, "pid": pid, "key": key}
-    limits = limits or Limits()
-    knobs = load_profile(profile).knobs
-    if role == "mmu":
-        mmu = Mmu(ram, str(knobs["KENTER_MODE"]), str(knobs["PPP_WIRED"]))
-        return MmuService(transport, mmu=mmu, limits=limits, **kw)
-    if role == "uvm":
-        return UvmService(
-            transport,
-            ram=ram,
-            lease_s=lease_s,
-            state_dir=state_dir,
-            swap_bytes=swap_bytes,
-            profile=profile,
-            limits=limits,
-            **kw,
-        )
-    if role == "pdaemon":
-        return PdaemonService(transport, profile=profile, limits=limits, **kw)
-    if role == "net":
-        return NetService(transport, ram=ram, profile=profile, limits=limits, **kw)
-    raise ValueError(f"unknown role {role!r}")
-
-
-async def connect_role(svc: Service, peers: dict[str, dict[str, str]]) -> None:
-    """Wire a started role to the roles it depends on (which must already serve)."""
-    if isinstance(svc, UvmService):
-        await svc.attach_mmu(peers["mmu"]["kernel"])
-    elif isinstance(svc, PdaemonService):
-        await svc.connect_peer("uvm", peers["uvm"]["kernel"])
-        await svc.connect_peer("mmu", peers["mmu"]["kernel"])
-        await svc.watch_uvm(peers["uvm"]["pub"])
-    elif isinstance(svc, NetService):
-        await svc.connect_peer("uvm", peers["uvm"]["kernel"])
-        await svc.connect_peer("mmu", peers["mmu"]["kernel"])
-        await svc.watch_uvm(peers["uvm"]["pub"])  # sockets close when processes exit
-        await svc.link_up()
+    """=> the role's Service, its core complete (machine.rolespec, step 1). `peers`: the
+    endpoints of the roles it connects to; `key`: the machine key (signed user
+    requests); `limits`: what one process and one session may hold (machine.limits)."""
+    spec = SPECS.get(role)
+    if spec is None:
+        raise ValueError(f"unknown role {role!r}")
+    ctx = RoleContext(
+        transport=transport,
+        ram=ram,
+        rng=rng,
+        profile=load_profile(profile),
+        limits=limits or Limits(),
+        peers=peers or {},
+        key=key,
+        pid=pid,
+        lease_s=lease_s,
+        state_dir=state_dir,
+        swap_bytes=swap_bytes,
+    )
+    return spec.build(ctx)
 
 
 async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = False) -> int:
@@ -100,6 +113,8 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
     ram = Ram.attach(cfg.ram_name, cfg.ram_bytes)
     transport = ZmqTransport()
     rng = random.Random(cfg.seed)
+    # Request timing (machine.ipc.timing): UVM_MACHINE_TIMING=1, read once, for the process.
+    Service.timing = Peer.timing = timing.from_env()
     svc = make_service(
         cfg.role,
         transport,
@@ -112,6 +127,7 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
         cfg.profile,
         key=read_key_file(cfg.key_file) if cfg.key_file else None,
         limits=Limits.from_dict(cfg.limits),
+        peers=cfg.peers,
     )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, svc.stopped.set)
@@ -119,9 +135,9 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
         loop.add_signal_handler(signal.SIGINT, svc.stopped.set)
     orphaned = False
     try:
+        await svc.connect()  # its peers serve already; it serves only once they are open
         eps = await svc.start(cfg.kernel, cfg.user, cfg.pub)
         eps = {k: advertised(v, cfg.advertise) for k, v in eps.items()}
-        await connect_role(svc, cfg.peers)
         info = {"role": cfg.role, "pid": os.getpid(), "incarnation": svc.incarnation, **eps}
         if ready is not None:
             ready.send(info)

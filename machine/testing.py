@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from machine.client import Machine
-from machine.config import CLIENT_LEASE_S, ROLE_ORDER
+from machine.config import CLIENT_LEASE_S
 from machine.ipc.auth import KEY_LEN
 from machine.ipc.inmemory import InMemoryTransport
 from machine.ipc.peer import Peer
@@ -32,7 +32,7 @@ from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.proto import NO_HEADER, Reply, Request
 from machine.ram import Ram
-from machine.roles import connect_role, make_service
+from machine.roles import ROLE_NAMES, make_service
 from machine.supervisor.arbiter import Supervisor
 from machine.supervisor.launcher import Launcher
 
@@ -77,11 +77,12 @@ class InprocLauncher(Launcher):
             profile=self.profile,
             key=self.key,
             limits=self.limits,
+            peers=peers,
         )
+        await svc.connect()
         eps = await svc.start(
             f"inproc://{role}/kernel", f"inproc://{role}/user", f"inproc://{role}/pub"
         )
-        await connect_role(svc, peers)
         self.services[role] = svc
         return {**eps, "pid": 0, "incarnation": svc.incarnation}
 
@@ -175,7 +176,7 @@ class SimMachine:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        return ROLE_ORDER
+        return ROLE_NAMES
 
 
 async def poll_for(

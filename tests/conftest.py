@@ -26,6 +26,22 @@ from machine.testing import SimMachine
 PY = sys.executable
 _H = NO_HEADER
 
+#: The order the suite runs in: fast, pointed tests first, so a broken rule is reported
+#: in seconds by the test that names it, before a model test spends minutes finding and
+#: shrinking the same defect (mutation testing measured ~1 s against 280-320 s).
+RUN_ORDER = ("unit", "test_tooling.py", "scenarios", "model", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run unit tests, then tooling, scenarios, model tests, integration tests (RUN_ORDER);
+    the order within each group is kept."""
+
+    def rank(item: pytest.Item) -> int:
+        parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
+        return RUN_ORDER.index(parts[0]) if parts[0] in RUN_ORDER else len(RUN_ORDER)
+
+    items.sort(key=rank)
+
 
 @dataclass
 class RealMachine:

@@ -32,6 +32,7 @@ import selectors
 from collections.abc import Awaitable
 from typing import Any
 
+from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
     Connection,
     Handler,
@@ -95,12 +96,12 @@ class _Latency:
 class MemServer(Server):
     def __init__(self, bus: InMemoryTransport, endpoint: str, handler: Handler) -> None:
         self.bus, self.endpoint, self.handler = bus, endpoint, handler
-        self.tasks: set[asyncio.Task[None]] = set()
+        #: A coroutine request's task (its reply is delivered when it ends).
+        self.tasks = TaskSet()
 
     async def close(self) -> None:
         self.bus.servers.pop(self.endpoint, None)
-        for t in list(self.tasks):
-            t.cancel()
+        await self.tasks.close()
 
 
 class MemConnection(Connection):
@@ -181,9 +182,7 @@ class InMemoryTransport(Transport):
             if out is not None:
                 self.schedule(self._deliver_reply, conn, out)
             return
-        task = asyncio.ensure_future(self._finish(conn, out))
-        server.tasks.add(task)
-        task.add_done_callback(server.tasks.discard)
+        server.tasks.spawn(self._finish(conn, out), "reply")
 
     async def _finish(self, conn: MemConnection, pending: Awaitable[bytes | None]) -> None:
         out = await pending

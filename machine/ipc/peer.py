@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from machine.ipc.auth import Mac
+from machine.ipc.timing import Timing, now_ns
 from machine.ipc.transport import Clock, Connection, Transport
 from machine.proto import (
     PROTOCOL_VERSION,
@@ -27,6 +28,7 @@ from machine.proto import (
     Status,
     decode_reply,
     encode,
+    tag_of,
     with_header,
 )
 
@@ -103,6 +105,10 @@ def raise_for(reply: Reply) -> None:
 class Peer:
     """One connection to one endpoint, with request/reply matching."""
 
+    #: Call timing (machine.ipc.timing) for every peer of the process; None: off, which
+    #: costs two `is not None` tests per call.
+    timing: ClassVar[Timing | None] = None
+
     def __init__(self, ident: Identity, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.ident = ident
         self.endpoint = endpoint
@@ -112,7 +118,8 @@ class Peer:
         self.sent = 0
 
     async def open(self, transport: Transport) -> Peer:
-        self._conn = await transport.connect(self.endpoint, self._on_reply)
+        if self._conn is None:
+            self._conn = await transport.connect(self.endpoint, self._on_reply)
         return self
 
     def _on_reply(self, raw: bytes) -> None:
@@ -133,6 +140,8 @@ class Peer:
 
     async def call(self, req: Request, timeout_s: float | None = None) -> Reply:
         assert self._conn is not None, "peer not opened"
+        timing = self.timing
+        t_call = now_ns() if timing is not None else 0
         msg = with_header(req, self.ident.header())
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
@@ -143,10 +152,13 @@ class Peer:
         timer = loop.call_later(timeout_s or self.timeout_s, self._expire, mid)
         try:
             self._conn.send(self.ident.frame(msg))
-            return await fut
+            rep = await fut
         finally:
             timer.cancel()
             self._pending.pop(mid, None)
+        if timing is not None:
+            timing.on_call(self.ident.sender, tag_of(msg), mid, t_call, now_ns())
+        return rep
 
     def _expire(self, mid: int) -> None:
         fut = self._pending.pop(mid, None)

@@ -8,6 +8,7 @@ handler or two served requests share a verb.
 What happens to every incoming request, in order:
   1. Bytes that do not decode, unknown tags, wrong types, out-of-range
      numbers: an ErrorReply (EBADMSG / EINVAL). Nothing else runs.
+     (Steps 1-3 and 3a's public rule are machine.ipc.checks: stateless.)
   2. Another major protocol version: EPROTO.
   3. Wrong endpoint for the request's scope (a kernel message on the user
      endpoint, or the reverse): EPERM.
@@ -19,7 +20,9 @@ What happens to every incoming request, in order:
   4. The role has panicked or was halted: EPANIC with the panic message
      (except ctl.ping/dump/shutdown, which still work for the supervisor).
   5. Not served by this role: ENOSYS.
-  6. The handler runs in its own task. UserError -> its errno; PeerPanic
+  6. A plain handler runs right here; a coroutine handler is started here up
+     to its first wait (machine.ipc.eager) and only then becomes a task, the
+     transport's. UserError -> its errno; PeerPanic
      (a role we called has panicked) -> EPANIC; KernelPanic or any other
      exception -> this role panics: it publishes ctl.panic, answers EPANIC
      from then on, and waits for the supervisor to stop it (it does not
@@ -35,6 +38,11 @@ makes either grow with its input.
 
 Control requests (ctl.*) are answered without touching role state or
 locks, so they never queue behind work.
+
+Background work of a role (a driver loop, the lease reaper) runs through
+`spawn` (machine.ipc.tasks.TaskSet): an exception in it panics the role, and
+close() cancels and awaits every one. Request timing (machine.ipc.timing) is
+on when `Service.timing` is set before start(); off, it costs nothing.
 """
 
 from __future__ import annotations
@@ -45,12 +53,15 @@ import inspect
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ClassVar, TypeVar
 
-from machine.ipc.auth import PUBLIC_TAGS, TAG_LEN, SessionAuth, new_machine_key
+from machine.ipc import checks, eager, ids
+from machine.ipc.auth import SessionAuth, new_machine_key
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
-from machine.ipc.transport import Clock, Publisher, Server, Transport
+from machine.ipc.tasks import TaskSet
+from machine.ipc.timing import Timing
+from machine.ipc.transport import Clock, Handler, Publisher, Server, Transport
 from machine.kassert import KernelPanic
 from machine.limits import Limits
 from machine.proto import (
@@ -78,56 +89,19 @@ from machine.proto import (
     Scope,
     Status,
     UserError,
-    decode_request,
+    decode_reply,
     encode,
-    salvage_msg_id,
     tag_of,
 )
 
 R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
 TRACE_LEN = 256
 TRACE_LINE = 256
 PANIC_LEN = 4096
 
-CTL_REQUESTS: tuple[type[Request], ...] = (
-    CtlHello,
-    CtlPing,
-    CtlStats,
-    CtlDump,
-    CtlHalt,
-    CtlShutdown,
-    CtlKpanic,
-)
 _PANIC_EXEMPT = (CtlPing, CtlDump, CtlShutdown, CtlHello, CtlStats)
-
-
-class _Resumed:
-    """Awaitable that carries on driving a coroutine that already ran to its first wait.
-
-    `first` is what the coroutine yielded to its event loop (a future, or None
-    for a bare yield); awaiting this object hands it to the running task and
-    then keeps stepping the coroutine, exactly as the task would have.
-    """
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Any:
-        pending = self.first
-        while True:
-            try:
-                value = yield pending
-            except BaseException as exc:
-                try:
-                    pending = self.coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    pending = self.coro.send(value)
-                except StopIteration as done:
-                    return done.value
+CTL_REQUESTS: tuple[type[Request], ...] = (*_PANIC_EXEMPT, CtlHalt, CtlKpanic)
 
 
 class TraceRing(collections.deque[str]):
@@ -148,10 +122,6 @@ def verb_of(cls: type[Request]) -> str:
     return tag_of(cls).split(".", 1)[1]
 
 
-def new_incarnation(rng: random.Random) -> int:
-    return rng.getrandbits(62) | 1
-
-
 class Service:
     """Base of every role's service (and of the supervisor's)."""
 
@@ -160,6 +130,9 @@ class Service:
     #: The core's own client-error exceptions (each with .errno, an Errno name,
     #: and .detail): a handler lets them propagate and gets that errno replied.
     user_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    #: Request timing (machine.ipc.timing), for every service of the process; None: off.
+    #: Set before start(): start() binds the timed handlers only when it is set.
+    timing: ClassVar[Timing | None] = None
 
     def __init__(
         self,
@@ -184,7 +157,7 @@ class Service:
         self._inflight_total = 0
         self.rng = rng
         self.clock = clock or Clock()
-        self.incarnation = incarnation if incarnation is not None else new_incarnation(rng)
+        self.incarnation = incarnation if incarnation is not None else ids.incarnation(rng)
         self.pid = pid if pid is not None else os.getpid()
         self.ident = Identity(self.role, self.incarnation, self.clock)
         self.state = "running"
@@ -202,7 +175,7 @@ class Service:
         self.endpoints: dict[str, str] = {}
         self._servers: list[Server] = []
         self._pub: Publisher | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(on_error=self._task_failed)
         self._handlers: dict[type[Request], Callable[[Any], Any]] = {}
         self._async: set[type[Request]] = set()
         verbs: dict[str, type[Request]] = {}
@@ -224,45 +197,48 @@ class Service:
 
     async def start(self, kernel: str | None, user: str | None, pub: str) -> dict[str, str]:
         """Bind the endpoints; returns the bound addresses (wildcards resolved)."""
+        on_kernel: Handler = self._on_kernel
+        on_user: Handler = self._on_user
+        if self.timing is not None:
+            on_kernel = self.timing.wrap(self.role, on_kernel)
+            on_user = self.timing.wrap(self.role, on_user)
         if kernel is not None:
-            ks = await self.transport.bind(kernel, self._on_kernel)
+            ks = await self.transport.bind(kernel, on_kernel)
             self._servers.append(ks)
             self.endpoints["kernel"] = ks.endpoint
         if user is not None:
-            us = await self.transport.bind(user, self._on_user, user=True)
+            us = await self.transport.bind(user, on_user, user=True)
             self._servers.append(us)
             self.endpoints["user"] = us.endpoint
         self._pub = await self.transport.publisher(pub)
         self.endpoints["pub"] = self._pub.endpoint
         return dict(self.endpoints)
 
+    def peer(self, role: str, endpoint: str) -> Peer:
+        """A channel to another role, named at build time and opened by connect()."""
+        self.peers[role] = Peer(self.ident, endpoint)
+        return self.peers[role]
+
+    async def connect(self) -> None:
+        """Open the channels to the roles this one calls (machine.rolespec, step 2); a role
+        that also subscribes to events extends this."""
+        for p in self.peers.values():
+            await p.open(self.transport)
+
     async def connect_peer(self, role: str, endpoint: str) -> Peer:
-        peer = await Peer(self.ident, endpoint).open(self.transport)
-        self.peers[role] = peer
-        return peer
+        """Name a peer and open it now (tools and tests; roles name theirs when built)."""
+        return await self.peer(role, endpoint).open(self.transport)
 
-    def spawn(self, coro: Awaitable[Any], name: str = "") -> asyncio.Task[Any]:
-        """Run a background task of the role; an exception in it panics the role."""
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str = "") -> asyncio.Task[T]:
+        """Run a background task of the role (machine.ipc.tasks): an exception in it panics
+        the role; close() cancels and awaits it."""
+        return self._tasks.spawn(coro, name)
 
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                exc = t.exception()
-                self.panic(f"background task {name} failed: {exc!r}")
-
-        task.add_done_callback(done)
-        return task
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.panic(f"background task {name} failed: {exc!r}")
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            try:
-                await t
-            except BaseException:
-                pass
+        await self._tasks.close()
         for p in self.peers.values():
             await p.close()
         for s in self._servers:
@@ -332,23 +308,21 @@ class Service:
                 return encode(fn(msg))
             except Exception as e:
                 return encode(self._failed(msg, e))
-        # Eager start: run the coroutine here until it first waits; only then
-        # does it become a task (what Python 3.12's eager tasks do). A handler
-        # that never waits costs no task at all.
-        coro = fn(msg)
+        # Eager start (machine.ipc.eager): the coroutine runs here until it first waits;
+        # only then does the transport make it a task. One that never waits costs none.
         try:
-            first = coro.send(None)
-        except StopIteration as done:
-            return encode(done.value)
+            started = eager.start(fn(msg))
         except Exception as e:
             return encode(self._failed(msg, e))
+        if isinstance(started, eager.Ready):
+            return encode(started.value)
         sid = msg.h.incarnation if endpoint is Scope.USER else 0
         if sid:
             self._inflight[sid] += 1
             self._inflight_total += 1
-        return self._finish(msg, _Resumed(coro, first), sid)
+        return self._finish(msg, started, sid)
 
-    async def _finish(self, msg: Request, rest: _Resumed, sid: int = 0) -> bytes:
+    async def _finish(self, msg: Request, rest: eager.Resumed[Reply], sid: int = 0) -> bytes:
         try:
             return encode(await rest)
         except Exception as e:
@@ -362,63 +336,37 @@ class Service:
 
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
         """handle(), decoded: for tests and tools that want the Reply object."""
-        from machine.proto import decode_reply
-
         out = self.handle(raw, endpoint)
         return decode_reply(out if isinstance(out, bytes) else await out)
 
     def _check(self, raw: bytes, endpoint: Scope) -> Reply | tuple[Request, Callable[[Any], Any]]:
-        tag: bytes | None = None
-        body: bytes | memoryview = raw
         try:
-            if endpoint is Scope.USER and len(raw) > TAG_LEN:
-                msg, body, tag = self._decode_signed(raw)
-            else:
-                msg = decode_request(raw)
+            msg, body, tag = checks.decode_frame(raw, endpoint)
         except BadMessage as e:
             return self.error(e.msg_id, e.errno, e.detail)
         h = msg.h
-        if h.proto[0] != PROTOCOL_VERSION[0]:
-            return self.error(
-                h.msg_id,
-                Errno.EPROTO,
-                f"protocol {h.proto[0]}.{h.proto[1]} refused; "
-                f"{self.role} speaks {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}",
-            )
-        scope = type(msg).scope
-        if scope is not Scope.ANY and scope is not endpoint:
-            return self.error(
-                h.msg_id,
-                Errno.EPERM,
-                f"{tag_of(msg)} is a {scope.value} message; this is the {endpoint.value} endpoint",
-            )
-        if endpoint is Scope.USER:
-            if h.incarnation == 0:
-                if tag_of(msg) not in PUBLIC_TAGS:
-                    return self.error(
-                        h.msg_id,
-                        Errno.EPERM,
-                        f"{tag_of(msg)} needs a session: attach (uvm.attach) and sign requests",
-                    )
-            else:
-                why = self.auth.check(h.incarnation, h.msg_id, body, tag)
-                if why:
-                    return self.error(h.msg_id, Errno.EPERM, why)
-                if not self.session_ok(h):
-                    return self.error(
-                        h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
-                    )
-                if type(msg) in self._async and (
-                    self._inflight[h.incarnation] >= self.limits.inflight
-                    or self._inflight_total >= self.limits.inflight_total
-                ):
-                    return self.error(
-                        h.msg_id,
-                        Errno.EAGAIN,
-                        f"too many requests in flight at {self.role} "
-                        f"(limits inflight {self.limits.inflight}, "
-                        f"inflight_total {self.limits.inflight_total})",
-                    )
+        refused = checks.refusal(msg, endpoint, self.role)
+        if refused is not None:
+            return self.error(h.msg_id, *refused)
+        if endpoint is Scope.USER and h.incarnation:  # 3a: a session's signed request
+            why = self.auth.check(h.incarnation, h.msg_id, body, tag)
+            if why:
+                return self.error(h.msg_id, Errno.EPERM, why)
+            if not self.session_ok(h):
+                return self.error(
+                    h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
+                )
+            if type(msg) in self._async and (
+                self._inflight[h.incarnation] >= self.limits.inflight
+                or self._inflight_total >= self.limits.inflight_total
+            ):
+                return self.error(
+                    h.msg_id,
+                    Errno.EAGAIN,
+                    f"too many requests in flight at {self.role} "
+                    f"(limits inflight {self.limits.inflight}, "
+                    f"inflight_total {self.limits.inflight_total})",
+                )
         if self.state == "panicked" and not isinstance(msg, _PANIC_EXEMPT):
             return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
         handler = self._handlers.get(type(msg))
@@ -439,25 +387,9 @@ class Service:
         tb = traceback.format_exception(e, limit=8)
         self.trace.append(f"check failed: {type(e).__name__}: {e}")
         self.trace.extend("".join(tb).strip().splitlines()[-4:])
-        msg_id = salvage_msg_id(raw[:-TAG_LEN]) or salvage_msg_id(raw)
-        return self.error(msg_id, Errno.EINVAL, f"request refused: {type(e).__name__}")
-
-    @staticmethod
-    def _decode_signed(raw: bytes) -> tuple[Request, bytes | memoryview, bytes | None]:
-        """A user frame: body || tag, or a bare body (public requests). => (msg, body, tag).
-
-        A msgpack message's length follows from its bytes, so at most one of the
-        two readings decodes; when neither does, the signed reading's error is the
-        more useful one unless those bytes did not decode at all.
-        """
-        view = memoryview(raw)
-        try:
-            return decode_request(view[:-TAG_LEN]), view[:-TAG_LEN], raw[-TAG_LEN:]
-        except BadMessage as signed:
-            try:
-                return decode_request(raw), raw, None
-            except BadMessage as bare:
-                raise (bare if signed.errno is Errno.EBADMSG else signed) from None
+        return self.error(
+            checks.salvaged_msg_id(raw), Errno.EINVAL, f"request refused: {type(e).__name__}"
+        )
 
     def _failed(self, msg: Request, e: Exception) -> Reply:
         """The reply for a handler that raised: an errno, or EPANIC after a panic."""
@@ -531,6 +463,8 @@ class Service:
             state.update(self.dump_state())
         except Exception as e:
             state["dump_error"] = repr(e)
+        if self.timing is not None:
+            state["timings"] = self.timing.drain()
         return self.reply(msg, CtlDumpReply, role=self.role, state=state)
 
     def on_halt(self, msg: CtlHalt) -> Reply:

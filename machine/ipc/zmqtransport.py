@@ -54,6 +54,7 @@ from typing import Any
 
 import zmq
 
+from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
     Connection,
     Handler,
@@ -240,7 +241,8 @@ class ZmqServer(Server):
     def __init__(self, sock: zmq.Socket[bytes], handler: Handler) -> None:
         self.endpoint = _last_endpoint(sock)
         self._handler = handler
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: A coroutine request's task (its reply is sent when it ends).
+        self._tasks = TaskSet()
         # drop_when_full: a ROUTER drops at the high-water mark itself (it never says
         # EAGAIN); this keeps it so should that change: no reply waits in Python.
         self._ls = _LoopSocket(sock, self._on_frames, drop_when_full=True, max_parts=2)
@@ -259,9 +261,7 @@ class ZmqServer(Server):
             if out is not None:
                 self._ls.send([ident, out])
             return
-        t = asyncio.ensure_future(self._finish(ident, out))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._finish(ident, out), "reply")
 
     async def _finish(self, ident: bytes, pending: Awaitable[bytes | None]) -> None:
         out = await pending
@@ -269,8 +269,7 @@ class ZmqServer(Server):
             self._ls.send([ident, out])
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        await self._tasks.close()
         self._ls.close(linger_ms=100)
 
 

@@ -45,11 +45,9 @@ from machine.params import (
     USER_TOP,
 )
 from machine.proto import Errno, UserError
+from machine.proto.pageinfo import MODIFIED, REFERENCED
 from machine.proto.types import EnterFlags, Prot
 from machine.ram import Ram
-
-REFERENCED = 1
-MODIFIED = 2
 
 
 @dataclass(slots=True)

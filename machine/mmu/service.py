@@ -51,6 +51,7 @@ from machine.proto import (
     Status,
     UserError,
 )
+from machine.proto.pageinfo import unpack_attrs
 from machine.proto.types import EnterFlags, Prot
 
 
@@ -154,12 +155,8 @@ class MmuService(Service):
 
     def on_attrs(self, msg: PmapAttrs) -> Reply:
         bits = self.mmu.get_attrs(msg.pfns, msg.clear_reference, msg.clear_modify)
-        return self.reply(
-            msg,
-            PmapAttrsReply,
-            referenced=[bool(b & 1) for b in bits],
-            modified=[bool(b & 2) for b in bits],
-        )
+        referenced, modified = unpack_attrs(bits)
+        return self.reply(msg, PmapAttrsReply, referenced=referenced, modified=modified)
 
     def on_pv(self, msg: PmapPv) -> Reply:
         return self.reply(msg, PmapPvReply, mappings=self.mmu.mappings_of(msg.pfn))

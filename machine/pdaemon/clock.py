@@ -14,28 +14,30 @@ scan:   the inactive queue, until free + paging >= 4 freetarg or 16 dirty
 
 from __future__ import annotations
 
-from typing import Any
-
 from machine.pdaemon.policy import (
     CLUSTER,
     NUMDIRTYREACTS,
     Action,
     Bits,
-    Op,
     ScanResult,
     Snapshot,
     Targets,
 )
-from machine.tuning import tune
+from machine.profile import Settings
+from machine.proto.pageinfo import PdOp
+from machine.tuning import clock_targets
 
 INACTIVEPCT = 33
 
 
-class Clock:
+class ClockPolicy:
+    """The clock page-replacement policy (PD_POLICY "clock"). Not a time source: that is
+    machine.ipc.transport.Clock."""
+
     name = "clock"
 
     def tune(self, npages: int) -> Targets:
-        return Targets(*tune(npages, self.name))
+        return clock_targets(npages)
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
         return max((len(snap.active) + len(snap.inactive)) * INACTIVEPCT // 100, t.freetarg + 1)
@@ -43,9 +45,7 @@ class Clock:
     def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
         return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
 
-    def scan(
-        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
-    ) -> ScanResult:
+    def scan(self, snap: Snapshot, referenced: Bits, t: Targets, settings: Settings) -> ScanResult:
         res = ScanResult()
         free, paging, dirtyreacts = snap.free, snap.paging, 0
         swap_full = snap.swpages > 0 and snap.swpginuse >= snap.swpages
@@ -55,26 +55,26 @@ class Clock:
                 break
             res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if referenced(pg.pfn):
-                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                res.add(Action(PdOp.REACTIVATE, pg.pfn), "pdreact")
                 continue
             if pg.wire_count or pg.busy:
                 continue
             if pg.clean:
-                res.add(Action(Op.FREE, pg.pfn, revoke=True), "pdfreed")
+                res.add(Action(PdOp.FREE, pg.pfn, revoke=True), "pdfreed")
                 free += 1
                 continue
             if not pg.swap_backed:
-                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
+                res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
                 paging += 1
                 continue
             if swap_full:
-                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                res.add(Action(PdOp.REACTIVATE, pg.pfn), "pdreact")
                 dirtyreacts += 1
                 continue
             if in_cluster == CLUSTER:
                 cluster, in_cluster = cluster + 1, 0
             in_cluster += 1
-            res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
+            res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
             paging += 1
         inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
         swap_shortage = t.freetarg - free if free < t.freetarg and swap_full else 0
@@ -85,9 +85,9 @@ class Clock:
             if pg.busy or pg.wire_count:
                 continue
             if swap_shortage > 0 and pg.swslot:
-                res.add(Action(Op.DROPSWAP, pg.pfn))
+                res.add(Action(PdOp.DROPSWAP, pg.pfn))
                 swap_shortage -= 1
             if inactive_shortage > 0:
-                res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=False), "pddeact")
+                res.add(Action(PdOp.DEACTIVATE, pg.pfn, revoke=False), "pddeact")
                 inactive_shortage -= 1
         return res

@@ -11,17 +11,29 @@ One pass (uvmpd_scan, in a separate process):
      the pages being deactivated (one batch);
   6. have uvm finish: reactivate, deactivate, free, page out, drop swap.
 It talks to uvm and the mmu through DaemonOps, so the same pass runs over
-the kernel bus or, in tests, straight against an in-process uvm.
+the kernel bus or, in tests, straight against an in-process uvm. The snapshot
+rows' bits, the R/M bits and the operations' names are machine.proto.pageinfo's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from machine.pdaemon.policy import Op, PageInfo, PagePolicy, Snapshot
-
-SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON, SWSLOT = (1 << i for i in range(8))
-SCAN_LIMIT = 4096
+from machine.pdaemon.policy import PageInfo, PagePolicy, Snapshot
+from machine.profile import Settings
+from machine.proto.pageinfo import (
+    BUSY,
+    CLEAN,
+    HAS_ANON,
+    LOANED,
+    OWNED,
+    PD_SCAN_LIMIT,
+    REFERENCED,
+    SWAP_BACKED,
+    SWSLOT,
+    WIRED,
+    PdOp,
+)
 
 
 class DaemonOps(Protocol):
@@ -64,9 +76,9 @@ def to_snapshot(d: dict[str, Any]) -> Snapshot:
     )
 
 
-async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) -> dict[str, int]:
+async def run_pass(ops: DaemonOps, policy: PagePolicy, settings: Settings) -> dict[str, int]:
     """One scan. => counters of what was done (empty when no scan was needed)."""
-    snap = to_snapshot(await ops.snapshot(SCAN_LIMIT))
+    snap = to_snapshot(await ops.snapshot(PD_SCAN_LIMIT))
     t = policy.tune(snap.npages)
     if not policy.needs_scan(snap, t):
         return {}
@@ -76,7 +88,7 @@ async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) ->
         if inactive
         else {}
     )
-    res = policy.scan(snap, lambda pfn: bool(ref.get(pfn, 0) & 1), t, knobs)
+    res = policy.scan(snap, lambda pfn: bool(ref.get(pfn, 0) & REFERENCED), t, settings)
     wanted = [(a.op.value, a.pfn) for a in res.actions]
     claimed = set(await ops.claim(wanted))
     items: list[tuple[str, int]] = []
@@ -85,19 +97,20 @@ async def run_pass(ops: DaemonOps, policy: PagePolicy, knobs: dict[str, Any]) ->
             items.append((op, pfn))
             claimed.discard(pfn)  # one action per page per pass
     revoke = {a.pfn for a in res.actions if a.revoke} & {pfn for _, pfn in items}
-    for op in ("deactivate", "free", "pageout"):  # one batch per kind, named for the evidence
+    # one batch per kind, named for the evidence
+    for op in (PdOp.DEACTIVATE, PdOp.FREE, PdOp.PAGEOUT):
         batch = sorted(pfn for o, pfn in items if o == op and pfn in revoke)
         if batch:
             await ops.page_protect(batch, 0, f"page daemon ({policy.name}): {op}")
-    deact = [pfn for op, pfn in items if op == Op.DEACTIVATE.value]
+    deact = [pfn for op, pfn in items if op == PdOp.DEACTIVATE]
     if deact:
         await ops.attrs(deact, True, False)
     done = await ops.finish(items)
-    names = {
-        "reactivate": "pdreact",
-        "deactivate": "pddeact",
-        "free": "pdfreed",
-        "pageout": "pdpageouts",
+    names: dict[str, str] = {
+        PdOp.REACTIVATE: "pdreact",
+        PdOp.DEACTIVATE: "pddeact",
+        PdOp.FREE: "pdfreed",
+        PdOp.PAGEOUT: "pdpageouts",
     }
     out = {names[k]: v for k, v in done.items() if k in names}
     out["pdscans"] = res.counters.get("pdscans", 0)  # pages examined

@@ -2,13 +2,13 @@
 
 A policy is pure: given a snapshot of uvm's paging queues (always a little
 stale: the daemon runs in its own process), the referenced/modified bits the
-mmu reported, the targets and the profile's knobs, it returns the actions it
+mmu reported, the targets and the profile's typed settings (machine.profile), it returns
 wants, in order. It never changes page state: the daemon claims each page
 through uvm (which re-checks the page's current state under the profile's
 rules and marks it BUSY, or refuses), calls the mmu, and asks uvm to carry the
 action out. Two policies ship, selected by the PD_POLICY knob:
   * scan1999  (uvm-semantics.md 7.1, NetBSD uvm_pdaemon.c 1.19)
-  * clock     (7.3, today's uvmpdpol_clock)
+  * clock     (7.3, today's uvmpdpol_clock: ClockPolicy)
 A user's own policy implements PagePolicy.
 
 machine.pdaemon.daemon runs a policy's decisions: claim through uvm, revoke at
@@ -17,10 +17,13 @@ the mmu, finish through uvm (machine.uvm.pdops).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
+
+from machine.profile import Settings
+from machine.proto.pageinfo import PdOp
+from machine.tuning import Targets as Targets
 
 CLUSTER = 16  # MAXBSIZE (64 KiB) >> PAGE_SHIFT: swap pageout cluster
 NUMDIRTYREACTS = 16  # UVMPD_NUMDIRTYREACTS
@@ -54,23 +57,8 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Targets:
-    freemin: int
-    freetarg: int
-    wiredmax: int
-
-
-class Op(enum.Enum):
-    REACTIVATE = "reactivate"  # uvm_pageactivate (pdreact)
-    DEACTIVATE = "deactivate"  # uvm_pagedeactivate (pddeact)
-    FREE = "free"  # clean: revoke mappings, free (pdfreed)
-    PAGEOUT = "pageout"  # dirty: write to swap or file, then free (pdpageouts)
-    DROPSWAP = "dropswap"  # release the page's swap slot (swap shortage)
-
-
-@dataclass(frozen=True)
 class Action:
-    op: Op
+    op: PdOp  # reactivate, deactivate, free, pageout, dropswap (machine.proto.pageinfo)
     pfn: int
     revoke: bool = False  # pmap_page_protect(NONE) before the op
     cluster: int = -1  # swap cluster number for PAGEOUT of swap-backed pages
@@ -100,5 +88,5 @@ class PagePolicy(Protocol):
     def needs_scan(self, snap: Snapshot, t: Targets) -> bool: ...
 
     def scan(
-        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
+        self, snap: Snapshot, referenced: Bits, t: Targets, settings: Settings
     ) -> ScanResult: ...

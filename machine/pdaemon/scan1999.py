@@ -19,27 +19,26 @@ scan:   if free < freetarg or inactive < inactarg:
 
 from __future__ import annotations
 
-from typing import Any
-
 from machine.kassert import kassert
 from machine.pdaemon.policy import (
     CLUSTER,
     NUMDIRTYREACTS,
     Action,
     Bits,
-    Op,
     ScanResult,
     Snapshot,
     Targets,
 )
-from machine.tuning import tune
+from machine.profile import Settings
+from machine.proto.pageinfo import PdOp
+from machine.tuning import scan1999_targets
 
 
 class Scan1999:
     name = "scan1999"
 
     def tune(self, npages: int) -> Targets:
-        return Targets(*tune(npages, self.name))
+        return scan1999_targets(npages)
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
         return max((len(snap.active) + len(snap.inactive)) // 3, t.freetarg + 1)
@@ -47,11 +46,9 @@ class Scan1999:
     def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
         return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
 
-    def scan(
-        self, snap: Snapshot, referenced: Bits, t: Targets, knobs: dict[str, Any]
-    ) -> ScanResult:
+    def scan(self, snap: Snapshot, referenced: Bits, t: Targets, settings: Settings) -> ScanResult:
         res = ScanResult()
-        diagnostic = bool(knobs.get("DIAGNOSTIC", True))
+        diagnostic = settings.diagnostic
         free, paging, freed, dirtyreacts = snap.free, snap.paging, 0, 0
         swap_full = snap.swpages > 0 and snap.swpginuse >= snap.swpages
         swap_only = snap.swpages > 0 and snap.swpgonly >= snap.swpages
@@ -61,7 +58,7 @@ class Scan1999:
                 break
             res.counters["pdscans"] = res.counters.get("pdscans", 0) + 1
             if referenced(pg.pfn):
-                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                res.add(Action(PdOp.REACTIVATE, pg.pfn), "pdreact")
                 continue
             if not pg.owned and diagnostic:
                 kassert(pg.has_anon, "pagedaemon: page with no anon or object detected")
@@ -70,31 +67,31 @@ class Scan1999:
                 res.counters["pdbusy"] = res.counters.get("pdbusy", 0) + 1
                 continue
             if pg.clean:
-                res.add(Action(Op.FREE, pg.pfn, revoke=True), "pdfreed")
+                res.add(Action(PdOp.FREE, pg.pfn, revoke=True), "pdfreed")
                 free += 1
                 freed += 1
                 continue
             if pg.swap_backed and swap_only:
-                res.add(Action(Op.REACTIVATE, pg.pfn), "pdreact")
+                res.add(Action(PdOp.REACTIVATE, pg.pfn), "pdreact")
                 dirtyreacts += 1
                 continue
             if pg.swap_backed and swap_full:
                 if pg.swslot:
-                    res.add(Action(Op.DROPSWAP, pg.pfn))
+                    res.add(Action(PdOp.DROPSWAP, pg.pfn))
                 continue
             if pg.swap_backed:
                 if in_cluster == CLUSTER:
                     cluster, in_cluster = cluster + 1, 0
                 in_cluster += 1
-                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
+                res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
             else:
-                res.add(Action(Op.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
+                res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
             paging += 1
         inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
         swap_shortage = 0
         if free < t.freetarg and swap_full and not swap_only and freed == 0:
             swap_shortage = t.freetarg - free
-        skip_wired = knobs.get("PD_WIRED_CHECK") == "skip_wired"
+        skip_wired = settings.pd_wired_check == "skip_wired"
         for pg in snap.active:  # loop 2
             if inactive_shortage <= 0 and swap_shortage <= 0:
                 break
@@ -104,10 +101,10 @@ class Scan1999:
             if skip_wired and pg.wire_count > 0:
                 continue  # Thorpe's diff
             if swap_shortage > 0 and pg.swslot:
-                res.add(Action(Op.DROPSWAP, pg.pfn))
+                res.add(Action(PdOp.DROPSWAP, pg.pfn))
                 swap_shortage -= 1
             if inactive_shortage > 0:
                 # no need to check wire_count as the page is "active" (1999)
-                res.add(Action(Op.DEACTIVATE, pg.pfn, revoke=True), "pddeact")
+                res.add(Action(PdOp.DEACTIVATE, pg.pfn, revoke=True), "pddeact")
                 inactive_shortage -= 1
         return res

@@ -15,16 +15,15 @@ queues from uvm (not yet exercised: a dead role is a machine panic).
 from __future__ import annotations
 
 import asyncio
-import importlib
 from typing import Any, ClassVar
 
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription
-from machine.pdaemon.clock import Clock
+from machine.pdaemon.clock import ClockPolicy
 from machine.pdaemon.daemon import run_pass
 from machine.pdaemon.policy import PagePolicy
 from machine.pdaemon.scan1999 import Scan1999
-from machine.profile import DEFAULT_PROFILE, load_profile
+from machine.profile import Profile
 from machine.proto import (
     NO_HEADER,
     PdWakeup,
@@ -44,17 +43,18 @@ from machine.proto import (
     UvmPressure,
     decode_event,
 )
+from machine.proto.pageinfo import PFN_BATCH, pack_attrs
+from machine.tuning import user_policy_class
 
 MAX_PASSES = 32
-POLICIES: dict[str, type[Any]] = {"scan1999": Scan1999, "clock": Clock}
+POLICIES: dict[str, type[Any]] = {"scan1999": Scan1999, "clock": ClockPolicy}
 COUNTERS = ("pdwoke", "pdrevs", "pdscans", "pdreact", "pddeact", "pdfreed", "pdpageouts", "pdbusy")
 
 
 def load_policy(name: str) -> PagePolicy:
     """A shipped policy by name, or a user's own: "python:package.module:ClassName"."""
     if name.startswith("python:"):
-        module, _, cls = name[len("python:") :].partition(":")
-        policy: PagePolicy = getattr(importlib.import_module(module), cls)()
+        policy: PagePolicy = user_policy_class(name)()
         return policy
     return POLICIES[name]()  # type: ignore[no-any-return]
 
@@ -97,24 +97,24 @@ class RemoteDaemonOps:
 
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
         out: list[int] = []
-        for i in range(0, len(pfns), 4096):
+        for i in range(0, len(pfns), PFN_BATCH):
             rep = await self.svc.peers["mmu"].call_ok(
                 PmapAttrs(
                     h=NO_HEADER,
-                    pfns=pfns[i : i + 4096],
+                    pfns=pfns[i : i + PFN_BATCH],
                     clear_reference=clear_ref,
                     clear_modify=clear_mod,
                 ),
                 PmapAttrsReply,
             )
-            out += [int(r) | int(m) << 1 for r, m in zip(rep.referenced, rep.modified, strict=True)]
+            out += pack_attrs(rep.referenced, rep.modified)
         return out
 
     async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
         n = 0
-        for i in range(0, len(pfns), 4096):
+        for i in range(0, len(pfns), PFN_BATCH):
             rep = await self.svc.peers["mmu"].call_ok(
-                PmapPageProtect(h=NO_HEADER, pfns=pfns[i : i + 4096], prot=prot, why=why),
+                PmapPageProtect(h=NO_HEADER, pfns=pfns[i : i + PFN_BATCH], prot=prot, why=why),
                 PmapCountReply,
             )
             n += rep.count
@@ -125,18 +125,26 @@ class PdaemonService(Service):
     role: ClassVar[str] = "pdaemon"
     serves: ClassVar[tuple[type[Request], ...]] = (PdWakeup,)
 
-    def __init__(self, transport: Any, *, profile: str = DEFAULT_PROFILE, **kw: Any) -> None:
+    def __init__(
+        self, transport: Any, *, profile: Profile, uvm: str, mmu: str, uvm_pub: str, **kw: Any
+    ) -> None:
+        """uvm, mmu: the roles' kernel endpoints; uvm_pub: where uvm.pressure comes from."""
         super().__init__(transport, **kw)
-        self.profile = load_profile(profile)
-        self.policy: PagePolicy = load_policy(str(self.profile.knobs["PD_POLICY"]))
+        self.profile = profile
+        self.peer("uvm", uvm)
+        self.peer("mmu", mmu)
+        self.uvm_pub = uvm_pub
+        self.policy: PagePolicy = load_policy(self.profile.settings.pd_policy)
         self.stats = dict.fromkeys(COUNTERS, 0)
         self.last_free = 0
         self._sub: Subscription | None = None
         self._running: asyncio.Task[None] | None = None
         self._again = False
 
-    async def watch_uvm(self, uvm_pub: str) -> None:
-        self._sub = await self.transport.subscribe(uvm_pub, "uvm.pressure", self._on_event)
+    async def connect(self) -> None:
+        """Open uvm and mmu, then wake on uvm.pressure."""
+        await super().connect()
+        self._sub = await self.transport.subscribe(self.uvm_pub, "uvm.pressure", self._on_event)
 
     def _on_event(self, raw: bytes) -> None:
         try:
@@ -151,8 +159,6 @@ class PdaemonService(Service):
         self.last_free = free
         self.trace.append(f"woke: {reason} free={free}")
         self.publish(PdWoke(h=self.event_header(), reason=reason, free=free))
-        if "uvm" not in self.peers or "mmu" not in self.peers:
-            return
         if self._running is not None and not self._running.done():
             self._again = True  # scan once more when this run ends
             return
@@ -165,7 +171,7 @@ class PdaemonService(Service):
             for _ in range(MAX_PASSES):
                 if self.state != "running":
                     return
-                out = await run_pass(ops, self.policy, dict(self.profile.knobs))
+                out = await run_pass(ops, self.policy, self.profile.settings)
                 for k, v in out.items():
                     self.stats[k] = self.stats.get(k, 0) + v
                 progress = sum(out.get(k, 0) for k in ("pddeact", "pdfreed", "pdpageouts"))

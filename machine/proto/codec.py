@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
+# Importing the message modules registers every subclass (each area's messages: adding
+# an area is adding its module here).
+from machine.proto import control, net, pdaemon, pmap, uvm  # noqa: F401
 from machine.proto.base import Errno, Event, Header, Msg, Reply, Request
 
 
@@ -25,13 +28,6 @@ def _all_subclasses(base: type[Msg]) -> list[type[Msg]]:
     out.sort(key=lambda c: str(c.__struct_config__.tag))
     return out
 
-
-def _load_all() -> None:
-    # Importing the modules registers every subclass.
-    from machine.proto import control, net, pdaemon, pmap, uvm  # noqa: F401
-
-
-_load_all()
 
 REQUESTS: list[type[Request]] = _all_subclasses(Request)  # type: ignore[assignment]
 REPLIES: list[type[Reply]] = _all_subclasses(Reply)  # type: ignore[assignment]

@@ -190,7 +190,8 @@ class PmapAttrs(Request, frozen=True, kw_only=True, tag="pmap.attrs"):
 
     pmap_is_referenced / pmap_is_modified, with clear_reference /
     clear_modify when the flags say so. Batched: one message per scan batch.
-    Reply: PmapAttrsReply with the bits as they were before clearing.
+    Reply: PmapAttrsReply with the bits as they were before clearing (callers pack
+    them as machine.proto.pageinfo's REFERENCED | MODIFIED).
     """
 
     pfns: PfnList

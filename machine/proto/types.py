@@ -21,7 +21,9 @@ ProtBits = Annotated[int, msgspec.Meta(ge=0, le=7)]
 Length = Annotated[int, msgspec.Meta(ge=1, le=1 << 47)]
 AccessLen = Annotated[int, msgspec.Meta(ge=1, le=MAX_ACCESS_BYTES)]
 AccessBytes = Annotated[bytes, msgspec.Meta(min_length=1, max_length=MAX_ACCESS_BYTES)]
-PfnList = Annotated[list[Pfn], msgspec.Meta(max_length=MAX_ACCESS_BYTES // PAGE_SIZE * 16)]
+#: Frames per pfn list (pmap.attrs, pmap.page_protect): a caller sends longer lists in batches.
+MAX_PFNS = MAX_ACCESS_BYTES // PAGE_SIZE * 16
+PfnList = Annotated[list[Pfn], msgspec.Meta(max_length=MAX_PFNS)]
 ShortText = Annotated[str, msgspec.Meta(max_length=4096)]
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, ClassVar
 import msgspec
 
 from machine.proto.base import Event, Reply, Request, Scope
+from machine.proto.pageinfo import PD_SCAN_LIMIT
 from machine.proto.types import Asid, Length, ProtBits, Va
 
 
@@ -307,10 +308,11 @@ class UvmPdSnapshot(Request, frozen=True, kw_only=True, tag="uvm.pd_snapshot"):
     """The page daemon reads the paging queues (up to `limit` pages of each, from the head).
 
     => kernel endpoint (pdaemon). Reply: UvmPdSnapshotReply; each page is [pfn, bits]
-       (machine.uvm.pdops: SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON, SWSLOT).
+       (machine.proto.pageinfo: SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON,
+       SWSLOT).
     """
 
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = 4096
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1 << 20)] = PD_SCAN_LIMIT
 
 
 class UvmPdSnapshotReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_snapshot.reply"):
@@ -328,7 +330,8 @@ class UvmPdClaim(Request, frozen=True, kw_only=True, tag="uvm.pd_claim"):
     """The page daemon claims pages for actions; uvm re-checks each page's current state
     under the profile's rules and marks the accepted ones BUSY.
 
-    => items: [op, pfn] with op in reactivate, deactivate, free, pageout, dropswap.
+    => items: [op, pfn] with op in reactivate, deactivate, free, pageout, dropswap
+       (machine.proto.pageinfo.PdOp).
     Reply: UvmPdClaimReply with the pfns claimed (the rest were refused).
     """
 

@@ -23,11 +23,11 @@ runner reports that as `error`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from machine.ipc.tasks import TaskSet
 from machine.params import PAGE_SIZE
 
 OK, PANIC, CORRUPTION, ERROR = "ok", "panic", "corruption", "error"
@@ -208,14 +208,17 @@ async def kva_exhaustion(ctx: Any) -> None:
     await ctx.hold(somaxkva=4 * chunk)
     for i in range(4):
         await ctx.send(p, s, va + i * chunk, data[i * chunk : (i + 1) * chunk])
-    fifth = asyncio.ensure_future(ctx.send(p, s, va + 4 * chunk, data[4 * chunk :]))
-    if ctx.knobs["LOAN_THRESHOLD"] >= 0:
-        await ctx.poll(lambda c: c.get("kvawaits", 0) >= 1, "net", "the fifth send to wait for KVA")
-        if fifth.done():
-            raise ScenarioFailure("a send beyond somaxkva did not wait for KVA")
-        ctx.note("the fifth 64 KiB send waited for loan KVA")
-    await ctx.release()
-    await fifth
+    async with TaskSet() as tasks:  # a failure below ends the fifth send too
+        fifth = tasks.spawn(ctx.send(p, s, va + 4 * chunk, data[4 * chunk :]), report=False)
+        if ctx.knobs["LOAN_THRESHOLD"] >= 0:
+            await ctx.poll(
+                lambda c: c.get("kvawaits", 0) >= 1, "net", "the fifth send to wait for KVA"
+            )
+            if fifth.done():
+                raise ScenarioFailure("a send beyond somaxkva did not wait for KVA")
+            ctx.note("the fifth 64 KiB send waited for loan KVA")
+        await ctx.release()
+        await fifth
     await ctx.receive()
     await ctx.settle()
     await p.exit()

@@ -40,7 +40,6 @@ from machine.config import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     PANIC_GRACE_S,
-    ROLE_ORDER,
 )
 from machine.ipc.peer import Peer, RemoteError
 from machine.ipc.service import Service
@@ -73,6 +72,7 @@ from machine.proto import (
     UserError,
     decode_event,
 )
+from machine.roles import ROLE_NAMES
 from machine.supervisor.launcher import Launcher
 
 _H = NO_HEADER
@@ -130,7 +130,7 @@ class Supervisor(Service):
     async def boot(self, router: str, pub: str) -> dict[str, str]:
         """Bind the attach endpoint, start every role in order. => own endpoints."""
         eps = await self.start(None, router, pub)
-        for role in ROLE_ORDER:
+        for role in ROLE_NAMES:
             peers = {r: h.endpoints for r, h in self.roles.items()}
             info = await self.launcher.start(role, peers)
             endpoints = {k: info[k] for k in ("kernel", "user", "pub")}
@@ -273,7 +273,7 @@ class Supervisor(Service):
         if self.machine_state != "panicked":
             self.machine_state = "stopping"
         self.publish(CtlStopping(h=self.event_header(), reason=reason))
-        for role in reversed(ROLE_ORDER):
+        for role in reversed(ROLE_NAMES):
             h = self.roles.get(role)
             if h is None:
                 continue

@@ -30,16 +30,17 @@ from machine.config import (
     CLIENT_LEASE_S,
     HEARTBEAT_INTERVAL_S,
     PANIC_GRACE_S,
-    ROLE_ORDER,
     RoleConfig,
-    fixed_layout,
 )
+from machine.ipc import ids
 from machine.ipc.auth import new_machine_key, write_key_file
 from machine.ipc.peer import Identity
+from machine.ipc.tasks import TaskSet
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
 from machine.ram import Ram
+from machine.roles import ROLE_NAMES, fixed_layout
 from machine.supervisor.arbiter import Supervisor
 from machine.supervisor.launcher import ExternalLauncher, Launcher, ProcessLauncher
 
@@ -135,7 +136,8 @@ async def _serve(
     early: list[int] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    booting = asyncio.ensure_future(sup.boot(router, pub))
+    tasks = TaskSet()  # the boot, awaited below (its exception is ours), ended in `finally`
+    booting = tasks.spawn(sup.boot(router, pub), "boot", report=False)
     if early:
         booting.cancel()  # a signal arrived while the machine was being set up
 
@@ -165,9 +167,10 @@ async def _serve(
         on_ready(eps["user"])
         await sup.stopped.wait()
     finally:
+        await tasks.close()
         if not sup.stopped.is_set():
             await sup.shutdown("boot failed" if sup.machine_state == "booting" else "exit")
-        for role in ROLE_ORDER:
+        for role in ROLE_NAMES:
             await launcher.stop(role, timeout_s=2.0)
         await sup.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -271,7 +274,7 @@ async def run_external(
     transport = ZmqTransport()
     try:
         rng = random.Random()
-        sup_ident = Identity("supervisor", rng.getrandbits(62) | 1)
+        sup_ident = Identity("supervisor", ids.incarnation(rng))
         launcher = ExternalLauncher(transport, sup_ident, layout)
         sup = Supervisor(
             transport,

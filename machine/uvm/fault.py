@@ -34,17 +34,16 @@ cf. NetBSD sys/uvm/uvm_fault.c (concepts only).
 
 from __future__ import annotations
 
-from machine.kassert import kassert
 from machine.params import PAGE_SIZE
 from machine.proto import BadAddress, Errno, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
-from machine.uvm.loan import adopt
+from machine.uvm.loan import adopt, break_anon_loan, break_obj_loan
 from machine.uvm.map import MapEntry
-from machine.uvm.object import UvmObject
 from machine.uvm.page import NIL, PageFlag
-from machine.uvm.vm import Uvm, VmSpace
+from machine.uvm.resident import anon_get, obj_get
+from machine.uvm.state import Uvm, VmSpace
 
 REFAULT = -1
 
@@ -116,23 +115,11 @@ async def _fault_upper(
     uvm: Uvm, sp: VmSpace, e: MapEntry, va: int, slot: int, anon: Anon, access: Prot, wire: bool
 ) -> int:
     pages = uvm.pages
-    clean_read = False
-    if anon.page == NIL:
-        # Swapped out: read it back (uvmfault_anonget).
-        kassert(uvm.swap is not None and anon.swslot, "uvmfault_anonget: anon %d lost", anon.id)
-        assert uvm.swap is not None
-        pfn = await uvm.alloc_page_wait(anon=anon)
-        uvm.swap.get(anon.swslot, uvm.ram, pfn)
-        uvm.swap_only(-1)
-        pages.flags[pfn] &= ~PageFlag.FAKE
-        uvm.stats.fltanget += 1
-        clean_read = True
-    else:
-        pfn = anon.page
-        if pages.flags[pfn] & PageFlag.BUSY:
-            await uvm.wait_busy(pfn)
-            return REFAULT
-        uvm.busy(pfn)
+    got = await anon_get(uvm, anon)
+    if got is None:
+        return REFAULT
+    pfn, clean_read = got
+    if not clean_read:
         adopt(uvm, pfn)  # an orphan this anon borrowed becomes its own (5.4)
     prot = e.prot
     if access & Prot.WRITE and anon.ref > 1:
@@ -143,7 +130,7 @@ async def _fault_upper(
         uvm.stats.flt_acow += 1
         return await _finish(uvm, sp, va, npfn, prot, wire, False)
     if access & Prot.WRITE and pages.loan_count[pfn]:
-        pfn = await _break_anon_loan(uvm, anon, pfn, sp.asid, va)
+        pfn = await break_anon_loan(uvm, anon, pfn, sp.asid, va)
     uvm.stats.flt_anon += 1
     if anon.ref > 1 or e.needs_copy or pages.loan_count[pfn]:
         prot &= ~Prot.WRITE  # still shared or loaned: a write must fault and copy
@@ -171,54 +158,6 @@ async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: 
     uvm.unbusy(src)
     if not uvm.pages.wire_count[src]:
         uvm.pages.activate(src)
-    return npfn
-
-
-async def _break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -> int:
-    """uvm_loanbreak_anon: the anon gets a copy; the loaned page becomes an orphan.
-
-    => old is BUSY on entry; returns the new page, BUSY, dirty."""
-    pages = uvm.pages
-    try:
-        npfn = await uvm.alloc_page_wait(anon=anon)
-    except UserError:
-        anon.page = old
-        uvm.unbusy(old)
-        raise
-    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
-    pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
-    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
-    if pages.flags[old] & PageFlag.ANON:
-        uvm.disown(old)  # the anon lent it (A->K): the kernel's loans keep it
-    else:  # the anon borrowed it (O->A): drop that loan; the object keeps its page
-        pages.loan_count[old] -= 1
-        pages.uanon[old] = NIL
-    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
-    uvm.stats.loanbreaks += 1
-    return npfn
-
-
-async def _break_obj_loan(
-    uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: int, va: int
-) -> int:
-    """uvm_loanbreak: the object gets a copy in place of its loaned page (uvm_pagereplace).
-
-    => old is BUSY on entry; returns the new page, BUSY, dirty, owned by obj."""
-    pages = uvm.pages
-    try:
-        npfn = await uvm.alloc_page_wait()
-    except UserError:
-        uvm.unbusy(old)
-        raise
-    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
-    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
-    uvm.disown(old)
-    pages.uobject[npfn] = obj.id
-    pages.offset[npfn] = pgoff
-    pages.flags[npfn] = (pages.flags[npfn] | PageFlag.TABLED) & ~(PageFlag.CLEAN | PageFlag.FAKE)
-    obj.pages[pgoff] = npfn
-    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
-    uvm.stats.loanbreaks += 1
     return npfn
 
 
@@ -258,19 +197,10 @@ async def _fault_lower(
     if pgoff >= obj.npages:
         uvm.stats.segv += 1
         raise BadAddress(f"{va:#x} is beyond the end of the mapped object")
-    clean_read = False
-    pfn = obj.pages.get(pgoff, NIL)
-    if pfn == NIL:
-        pfn = await uvm.alloc_page_wait(obj=obj, pgoff=pgoff)
-        clean_read = obj.pgops.get(uvm, obj, pgoff, pfn)  # pgo_get
-        if not clean_read:
-            pages.flags[pfn] &= ~PageFlag.CLEAN
-        pages.flags[pfn] &= ~PageFlag.FAKE
-    else:
-        if pages.flags[pfn] & PageFlag.BUSY:
-            await uvm.wait_busy(pfn)
-            return REFAULT
-        uvm.busy(pfn)
+    got = await obj_get(uvm, obj, pgoff)
+    if got is None:
+        return REFAULT
+    pfn, clean_read = got
 
     if e.cow and (access & Prot.WRITE or wire):
         # Promote: the private entry gets its own copy; the object is never written.
@@ -279,7 +209,7 @@ async def _fault_lower(
         return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
 
     if access & Prot.WRITE and pages.loan_count[pfn]:
-        pfn = await _break_obj_loan(uvm, obj, pgoff, pfn, sp.asid, va)
+        pfn = await break_obj_loan(uvm, obj, pgoff, pfn, sp.asid, va)
     uvm.stats.flt_obj += 1
     prot = e.prot
     if e.cow or pages.loan_count[pfn]:

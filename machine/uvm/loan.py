@@ -44,8 +44,11 @@ from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
+from machine.uvm.map import check_range
+from machine.uvm.object import UvmObject
 from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
-from machine.uvm.vm import Uvm, VmSpace
+from machine.uvm.resident import anon_get, obj_get
+from machine.uvm.state import Uvm, VmSpace
 
 REFAULT = -1
 
@@ -53,7 +56,7 @@ REFAULT = -1
 async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -> list[int]:
     """uvm_loan(TOPAGE) of [va, va + npages pages). => one pfn per page (see module doc)."""
     sp = uvm.space(asid, owner)
-    uvm._check_range(va, npages * PAGE_SIZE)
+    check_range(va, npages * PAGE_SIZE)
     loaned: list[int] = []
     first: list[int] = []
     async with sp.lock:
@@ -83,40 +86,20 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
             raise UserError(Errno.EFAULT, f"no readable mapping at {va:#x} to loan")
         slot = e.slot(va)
         anon = e.amap.lookup(slot) if e.amap is not None else None
-        pages = uvm.pages
         if anon is not None:  # A->K (uvm_loananon)
-            if anon.page == NIL:
-                assert uvm.swap is not None
-                pfn = await uvm.alloc_page_wait(anon=anon)
-                uvm.swap.get(anon.swslot, uvm.ram, pfn)
-                uvm.swap_only(-1)
-                pages.flags[pfn] &= ~PageFlag.FAKE
-                pages.activate(pfn)
-                uvm.stats.fltanget += 1
-            else:
-                pfn = anon.page
-                if pages.flags[pfn] & PageFlag.BUSY:
-                    await uvm.wait_busy(pfn)
-                    continue
-                uvm.busy(pfn)
+            got = await anon_get(uvm, anon)
         elif e.obj is not None:  # O->K (uvm_loanuobj)
             pgoff = e.pgoff(va)
             if pgoff >= e.obj.npages:
                 raise UserError(Errno.EFAULT, f"{va:#x} is beyond the end of the mapped object")
-            pfn = e.obj.pages.get(pgoff, NIL)
-            if pfn == NIL:
-                pfn = await uvm.alloc_page_wait(obj=e.obj, pgoff=pgoff)
-                if not e.obj.pgops.get(uvm, e.obj, pgoff, pfn):
-                    pages.flags[pfn] &= ~PageFlag.CLEAN
-                pages.flags[pfn] &= ~PageFlag.FAKE
-                pages.activate(pfn)
-            elif pages.flags[pfn] & PageFlag.BUSY:
-                await uvm.wait_busy(pfn)
-                continue
-            else:
-                uvm.busy(pfn)
+            got = await obj_get(uvm, e.obj, pgoff)
         else:  # untouched anonymous memory: zero->K (uvm_loanzero)
             return await _loan_zero(uvm)
+        if got is None:
+            continue  # it was BUSY: look it up again
+        pfn, from_store = got
+        if from_store:
+            uvm.pages.activate(pfn)
         if not count:
             return pfn
         try:
@@ -129,27 +112,25 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
 
 
 def loan_page(uvm: Uvm, pfn: int) -> None:
-    """Count one kernel loan of a resident, owned page, by the ERA (module doc)."""
-    pages = uvm.pages
-    if uvm.era == "modern":
-        if pages.wire_count[pfn]:
-            uvm.stats.loanrefused += 1
-            raise UserError(Errno.EBUSY, f"page {pfn} is wired: modern UVM does not loan it")
-        pages.loan_count[pfn] += 1
-        if not pages.pqflags[pfn]:
-            pages.activate(pfn)  # uvm_pageactivate: a loaned page stays pageable
-        return
-    if uvm.era == "2002":
+    """Count one kernel loan of a resident, owned page, by the era's rules (module doc)."""
+    pages, rules = uvm.pages, uvm.rules
+    if rules.loan_refuses_wired and pages.wire_count[pfn]:
+        uvm.stats.loanrefused += 1
+        raise UserError(Errno.EBUSY, f"page {pfn} is wired: this era does not loan it")
+    if rules.loan_dequeues:
         kassert(pages.wire_count[pfn] == 0, "uvm_loanuobj: loaning wired page %d", pfn)
         pages.loan_count[pfn] += 1
         pages.dequeue(pfn)
         return
-    # 1999: a loan to the kernel is a wiring.
     queued = pages.pqflags[pfn]
     pages.loan_count[pfn] += 1
-    pages.wire(pfn)
-    if uvm.queue_invariant == "violated" and queued and not pages.pqflags[pfn]:
-        pages._insert_tail(pages.active, pfn)  # the injected fault: wired yet active
+    if not rules.loan_wires:
+        if not queued:
+            pages.activate(pfn)  # uvm_pageactivate: a loaned page stays pageable
+        return
+    pages.wire(pfn)  # a loan to the kernel is a wiring
+    if rules.inject_queue_violation and queued and not pages.pqflags[pfn]:
+        pages.inject_active(pfn)  # the injected fault: wired yet active
         uvm.stats.injected += 1
         uvm.dmesg.append(
             f"inject: QUEUE_INVARIANT=violated: loaned page {pfn} left on the active queue "
@@ -160,7 +141,7 @@ def loan_page(uvm: Uvm, pfn: int) -> None:
 async def _loan_zero(uvm: Uvm) -> int:
     pages = uvm.pages
     uvm.stats.loanzero += 1
-    if uvm.era == "modern":
+    if uvm.rules.zero_loans_share_one_page:
         if uvm.zero_pfn == NIL:
             pfn = await uvm.alloc_page_wait(who=KERNEL)
             uvm.ram.zero(pfn)
@@ -173,7 +154,7 @@ async def _loan_zero(uvm: Uvm) -> int:
     uvm.ram.zero(pfn)
     pages.flags[pfn] &= ~PageFlag.FAKE
     pages.loan_count[pfn] = 1
-    if uvm.era == "1999":
+    if uvm.rules.loan_wires:
         pages.wire(pfn)
     uvm.unbusy(pfn)
     return pfn
@@ -189,7 +170,7 @@ async def loan_to_anons(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -
     zeroed page. The caller owns one reference of each anon (unloan_anons).
     """
     sp = uvm.space(asid, owner)
-    uvm._check_range(va, npages * PAGE_SIZE)
+    check_range(va, npages * PAGE_SIZE)
     pages = uvm.pages
     anons: list[Anon] = []
     protect: list[int] = []
@@ -201,15 +182,15 @@ async def loan_to_anons(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -
                 if e is None or not e.prot & Prot.READ:
                     raise UserError(Errno.EFAULT, f"no readable mapping at {a:#x} to loan")
                 anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
-                if anon is None and uvm.era == "modern":
+                if anon is None and not uvm.rules.loans_obj_to_anon:
                     raise UserError(
-                        Errno.EINVAL, "modern UVM loans only anons to anons (O->A is gone)"
+                        Errno.EINVAL, "this era loans only anons to anons (O->A is gone)"
                     )
                 if anon is not None or e.obj is not None:
                     pfn = await _loan_one(uvm, sp, a, count=False)
                     anon = e.amap.lookup(e.slot(a)) if e.amap is not None else None
                     if anon is not None:  # A->A
-                        if uvm.era == "modern" and pages.wire_count[pfn]:
+                        if uvm.rules.loan_refuses_wired and pages.wire_count[pfn]:
                             uvm.unbusy(pfn)
                             uvm.stats.loanrefused += 1
                             raise UserError(Errno.EBUSY, f"page {pfn} is wired: not loaned")
@@ -258,6 +239,55 @@ def unloan_anons(uvm: Uvm, anons: list[Anon]) -> None:
         uvm.stats.unloans += 1
 
 
+# -- loan breaks (section 5.2): a write fault on a loaned page ------------------
+
+
+async def break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) -> int:
+    """uvm_loanbreak_anon: the anon gets a copy; the loaned page becomes an orphan.
+
+    => old is BUSY on entry; returns the new page, BUSY, dirty."""
+    pages = uvm.pages
+    try:
+        npfn = await uvm.alloc_page_wait(anon=anon)
+    except UserError:
+        anon.page = old
+        uvm.unbusy(old)
+        raise
+    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
+    pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
+    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
+    if pages.flags[old] & PageFlag.ANON:
+        uvm.disown(old)  # the anon lent it (A->K): the kernel's loans keep it
+    else:  # the anon borrowed it (O->A): drop that loan; the object keeps its page
+        pages.loan_count[old] -= 1
+        pages.uanon[old] = NIL
+    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
+    uvm.stats.loanbreaks += 1
+    return npfn
+
+
+async def break_obj_loan(uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: int, va: int) -> int:
+    """uvm_loanbreak: the object gets a copy in place of its loaned page (uvm_pagereplace).
+
+    => old is BUSY on entry; returns the new page, BUSY, dirty, owned by obj."""
+    pages = uvm.pages
+    try:
+        npfn = await uvm.alloc_page_wait()
+    except UserError:
+        uvm.unbusy(old)
+        raise
+    uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
+    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
+    uvm.disown(old)
+    pages.uobject[npfn] = obj.id
+    pages.offset[npfn] = pgoff
+    pages.flags[npfn] = (pages.flags[npfn] | PageFlag.TABLED) & ~(PageFlag.CLEAN | PageFlag.FAKE)
+    obj.pages[pgoff] = npfn
+    uvm.unbusy(old)  # frees it if nobody holds it any more (its loans ended meanwhile)
+    uvm.stats.loanbreaks += 1
+    return npfn
+
+
 def adopt(uvm: Uvm, pfn: int) -> bool:
     """uvm_anon_lockloanpg / the page daemon: an orphan its borrowing anon now owns (5.4).
 
@@ -292,17 +322,18 @@ def unloan_page(uvm: Uvm, pfn: int) -> None:
     uvm.stats.unloans += 1
     if pfn == uvm.zero_pfn:
         return  # the shared zero page is never freed
-    if uvm.era == "1999":
-        _unwire_1999(uvm, pfn)
+    if uvm.rules.loan_wires:
+        _unwire_loaned(uvm, pfn)
     owned = pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
     borrowed = not pages.flags[pfn] & PageFlag.ANON and pages.uanon[pfn] != NIL
     last_kernel_loan = pages.loan_count[pfn] == int(borrowed)
-    if uvm.era == "2002" and last_kernel_loan and not pages.pqflags[pfn] and (owned or borrowed):
+    requeue = uvm.rules.unloan_requeues and last_kernel_loan and not pages.pqflags[pfn]
+    if requeue and (owned or borrowed):
         # [cvs139]: the last kernel loan ended; a page an anon still borrows (or its
         # owner's) goes back on a paging queue, or it would never be paged out.
         pages.activate(pfn)
     if pages.loan_count[pfn]:
-        if not owned and borrowed and uvm.era != "1999":
+        if not owned and borrowed and uvm.rules.unloan_adopts:
             adopt(uvm, pfn)  # 2002+: uvm_unloanpage adopts for the borrowing anon
         return
     if not owned:
@@ -314,8 +345,9 @@ def unloan_page(uvm: Uvm, pfn: int) -> None:
         uvm.free_page(pfn)
 
 
-def _unwire_1999(uvm: Uvm, pfn: int) -> None:
-    """1999 uvm_pageunwire: the last unwiring inserts at the active tail, unchecked."""
+def _unwire_loaned(uvm: Uvm, pfn: int) -> None:
+    """The unwiring of a loan that wired (1999 uvm_pageunwire): the last unwiring inserts
+    at the active tail, unchecked; a page already queued is reported, not merged."""
     pages = uvm.pages
     kassert(pages.wire_count[pfn] > 0, "uvm_pageunwire: page %d not wired", pfn)
     if pages.wire_count[pfn] == 1 and pages.pqflags[pfn] in (PQ.ACTIVE, PQ.INACTIVE):
@@ -352,7 +384,7 @@ async def kernel_fault(uvm: Uvm, va: int, access: int, evidence: str, pfn: int =
     """A kernel-mode trap at loan KVA va (section 9): resolve it or panic with the chain."""
     uvm.stats.kfaults += 1
     call = f"uvm_fault(kernel_map, {va:#x}, 0, {Prot(access).letters()})"
-    if uvm.loan_kva == "kernel_object":
+    if uvm.rules.kernel_fault_zero_fills:
         # 1999 uvm_km_valloc: the range is backed by kernel_object, so the fault is
         # "satisfied" with a fresh zero page: the driver reads zeros (silent corruption).
         zpfn = await uvm.alloc_page_wait(who=KERNEL)

@@ -44,10 +44,22 @@ import enum
 from dataclasses import dataclass
 
 from machine.kassert import kassert
-from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP
+from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
+from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
 from machine.uvm.object import UvmObject
+
+
+def check_range(va: int, length: int) -> int:
+    """=> the end VA of [va, va + length) rounded to pages; UserError EINVAL when va is
+    not page aligned or the range is outside user space."""
+    if va & PAGE_MASK:
+        raise UserError(Errno.EINVAL, f"address {va:#x} not page aligned")
+    eva = va + round_page(length)
+    if not (USER_MIN <= va and eva <= USER_TOP):
+        raise UserError(Errno.EINVAL, f"range at {va:#x} outside user space")
+    return eva
 
 
 class Inherit(enum.Enum):

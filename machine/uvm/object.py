@@ -23,13 +23,29 @@ uvm_aobj.c (concepts only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from machine.proto import Errno, UserError
+from machine.ram import Ram
+from machine.uvm.stats import UvmStats
+from machine.uvm.swap import SwapDevice
 from machine.uvm.vnode import VnodeFile
 
-if TYPE_CHECKING:
-    from machine.uvm.vm import Uvm
+
+class PagerEnv(Protocol):
+    """What a pager uses of the machine (machine.uvm.state.Uvm is one): RAM, the swap
+    device and its accounting, the counters. Declared here so objects sit below the
+    state in the import graph."""
+
+    ram: Ram
+    swap: SwapDevice | None
+    stats: UvmStats
+
+    def swap_in(self, slot: int, pfn: int) -> None: ...
+
+    def swap_only(self, delta: int) -> None: ...
+
+    def swap_free(self, slot: int) -> None: ...
 
 
 class PagerOps(Protocol):
@@ -37,15 +53,15 @@ class PagerOps(Protocol):
 
     writes_back: bool
 
-    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+    def get(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int) -> bool:
         """pgo_get: fill frame pfn with page pgoff. => True if it now equals the store."""
         ...
 
-    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+    def put(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
         """pgo_put: make the store hold the frame's bytes (UserError ENOMEM if no room)."""
         ...
 
-    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+    def released(self, uvm: PagerEnv, obj: UvmObject, pgoff: int) -> None:
         """The page of pgoff left RAM after a put (bookkeeping only)."""
         ...
 
@@ -53,7 +69,7 @@ class PagerOps(Protocol):
         """How many of the object's pages exist only in swap."""
         ...
 
-    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+    def drop(self, uvm: PagerEnv, obj: UvmObject) -> None:
         """The last reference is gone (its pages are about to be freed): release the store."""
         ...
 
@@ -73,26 +89,26 @@ class UvmObject:
 class VnodePager:
     writes_back = True
 
-    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+    def get(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int) -> bool:
         assert isinstance(obj, VnodeObject)
         assert obj.file is not None
         obj.file.get(pgoff, uvm.ram, pfn)
         uvm.stats.fltget += 1
         return True
 
-    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+    def put(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
         assert isinstance(obj, VnodeObject)
         assert obj.file is not None
         if dirty:
             obj.file.put(pgoff, uvm.ram, pfn)
 
-    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+    def released(self, uvm: PagerEnv, obj: UvmObject, pgoff: int) -> None:
         return None
 
     def swap_only(self, obj: UvmObject) -> int:
         return 0
 
-    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+    def drop(self, uvm: PagerEnv, obj: UvmObject) -> None:
         assert isinstance(obj, VnodeObject)
         assert obj.file is not None
         obj.file.sync()
@@ -102,20 +118,17 @@ class VnodePager:
 class AObjPager:
     writes_back = False
 
-    def get(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int) -> bool:
+    def get(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int) -> bool:
         assert isinstance(obj, AObj)
         slot = obj.swslots.get(pgoff, 0)
         if not slot:
             uvm.ram.zero(pfn)
             uvm.stats.zeropages += 1
             return False
-        assert uvm.swap is not None
-        uvm.swap.get(slot, uvm.ram, pfn)
-        uvm.swap_only(-1)
-        uvm.stats.fltanget += 1
+        uvm.swap_in(slot, pfn)
         return True
 
-    def put(self, uvm: Uvm, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
+    def put(self, uvm: PagerEnv, obj: UvmObject, pgoff: int, pfn: int, dirty: bool) -> None:
         assert isinstance(obj, AObj)
         if uvm.swap is None:
             raise UserError(Errno.ENOMEM, "no swap device")
@@ -129,14 +142,14 @@ class AObjPager:
         if dirty:
             uvm.swap.put(slot, uvm.ram, [pfn])
 
-    def released(self, uvm: Uvm, obj: UvmObject, pgoff: int) -> None:
+    def released(self, uvm: PagerEnv, obj: UvmObject, pgoff: int) -> None:
         uvm.swap_only(+1)
 
     def swap_only(self, obj: UvmObject) -> int:
         assert isinstance(obj, AObj)
         return sum(1 for pg in obj.swslots if pg not in obj.pages)
 
-    def drop(self, uvm: Uvm, obj: UvmObject) -> None:
+    def drop(self, uvm: PagerEnv, obj: UvmObject) -> None:
         assert isinstance(obj, AObj)
         uvm.swap_only(-self.swap_only(obj))
         for slot in obj.swslots.values():

@@ -145,6 +145,11 @@ class VmPages:
         q.count += 1
         self.pqflags[pfn] = q.flag
 
+    def inject_active(self, pfn: int) -> None:
+        """Fault injection (QUEUE_INVARIANT=violated): put an off-queue page (a wired one)
+        on the active queue's tail, breaking I1 on purpose (machine.uvm.loan)."""
+        self._insert_tail(self.active, pfn)
+
     def _unlink(self, q: PageQueue, pfn: int) -> None:
         n, p = self.nxt[pfn], self.prv[pfn]
         if p == NIL:

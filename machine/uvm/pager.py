@@ -19,15 +19,12 @@ cf. NetBSD sys/uvm/uvm_pager.c, uvm_vnode.c, uvm_aobj.c, uvm_swap.c.
 from __future__ import annotations
 
 from machine.proto import Errno, UserError
+from machine.proto.pageinfo import MODIFIED, PFN_BATCH
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
 from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag
-from machine.uvm.vm import Uvm
-
-MODIFIED = 2
-#: Frames per pmap.attrs / pmap.page_protect message (the protocol's PfnList bound).
-PFN_BATCH = 4096
+from machine.uvm.state import Uvm
 
 
 async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int) -> int:

@@ -12,13 +12,15 @@ meantime (PG_RELEASED) is freed then.
 Claim rules (the concurrency the project exists to show):
   * FREE / PAGEOUT: on the inactive queue, not wired (a wired page never
     leaves RAM), owned.
-  * DEACTIVATE: on the active queue. The 1999 eras trust "active => not
-    wired" and let a wired page through (the thread's bug, reachable when the
-    queue invariant is broken); the modern era refuses wired pages.
+  * DEACTIVATE: on the active queue. Unless the era's claim re-checks wiring
+    (rules.claim_rechecks_wiring, modern), it trusts "active => not wired" and
+    lets a wired page through (1999 and 2002: the thread's bug, reachable when
+    the queue invariant is broken).
   * REACTIVATE: on the inactive queue. DROPSWAP: any queued page.
 
-Snapshot wire format: per page [pfn, bits], bits = SWAP_BACKED | CLEAN | BUSY
-| WIRED | LOANED | OWNED | HAS_ANON | SWSLOT.
+Snapshot wire format: per page [pfn, bits], the bits of machine.proto.pageinfo
+(SWAP_BACKED | CLEAN | BUSY | WIRED | LOANED | OWNED | HAS_ANON | SWSLOT); operations
+are its PdOp.
 """
 
 from __future__ import annotations
@@ -26,13 +28,22 @@ from __future__ import annotations
 from typing import Any
 
 from machine.proto import UserError
+from machine.proto.pageinfo import (
+    BUSY,
+    CLEAN,
+    HAS_ANON,
+    LOANED,
+    MODIFIED,
+    OWNED,
+    SWAP_BACKED,
+    SWSLOT,
+    WIRED,
+    PdOp,
+)
 from machine.uvm.object import AObj
 from machine.uvm.page import NIL, PQ, PageFlag
-from machine.uvm.vm import Uvm
-
-SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON, SWSLOT = (1 << i for i in range(8))
-MODIFIED = 2
-OPS = ("reactivate", "deactivate", "free", "pageout", "dropswap")
+from machine.uvm.pager import evict
+from machine.uvm.state import Uvm
 
 
 def _bits(uvm: Uvm, pfn: int) -> int:
@@ -82,8 +93,9 @@ def snapshot(uvm: Uvm, limit: int) -> dict[str, Any]:
     return out
 
 
-def claim(uvm: Uvm, items: list[tuple[str, int]], era: str) -> list[int]:
-    """Re-check each (op, pfn) against the page's state now; mark the accepted BUSY."""
+def claim(uvm: Uvm, items: list[tuple[str, int]]) -> list[int]:
+    """Re-check each (op, pfn) against the page's state now, under the era's rules
+    (rules.claim_rechecks_wiring); mark the accepted BUSY."""
     p = uvm.pages
     claimed: list[int] = []
     seen: set[int] = set()
@@ -93,14 +105,14 @@ def claim(uvm: Uvm, items: list[tuple[str, int]], era: str) -> list[int]:
         q, f, wired = p.pqflags[pfn], p.flags[pfn], p.wire_count[pfn]
         if f & PageFlag.BUSY or q not in (PQ.ACTIVE, PQ.INACTIVE):
             continue
-        if op in ("free", "pageout"):
+        if op in (PdOp.FREE, PdOp.PAGEOUT):
             ok = q == PQ.INACTIVE and not wired and bool(f & (PageFlag.ANON | PageFlag.TABLED))
-        elif op == "deactivate":
-            ok = q == PQ.ACTIVE and (era != "modern" or not wired)
-        elif op == "reactivate":
+        elif op == PdOp.DEACTIVATE:
+            ok = q == PQ.ACTIVE and (not wired or not uvm.rules.claim_rechecks_wiring)
+        elif op == PdOp.REACTIVATE:
             ok = q == PQ.INACTIVE
         else:
-            ok = op == "dropswap"
+            ok = op == PdOp.DROPSWAP
         if ok:
             uvm.busy(pfn)
             claimed.append(pfn)
@@ -112,13 +124,11 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
     """Carry out claimed actions (their pages were revoked by the daemon where needed)."""
     p = uvm.pages
     done: dict[str, int] = {}
-    evictees = [pfn for op, pfn in items if op in ("free", "pageout")]
+    evictees = [pfn for op, pfn in items if op in (PdOp.FREE, PdOp.PAGEOUT)]
     mods: dict[int, int] = {}
     if evictees:
         bits = await uvm.pmap.attrs(evictees, True, True)
         mods = dict(zip(evictees, bits, strict=True))
-    from machine.uvm.pager import evict
-
     for op, pfn in items:
         if not p.flags[pfn] & PageFlag.BUSY:
             continue  # not claimed
@@ -126,11 +136,11 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
         uvm.unbusy(pfn)
         if released:
             continue  # its owner freed it meanwhile
-        if op == "reactivate":
+        if op == PdOp.REACTIVATE:
             p.activate(pfn)
-        elif op == "deactivate":
+        elif op == PdOp.DEACTIVATE:
             p.deactivate(pfn)  # DIAGNOSTIC: panics on a wired page
-        elif op == "dropswap":
+        elif op == PdOp.DROPSWAP:
             _dropswap(uvm, pfn)
         else:
             dirty = bool(mods.get(pfn, 0) & MODIFIED) or not p.flags[pfn] & PageFlag.CLEAN
@@ -138,7 +148,7 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
                 evict(uvm, pfn, dirty)
             except UserError:
                 p.activate(pfn)  # swap full: keep it
-                op = "reactivate"
+                op = PdOp.REACTIVATE
         done[op] = done.get(op, 0) + 1
     return done
 

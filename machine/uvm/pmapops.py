@@ -29,7 +29,7 @@ class PmapOps(Protocol):
     async def unwire(self, asid: int, sva: int, eva: int) -> int: ...
 
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:
-        """R/M bits per frame (bit 0 referenced, bit 1 modified), before clearing."""
+        """R/M bits per frame (machine.proto.pageinfo REFERENCED | MODIFIED), before clearing."""
         ...
 
     async def check(self) -> list[str]:

@@ -1,6 +1,6 @@
 """RemotePmap: the uvm core's pmap operations (PmapOps) over the kernel bus to the mmu.
 
-One pmap.* request per call; `page_protect` is cut into batches of 4096 frames
+One pmap.* request per call; `page_protect` is cut into batches of PFN_BATCH frames
 (the request's bound). Errors come back as RemoteError / PeerPanic from
 Peer.call_ok: the uvm service turns them into its replies.
 """
@@ -27,6 +27,7 @@ from machine.proto import (
     PmapRemove,
     PmapUnwire,
 )
+from machine.proto.pageinfo import PFN_BATCH, pack_attrs
 
 #: Placeholder header; Peer.call stamps the real one.
 _H = NO_HEADER
@@ -61,9 +62,9 @@ class RemotePmap:
 
     async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int:
         n = 0
-        for i in range(0, len(pfns), 4096):
+        for i in range(0, len(pfns), PFN_BATCH):
             rep = await self.peer.call_ok(
-                PmapPageProtect(h=_H, pfns=pfns[i : i + 4096], prot=prot, why=why[:4096]),
+                PmapPageProtect(h=_H, pfns=pfns[i : i + PFN_BATCH], prot=prot, why=why[:4096]),
                 PmapCountReply,
             )
             n += rep.count
@@ -81,7 +82,7 @@ class RemotePmap:
             PmapAttrs(h=_H, pfns=pfns, clear_reference=clear_ref, clear_modify=clear_mod),
             PmapAttrsReply,
         )
-        return [int(r) | (int(m) << 1) for r, m in zip(rep.referenced, rep.modified, strict=True)]
+        return pack_attrs(rep.referenced, rep.modified)
 
     async def check(self) -> list[str]:
         return (await self.peer.call_ok(PmapCheck(h=_H), PmapCheckReply)).problems

@@ -28,10 +28,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from machine.ipc import ids
 from machine.ipc.service import Service
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
-from machine.profile import DEFAULT_PROFILE, load_profile
+from machine.profile import Profile
 from machine.proto import (
     NO_HEADER,
     CtlShutdown,
@@ -82,13 +83,14 @@ from machine.proto import (
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
-from machine.uvm import loan, pdops
+from machine.tuning import targets
+from machine.uvm import files, loan, mmap, pdops
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
+from machine.uvm.state import Uvm
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vm import Uvm
 
 DEFAULT_LEASE_S = 10.0
 #: An attach may reclaim a session that holds nothing once it has been silent this long
@@ -136,47 +138,43 @@ class UvmService(Service):
         transport: Any,
         *,
         ram: Ram,
+        mmu: str,
         lease_s: float = DEFAULT_LEASE_S,
         state_dir: str = "",
         swap_bytes: int = 0,
-        profile: str = DEFAULT_PROFILE,
+        profile: Profile,
         limits: Limits | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(transport, limits=limits, **kw)
-        self.profile = load_profile(profile)
-        self.ram = ram
+        self.profile = profile
         self.lease_s = lease_s
-        self.state_dir = Path(state_dir) if state_dir else None
-        self.swap_bytes = swap_bytes if swap_bytes else 2 * ram.size
-        self.uvm: Uvm | None = None
         self.sessions: dict[int, float] = {}  # session -> when last seen (clock seconds)
         self.reclaim_idle_s = max(RECLAIM_IDLE_S, lease_s / 2)
-
-    async def attach_mmu(self, endpoint: str) -> None:
-        peer = await self.connect_peer("mmu", endpoint)
+        self.mmu = self.peer("mmu", mmu)  # opened by connect()
         disk = swap = None
-        if self.state_dir is not None:
-            disk = self.state_dir / "disk"
+        if state_dir:
+            disk = Path(state_dir) / "disk"
             disk.mkdir(mode=0o700, parents=True, exist_ok=True)  # one user's files
-            swap = SwapDevice(self.state_dir / "swap.img", self.swap_bytes // PAGE_SIZE)
-        self.uvm = Uvm(
-            self.ram,
-            RemotePmap(peer),
+            swap_pages = (swap_bytes or 2 * ram.size) // PAGE_SIZE
+            swap = SwapDevice(Path(state_dir) / "swap.img", swap_pages)
+        settings = self.profile.settings
+        self.vm = Uvm(
+            ram,
+            RemotePmap(self.mmu),
             disk=disk,
             swap=swap,
+            rules=self.profile.rules,
+            targets=targets(settings.pd_policy, ram.nframes),
             on_pressure=self._pressure,
-            diagnostic=bool(self.profile.knobs["DIAGNOSTIC"]),
-            policy=str(self.profile.knobs["PD_POLICY"]),
-            knobs=dict(self.profile.knobs),
+            diagnostic=settings.diagnostic,
             limits=self.limits,
         )
-        self.spawn(self._reaper(), "lease reaper")
 
-    @property
-    def vm(self) -> Uvm:
-        assert self.uvm is not None, "uvm not attached to an mmu"
-        return self.uvm
+    async def connect(self) -> None:
+        """Open the channel to the mmu (which serves already); start the lease reaper."""
+        await super().connect()
+        self.spawn(self._reaper(), "lease reaper")
 
     def _pressure(self, free: int) -> None:
         ev = UvmPressure(
@@ -204,7 +202,7 @@ class UvmService(Service):
             )
         sid = 0
         while sid == 0 or sid in self.sessions:
-            sid = self.rng.getrandbits(62) | 1
+            sid = ids.session_id(self.rng)
         self.sessions[sid] = self.clock.now_s()
         self.vm.stats.attaches += 1
         return self.reply(
@@ -246,22 +244,23 @@ class UvmService(Service):
         done = []
         for asid in self.vm.asids_of(session):
             try:
-                await self.vm.exit(asid, session, reason)
+                await mmap.exit(self.vm, asid, session, reason)
             except UserError:
                 continue  # exited meanwhile
             done.append(asid)
             self.publish(UvmProcExited(h=self.event_header(), asid=asid, reason=reason))
-        await self.vm.close_all(session)
+        await files.close_all(self.vm, session)
         return done
 
     # -- handlers ---------------------------------------------------------------
 
     async def on_spawn(self, msg: UvmSpawn) -> Reply:
-        asid = await self.vm.spawn(msg.h.incarnation)
+        asid = await mmap.spawn(self.vm, msg.h.incarnation)
         return self.reply(msg, UvmSpawnReply, asid=asid)
 
     async def on_mmap(self, msg: UvmMmap) -> Reply:
-        va = await self.vm.mmap(
+        va = await mmap.mmap(
+            self.vm,
             msg.asid,
             msg.h.incarnation,
             msg.length,
@@ -275,11 +274,13 @@ class UvmService(Service):
         return self.reply(msg, UvmMmapReply, va=va)
 
     async def on_munmap(self, msg: UvmMunmap) -> Reply:
-        await self.vm.munmap(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        await mmap.munmap(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_mprotect(self, msg: UvmMprotect) -> Reply:
-        await self.vm.mprotect(msg.asid, msg.h.incarnation, msg.va, msg.length, Prot(msg.prot))
+        await mmap.mprotect(
+            self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length, Prot(msg.prot)
+        )
         return self.ack(msg)
 
     async def on_fault(self, msg: UvmFault) -> Reply:
@@ -297,7 +298,7 @@ class UvmService(Service):
 
     async def _oom_kill(self, asid: int, owner: int) -> None:
         try:
-            await self.vm.exit(asid, owner, reason="killed: out of memory")
+            await mmap.exit(self.vm, asid, owner, reason="killed: out of memory")
         except UserError:
             return  # it exited meanwhile
         self.vm.stats.oomkills += 1
@@ -306,33 +307,33 @@ class UvmService(Service):
         )
 
     async def on_fork(self, msg: UvmFork) -> Reply:
-        child = await self.vm.fork(msg.asid, msg.h.incarnation)
+        child = await mmap.fork(self.vm, msg.asid, msg.h.incarnation)
         return self.reply(msg, UvmForkReply, asid=child)
 
     async def on_wire(self, msg: UvmWire) -> Reply:
-        await self.vm.wire(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        await mmap.mlock(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_unwire(self, msg: UvmUnwire) -> Reply:
-        await self.vm.unwire(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        await mmap.munlock(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.ack(msg)
 
     async def on_msync(self, msg: UvmMsync) -> Reply:
-        n = await self.vm.msync(msg.asid, msg.h.incarnation, msg.va, msg.length)
+        n = await files.msync(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
         return self.reply(msg, UvmMsyncReply, pages=n)
 
     def on_open(self, msg: UvmOpen) -> Reply:
-        handle, size = self.vm.open(
-            msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
+        handle, size = files.open(
+            self.vm, msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
         )
         return self.reply(msg, UvmOpenReply, handle=handle, size=size)
 
     async def on_close(self, msg: UvmClose) -> Reply:
-        await self.vm.close(msg.h.incarnation, msg.handle)
+        await files.close(self.vm, msg.h.incarnation, msg.handle)
         return self.ack(msg)
 
     async def on_exit(self, msg: UvmExit) -> Reply:
-        await self.vm.exit(msg.asid, msg.h.incarnation)
+        await mmap.exit(self.vm, msg.asid, msg.h.incarnation)
         self.publish(UvmProcExited(h=self.event_header(), asid=msg.asid, reason="exit"))
         return self.ack(msg)
 
@@ -350,9 +351,7 @@ class UvmService(Service):
         return self.reply(msg, UvmPdSnapshotReply, **pdops.snapshot(self.vm, msg.limit))
 
     def on_pd_claim(self, msg: UvmPdClaim) -> Reply:
-        claimed = pdops.claim(
-            self.vm, [(op, pfn) for op, pfn in msg.items], str(self.profile.knobs["ERA"])
-        )
+        claimed = pdops.claim(self.vm, [(op, pfn) for op, pfn in msg.items])
         return self.reply(msg, UvmPdClaimReply, claimed=claimed)
 
     async def on_pd_finish(self, msg: UvmPdFinish) -> Reply:
@@ -376,7 +375,7 @@ class UvmService(Service):
 
     def on_owners(self, msg: UvmOwners) -> Reply:
         """Owners of processes (0: none live) and liveness of sessions, for net."""
-        spaces = self.uvm.spaces if self.uvm is not None else {}
+        spaces = self.vm.spaces
         owners = []
         for asid in msg.asids:
             sp = spaces.get(asid)
@@ -390,7 +389,7 @@ class UvmService(Service):
 
     async def on_shutdown(self, msg: CtlShutdown) -> Reply:
         """Clean shutdown: every dirty file page reaches its file before the role stops."""
-        if self.uvm is not None and self.state != "panicked":
+        if self.state != "panicked":
             for obj in list(self.vm.vnodes.values()):
                 await flush_object(self.vm, obj, 0, obj.npages)
                 assert obj.file is not None
@@ -399,14 +398,12 @@ class UvmService(Service):
 
     async def close(self) -> None:
         await super().close()
-        if self.uvm is not None and self.uvm.swap is not None:
-            self.uvm.swap.close()
+        if self.vm.swap is not None:
+            self.vm.swap.close()
 
     # -- reporting ----------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        if self.uvm is None:
-            return {}
         out = {
             **self.vm.stats.as_dict(),
             "processes": len(self.vm.spaces),
@@ -426,7 +423,7 @@ class UvmService(Service):
         return out
 
     def frames(self) -> dict[str, int]:
-        return self.vm.frames() if self.uvm is not None else {}
+        return self.vm.frames()
 
     def _strays(self) -> dict[str, list[int]]:
         """Allocated frames with no owner and no loan (I3 violations), for the dump."""

@@ -28,10 +28,10 @@ import socket
 import sys
 from typing import Any
 
-from machine.config import ROLE_ORDER
 from machine.ipc.peer import CallTimeout, Identity, Peer
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.proto import NO_HEADER, CtlKpanic, CtlShutdown, Errno, Request, tag_of
+from machine.roles import ROLE_NAMES
 
 PORTS = 50  # B .. B+49: the whole fixed layout and then some
 
@@ -83,7 +83,7 @@ def reachable_sockets(kernel_dir: str) -> list[str]:
         found += [f"listed {n}" for n in os.listdir(kernel_dir)]
     except OSError:
         pass
-    for role in ROLE_ORDER:
+    for role in ROLE_NAMES:
         path = os.path.join(kernel_dir, f"{role}.kernel")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             try:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from machine.config import ROLE_ORDER
 from machine.ram import SHM_DIR
+from machine.roles import ROLE_NAMES
 from tests.conftest import PY
 from tests.integration.kernel_knock import knock_ports
 
@@ -98,7 +98,7 @@ def _assert_kernel_is_private(env: dict[str, str]) -> None:
     kdir = Path(env["UVM_MACHINE_KERNEL_DIR"])
     assert kdir.stat().st_mode & 0o777 == 0o700
     assert Path(env["UVM_MACHINE_KEY_FILE"]).stat().st_mode & 0o777 == 0o600
-    for role in ROLE_ORDER:
+    for role in ROLE_NAMES:
         sock = kdir / f"{role}.kernel"
         assert stat.S_ISSOCK(sock.stat().st_mode), sock
         assert sock.stat().st_mode & 0o777 == 0o600, sock
@@ -112,7 +112,7 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
     roles: list[subprocess.Popen[str]] = []
     try:
         _wait_file(SHM_DIR / env["UVM_MACHINE_RAM_NAME"], 20)
-        for role in ROLE_ORDER:
+        for role in ROLE_NAMES:
             roles.append(_spawn(env, "role", role))
             line = roles[-1].stdout.readline()  # type: ignore[union-attr]
             assert json.loads(line)["role"] == role
@@ -142,7 +142,7 @@ def test_supervise_with_separately_started_roles(env: dict[str, str]) -> None:
         assert status["state"] == "running"  # the knocks above stopped nothing
         assert all(v["alive"] for v in status["roles"].values())
         assert status["frames"]["free"] == status["frames"]["total"] == 4096
-        for role in (*ROLE_ORDER, "supervisor"):  # the compose healthchecks
+        for role in (*ROLE_NAMES, "supervisor"):  # the compose healthchecks
             ping = subprocess.run(
                 [PY, "-m", "machine", "ping", role],
                 env=env,

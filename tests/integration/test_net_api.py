@@ -19,7 +19,7 @@ import pytest
 from machine.client import Machine, MachineTimeout, Process, RequestError, Wire
 from machine.ipc.inmemory import run_simulation
 from machine.limits import Limits
-from machine.net.service import WIRE_OVERHEAD
+from machine.net.wire import WIRE_OVERHEAD
 from machine.params import PAGE_SIZE
 from machine.proto import (
     NO_HEADER,
@@ -251,17 +251,17 @@ def test_every_queue_together_stays_within_wire_total_and_the_largest_pays(
     async def main() -> None:
         boot = SimMachine.boot(seed=7, ram_bytes=1 << 20, limits=Limits(wire_total=budget))
         async with boot as sim, sim.attach() as h, sim.attach() as v, v.wire() as wv:
-            net: Any = sim.service("net")
+            wire: Any = sim.service("net").net.wire  # type: ignore[attr-defined]
             broken: list[tuple[int, int]] = []
-            enqueue = net._enqueue
+            enqueue = wire._enqueue
 
             def checked(q: Any, pkt: WirePacket) -> None:
                 enqueue(q, pkt)
-                total = sum(x.nbytes for x in net._queues())
-                if not net.wire_queued == total <= budget:
-                    broken.append((net.wire_queued, total))
+                total = sum(x.nbytes for x in wire._queues())
+                if not wire.wire_queued == total <= budget:
+                    broken.append((wire.wire_queued, total))
 
-            net._enqueue = checked
+            wire._enqueue = checked
             tap = 0
             if hoarder == "listener":
                 await h.call_role("net", NetListen(h=NO_HEADER))

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from machine.client import Machine
-from machine.config import ROLE_ORDER
 from machine.orphan import EXIT_ORPHANED
 from machine.params import PAGE_SIZE
 from machine.ram import SHM_DIR
+from machine.roles import ROLE_NAMES
 from tests.conftest import PY, boot_real, pid_alive
 from tests.integration.test_external_roles import _spawn, _wait_file, env  # noqa: F401 (fixture)
 
@@ -130,7 +130,7 @@ async def test_roles_run_apart_notice_the_supervisor_s_silence(
     payload = bytes((i * 5 + 1) & 0xFF for i in range(3 * PAGE_SIZE))
     try:
         _wait_file(SHM_DIR / env["UVM_MACHINE_RAM_NAME"], 20)
-        for role in ROLE_ORDER:
+        for role in ROLE_NAMES:
             roles[role] = _spawn(env, "role", role)
             assert roles[role].stdout is not None
             assert json.loads(roles[role].stdout.readline())["role"] == role
@@ -146,7 +146,7 @@ async def test_roles_run_apart_notice_the_supervisor_s_silence(
             sup.wait(10)
             took = _wait_gone({r: q.pid for r, q in roles.items()}, t0)
         print(f"SIGKILL of `supervise` -> every role gone: {took:.2f} s")
-        assert {r: q.wait(1) for r, q in roles.items()} == dict.fromkeys(ROLE_ORDER, EXIT_ORPHANED)
+        assert {r: q.wait(1) for r, q in roles.items()} == dict.fromkeys(ROLE_NAMES, EXIT_ORPHANED)
         errs = {r: q.communicate(timeout=10)[1] for r, q in roles.items()}
         assert all("is gone" in e and ": shutting down" in e for e in errs.values()), errs
         assert "supervisor is gone (no heartbeat for" in errs["uvm"]  # the mmu may hear from uvm

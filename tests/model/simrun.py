@@ -9,6 +9,7 @@ time without an answer counts as a hang.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any
 
@@ -19,6 +20,11 @@ from machine.ipc.inmemory import VirtualTimeLoop
 from machine.params import PAGE_SIZE
 from machine.proto import NO_HEADER, UvmAudit, UvmAuditReply
 from machine.testing import SimMachine
+
+#: A model test's whole budget: its examples, then Hypothesis's own bound on shrinking
+#: (MAX_SHRINKING_SECONDS, 300 s), so a failure always ends in a report with the shrunk
+#: example. pyproject's faulthandler_timeout stays above the longest of these.
+MODEL_TIMEOUT_S = 3600 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 900
 
 
 class SimStateMachine(RuleBasedStateMachine):

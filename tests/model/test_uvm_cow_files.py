@@ -41,7 +41,7 @@ from machine.pdaemon.service import PdaemonService, RemoteDaemonOps
 from machine.proto import NO_HEADER, Errno, NetLink, UvmPageout
 from machine.testing import poll_for
 from machine.wirecheck import WireCheck
-from tests.model.simrun import SimStateMachine
+from tests.model.simrun import MODEL_TIMEOUT_S, SimStateMachine
 
 NFRAMES = 96  # small: the page daemon has work to do
 FILES = {"a.bin": 6, "b.bin": 3}  # name -> pages
@@ -369,7 +369,7 @@ class CowFilesModel(SimStateMachine):
         """One pass of the page daemon, over the bus: snapshot, claim, revoke, finish."""
         svc = self.sim.service("pdaemon")
         assert isinstance(svc, PdaemonService)
-        self.run(run_pass(RemoteDaemonOps(svc), svc.policy, dict(svc.profile.knobs)))
+        self.run(run_pass(RemoteDaemonOps(svc), svc.policy, svc.profile.settings))
 
     @precondition(lambda self: len(self.procs) > 1)
     @rule(data=st.data())
@@ -454,5 +454,5 @@ class CowFilesModel(SimStateMachine):
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # A passing run takes seconds; a failing one shrinks for minutes. The default 120 s
 # would interrupt the shrink mid-example, and Hypothesis would report that as flaky.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(MODEL_TIMEOUT_S)
 TestCowFilesModel = CowFilesModel.TestCase

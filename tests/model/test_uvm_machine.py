@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 
 from machine.client import Process, Segv
 from machine.params import PAGE_SIZE
-from tests.model.simrun import SimStateMachine
+from tests.model.simrun import MODEL_TIMEOUT_S, SimStateMachine
 
 NFRAMES = 48
 
@@ -188,5 +188,5 @@ class MachineModel(SimStateMachine):
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # A passing run takes seconds; a failing one shrinks for minutes. The default 120 s
 # would interrupt the shrink mid-example, and Hypothesis would report that as flaky.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(MODEL_TIMEOUT_S)
 TestMachineModel = MachineModel.TestCase

@@ -15,10 +15,10 @@ from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_MIN, PAGE_SIZE
 from machine.proto import UserError
 from machine.proto.types import EnterFlags, Prot
-from machine.uvm import loan
+from machine.uvm import files, loan, mmap
 from machine.uvm.audit import audit
 from machine.uvm.page import NIL, PQ, PageFlag
-from machine.uvm.vm import Uvm
+from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
 from tests.unit.uvm.test_core import OWN, RW, cpu_load, cpu_store
 
@@ -33,8 +33,8 @@ def boot(tmp: Path, knobs: dict[str, Any], nframes: int = 128) -> tuple[Uvm, Mmu
 
 
 async def anon_page(uvm: Uvm, mmu: Mmu, data: bytes = b"lent") -> tuple[int, int, int]:
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, data)
     return p, va, mmu.extract(p, va).pfn  # type: ignore[union-attr]
 
@@ -84,9 +84,9 @@ async def test_loan_to_kernel_by_era_write_protects_and_counts(
 async def test_6_read_fault_on_a_loaned_page_maps_it_read_only(tmp_path: Path) -> None:
     uvm, mmu = boot(tmp_path, MODERN)
     (tmp_path / "disk" / "f.bin").write_bytes(b"file" * 1024)
-    h, _ = uvm.open(OWN, "f.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "f.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     [pfn] = await lend(uvm, mmu, p, va)  # O->K, the page read in by the loan itself
     assert await cpu_load(uvm, mmu, p, va, 4) == b"file"
     pte = mmu.extract(p, va)
@@ -101,7 +101,7 @@ async def test_7_anon_cow_with_a_shared_anon_leaves_the_loan_alone(tmp_path: Pat
     uvm, mmu = boot(tmp_path, MODERN)
     p, va, _pfn = await anon_page(uvm, mmu, b"both")
     [got] = await lend(uvm, mmu, p, va)
-    child = await uvm.fork(p, OWN)  # an_ref = 2
+    child = await mmap.fork(uvm, p, OWN)  # an_ref = 2
     await cpu_store(uvm, mmu, p, va, b"mine")  # ordinary COW: a new anon for the parent
     assert uvm.stats.flt_acow == 1
     assert uvm.stats.loanbreaks == 0
@@ -144,9 +144,9 @@ async def test_8_write_to_a_loaned_anon_page_breaks_the_loan(
 async def test_9_object_to_anon_loan_disown_and_adoption(tmp_path: Path) -> None:
     uvm, mmu = boot(tmp_path, ERA1999)
     (tmp_path / "disk" / "o.bin").write_bytes(b"objp" * 1024)
-    h, _ = uvm.open(OWN, "o.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "o.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     assert await cpu_load(uvm, mmu, p, va, 4) == b"objp"
     [a] = await loan.loan_to_anons(uvm, p, OWN, va, 1)
     obj = uvm.handles[(OWN, h)]
@@ -157,8 +157,8 @@ async def test_9_object_to_anon_loan_disown_and_adoption(tmp_path: Path) -> None
     assert a.page == pfn
     assert await audit(uvm) == []
     # The object lets the page go (last close, after unmap): disowned, not freed.
-    await uvm.munmap(p, OWN, va, PAGE_SIZE)
-    await uvm.close(OWN, h)
+    await mmap.munmap(uvm, p, OWN, va, PAGE_SIZE)
+    await files.close(uvm, OWN, h)
     assert pages.uobject[pfn] == NIL
     assert not pages.flags[pfn] & PageFlag.CLEAN  # a future anon owner needs swap
     assert pages.uanon[pfn] == a.id
@@ -176,9 +176,9 @@ async def test_9_object_to_anon_loan_disown_and_adoption(tmp_path: Path) -> None
 async def test_9b_modern_refuses_object_to_anon_loans(tmp_path: Path) -> None:
     uvm, _mmu = boot(tmp_path, MODERN)
     (tmp_path / "disk" / "o.bin").write_bytes(b"x" * PAGE_SIZE)
-    h, _ = uvm.open(OWN, "o.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "o.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     with pytest.raises(UserError) as ei:
         await loan.loan_to_anons(uvm, p, OWN, va, 1)
     assert ei.value.errno == "EINVAL"
@@ -210,7 +210,7 @@ async def test_11_unloan_of_an_ownerless_busy_page_panics(tmp_path: Path) -> Non
     uvm, mmu = boot(tmp_path, ERA1999)
     p, va, pfn = await anon_page(uvm, mmu)
     await lend(uvm, mmu, p, va)
-    await uvm.exit(p, OWN)  # the owner frees it: an orphan
+    await mmap.exit(uvm, p, OWN)  # the owner frees it: an orphan
     uvm.busy(pfn)
     with pytest.raises(KernelPanic, match="unowned but PG_BUSY"):
         loan.unloan_page(uvm, pfn)
@@ -219,8 +219,8 @@ async def test_11_unloan_of_an_ownerless_busy_page_panics(tmp_path: Path) -> Non
 @pytest.mark.parametrize("knobs", [MODERN, ERA1999], ids=["modern", "1999"])
 async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 16 * PAGE_SIZE, RW)  # never touched
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 16 * PAGE_SIZE, RW)  # never touched
     pfns = await lend(uvm, mmu, p, va, 16)
     pages = uvm.pages
     if knobs["ERA"] == "modern":  # one shared zero page, loan_count 16, never queued
@@ -240,7 +240,7 @@ async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None
 async def test_25_loaning_a_wired_page(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
     p, va, pfn = await anon_page(uvm, mmu)
-    await uvm.wire(p, OWN, va, PAGE_SIZE)
+    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
     prot = mmu.extract(p, va).prot  # type: ignore[union-attr]
     if knobs["ERA"] == "modern":
         with pytest.raises(UserError) as ei:
@@ -319,9 +319,9 @@ def test_ppp_wired_panic_on_a_wired_kernel_mapping() -> None:
 async def test_27_2002_requeues_a_page_an_anon_still_borrows(tmp_path: Path) -> None:
     uvm, mmu = boot(tmp_path, ERA2002)
     (tmp_path / "disk" / "o.bin").write_bytes(b"q" * PAGE_SIZE)
-    h, _ = uvm.open(OWN, "o.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "o.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     [a] = await loan.loan_to_anons(uvm, p, OWN, va, 1)  # O->A
     [pfn] = await lend(uvm, mmu, p, va)  # and O->K: 2002 dequeues
     pages = uvm.pages
@@ -344,9 +344,9 @@ async def test_modern_daemon_reclaims_a_loaned_page_and_the_loan_keeps_the_data(
 
     uvm, mmu = boot(tmp_path, MODERN)
     (tmp_path / "disk" / "v.bin").write_bytes(b"orig" * 1024)
-    h, _ = uvm.open(OWN, "v.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "v.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     [pfn] = await lend(uvm, mmu, p, va)
     await pageout_page(uvm, pfn)  # the daemon's free of a clean inactive page
     pages = uvm.pages
@@ -382,10 +382,10 @@ async def test_a_range_that_maps_one_page_twice_is_loaned_twice(tmp_path: Path) 
     wait for its own BUSY page (it hung the model test)."""
     uvm, mmu = boot(tmp_path, MODERN)
     (tmp_path / "disk" / "d.bin").write_bytes(b"twin" * 1024)
-    h, _ = uvm.open(OWN, "d.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=0x10000, fixed=True, handle=h, shared=True)
-    await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=0x11000, fixed=True, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "d.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, va=0x10000, fixed=True, handle=h, shared=True)
+    await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, va=0x11000, fixed=True, handle=h, shared=True)
     pfns = await lend(uvm, mmu, p, va, 2)
     assert pfns[0] == pfns[1]
     assert uvm.pages.loan_count[pfns[0]] == 2
@@ -394,3 +394,23 @@ async def test_a_range_that_maps_one_page_twice_is_loaned_twice(tmp_path: Path) 
     give_back(uvm, mmu, pfns)
     assert uvm.pages.loan_count[pfns[0]] == 0
     assert await audit(uvm) == []
+
+
+async def test_27_without_the_requeue_fix_the_page_is_never_paged_out_and_the_auditor_says_so(
+    tmp_path: Path,
+) -> None:
+    """REQUEUE_FIX=missing: 2002 before [cvs139]. The same steps as test_27 leave the page
+    off every queue once the kernel's loan ends: nothing can page it out (I8)."""
+    uvm, mmu = boot(tmp_path, {**ERA2002, "REQUEUE_FIX": "missing"})
+    (tmp_path / "disk" / "o.bin").write_bytes(b"q" * PAGE_SIZE)
+    h, _ = files.open(uvm, OWN, "o.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    [a] = await loan.loan_to_anons(uvm, p, OWN, va, 1)  # O->A
+    [pfn] = await lend(uvm, mmu, p, va)  # and O->K: 2002 dequeues
+    assert await audit(uvm) == []  # off the queues while the kernel holds it: fine
+    give_back(uvm, mmu, [pfn])
+    assert uvm.pages.loan_count[pfn] == 1
+    assert uvm.pages.pqflags[pfn] == 0  # stays off-queue: the leak [cvs139] fixed
+    assert await audit(uvm) == [f"I8: page {pfn} is held but off every paging queue (unpageable)"]
+    loan.unloan_anons(uvm, [a])

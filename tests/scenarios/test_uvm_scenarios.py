@@ -15,7 +15,7 @@ from machine.params import PAGE_SIZE
 from machine.testing import SimMachine
 from machine.uvm.page import KERNEL, NIL, PAGEDAEMON, RESERVE_KERNEL, PageFlag
 from machine.uvm.service import UvmService
-from machine.uvm.vm import Uvm
+from machine.uvm.state import Uvm
 
 
 def _uvm(sim: SimMachine) -> Uvm:

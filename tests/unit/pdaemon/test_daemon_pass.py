@@ -7,26 +7,26 @@ from typing import Any
 
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
-from machine.pdaemon.clock import Clock
+from machine.pdaemon.clock import ClockPolicy
 from machine.pdaemon.daemon import run_pass
 from machine.pdaemon.scan1999 import Scan1999
 from machine.proto.types import Prot
-from machine.uvm import pdops
+from machine.uvm import mmap, pdops
 from machine.uvm.audit import audit
-from machine.uvm.vm import Uvm
-from tests.unit.uvm.localpmap import make_uvm
+from machine.uvm.state import Uvm
+from tests.unit.uvm.localpmap import make_uvm, settings_of
 from tests.unit.uvm.test_core import OWN, RW, cpu_load, cpu_store
 
 
 class LocalOps:
-    def __init__(self, uvm: Uvm, mmu: Mmu, era: str) -> None:
-        self.uvm, self.mmu, self.era = uvm, mmu, era
+    def __init__(self, uvm: Uvm, mmu: Mmu) -> None:
+        self.uvm, self.mmu = uvm, mmu
 
     async def snapshot(self, limit: int) -> dict[str, Any]:
         return pdops.snapshot(self.uvm, limit)
 
     async def claim(self, items: list[tuple[str, int]]) -> list[int]:
-        return pdops.claim(self.uvm, items, self.era)
+        return pdops.claim(self.uvm, items)
 
     async def finish(self, items: list[tuple[str, int]]) -> dict[str, int]:
         return await pdops.finish(self.uvm, items)
@@ -39,8 +39,8 @@ class LocalOps:
 
 
 async def _fill(uvm: Uvm, mmu: Mmu, npages: int) -> tuple[int, int]:
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, npages * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, npages * PAGE_SIZE, RW)
     for i in range(npages):
         await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, bytes([i % 251]) * 64)
     return p, va
@@ -49,10 +49,10 @@ async def _fill(uvm: Uvm, mmu: Mmu, npages: int) -> tuple[int, int]:
 async def test_clock_passes_reclaim_memory_and_the_data_comes_back(tmp_path: Path) -> None:
     uvm, mmu = make_uvm(128, tmp_path, swap_pages=256)
     p, va = await _fill(uvm, mmu, 110)
-    ops, policy = LocalOps(uvm, mmu, "modern"), Clock()
+    ops, policy = LocalOps(uvm, mmu), ClockPolicy()
     total: dict[str, int] = {}
     for _ in range(20):
-        for k, v in (await run_pass(ops, policy, {})).items():
+        for k, v in (await run_pass(ops, policy, settings_of())).items():
             total[k] = total.get(k, 0) + v
         assert await audit(uvm) == []
     assert total.get("pddeact", 0) > 0
@@ -67,7 +67,7 @@ async def test_1999_scan_revokes_on_deactivation(tmp_path: Path) -> None:
     uvm, mmu = make_uvm(128, tmp_path, swap_pages=256)
     p, _ = await _fill(uvm, mmu, 110)
     before = len(mmu.pmaps[p].ptes)
-    out = await run_pass(LocalOps(uvm, mmu, "1999"), Scan1999(), {"DIAGNOSTIC": True})
+    out = await run_pass(LocalOps(uvm, mmu), Scan1999(), settings_of({"DIAGNOSTIC": True}))
     assert out["pddeact"] > 0
     assert len(mmu.pmaps[p].ptes) < before  # deactivation removed mappings (1999)
     assert await audit(uvm) == []
@@ -76,14 +76,13 @@ async def test_1999_scan_revokes_on_deactivation(tmp_path: Path) -> None:
 async def test_wired_pages_are_never_claimed_for_eviction(tmp_path: Path) -> None:
     uvm, mmu = make_uvm(64, tmp_path, swap_pages=128)
     p, va = await _fill(uvm, mmu, 40)
-    await uvm.wire(p, OWN, va, 40 * PAGE_SIZE)
-    ops = LocalOps(uvm, mmu, "modern")
+    await mmap.mlock(uvm, p, OWN, va, 40 * PAGE_SIZE)
+    ops = LocalOps(uvm, mmu)
     for pfn in range(64):
         assert (
-            not pdops.claim(uvm, [("pageout", pfn), ("free", pfn)], "modern")
-            or not uvm.pages.wire_count[pfn]
+            not pdops.claim(uvm, [("pageout", pfn), ("free", pfn)]) or not uvm.pages.wire_count[pfn]
         )
     for _ in range(5):
-        await run_pass(ops, Clock(), {})
+        await run_pass(ops, ClockPolicy(), settings_of())
     assert uvm.pages.wired == 40
     assert await audit(uvm) == []

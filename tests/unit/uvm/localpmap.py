@@ -7,10 +7,12 @@ from typing import Any
 
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
+from machine.profile import Settings, load_profile
 from machine.proto.types import EnterFlags, Prot
 from machine.ram import Ram
+from machine.tuning import targets
+from machine.uvm.state import Uvm
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vm import Uvm
 
 
 class LocalPmap:
@@ -56,6 +58,11 @@ class LocalPmap:
         ]
 
 
+def settings_of(knobs: dict[str, Any] | None = None) -> Settings:
+    """Typed settings: some of a profile's knobs over the modern profile's."""
+    return Settings.of({**load_profile("modern").knobs, **(knobs or {})})
+
+
 def make_uvm(
     nframes: int = 64,
     tmp: Path | None = None,
@@ -63,10 +70,11 @@ def make_uvm(
     events: list[int] | None = None,
     knobs: dict[str, Any] | None = None,
 ) -> tuple[Uvm, Mmu]:
-    """An in-process uvm + pmap. knobs: a profile's knobs (ERA, KENTER_MODE, ...)."""
-    k = knobs or {}
+    """An in-process uvm + pmap. knobs: some of a profile's knobs (ERA, KENTER_MODE, ...),
+    over the modern profile's."""
+    settings = settings_of(knobs)
     ram = Ram.anonymous(nframes * PAGE_SIZE)
-    mmu = Mmu(ram, str(k.get("KENTER_MODE", "unmanaged")), str(k.get("PPP_WIRED", "remove")))
+    mmu = Mmu(ram, settings.kenter_mode, settings.ppp_wired)
     disk = swap = None
     if tmp is not None:
         disk = tmp / "disk"
@@ -77,9 +85,10 @@ def make_uvm(
         LocalPmap(mmu),
         disk=disk,
         swap=swap,
+        rules=settings.rules,
+        targets=targets(settings.pd_policy, ram.nframes),
         on_pressure=events.append if events is not None else None,
-        diagnostic=bool(k.get("DIAGNOSTIC", True)),
-        knobs=k,
+        diagnostic=settings.diagnostic,
     )
     uvm.alloc_wait_s = 0.01  # no page daemon here: give up quickly
     return uvm, mmu

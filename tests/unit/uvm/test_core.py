@@ -15,12 +15,13 @@ from machine.mmu.pmap import Fault, Mmu
 from machine.params import PAGE_SIZE
 from machine.proto import BadAddress, UserError
 from machine.proto.types import Prot
+from machine.uvm import files, mmap
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import flush_object, pageout
+from machine.uvm.state import Uvm
 from machine.uvm.swap import SwapDevice
-from machine.uvm.vm import Uvm
 from machine.uvm.vnode import VnodeError, VnodeFile, check_name
 from tests.unit.uvm.localpmap import LocalPmap, make_uvm
 
@@ -58,12 +59,12 @@ def vm(tmp_path: Path) -> tuple[Uvm, Mmu]:
 
 async def test_fork_is_copy_on_write_both_ways(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW)
     for i in range(4):
         await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, b"parent%d" % i)
     used = uvm.pages.npages - uvm.pages.free.count
-    c = await uvm.fork(p, OWN)
+    c = await mmap.fork(uvm, p, OWN)
     await clean(uvm)
     assert uvm.pages.npages - uvm.pages.free.count == used  # nothing copied at fork
     pte = mmu.extract(p, va)
@@ -77,37 +78,37 @@ async def test_fork_is_copy_on_write_both_ways(vm: tuple[Uvm, Mmu]) -> None:
     assert await cpu_load(uvm, mmu, c, va + PAGE_SIZE, 7) == b"parent1"
     assert await cpu_load(uvm, mmu, c, va, 7) == b"child!!"
     await clean(uvm)
-    await uvm.exit(c, OWN)
+    await mmap.exit(uvm, c, OWN)
     await clean(uvm)
     assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE, 7) == b"PARENT1"
-    await uvm.exit(p, OWN)
+    await mmap.exit(uvm, p, OWN)
     assert uvm.pages.free.count == uvm.pages.npages
     assert uvm.anons == {}
 
 
 async def test_fork_twice_and_exit_in_any_order_conserves_frames(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 3 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 3 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"x" * 3 * PAGE_SIZE)
-    c1 = await uvm.fork(p, OWN)
-    c2 = await uvm.fork(c1, OWN)
+    c1 = await mmap.fork(uvm, p, OWN)
+    c2 = await mmap.fork(uvm, c1, OWN)
     await cpu_store(uvm, mmu, c2, va + 5, b"c2")
     await cpu_store(uvm, mmu, p, va + 5, b"pp")
     assert await cpu_load(uvm, mmu, c1, va + 5, 2) == b"xx"
     await clean(uvm)
     for a in (c1, p, c2):
-        await uvm.exit(a, OWN)
+        await mmap.exit(uvm, a, OWN)
         await clean(uvm)
     assert uvm.pages.free.count == uvm.pages.npages
 
 
 async def test_shared_anonymous_memory_stays_shared_across_fork(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW, shared=True)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW, shared=True)
     await cpu_store(uvm, mmu, p, va, b"before")
-    c = await uvm.fork(p, OWN)
+    c = await mmap.fork(uvm, p, OWN)
     await cpu_store(uvm, mmu, c, va + 100, b"from child")
     assert await cpu_load(uvm, mmu, p, va + 100, 10) == b"from child"
     await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"from parent")
@@ -118,18 +119,18 @@ async def test_shared_anonymous_memory_stays_shared_across_fork(vm: tuple[Uvm, M
 async def test_shared_file_mapping_reaches_the_file(vm: tuple[Uvm, Mmu], tmp_path: Path) -> None:
     uvm, mmu = vm
     (tmp_path / "disk" / "f.bin").write_bytes(b"A" * PAGE_SIZE + b"B" * 100)
-    h, size = uvm.open(OWN, "f.bin", False, None)
+    h, size = files.open(uvm, OWN, "f.bin", False, None)
     assert size == PAGE_SIZE + 100
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW, handle=h, shared=True)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW, handle=h, shared=True)
     assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE - 2, 4) == b"AABB"
     await cpu_store(uvm, mmu, p, va + 10, b"hello")
-    assert await uvm.msync(p, OWN, va, 2 * PAGE_SIZE) == 1
+    assert await files.msync(uvm, p, OWN, va, 2 * PAGE_SIZE) == 1
     data = (tmp_path / "disk" / "f.bin").read_bytes()
     assert data[10:15] == b"hello"
     assert len(data) == PAGE_SIZE + 100  # the tail of the last page stays out of the file
     await cpu_store(uvm, mmu, p, va + PAGE_SIZE + 50, b"tail")
-    await uvm.munmap(p, OWN, va, 2 * PAGE_SIZE)  # munmap writes back too
+    await mmap.munmap(uvm, p, OWN, va, 2 * PAGE_SIZE)  # munmap writes back too
     assert (tmp_path / "disk" / "f.bin").read_bytes()[PAGE_SIZE + 50 : PAGE_SIZE + 54] == b"tail"
     with pytest.raises(BadAddress):
         await fault(uvm, p, OWN, va, Prot.READ)
@@ -141,18 +142,18 @@ async def test_private_file_mapping_never_changes_the_file(
 ) -> None:
     uvm, mmu = vm
     (tmp_path / "disk" / "g.bin").write_bytes(b"orig" * 1024)
-    h, _ = uvm.open(OWN, "g.bin", False, None)
-    p = await uvm.spawn(OWN)
-    priv = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=False)
-    shared = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "g.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    priv = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=False)
+    shared = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     assert await cpu_load(uvm, mmu, p, priv, 4) == b"orig"
     assert uvm.stats.flt_obj == 1  # mapped the object page, read-only
     await cpu_store(uvm, mmu, p, priv, b"mine")
     assert uvm.stats.flt_prcopy == 1  # promoted into an anon
     assert await cpu_load(uvm, mmu, p, priv, 4) == b"mine"
     assert await cpu_load(uvm, mmu, p, shared, 4) == b"orig"
-    await uvm.exit(p, OWN)
-    await uvm.close(OWN, h)
+    await mmap.exit(uvm, p, OWN)
+    await files.close(uvm, OWN, h)
     assert (tmp_path / "disk" / "g.bin").read_bytes() == b"orig" * 1024
     assert uvm.objects == {}
     assert uvm.pages.free.count == uvm.pages.npages
@@ -160,11 +161,11 @@ async def test_private_file_mapping_never_changes_the_file(
 
 async def test_exit_writes_shared_file_pages_back(vm: tuple[Uvm, Mmu], tmp_path: Path) -> None:
     uvm, mmu = vm
-    h, _ = uvm.open(OWN, "new.bin", True, 3 * PAGE_SIZE)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 3 * PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "new.bin", True, 3 * PAGE_SIZE)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 3 * PAGE_SIZE, RW, handle=h, shared=True)
     await cpu_store(uvm, mmu, p, va + 2 * PAGE_SIZE + 1, b"last page")
-    await uvm.exit(p, OWN)
+    await mmap.exit(uvm, p, OWN)
     assert (tmp_path / "disk" / "new.bin").read_bytes()[2 * PAGE_SIZE + 1 :][:9] == b"last page"
 
 
@@ -174,10 +175,10 @@ async def test_wiring_a_private_file_mapping_copies_every_page_now(
     """Scenario 13: wire forces COW now."""
     uvm, mmu = vm
     (tmp_path / "disk" / "w.bin").write_bytes(bytes(range(256)) * 64)
-    h, _ = uvm.open(OWN, "w.bin", False, None)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW, handle=h)  # private, never written
-    await uvm.wire(p, OWN, va, 4 * PAGE_SIZE)
+    h, _ = files.open(uvm, OWN, "w.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW, handle=h)  # private, never written
+    await mmap.mlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
     e = uvm.spaces[p].map.lookup(va)
     assert e is not None
     assert e.amap is not None
@@ -191,7 +192,7 @@ async def test_wiring_a_private_file_mapping_copies_every_page_now(
         assert anon.swslot == 0
     assert await cpu_store(uvm, mmu, p, va + 3 * PAGE_SIZE, b"no fault") == 0
     await clean(uvm)
-    await uvm.unwire(p, OWN, va, 4 * PAGE_SIZE)
+    await mmap.munlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
     assert uvm.pages.wired == 0
     await clean(uvm)
 
@@ -199,12 +200,12 @@ async def test_wiring_a_private_file_mapping_copies_every_page_now(
 async def test_fork_of_a_wired_entry_copies_at_once(vm: tuple[Uvm, Mmu]) -> None:
     """Scenario 14: the child gets copies now; the parent is never write-protected."""
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 3 * PAGE_SIZE, RW)
-    await uvm.wire(p, OWN, va, 3 * PAGE_SIZE)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 3 * PAGE_SIZE, RW)
+    await mmap.mlock(uvm, p, OWN, va, 3 * PAGE_SIZE)
     await cpu_store(uvm, mmu, p, va, b"wired data")
     used = uvm.pages.npages - uvm.pages.free.count
-    c = await uvm.fork(p, OWN)
+    c = await mmap.fork(uvm, p, OWN)
     assert uvm.pages.npages - uvm.pages.free.count == used + 3
     assert await cpu_store(uvm, mmu, p, va, b"WIRED DATA") == 0  # no fault in the parent
     assert await cpu_load(uvm, mmu, c, va, 10) == b"wired data"
@@ -214,8 +215,8 @@ async def test_fork_of_a_wired_entry_copies_at_once(vm: tuple[Uvm, Mmu]) -> None
 async def test_anon_pages_go_to_swap_and_come_back(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
     assert uvm.swap is not None
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"swap me" * 100)
     free = uvm.pages.free.count
     await pageout(uvm, p, va)
@@ -234,17 +235,17 @@ async def test_anon_pages_go_to_swap_and_come_back(vm: tuple[Uvm, Mmu]) -> None:
     await pageout(uvm, p, va)
     assert uvm.swap.pgswapout == 2
     assert await cpu_load(uvm, mmu, p, va, 5) == b"dirty"
-    await uvm.exit(p, OWN)
+    await mmap.exit(uvm, p, OWN)
     assert uvm.swap.swpginuse == 0
     await clean(uvm)
 
 
 async def test_swapped_out_cow_page_survives_fork(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"old")
-    c = await uvm.fork(p, OWN)
+    c = await mmap.fork(uvm, p, OWN)
     await pageout(uvm, p, va)
     await cpu_store(uvm, mmu, c, va, b"new")  # swap-in, then COW
     assert await cpu_load(uvm, mmu, p, va, 3) == b"old"
@@ -253,13 +254,13 @@ async def test_swapped_out_cow_page_survives_fork(vm: tuple[Uvm, Mmu]) -> None:
 
 async def test_shared_anon_and_file_pages_page_out(vm: tuple[Uvm, Mmu], tmp_path: Path) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    sh = await uvm.mmap(p, OWN, PAGE_SIZE, RW, shared=True)
+    p = await mmap.spawn(uvm, OWN)
+    sh = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, shared=True)
     await cpu_store(uvm, mmu, p, sh, b"aobj")
     await pageout(uvm, p, sh)
     assert await cpu_load(uvm, mmu, p, sh, 4) == b"aobj"
-    h, _ = uvm.open(OWN, "p.bin", True, PAGE_SIZE)
-    fv = await uvm.mmap(p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "p.bin", True, PAGE_SIZE)
+    fv = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     await cpu_store(uvm, mmu, p, fv, b"file")
     await pageout(uvm, p, fv)
     assert (tmp_path / "disk" / "p.bin").read_bytes()[:4] == b"file"
@@ -270,9 +271,9 @@ async def test_shared_anon_and_file_pages_page_out(vm: tuple[Uvm, Mmu], tmp_path
 
 async def test_wired_pages_never_leave_ram(vm: tuple[Uvm, Mmu]) -> None:
     uvm, _ = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
-    await uvm.wire(p, OWN, va, PAGE_SIZE)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
+    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
     with pytest.raises(UserError) as ei:
         await pageout(uvm, p, va)
     assert ei.value.errno == "EBUSY"
@@ -280,8 +281,8 @@ async def test_wired_pages_never_leave_ram(vm: tuple[Uvm, Mmu]) -> None:
 
 async def test_swap_full_is_enomem_and_changes_nothing(tmp_path: Path) -> None:
     uvm, mmu = make_uvm(64, tmp_path, swap_pages=1)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"a" * (PAGE_SIZE + 1))
     await pageout(uvm, p, va)
     with pytest.raises(UserError) as ei:
@@ -293,19 +294,19 @@ async def test_swap_full_is_enomem_and_changes_nothing(tmp_path: Path) -> None:
 
 async def test_mprotect_lowers_at_once_and_raises_lazily(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 3 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 3 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"x" * 3 * PAGE_SIZE)
-    await uvm.mprotect(p, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
+    await mmap.mprotect(uvm, p, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
     assert len(uvm.spaces[p].map.entries) == 3
     with pytest.raises(BadAddress):
         await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"y")
     assert await cpu_load(uvm, mmu, p, va + PAGE_SIZE, 1) == b"x"
-    await uvm.mprotect(p, OWN, va + PAGE_SIZE, PAGE_SIZE, RW)
+    await mmap.mprotect(uvm, p, OWN, va + PAGE_SIZE, PAGE_SIZE, RW)
     assert await cpu_store(uvm, mmu, p, va + PAGE_SIZE, b"y") == 1
     await clean(uvm)
     with pytest.raises(UserError) as ei:
-        await uvm.mprotect(p, OWN, va, 8 * PAGE_SIZE, Prot.READ)
+        await mmap.mprotect(uvm, p, OWN, va, 8 * PAGE_SIZE, Prot.READ)
     assert ei.value.errno == "ENOMEM"
 
 
@@ -321,10 +322,10 @@ async def test_a_fault_on_a_busy_page_waits_and_starts_over(
         await gate.wait()
         await real_enter(asid, va, pfn, prot, flags)
 
-    h, _ = uvm.open(OWN, "b.bin", True, PAGE_SIZE)
-    a, b = await uvm.spawn(OWN), await uvm.spawn(OWN)
-    va = await uvm.mmap(a, OWN, PAGE_SIZE, RW, handle=h, shared=True)
-    vb = await uvm.mmap(b, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "b.bin", True, PAGE_SIZE)
+    a, b = await mmap.spawn(uvm, OWN), await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, a, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    vb = await mmap.mmap(uvm, b, OWN, PAGE_SIZE, RW, handle=h, shared=True)
     uvm.pmap.enter = slow_enter  # type: ignore[method-assign]
     fa = asyncio.ensure_future(fault(uvm, a, OWN, va, Prot.READ))
     await asyncio.sleep(0)
@@ -375,9 +376,9 @@ def test_vnode_files_are_confined_and_read_zeros_past_eof(tmp_path: Path) -> Non
 
 async def test_flush_writes_only_dirty_pages(vm: tuple[Uvm, Mmu], tmp_path: Path) -> None:
     uvm, mmu = vm
-    h, _ = uvm.open(OWN, "d.bin", True, 4 * PAGE_SIZE)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW, handle=h, shared=True)
+    h, _ = files.open(uvm, OWN, "d.bin", True, 4 * PAGE_SIZE)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW, handle=h, shared=True)
     for i in range(4):
         await cpu_load(uvm, mmu, p, va + i * PAGE_SIZE, 1)
     await cpu_store(uvm, mmu, p, va + 2 * PAGE_SIZE, b"d")
@@ -391,8 +392,8 @@ async def test_flush_writes_only_dirty_pages(vm: tuple[Uvm, Mmu], tmp_path: Path
 async def test_aobj_swap_accounting_survives_pagein_and_exit(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
     assert uvm.swap is not None
-    p = await uvm.spawn(OWN)
-    sh = await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW, shared=True)
+    p = await mmap.spawn(uvm, OWN)
+    sh = await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW, shared=True)
     await cpu_store(uvm, mmu, p, sh, b"a" * (2 * PAGE_SIZE))
     await pageout(uvm, p, sh)
     await pageout(uvm, p, sh + PAGE_SIZE)
@@ -400,7 +401,7 @@ async def test_aobj_swap_accounting_survives_pagein_and_exit(vm: tuple[Uvm, Mmu]
     assert await cpu_load(uvm, mmu, p, sh, 1) == b"a"  # one page back in, its slot kept
     assert uvm.swap.swpgonly == 1
     await clean(uvm)
-    await uvm.exit(p, OWN)
+    await mmap.exit(uvm, p, OWN)
     assert uvm.swap.swpgonly == 0
     assert uvm.swap.swpginuse == 0
     await clean(uvm)

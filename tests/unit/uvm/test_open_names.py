@@ -24,7 +24,8 @@ from machine.proto import UserError
 from machine.proto.base import Errno
 from machine.proto.types import Prot
 from machine.testing import SimMachine
-from machine.uvm.vm import Uvm
+from machine.uvm import files, mmap
+from machine.uvm.state import Uvm
 from machine.uvm.vnode import MAX_DEPTH, NAME_MAX, PATH_MAX, VnodeFile, host_error
 from tests.unit.uvm.localpmap import make_uvm
 
@@ -118,21 +119,21 @@ def test_a_bad_name_gets_its_errno_and_changes_nothing(
 ) -> None:
     before = _outside(tmp_path)
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, name, create, PAGE_SIZE if create else None)
+        files.open(uvm, OWN, name, create, PAGE_SIZE if create else None)
     assert ei.value.errno == err, ei.value.detail
     assert _outside(tmp_path) == before  # disk/ and outside/ alike: nothing made or written
     assert (tmp_path / "outside" / "secret.txt").read_bytes() == SECRET
     assert not (tmp_path / "outside" / "new.txt").exists()
     assert uvm.vnodes == {}
     assert uvm.handles == {}
-    _, size = uvm.open(OWN, "good.bin", True, PAGE_SIZE)  # a valid open still works
+    _, size = files.open(uvm, OWN, "good.bin", True, PAGE_SIZE)  # a valid open still works
     assert size == PAGE_SIZE
     assert (tmp_path / "disk" / "good.bin").stat().st_size == PAGE_SIZE
 
 
 def test_a_name_that_cannot_be_encoded_is_einval(uvm: Uvm) -> None:
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "bad\ud800", True, None)
+        files.open(uvm, OWN, "bad\ud800", True, None)
     assert ei.value.errno == "EINVAL"
 
 
@@ -143,21 +144,24 @@ def test_a_unix_socket_is_not_a_regular_file(uvm: Uvm, tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
         with pytest.raises(UserError) as ei:
-            uvm.open(OWN, "sock", False, None)
+            files.open(uvm, OWN, "sock", False, None)
     assert ei.value.errno == "EACCES"
 
 
 def test_every_spelling_of_one_file_is_one_vnode(uvm: Uvm, tmp_path: Path) -> None:
-    h1, _ = uvm.open(OWN, "a/b", True, 2 * PAGE_SIZE)  # makes a/ on the way, as before
+    h1, _ = files.open(uvm, OWN, "a/b", True, 2 * PAGE_SIZE)  # makes a/ on the way, as before
     assert (tmp_path / "disk" / "a" / "b").is_file()
-    hs = [uvm.open(OWN, n, False, None)[0] for n in ("a//b", "./a/b", "a/./b", "a/b", "a///./b")]
+    hs = [
+        files.open(uvm, OWN, n, False, None)[0]
+        for n in ("a//b", "./a/b", "a/./b", "a/b", "a///./b")
+    ]
     os.link(tmp_path / "disk" / "a" / "b", tmp_path / "disk" / "hard")
-    hs.append(uvm.open(OWN, "hard", True, None)[0])
+    hs.append(files.open(uvm, OWN, "hard", True, None)[0])
     assert len(uvm.vnodes) == 1
     assert all(uvm.handles[(OWN, h)] is uvm.handles[(OWN, h1)] for h in hs)
     assert uvm.handles[(OWN, h1)].refs == 1 + len(hs)
     with pytest.raises(UserError) as ei:  # a second spelling cannot resize the open vnode
-        uvm.open(OWN, "a//b", True, 8 * PAGE_SIZE)
+        files.open(uvm, OWN, "a//b", True, 8 * PAGE_SIZE)
     assert ei.value.errno == "EINVAL"
     assert (tmp_path / "disk" / "a" / "b").stat().st_size == 2 * PAGE_SIZE
 
@@ -166,14 +170,14 @@ async def test_a_file_page_reaches_the_file_not_a_link_target(uvm: Uvm, tmp_path
     """The valid open after the bad ones maps and writes back into disk/ only."""
     for name, create, _ in BAD:
         with pytest.raises(UserError):
-            uvm.open(OWN, name, create, None)
-    h, _ = uvm.open(OWN, "dir/data.bin", True, PAGE_SIZE)
-    asid = await uvm.spawn(OWN)
-    va = await uvm.mmap(asid, OWN, PAGE_SIZE, Prot.READ | Prot.WRITE, handle=h, shared=True)
+            files.open(uvm, OWN, name, create, None)
+    h, _ = files.open(uvm, OWN, "dir/data.bin", True, PAGE_SIZE)
+    asid = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, asid, OWN, PAGE_SIZE, Prot.READ | Prot.WRITE, handle=h, shared=True)
     assert va
-    await uvm.close(OWN, h)
+    await files.close(uvm, OWN, h)
     assert len(uvm.vnodes) == 1  # the mapping holds it
-    await uvm.exit(asid, OWN)
+    await mmap.exit(uvm, asid, OWN)
     assert uvm.vnodes == {}
     assert (tmp_path / "outside" / "secret.txt").read_bytes() == SECRET
 
@@ -211,7 +215,7 @@ def test_a_file_the_host_refuses_is_eacces(
 
     monkeypatch.setattr(os, "open", refusing_open)
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "locked", False, None)
+        files.open(uvm, OWN, "locked", False, None)
     assert ei.value.errno == "EACCES"
 
 
@@ -222,14 +226,14 @@ def test_an_open_makes_at_most_max_depth_components_private_to_the_machine(
     MAX_DEPTH components (so MAX_DEPTH - 1 directories and a file); files 0600,
     directories 0700 (the machine's own, whatever the umask allows beyond)."""
     name = "/".join(f"d{i}" for i in range(MAX_DEPTH - 1)) + "/deep.bin"
-    h, _ = uvm.open(OWN, name, True, PAGE_SIZE)
+    h, _ = files.open(uvm, OWN, name, True, PAGE_SIZE)
     assert h
     top = tmp_path / "disk" / "d0"
     made = [top, *top.rglob("*")]
     assert len([p for p in made if p.is_dir()]) == MAX_DEPTH - 1
     for p in made:
         assert stat.S_IMODE(p.stat().st_mode) == (0o700 if p.is_dir() else 0o600), p
-    uvm.open(OWN, "top.bin", True, None)
+    files.open(uvm, OWN, "top.bin", True, None)
     assert stat.S_IMODE((tmp_path / "disk" / "top.bin").stat().st_mode) == 0o600
 
 
@@ -238,21 +242,21 @@ def test_a_size_beyond_filesize_is_efbig_and_makes_nothing(uvm: Uvm, tmp_path: P
     before = _outside(tmp_path)
     for size in (1 << 40, (64 << 30) + 1):
         with pytest.raises(UserError) as ei:
-            uvm.open(OWN, "huge/big.bin", True, size)
+            files.open(uvm, OWN, "huge/big.bin", True, size)
         assert ei.value.errno == "EFBIG"
     assert _outside(tmp_path) == before  # no file, no directory
     uvm.limits = Limits(filesize=4 * PAGE_SIZE)
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "five.bin", True, 5 * PAGE_SIZE)
+        files.open(uvm, OWN, "five.bin", True, 5 * PAGE_SIZE)
     assert ei.value.errno == "EFBIG"
     assert "filesize" in ei.value.detail
     assert not (tmp_path / "disk" / "five.bin").exists()
-    _, size = uvm.open(OWN, "four.bin", True, 4 * PAGE_SIZE)
+    _, size = files.open(uvm, OWN, "four.bin", True, 4 * PAGE_SIZE)
     assert size == 4 * PAGE_SIZE
     (tmp_path / "disk" / "host.bin").write_bytes(b"h" * 5 * PAGE_SIZE)  # the host's own
-    assert uvm.open(OWN, "host.bin", False, None)[1] == 5 * PAGE_SIZE  # opens at its size
+    assert files.open(uvm, OWN, "host.bin", False, None)[1] == 5 * PAGE_SIZE  # opens at its size
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "neg.bin", True, -1)
+        files.open(uvm, OWN, "neg.bin", True, -1)
     assert ei.value.errno == "EINVAL"
 
 
@@ -267,7 +271,7 @@ def test_a_missing_disk_directory_is_an_errno(tmp_path: Path) -> None:
     u, _ = make_uvm(16, tmp_path, swap_pages=4)
     (tmp_path / "disk").rmdir()
     with pytest.raises(UserError) as ei:
-        u.open(OWN, "x", True, None)
+        files.open(u, OWN, "x", True, None)
     assert ei.value.errno == "ENOENT"
 
 

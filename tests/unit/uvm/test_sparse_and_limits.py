@@ -26,8 +26,9 @@ from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.testing import SimMachine
+from machine.uvm import files, mmap
 from machine.uvm.audit import audit
-from machine.uvm.vm import Uvm
+from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
 from tests.unit.uvm.test_core import OWN, cpu_load, cpu_store
 
@@ -88,13 +89,13 @@ async def test_one_store_at_the_end_of_a_huge_mapping_costs_what_it_touches(
     bounded memory and time (before: 512 MiB / 3.7 s for 2^36, 8 GiB / 35 s for 2^40)."""
     uvm, mmu = vm
     size = 1 << shift
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
 
     async def work() -> None:
-        va = await uvm.mmap(p, OWN, size, RW)
+        va = await mmap.mmap(uvm, p, OWN, size, RW)
         last = va + size - PAGE_SIZE
         await cpu_store(uvm, mmu, p, last + PAGE_SIZE - 1, b"P")
-        c = await uvm.fork(p, OWN)
+        c = await mmap.fork(uvm, p, OWN)
         await cpu_store(uvm, mmu, c, last + PAGE_SIZE - 1, b"C")
         assert await cpu_load(uvm, mmu, p, last + PAGE_SIZE - 1, 1) == b"P"
         assert await cpu_load(uvm, mmu, c, last + PAGE_SIZE - 1, 1) == b"C"
@@ -104,12 +105,12 @@ async def test_one_store_at_the_end_of_a_huge_mapping_costs_what_it_touches(
         assert e.amap is not None
         assert e.amap.nslot == size // PAGE_SIZE
         assert e.amap.nused == 2
-        await uvm.munmap(c, OWN, va, size)
+        await mmap.munmap(uvm, c, OWN, va, size)
         assert uvm.spaces[c].map.entries == []
         assert uvm.spaces[c].map.size == 0
-        await uvm.exit(c, OWN)
-        await uvm.munmap(p, OWN, va, size)
-        await uvm.exit(p, OWN)
+        await mmap.exit(uvm, c, OWN)
+        await mmap.munmap(uvm, p, OWN, va, size)
+        await mmap.exit(uvm, p, OWN)
 
     _, peak, seconds = await measured(work)
     assert peak < MEM_BOUND, f"uvm allocated {peak} bytes for 3 touched pages"
@@ -124,14 +125,14 @@ async def test_one_store_at_the_end_of_a_huge_mapping_costs_what_it_touches(
 async def test_fork_of_a_huge_sparse_mapping_stays_copy_on_write(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
     size = 1 << 40
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
 
     async def work() -> None:
-        va = await uvm.mmap(p, OWN, size, RW)
+        va = await mmap.mmap(uvm, p, OWN, size, RW)
         spots = [va, va + size // 2 + 5 * PAGE_SIZE, va + size - PAGE_SIZE]
         for i, a in enumerate(spots):
             await cpu_store(uvm, mmu, p, a + 7, b"parent%d" % i)
-        c = await uvm.fork(p, OWN)
+        c = await mmap.fork(uvm, p, OWN)
         await clean(uvm)
         assert await cpu_store(uvm, mmu, c, spots[1] + 7, b"child!!") == 1  # one COW fault
         await cpu_store(uvm, mmu, p, spots[2] + 7, b"PARENT2")
@@ -147,10 +148,10 @@ async def test_fork_of_a_huge_sparse_mapping_stays_copy_on_write(vm: tuple[Uvm, 
         assert pe.amap.nused == ce.amap.nused == 3
         shared = {a.id for _, a in pe.amap.used()} & {a.id for _, a in ce.amap.used()}
         assert len(shared) == 1  # spots[0]: still shared, read-only in both
-        await uvm.exit(p, OWN)
+        await mmap.exit(uvm, p, OWN)
         await clean(uvm)
         assert await cpu_load(uvm, mmu, c, spots[0] + 7, 7) == b"parent0"
-        await uvm.exit(c, OWN)
+        await mmap.exit(uvm, c, OWN)
 
     _, peak, seconds = await measured(work)
     assert peak < MEM_BOUND
@@ -164,15 +165,15 @@ async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
 ) -> None:
     uvm, mmu = vm
     size = 1 << 40
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
 
     async def work() -> None:
-        va = await uvm.mmap(p, OWN, size, RW)
+        va = await mmap.mmap(uvm, p, OWN, size, RW)
         lo, hi = va + PAGE_SIZE, va + size - 2 * PAGE_SIZE
         await cpu_store(uvm, mmu, p, va, b"first")
         await cpu_store(uvm, mmu, p, hi, b"last")
         # mprotect the huge middle: three entries, the amap split by its used slots
-        await uvm.mprotect(p, OWN, lo, hi - lo, Prot.READ)
+        await mmap.mprotect(uvm, p, OWN, lo, hi - lo, Prot.READ)
         entries = uvm.spaces[p].map.entries
         assert [(e.start, e.end) for e in entries] == [(va, lo), (lo, hi), (hi, va + size)]
         assert [e.amap.nused if e.amap else 0 for e in entries] == [1, 0, 1]
@@ -183,29 +184,29 @@ async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
         # mlock of the huge middle: refused up front (it could never be wired)
         before = state(uvm, mmu)
         with pytest.raises(UserError) as ei:
-            await uvm.wire(p, OWN, lo, hi - lo)
+            await mmap.mlock(uvm, p, OWN, lo, hi - lo)
         assert ei.value.errno == "EAGAIN"
         assert state(uvm, mmu) == before
         # mlock + munlock of the whole mapping's small touched ends
-        await uvm.wire(p, OWN, va, PAGE_SIZE)
-        await uvm.wire(p, OWN, hi, PAGE_SIZE)
+        await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
+        await mmap.mlock(uvm, p, OWN, hi, PAGE_SIZE)
         assert uvm.pages.wired == 2
         pte = mmu.extract(p, va)
         assert pte is not None
         assert uvm.resident_pages(uvm.spaces[p].map.entries[0]) == [pte.pfn]
         assert uvm.resident_pages(uvm.spaces[p].map.entries[1]) == []  # 2^40 - 3 pages, none
-        await uvm.unwire(p, OWN, hi, PAGE_SIZE)
-        await uvm.unwire(p, OWN, va, PAGE_SIZE)
+        await mmap.munlock(uvm, p, OWN, hi, PAGE_SIZE)
+        await mmap.munlock(uvm, p, OWN, va, PAGE_SIZE)
         assert uvm.pages.wired == 0
         # munmap of almost all of it, across the clipped entries
-        await uvm.munmap(p, OWN, lo, hi + PAGE_SIZE - lo)
+        await mmap.munmap(uvm, p, OWN, lo, hi + PAGE_SIZE - lo)
         assert [(e.start, e.end) for e in uvm.spaces[p].map.entries] == [
             (va, lo),
             (hi + PAGE_SIZE, va + size),
         ]
         assert await cpu_load(uvm, mmu, p, va, 5) == b"first"
         await clean(uvm)
-        await uvm.exit(p, OWN)
+        await mmap.exit(uvm, p, OWN)
 
     _, peak, seconds = await measured(work)
     assert peak < MEM_BOUND
@@ -217,7 +218,7 @@ async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
 async def test_mmap_length_and_address_are_capped_without_a_panic(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(vsize=1 << 47)
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
     before = state(uvm, mmu)
     for kw, errno in [
         ({"length": 0}, "EINVAL"),
@@ -231,34 +232,38 @@ async def test_mmap_length_and_address_are_capped_without_a_panic(vm: tuple[Uvm,
     ]:
         args: dict[str, Any] = {"prot": RW, **kw}
         with pytest.raises(UserError) as ei:
-            await uvm.mmap(p, OWN, **args)
+            await mmap.mmap(uvm, p, OWN, **args)
         assert ei.value.errno == errno, kw
         assert state(uvm, mmu) == before
     # the whole of user space is one (sparse) mapping, and costs nothing until touched
-    va = await uvm.mmap(p, OWN, USER_TOP - USER_MIN, RW)
+    va = await mmap.mmap(uvm, p, OWN, USER_TOP - USER_MIN, RW)
     assert va == USER_MIN
     await cpu_store(uvm, mmu, p, USER_TOP - 1, b"!")
     await clean(uvm)
-    await uvm.exit(p, OWN)
+    await mmap.exit(uvm, p, OWN)
     assert uvm.pages.free.count == uvm.pages.npages
 
 
 async def test_many_small_mappings_are_placed_first_fit_in_log_time(vm: tuple[Uvm, Mmu]) -> None:
     """find_space starts at first_free (before: a scan of every entry, 34 s for 16384)."""
     uvm, _ = vm
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
     t0 = time.perf_counter()
-    vas = [await uvm.mmap(p, OWN, PAGE_SIZE, RW) for _ in range(16384)]
+    vas = [await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW) for _ in range(16384)]
     assert vas == [USER_MIN + i * PAGE_SIZE for i in range(16384)]
     assert time.perf_counter() - t0 < 5.0
-    await uvm.munmap(p, OWN, vas[100], 2 * PAGE_SIZE)
-    await uvm.munmap(p, OWN, vas[7], PAGE_SIZE)
+    await mmap.munmap(uvm, p, OWN, vas[100], 2 * PAGE_SIZE)
+    await mmap.munmap(uvm, p, OWN, vas[7], PAGE_SIZE)
     assert uvm.spaces[p].map.first_free == vas[7]
     await clean(uvm)
-    assert await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW) == vas[100]  # first fit skips the 1-page hole
-    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW) == vas[7]
-    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW) == vas[-1] + PAGE_SIZE
-    assert await uvm.mmap(p, OWN, PAGE_SIZE, RW, va=vas[50]) == vas[-1] + 2 * PAGE_SIZE  # a hint
+    assert (
+        await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW) == vas[100]
+    )  # first fit skips the 1-page hole
+    assert await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW) == vas[7]
+    assert await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW) == vas[-1] + PAGE_SIZE
+    assert (
+        await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, va=vas[50]) == vas[-1] + 2 * PAGE_SIZE
+    )  # a hint
     await clean(uvm)
 
 
@@ -270,23 +275,23 @@ async def test_vsize_limit_gives_enomem_and_a_forked_child_inherits_the_size(
 ) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(vsize=16 * PAGE_SIZE)
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 10 * PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 10 * PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"x")
     before = state(uvm, mmu)
     with pytest.raises(UserError) as ei:
-        await uvm.mmap(p, OWN, 7 * PAGE_SIZE, RW)
+        await mmap.mmap(uvm, p, OWN, 7 * PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
     assert state(uvm, mmu) == before
     await clean(uvm)
-    c = await uvm.fork(p, OWN)
+    c = await mmap.fork(uvm, p, OWN)
     assert uvm.spaces[c].map.size == uvm.spaces[p].map.size == 10 * PAGE_SIZE
     with pytest.raises(UserError) as ei:
-        await uvm.mmap(c, OWN, 7 * PAGE_SIZE, RW)
+        await mmap.mmap(uvm, c, OWN, 7 * PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
-    await uvm.mmap(c, OWN, 6 * PAGE_SIZE, RW)  # exactly at the limit
-    await uvm.munmap(p, OWN, va, 4 * PAGE_SIZE)  # unmapping makes room again
-    await uvm.mmap(p, OWN, 10 * PAGE_SIZE, RW)
+    await mmap.mmap(uvm, c, OWN, 6 * PAGE_SIZE, RW)  # exactly at the limit
+    await mmap.munmap(uvm, p, OWN, va, 4 * PAGE_SIZE)  # unmapping makes room again
+    await mmap.mmap(uvm, p, OWN, 10 * PAGE_SIZE, RW)
     await clean(uvm)
 
 
@@ -295,16 +300,16 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
 ) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(map_entries=3)
-    p = await uvm.spawn(OWN)
-    vas = [await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
+    p = await mmap.spawn(uvm, OWN)
+    vas = [await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
     await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
     before = state(uvm, mmu)
     refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("mmap", lambda: uvm.mmap(p, OWN, PAGE_SIZE, RW)),
-        ("mprotect", lambda: uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
-        ("mlock", lambda: uvm.wire(p, OWN, vas[0], PAGE_SIZE)),
-        ("munlock", lambda: uvm.unwire(p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
-        ("munmap", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
+        ("mmap", lambda: mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)),
+        ("mprotect", lambda: mmap.mprotect(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
+        ("mlock", lambda: mmap.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: mmap.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("munmap", lambda: mmap.munmap(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
         with pytest.raises(UserError) as ei:
@@ -314,12 +319,12 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
         await clean(uvm)
     assert await cpu_load(uvm, mmu, p, vas[0] + PAGE_SIZE, 4) == b"keep"  # still mapped
     # a munmap that splits one entry but removes another leaves fewer: allowed
-    await uvm.munmap(p, OWN, vas[1] + PAGE_SIZE, 7 * PAGE_SIZE)
+    await mmap.munmap(uvm, p, OWN, vas[1] + PAGE_SIZE, 7 * PAGE_SIZE)
     assert len(uvm.spaces[p].map.entries) == 2
-    await uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, 3 * PAGE_SIZE, Prot.READ)  # one split: 3
+    await mmap.mprotect(uvm, p, OWN, vas[0] + PAGE_SIZE, 3 * PAGE_SIZE, Prot.READ)  # one split: 3
     assert len(uvm.spaces[p].map.entries) == 3
     with pytest.raises(UserError):  # two splits would make 5
-        await uvm.mprotect(p, OWN, vas[0] + 2 * PAGE_SIZE, PAGE_SIZE, Prot.NONE)
+        await mmap.mprotect(uvm, p, OWN, vas[0] + 2 * PAGE_SIZE, PAGE_SIZE, Prot.NONE)
     await clean(uvm)
 
 
@@ -328,19 +333,19 @@ async def test_procs_limit_gives_eagain_at_spawn_and_fork_and_leaks_no_asid(
 ) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(procs=2)
-    p = await uvm.spawn(OWN)
-    await uvm.mmap(p, OWN, PAGE_SIZE, RW)
-    c = await uvm.fork(p, OWN)
+    p = await mmap.spawn(uvm, OWN)
+    await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
+    c = await mmap.fork(uvm, p, OWN)
     before = state(uvm, mmu)
-    for call in (lambda: uvm.spawn(OWN), lambda: uvm.fork(p, OWN)):
+    for call in (lambda: mmap.spawn(uvm, OWN), lambda: mmap.fork(uvm, p, OWN)):
         with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "EAGAIN"
         assert state(uvm, mmu) == before  # no space, no pmap
-    other = await uvm.spawn(OTHER)  # another session has its own count
+    other = await mmap.spawn(uvm, OTHER)  # another session has its own count
     assert other == c + 1  # no asid was spent on the refusals
-    await uvm.exit(c, OWN)
-    assert await uvm.spawn(OWN) == other + 1
+    await mmap.exit(uvm, c, OWN)
+    assert await mmap.spawn(uvm, OWN) == other + 1
     assert uvm.nprocs == {OWN: 2, OTHER: 1}
     await clean(uvm)
 
@@ -348,18 +353,18 @@ async def test_procs_limit_gives_eagain_at_spawn_and_fork_and_leaks_no_asid(
 async def test_maxproc_bounds_the_machine_whatever_the_sessions(vm: tuple[Uvm, Mmu]) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(procs=10, maxproc=3)
-    p = await uvm.spawn(OWN)
-    await uvm.spawn(OTHER)
-    await uvm.spawn(OTHER + 1)
+    p = await mmap.spawn(uvm, OWN)
+    await mmap.spawn(uvm, OTHER)
+    await mmap.spawn(uvm, OTHER + 1)
     before = state(uvm, mmu)
-    for call in (lambda: uvm.spawn(OTHER + 2), lambda: uvm.fork(p, OWN)):
+    for call in (lambda: mmap.spawn(uvm, OTHER + 2), lambda: mmap.fork(uvm, p, OWN)):
         with pytest.raises(UserError) as ei:
             await call()
         assert ei.value.errno == "EAGAIN"
         assert "machine" in ei.value.detail
         assert state(uvm, mmu) == before
-    await uvm.exit(p, OWN)
-    await uvm.spawn(OTHER + 2)  # an exit made room
+    await mmap.exit(uvm, p, OWN)
+    await mmap.spawn(uvm, OTHER + 2)  # an exit made room
     await clean(uvm)
 
 
@@ -368,20 +373,20 @@ async def test_files_limit_gives_emfile_and_opens_nothing(
 ) -> None:
     uvm, mmu = vm
     uvm.limits = Limits(files=2)
-    h1, _ = uvm.open(OWN, "a.bin", True, PAGE_SIZE)
-    uvm.open(OWN, "b.bin", True, PAGE_SIZE)
+    h1, _ = files.open(uvm, OWN, "a.bin", True, PAGE_SIZE)
+    files.open(uvm, OWN, "b.bin", True, PAGE_SIZE)
     before = state(uvm, mmu)
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "c.bin", True, PAGE_SIZE)
+        files.open(uvm, OWN, "c.bin", True, PAGE_SIZE)
     assert ei.value.errno == "EMFILE"
     with pytest.raises(UserError) as ei:
-        uvm.open(OWN, "a.bin", False, None)  # the same file again is one more handle
+        files.open(uvm, OWN, "a.bin", False, None)  # the same file again is one more handle
     assert ei.value.errno == "EMFILE"
     assert state(uvm, mmu) == before
     assert not (tmp_path / "disk" / "c.bin").exists()  # nothing created
-    uvm.open(OTHER, "c.bin", True, PAGE_SIZE)  # another session has its own count
-    await uvm.close(OWN, h1)
-    uvm.open(OWN, "a.bin", False, None)
+    files.open(uvm, OTHER, "c.bin", True, PAGE_SIZE)  # another session has its own count
+    await files.close(uvm, OWN, h1)
+    files.open(uvm, OWN, "a.bin", False, None)
     await clean(uvm)
 
 
@@ -405,24 +410,24 @@ async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm
     its own map_entries. The machine's entries are one budget; each refusal changes nothing."""
     uvm, mmu = vm
     uvm.limits = Limits(maxentries=8)
-    p = await uvm.spawn(OWN)
-    vas = [await uvm.mmap(p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
+    p = await mmap.spawn(uvm, OWN)
+    vas = [await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
     await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
-    c = await uvm.fork(p, OWN)  # 6 entries
-    o = await uvm.spawn(OTHER)
-    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # 7
-    await uvm.mprotect(c, OWN, vas[2], PAGE_SIZE, Prot.READ)  # one split: 8, the limit
+    c = await mmap.fork(uvm, p, OWN)  # 6 entries
+    o = await mmap.spawn(uvm, OTHER)
+    await mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)  # 7
+    await mmap.mprotect(uvm, c, OWN, vas[2], PAGE_SIZE, Prot.READ)  # one split: 8, the limit
     assert uvm.entry_pool.nentries == 8
     await clean(uvm)
     before = state(uvm, mmu)
     refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-        ("mmap", lambda: uvm.mmap(o, OTHER, PAGE_SIZE, RW)),  # another session's, too
-        ("fork", lambda: uvm.fork(p, OWN)),  # the child's 3 entries are charged first
-        ("fork of one entry", lambda: uvm.fork(o, OTHER)),
-        ("mprotect", lambda: uvm.mprotect(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
-        ("mlock", lambda: uvm.wire(p, OWN, vas[0], PAGE_SIZE)),
-        ("munlock", lambda: uvm.unwire(p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
-        ("munmap of a middle", lambda: uvm.munmap(p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
+        ("mmap", lambda: mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)),  # another session's, too
+        ("fork", lambda: mmap.fork(uvm, p, OWN)),  # the child's 3 entries are charged first
+        ("fork of one entry", lambda: mmap.fork(uvm, o, OTHER)),
+        ("mprotect", lambda: mmap.mprotect(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
+        ("mlock", lambda: mmap.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: mmap.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("munmap of a middle", lambda: mmap.munmap(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
         with pytest.raises(UserError) as ei:
@@ -433,14 +438,14 @@ async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm
         await clean(uvm)
     assert await cpu_load(uvm, mmu, p, vas[0] + PAGE_SIZE, 4) == b"keep"
     # unmapping the end of an entry splits nothing; a whole entry gives one back
-    await uvm.munmap(p, OWN, vas[1] + 3 * PAGE_SIZE, PAGE_SIZE)
-    await uvm.munmap(c, OWN, vas[1], 4 * PAGE_SIZE)
+    await mmap.munmap(uvm, p, OWN, vas[1] + 3 * PAGE_SIZE, PAGE_SIZE)
+    await mmap.munmap(uvm, c, OWN, vas[1], 4 * PAGE_SIZE)
     assert uvm.entry_pool.nentries == 7
-    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # room again, for anyone
+    await mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)  # room again, for anyone
     await clean(uvm)
-    await uvm.exit(c, OWN)  # exit gives back every entry of the child (3)
+    await mmap.exit(uvm, c, OWN)  # exit gives back every entry of the child (3)
     assert uvm.entry_pool.nentries == 5
-    assert await uvm.fork(o, OTHER)  # 2 more: 7
+    assert await mmap.fork(uvm, o, OTHER)  # 2 more: 7
     assert uvm.entry_pool.nentries == 7
     await clean(uvm)
 
@@ -452,11 +457,11 @@ async def test_a_fork_charges_its_childs_entries_before_the_child_exists(
     must not take the entries the child is about to get (reserved, not merely checked)."""
     uvm, mmu = vm
     uvm.limits = Limits(maxentries=7)
-    p = await uvm.spawn(OWN)
+    p = await mmap.spawn(uvm, OWN)
     for _ in range(3):
-        va = await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+        va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
         await cpu_store(uvm, mmu, p, va, b"w")  # writable + an amap: fork protects it
-    o = await uvm.spawn(OTHER)
+    o = await mmap.spawn(uvm, OTHER)
     entered, gate = asyncio.Event(), asyncio.Event()
     real_protect = uvm.pmap.protect
 
@@ -466,12 +471,12 @@ async def test_a_fork_charges_its_childs_entries_before_the_child_exists(
         return await real_protect(asid, sva, eva, prot)
 
     monkeypatch.setattr(uvm.pmap, "protect", slow_protect)
-    fork = asyncio.ensure_future(uvm.fork(p, OWN))
+    fork = asyncio.ensure_future(mmap.fork(uvm, p, OWN))
     await asyncio.wait_for(entered.wait(), 5)
     assert (uvm.entry_pool.nentries, uvm.entry_pool.reserved) == (3, 3)
-    await uvm.mmap(o, OTHER, PAGE_SIZE, RW)  # 3 + 3 reserved + 1: the last one
+    await mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)  # 3 + 3 reserved + 1: the last one
     with pytest.raises(UserError) as ei:
-        await uvm.mmap(o, OTHER, PAGE_SIZE, RW)
+        await mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)
     assert ei.value.errno == "ENOMEM"
     gate.set()
     c = await asyncio.wait_for(fork, 5)
@@ -485,16 +490,16 @@ async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
 ) -> None:
     """amap_cow_now out of frames: ENOMEM, no child, no leaked anon, frame or reservation."""
     uvm, mmu = vm
-    p = await uvm.spawn(OWN)
-    va = await uvm.mmap(p, OWN, 20 * PAGE_SIZE, RW)  # copied by reference (COW)...
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, 20 * PAGE_SIZE, RW)  # copied by reference (COW)...
     for i in range(20):
         await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, b"cow")
-    wva = await uvm.mmap(p, OWN, 24 * PAGE_SIZE, RW)  # ...then a wired one, copied now
-    await uvm.wire(p, OWN, wva, 24 * PAGE_SIZE)
+    wva = await mmap.mmap(uvm, p, OWN, 24 * PAGE_SIZE, RW)  # ...then a wired one, copied now
+    await mmap.mlock(uvm, p, OWN, wva, 24 * PAGE_SIZE)
     before = state(uvm, mmu)
     asids = sorted(uvm.spaces)
     with pytest.raises(UserError) as ei:
-        await uvm.fork(p, OWN)  # 64 frames: 44 used, too few left for 24 copies
+        await mmap.fork(uvm, p, OWN)  # 64 frames: 44 used, too few left for 24 copies
     assert ei.value.errno == "ENOMEM"
     assert sorted(uvm.spaces) == asids
     assert state(uvm, mmu) == before
@@ -506,8 +511,8 @@ async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
 
 async def test_the_auditor_catches_an_entry_count_that_drifted(vm: tuple[Uvm, Mmu]) -> None:
     uvm, _ = vm
-    p = await uvm.spawn(OWN)
-    await uvm.mmap(p, OWN, PAGE_SIZE, RW)
+    p = await mmap.spawn(uvm, OWN)
+    await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
     await clean(uvm)
     uvm.entry_pool.nentries += 1
     assert any(problem.startswith("E1") for problem in await audit(uvm))
@@ -524,20 +529,20 @@ async def test_an_entry_costs_uvm_what_the_default_maxentries_assumes(
     (a child clipping every inherited entry); forks stop with ENOMEM at the limit."""
     uvm, mmu = vm
     uvm.limits = Limits(maxentries=6000, procs=1 << 20, maxproc=1 << 20)
-    p = await uvm.spawn(OWN)
-    vas = [await uvm.mmap(p, OWN, 2 * PAGE_SIZE, RW) for _ in range(1000)]
+    p = await mmap.spawn(uvm, OWN)
+    vas = [await mmap.mmap(uvm, p, OWN, 2 * PAGE_SIZE, RW) for _ in range(1000)]
 
     async def fork_to_the_limit() -> None:
         for _ in range(5):  # 1000 + 5 x 1000 entries
-            await uvm.fork(p, OWN)
+            await mmap.fork(uvm, p, OWN)
         with pytest.raises(UserError) as ei:
-            await uvm.fork(p, OWN)
+            await mmap.fork(uvm, p, OWN)
         assert ei.value.errno == "ENOMEM"
 
     _, plain, _ = await measured(fork_to_the_limit)
     assert uvm.entry_pool.nentries == 6000
     for a in [a for a in uvm.spaces if a != p]:
-        await uvm.exit(a, OWN)
+        await mmap.exit(uvm, a, OWN)
     uvm.limits = Limits(procs=1 << 20, maxproc=1 << 20)
     for va in vas[:20]:  # 20 entries of 2 anons each, inherited; clipped: 40 entries
         await cpu_store(uvm, mmu, p, va, b"a")
@@ -545,9 +550,9 @@ async def test_an_entry_costs_uvm_what_the_default_maxentries_assumes(
 
     async def fork_and_clip() -> None:
         for _ in range(20):
-            c = await uvm.fork(p, OWN)
+            c = await mmap.fork(uvm, p, OWN)
             for va in vas[:20]:
-                await uvm.mprotect(c, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
+                await mmap.mprotect(uvm, c, OWN, va + PAGE_SIZE, PAGE_SIZE, Prot.READ)
 
     _, amapped, _ = await measured(fork_and_clip)
     per_plain = plain / 5000

@@ -8,11 +8,13 @@ from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
 from machine.proto import BadAddress, UserError
 from machine.proto.types import EnterFlags, Prot
+from machine.tuning import clock_targets
+from machine.uvm import mmap
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.map import MapEntry, VmMap
 from machine.uvm.page import RESERVE_KERNEL
-from machine.uvm.vm import WAIT_TRIES, Uvm, tune
+from machine.uvm.state import WAIT_TRIES, Uvm
 from tests.unit.uvm.localpmap import make_uvm
 
 OWNER = 77
@@ -26,8 +28,8 @@ def make(nframes: int = 64) -> tuple[Uvm, Mmu, list[int]]:
 
 async def test_zero_fill_fault_maps_a_zeroed_page() -> None:
     uvm, mmu, _ = make()
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, 4 * PAGE_SIZE, Prot.READ | Prot.WRITE)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, 4 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     uvm.ram.frame(0)[:8] = b"garbage!"  # the next page handed out must come back zeroed
     pfn = await fault(uvm, asid, OWNER, va + 5, Prot.WRITE)
     assert mmu.load(asid, va, 8) == bytes(8)
@@ -42,8 +44,8 @@ async def test_zero_fill_fault_maps_a_zeroed_page() -> None:
 
 async def test_faults_outside_mappings_or_against_protection_segfault() -> None:
     uvm, _, _ = make()
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, PAGE_SIZE, Prot.READ)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, PAGE_SIZE, Prot.READ)
     with pytest.raises(BadAddress, match="no mapping"):
         await fault(uvm, asid, OWNER, va + PAGE_SIZE, Prot.READ)
     with pytest.raises(BadAddress, match="-w- access"):
@@ -54,11 +56,11 @@ async def test_faults_outside_mappings_or_against_protection_segfault() -> None:
 
 async def test_munmap_splits_entries_and_frees_only_the_range() -> None:
     uvm, mmu, _ = make()
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, 8 * PAGE_SIZE, Prot.READ | Prot.WRITE)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, 8 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     for i in range(8):
         await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
-    await uvm.munmap(asid, OWNER, va + 2 * PAGE_SIZE, 3 * PAGE_SIZE)
+    await mmap.munmap(uvm, asid, OWNER, va + 2 * PAGE_SIZE, 3 * PAGE_SIZE)
     assert uvm.pages.free.count == 64 - 5
     starts = [(e.start - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
     ends = [(e.end - va) // PAGE_SIZE for e in uvm.spaces[asid].map.entries]
@@ -69,11 +71,11 @@ async def test_munmap_splits_entries_and_frees_only_the_range() -> None:
 
 async def test_exit_frees_every_frame_and_the_pmap() -> None:
     uvm, mmu, _ = make()
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, 10 * PAGE_SIZE, Prot.READ | Prot.WRITE)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, 10 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     for i in range(10):
         await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
-    await uvm.exit(asid, OWNER)
+    await mmap.exit(uvm, asid, OWNER)
     assert uvm.pages.free.count == 64
     assert asid not in mmu.pmaps
     assert asid not in uvm.spaces
@@ -82,8 +84,8 @@ async def test_exit_frees_every_frame_and_the_pmap() -> None:
 
 async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> None:
     uvm, _, events = make(nframes=16)
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, 32 * PAGE_SIZE, Prot.READ | Prot.WRITE)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, 32 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     usable = 16 - RESERVE_KERNEL  # a user fault never takes the kernel's reserve
     for i in range(usable):
         await fault(uvm, asid, OWNER, va + i * PAGE_SIZE, Prot.WRITE)
@@ -99,11 +101,11 @@ async def test_running_out_of_frames_is_enomem_and_pressure_is_reported() -> Non
 
 async def test_ownership_is_checked() -> None:
     uvm, _, _ = make()
-    asid = await uvm.spawn(OWNER)
+    asid = await mmap.spawn(uvm, OWNER)
     with pytest.raises(UserError) as other:
-        await uvm.mmap(asid, OWNER + 1, PAGE_SIZE, Prot.READ)
+        await mmap.mmap(uvm, asid, OWNER + 1, PAGE_SIZE, Prot.READ)
     with pytest.raises(UserError) as unknown:
-        await uvm.exit(asid + 100, OWNER)
+        await mmap.exit(uvm, asid + 100, OWNER)
     # Another session's space is answered as one that does not exist: no oracle.
     assert other.value.errno == unknown.value.errno == "ESRCH"
     assert other.value.detail.replace(str(asid), "N") == unknown.value.detail.replace(
@@ -113,8 +115,8 @@ async def test_ownership_is_checked() -> None:
 
 async def test_audit_detects_disagreement_with_the_mmu() -> None:
     uvm, mmu, _ = make()
-    asid = await uvm.spawn(OWNER)
-    va = await uvm.mmap(asid, OWNER, 2 * PAGE_SIZE, Prot.READ | Prot.WRITE)
+    asid = await mmap.spawn(uvm, OWNER)
+    va = await mmap.mmap(uvm, asid, OWNER, 2 * PAGE_SIZE, Prot.READ | Prot.WRITE)
     pfn = await fault(uvm, asid, OWNER, va, Prot.WRITE)
     mmu.enter(asid, va + PAGE_SIZE, pfn, Prot.READ, EnterFlags.NONE)  # a mapping uvm never made
     problems = await audit(uvm)
@@ -122,11 +124,12 @@ async def test_audit_detects_disagreement_with_the_mmu() -> None:
 
 
 def test_tune_follows_the_modern_formula() -> None:
-    assert tune(16384) == (81, 108)  # 64 MiB: npages/200, within [32, 256]; freetarg 4/3
-    assert tune(262144)[0] == 256  # 1 GiB: clamped to 1 MiB worth of pages
-    fm, ft = tune(4096)
-    assert fm == 32
-    assert ft == 42
+    t = clock_targets(16384)  # 64 MiB: npages/200, within [32, 256]; freetarg 4/3
+    assert (t.freemin, t.freetarg) == (81, 108)
+    assert clock_targets(262144).freemin == 256  # 1 GiB: clamped to 1 MiB worth of pages
+    small = clock_targets(4096)
+    assert small.freemin == 32
+    assert small.freetarg == 42
 
 
 def test_map_find_space_and_carve() -> None:

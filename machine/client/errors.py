@@ -1,0 +1,62 @@
+"""The errors the client library raises: every one is a MachineError.
+
+  Segv            the access had no valid mapping (SIGSEGV); the machine is fine
+  OutOfMemory     no frame could be had for the fault (ENOMEM)
+  MachinePanic    the machine panicked; every pending and later call raises it
+  MachineStopped  the machine stopped cleanly (or is stopping); every pending
+                  and later call raises it, within a second of the stop
+  MachineTimeout  a role did not answer in time (the machine may be gone)
+  RequestError    any other error reply (errno + detail)
+
+Invariant: a session that has seen MachinePanic or MachineStopped keeps it
+(Session.panic / Session.stopped) and raises that same object from then on.
+This module imports nothing of the client library (it is the bottom layer).
+"""
+
+from __future__ import annotations
+
+from machine.proto import Errno, ErrnoError
+from machine.proto.types import Prot
+
+
+class MachineError(Exception):
+    """Base of every error the client library raises."""
+
+
+class Segv(MachineError):
+    """SIGSEGV: the access to `va` had no valid mapping; `reason` says why."""
+
+    def __init__(self, va: int, access: Prot, reason: str) -> None:
+        super().__init__(f"SIGSEGV at {va:#x} ({access.letters()}): {reason}")
+        self.va, self.access, self.reason = va, access, reason
+
+
+class MachinePanic(MachineError):
+    """The machine panicked. `message` is the panic string; `role` who; `dump` the crash dump."""
+
+    def __init__(self, message: str, role: str = "", dump: str = "") -> None:
+        super().__init__(f"machine panic: {role + ': ' if role else ''}{message}")
+        self.message, self.role, self.dump = message, role, dump
+
+
+class MachineStopped(MachineError):
+    """The machine stopped (cleanly): `reason` as the supervisor gave it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"machine stopped: {reason}")
+        self.reason = reason
+
+
+class MachineTimeout(MachineError):
+    """A role did not answer within the call's timeout (the machine may be gone)."""
+
+
+class RequestError(MachineError, ErrnoError):
+    """An error reply to a request: `errno` and `detail` as the machine sent them."""
+
+
+class OutOfMemory(RequestError):
+    """ENOMEM: no frame (or swap, or address space, or the range is not mapped for mlock)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.ENOMEM, detail)

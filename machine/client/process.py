@@ -1,0 +1,243 @@
+"""Process, File and Socket: what a session acts on, as an emulated user process would.
+
+A Process's load/store is a CPU access: the mmu performs it, or answers a
+trap (EFAULT with fault_va/fault_access); the library then calls uvm.fault
+and retries, as a CPU would after the kernel's fault handler returned. An
+unresolvable fault raises Segv; an access is all-or-nothing per mmu request
+(at most MAX_ACCESS_BYTES), so a Segv leaves that chunk unwritten.
+
+Invariants:
+  - a Process is in its session's `processes` (by asid) from spawn/fork until
+    its exit() returns; after that `exited` is true and the asid is no longer
+    the session's;
+  - one access retries at most MAX_TRAPS_PER_PAGE times per page it spans
+    (a page may be revoked between the fault's resolution and the retry, e.g.
+    by the page daemon), then raises MachineError rather than loop forever;
+  - File and Socket are handles the machine owns: it closes them itself when
+    the session detaches (and a socket when its process exits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from machine.client.errors import MachineError, RequestError, Segv
+from machine.client.session import Session
+from machine.params import MAX_ACCESS_BYTES, PAGE_SHIFT, PAGE_SIZE
+from machine.proto import (
+    NO_HEADER,
+    Errno,
+    MmuAccessReply,
+    MmuLoad,
+    MmuStore,
+    NetClose,
+    NetSend,
+    NetSendReply,
+    NetSocket,
+    NetSocketReply,
+    Reply,
+    Request,
+    Status,
+    UvmClose,
+    UvmExit,
+    UvmFault,
+    UvmFork,
+    UvmForkReply,
+    UvmMmap,
+    UvmMmapReply,
+    UvmMprotect,
+    UvmMsync,
+    UvmMunmap,
+    UvmUnwire,
+    UvmWire,
+)
+from machine.proto.types import Prot
+
+_H = NO_HEADER
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a send queued: its sequence number on the socket, and how (loan or copy)."""
+
+    sock: int
+    seq: int
+    n: int
+    loaned_pages: int
+    copied_bytes: int
+    messages: int  # kernel messages the send path used
+
+
+class Socket:
+    def __init__(self, proc: Process, sock: int) -> None:
+        self.proc, self.id = proc, sock
+
+    async def close(self) -> None:
+        """close(2): queued data is still sent. => RequestError EBADF if already closed
+        (the machine also closes it when its process exits or the session detaches)."""
+        await self.proc.m.call_role("net", NetClose(h=_H, sock=self.id), Reply)
+
+
+class File:
+    """An open file of the machine's disk/ (a vnode): map it with Process.mmap(file=...)."""
+
+    def __init__(self, machine: Session, handle: int, name: str, size: int) -> None:
+        self.m, self.handle, self.name, self.size = machine, handle, name, size
+
+    async def close(self) -> None:
+        await self.m.call_role("uvm", UvmClose(h=_H, handle=self.handle), Reply)
+
+
+class Process:
+    """An emulated user process: its address space and a CPU to access it."""
+
+    #: Retries of one access before giving up (a page may be revoked between
+    #: the fault's resolution and the retry, e.g. by the page daemon).
+    MAX_TRAPS_PER_PAGE = 8
+
+    def __init__(
+        self, machine: Session, asid: int, processes: dict[int, Process] | None = None
+    ) -> None:
+        self.m = machine
+        self.asid = asid
+        self.exited = False
+        self.faults = 0
+        #: the session's live processes (Machine.processes), kept by spawn, fork and exit
+        self._processes: dict[int, Process] = {} if processes is None else processes
+        self._processes[asid] = self
+
+    @property
+    def pid(self) -> int:
+        return self.asid
+
+    async def _uvm(self, req: Request, expect: type[Any] = Reply) -> Any:
+        return await self.m.call_role("uvm", req, expect)
+
+    async def mmap(
+        self,
+        length: int,
+        prot: str | int = "rw",
+        *,
+        va: int = 0,
+        fixed: bool = False,
+        file: File | None = None,
+        offset: int = 0,
+        shared: bool = False,
+    ) -> int:
+        """Map memory. => start VA.
+
+        Anonymous (file None) or a file at `offset`; private (copy-on-write:
+        stores stay in this process and its forks' copies, the file never
+        changes) or shared (stores are seen by every process mapping it and
+        reach the file on msync, munmap, exit and shutdown).
+        """
+        rep = await self._uvm(
+            UvmMmap(
+                h=_H,
+                asid=self.asid,
+                length=length,
+                prot=int(Prot.parse(prot)),
+                va=va,
+                fixed=fixed,
+                handle=file.handle if file is not None else 0,
+                offset=offset,
+                shared=shared,
+            ),
+            UvmMmapReply,
+        )
+        return int(rep.va)
+
+    async def _range_call(self, cls: Any, va: int, length: int, **kw: Any) -> Any:
+        return await self._uvm(cls(h=_H, asid=self.asid, va=va, length=length, **kw))
+
+    async def mprotect(self, va: int, length: int, prot: str | int) -> None:
+        await self._range_call(UvmMprotect, va, length, prot=int(Prot.parse(prot)))
+
+    async def mlock(self, va: int, length: int) -> None:
+        """Wire the range: every page faulted in now (COW copied now), never paged out."""
+        await self._range_call(UvmWire, va, length)
+
+    async def munlock(self, va: int, length: int) -> None:
+        await self._range_call(UvmUnwire, va, length)
+
+    async def msync(self, va: int, length: int) -> int:
+        """Write dirty pages of shared file mappings in the range to their file. => pages."""
+        rep = await self._range_call(UvmMsync, va, length)
+        return int(rep.pages)
+
+    async def fork(self) -> Process:
+        """A child process with a copy-on-write copy of this one's private memory."""
+        rep = await self._uvm(UvmFork(h=_H, asid=self.asid), UvmForkReply)
+        return Process(self.m, rep.asid, self._processes)
+
+    async def munmap(self, va: int, length: int) -> None:
+        await self._uvm(UvmMunmap(h=_H, asid=self.asid, va=va, length=length))
+
+    async def exit(self) -> None:
+        await self._uvm(UvmExit(h=_H, asid=self.asid))
+        self.exited = True
+        self._processes.pop(self.asid, None)
+
+    async def _trap(self, rep: MmuAccessReply) -> None:
+        access = Prot(rep.fault_access)
+        self.faults += 1
+        try:
+            await self._uvm(UvmFault(h=_H, asid=self.asid, va=rep.fault_va, access=int(access)))
+        except RequestError as e:
+            if e.errno is Errno.EFAULT:
+                raise Segv(rep.fault_va, access, e.detail) from None
+            raise
+
+    async def _access(self, req_for: Callable[[], Request], va: int, n: int) -> MmuAccessReply:
+        pages = ((va + n - 1) >> PAGE_SHIFT) - (va >> PAGE_SHIFT) + 1
+        for _ in range(self.MAX_TRAPS_PER_PAGE * pages + 4):
+            rep: MmuAccessReply = await self.m.call_role("mmu", req_for(), MmuAccessReply)
+            if rep.status is Status.OK:
+                return rep
+            if rep.errno is not Errno.EFAULT:
+                raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
+            await self._trap(rep)
+        raise MachineError(f"access at {va:#x}: faults keep recurring ({self.faults} so far)")
+
+    async def store(self, va: int, data: bytes) -> None:
+        """A CPU store; faults are resolved transparently. => Segv if unmapped."""
+        for off in range(0, len(data), MAX_ACCESS_BYTES):
+            chunk = bytes(data[off : off + MAX_ACCESS_BYTES])
+            a = va + off
+            await self._access(
+                partial(MmuStore, h=_H, asid=self.asid, va=a, data=chunk), a, len(chunk)
+            )
+
+    async def load(self, va: int, n: int) -> bytes:
+        """A CPU load of n bytes; faults are resolved transparently. => Segv if unmapped."""
+        out = bytearray()
+        for off in range(0, n, MAX_ACCESS_BYTES):
+            take = min(MAX_ACCESS_BYTES, n - off)
+            a = va + off
+            rep = await self._access(partial(MmuLoad, h=_H, asid=self.asid, va=a, n=take), a, take)
+            out += rep.data
+        return bytes(out)
+
+    async def socket(self, sndbuf: int = 1 << 20) -> Socket:
+        """socket(2) for this process; sends wait while `sndbuf` bytes are queued."""
+        rep = await self.m.call_role(
+            "net", NetSocket(h=_H, asid=self.asid, sndbuf=sndbuf), NetSocketReply
+        )
+        return Socket(self, rep.sock)
+
+    async def send(self, sock: Socket, va: int, n: int) -> SendResult:
+        """Send n bytes from va (write(2) on a socket). Returns once the data is queued:
+        the receiver gets what memory held now, whatever this process does next.
+        => Segv-like RequestError EFAULT for a bad buffer."""
+        rep = await self.m.call_role(
+            "net", NetSend(h=_H, asid=self.asid, sock=sock.id, va=va, n=n), NetSendReply
+        )
+        return SendResult(sock.id, rep.seq, n, rep.loaned_pages, rep.copied_bytes, rep.messages)
+
+    async def touch(self, va: int, npages: int) -> None:
+        """Write one byte in each of npages pages (first-touch faults)."""
+        for i in range(npages):
+            await self.store(va + i * PAGE_SIZE, b"\x01")

@@ -1,0 +1,75 @@
+"""The stateless checks of an incoming request (steps 1-3a of machine.ipc.service).
+
+Each function looks only at the bytes or the decoded message and the endpoint they
+arrived on, never at a role's state, and answers with a reason to refuse (a string,
+which the service turns into an ErrorReply with the errno named here) or None:
+  * `decode_frame`: step 1, the bytes. A kernel frame is one msgpack message; a user
+    frame is body || 16-byte tag (machine.ipc.auth), or a bare body for the public
+    requests. => (message, the signed body, the tag or None); BadMessage (EBADMSG or
+    EINVAL, with the msg_id when one could be read) for anything else.
+  * `refusal`: steps 2, 3 and the public half of 3a: another major protocol version
+    (EPROTO), a kernel message on the user endpoint or the reverse (EPERM), a request
+    without a session that is not one of PUBLIC_TAGS (EPERM).
+The stateful half of 3a (the tag, the replay window, the session's liveness), the
+in-flight limits and steps 4-5 need the role and stay in Service._check.
+Invariant: nothing here raises on any input except BadMessage from decode_frame; should
+it anyway, the service answers EINVAL (step 7) with `salvaged_msg_id`.
+"""
+
+from __future__ import annotations
+
+from machine.ipc.auth import PUBLIC_TAGS, TAG_LEN
+from machine.proto import (
+    PROTOCOL_VERSION,
+    BadMessage,
+    Errno,
+    Request,
+    Scope,
+    decode_request,
+    salvage_msg_id,
+    tag_of,
+)
+
+
+def decode_frame(raw: bytes, endpoint: Scope) -> tuple[Request, bytes | memoryview, bytes | None]:
+    """Step 1. => (msg, body, tag); tag is None for a kernel or an unsigned user frame.
+
+    A msgpack message's length follows from its bytes, so at most one of the two
+    readings of a user frame decodes; when neither does, the signed reading's error is
+    the more useful one unless those bytes did not decode at all.
+    """
+    if endpoint is not Scope.USER or len(raw) <= TAG_LEN:
+        return decode_request(raw), raw, None
+    view = memoryview(raw)
+    try:
+        return decode_request(view[:-TAG_LEN]), view[:-TAG_LEN], raw[-TAG_LEN:]
+    except BadMessage as signed:
+        try:
+            return decode_request(raw), raw, None
+        except BadMessage as bare:
+            raise (bare if signed.errno is Errno.EBADMSG else signed) from None
+
+
+def refusal(msg: Request, endpoint: Scope, role: str) -> tuple[Errno, str] | None:
+    """Steps 2, 3 and 3a's public rule. => (errno, detail) to refuse msg, or None."""
+    h = msg.h
+    if h.proto[0] != PROTOCOL_VERSION[0]:
+        return Errno.EPROTO, (
+            f"protocol {h.proto[0]}.{h.proto[1]} refused; "
+            f"{role} speaks {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+        )
+    scope = type(msg).scope
+    if scope is not Scope.ANY and scope is not endpoint:
+        return Errno.EPERM, (
+            f"{tag_of(msg)} is a {scope.value} message; this is the {endpoint.value} endpoint"
+        )
+    if endpoint is Scope.USER and h.incarnation == 0 and tag_of(msg) not in PUBLIC_TAGS:
+        return Errno.EPERM, (
+            f"{tag_of(msg)} needs a session: attach (uvm.attach) and sign requests"
+        )
+    return None
+
+
+def salvaged_msg_id(raw: bytes) -> int:
+    """The msg_id of a frame the checks choked on (signed or not), or 0."""
+    return salvage_msg_id(raw[:-TAG_LEN]) or salvage_msg_id(raw)

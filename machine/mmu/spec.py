@@ -1,0 +1,28 @@
+"""The mmu role's spec (machine.rolespec): the pmaps and every CPU load/store."""
+
+from __future__ import annotations
+
+from machine.mmu.pmap import Mmu
+from machine.mmu.service import MmuService
+from machine.rolespec import RoleContext, RoleSpec
+
+
+def build(ctx: RoleContext) -> MmuService:
+    s = ctx.profile.settings
+    return MmuService(
+        ctx.transport,
+        mmu=Mmu(ctx.ram, s.kenter_mode, s.ppp_wired),
+        limits=ctx.limits,
+        rng=ctx.rng,
+        pid=ctx.pid,
+        key=ctx.key,
+    )
+
+
+SPEC = RoleSpec(
+    name="mmu",
+    port_offset=10,
+    build=build,
+    knobs=("KENTER_MODE", "PPP_WIRED"),
+    summary="pmaps, pv lists, R/M bits; performs every CPU load and store",
+)

@@ -1,0 +1,31 @@
+"""The net role's spec (machine.rolespec): sockets, sosend, the driver, the wire."""
+
+from __future__ import annotations
+
+from machine.net.service import NetService
+from machine.rolespec import RoleContext, RoleSpec
+
+
+def build(ctx: RoleContext) -> NetService:
+    return NetService(
+        ctx.transport,
+        ram=ctx.ram,
+        profile=ctx.profile,
+        uvm=ctx.endpoint("uvm"),
+        mmu=ctx.endpoint("mmu"),
+        uvm_pub=ctx.endpoint("uvm", "pub"),
+        limits=ctx.limits,
+        rng=ctx.rng,
+        pid=ctx.pid,
+        key=ctx.key,
+    )
+
+
+SPEC = RoleSpec(
+    name="net",
+    port_offset=40,
+    build=build,
+    connects_to=("uvm", "mmu"),
+    knobs=("LOAN_THRESHOLD",),
+    summary="sockets, mbufs, loan KVA, the driver and link, per-session wire queues",
+)

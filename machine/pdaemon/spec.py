@@ -1,0 +1,30 @@
+"""The page daemon's spec (machine.rolespec): the replacement policy and its passes."""
+
+from __future__ import annotations
+
+from machine.pdaemon.service import PdaemonService
+from machine.rolespec import RoleContext, RoleSpec
+
+
+def build(ctx: RoleContext) -> PdaemonService:
+    return PdaemonService(
+        ctx.transport,
+        profile=ctx.profile,
+        uvm=ctx.endpoint("uvm"),
+        mmu=ctx.endpoint("mmu"),
+        uvm_pub=ctx.endpoint("uvm", "pub"),
+        limits=ctx.limits,
+        rng=ctx.rng,
+        pid=ctx.pid,
+        key=ctx.key,
+    )
+
+
+SPEC = RoleSpec(
+    name="pdaemon",
+    port_offset=30,
+    build=build,
+    connects_to=("uvm", "mmu"),
+    knobs=("PD_POLICY", "PD_WIRED_CHECK", "DEACT_MODE", "DIAGNOSTIC"),
+    summary="the page-replacement policy: wakes on uvm.pressure, scans, claims, evicts",
+)

@@ -1,0 +1,349 @@
+"""Address-space operations (uvm_map.c, uvm_mmap.c, uvm_glue.c): spawn, mmap, munmap,
+mprotect, fork, mlock/munlock and exit, on the state of machine.uvm.state.
+
+Ordering rules (why the machine never maps a freed frame):
+  * munmap and exit remove translations from the mmu first and free frames
+    only after the mmu has acknowledged.
+  * Every operation on one address space holds that space's lock across its
+    awaits, so faults, mmap, munmap, fork and exit of one space never
+    interleave. Different spaces run concurrently; what they share (anons
+    after fork, object pages) is protected by PG_BUSY (machine.uvm.state).
+
+Memory follows use: nothing uvm keeps, and no loop it runs, is sized by the
+virtual size of a mapping. Amaps and objects are sparse (machine.uvm.amap,
+UvmObject.pages), the mmu's page tables are dicts, and munmap, mprotect,
+munlock, fork and exit walk the used slots and the resident pages, never
+every page of a range: one byte stored at the end of a 2^40-byte mapping
+costs a few KiB. Only mlock touches every page (it must fault each in), and
+it refuses up front a range larger than the frames that could be wired.
+
+Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
+  vsize        mmap beyond the process's mapped bytes limit -> ENOMEM
+               (a forked child inherits its parent's size);
+  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap inside an
+               entry) that would leave more entries -> ENOMEM;
+  maxentries   the same, for the machine's entries (entry_pool, E1 in
+               machine.uvm.map), and fork: the child's entries are charged
+               (reserved) before the child exists -> ENOMEM;
+  procs        spawn or fork beyond the session's processes -> EAGAIN.
+cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c (concepts only).
+"""
+
+from __future__ import annotations
+
+from machine.kassert import kassert
+from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
+from machine.proto import Errno, UserError
+from machine.proto.types import Prot
+from machine.uvm.fault import fault_locked
+from machine.uvm.files import obj_unref
+from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
+from machine.uvm.object import AObj, UvmObject
+from machine.uvm.state import RWX, Uvm, VmSpace
+
+
+async def spawn(uvm: Uvm, owner: int) -> int:
+    """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs."""
+    uvm.charge_proc(owner)
+    asid = uvm.new_asid()
+    try:
+        await uvm.pmap.create(asid, owner)
+    except BaseException:
+        uvm.uncharge_proc(owner)
+        raise
+    uvm.spaces[asid] = VmSpace(asid, owner, VmMap(uvm.entry_pool))
+    uvm.stats.spawns += 1
+    return asid
+
+
+async def mmap(
+    uvm: Uvm,
+    asid: int,
+    owner: int,
+    length: int,
+    prot: Prot,
+    va: int = 0,
+    fixed: bool = False,
+    handle: int = 0,
+    offset: int = 0,
+    shared: bool = False,
+) -> int:
+    """uvm_map: anonymous or file memory, private (COW) or shared. => start VA.
+
+    => UserError EINVAL (length <= 0, misaligned, fixed outside user space or
+       overlapping), ENOMEM (no room, length beyond user space, limits.vsize
+       or limits.map_entries reached), EBADF; nothing changed on any error."""
+    sp = uvm.space(asid, owner)
+    if length <= 0 or offset < 0:
+        raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
+    if length > USER_TOP - USER_MIN:
+        raise UserError(Errno.ENOMEM, f"mmap length {length:#x} is larger than user space")
+    length = round_page(length)
+    if va & PAGE_MASK or offset & PAGE_MASK:
+        raise UserError(Errno.EINVAL, "mmap address and offset must be page aligned")
+    obj: UvmObject | None = None
+    if handle:
+        vobj = uvm.handles.get((owner, handle))
+        if vobj is None:
+            raise UserError(Errno.EBADF, f"no open file with handle {handle}")
+        obj = vobj
+    async with sp.lock:
+        if sp.map.size + length > uvm.limits.vsize:
+            raise UserError(
+                Errno.ENOMEM,
+                f"{sp.map.size} + {length} bytes mapped would exceed the process's "
+                f"limit of {uvm.limits.vsize} (vsize)",
+            )
+        if len(sp.map.entries) >= uvm.limits.map_entries:
+            raise UserError(
+                Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
+            )
+        _entry_room(uvm, 1, "mmap")
+        if fixed:
+            if not (USER_MIN <= va and va + length <= USER_TOP):
+                raise UserError(Errno.EINVAL, f"mmap range at {va:#x} outside user space")
+            if not sp.map.is_free(va, va + length):
+                raise UserError(Errno.EINVAL, f"mmap range at {va:#x} overlaps a mapping")
+            start = va
+        else:
+            found = sp.map.find_space(length, va)
+            if found is None:
+                raise UserError(Errno.ENOMEM, f"no room for {length} bytes in the address space")
+            start = found
+        if obj is None and shared:
+            obj = AObj(uvm.new_object_id(), refs=0, size_pages=length >> PAGE_SHIFT)
+            uvm.objects[obj.id] = obj
+        if obj is not None:
+            obj.refs += 1
+        sp.map.insert(
+            MapEntry(
+                start,
+                start + length,
+                prot,
+                RWX,
+                Inherit.SHARE if shared else Inherit.COPY,
+                obj,
+                offset,
+                None,
+                cow=not shared,
+            )
+        )
+        uvm.stats.mmaps += 1
+        return start
+
+
+def _unshare(uvm: Uvm, e: MapEntry) -> None:
+    """Before an entry is split, give it its own amap (an early amap_copy)."""
+    if e.needs_copy and e.amap is not None:
+        uvm.amap_copy(e)
+
+
+def _entry_room(uvm: Uvm, n: int, what: str) -> None:
+    """=> UserError ENOMEM when n more map entries would exceed limits.maxentries."""
+    if not uvm.entry_pool.room(n, uvm.limits.maxentries):
+        raise UserError(
+            Errno.ENOMEM,
+            f"{what}: the machine holds its limit of {uvm.limits.maxentries} map entries "
+            "(maxentries)",
+        )
+
+
+def _clip_room(uvm: Uvm, sp: VmSpace, start: int, end: int, removing: bool = False) -> None:
+    """=> UserError ENOMEM when clipping at start and end would leave the process more
+    than limits.map_entries entries, or the machine more than limits.maxentries
+    (removing: the entries inside then go, munmap)."""
+    inside = sp.map.in_range(start, end)
+    if not inside:
+        return
+    splits = int(inside[0].start < start) + int(inside[-1].end > end)
+    after = len(sp.map.entries) + splits - (len(inside) if removing else 0)
+    if splits and after > uvm.limits.map_entries:
+        raise UserError(
+            Errno.ENOMEM,
+            f"splitting at {start:#x}-{end:#x} would exceed the process's limit of "
+            f"{uvm.limits.map_entries} map entries",
+        )
+    if splits and after > len(sp.map.entries):
+        _entry_room(uvm, after - len(sp.map.entries), f"splitting at {start:#x}-{end:#x}")
+
+
+def _clip(uvm: Uvm, sp: VmSpace, start: int, end: int, removing: bool = False) -> list[MapEntry]:
+    """uvm_map_clip of [start, end), each split entry unshared first. => entries inside.
+
+    => UserError ENOMEM (limits.map_entries) before anything changed."""
+    _clip_room(uvm, sp, start, end, removing)
+    for e in sp.map.in_range(start, end):
+        if e.start < start or e.end > end:
+            _unshare(uvm, e)
+    return sp.map.clip(start, end)
+
+
+async def munmap(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
+    """uvm_unmap: translations go first, then frames and references.
+
+    => UserError ENOMEM (a split beyond map_entries or maxentries) before anything
+       changed. The clip comes before the await, right after its check, so no other
+       space can take the entries meanwhile; until the doomed entries go (after the
+       mmu's answer) the machine may count up to 2 entries over maxentries."""
+    sp = uvm.space(asid, owner)
+    eva = check_range(va, length)
+    async with sp.lock:
+        doomed = _clip(uvm, sp, va, eva, removing=True)
+        await uvm.pmap.remove(asid, va, eva)
+        sp.map.remove(doomed)
+        for e in doomed:
+            await _drop_entry(uvm, e)
+        uvm.stats.munmaps += 1
+
+
+async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
+    """Release what an entry held (its translations are already gone)."""
+    if e.wired_count:
+        for pfn in uvm.resident_pages(e):
+            if uvm.pages.wire_count[pfn]:
+                uvm.pages.unwire(pfn)
+    if e.amap is not None:
+        uvm.amap_unref(e.amap)
+        e.amap = None
+        doomed, uvm.doomed_loans = uvm.doomed_loans, []
+        await uvm.revoke(doomed, "uvm_anfree of a loaned anon page")
+    if e.obj is not None:
+        if e.obj.pgops.writes_back and not e.cow:
+            from machine.uvm.pager import flush_object
+
+            await flush_object(uvm, e.obj, e.pgoff(e.start), e.pgoff(e.end))
+        await obj_unref(uvm, e.obj)
+        e.obj = None
+
+
+async def mprotect(uvm: Uvm, asid: int, owner: int, va: int, length: int, prot: Prot) -> None:
+    async with uvm.mapped_range(asid, owner, va, length, "mprotect") as (sp, eva):
+        if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
+            raise UserError(Errno.EACCES, "protection beyond the mapping's maximum")
+        for e in _clip(uvm, sp, va, eva):
+            lowered = e.prot & ~prot
+            e.prot = prot
+            if lowered:
+                await uvm.pmap.protect(asid, e.start, e.end, int(prot))
+
+
+async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
+    """Process exit: remove the pmap, then release every entry."""
+    sp = uvm.space(asid, owner)
+    async with sp.lock:
+        if sp.dead:
+            return
+        sp.dead = True
+        await uvm.pmap.destroy(asid)
+        entries = sp.map.take_all()
+        for e in entries:
+            await _drop_entry(uvm, e)
+        del uvm.spaces[asid]
+        uvm.uncharge_proc(sp.owner)
+        uvm.stats.exits += 1
+        if reason != "exit":
+            uvm.stats.reaped += 1
+
+
+async def fork(uvm: Uvm, asid: int, owner: int) -> int:
+    """uvmspace_fork: a child address space by each entry's inheritance.
+
+    COPY entries become copy-on-write in both (the amap shared with
+    NEEDSCOPY, the parent's writable mappings write-protected), except
+    wired ones, whose anon pages are copied at once (amap_cow_now) so the
+    parent never faults on wired memory. SHARE entries share object and
+    amap. NONE entries are left out.
+
+    => UserError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
+       are reserved in the pool before the child exists) with nothing changed;
+       ENOMEM when a wired entry's pages cannot be copied (no free frame): the
+       half-built child is torn down, the parent keeps its memory (its entries
+       may be left NEEDSCOPY and write-protected: its next writes fault).
+    """
+    sp = uvm.space(asid, owner)
+    async with sp.lock:
+        todo = [e for e in sp.map.entries if e.inheritance is not Inherit.NONE]
+        _entry_room(uvm, len(todo), "fork")
+        uvm.charge_proc(owner)
+        pool = uvm.entry_pool
+        pool.reserve(len(todo))  # before any await: racing forks and mmaps agree
+        child_asid = uvm.new_asid()
+        try:
+            await uvm.pmap.create(child_asid, owner)
+        except BaseException:
+            pool.unreserve(len(todo))
+            uvm.uncharge_proc(owner)
+            raise
+        child = VmSpace(child_asid, owner, VmMap(pool))
+        uvm.spaces[child_asid] = child
+        done = 0  # entries inserted: their reservations are spent
+        try:
+            for e in todo:
+                await _fork_entry(uvm, sp, child, e)
+                done += 1
+        except BaseException:
+            pool.unreserve(len(todo) - done)
+            await exit(uvm, child_asid, owner, reason="fork failed")
+            raise
+        uvm.stats.forks += 1
+        return child_asid
+
+
+async def _fork_entry(uvm: Uvm, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
+    """The child's copy of entry e, inserted into child's map on a reservation.
+
+    => UserError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
+    c = MapEntry(e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow)
+    if e.inheritance is Inherit.SHARE:
+        kassert(e.amap is None, "fork: shared entry with an amap")
+    elif e.wired_count:
+        c.amap = uvm.amap_cow_now(e)
+    elif e.amap is not None:
+        e.amap.ref += 1
+        c.amap = e.amap
+        c.needs_copy = e.needs_copy = True
+        if e.prot & Prot.WRITE:
+            await uvm.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
+    else:
+        c.needs_copy = True
+    if e.obj is not None:
+        e.obj.refs += 1
+    child.map.insert(c, reserved=True)
+
+
+async def mlock(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
+    """mlock: fault in and wire every page (a COW range is copied now, section 6)."""
+
+    async with uvm.mapped_range(asid, owner, va, length, "mlock") as (sp, eva):
+        if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
+            raise UserError(Errno.ENOMEM, "mlock of an inaccessible range")
+        npages = sum(
+            (min(eva, e.end) - max(va, e.start)) >> PAGE_SHIFT
+            for e in sp.map.in_range(va, eva)
+            if not e.wired_count
+        )
+        if npages + uvm.pages.wired > uvm.pages.npages:
+            # sys_mlock's wiredmax check: it could never succeed; refuse before
+            # faulting anything (and before looping over a huge range).
+            raise UserError(Errno.EAGAIN, f"mlock of {npages} pages: more than RAM can wire")
+        for e in _clip(uvm, sp, va, eva):
+            e.wired_count += 1
+            if e.wired_count == 1:
+                for page in range(e.start, e.end, PAGE_SIZE):
+                    await fault_locked(uvm, sp, page, e.prot, wire=True)
+        uvm.stats.wirings += 1
+
+
+async def munlock(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
+    """munlock: the last unwiring of an entry puts its pages back on the queues."""
+    async with uvm.mapped_range(asid, owner, va, length, "munlock") as (sp, eva):
+        for e in _clip(uvm, sp, va, eva):
+            if e.wired_count == 0:
+                continue
+            e.wired_count -= 1
+            if e.wired_count:
+                continue
+            await uvm.pmap.unwire(asid, e.start, e.end)
+            for pfn in uvm.resident_pages(e):
+                if uvm.pages.wire_count[pfn]:
+                    uvm.pages.unwire(pfn)

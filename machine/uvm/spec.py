@@ -1,0 +1,32 @@
+"""The uvm role's spec (machine.rolespec): pages, address spaces, faults, loans, files."""
+
+from __future__ import annotations
+
+from machine.rolespec import RoleContext, RoleSpec
+from machine.uvm.service import UvmService
+
+
+def build(ctx: RoleContext) -> UvmService:
+    return UvmService(
+        ctx.transport,
+        ram=ctx.ram,
+        mmu=ctx.endpoint("mmu"),
+        lease_s=ctx.lease_s,
+        state_dir=ctx.state_dir,
+        swap_bytes=ctx.swap_bytes,
+        profile=ctx.profile,
+        limits=ctx.limits,
+        rng=ctx.rng,
+        pid=ctx.pid,
+        key=ctx.key,
+    )
+
+
+SPEC = RoleSpec(
+    name="uvm",
+    port_offset=20,
+    build=build,
+    connects_to=("mmu",),
+    knobs=("ERA", "QUEUE_INVARIANT", "PPP_WIRED", "LOAN_KVA", "DIAGNOSTIC", "PD_POLICY"),
+    summary="vm_page of every frame, address spaces, anons, objects, faults, loans, files",
+)

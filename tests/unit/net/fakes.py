@@ -1,0 +1,199 @@
+"""A fake kernel for the net core's unit tests: uvm and the mmu as plain dicts, no bus.
+
+One process (ASID, owned by session OWNER) whose page i at VA0 + i pages is frame
+PFN0 + i of a small RAM; every byte of RAM holds a pattern that differs from page to
+page and within a page, so a payload tells which bytes it came from. The fake records
+every call (`calls`: (operation, arguments)) and keeps the state a real kernel would:
+the kernel's mappings at loan KVA (`kmap`), the loan count of each frame (`loans`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from machine.ipc.peer import PeerPanic, RemoteError
+from machine.limits import Limits
+from machine.net.core import Net
+from machine.net.kernel import PageFault
+from machine.net.knobs import NetKnobs
+from machine.params import PAGE_SHIFT, PAGE_SIZE
+from machine.proto import Errno
+
+ASID = 5
+OWNER = 77
+VA0 = 0x4000_0000
+PFN0 = 16
+RAM_PAGES = 512
+
+
+def _image(npages: int) -> bytes:
+    """RAM's bytes: byte x of frame p holds (7x + 13p) mod 256."""
+    base = bytes(7 * x & 0xFF for x in range(PAGE_SIZE))
+    return b"".join(
+        base.translate(bytes((b + 13 * p) & 0xFF for b in range(256))) for p in range(npages)
+    )
+
+
+IMAGE = _image(RAM_PAGES)
+
+
+class FakeRam:
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(IMAGE))
+
+
+def user_bytes(va: int, n: int) -> bytes:
+    """What the process's memory holds at [va, va + n)."""
+    pa = (va - VA0) + (PFN0 << PAGE_SHIFT)
+    return IMAGE[pa : pa + n]
+
+
+class FakeClock:
+    """Records the link's delays; while `gate` is set to an unset event, sleeps wait on it."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.gate: asyncio.Event | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+
+
+class FakeKernel:
+    """KernelOps over dicts. Knobs: refuse (user VAs whose loan is refused), faulting
+    (user page VAs without a mapping until a kfault), unresolvable (user page VAs whose
+    kfault fails), kfault_resolves (a kernel fault re-enters the page, else uvm panics),
+    gate (when set, loan and copyin wait for it), panic_on (operations that answer
+    EPANIC), fail_kenter, slow (kvas whose kextract waits for an event)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.kmap: dict[int, int] = {}  # kernel vpn -> pfn
+        self.loans: collections.Counter[int] = collections.Counter()
+        self.refuse: set[int] = set()
+        self.faulting: set[int] = set()
+        self.unresolvable: set[int] = set()
+        self.kfault_resolves = True
+        self.gate: asyncio.Event | None = None
+        self.panic_on: set[str] = set()
+        self.fail_kenter = False
+        self.slow: dict[int, asyncio.Event] = {}  # kva -> kextract there waits for it
+        self.kremove_gate: asyncio.Event | None = None  # when set, kremove waits for it
+        self.live_asids = {ASID: OWNER}
+        self.live_sessions = {OWNER}
+
+    def ops(self, name: str) -> list[Any]:
+        return [args for op, args in self.calls if op == name]
+
+    def _call(self, name: str, args: Any) -> None:
+        self.calls.append((name, args))
+        if name in self.panic_on:
+            raise PeerPanic(Errno.EPANIC, f"uvm: panic in {name}")
+
+    async def _wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+
+    @staticmethod
+    def pfn_of(va: int) -> int:
+        return PFN0 + ((va - VA0) >> PAGE_SHIFT)
+
+    async def owners(self, asids: list[int], sessions: list[int]) -> tuple[list[int], list[bool]]:
+        self._call("owners", (list(asids), list(sessions)))
+        return [self.live_asids.get(a, 0) for a in asids], [
+            s in self.live_sessions for s in sessions
+        ]
+
+    async def loan(self, asid: int, owner: int, va: int, npages: int) -> list[int]:
+        self._call("loan", (asid, owner, va, npages))
+        await self._wait()
+        vas = [va + (i << PAGE_SHIFT) for i in range(npages)]
+        if any(v in self.refuse for v in vas):
+            raise RemoteError(Errno.EBUSY, "a wired page")
+        pfns = [self.pfn_of(v) for v in vas]
+        self.loans.update(pfns)
+        return pfns
+
+    async def kenter(self, va: int, pfns: list[int]) -> None:
+        self._call("kenter", (va, list(pfns)))
+        if self.fail_kenter:
+            raise RemoteError(Errno.EINVAL, "pmap_kenter_pa: bad va")
+        for i, pfn in enumerate(pfns):
+            self.kmap[(va >> PAGE_SHIFT) + i] = pfn
+
+    async def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes:
+        self._call("copyin", (asid, owner, va, n))
+        await self._wait()
+        page = va & ~(PAGE_SIZE - 1)
+        while page < va + n:
+            if page in self.faulting:
+                raise PageFault(max(page, va), "no mapping")
+            page += PAGE_SIZE
+        return user_bytes(va, n)
+
+    async def kfault(
+        self, va: int, *, asid: int = 0, owner: int = 0, evidence: str = "", pfn: int = -1
+    ) -> None:
+        self._call("kfault", (va, asid, owner, evidence, pfn))
+        if asid:
+            page = va & ~(PAGE_SIZE - 1)
+            if page in self.unresolvable:
+                raise RemoteError(Errno.EFAULT, f"segmentation fault at {va:#x}")
+            self.faulting.discard(page)
+            return
+        if not self.kfault_resolves:
+            raise PeerPanic(Errno.EPANIC, "trap: kernel page fault")
+        self.kmap[va >> PAGE_SHIFT] = pfn
+
+    async def kextract(self, va: int, npages: int) -> list[int]:
+        self._call("kextract", (va, npages))
+        if va in self.slow:
+            await self.slow[va].wait()
+        out = []
+        for i in range(npages):
+            pfn = self.kmap.get((va >> PAGE_SHIFT) + i)
+            if pfn is None:
+                raise PageFault(va + (i << PAGE_SHIFT), "revoked by pdaemon")
+            out.append(pfn)
+        return out
+
+    async def kremove(self, va: int, npages: int) -> int:
+        self._call("kremove", (va, npages))
+        if self.kremove_gate is not None:
+            await self.kremove_gate.wait()
+        n = 0
+        for i in range(npages):
+            n += self.kmap.pop((va >> PAGE_SHIFT) + i, None) is not None
+        return n
+
+    async def unloan(self, pfns: list[int], kva: int, npages: int) -> None:
+        self._call("unloan", (list(pfns), kva, npages))
+        for pfn in pfns:
+            assert self.loans[pfn] > 0, f"uvm_unloanpage: page {pfn} isn't loaned"
+            self.loans[pfn] -= 1
+            if not self.loans[pfn]:
+                del self.loans[pfn]
+
+
+def make_net(
+    kernel: FakeKernel | None = None,
+    *,
+    loan_thresh: int = 4096,
+    limits: Limits | None = None,
+    clock: FakeClock | None = None,
+) -> tuple[Net, FakeKernel]:
+    k = kernel or FakeKernel()
+    net = Net(
+        k,
+        knobs=NetKnobs(loan_thresh=loan_thresh),
+        limits=limits or Limits(),
+        ram=FakeRam(),
+        clock=clock or FakeClock(),
+    )
+    return net, k

@@ -1,0 +1,48 @@
+"""The era rules as the cores ask them: each era difference is a named decision
+(machine.rules), and each decision is reached by a test that fails when it is deleted.
+
+The page daemon's claim: "modern never deactivates a wired page". Under modern a wired
+page is never queued, so only a page put on the active queue by hand reaches the rule;
+1999 and 2002 trust "active => not wired" and let it through (the thread's bug).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from machine.params import PAGE_SIZE
+from machine.profile import SHIPPED, load_profile
+from machine.uvm import mmap, pdops
+from machine.uvm.page import PQ
+from machine.uvm.state import Uvm
+from tests.unit.uvm.localpmap import make_uvm
+from tests.unit.uvm.test_core import OWN, RW, cpu_store
+
+
+async def _wired_page_on_the_active_queue(era: str) -> tuple[Uvm, int]:
+    uvm, mmu = make_uvm(32, knobs={"ERA": era})
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
+    await cpu_store(uvm, mmu, p, va, b"w")
+    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
+    (pfn,) = [f for f in range(uvm.pages.npages) if uvm.pages.wire_count[f]]
+    assert uvm.pages.pqflags[pfn] == 0  # wiring took it off the queues (I1)
+    uvm.pages.inject_active(pfn)  # what QUEUE_INVARIANT=violated leaves behind
+    assert uvm.pages.pqflags[pfn] == PQ.ACTIVE
+    return uvm, pfn
+
+
+@pytest.mark.parametrize(("era", "claimed"), [("modern", False), ("1999", True), ("2002", True)])
+async def test_claim_of_a_wired_active_page_for_deactivation(era: str, claimed: bool) -> None:
+    uvm, pfn = await _wired_page_on_the_active_queue(era)
+    assert pdops.claim(uvm, [("free", pfn), ("pageout", pfn)]) == []  # never evicted
+    assert (pdops.claim(uvm, [("deactivate", pfn)]) == [pfn]) is claimed
+
+
+def test_every_shipped_profile_builds_its_rules_once_and_typed() -> None:
+    for name in SHIPPED:
+        p = load_profile(name)
+        assert p.rules is p.rules  # built once
+        assert p.rules.era is p.settings.era
+        assert p.rules.inject_queue_violation == (p.settings.queue_invariant == "violated")
+        assert p.rules.page_protect_panics_on_wired == (p.settings.ppp_wired == "panic")
