@@ -31,6 +31,8 @@ from machine.ipc.tasks import TaskSet
 from machine.params import PAGE_SIZE
 
 OK, PANIC, CORRUPTION, ERROR = "ok", "panic", "corruption", "error"
+#: The predictions read the profile's knobs as uvm-semantics.md names them, not the
+#: cores' rules (machine.rules): the oracle stays independent of what it judges.
 Knobs = dict[str, Any]
 
 
@@ -113,7 +115,7 @@ async def sent_buffer(ctx: Any, seed: int, npages: int = 4, file: str = "") -> S
 async def seed(ctx: Any) -> None:
     """The thread: a file page loaned for an 8 KiB send, the daemon runs, the driver reads."""
     p, _, _, r, f = await sent_buffer(ctx, 1, 2, "seed.bin")
-    if ctx.knobs["LOAN_THRESHOLD"] >= 0 and r.loaned_pages != 2:
+    if ctx.settings.loan_threshold >= 0 and r.loaned_pages != 2:
         raise ScenarioFailure(f"an 8 KiB send loaned {r.loaned_pages} pages, not 2")
     ctx.note(f"loaned {r.loaned_pages} pages")
     await ctx.pdaemon_pass()
@@ -185,7 +187,7 @@ async def sosend_thresholds(ctx: Any) -> None:
     s = await p.socket()
     small = await ctx.send(p, s, va, data[:3000])
     big = await ctx.send(p, s, va, data)
-    thresh = ctx.knobs["LOAN_THRESHOLD"]
+    thresh = ctx.settings.loan_threshold
     if small.copied_bytes != 3000 or small.loaned_pages:
         raise ScenarioFailure(f"3000 bytes: {small}")
     want = 25 if thresh >= 0 else 0
@@ -210,7 +212,7 @@ async def kva_exhaustion(ctx: Any) -> None:
         await ctx.send(p, s, va + i * chunk, data[i * chunk : (i + 1) * chunk])
     async with TaskSet() as tasks:  # a failure below ends the fifth send too
         fifth = tasks.spawn(ctx.send(p, s, va + 4 * chunk, data[4 * chunk :]), report=False)
-        if ctx.knobs["LOAN_THRESHOLD"] >= 0:
+        if ctx.settings.loan_threshold >= 0:
             await ctx.poll(
                 lambda c: c.get("kvawaits", 0) >= 1, "net", "the fifth send to wait for KVA"
             )
@@ -234,7 +236,7 @@ async def wired_buffer(ctx: Any) -> None:
     await p.mlock(va, n)
     s = await p.socket()
     r = await ctx.send(p, s, va, data)
-    if ctx.knobs["ERA"] == "modern" and ctx.knobs["LOAN_THRESHOLD"] >= 0:
+    if ctx.knobs["ERA"] == "modern" and ctx.settings.loan_threshold >= 0:
         if r.loaned_pages or r.copied_bytes != n:
             raise ScenarioFailure(f"modern loaned wired pages: {r}")
         ctx.note("loan of wired pages refused; copied")

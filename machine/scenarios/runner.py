@@ -37,7 +37,7 @@ from typing import Any
 
 from machine.client import Machine, MachinePanic, Process, SendResult, Socket, Wire
 from machine.ipc.peer import Identity, Peer
-from machine.profile import load_profile, with_overrides
+from machine.profile import Settings, load_profile, with_overrides
 from machine.proto import (
     NO_HEADER,
     CtlStats,
@@ -104,6 +104,7 @@ class Ctx:
         self._kcall = kcall
         self.wire = wire
         self.knobs = knobs
+        self.settings = Settings.of(knobs)  # typed; the cores' rules: self.settings.rules
         self.ram = ram
         self.check = WireCheck()
         self.notes: list[str] = []
@@ -179,7 +180,7 @@ class Ctx:
             SETTLE_S,
         )
         loaned = (await self.frames()).get("loaned", 0)
-        zero = 1 if self.knobs["ERA"] == "modern" and loaned == 1 else 0
+        zero = 1 if self.settings.rules.zero_loans_share_one_page and loaned == 1 else 0
         if loaned - zero:
             raise ScenarioFailure(f"{loaned} pages still loaned after every mbuf was freed")
         rep = await self.kcall("uvm", UvmAudit(h=_H))
