@@ -16,7 +16,7 @@ Noticing (within ORPHAN_NOTICE_S):
     role missing) means it is gone. The supervisor pings until the machine is
     stopped (through a panic and a shutdown too), so a machine that is stopping
     slowly is not taken for an orphaned one.
-  Only serve_role (real processes) starts the watch: the in-memory simulation,
+  Only serve_role (machine.rolemain, real processes) starts the watch: the in-memory simulation,
   whose clock is virtual, never runs it.
 
 Stopping, in the clean shutdown's order (net, pdaemon, uvm, mmu):

@@ -1,40 +1,30 @@
-"""Building and running one role: the same code in a real process and in simulation.
+"""The roles of the machine: their specs in start order, and building one.
 
 ROLES lists every role's spec (machine.rolespec) in start order. make_service()
 builds a role's Service from its spec, its core complete; `await svc.connect()`
 opens its peers (uvm -> mmu; pdaemon -> uvm, mmu and uvm's events; net -> uvm,
 mmu, uvm's exits, link up); then it binds and serves.
-role_main() is a role process's entry point (multiprocess target and
-`uvm-machine role NAME`): it maps RAM, binds, reports its endpoints through
-the ready pipe (or stdout), and serves until ctl.shutdown or a signal — or
-until the supervisor dies (machine.orphan: it then stops as ctl.shutdown would).
+Running a role in a process of its own is machine.rolemain.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
 import random
-import signal
-from typing import Any
+from typing import TYPE_CHECKING
 
-from machine import orphan
-from machine.config import CHANNELS, RoleConfig, advertised
-from machine.ipc import timing
-from machine.ipc.auth import read_key_file
-from machine.ipc.peer import Peer
-from machine.ipc.service import Service
-from machine.ipc.transport import Transport
+from machine.config import CHANNELS
 from machine.limits import Limits
 from machine.mmu import spec as mmu_spec
 from machine.net import spec as net_spec
 from machine.pdaemon import spec as pdaemon_spec
 from machine.profile import load_profile
-from machine.ram import Ram
 from machine.rolespec import RoleContext, RoleSpec
 from machine.uvm import spec as uvm_spec
+
+if TYPE_CHECKING:  # names only: listing the roles stays light (the CLI imports this)
+    from machine.ipc.service import Service
+    from machine.ipc.transport import Transport
+    from machine.ram import Ram
 
 #: Every role, in start order: a role starts after the roles it connects to
 #: (RoleSpec.connects_to) and stops before them. Adding a role is adding its spec here.
@@ -99,69 +89,3 @@ def make_service(
         swap_bytes=swap_bytes,
     )
     return spec.build(ctx)
-
-
-async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = False) -> int:
-    """Run one role over ZeroMQ until ctl.shutdown or SIGTERM (and SIGINT if standalone).
-
-    => exit status: 0, or orphan.EXIT_ORPHANED when the supervisor died first.
-       A supervised role ignores SIGINT: a terminal's Ctrl-C reaches the whole
-       process group, and the supervisor stops roles in order.
-    """
-    from machine.ipc.zmqtransport import ZmqTransport
-
-    ram = Ram.attach(cfg.ram_name, cfg.ram_bytes)
-    transport = ZmqTransport()
-    rng = random.Random(cfg.seed)
-    # Request timing (machine.ipc.timing): UVM_MACHINE_TIMING=1, read once, for the process.
-    Service.timing = Peer.timing = timing.from_env()
-    svc = make_service(
-        cfg.role,
-        transport,
-        ram,
-        rng,
-        cfg.lease_s,
-        None,
-        cfg.state_dir,
-        cfg.swap_bytes,
-        cfg.profile,
-        key=read_key_file(cfg.key_file) if cfg.key_file else None,
-        limits=Limits.from_dict(cfg.limits),
-        peers=cfg.peers,
-    )
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, svc.stopped.set)
-    if standalone:
-        loop.add_signal_handler(signal.SIGINT, svc.stopped.set)
-    orphaned = False
-    try:
-        await svc.connect()  # its peers serve already; it serves only once they are open
-        eps = await svc.start(cfg.kernel, cfg.user, cfg.pub)
-        eps = {k: advertised(v, cfg.advertise) for k, v in eps.items()}
-        info = {"role": cfg.role, "pid": os.getpid(), "incarnation": svc.incarnation, **eps}
-        if ready is not None:
-            ready.send(info)
-            ready.close()
-        else:
-            print(json.dumps(info), flush=True)
-        orphaned = await orphan.until_stopped(svc, cfg)
-    except Exception as e:
-        if ready is not None:
-            with contextlib.suppress(Exception):
-                ready.send({"error": f"{type(e).__name__}: {e}"})
-        raise
-    finally:
-        await svc.close()
-        await transport.close()
-        ram.close()
-        if orphaned:
-            orphan.remove_leftovers(cfg, ram)
-    return orphan.EXIT_ORPHANED if orphaned else 0
-
-
-def role_main(cfg_dict: dict[str, Any], ready: Any = None) -> None:
-    """Process entry point (picklable): run the role, exit with its status."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, not the terminal
-    cfg = RoleConfig.from_dict(cfg_dict)
-    status = asyncio.run(serve_role(cfg, ready))
-    os._exit(status)

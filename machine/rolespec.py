@@ -23,13 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from machine.ipc.transport import Transport
-from machine.limits import Limits
-from machine.profile import Profile
-from machine.ram import Ram
-
-if TYPE_CHECKING:  # the spec names the type; building it is the role's job
+if TYPE_CHECKING:  # names only: a spec is light to import (the CLI lists the roles)
     from machine.ipc.service import Service
+    from machine.ipc.transport import Transport
+    from machine.limits import Limits
+    from machine.profile import Profile
+    from machine.ram import Ram
 
 
 @dataclass(frozen=True)

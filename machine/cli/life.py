@@ -116,7 +116,7 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_role(a: argparse.Namespace) -> int:
-    from machine.roles import serve_role
+    from machine.rolemain import serve_role
 
     layout = fixed_layout(a.host, a.base_port, a.kernel_dir)
     bind_host = a.bind or a.host

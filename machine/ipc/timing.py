@@ -2,7 +2,7 @@
 each call a peer made started and returned. The bench's per-hop breakdown is built from it.
 
 Turned on by UVM_MACHINE_TIMING=1 in a role process's environment, read once at role start
-(machine.roles.serve_role), or in-process by setting the class attribute `Service.timing`
+(machine.rolemain.serve_role), or in-process by setting the class attribute `Service.timing`
 and/or `Peer.timing` to a Timing before the services start (the in-memory machine; the
 bench's own client). Off (the default, None) it costs nothing per request: `Service.start`
 binds the plain handlers, and `Peer.call` pays one attribute test.

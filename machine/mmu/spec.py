@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from machine.mmu.pmap import Mmu
-from machine.mmu.service import MmuService
+from typing import TYPE_CHECKING
+
 from machine.rolespec import RoleContext, RoleSpec
+
+if TYPE_CHECKING:
+    from machine.mmu.service import MmuService
 
 
 def build(ctx: RoleContext) -> MmuService:
+    from machine.mmu.pmap import Mmu
+    from machine.mmu.service import MmuService  # when built: naming the roles stays light
+
     s = ctx.profile.settings
     return MmuService(
         ctx.transport,

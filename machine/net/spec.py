@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from machine.net.service import NetService
+from typing import TYPE_CHECKING
+
 from machine.rolespec import RoleContext, RoleSpec
+
+if TYPE_CHECKING:
+    from machine.net.service import NetService
 
 
 def build(ctx: RoleContext) -> NetService:
+    from machine.net.service import NetService  # when built: naming the roles stays light
+
     return NetService(
         ctx.transport,
         ram=ctx.ram,

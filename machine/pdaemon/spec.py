@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from machine.pdaemon.service import PdaemonService
+from typing import TYPE_CHECKING
+
 from machine.rolespec import RoleContext, RoleSpec
+
+if TYPE_CHECKING:
+    from machine.pdaemon.service import PdaemonService
 
 
 def build(ctx: RoleContext) -> PdaemonService:
+    from machine.pdaemon.service import PdaemonService  # when built: naming the roles stays light
+
     return PdaemonService(
         ctx.transport,
         profile=ctx.profile,

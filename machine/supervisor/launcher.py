@@ -59,7 +59,7 @@ class ProcessLauncher(Launcher):
         self.procs: dict[str, Any] = {}
 
     async def start(self, role: str, peers: dict[str, dict[str, str]]) -> dict[str, Any]:
-        from machine.roles import role_main
+        from machine.rolemain import role_main
 
         b = self.binds(role)
         cfg = RoleConfig(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from machine.rolespec import RoleContext, RoleSpec
-from machine.uvm.service import UvmService
+
+if TYPE_CHECKING:
+    from machine.uvm.service import UvmService
 
 
 def build(ctx: RoleContext) -> UvmService:
+    from machine.uvm.service import UvmService  # when built: naming the roles stays light
+
     return UvmService(
         ctx.transport,
         ram=ctx.ram,
