@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # names only: a spec is light to import (the CLI lists the roles)
     from machine.ipc.service import Service
@@ -46,6 +46,10 @@ class RoleContext:
     lease_s: float = 10.0
     state_dir: str = ""
     swap_bytes: int = 0  # 0: twice the RAM
+
+    def service_args(self) -> dict[str, Any]:
+        """What every role's Service takes alike (machine.ipc.service.Service)."""
+        return {"limits": self.limits, "rng": self.rng, "pid": self.pid, "key": self.key}
 
     def endpoint(self, role: str, channel: str = "kernel") -> str:
         """The endpoint of a role this one connects to."""

@@ -18,10 +18,7 @@ def build(ctx: RoleContext) -> MmuService:
     return MmuService(
         ctx.transport,
         mmu=Mmu(ctx.ram, s.kenter_mode, s.ppp_wired),
-        limits=ctx.limits,
-        rng=ctx.rng,
-        pid=ctx.pid,
-        key=ctx.key,
+        **ctx.service_args(),
     )
 
 

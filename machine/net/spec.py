@@ -20,10 +20,7 @@ def build(ctx: RoleContext) -> NetService:
         uvm=ctx.endpoint("uvm"),
         mmu=ctx.endpoint("mmu"),
         uvm_pub=ctx.endpoint("uvm", "pub"),
-        limits=ctx.limits,
-        rng=ctx.rng,
-        pid=ctx.pid,
-        key=ctx.key,
+        **ctx.service_args(),
     )
 
 

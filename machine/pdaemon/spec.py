@@ -19,10 +19,7 @@ def build(ctx: RoleContext) -> PdaemonService:
         uvm=ctx.endpoint("uvm"),
         mmu=ctx.endpoint("mmu"),
         uvm_pub=ctx.endpoint("uvm", "pub"),
-        limits=ctx.limits,
-        rng=ctx.rng,
-        pid=ctx.pid,
-        key=ctx.key,
+        **ctx.service_args(),
     )
 
 

@@ -21,10 +21,7 @@ def build(ctx: RoleContext) -> UvmService:
         state_dir=ctx.state_dir,
         swap_bytes=ctx.swap_bytes,
         profile=ctx.profile,
-        limits=ctx.limits,
-        rng=ctx.rng,
-        pid=ctx.pid,
-        key=ctx.key,
+        **ctx.service_args(),
     )
 
 

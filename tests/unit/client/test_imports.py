@@ -6,10 +6,11 @@ function body. The orders are the ones the packages' docstrings give.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from tests.unit.test_layering import _imports
 
 ROOT = Path(__file__).resolve().parents[3] / "machine"
 
@@ -18,16 +19,6 @@ ORDERS = {
     "client": ("errors", "feed", "session", "process", "wire", "machine", "__init__"),
     "cli": ("args", "life", "tools", "scenarios", "parser", "__init__"),
 }
-
-
-def _imports(path: Path) -> set[str]:
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-    return out
 
 
 @pytest.mark.parametrize("pkg", sorted(ORDERS))
