@@ -47,8 +47,8 @@ class Rules:
     zero_loans_share_one_page: bool
     #: Object pages can be loaned to anons (O->A); modern compiles it out (EINVAL).
     loans_obj_to_anon: bool
-    #: A loaned page its owner frees (an orphan) leaves the paging queues (2002+);
-    #: 1999 leaves it where it was.
+    #: A loaned page its owner frees (an orphan) leaves the paging queues unless an anon
+    #: still borrows it (2002+); 1999 leaves it where it was.
     orphan_dequeued: bool
     #: The last kernel loan of a page an anon or object still holds puts it back on a
     #: paging queue (2002, [cvs139]).

@@ -237,14 +237,16 @@ class Uvm:
         """The owner lets a loaned page go: an orphan, kept alive by its loans (sections 3,
         5.2, 5.3). Its object or anon owner is gone and PG_CLEAN cleared (a future anon
         owner needs swap); an anon that only borrows it (O->A) keeps its uanon; 1999
-        leaves it where it was, later eras dequeue it."""
+        leaves it where it was, later eras (rules.orphan_dequeued) dequeue it unless an
+        anon still borrows it: that one stays queued, where the page daemon finds it and
+        hands it to the anon (section 3, modern uvm_pagefree; 5.4)."""
         pages = self.pages
         if pages.flags[pfn] & PageFlag.ANON:
             pages.uanon[pfn] = NIL
         pages.uobject[pfn] = NIL
         pages.offset[pfn] = 0
         pages.flags[pfn] &= ~(PageFlag.ANON | PageFlag.TABLED | PageFlag.CLEAN)
-        if self.rules.orphan_dequeued:
+        if self.rules.orphan_dequeued and pages.uanon[pfn] == NIL:
             pages.dequeue(pfn)
         self.stats.orphans += 1
         self.stats.pgfrees += 1

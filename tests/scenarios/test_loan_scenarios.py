@@ -216,7 +216,7 @@ async def test_11_unloan_of_an_ownerless_busy_page_panics(tmp_path: Path) -> Non
         loan.unloan_page(uvm, pfn)
 
 
-@pytest.mark.parametrize("knobs", [MODERN, ERA1999], ids=["modern", "1999"])
+@pytest.mark.parametrize("knobs", [MODERN, ERA1999, ERA2002], ids=["modern", "1999", "2002"])
 async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
     p = await mmap.spawn(uvm, OWN)
@@ -227,16 +227,18 @@ async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None
         assert len(set(pfns)) == 1
         assert pages.loan_count[pfns[0]] == 16
         assert pages.pqflags[pfns[0]] == 0
-    else:  # 1999: sixteen fresh zeroed ownerless pages, each loaned and wired
+    else:  # sixteen fresh zeroed ownerless pages, each loaned (and wired in 1999)
         assert len(set(pfns)) == 16
-        assert all(pages.loan_count[f] == 1 and pages.wire_count[f] == 1 for f in pfns)
+        wired = int(knobs["ERA"] == "1999")
+        assert all(pages.loan_count[f] == 1 and pages.wire_count[f] == wired for f in pfns)
+        assert all(pages.pqflags[f] == 0 for f in pfns)
     assert kread(mmu, 16 * PAGE_SIZE) == bytes(16 * PAGE_SIZE)
     assert await audit(uvm) == []
     give_back(uvm, mmu, pfns)
     assert await audit(uvm) == []
 
 
-@pytest.mark.parametrize("knobs", [MODERN, ERA1999], ids=["modern", "1999"])
+@pytest.mark.parametrize("knobs", [MODERN, ERA1999, ERA2002], ids=["modern", "1999", "2002"])
 async def test_25_loaning_a_wired_page(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
     p, va, pfn = await anon_page(uvm, mmu)
@@ -248,6 +250,10 @@ async def test_25_loaning_a_wired_page(tmp_path: Path, knobs: dict[str, Any]) ->
         assert ei.value.errno == "EBUSY"
         assert uvm.pages.loan_count[pfn] == 0
         assert mmu.extract(p, va).prot == prot  # type: ignore[union-attr]  # no change
+    elif knobs["ERA"] == "2002":  # uvm_loanuobj KASSERTs wire_count == 0
+        with pytest.raises(KernelPanic, match="loaning wired page"):
+            await loan.loan_to_kernel(uvm, p, OWN, va, 1)
+        return
     else:  # 1999 loans it: a second wiring, and the wired mapping is write-protected
         await loan.loan_to_kernel(uvm, p, OWN, va, 1)
         assert uvm.pages.wire_count[pfn] == 2
@@ -414,3 +420,39 @@ async def test_27_without_the_requeue_fix_the_page_is_never_paged_out_and_the_au
     assert uvm.pages.pqflags[pfn] == 0  # stays off-queue: the leak [cvs139] fixed
     assert await audit(uvm) == [f"I8: page {pfn} is held but off every paging queue (unpageable)"]
     loan.unloan_anons(uvm, [a])
+
+
+@pytest.mark.parametrize("knobs", [ERA1999, ERA2002], ids=["1999", "2002"])
+async def test_an_orphan_an_anon_borrows_stays_queued_and_2002_unloan_adopts_it(
+    tmp_path: Path, knobs: dict[str, Any]
+) -> None:
+    """O->A and O->K, then the object lets the page go: an orphan the anon still borrows.
+    It stays on its queue (modern uvm_pagefree dequeues only without an anon borrower),
+    and when the kernel's loan ends 2002's uvm_unloanpage hands it to the anon (4.3);
+    1999 leaves that to the anon's next fault or the page daemon (5.4)."""
+    uvm, _ = boot(tmp_path, knobs)
+    (tmp_path / "disk" / "o.bin").write_bytes(b"objp" * 1024)
+    h, _ = files.open(uvm, OWN, "o.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW, handle=h, shared=True)
+    [a] = await loan.loan_to_anons(uvm, p, OWN, va, 1)  # O->A: on the active queue
+    pfn = a.page
+    pages = uvm.pages
+    await mmap.munmap(uvm, p, OWN, va, PAGE_SIZE)
+    await files.close(uvm, OWN, h)  # the object lets it go: an orphan the anon borrows
+    assert (pages.uobject[pfn], pages.uanon[pfn], pages.loan_count[pfn]) == (NIL, a.id, 1)
+    assert pages.pqflags[pfn] == PQ.ACTIVE  # still where the page daemon can adopt it
+    assert await audit(uvm) == []
+    loan.loan_page(uvm, pfn)  # a kernel loan of the orphan (as a send through the anon)
+    assert pages.loan_count[pfn] == 2
+    loan.unloan(uvm, [pfn], K, 0)
+    if knobs["ERA"] == "2002":
+        assert pages.flags[pfn] & PageFlag.ANON  # adopted by uvm_unloanpage
+        assert pages.loan_count[pfn] == 0
+    else:
+        assert not pages.flags[pfn] & PageFlag.ANON  # still borrowed, until 5.4
+        assert pages.loan_count[pfn] == 1
+    assert pages.pqflags[pfn] == PQ.ACTIVE
+    assert await audit(uvm) == []
+    loan.unloan_anons(uvm, [a])
+    assert await audit(uvm) == []

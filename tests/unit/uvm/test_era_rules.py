@@ -12,8 +12,8 @@ import pytest
 
 from machine.params import PAGE_SIZE
 from machine.profile import SHIPPED, load_profile
-from machine.uvm import mmap, pdops
-from machine.uvm.page import PQ
+from machine.uvm import loan, mmap, pdops
+from machine.uvm.page import NIL, PQ
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
 from tests.unit.uvm.test_core import OWN, RW, cpu_store
@@ -46,3 +46,26 @@ def test_every_shipped_profile_builds_its_rules_once_and_typed() -> None:
         assert p.rules.era is p.settings.era
         assert p.rules.inject_queue_violation == (p.settings.queue_invariant == "violated")
         assert p.rules.page_protect_panics_on_wired == (p.settings.ppp_wired == "panic")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "queued"),
+    [({"ERA": "1999", "QUEUE_INVARIANT": "violated"}, True), ({"ERA": "modern"}, False)],
+    ids=["1999", "modern"],
+)
+async def test_an_orphan_nobody_borrows_leaves_the_queues_after_1999(
+    knobs: dict[str, str], queued: bool
+) -> None:
+    """rules.orphan_dequeued: the owner frees a page the kernel still borrows. 1999's
+    uvm_pagefree leaves it where it was (the injected state: on the active queue, where
+    the daemon finds it); later eras dequeue it (section 3)."""
+    uvm, mmu = make_uvm(32, knobs=knobs)
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
+    await cpu_store(uvm, mmu, p, va, b"o")
+    [pfn] = await loan.loan_to_kernel(uvm, p, OWN, va, 1)
+    assert uvm.pages.pqflags[pfn] == PQ.ACTIVE  # 1999: injected; modern: loans stay queued
+    await mmap.munmap(uvm, p, OWN, va, PAGE_SIZE)  # the anon goes: an orphan
+    assert uvm.pages.uanon[pfn] == NIL
+    assert uvm.pages.loan_count[pfn] == 1
+    assert (uvm.pages.pqflags[pfn] == PQ.ACTIVE) is queued
