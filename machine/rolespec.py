@@ -61,7 +61,7 @@ class RoleSpec:
     """One role, as the machine sees it from outside."""
 
     name: str
-    #: The fixed layout's ports (machine.config.fixed_layout): kernel B + port_offset,
+    #: The fixed layout's ports (machine.roles.fixed_layout): kernel B + port_offset,
     #: user B + port_offset + 1, pub B + port_offset + 2.
     port_offset: int
     #: Builds the role's service, its core complete (step 1 of the module doc).

@@ -8,8 +8,7 @@ is built by machine.net.kernel.BusKernel, which holds the two peers. What is her
   * the connections (machine.rolespec): connect() opens uvm and the mmu (BusKernel's
     peers), subscribes to uvm.proc_exited (fast, may be lost), starts the reconciler,
     which asks uvm.owners every RECONCILE_S (reliable), and the driver; start()
-    then publishes net.link_up. (connect_peer, watch_uvm and link_up do the same steps
-    one by one, on a role that already serves.)
+    then publishes net.link_up.
   * the driver's end. The driver stops when a peer it calls panicked (PeerPanic). net
     itself did not panic: it publishes no ctl.panic and still answers ctl.ping, so the
     supervisor reports the role that did (its ctl.panic, its EPANIC to pings). But net is
@@ -26,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from machine.ipc.peer import Peer, PeerPanic, RemoteError
+from machine.ipc.peer import PeerPanic, RemoteError
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription
 from machine.limits import Limits
@@ -92,7 +91,7 @@ class NetService(Service):
         **kw: Any,
     ) -> None:
         """uvm, mmu: the roles' kernel endpoints, uvm_pub uvm's events (opened by
-        connect(); or name them later with connect_peer and watch_uvm)."""
+        connect(); machine.net.spec names them)."""
         super().__init__(transport, limits=limits, **kw)
         self.ram = ram
         self.uvm_pub = uvm_pub
@@ -123,21 +122,9 @@ class NetService(Service):
             self._announce()
         return eps
 
-    async def connect_peer(self, role: str, endpoint: str) -> Peer:
-        """Open the channel to uvm or the mmu (after start; connect() does it before)."""
-        peer = await self.peer(role, endpoint).open(self.transport)
-        if role == "uvm":
-            self.kernel.uvm = peer
-        elif role == "mmu":
-            self.kernel.mmu = peer
-        return peer
-
-    async def watch_uvm(self, uvm_pub: str) -> None:
-        """Learn of process exits (after start; connect() does it before)."""
-        await self._watch(uvm_pub)
-
     async def link_up(self) -> None:
-        """Start the driver and announce the link (after start; connect() does it before)."""
+        """Start the driver and announce the link on a role that serves already (a unit
+        test's service whose core has a fake kernel; connect() and start() do it)."""
         self._start_driver()
         self._announce()
 

@@ -27,7 +27,7 @@ entry gone), so it cannot drift from the maps:
       (audit.py sums every space).
 `reserved` holds the entries a fork has charged for a child it is still
 building; insert(reserved=True) turns one into a counted entry. The limit is
-checked by the callers (machine.uvm.vm), before anything changes; VmMap only
+checked by the callers (machine.uvm.mmap), before anything changes; VmMap only
 counts. An entry costs about 140 bytes of uvm memory (MapEntry has __slots__;
 measured with tracemalloc over 2000 entries x 100 forks), its amap apart.
 Costs: an entry and its amap cost O(used slots), whatever its length;
