@@ -99,8 +99,9 @@ class Settings:
             requeue_fix=cast(RequeueFix, knobs["REQUEUE_FIX"]),
         )
 
-    @property
+    @cached_property
     def rules(self) -> Rules:
+        """The era's decisions with this profile's injections (machine.rules); built once."""
         return Rules.of(
             self.era,
             inject_queue_violation=self.queue_invariant == "violated",

@@ -70,5 +70,3 @@ class RoleSpec:
     connects_to: tuple[str, ...] = ()
     #: The profile knobs it acts on (docs/design.md "Profiles").
     knobs: tuple[str, ...] = ()
-    #: One line for `uvm-machine` help and the docs.
-    summary: str = ""

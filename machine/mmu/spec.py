@@ -27,5 +27,4 @@ SPEC = RoleSpec(
     port_offset=10,
     build=build,
     knobs=("KENTER_MODE", "PPP_WIRED"),
-    summary="pmaps, pv lists, R/M bits; performs every CPU load and store",
 )

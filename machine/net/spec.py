@@ -30,5 +30,4 @@ SPEC = RoleSpec(
     build=build,
     connects_to=("uvm", "mmu"),
     knobs=("LOAN_THRESHOLD",),
-    summary="sockets, mbufs, loan KVA, the driver and link, per-session wire queues",
 )

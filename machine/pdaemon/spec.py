@@ -29,5 +29,4 @@ SPEC = RoleSpec(
     build=build,
     connects_to=("uvm", "mmu"),
     knobs=("PD_POLICY", "PD_WIRED_CHECK", "DEACT_MODE", "DIAGNOSTIC"),
-    summary="the page-replacement policy: wakes on uvm.pressure, scans, claims, evicts",
 )

@@ -5,7 +5,8 @@ the `uvm.audit` message (tests, stress runs, the kernel debugger) and after
 every step of the model-based tests. What it checks:
 
   * VmPages.check(): I1 (wired => not on a paging queue), I2 (free pages have
-    no owner, wiring or loan), I3 (allocated => owned or loaned), Q1 (queue
+    no owner, wiring or loan), I3 (allocated => owned or loaned), I8 (a held,
+    unbusy, unwired page without a kernel loan is on a paging queue), Q1 (queue
     counts and flags); SwapDevice.check().
   * maps (M1-M5) and amaps (AM1: slots/back-pointer equation) of every space;
     E1: every map counts in the machine's entry pool, whose nentries is the
@@ -17,9 +18,6 @@ every step of the model-based tests. What it checks:
   * objects: O1 every page of an object is owned by it at that offset
     (uobject, offset, PG_TABLED); refs == entries + open handles.
   * files: F1 each session's open-file count (limits.files) == its handles.
-  * I8: a page held by an anon or an object (owned, or borrowed by an anon),
-    not BUSY, not wired and with no loan to the kernel is on a paging queue;
-    off every queue nothing could ever page it out ([cvs139], scenario 27).
   * conservation (U2): every frame is free, or owned by exactly one anon or
     object, or an orphan kept alive by kernel loans (loan_count > 0), or the
     shared zero page; free + the rest == npages; swpgonly == the number of slots whose
@@ -136,24 +134,8 @@ def _static(uvm: Uvm) -> list[str]:
     return problems
 
 
-def _unpageable(uvm: Uvm) -> list[str]:
-    """I8 (module doc)."""
-    p = uvm.pages
-    out: list[str] = []
-    for pfn in range(p.npages):
-        f = p.flags[pfn]
-        if p.pqflags[pfn] or f & PageFlag.BUSY or p.wire_count[pfn] or pfn in p.kernel_owned:
-            continue  # queued (free included), busy, wired, or the kernel's own
-        borrowed = not f & PageFlag.ANON and p.uanon[pfn] != NIL
-        held = f & (PageFlag.ANON | PageFlag.TABLED) or borrowed
-        if held and p.loan_count[pfn] == int(borrowed):  # no loan to the kernel keeps it
-            out.append(f"I8: page {pfn} is held but off every paging queue (unpageable)")
-    return out
-
-
 async def audit(uvm: Uvm) -> list[str]:
-    problems = _static(uvm) + _unpageable(uvm)
-    problems += [f"mmu: {p}" for p in await uvm.pmap.check()]
+    problems = _static(uvm) + [f"mmu: {p}" for p in await uvm.pmap.check()]
     for asid, sp in uvm.spaces.items():
         for va, pfn, prot, wired in await uvm.pmap.mappings(asid):
             e = sp.map.lookup(va)

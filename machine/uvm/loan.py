@@ -50,8 +50,6 @@ from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
 from machine.uvm.resident import anon_get, obj_get
 from machine.uvm.state import Uvm, VmSpace
 
-REFAULT = -1
-
 
 async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) -> list[int]:
     """uvm_loan(TOPAGE) of [va, va + npages pages). => one pfn per page (see module doc)."""

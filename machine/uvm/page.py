@@ -31,6 +31,10 @@ Invariants (check()):
       or a kernel-owned page (the shared zero page).
   Q1  each queue's count equals the length of its list, and every page on a
       list has exactly that queue's pqflag.
+  I8  a page held by an anon or an object (owned, or borrowed by an anon: uanon
+      set, PG_ANON clear), not BUSY, not wired, with no loan to the kernel, is on
+      a paging queue: off every queue nothing could ever page it out ([cvs139],
+      scenario 27).
 A violated precondition of a primitive is a kernel panic with NetBSD's message.
 cf. NetBSD sys/uvm/uvm_page.c, uvm_page_i.h.
 """
@@ -269,7 +273,7 @@ class VmPages:
         return out
 
     def check(self) -> list[str]:
-        """Check I1, I2, Q1 over every frame; returns the problems found."""
+        """Check I1, I2, I3, I8, Q1 over every frame; returns the problems found."""
         problems: list[str] = []
         for q in (self.free, self.active, self.inactive):
             pfns = self.walk(q)
@@ -301,6 +305,12 @@ class VmPages:
                 and pfn not in self.kernel_owned
             ):
                 problems.append(f"I3: allocated page {pfn} has no owner and no loan")
+            f = self.flags[pfn]
+            if pq == 0 and not wc and not f & PageFlag.BUSY and pfn not in self.kernel_owned:
+                borrowed = not f & PageFlag.ANON and self.uanon[pfn] != NIL
+                held = f & (PageFlag.ANON | PageFlag.TABLED) or borrowed
+                if held and self.loan_count[pfn] == int(borrowed):  # no kernel loan keeps it
+                    problems.append(f"I8: page {pfn} is held but off every paging queue")
         if wired != self.wired:
             problems.append(f"wired counter {self.wired} != {wired} wired pages")
         return problems

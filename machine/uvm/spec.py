@@ -31,5 +31,4 @@ SPEC = RoleSpec(
     build=build,
     connects_to=("mmu",),
     knobs=("ERA", "QUEUE_INVARIANT", "PPP_WIRED", "LOAN_KVA", "DIAGNOSTIC", "PD_POLICY"),
-    summary="vm_page of every frame, address spaces, anons, objects, faults, loans, files",
 )
