@@ -9,16 +9,20 @@ same profile with LOAN_THRESHOLD -1 (every send copied); the order alternates
 between rounds. On each, one process fills a 4 MiB buffer and, for every size
 from 4 KiB to 4 MiB, sends it k times back to back (write(2) in a loop; k =
 16 MiB / size, at least 8, at most 256) on one socket, while a wire
-subscriber in the same client receives every packet. Throughput = bytes /
+subscriber in the same client receives every packet (the sender stays at most
+8 MiB ahead of it, so the wire's queue of 16 MiB never drops). Throughput = bytes /
 (first send -> last packet received), so the driver's DMA read, the wire and
 (for loans) the deferred kremove/unloan all count. Every payload is compared
 with the buffer.
 
-Kernel messages per send: what the send path used (net.send's reply: loan +
-kenter per 64 KiB chunk, or copyin per chunk), uvm's pmap.page_protect(READ)
-per loan (the mmu's counter), and the driver's per-mbuf messages for loaned
-chunks (pmap.kextract, pmap.kremove, uvm.unloan), from net's counters. Page
-bytes never travel in a kernel message on the loan path.
+Kernel messages per send: what the send path used (net.send's reply: one
+uvm.loan_chunks and one pmap.kenter_chunks per window of up to 64 chunks of 64 KiB;
+on the copy path a pmap.uhold and a pmap.urelease per run of copied chunks, plus
+any uvm.kfault), uvm's pmap.page_protect(READ) per loan (the mmu's counter),
+and the driver's messages (net's `driver_msgs`: one pmap.kextract per ring
+pass, or for the passes made while one is in flight, one pmap.kremove and one
+uvm.unloan per sopendfree pass). Page bytes never travel in a kernel message,
+loaned or copied.
 
 Markdown on stdout, progress on stderr, JSON in bench/results/ (git-ignored).
 """
@@ -48,6 +52,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20]
 BUF = 4 << 20
 TOTAL = 16 << 20
+AHEAD = 8 << 20  # bytes sent and not yet received, at most (half of limits.wire_bytes)
 MODES = ["loan", "copy", "loan-1M"]  # loan-1M: SOCK_LOAN_CHUNK raised to 1 MiB (experiment)
 
 
@@ -61,21 +66,29 @@ async def one_size(m: Machine, wire: Any, p: Any, s: Any, va: int, buf: bytes, s
     c0, p0 = await role_counters(m, "net"), await role_counters(m, "mmu")
     msgs = 0
     loaned = copied = 0
+    got = 0
+
+    async def receive() -> None:
+        nonlocal got
+        pkt = await wire.get(120)
+        if pkt.payload != buf[:size]:
+            raise AssertionError(f"size {size}: a payload differs from the buffer")
+        got += 1
+
     t0 = time.perf_counter()
-    for _ in range(k):
+    for i in range(k):
+        while (i - got) * size >= AHEAD:  # the wire's queue never overflows (wire_bytes)
+            await receive()
         r = await p.send(s, va, size)
         msgs += r.messages
         loaned += r.loaned_pages
         copied += r.copied_bytes
     t_sent = time.perf_counter()
-    for _ in range(k):
-        pkt = await wire.get(120)
-        if pkt.payload != buf[:size]:
-            raise AssertionError(f"size {size}: a payload differs from the buffer")
+    while got < k:
+        await receive()
     t1 = time.perf_counter()
     c1, p1 = await role_counters(m, "net"), await role_counters(m, "mmu")
-    chunks = c1["loaned_chunks"] - c0["loaned_chunks"]
-    driver = 3 * chunks  # kextract + kremove + unloan per loaned mbuf
+    driver = c1["driver_msgs"] - c0["driver_msgs"]  # kextract, kremove, unloan batches
     driver += p1["page_protects"] - p0["page_protects"]  # uvm's write-protect, per loan
     return {
         "size": size,
@@ -199,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one round, three sizes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--sizes", help="comma-separated KiB, e.g. 64,256,1024,4096")
     a = ap.parse_args(argv)
     sizes = [4 << 10, 256 << 10, 4 << 20] if a.quick else SIZES
+    if a.sizes:
+        sizes = [int(x) << 10 for x in a.sizes.split(",")]
     res = measure(1 if a.quick else a.rounds, sizes)
     print(report(res))
     path = a.json or BENCH_DIR / "results" / f"bench_net-{time.strftime('%Y%m%d-%H%M%S')}.json"

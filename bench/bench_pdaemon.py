@@ -12,6 +12,7 @@ On a real machine (`uvm-machine up --ram 16M --swap 128M`, tcp; --quick: 4M / 32
     passes) and pages acted on/s (Δ(pdreact + pddeact + pdfreed + pdpageouts));
  3. time per page of a full pass of 4 KiB stores over a working set of 0.5x and 2x RAM, after
     a first pass that faults everything in; the ratio is the slowdown of thrashing.
+The JSON's top-level `pageout_mb_s` and `thrash_slowdown` are parts 1 and 3 in one number each.
 
 Markdown on stdout, progress on stderr, JSON in bench/results/ (git-ignored).
 """
@@ -242,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(), "python": sys.version.split()[0],
     }  # fmt: skip
     res["real"] = measure(pl)
+    lo, hi = (res["real"]["ws"][str(x)]["us_per_page"] for x in pl.ws_factors)
+    res["pageout_mb_s"] = res["real"]["swap"]["pageout_MBps"]  # issue 11's summary keys
+    res["thrash_slowdown"] = hi / lo  # per-page store time, 2x RAM / 0.5x RAM
     res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     res["elapsed_s"] = round(time.monotonic() - T0, 1)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -16,9 +16,9 @@ Wire.tap, sees every session's):
             r = await p.send(s, va, 8192)     # loaned if >= LOAN_THRESHOLD
             pkt = await w.get()               # pkt.payload: memory as it was at send
 
-A Process's load/store is a CPU access: the mmu performs it, or answers a
-trap; the library then calls uvm.fault and retries, as a CPU would after the
-kernel's fault handler returned. An unresolvable fault raises Segv.
+A Process's load/store is a CPU access: the mmu performs it page by page and
+has the kernel (uvm) resolve each trap while the access waits, so the library
+sees one reply. An unresolvable fault raises Segv.
 
 Errors a caller can see (all MachineError):
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine

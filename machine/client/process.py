@@ -1,32 +1,30 @@
 """Process, File and Socket: what a session acts on, as an emulated user process would.
 
-A Process's load/store is a CPU access: the mmu performs it, or answers a
-trap (EFAULT with fault_va/fault_access); the library then calls uvm.fault
-and retries, as a CPU would after the kernel's fault handler returned. An
-unresolvable fault raises Segv; an access is all-or-nothing per mmu request
-(at most MAX_ACCESS_BYTES), so a Segv leaves that chunk unwritten.
+A Process's load/store is a CPU access: one mmu request per MAX_ACCESS_BYTES,
+performed page by page; a page that does not translate traps to the kernel,
+which resolves it while the request waits (the mmu hands the trap to uvm and
+enters its answer), so the library sees one reply. An unresolvable fault
+raises Segv; the bytes before the faulting address were accessed, as a
+CPU's string instruction leaves them.
 
 Invariants:
   - a Process is in its session's `processes` (by asid) from spawn/fork until
     its exit() returns; after that `exited` is true and the asid is no longer
     the session's;
-  - one access retries at most MAX_TRAPS_PER_PAGE times per page it spans
-    (a page may be revoked between the fault's resolution and the retry, e.g.
-    by the page daemon), then raises MachineError rather than loop forever;
+  - `faults` counts the traps the machine resolved for this process's
+    accesses (the mmu's reply says how many each took);
   - File and Socket are handles the machine owns: it closes them itself when
     the session detaches (and a socket when its process exits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-from machine.client.errors import MachineError, RequestError, Segv
+from machine.client.errors import OutOfMemory, RequestError, Segv
 from machine.client.session import Session
-from machine.params import MAX_ACCESS_BYTES, PAGE_SHIFT, PAGE_SIZE
+from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
 from machine.proto import (
     NO_HEADER,
     Errno,
@@ -43,7 +41,6 @@ from machine.proto import (
     Status,
     UvmClose,
     UvmExit,
-    UvmFault,
     UvmFork,
     UvmForkReply,
     UvmMmap,
@@ -93,10 +90,6 @@ class File:
 
 class Process:
     """An emulated user process: its address space and a CPU to access it."""
-
-    #: Retries of one access before giving up (a page may be revoked between
-    #: the fault's resolution and the retry, e.g. by the page daemon).
-    MAX_TRAPS_PER_PAGE = 8
 
     def __init__(
         self, machine: Session, asid: int, processes: dict[int, Process] | None = None
@@ -181,35 +174,25 @@ class Process:
         self.exited = True
         self._processes.pop(self.asid, None)
 
-    async def _trap(self, rep: MmuAccessReply) -> None:
+    async def _access(self, req: Request) -> MmuAccessReply:
+        """One CPU access (the kernel resolves its traps). => Segv where it cannot."""
+        rep: MmuAccessReply = await self.m.call_role("mmu", req, MmuAccessReply)
+        self.faults += rep.traps
+        if rep.status is Status.OK:
+            return rep
         access = Prot(rep.fault_access)
-        self.faults += 1
-        try:
-            await self._uvm(UvmFault(h=_H, asid=self.asid, va=rep.fault_va, access=int(access)))
-        except RequestError as e:
-            if e.errno is Errno.EFAULT:
-                raise Segv(rep.fault_va, access, e.detail) from None
-            raise
-
-    async def _access(self, req_for: Callable[[], Request], va: int, n: int) -> MmuAccessReply:
-        pages = ((va + n - 1) >> PAGE_SHIFT) - (va >> PAGE_SHIFT) + 1
-        for _ in range(self.MAX_TRAPS_PER_PAGE * pages + 4):
-            rep: MmuAccessReply = await self.m.call_role("mmu", req_for(), MmuAccessReply)
-            if rep.status is Status.OK:
-                return rep
-            if rep.errno is not Errno.EFAULT:
-                raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
-            await self._trap(rep)
-        raise MachineError(f"access at {va:#x}: faults keep recurring ({self.faults} so far)")
+        if rep.errno is Errno.EFAULT:
+            raise Segv(rep.fault_va, access, rep.detail)
+        if rep.errno is Errno.ENOMEM:
+            raise OutOfMemory(rep.detail)
+        raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
 
     async def store(self, va: int, data: bytes) -> None:
         """A CPU store; faults are resolved transparently. => Segv if unmapped."""
         for off in range(0, len(data), MAX_ACCESS_BYTES):
             chunk = bytes(data[off : off + MAX_ACCESS_BYTES])
             a = va + off
-            await self._access(
-                partial(MmuStore, h=_H, asid=self.asid, va=a, data=chunk), a, len(chunk)
-            )
+            await self._access(MmuStore(h=_H, asid=self.asid, va=a, data=chunk))
 
     async def load(self, va: int, n: int) -> bytes:
         """A CPU load of n bytes; faults are resolved transparently. => Segv if unmapped."""
@@ -217,7 +200,7 @@ class Process:
         for off in range(0, n, MAX_ACCESS_BYTES):
             take = min(MAX_ACCESS_BYTES, n - off)
             a = va + off
-            rep = await self._access(partial(MmuLoad, h=_H, asid=self.asid, va=a, n=take), a, take)
+            rep = await self._access(MmuLoad(h=_H, asid=self.asid, va=a, n=take))
             out += rep.data
         return bytes(out)
 

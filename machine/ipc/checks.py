@@ -40,9 +40,9 @@ def decode_frame(raw: bytes, endpoint: Scope) -> tuple[Request, bytes | memoryvi
     """
     if endpoint is not Scope.USER or len(raw) <= TAG_LEN:
         return decode_request(raw), raw, None
-    view = memoryview(raw)
+    body = memoryview(raw)[:-TAG_LEN]
     try:
-        return decode_request(view[:-TAG_LEN]), view[:-TAG_LEN], raw[-TAG_LEN:]
+        return decode_request(body), body, raw[-TAG_LEN:]
     except BadMessage as signed:
         try:
             return decode_request(raw), raw, None

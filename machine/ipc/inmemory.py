@@ -7,6 +7,11 @@ and delivered after a latency drawn from a seeded RNG, on a virtual clock:
   * Delivery order is a function of the seed alone. Two runs with the same
     seed and the same program produce the same trace; different seeds
     explore different interleavings (FoundationDB-style simulation).
+  * One connection delivers in order each way (its requests in the order
+    sent, their replies in the order made), as a ZeroMQ DEALER/ROUTER pair
+    and a PUB/SUB pair do; deliveries on different connections interleave
+    freely. Roles rely on it: uvm's answers to traps travel on the same
+    connection to the mmu as its revocations (docs/design.md, "Faults").
   * VirtualTimeLoop's clock only moves when every task is blocked: the
     selector, instead of sleeping, jumps time to the next timer. A program
     with nothing left to run and no timer pending is deadlocked; the loop
@@ -53,12 +58,30 @@ class SimulationTimeout(RuntimeError):
     """Virtual time ran past the simulation's limit."""
 
 
+#: Busy turns (callbacks ready) in a row that skip polling the loop's self-pipe.
+SKIP_POLLS = 15
+
+
 class _VirtualSelector(selectors.DefaultSelector):
+    """Polls real fds without blocking; an idle loop advances virtual time instead.
+
+    A busy turn (callbacks ready) whose only fd is the loop's self-pipe polls nothing,
+    up to SKIP_POLLS turns in a row: a thread's call_soon_threadsafe callback is in the
+    ready queue already (its byte in the pipe is read at the next poll), and a signal
+    handler's wake-up (set_wakeup_fd) waits at most SKIP_POLLS turns. That saves an
+    epoll_wait per turn (~12 per in-memory fault). A registered fd is polled every turn.
+    """
+
     def __init__(self, loop: VirtualTimeLoop) -> None:
         super().__init__()
         self._vloop = loop
+        self._skipped = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout == 0 and self._skipped < SKIP_POLLS and len(self.get_map()) <= 1:
+            self._skipped += 1
+            return []
+        self._skipped = 0
         ready = super().select(0)
         if ready or timeout == 0:
             return ready
@@ -108,9 +131,15 @@ class MemConnection(Connection):
     def __init__(self, bus: InMemoryTransport, endpoint: str, on_reply: OnBytes) -> None:
         self.bus, self.endpoint, self.on_reply = bus, endpoint, on_reply
         self.closed = False
+        #: Delivery times of the last request / reply scheduled on this connection:
+        #: a connection delivers in order each way, as a ZeroMQ DEALER/ROUTER pair does.
+        self.last_request = 0.0
+        self.last_reply = 0.0
 
     def send(self, data: bytes) -> None:
-        self.bus.schedule(self.bus.deliver_request, self, data)
+        self.last_request = self.bus.schedule_after(
+            self.last_request, self.bus.deliver_request, self, data
+        )
 
     async def close(self) -> None:
         self.closed = True
@@ -168,6 +197,14 @@ class InMemoryTransport(Transport):
         loop = asyncio.get_running_loop()
         loop.call_at(loop.time() + self.latency.draw(), fn, *args)
 
+    def schedule_after(self, last: float, fn: Any, *args: Any) -> float:
+        """Schedule at a random latency, but never before `last` (per-pair order).
+        => the delivery time, the next call's `last`."""
+        loop = asyncio.get_running_loop()
+        when = max(loop.time() + self.latency.draw(), last + 1e-9)
+        loop.call_at(when, fn, *args)
+        return when
+
     def deliver_request(self, conn: MemConnection, data: bytes) -> None:
         server = self.servers.get(conn.endpoint)
         if server is None or conn.closed or len(data) > MAX_REQUEST_BYTES:
@@ -180,14 +217,17 @@ class InMemoryTransport(Transport):
         out = server.handler(data)
         if out is None or isinstance(out, bytes):
             if out is not None:
-                self.schedule(self._deliver_reply, conn, out)
+                self._reply(conn, out)
             return
         server.tasks.spawn(self._finish(conn, out), "reply")
 
     async def _finish(self, conn: MemConnection, pending: Awaitable[bytes | None]) -> None:
         out = await pending
         if out is not None:
-            self.schedule(self._deliver_reply, conn, out)
+            self._reply(conn, out)
+
+    def _reply(self, conn: MemConnection, out: bytes) -> None:
+        conn.last_reply = self.schedule_after(conn.last_reply, self._deliver_reply, conn, out)
 
     def _deliver_reply(self, conn: MemConnection, data: bytes) -> None:
         if not conn.closed:

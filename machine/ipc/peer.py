@@ -23,6 +23,7 @@ from machine.proto import (
     Errno,
     ErrnoError,
     Header,
+    Notice,
     Reply,
     Request,
     Status,
@@ -174,6 +175,13 @@ class Peer:
         if timing is not None:
             timing.on_call(self.ident.sender, tag_of(msg), mid, t_call, now_ns())
         return rep
+
+    def notify(self, req: Notice) -> None:
+        """Send a one-way request (proto.Notice): nothing comes back. It is handled after
+        every request this peer sent before it, and before every one sent after it."""
+        assert self._conn is not None, "peer not opened"
+        self.sent += 1
+        self._conn.send(self.ident.frame(with_header(req, self.ident.header())))
 
     def _expire_overdue(self) -> None:
         """The sweep timer: expire every call past its deadline, re-arm for the next."""

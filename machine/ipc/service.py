@@ -58,6 +58,7 @@ from typing import Any, ClassVar, TypeVar
 
 from machine.ipc import checks, eager, ids
 from machine.ipc.auth import SessionAuth, new_machine_key
+from machine.ipc.ctl import CtlHandlers
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
 from machine.ipc.tasks import TaskSet
 from machine.ipc.timing import Timing
@@ -65,21 +66,16 @@ from machine.ipc.transport import Clock, Handler, Publisher, Server, Transport
 from machine.kassert import KernelPanic
 from machine.limits import Limits
 from machine.proto import (
-    PROTOCOL_VERSION,
     BadMessage,
     CtlAck,
     CtlDump,
-    CtlDumpReply,
     CtlHalt,
     CtlHello,
-    CtlHelloReply,
     CtlKpanic,
     CtlPanic,
     CtlPing,
-    CtlPingReply,
     CtlShutdown,
     CtlStats,
-    CtlStatsReply,
     Errno,
     ErrorReply,
     Event,
@@ -122,7 +118,7 @@ def verb_of(cls: type[Request]) -> str:
     return tag_of(cls).split(".", 1)[1]
 
 
-class Service:
+class Service(CtlHandlers):
     """Base of every role's service (and of the supervisor's)."""
 
     role: ClassVar[str] = "?"
@@ -283,18 +279,19 @@ class Service:
 
     # -- dispatch -----------------------------------------------------------
 
-    def _on_kernel(self, raw: bytes) -> bytes | Awaitable[bytes]:
+    def _on_kernel(self, raw: bytes) -> bytes | Awaitable[bytes | None] | None:
         return self.handle(raw, Scope.KERNEL)
 
-    def _on_user(self, raw: bytes) -> bytes | Awaitable[bytes]:
+    def _on_user(self, raw: bytes) -> bytes | Awaitable[bytes | None] | None:
         return self.handle(raw, Scope.USER)
 
-    def handle(self, raw: bytes, endpoint: Scope) -> bytes | Awaitable[bytes]:
+    def handle(self, raw: bytes, endpoint: Scope) -> bytes | Awaitable[bytes | None] | None:
         """One request's bytes -> its reply's bytes (or an awaitable of them).
 
         A handler written as a plain function runs right here and its reply goes
         back without creating a task; a coroutine handler runs as a task.
-        => never raises: every request gets a reply (steps 1-7 of the module).
+        => never raises: every request gets a reply (steps 1-7 of the module), except a
+           Notice that passed the checks (one-way: None).
         """
         try:
             checked = self._check(raw, endpoint)
@@ -303,6 +300,8 @@ class Service:
         if isinstance(checked, Reply):
             return encode(checked)
         msg, fn = checked
+        if msg.notice:
+            return self._notice(msg, fn)
         if type(msg) not in self._async:
             try:
                 return encode(fn(msg))
@@ -322,6 +321,29 @@ class Service:
             self._inflight_total += 1
         return self._finish(msg, started, sid)
 
+    def _notice(self, msg: Request, fn: Callable[[Any], Any]) -> Awaitable[None] | None:
+        """A one-way request (proto.Notice): run its handler, send nothing back. A handler
+        that fails is handled as any (an errno is only traced; a panic is a panic)."""
+        try:
+            out = fn(msg)
+            if type(msg) in self._async:
+                started = eager.start(out)
+                if not isinstance(started, eager.Ready):
+                    return self._finish_notice(msg, started)
+        except Exception as e:
+            self._notice_failed(msg, e)
+        return None
+
+    async def _finish_notice(self, msg: Request, rest: eager.Resumed[Any]) -> None:
+        try:
+            await rest
+        except Exception as e:
+            self._notice_failed(msg, e)
+
+    def _notice_failed(self, msg: Request, e: Exception) -> None:
+        rep = self._failed(msg, e)
+        self.trace.append(f"notice {tag_of(msg)} failed: {rep.errno}: {rep.detail}")
+
     async def _finish(self, msg: Request, rest: eager.Resumed[Reply], sid: int = 0) -> bytes:
         try:
             return encode(await rest)
@@ -337,7 +359,10 @@ class Service:
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
         """handle(), decoded: for tests and tools that want the Reply object."""
         out = self.handle(raw, endpoint)
-        return decode_reply(out if isinstance(out, bytes) else await out)
+        got = out if out is None or isinstance(out, bytes) else await out
+        if got is None:
+            raise LookupError("a notice has no reply")
+        return decode_reply(got)
 
     def _check(self, raw: bytes, endpoint: Scope) -> Reply | tuple[Request, Callable[[Any], Any]]:
         try:
@@ -391,26 +416,31 @@ class Service:
             checks.salvaged_msg_id(raw), Errno.EINVAL, f"request refused: {type(e).__name__}"
         )
 
-    def _failed(self, msg: Request, e: Exception) -> Reply:
+    def _failed(self, msg: Request, e: Exception) -> ErrorReply:
         """The reply for a handler that raised: an errno, or EPANIC after a panic."""
-        h = msg.h
+        return self.failure(e, msg.h.msg_id, tag_of(msg))
+
+    def failure(self, e: Exception, re: int, what: str) -> ErrorReply:
+        """An exception of work done for `what` (a request's tag, a trap) as the error
+        reply to msg_id `re`: a caller's mistake is its errno; a kernel bug panics the role
+        (KernelPanic, or anything unexpected, with the traceback in the trace)."""
         if isinstance(e, UserError):
-            return self.error(h.msg_id, e.errno, e.detail)
+            return self.error(re, e.errno, e.detail)
         err: Any = e  # a core error class: .errno (an Errno name) and .detail
         if isinstance(e, self.user_errors) and err.errno in Errno.__members__:
-            return self.error(h.msg_id, Errno(err.errno), str(err.detail))
+            return self.error(re, Errno(err.errno), str(err.detail))
         if isinstance(e, PeerPanic):
-            return self.error(h.msg_id, Errno.EPANIC, e.detail)
+            return self.error(re, Errno.EPANIC, e.detail)
         if isinstance(e, CallTimeout):
-            return self.error(h.msg_id, Errno.ETIMEDOUT, e.detail)
+            return self.error(re, Errno.ETIMEDOUT, e.detail)
         if isinstance(e, KernelPanic):
             self.panic(str(e))
-            return self.error(h.msg_id, Errno.EPANIC, str(e))
+            return self.error(re, Errno.EPANIC, str(e))
         # Anything else is a bug in the kernel: a panic, with the traceback in the trace.
         tb = traceback.format_exception(e, limit=8)
         self.trace.extend("".join(tb).strip().splitlines()[-6:])
-        self.panic(f"{self.role}: unexpected {type(e).__name__} in {tag_of(msg)}: {e}")
-        return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
+        self.panic(f"{self.role}: unexpected {type(e).__name__} in {what}: {e}")
+        return self.error(re, Errno.EPANIC, self.panic_message)
 
     def session_ok(self, h: Header) -> bool:
         """Hook: is h's (authenticated) session still live here? (uvm holds the registry)."""
@@ -418,78 +448,3 @@ class Service:
 
     def user_seen(self, h: Header) -> None:
         """Hook: a user request from session h.incarnation arrived (uvm renews leases)."""
-
-    # -- ctl handlers -------------------------------------------------------
-
-    def on_hello(self, msg: CtlHello) -> Reply:
-        return self.reply(
-            msg,
-            CtlHelloReply,
-            role=self.role,
-            incarnation=self.incarnation,
-            pid=self.pid,
-            proto=PROTOCOL_VERSION,
-        )
-
-    def on_ping(self, msg: CtlPing) -> Reply:
-        if self.state == "panicked":
-            return self.error(msg.h.msg_id, Errno.EPANIC, self.panic_message)
-        return self.reply(
-            msg, CtlPingReply, role=self.role, incarnation=self.incarnation, pid=self.pid
-        )
-
-    def on_stats(self, msg: CtlStats) -> Reply:
-        return self.reply(
-            msg,
-            CtlStatsReply,
-            role=self.role,
-            pid=self.pid,
-            incarnation=self.incarnation,
-            counters=self.counters(),
-            frames=self.frames(),
-        )
-
-    def on_dump(self, msg: CtlDump) -> Reply:
-        state: dict[str, Any] = {
-            "role": self.role,
-            "pid": self.pid,
-            "incarnation": self.incarnation,
-            "state": self.state,
-            "panic": self.panic_message,
-            "counters": self.counters(),
-            "trace": list(self.trace),
-        }
-        try:
-            state.update(self.dump_state())
-        except Exception as e:
-            state["dump_error"] = repr(e)
-        if self.timing is not None:
-            state["timings"] = self.timing.drain()
-        return self.reply(msg, CtlDumpReply, role=self.role, state=state)
-
-    def on_halt(self, msg: CtlHalt) -> Reply:
-        if self.state != "panicked":
-            self.state = "panicked"
-            self.panic_message = msg.reason
-        return self.ack(msg)
-
-    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
-        if self.state != "panicked":
-            self.state = "stopping"
-        self.stopped_by = msg.h.sender
-        asyncio.get_running_loop().call_soon(self.stopped.set)
-        return self.ack(msg)
-
-    def on_kpanic(self, msg: CtlKpanic) -> Reply:
-        raise KernelPanic(msg.message)
-
-    # -- what a role reports ------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        return {}
-
-    def frames(self) -> dict[str, int]:
-        return {}
-
-    def dump_state(self) -> dict[str, Any]:
-        return {}

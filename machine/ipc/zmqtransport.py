@@ -16,6 +16,15 @@ edge is spent, so a drain cut short is always rescheduled, never dropped).
 Every socket of the process, the kernel endpoint's among them, is so read
 in turn: one client's burst delays the supervisor's heartbeat by one batch,
 never by the whole burst. No socket is served first: a turn is short enough.
+A turn reads every ready message up to that bound (one loop wake-up, many
+messages) and sends each reply as its handler returns it.
+
+Cost per message: the hot path passes plain-int flags and options and calls
+pyzmq's compiled send/recv/get (`_part_sender`): pyzmq's enum flags and its
+Python-level send_multipart cost ~8 µs a request on each side, more than a
+Service's own checks and dispatch of a ctl.ping (~6 µs).
+Behaviour is send_multipart's: parts go out with SNDMORE, a ROUTER or PUB at
+its high-water mark drops, a DEALER's zmq.Again queues the message.
 
 Framing: ROUTER sees [identity, payload]; a DEALER sends and receives the
 bare payload; PUB/SUB frames are [topic, payload]. One msgpack frame per
@@ -49,10 +58,12 @@ import collections
 import contextlib
 import os
 import time
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import zmq
+import zmq.backend
 
 from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
@@ -88,6 +99,22 @@ DRAIN_BATCH = 32
 DRAIN_BUDGET_S = 0.002
 _clock = time.perf_counter  # the budget's clock (tests replace it)
 
+# The per-message calls, made cheap (bench/README.md, "CPU per message"): pyzmq's
+# constants are enum members whose `&` and `|` run in Python (~1 µs each), and
+# pyzmq's Socket.send/send_multipart wrap the compiled send in Python (~5 µs per
+# two-part reply); the hot paths use plain ints and the compiled methods.
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
+
+
+def _part_sender(sock: Any) -> Callable[[bytes, int], Any]:
+    """sock's compiled send(part, flags) (a test's stand-in socket: its own send)."""
+    if isinstance(sock, zmq.backend.Socket):
+        return types.MethodType(zmq.backend.Socket.send, sock)
+    send: Callable[[bytes, int], Any] = sock.send
+    return send
+
 
 class _LoopSocket:
     """A zmq socket read and written from the asyncio loop (see the module docstring).
@@ -112,6 +139,8 @@ class _LoopSocket:
         self.max_parts = max_parts
         self.loop = asyncio.get_running_loop()
         self.fd = int(sock.getsockopt(zmq.FD))
+        self._send_part = _part_sender(sock)
+        self._get: Callable[[int], int] = sock.get  # type: ignore[assignment]  # int options
         self.backlog: collections.deque[list[bytes]] = collections.deque()
         self.closed = False
         self.dropped = 0
@@ -148,12 +177,12 @@ class _LoopSocket:
             if self.closed:
                 return False
             try:
-                events = int(self.sock.getsockopt(zmq.EVENTS))
+                events = self._get(_EVENTS)
             except zmq.ZMQError:
                 return False
-            if events & zmq.POLLOUT and self.backlog:
+            if events & _POLLOUT and self.backlog:
                 self._flush()
-            if not events & zmq.POLLIN:
+            if not events & _POLLIN:
                 return False
             try:
                 frames = self._recv()
@@ -177,21 +206,29 @@ class _LoopSocket:
         parts after the first never block. Extra parts are read without a copy
         (copy=False: a zmq.Frame around libzmq's buffer) and let go at once.
         """
-        frames = [self.sock.recv(zmq.NOBLOCK)]
-        while self.sock.getsockopt(zmq.RCVMORE):
+        sock, get = self.sock, self._get
+        frames = [sock.recv(_NOBLOCK)]
+        while get(_RCVMORE):
             if len(frames) < self.max_parts:
-                frames.append(self.sock.recv(zmq.NOBLOCK))
+                frames.append(sock.recv(_NOBLOCK))
                 continue
-            while self.sock.getsockopt(zmq.RCVMORE):
-                self.sock.recv(zmq.NOBLOCK, copy=False)
+            while get(_RCVMORE):
+                sock.recv(_NOBLOCK, copy=False)
             self.dropped += 1
             return None
         return frames
 
+    def _send(self, frames: list[bytes]) -> None:
+        """send_multipart(frames, NOBLOCK), through the compiled send (zmq.Again as it)."""
+        send, last = self._send_part, len(frames) - 1
+        for i in range(last):
+            send(frames[i], _NOBLOCK | _SNDMORE)
+        send(frames[last], _NOBLOCK)
+
     def _flush(self) -> None:
         while self.backlog:
             try:
-                self.sock.send_multipart(self.backlog[0], zmq.NOBLOCK)
+                self._send(self.backlog[0])
             except zmq.Again:
                 return
             self.backlog.popleft()
@@ -201,7 +238,7 @@ class _LoopSocket:
             return
         if not self.backlog:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK)
+                self._send(frames)
             except zmq.Again:
                 if not self.drop_when_full:
                     self.backlog.append(frames)
@@ -213,7 +250,7 @@ class _LoopSocket:
             return  # the drain in progress reads ZMQ_EVENTS again before it stops
         # The send may have eaten the fd's edge: look again for input.
         try:
-            if int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if self._get(_EVENTS) & _POLLIN:
                 self._resume()
         except zmq.ZMQError:
             pass

@@ -24,8 +24,9 @@ panic (Silvers: page_protect is ill-defined for wired pages).
   P4  only managed mappings set referenced/modified bits; the bits of a frame
       survive the removal of its mappings (pmap_is_modified after remove).
 
-CPU accesses are all-or-nothing: every page of the range is translated and
-checked before any byte moves; the first page that fails is the fault.
+Mmu.load/store (kernel loads, tests) are all-or-nothing: every page of the
+range is translated and checked before any byte moves; the first page that
+fails is the fault. User accesses go page by page (machine.mmu.cpu).
 cf. NetBSD pmap(9), sys/arch/i386/i386/pmap.c (concepts only).
 """
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from machine.kassert import kassert
+from machine.mmu.hold import Holds
 from machine.params import (
     KERNEL_ASID,
     KERNEL_MIN,
@@ -48,6 +50,9 @@ from machine.proto import Errno, UserError
 from machine.proto.pageinfo import MODIFIED, REFERENCED
 from machine.proto.types import EnterFlags, Prot
 from machine.ram import Ram
+
+_WIRED = int(EnterFlags.WIRED)
+_CLEAN = int(EnterFlags.CLEAN)
 
 
 @dataclass(slots=True)
@@ -117,6 +122,7 @@ class Mmu:
         self.pv: dict[int, set[tuple[int, int]]] = {}
         self.attrs = bytearray(self.nframes)
         self.stats = PmapStats()
+        self.holds = Holds()  # frames net copies from (machine.mmu.hold)
 
     # -- argument checks (bad input never changes state) --------------------
 
@@ -157,22 +163,23 @@ class Mmu:
 
     # -- pmap(9) ------------------------------------------------------------
 
-    def enter(self, asid: int, va: int, pfn: int, prot: Prot, flags: EnterFlags) -> None:
-        """pmap_enter: create or replace the managed mapping va -> pfn."""
+    def enter(self, asid: int, va: int, pfn: int, prot: int, flags: int) -> None:
+        """pmap_enter: create or replace the managed mapping va -> pfn (prot: VM_PROT
+        bits, flags: EnterFlags bits, plain ints: enum arithmetic is slow here)."""
         pm = self._pmap(asid)
         if asid == KERNEL_ASID:
             raise UserError(Errno.EINVAL, "pmap.enter into the kernel pmap: use kenter")
         self._check_user_range(va, va + PAGE_SIZE)
         self._check_pfn(pfn)
-        if prot == Prot.NONE:
+        if not prot:
             raise UserError(Errno.EINVAL, "pmap.enter with VM_PROT_NONE")
         vpn = va >> PAGE_SHIFT
         old = pm.ptes.get(vpn)
         if old is not None:
             self._remove_vpns(pm, [vpn])
-        wired = bool(flags & EnterFlags.WIRED)
+        wired = bool(flags & _WIRED)
         pm.ptes[vpn] = Pte(pfn, int(prot), wired, True)
-        if flags & EnterFlags.CLEAN:
+        if flags & _CLEAN:
             self.attrs[pfn] &= ~MODIFIED
         if wired:
             pm.wired_count += 1
@@ -185,6 +192,7 @@ class Mmu:
             pte = pm.ptes.pop(vpn, None)
             if pte is None:
                 continue
+            self.holds.removed(pte.pfn)  # a held frame: the reply waits (hold.py)
             n += 1
             if pte.wired:
                 pm.wired_count -= 1
@@ -349,13 +357,6 @@ class Mmu:
             out.append(pte.pfn)
         self.stats.kloads += 1
         return out
-
-    def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes | Fault:
-        """copyin(9): the kernel reads a user's memory on its behalf (sosend's copy path)."""
-        pm = self._pmap(asid)
-        if asid == KERNEL_ASID or pm.owner != owner:
-            raise UserError(Errno.EPERM, f"address space {asid} belongs to another client")
-        return self.load(asid, va, n)
 
     def extract(self, asid: int, va: int) -> Pte | None:
         pm = self._pmap(asid)

@@ -1,5 +1,9 @@
 """The mmu role's service: pmap.* from the kernel, mmu.* (CPU accesses) from clients.
 
+A user access that traps is parked here and resolved by uvm (machine.mmu.cpu:
+pmap.trapwait hands traps over, pmap.resolve brings the mappings back); the
+client waits for its one reply.
+
 Recovery contract: the mmu's state is a cache of uvm's, except wired
 mappings (pmap(9)); restarting the mmu is not supported yet, so a dead mmu
 is a machine panic (the supervisor's policy).
@@ -15,12 +19,13 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from machine.ipc.service import Service
+from machine.mmu.copyin import uhold
+from machine.mmu.cpu import Access, TrapQueue, step
 from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_ASID
 from machine.proto import (
     Errno,
     MmuAccessReply,
-    MmuCopyin,
     MmuKload,
     MmuLoad,
     MmuStore,
@@ -35,9 +40,10 @@ from machine.proto import (
     PmapExtract,
     PmapExtractReply,
     PmapKenter,
-    PmapKextract,
-    PmapKextractReply,
-    PmapKremove,
+    PmapKenterChunks,
+    PmapKextractRanges,
+    PmapKextractRangesReply,
+    PmapKremoveRanges,
     PmapMappings,
     PmapMappingsReply,
     PmapPageProtect,
@@ -45,14 +51,20 @@ from machine.proto import (
     PmapPv,
     PmapPvReply,
     PmapRemove,
+    PmapResolve,
+    PmapTrapwait,
+    PmapTrapwaitReply,
+    PmapUhold,
+    PmapUholdReply,
     PmapUnwire,
+    PmapUrelease,
     Reply,
     Request,
     Status,
     UserError,
 )
 from machine.proto.pageinfo import unpack_attrs
-from machine.proto.types import EnterFlags, Prot
+from machine.proto.types import Prot
 
 
 class MmuService(Service):
@@ -66,7 +78,7 @@ class MmuService(Service):
         PmapProtect,
         PmapPageProtect,
         PmapKenter,
-        PmapKremove,
+        PmapKenterChunks,
         PmapExtract,
         PmapAttrs,
         PmapPv,
@@ -76,13 +88,18 @@ class MmuService(Service):
         MmuLoad,
         MmuStore,
         MmuKload,
-        PmapKextract,
-        MmuCopyin,
+        PmapKextractRanges,
+        PmapKremoveRanges,
+        PmapUhold,
+        PmapUrelease,
+        PmapTrapwait,
+        PmapResolve,
     )
 
     def __init__(self, transport: Any, *, mmu: Mmu, **kw: Any) -> None:
         super().__init__(transport, **kw)
         self.mmu = mmu
+        self.traps = TrapQueue(mmu)
 
     def _count(self, msg: Request, n: int) -> Reply:
         return self.reply(msg, PmapCountReply, count=n)
@@ -93,18 +110,32 @@ class MmuService(Service):
         self.mmu.create(msg.asid, msg.owner)
         return self.ack(msg)
 
-    def on_destroy(self, msg: PmapDestroy) -> Reply:
-        return self._count(msg, self.mmu.destroy(msg.asid))
+    async def _shootdown(self) -> None:
+        """The operation just applied removed mappings of held frames: its reply waits
+        until they are released (machine.mmu.hold; no wait, no task, when none was)."""
+        hits = self.mmu.holds.take_hits()
+        if hits:
+            await self.mmu.holds.wait_released(hits)
 
-    def on_enter(self, msg: PmapEnter) -> Reply:
-        self.mmu.enter(msg.asid, msg.va, msg.pfn, Prot(msg.prot), EnterFlags(msg.flags & 7))
+    async def on_destroy(self, msg: PmapDestroy) -> Reply:
+        n = self.mmu.destroy(msg.asid)
+        await self._shootdown()
+        return self._count(msg, n)
+
+    async def on_enter(self, msg: PmapEnter) -> Reply:
+        self.mmu.enter(msg.asid, msg.va, msg.pfn, msg.prot, msg.flags & 7)
+        await self._shootdown()
         return self.ack(msg)
 
-    def on_remove(self, msg: PmapRemove) -> Reply:
-        return self._count(msg, self.mmu.remove(msg.asid, msg.sva, msg.eva))
+    async def on_remove(self, msg: PmapRemove) -> Reply:
+        n = self.mmu.remove(msg.asid, msg.sva, msg.eva)
+        await self._shootdown()
+        return self._count(msg, n)
 
-    def on_protect(self, msg: PmapProtect) -> Reply:
-        return self._count(msg, self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot)))
+    async def on_protect(self, msg: PmapProtect) -> Reply:
+        n = self.mmu.protect(msg.asid, msg.sva, msg.eva, Prot(msg.prot))
+        await self._shootdown()
+        return self._count(msg, n)
 
     def on_check(self, msg: PmapCheck) -> Reply:
         return self.reply(msg, PmapCheckReply, problems=self.mmu.check())
@@ -112,33 +143,65 @@ class MmuService(Service):
     def on_unwire(self, msg: PmapUnwire) -> Reply:
         return self._count(msg, self.mmu.unwire(msg.asid, msg.sva, msg.eva))
 
-    def on_page_protect(self, msg: PmapPageProtect) -> Reply:
-        return self._count(
-            msg, self.mmu.page_protect(msg.pfns, Prot(msg.prot), msg.h.sender, msg.why)
+    async def on_page_protect(self, msg: PmapPageProtect) -> Reply:
+        n = self.mmu.page_protect(msg.pfns, Prot(msg.prot), msg.h.sender, msg.why)
+        await self._shootdown()
+        return self._count(msg, n)
+
+    def on_kextract_ranges(self, msg: PmapKextractRanges) -> Reply:
+        pfns: list[list[int]] = []
+        fault_vas: list[int] = []
+        details: list[str] = []
+        for va, npages in msg.ranges:
+            res = self.mmu.kextract(va, npages)
+            if isinstance(res, Fault):
+                pfns.append([])
+                fault_vas.append(res.va)
+                why = res.reason
+                details.append(why if "revoked" in why else f"{why} at {res.va:#x}")
+            else:
+                pfns.append(res)
+                fault_vas.append(0)
+                details.append("")
+        return self.reply(
+            msg, PmapKextractRangesReply, pfns=pfns, fault_vas=fault_vas, details=details
         )
 
-    def on_kextract(self, msg: PmapKextract) -> Reply:
-        res = self.mmu.kextract(msg.va, msg.npages)
+    def on_uhold(self, msg: PmapUhold) -> Reply:
+        res = uhold(self.mmu, msg.asid, msg.owner, msg.va, msg.npages)
         if isinstance(res, Fault):
             return self.reply(
                 msg,
-                PmapKextractReply,
+                PmapUholdReply,
                 status=Status.ERROR,
                 errno=Errno.EFAULT,
-                detail=res.reason if "revoked" in res.reason else f"{res.reason} at {res.va:#x}",
+                detail=f"{res.reason} at {res.va:#x}",
                 fault_va=res.va,
             )
-        return self.reply(msg, PmapKextractReply, pfns=res)
+        return self.reply(msg, PmapUholdReply, hold=res[0], pfns=res[1])
 
-    def on_copyin(self, msg: MmuCopyin) -> Reply:
-        return self._access_reply(msg, self.mmu.copyin(msg.asid, msg.owner, msg.va, msg.n))
+    def on_urelease(self, msg: PmapUrelease) -> Reply:
+        self.mmu.holds.release(msg.holds)
+        return self.ack(msg)
+
+    def on_kenter_chunks(self, msg: PmapKenterChunks) -> Reply:
+        mmu, prot = self.mmu, Prot(msg.prot)
+        for va, pfns in msg.chunks:  # all or nothing: every chunk checked first
+            mmu._check_kernel_range(va, len(pfns))
+            for pfn in pfns:
+                mmu._check_pfn(pfn)
+        for va, pfns in msg.chunks:
+            mmu.kenter(va, pfns, prot)
+        return self.ack(msg)
 
     def on_kenter(self, msg: PmapKenter) -> Reply:
         self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
         return self.ack(msg)
 
-    def on_kremove(self, msg: PmapKremove) -> Reply:
-        return self._count(msg, self.mmu.kremove(msg.va, msg.npages))
+    def on_kremove_ranges(self, msg: PmapKremoveRanges) -> Reply:
+        for va, npages in msg.ranges:  # checked first: bad input changes nothing
+            self.mmu._check_kernel_range(va, npages)
+        return self._count(msg, sum(self.mmu.kremove(va, n) for va, n in msg.ranges))
 
     def on_extract(self, msg: PmapExtract) -> Reply:
         pte = self.mmu.extract(msg.asid, msg.va)
@@ -189,13 +252,51 @@ class MmuService(Service):
             )
         return self.reply(msg, MmuAccessReply, data=res or b"")
 
-    def on_load(self, msg: MmuLoad) -> Reply:
+    async def _user_access(self, msg: MmuLoad | MmuStore, a: Access) -> Reply:
+        """Run a user access to its end, parking it on each trap until uvm resolves it."""
         self._owned(msg)
-        return self._access_reply(msg, self.mmu.load(msg.asid, msg.va, msg.n))
+        f = step(self.mmu, a)
+        if f is not None:
+            self.traps.park(a, f)
+            assert a.done is not None
+            failed = await a.done
+            if failed is not None:
+                errno, detail = failed
+                flt = a.fault
+                assert flt is not None
+                return self.reply(
+                    msg,
+                    MmuAccessReply,
+                    status=Status.ERROR,
+                    errno=Errno(errno),
+                    detail=detail,
+                    fault_va=flt.va,
+                    fault_access=int(flt.access),
+                    traps=a.traps,
+                )
+        return self.reply(msg, MmuAccessReply, data=bytes(a.out), traps=a.traps)
 
-    def on_store(self, msg: MmuStore) -> Reply:
-        self._owned(msg)
-        return self._access_reply(msg, self.mmu.store(msg.asid, msg.va, msg.data))
+    async def on_load(self, msg: MmuLoad) -> Reply:
+        return await self._user_access(
+            msg, Access(msg.asid, msg.h.incarnation, msg.va, msg.n, write=False)
+        )
+
+    async def on_store(self, msg: MmuStore) -> Reply:
+        a = Access(msg.asid, msg.h.incarnation, msg.va, len(msg.data), write=True, data=msg.data)
+        return await self._user_access(msg, a)
+
+    # -- traps: uvm's side ---------------------------------------------------
+
+    async def on_trapwait(self, msg: PmapTrapwait) -> Reply:
+        for ans in msg.answers:
+            self.traps.resolve(ans)
+        got = self.traps.wait()
+        traps = got if isinstance(got, list) else await got
+        return self.reply(msg, PmapTrapwaitReply, traps=traps)
+
+    def on_resolve(self, msg: PmapResolve) -> None:
+        for ans in msg.answers:
+            self.traps.resolve(ans)
 
     def on_kload(self, msg: MmuKload) -> Reply:
         return self._access_reply(msg, self.mmu.load(KERNEL_ASID, msg.va, msg.n))
@@ -209,6 +310,9 @@ class MmuService(Service):
             "resident": self.mmu.resident(),
             "wired": sum(pm.wired_count for pm in self.mmu.pmaps.values()),
             "pv_frames": len(self.mmu.pv),
+            "holds": len(self.mmu.holds.holds),
+            "holds_taken": self.mmu.holds.taken,
+            "holds_deferred": self.mmu.holds.deferred,
             **{k: getattr(st, k) for k in st.__slots__},
         }
 

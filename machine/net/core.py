@@ -37,6 +37,7 @@ from machine.net.socket import Socket, SocketTable
 from machine.net.sosend import Sosend
 from machine.net.synch import WaitChannel
 from machine.net.wire import Wire
+from machine.params import PAGE_SIZE
 from machine.proto import Errno, UserError
 
 OWNERS_BATCH = 4096  # asids or sessions per uvm.owners request
@@ -72,6 +73,8 @@ class Net:
         self.sosend = Sosend(
             ops, knobs, self.kva, self.pool, self.driver, self.sockets, self.chan, self.stats, log
         )
+        if ram is not None:  # a window's loans hold at most an eighth of RAM
+            self.sosend.loan_window_pages = max(16, len(ram.view) // PAGE_SIZE // 8)
 
     async def socreate(self, session: int, asid: int, sndbuf: int) -> Socket:
         """A socket for process asid of the session. => ESRCH when uvm knows no such

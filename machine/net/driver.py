@@ -2,15 +2,21 @@
 
 Three loops, run together in one task group (`Driver.run`):
   * the ring: take mbufs from the transmit queue in order and, once the link is up
-    (`hold` stops it), start each loaned mbuf's DMA up to RING mbufs ahead: its KVA is
-    translated (pmap.kextract, one request per mbuf) and the bytes read straight from
-    RAM; a missing translation is a kernel page fault sent to uvm (uvm.kfault, with the
-    mmu's evidence and the pfn loaned there), which uvm resolves or panics on;
+    (`hold` stops it), start each loaned mbuf's DMA up to RING mbufs ahead: one ring
+    pass takes every mbuf queued that the ring has room for and translates all their
+    KVA at once (one pmap.kextract_ranges, answered per mbuf; one translation is in
+    flight at a time, and the passes made meanwhile share the next); each DMA reads its bytes
+    straight from RAM; a missing translation is a kernel page fault sent to uvm
+    (uvm.kfault, with the mmu's evidence and the pfn loaned there), which uvm resolves
+    or panics on, and that mbuf is translated again alone;
   * transmit: put the ring's mbufs on the wire in order, at the link's speed
     (latency, bandwidth); a copied mbuf's storage goes back to the pool at once, a
     loaned one is deferred to sopendfree (soloanfree: never freed on this path);
-  * sopendfree (sodoloanfree): every loaned mbuf waiting is freed concurrently; per
-    mbuf, pmap.kremove, then uvm.unloan, then its loan KVA is released.
+  * sopendfree (sodoloanfree): every loaned mbuf waiting is freed in one pass: one
+    pmap.kremove of all their KVA, then one uvm.unloan of all their pages (per mbuf
+    in order, as before: kremove, unloan), then each one's loan KVA is released.
+`driver_msgs` counts the kernel messages these loops send (kextract, kfault,
+kremove, unloan), each batch of at most MAX_CHUNKS mbufs being one message.
 A peer that panics stops the driver: `run` returns the PeerPanic once every loop has
 ended (the mbufs still queued are lost with the machine).
 
@@ -38,6 +44,7 @@ from machine.net.socket import SocketTable
 from machine.net.synch import WaitChannel
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import WirePacket
+from machine.proto.pmap import MAX_CHUNKS
 
 
 class PhysMem(Protocol):
@@ -81,6 +88,9 @@ class Driver:
         self.txq: asyncio.Queue[Mbuf] = asyncio.Queue()
         self.pendfree: asyncio.Queue[Mbuf] = asyncio.Queue()
         self.ring: asyncio.Queue[tuple[Mbuf, asyncio.Task[bytes] | None]] = asyncio.Queue(RING)
+        self.passing = 0  # mbufs taken from txq by the ring pass, not yet in the ring
+        self._xlating: asyncio.Task[None] | None = None  # the translation in flight
+        self._xlate_wait: list[tuple[list[Mbuf], asyncio.Future[list[list[int] | PageFault]]]] = []
         self._unheld = asyncio.Event()
         self._unheld.set()
 
@@ -108,7 +118,7 @@ class Driver:
     @property
     def queued(self) -> int:
         """mbufs queued or in the ring, not yet on the wire."""
-        return self.txq.qsize() + self.ring.qsize()
+        return self.txq.qsize() + self.passing + self.ring.qsize()
 
     # -- the loops ---------------------------------------------------------------------
 
@@ -131,13 +141,65 @@ class Driver:
         raise AssertionError("the driver's loops never end")  # pragma: no cover
 
     async def _fill_ring(self, tg: asyncio.TaskGroup) -> None:
-        """Take mbufs in order and, once the link is up, start each loaned one's DMA
-        (translate, read RAM) up to RING mbufs ahead."""
+        """Take mbufs in order and, once the link is up, start the loaned ones' DMA up to
+        RING mbufs ahead: one pass takes what the ring has room for (at least one, which
+        then waits for a slot) and translates them in one pmap.kextract."""
         while True:
-            mb = await self.txq.get()
+            batch = [await self.txq.get()]
+            self.passing = 1
             await self._unheld.wait()
-            dma = tg.create_task(self.dma_read(mb)) if mb.loaned else None
-            await self.ring.put((mb, dma))
+            room = min(RING - self.ring.qsize(), MAX_CHUNKS)
+            while len(batch) < room and not self.txq.empty():
+                batch.append(self.txq.get_nowait())
+                self.passing += 1
+            loaned = [mb for mb in batch if mb.loaned]
+            xlate = self._translate(tg, loaned) if loaned else None
+            for mb in batch:
+                dma = None
+                if xlate is not None and mb.loaned:
+                    dma = tg.create_task(self.dma_read(mb, xlate, loaned.index(mb)))
+                await self.ring.put((mb, dma))
+                self.passing -= 1
+
+    def _translate(
+        self, tg: asyncio.TaskGroup, mbs: list[Mbuf]
+    ) -> asyncio.Future[list[list[int] | PageFault]]:
+        """The translation of one ring pass's loaned mbufs: sent at once in one
+        pmap.kextract if none is in flight, else with every pass that comes meanwhile
+        in the next one (one translation in flight at a time). => its answers."""
+        fut: asyncio.Future[list[list[int] | PageFault]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._xlate_wait.append((mbs, fut))
+        if self._xlating is None or self._xlating.done():
+            self._xlating = tg.create_task(self._translator())
+        return fut
+
+    async def _translator(self) -> None:
+        """Send the waiting passes' translations, as many as one message holds, until
+        none waits."""
+        while self._xlate_wait:
+            take: list[tuple[list[Mbuf], asyncio.Future[list[list[int] | PageFault]]]] = []
+            n = 0
+            while self._xlate_wait and (not take or n + len(self._xlate_wait[0][0]) <= MAX_CHUNKS):
+                take.append(self._xlate_wait.pop(0))
+                n += len(take[-1][0])
+            try:
+                got = await self._kextract([mb for mbs, _ in take for mb in mbs])
+            except BaseException as e:
+                for _, fut in take:
+                    if not fut.done():
+                        fut.set_exception(e)
+                        fut.exception()  # the DMA raises it; the task group sees it there
+                raise
+            for mbs, fut in take:
+                fut.set_result(got[: len(mbs)])
+                got = got[len(mbs) :]
+
+    async def _kextract(self, mbs: list[Mbuf]) -> list[list[int] | PageFault]:
+        """One pmap.kextract for loaned mbufs (those of one or more ring passes)."""
+        self.stats["driver_msgs"] += 1
+        return await self.ops.kextract([(mb.kva, mb.npages) for mb in mbs])
 
     async def _transmit(self) -> None:
         """Put ring entries on the wire in order, at the link's speed."""
@@ -173,16 +235,18 @@ class Driver:
                 self.sockets.sofree(so)
             self.chan.wakeup()
 
-    async def dma_read(self, mb: Mbuf) -> bytes:
-        """Translate the mbuf's KVA (one request) and read its bytes from RAM; a missing
-        translation is a kernel page fault, resolved by uvm (or uvm panics)."""
+    async def dma_read(
+        self, mb: Mbuf, xlate: asyncio.Future[list[list[int] | PageFault]] | None = None, i: int = 0
+    ) -> bytes:
+        """Read the mbuf's bytes from RAM at the pfns its KVA translates to (entry i of
+        the ring pass's translation, or its own); a missing translation is a kernel page
+        fault, resolved by uvm (or uvm panics), and the mbuf is translated again."""
         assert self.ram is not None, "net has no RAM to read loaned mbufs from"
         npages = mb.npages
-        while True:
-            try:
-                pfns = await self.ops.kextract(mb.kva, npages)
-                break
-            except PageFault as f:
+        got = (await xlate)[i] if xlate is not None else None
+        while not isinstance(got, list):
+            if isinstance(got, PageFault):
+                f = got
                 self.stats["kfaults"] += 1
                 idx = (f.va - mb.kva) >> PAGE_SHIFT
                 so = mb.sock
@@ -192,33 +256,40 @@ class Driver:
                     f"found {f.detail}"
                 )
                 pfn = mb.pfns[idx] if 0 <= idx < npages else -1
+                self.stats["driver_msgs"] += 1
                 await self.ops.kfault(f.va, evidence=evidence, pfn=pfn)
+            (got,) = await self._kextract([mb])
         view = self.ram.view
-        out = bytearray()
-        for pfn in pfns:
+        lo, left, parts = mb.pgoff, mb.length, []
+        for pfn in got:  # the slices of each page, joined: one copy from RAM
+            hi = min(PAGE_SIZE, lo + left)
             base = pfn << PAGE_SHIFT
-            out += view[base : base + PAGE_SIZE]
-        return bytes(out[mb.pgoff : mb.pgoff + mb.length])
+            parts.append(view[base + lo : base + hi])
+            left -= hi - lo
+            lo = 0
+            if left <= 0:
+                break
+        return b"".join(parts)
 
     async def _sopendfree(self) -> None:
-        """sodoloanfree, off the transmit path: every mbuf waiting is freed concurrently."""
+        """sodoloanfree, off the transmit path: every mbuf waiting is freed in one pass."""
         while True:
             batch = [await self.pendfree.get()]
-            while not self.pendfree.empty():
+            while not self.pendfree.empty() and len(batch) < MAX_CHUNKS:
                 batch.append(self.pendfree.get_nowait())
-            async with asyncio.TaskGroup() as tg:
-                for mb in batch:
-                    tg.create_task(self.loanfree(mb))
+            await self.loanfree(batch)
 
-    async def loanfree(self, mb: Mbuf) -> None:
-        """Free one loaned mbuf: kremove its KVA, unloan its pages, release the KVA."""
-        npages = mb.npages
-        await self.ops.kremove(mb.kva, npages)
-        await self.ops.unloan(mb.pfns, mb.kva, npages)
-        self.kva.free(mb.kva, npages)
-        self.stats["pendfree"] += 1
-        mb.sock.loans -= 1
-        self.sockets.sofree(mb.sock)
+    async def loanfree(self, mbs: list[Mbuf]) -> None:
+        """Free loaned mbufs: kremove their KVA, unloan their pages (one message each,
+        per mbuf in order), then release each one's KVA."""
+        self.stats["driver_msgs"] += 2
+        await self.ops.kremove([(mb.kva, mb.npages) for mb in mbs])
+        await self.ops.unloan([(mb.pfns, mb.kva, mb.npages) for mb in mbs])
+        for mb in mbs:
+            self.kva.free(mb.kva, mb.npages)
+            self.stats["pendfree"] += 1
+            mb.sock.loans -= 1
+            self.sockets.sofree(mb.sock)
 
 
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -6,11 +6,17 @@ message nor names a peer. `BusKernel` implements it over the kernel bus: every m
 net sends to another role is built here and nowhere else, to the peers it holds as
 typed attributes (`uvm`, `mmu`). Unit tests hand the core a fake KernelOps instead.
 
+Every operation is one message. The batched ones (uvm.loan_chunks,
+pmap.kenter_chunks, pmap.kextract_ranges, pmap.kremove_ranges, uvm.unloan_chunks)
+take at most MAX_CHUNKS chunks or ranges (the caller cuts longer lists) and keep
+each chunk's semantics: a loan is answered per chunk, a translation per range.
+
 Errors, the same for every implementation:
-  * a missing translation (mmu.copyin, pmap.kextract: EFAULT with the faulting VA)
-    raises PageFault(va, detail), which the caller resolves through kfault;
-  * an error reply raises RemoteError with its errno (a refused loan: EBUSY, EFAULT,
-    ENOMEM), a panicked peer PeerPanic (EPANIC), no reply CallTimeout;
+  * a missing translation (pmap.uhold, a range of pmap.kextract_ranges: EFAULT with the
+    faulting VA) is a PageFault(va, detail), which the caller resolves through kfault;
+  * an error reply raises RemoteError with its errno (a refused loan chunk is answered
+    as a RemoteError in its place: EBUSY, EFAULT, ENOMEM), a panicked peer PeerPanic
+    (EPANIC), no reply CallTimeout;
   * an answer of the wrong type is RemoteError(EBADMSG).
 """
 
@@ -23,20 +29,21 @@ from machine.proto import (
     NO_HEADER,
     CtlAck,
     Errno,
-    MmuAccessReply,
-    MmuCopyin,
     PmapCountReply,
-    PmapKenter,
-    PmapKextract,
-    PmapKextractReply,
-    PmapKremove,
+    PmapKenterChunks,
+    PmapKextractRanges,
+    PmapKextractRangesReply,
+    PmapKremoveRanges,
+    PmapUhold,
+    PmapUholdReply,
+    PmapUrelease,
     Status,
     UvmKfault,
-    UvmLoan,
-    UvmLoanReply,
+    UvmLoanChunks,
+    UvmLoanChunksReply,
     UvmOwners,
     UvmOwnersReply,
-    UvmUnloan,
+    UvmUnloanChunks,
 )
 from machine.proto.types import Prot
 
@@ -58,17 +65,24 @@ class KernelOps(Protocol):
         each session is attached."""
         ...
 
-    async def loan(self, asid: int, owner: int, va: int, npages: int) -> list[int]:
-        """uvm.loan: loan npages from page-aligned va. => one pfn per page (all or
-        nothing; a refusal raises RemoteError)."""
+    async def loan(
+        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+    ) -> list[list[int] | RemoteError]:
+        """uvm.loan_chunks: loan each chunk (page-aligned va, npages), in order. => per chunk
+        one pfn per page, or the RemoteError of its refusal (all or nothing per chunk)."""
         ...
 
-    async def kenter(self, va: int, pfns: list[int]) -> None:
-        """pmap.kenter: enter pfns read-only at kernel va, one page each."""
+    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
+        """pmap.kenter_chunks: enter each chunk's pfns read-only at its kernel va."""
         ...
 
-    async def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes:
-        """mmu.copyin: n bytes from va in asid. => them; PageFault where unmapped."""
+    async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
+        """pmap.uhold: hold the frames of npages from page-aligned va in asid. => (the
+        hold, one pfn per page); PageFault at the first page unmapped (nothing held)."""
+        ...
+
+    async def urelease(self, holds: list[int]) -> None:
+        """pmap.urelease: the copies from those holds are done."""
         ...
 
     async def kfault(
@@ -79,17 +93,19 @@ class KernelOps(Protocol):
         there). => resolved; RemoteError when it cannot be (uvm may panic instead)."""
         ...
 
-    async def kextract(self, va: int, npages: int) -> list[int]:
-        """pmap.kextract: the pfns at [va, va + npages pages). => PageFault at the first
+    async def kextract(self, ranges: list[tuple[int, int]]) -> list[list[int] | PageFault]:
+        """pmap.kextract_ranges: per range (va, npages) its pfns, or the PageFault at its first
         page without a translation."""
         ...
 
-    async def kremove(self, va: int, npages: int) -> int:
-        """pmap.kremove of [va, va + npages pages). => mappings removed."""
+    async def kremove(self, ranges: list[tuple[int, int]]) -> int:
+        """pmap.kremove_ranges: pmap_kremove of each range (va, npages), in order.
+        => mappings removed."""
         ...
 
-    async def unloan(self, pfns: list[int], kva: int, npages: int) -> None:
-        """uvm.unloan: the loans of pfns end; the kernel removed their mappings at kva."""
+    async def unloan(self, chunks: list[tuple[list[int], int, int]]) -> None:
+        """uvm.unloan_chunks: per chunk (pfns, kva, npages), in order, the loans of pfns end;
+        the kernel removed their mappings at kva."""
         ...
 
 
@@ -107,26 +123,38 @@ class BusKernel:
         )
         return list(rep.owners), list(rep.live)
 
-    async def loan(self, asid: int, owner: int, va: int, npages: int) -> list[int]:
+    async def loan(
+        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+    ) -> list[list[int] | RemoteError]:
         rep = await self.uvm.call_ok(
-            UvmLoan(h=NO_HEADER, asid=asid, owner=owner, va=va, npages=npages), UvmLoanReply
+            UvmLoanChunks(h=NO_HEADER, asid=asid, owner=owner, chunks=chunks), UvmLoanChunksReply
         )
-        return rep.pfns
+        if not len(rep.pfns) == len(rep.errnos) == len(rep.details) == len(chunks):
+            raise RemoteError(Errno.EBADMSG, f"uvm.loan_chunks answered {len(rep.pfns)} chunks")
+        return [
+            pfns if e is None else RemoteError(e, why)
+            for pfns, e, why in zip(rep.pfns, rep.errnos, rep.details, strict=True)
+        ]
 
-    async def kenter(self, va: int, pfns: list[int]) -> None:
+    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
         await self.mmu.call_ok(
-            PmapKenter(h=NO_HEADER, va=va, pfns=pfns, prot=int(Prot.READ)), CtlAck
+            PmapKenterChunks(h=NO_HEADER, chunks=chunks, prot=int(Prot.READ)), CtlAck
         )
 
-    async def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes:
-        rep = await self.mmu.call(MmuCopyin(h=NO_HEADER, asid=asid, owner=owner, va=va, n=n))
-        if isinstance(rep, MmuAccessReply):
+    async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
+        rep = await self.mmu.call(
+            PmapUhold(h=NO_HEADER, asid=asid, owner=owner, va=va, npages=npages)
+        )
+        if isinstance(rep, PmapUholdReply):
             if rep.status == Status.OK:
-                return rep.data
+                return rep.hold, rep.pfns
             if rep.errno == Errno.EFAULT:
                 raise PageFault(rep.fault_va, rep.detail)
         raise_for(rep)  # EPANIC -> PeerPanic; other errnos -> RemoteError
-        raise RemoteError(Errno.EBADMSG, f"mmu.copyin answered {rep!r}")
+        raise RemoteError(Errno.EBADMSG, f"pmap.uhold answered {rep!r}")
+
+    async def urelease(self, holds: list[int]) -> None:
+        await self.mmu.call_ok(PmapUrelease(h=NO_HEADER, holds=holds), CtlAck)
 
     async def kfault(
         self, va: int, *, asid: int = 0, owner: int = 0, evidence: str = "", pfn: int = -1
@@ -142,19 +170,19 @@ class BusKernel:
         )
         await self.uvm.call_ok(req, CtlAck)
 
-    async def kextract(self, va: int, npages: int) -> list[int]:
-        rep = await self.mmu.call(PmapKextract(h=NO_HEADER, va=va, npages=npages))
-        if isinstance(rep, PmapKextractReply):
-            if rep.status == Status.OK:
-                return rep.pfns
-            if rep.errno == Errno.EFAULT:
-                raise PageFault(rep.fault_va, rep.detail)
-        raise_for(rep)
-        raise RemoteError(Errno.EBADMSG, f"pmap.kextract answered {rep!r}")
+    async def kextract(self, ranges: list[tuple[int, int]]) -> list[list[int] | PageFault]:
+        req = PmapKextractRanges(h=NO_HEADER, ranges=ranges)
+        rep = await self.mmu.call_ok(req, PmapKextractRangesReply)
+        if not len(rep.pfns) == len(rep.fault_vas) == len(rep.details) == len(ranges):
+            raise RemoteError(Errno.EBADMSG, f"pmap.kextract_ranges: {len(rep.pfns)} answers")
+        return [
+            PageFault(fva, why) if fva else pfns
+            for pfns, fva, why in zip(rep.pfns, rep.fault_vas, rep.details, strict=True)
+        ]
 
-    async def kremove(self, va: int, npages: int) -> int:
-        rep = await self.mmu.call_ok(PmapKremove(h=NO_HEADER, va=va, npages=npages), PmapCountReply)
+    async def kremove(self, ranges: list[tuple[int, int]]) -> int:
+        rep = await self.mmu.call_ok(PmapKremoveRanges(h=NO_HEADER, ranges=ranges), PmapCountReply)
         return rep.count
 
-    async def unloan(self, pfns: list[int], kva: int, npages: int) -> None:
-        await self.uvm.call_ok(UvmUnloan(h=NO_HEADER, pfns=pfns, kva=kva, npages=npages), CtlAck)
+    async def unloan(self, chunks: list[tuple[list[int], int, int]]) -> None:
+        await self.uvm.call_ok(UvmUnloanChunks(h=NO_HEADER, chunks=chunks), CtlAck)

@@ -5,18 +5,28 @@ is cut into chunks of at most `loan_chunk` (SOCK_LOAN_CHUNK, 64 KiB) and of at m
 the socket's sndbuf; each chunk first waits for send-buffer space (sbwait).
   * Loan path, when the knobs allow loans, the bytes left are at least the threshold
     and the buffer has that much room: reserve loan KVA (waits while
-    socurkva + len > somaxkva), one uvm.loan (the pages, write-protected, counted as
-    loaned), one pmap.kenter of every page read-only at that KVA, an mbuf with
-    external storage there. A refused loan (modern: a wired page) frees the KVA and
-    the chunk is copied instead.
-  * Copy path otherwise: mbuf storage from the pool (waits while it is full), then
-    mmu.copyin of the chunk's bytes; a fault is resolved through uvm.kfault on the
-    process's behalf (EFAULT ends the send).
-Up to PIPELINE chunks of a send (a window) are set up concurrently (their round trips
-overlap), then queued in order; the send returns once every chunk is queued (write(2)).
-Known limit: the copied chunks of a window hold their pool storage until the whole
-window is set up, so a pool (limits.mbufs) smaller than a window's copies deadlocks
-the send (tests/unit/net/test_sosend.py, xfail).
+    socurkva + len > somaxkva); the window's loan chunks then go in one uvm.loan_chunks
+    (uvm loans each as its own uvm.loan, in order: the pages write-protected, counted
+    as loaned) and one pmap.kenter_chunks of every loaned page read-only at its KVA; an
+    mbuf per chunk with external storage there. A refused chunk (modern: a wired page)
+    frees its KVA and is copied instead.
+  * Copy path otherwise: mbuf storage from the pool per chunk (waits while it is full),
+    then machine.net.copyin for each run of consecutive copied chunks: the frames held
+    (pmap.uhold), the bytes read from RAM, the hold released (pmap.urelease, sent at
+    once; its answer is awaited before the send's last window is queued); a fault is
+    resolved through uvm.kfault on the process's behalf (EFAULT ends the send; the
+    chunks wholly before the fault are still copied).
+The chunks of a send are set up in windows (the loans and the copies overlap), then
+queued in order: a window holds up to LOAN_WINDOW chunks (64: one message of each
+kind) whose loans hold at most an eighth of RAM (loan_window_pages: a loaned page
+cannot be paged out, so a bigger window could wait for itself), and up to PIPELINE
+copied ones, more while their bytes stay within a quarter of
+the pool; the send returns once every chunk is queued (write(2)), and nothing is
+awaited between its last enqueue and its answer. SendResult.messages counts every
+kernel message the send path sent.
+Known limit: the copied chunks of a window (its refused loans too) hold their pool
+storage until the whole window is set up, so a pool (limits.mbufs) smaller than a
+window's copies deadlocks the send (tests/unit/net/test_sosend.py, xfail).
 
 Invariants:
   * one send at a time per socket (sblock); its mbufs are queued in send order;
@@ -34,12 +44,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from machine.ipc.peer import PeerPanic, RemoteError
+from machine.net.copyin import copyin
 from machine.net.driver import Driver
-from machine.net.kernel import KernelOps, PageFault
-from machine.net.knobs import PIPELINE, SOCK_LOAN_CHUNK, NetKnobs, new_stats
+from machine.net.kernel import KernelOps
+from machine.net.knobs import LOAN_WINDOW, PIPELINE, SOCK_LOAN_CHUNK, NetKnobs, new_stats
 from machine.net.kva import KvaArena
 from machine.net.mbuf import Mbuf, MbufPool
 from machine.net.socket import Socket, SocketTable
@@ -84,6 +95,8 @@ class SendResult:
     loaned_pages: int = 0
     copied_bytes: int = 0
     messages: int = 0  # kernel messages the send path used
+    #: pmap.urelease answers not awaited yet (awaited before the send answers)
+    releases: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
 
 class Sosend:
@@ -111,6 +124,10 @@ class Sosend:
         self.stats = stats if stats is not None else new_stats()
         self.log = log
         self.loan_chunk = SOCK_LOAN_CHUNK  # net.link may change it
+        #: Pages a window may hold on loan at once: a loaned page cannot be paged out, so
+        #: a window larger than what RAM can spare would wait for itself (Net sets it
+        #: from the RAM size: an eighth of it).
+        self.loan_window_pages = LOAN_WINDOW * (SOCK_LOAN_CHUNK >> PAGE_SHIFT)
 
     async def send(self, so: Socket, asid: int, va: int, n: int, owner: int) -> SendResult:
         """Send n bytes at va of process asid (owned by session owner) on socket so.
@@ -119,17 +136,22 @@ class Sosend:
         if asid != so.asid:
             raise UserError(Errno.EINVAL, f"socket {so.id} belongs to process {so.asid}")
         so.sends += 1
+        res = SendResult(seq=so.next_seq)
         try:
-            return await self._sosend(so, va, n, owner)
+            await self._sosend(so, va, n, owner, res)
         finally:
-            so.sends -= 1
-            self.sockets.sofree(so)
+            try:
+                await _released(res.releases)  # every hold's release answered
+            finally:
+                so.sends -= 1
+                self.sockets.sofree(so)
+        return res
 
-    async def _sosend(self, so: Socket, va: int, n: int, owner: int) -> SendResult:
+    async def _sosend(self, so: Socket, va: int, n: int, owner: int, res: SendResult) -> None:
         async with so.lock:
             if so.closed:
                 raise UserError(Errno.EBADF, f"socket {so.id} was closed")
-            res = SendResult(seq=so.next_seq)
+            res.seq = so.next_seq
             so.next_seq += 1
             window: list[Slot] = []
             off = 0
@@ -146,18 +168,31 @@ class Sosend:
                 kva = 0
                 if loan:
                     npages = npages_of(va + off, want)
-                    if window and not self.kva.fits(npages):
+                    if window and (
+                        not self.kva.fits(npages)
+                        or self._loaned(va, window) + npages > self.loan_window_pages
+                    ):
                         await self._flush(so, va, n, owner, res, window)
                     kva = await self.kva.reserve(npages)
                 so.cc += want
                 window.append(Slot(off, want, loan, kva))
                 off += want
-                if len(window) >= PIPELINE:
+                if len(window) >= LOAN_WINDOW or self._copies_full(window):
                     await self._flush(so, va, n, owner, res, window)
             if window:
                 await self._flush(so, va, n, owner, res, window)
             self.stats["sends"] += 1
-        return res
+
+    @staticmethod
+    def _loaned(va: int, window: list[Slot]) -> int:
+        """Pages the window's loans hold resident (none of them can be paged out)."""
+        return sum(npages_of(va + s.off, s.length) for s in window if s.loan)
+
+    def _copies_full(self, window: list[Slot]) -> bool:
+        """The window holds as many copied chunks as one may: PIPELINE, or more while
+        their bytes stay within a quarter of the mbuf pool."""
+        copies = [s.length for s in window if not s.loan]
+        return len(copies) >= PIPELINE and sum(copies) >= self.pool.limit // 4
 
     async def _sbwait(self, so: Socket, want: int) -> int | None:
         """Wait until the send buffer has room for `want` bytes. => the room there is;
@@ -170,33 +205,38 @@ class Sosend:
     async def _flush(
         self, so: Socket, va: int, total: int, owner: int, res: SendResult, window: list[Slot]
     ) -> None:
-        """Set up the window's chunks concurrently (their loans or copies overlap), then
-        queue them in order. A chunk that failed ends the send: the chunks after it are
-        never queued (loaned ones go straight to sopendfree) and the error is raised."""
-        seq = res.seq
-        results = await asyncio.gather(
-            *(
-                self._make_mbuf(Chunk(so, seq, s.off, total, va + s.off, s.length, owner), s)
-                for s in window
-            ),
-            return_exceptions=True,
+        """Set up the window's chunks (one uvm.loan and one kenter for its loans, its
+        copies alongside), then queue them in order. A chunk that failed ends the send:
+        the chunks after it are never queued (loaned ones go straight to sopendfree)
+        and the error is raised. Before the send's last window is queued, the releases
+        of its holds are awaited: nothing then comes between the last enqueue and the
+        answer, so a send is answered before its last mbuf can reach the wire."""
+        chunks = [Chunk(so, res.seq, s.off, total, va + s.off, s.length, owner) for s in window]
+        made: list[Mbuf | BaseException | None] = [None] * len(window)
+        await asyncio.gather(
+            self._loan_window(chunks, window, made, res),
+            self._copy_chunks(chunks, [i for i, s in enumerate(window) if not s.loan], made, res),
         )
         failed: BaseException | None = None
-        for s, r in zip(window, results, strict=True):
+        if window[-1].off + window[-1].length == total:  # the send's last window:
+            try:  # its answer must follow its last mbuf's enqueue at once
+                await _released(res.releases)
+            except BaseException as e:
+                failed = e
+        for s, r in zip(window, made, strict=True):
+            assert r is not None
             if failed is None and isinstance(r, BaseException):
                 failed = r
             if failed is not None or isinstance(r, BaseException):
                 so.cc -= s.length
                 if not isinstance(r, BaseException):
-                    self._give_up(r[0])
+                    self._give_up(r)
                 continue
-            mb, used = r
-            res.messages += used
-            if mb.loaned:
-                res.loaned_pages += mb.npages
+            if r.loaned:
+                res.loaned_pages += r.npages
             else:
-                res.copied_bytes += mb.length
-            self.driver.enqueue(mb)
+                res.copied_bytes += r.length
+            self.driver.enqueue(r)
         window.clear()
         if failed is not None:
             self.chan.wakeup()
@@ -218,68 +258,131 @@ class Sosend:
         window.clear()
         self.chan.wakeup()
 
-    async def _make_mbuf(self, c: Chunk, s: Slot) -> tuple[Mbuf, int]:
-        """=> the chunk's mbuf (loaned, or copied when the loan was refused) and the
-        kernel messages it took."""
-        used = 0
-        if s.loan:
-            mb, used = await self._loan_chunk(c, s.kva)
-            if mb is not None:
-                return mb, used
-        mb, more = await self._copy_chunk(c)
-        return mb, used + more
-
-    async def _loan_chunk(self, c: Chunk, kva: int) -> tuple[Mbuf | None, int]:
-        """sosend_loan for one chunk, at reserved KVA. => (the mbuf, or None to copy
-        instead; messages used)."""
-        npages = npages_of(c.va, c.length)
+    async def _loan_window(
+        self, chunks: list[Chunk], window: list[Slot], made: list[Mbuf | BaseException | None],
+        res: SendResult,
+    ) -> None:  # fmt: skip
+        """sosend_loan for the window's loan chunks, at their reserved KVA: one uvm.loan
+        (answered per chunk), one kenter of the loaned ones; a refused chunk frees its
+        KVA and is copied instead."""
+        idx = [i for i, s in enumerate(window) if s.loan]
+        if not idx:
+            return
+        c0 = chunks[idx[0]]
+        ranges = [(trunc_page(c.va), npages_of(c.va, c.length)) for c in (chunks[i] for i in idx)]
+        res.messages += 1
+        got: list[list[int] | RemoteError]
         try:
-            pfns = await self.ops.loan(c.so.asid, c.owner, trunc_page(c.va), npages)
-        except PeerPanic:
-            raise
+            got = await self.ops.loan(c0.so.asid, c0.owner, ranges)
+        except PeerPanic as e:
+            for i, (_, npages) in zip(idx, ranges, strict=True):
+                self.kva.free(window[i].kva, npages)
+                made[i] = e
+            return
         except RemoteError as e:
-            self.kva.free(kva, npages)
-            self.stats["loan_fallbacks"] += 1
-            self.log(f"loan refused ({e.errno}): copying chunk of send {c.seq}")
-            return None, 1
-        mb = Mbuf(c.so, c.seq, c.off, c.total, c.length, kva=kva, pgoff=c.va & PAGE_MASK, pfns=pfns)
-        c.so.loans += 1  # until sopendfree frees the mbuf
-        try:
-            await self.ops.kenter(kva, pfns)
-        except BaseException:
-            self.driver.loanfree_later(mb)  # the loan is returned, the KVA released
-            raise
-        self.stats["loaned_chunks"] += 1
-        self.stats["loaned_pages"] += npages
-        return mb, 2
+            got = [e] * len(idx)
+        loaned: list[tuple[int, Mbuf]] = []
+        fallback: list[int] = []
+        for i, (_, npages), r in zip(idx, ranges, got, strict=True):
+            c = chunks[i]
+            if isinstance(r, RemoteError):
+                self.kva.free(window[i].kva, npages)
+                self.stats["loan_fallbacks"] += 1
+                self.log(f"loan refused ({r.errno}): copying chunk of send {c.seq}")
+                fallback.append(i)
+                continue
+            mb = Mbuf(c.so, c.seq, c.off, c.total, c.length, kva=window[i].kva,
+                      pgoff=c.va & PAGE_MASK, pfns=r)  # fmt: skip
+            c.so.loans += 1  # until sopendfree frees the mbuf
+            loaned.append((i, mb))
+        await asyncio.gather(
+            self._kenter(loaned, made, res), self._copy_chunks(chunks, fallback, made, res)
+        )
 
-    async def _copy_chunk(self, c: Chunk) -> tuple[Mbuf, int]:
-        """The copy path: mbuf storage from the pool, then copyin, resolving faults on
-        the process's behalf. => the storage is held until the mbuf is sent."""
-        await self.pool.mclget(c.length)
+    async def _kenter(
+        self, loaned: list[tuple[int, Mbuf]], made: list[Mbuf | BaseException | None],
+        res: SendResult,
+    ) -> None:  # fmt: skip
+        """One kenter of every loaned chunk; if it fails, every loan goes back."""
+        if not loaned:
+            return
+        res.messages += 1
         try:
-            return await self._copyin(c)
-        except BaseException:
-            self.pool.mclfree(c.length)
-            raise
+            await self.ops.kenter([(mb.kva, mb.pfns) for _, mb in loaned])
+        except Exception as e:
+            for i, mb in loaned:
+                self.driver.loanfree_later(mb)  # the loan is returned, the KVA released
+                made[i] = e
+            return
+        for i, mb in loaned:
+            made[i] = mb
+            self.stats["loaned_chunks"] += 1
+            self.stats["loaned_pages"] += mb.npages
 
-    async def _copyin(self, c: Chunk) -> tuple[Mbuf, int]:
-        used = 0
-        while True:
-            try:
-                data = await self.ops.copyin(c.so.asid, c.owner, c.va, c.length)
-                used += 1
-                break
-            except PageFault as f:
-                used += 1
-                fault_va = f.va
-            try:
-                await self.ops.kfault(fault_va, asid=c.so.asid, owner=c.owner)
-            except PeerPanic:
-                raise
-            except RemoteError as e:
-                raise UserError(Errno.EFAULT, f"send buffer: {e.detail}") from None
-            used += 1
-        self.stats["copied_chunks"] += 1
-        self.stats["copied_bytes"] += c.length
-        return Mbuf(c.so, c.seq, c.off, c.total, c.length, data=data), used
+    async def _copy_chunks(
+        self, chunks: list[Chunk], idx: list[int], made: list[Mbuf | BaseException | None],
+        res: SendResult,
+    ) -> None:  # fmt: skip
+        """The copy path: mbuf storage from the pool for each chunk (in order), then one
+        copyin per run of consecutive chunks (frame holds, bytes read from RAM); the
+        storage is held until the mbuf is sent, given back if the chunk fails."""
+        if not idx:
+            return
+        got = 0
+        try:
+            for i in idx:
+                await self.pool.mclget(chunks[i].length)
+                got += 1
+            runs: list[list[int]] = []
+            for i in idx:
+                if runs and runs[-1][-1] == i - 1:
+                    runs[-1].append(i)
+                else:
+                    runs.append([i])
+            for run in runs:
+                await self._copy_run([chunks[i] for i in run], run, made, res)
+        except Exception as e:
+            for i in idx:
+                if made[i] is None:
+                    made[i] = e  # raised by _flush in the chunks' order
+        finally:
+            for n, i in enumerate(idx):
+                if n >= got:
+                    break
+                if not isinstance(made[i], Mbuf):
+                    self.pool.mclfree(chunks[i].length)
+
+    async def _copy_run(
+        self, run: list[Chunk], idx: list[int], made: list[Mbuf | BaseException | None],
+        res: SendResult,
+    ) -> None:  # fmt: skip
+        """copyin of consecutive chunks; those wholly before an unresolvable fault are
+        still copied, the others fail with EFAULT."""
+        c0 = run[0]
+        start = c0.va
+        n = run[-1].va + run[-1].length - start
+        assert self.driver.ram is not None, "net has no RAM to copy into mbufs from"
+        ram, cuts = self.driver.ram, [c.length for c in run]  # consecutive chunks
+        pieces, err, msgs = await copyin(
+            self.ops, ram, c0.so.asid, c0.owner, start, n, res.releases, cuts
+        )
+        res.messages += msgs
+        for k, (i, c) in enumerate(zip(idx, run, strict=True)):
+            if k >= len(pieces):
+                assert err is not None
+                made[i] = err
+                continue
+            made[i] = Mbuf(c.so, c.seq, c.off, c.total, c.length, data=pieces[k])
+            self.stats["copied_chunks"] += 1
+            self.stats["copied_bytes"] += c.length
+
+
+async def _released(releases: list[asyncio.Task[None]]) -> None:
+    """Await the releases of a send's holds; the first failure is raised (after all)."""
+    if not releases:
+        return
+    done = await asyncio.gather(*releases, return_exceptions=True)
+    releases.clear()
+    for r in done:
+        if isinstance(r, BaseException):
+            raise r

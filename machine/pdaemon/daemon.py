@@ -13,6 +13,10 @@ One pass (uvmpd_scan, in a separate process):
 It talks to uvm and the mmu through DaemonOps, so the same pass runs over
 the kernel bus or, in tests, straight against an in-process uvm. The snapshot
 rows' bits, the R/M bits and the operations' names are machine.proto.pageinfo's.
+A pass sends a fixed number of messages whatever the number of pages: one
+snapshot, pmap.attrs and pmap.page_protect per PFN_BATCH frames (one
+page_protect per kind of action), one claim, one finish. PageInfo rows are
+frozen, so the same (pfn, bits) row is built once and shared across passes.
 """
 
 from __future__ import annotations
@@ -48,8 +52,21 @@ class DaemonOps(Protocol):
     async def page_protect(self, pfns: list[int], prot: int, why: str = "") -> int: ...
 
 
+_INFOS: dict[tuple[int, int], PageInfo] = {}  # (pfn, bits) -> its (immutable) PageInfo
+_INFOS_MAX = 1 << 16
+
+
 def _info(row: list[int]) -> PageInfo:
-    pfn, b = row
+    key = (row[0], row[1])
+    info = _INFOS.get(key)
+    if info is None:
+        if len(_INFOS) >= _INFOS_MAX:
+            _INFOS.clear()
+        info = _INFOS[key] = _new_info(*key)
+    return info
+
+
+def _new_info(pfn: int, b: int) -> PageInfo:
     return PageInfo(
         pfn,
         swap_backed=bool(b & SWAP_BACKED),

@@ -6,7 +6,8 @@ a message is one msgpack map: {"t": tag, "h": header, ...fields}.
 
 Rules that hold for every message:
   * A request gets exactly one reply, whose header's `re` is the request's
-    `msg_id`. The reply's `status` is "ok" or "error"; on error `errno` names
+    `msg_id` (a Notice, one-way between roles, gets none). The reply's
+    `status` is "ok" or "error"; on error `errno` names
     one Errno and `detail` says why in words.
   * `scope` (a class attribute, not on the wire) says which endpoint accepts
     the request: KERNEL (role<->role), USER (clients) or ANY. A request sent
@@ -24,7 +25,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 3)
+PROTOCOL_VERSION: tuple[int, int] = (1, 4)
 
 
 class Scope(enum.Enum):
@@ -135,9 +136,25 @@ class Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="t"):
 
 
 class Request(Msg, frozen=True, kw_only=True):
-    """A request; exactly one reply answers it."""
+    """A request; exactly one reply answers it (a Notice: none)."""
 
     scope: ClassVar[Scope] = Scope.KERNEL
+    #: One-way (see Notice): the handler's result is not sent.
+    notice: ClassVar[bool] = False
+
+
+class Notice(Request, frozen=True, kw_only=True):
+    """A one-way request between roles: no reply, ever (kernel endpoints only).
+
+    The sender learns nothing back; what it relies on is order: a notice
+    travels on the same connection as the sender's requests, so the
+    receiver handles it after every request sent before it and before every
+    one sent after it (ZeroMQ keeps per-connection order, and so does the
+    in-memory transport). A notice that fails its checks is answered with an
+    ErrorReply that the sender's Peer drops (it waits for nothing).
+    """
+
+    notice: ClassVar[bool] = True
 
 
 class Reply(Msg, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ import msgspec
 
 # Importing the message modules registers every subclass (each area's messages: adding
 # an area is adding its module here).
-from machine.proto import control, net, pdaemon, pmap, uvm  # noqa: F401
+from machine.proto import control, net, pdaemon, pmap, trap, uvm  # noqa: F401
 from machine.proto.base import Errno, Event, Header, Msg, Reply, Request
 
 
@@ -23,7 +23,8 @@ def _all_subclasses(base: type[Msg]) -> list[type[Msg]]:
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        if cls.__struct_config__.tag is not None:
+        tag = cls.__struct_config__.tag
+        if tag is not None and tag != cls.__name__:  # a base (Notice) is tagged by its name
             out.append(cls)
     out.sort(key=lambda c: str(c.__struct_config__.tag))
     return out

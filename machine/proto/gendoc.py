@@ -87,7 +87,9 @@ def render() -> str:
         "",
         f"Protocol version **{major}.{minor}**. Every message is one msgpack map with the tag "
         "in field `t` and the header in field `h`; a request gets exactly one reply whose "
-        "header's `re` is the request's `msg_id`. Replies carry `status` (`ok`/`error`), "
+        "header's `re` is the request's `msg_id` (a *notice*, one-way between roles, such as "
+        "`pmap.resolve`, gets none; it is handled in order with the requests its sender "
+        "sent on the same connection). Replies carry `status` (`ok`/`error`), "
         "`errno` and `detail`. Over ZeroMQ: ROUTER/DEALER with one msgpack frame per message "
         "(a message of more frames is dropped); events on PUB with the tag as topic frame.",
         "",

@@ -2,7 +2,8 @@
 
 pmap.* is pmap(9): uvm (and later pdaemon, net) manage translations with it.
 mmu.* is the CPU: a client performs loads and stores; the mmu translates
-page by page and either performs the whole access on RAM or answers a trap.
+page by page, performs the access on RAM and, where a page does not
+translate, has uvm resolve the trap (machine.proto.trap) and goes on.
 
 Frames are named by number (`pfn`); page bytes travel only in mmu.load and
 mmu.store, which are user accesses, never in kernel messages.
@@ -134,6 +135,8 @@ class PmapKextract(Request, frozen=True, kw_only=True, tag="pmap.kextract"):
     Reply: PmapKextractReply with one pfn per page; EFAULT with fault_va at the
     first page that has no translation (a kernel page fault), the detail naming
     who revoked that mapping when the mmu knows.
+
+    Superseded by pmap.kextract_ranges (1.4): no role serves it; kept so 1.x encodings decode.
     """
 
     va: Va
@@ -150,6 +153,8 @@ class MmuCopyin(Request, frozen=True, kw_only=True, tag="mmu.copyin"):
 
     => kernel endpoint (net's copy path); owner is the client session that
        owns asid (EPERM otherwise). Reply: MmuAccessReply, EFAULT as mmu.load.
+
+    Superseded by pmap.uhold (1.4): no role serves it; kept so 1.x encodings decode.
     """
 
     asid: Asid
@@ -162,10 +167,94 @@ class PmapKremove(Request, frozen=True, kw_only=True, tag="pmap.kremove"):
     """Remove kernel mappings [va, va + npages*PAGE_SIZE) (pmap_kremove).
 
     Reply: PmapCountReply.
+
+    Superseded by pmap.kremove_ranges (1.4): no role serves it; kept so 1.x encodings decode.
     """
 
     va: Va
     npages: Length
+
+
+#: Ranges (loan chunks, mbufs) in one batched kernel message: a caller sends more in batches.
+MAX_CHUNKS = 64
+#: Pages of one range in a batched kernel message (a loan KVA slot's worth at most).
+ChunkPages = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+#: (va, npages): a page-aligned range.
+PageRange = tuple[Va, ChunkPages]
+#: Pages one pmap.uhold may hold: a caller holds a longer range in pieces.
+MAX_UHOLD_PAGES = 1024
+
+
+class PmapKenterChunks(Request, frozen=True, kw_only=True, tag="pmap.kenter_chunks"):
+    """pmap.kenter for several chunks at once: each (va, pfns) entered as pmap.kenter would.
+
+    => sender: net (the loans of one window of a send). All or nothing: every chunk is
+       checked before any is entered (EINVAL). Reply: ack.
+    """
+
+    chunks: Annotated[list[tuple[Va, PfnList]], msgspec.Meta(max_length=MAX_CHUNKS)]
+    prot: ProtBits
+
+
+class PmapKextractRanges(Request, frozen=True, kw_only=True, tag="pmap.kextract_ranges"):
+    """Translate ranges of kernel VA (a NIC's DMA setup for the mbufs of one ring pass).
+
+    Reply: PmapKextractRangesReply, per range: its pfns, one per page; or, for a range with a
+    page without a translation (a kernel page fault), no pfns, the VA of that first
+    page in fault_vas (0: none) and the detail naming who revoked it when the mmu knows.
+    """
+
+    ranges: Annotated[list[PageRange], msgspec.Meta(max_length=MAX_CHUNKS)]
+
+
+class PmapKextractRangesReply(Reply, frozen=True, kw_only=True, tag="pmap.kextract_ranges.reply"):
+    pfns: list[list[int]] = msgspec.field(default_factory=list)
+    fault_vas: list[int] = msgspec.field(default_factory=list)
+    details: list[str] = msgspec.field(default_factory=list)
+
+
+class PmapUhold(Request, frozen=True, kw_only=True, tag="pmap.uhold"):
+    """copyin(9)'s translation: hold the frames of npages of a user's memory from va.
+
+    => kernel endpoint (net's copy path); owner is the client session that owns asid
+       (EPERM otherwise). Reply: PmapUholdReply with the hold and one pfn per page; the
+       caller reads the bytes from RAM, then sends pmap.urelease. While a frame is held,
+       a pmap operation that removes a mapping of it (page_protect NONE, remove,
+       protect NONE, destroy, an enter replacing it) is applied at once but answered
+       only once the hold is released (machine.mmu.hold).
+    => all or nothing: EFAULT with fault_va at the first page without a readable
+       translation (nothing is held; resolve with uvm.kfault and ask again).
+    """
+
+    asid: Asid
+    owner: U64
+    va: Va
+    npages: Annotated[int, msgspec.Meta(ge=1, le=MAX_UHOLD_PAGES)]
+
+
+class PmapUholdReply(Reply, frozen=True, kw_only=True, tag="pmap.uhold.reply"):
+    hold: int = 0
+    pfns: list[int] = msgspec.field(default_factory=list)
+    fault_va: int = 0
+
+
+class PmapUrelease(Request, frozen=True, kw_only=True, tag="pmap.urelease"):
+    """Release holds pmap.uhold took; the replies they deferred go out.
+
+    => an unknown hold is EINVAL (nothing is released). Reply: ack.
+    """
+
+    holds: Annotated[list[U64], msgspec.Meta(max_length=MAX_CHUNKS)]
+
+
+class PmapKremoveRanges(Request, frozen=True, kw_only=True, tag="pmap.kremove_ranges"):
+    """Remove the kernel mappings of ranges (va, npages) (pmap_kremove), in order
+    (sopendfree: the mbufs freed in one pass).
+
+    Reply: PmapCountReply with the mappings removed over every range.
+    """
+
+    ranges: Annotated[list[PageRange], msgspec.Meta(max_length=MAX_CHUNKS)]
 
 
 class PmapExtract(Request, frozen=True, kw_only=True, tag="pmap.extract"):
@@ -225,9 +314,12 @@ class MmuLoad(Request, frozen=True, kw_only=True, tag="mmu.load"):
     """A CPU load of n bytes at va in the caller's address space.
 
     => client -> mmu (user endpoint); asid must be the caller's.
-    Reply: MmuAccessReply with `data`; or EFAULT with fault_va and
-    fault_access (a trap: resolve with uvm.fault and retry). Nothing is read
-    unless every page of the range translates.
+    => page by page, as a CPU's string instruction: a page that does not
+       translate traps to uvm (the kernel resolves it while the request waits:
+       zero-fill, swap-in, copy-on-write, a loan break) and the access goes on.
+    Reply: MmuAccessReply with `data` and `traps` (how many it took); or EFAULT
+    (SIGSEGV: no mapping, or a protection the mapping forbids) with fault_va
+    and fault_access, the bytes before fault_va having been accessed.
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -239,7 +331,7 @@ class MmuLoad(Request, frozen=True, kw_only=True, tag="mmu.load"):
 class MmuStore(Request, frozen=True, kw_only=True, tag="mmu.store"):
     """A CPU store of `data` at va in the caller's address space.
 
-    => as mmu.load; nothing is written unless every page translates writable.
+    => as mmu.load: page by page; on EFAULT the bytes before fault_va are written.
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -249,9 +341,13 @@ class MmuStore(Request, frozen=True, kw_only=True, tag="mmu.store"):
 
 
 class MmuAccessReply(Reply, frozen=True, kw_only=True, tag="mmu.access.reply"):
+    """data: what a load read; traps: how many traps the access took (each resolved by
+    uvm while the access waited, 1.4); on EFAULT, fault_va/fault_access: where it stopped."""
+
     data: bytes = b""
     fault_va: int = 0
     fault_access: int = 0
+    traps: int = 0
 
 
 class MmuKload(Request, frozen=True, kw_only=True, tag="mmu.kload"):

@@ -13,9 +13,10 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from machine.proto.base import Event, Reply, Request, Scope
+from machine.proto.base import Errno, Event, Reply, Request, Scope
 from machine.proto.pageinfo import PD_SCAN_LIMIT
-from machine.proto.types import Asid, Length, ProtBits, Va
+from machine.proto.pmap import MAX_CHUNKS, PageRange
+from machine.proto.types import Asid, Length, PfnList, ProtBits, Va
 
 
 class UvmAttach(Request, frozen=True, kw_only=True, tag="uvm.attach"):
@@ -366,6 +367,8 @@ class UvmLoan(Request, frozen=True, kw_only=True, tag="uvm.loan"):
        is the profile's ERA. One message per 64 KiB chunk, never per page.
     Reply: UvmLoanReply with one pfn per page. All or nothing: EFAULT (hole or
     no read access), EBUSY (ERA=modern refuses a wired page), ENOMEM.
+
+    Superseded by uvm.loan_chunks (1.4): no role serves it; kept so 1.x encodings decode.
     """
 
     asid: Asid
@@ -386,11 +389,54 @@ class UvmUnloan(Request, frozen=True, kw_only=True, tag="uvm.unloan"):
        loan; a page that is not loaned panics ("uvm_unloanpage: page isn't loaned").
     => kernel_object pages that a kernel fault put in the KVA range
        (LOAN_KVA=kernel_object) are freed too.
+
+    Superseded by uvm.unloan_chunks (1.4): no role serves it; kept so 1.x encodings decode.
     """
 
     pfns: list[int]
     kva: Va = 0
     npages: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 0
+
+
+class UvmLoanChunks(Request, frozen=True, kw_only=True, tag="uvm.loan_chunks"):
+    """Loan chunks of a user's memory to the kernel (uvm_loan, UVM_LOAN_TOPAGE). (1.2)
+
+    => kernel endpoint (net's sosend: the loaned chunks of one window, in send order);
+       owner is the client session owning asid. chunks: (va, npages) each, page aligned.
+    => each chunk is loaned as its own uvm_loan, in order: every page is made resident
+       (swap-in, pgo_get, or the zero page for untouched anonymous memory); the first
+       loan of a page write-protects every managed mapping of it; what else happens
+       (wire, dequeue, nothing) is the profile's ERA.
+    Reply: UvmLoanChunksReply, per chunk: its pfns, one per page, and errno None; or, for a
+    refused chunk (all or nothing per chunk), no pfns, its errno and detail: EFAULT (hole or no
+    read access), EBUSY (ERA=modern refuses a wired page), ENOMEM, ESRCH.
+    """
+
+    asid: Asid
+    owner: Owner
+    chunks: Annotated[list[PageRange], msgspec.Meta(max_length=MAX_CHUNKS)]
+
+
+class UvmLoanChunksReply(Reply, frozen=True, kw_only=True, tag="uvm.loan_chunks.reply"):
+    pfns: list[list[int]] = msgspec.field(default_factory=list)
+    errnos: list[Errno | None] = msgspec.field(default_factory=list)  # None: loaned
+    details: list[str] = msgspec.field(default_factory=list)
+
+
+class UvmUnloanChunks(Request, frozen=True, kw_only=True, tag="uvm.unloan_chunks"):
+    """End kernel loans of chunks (uvm_unloan, UVM_LOAN_TOPAGE), in order, after the
+    kernel removed its mappings of each: (pfns, kva, npages) per chunk. (1.2)
+
+    => a page whose owner let it go meanwhile (an orphan) is freed with its last
+       loan; a page that is not loaned panics ("uvm_unloanpage: page isn't loaned").
+    => kernel_object pages that a kernel fault put in a chunk's KVA range
+       (LOAN_KVA=kernel_object) are freed too.
+    """
+
+    chunks: Annotated[
+        list[tuple[PfnList, Va, Annotated[int, msgspec.Meta(ge=0, le=4096)]]],
+        msgspec.Meta(max_length=MAX_CHUNKS),
+    ]
 
 
 class UvmKfault(Request, frozen=True, kw_only=True, tag="uvm.kfault"):

@@ -24,15 +24,21 @@
   kernel's loan mapping: the 1999 chain's step 4b) and left to its loans as
   an orphan.
   5. wiring -> uvm_pagewire, PG_CLEAN cleared, the anon's swap slot
-         dropped; otherwise uvm_pageactivate. pmap.enter (WIRED for wiring;
-         CLEAN when the frame was just read from its backing store).
+         dropped; otherwise uvm_pageactivate. The result is a `Resolved`:
+         the mapping to enter (WIRED for wiring; CLEAN when the frame was just
+         read from its backing store), the page still BUSY.
     A page found BUSY (another fault or the pager is working on it across an
     await) is waited for (fltpgwait) and the fault starts over, as NetBSD's
-    refault does. The page stays BUSY until its mapping is entered.
+    refault does. The page stays BUSY until its mapping is entered: by
+    `enter_resolved` (pmap.enter, awaited: uvm.fault, kernel faults, wiring)
+    or by the trap path (machine.uvm.trap), which sends the mapping to the
+    mmu on the ordered pmap connection and unbusies once it is sent.
 cf. NetBSD sys/uvm/uvm_fault.c (concepts only).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from machine.params import PAGE_SIZE
 from machine.proto import BadAddress, Errno, UserError
@@ -45,20 +51,39 @@ from machine.uvm.page import NIL, PageFlag
 from machine.uvm.resident import anon_get, obj_get
 from machine.uvm.state import Uvm, VmSpace
 
-REFAULT = -1
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A resolved fault: the mapping to enter. Its page is BUSY until then."""
+
+    va: int
+    pfn: int
+    prot: int
+    flags: int
 
 
 async def fault(uvm: Uvm, asid: int, owner: int, va: int, access: Prot) -> int:
-    """The trap entry point: under the space's lock. => the pfn now mapped at va."""
+    """uvm.fault and copyin faults: resolve under the space's lock and enter the mapping.
+    => the pfn now mapped at va."""
     sp = uvm.space(asid, owner)
     uvm.stats.faults += 1
     async with sp.lock:
         if sp.dead:
             raise UserError(Errno.ESRCH, f"process {asid} exited")
-        return await fault_locked(uvm, sp, va, access, wire=False)
+        return await enter_resolved(uvm, sp, await fault_locked(uvm, sp, va, access, wire=False))
 
 
-async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool) -> int:
+async def enter_resolved(uvm: Uvm, sp: VmSpace, r: Resolved) -> int:
+    """pmap.enter the resolved mapping (awaited), then unbusy its page. => its pfn."""
+    try:
+        await uvm.pmap.enter(sp.asid, r.va, r.pfn, r.prot, r.flags)
+    finally:
+        uvm.unbusy(r.pfn)
+    return r.pfn
+
+
+async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool) -> Resolved:
+    """uvm_fault under the space's lock. => the mapping to enter, its page BUSY."""
     va &= ~(PAGE_SIZE - 1)
     while True:
         e = sp.map.lookup(va)
@@ -77,17 +102,17 @@ async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool)
         slot = e.slot(va)
         anon = e.amap.lookup(slot) if e.amap is not None else None
         if anon is not None:
-            pfn = await _fault_upper(uvm, sp, e, va, slot, anon, access, wire)
+            r = await _fault_upper(uvm, sp, e, va, slot, anon, access, wire)
         else:
-            pfn = await _fault_lower(uvm, sp, e, va, slot, access, wire)
-        if pfn != REFAULT:
-            return pfn
+            r = await _fault_lower(uvm, sp, e, va, slot, access, wire)
+        if r is not None:  # None: refault (a page was busy; start over)
+            return r
 
 
-async def _finish(
+def _finish(
     uvm: Uvm, sp: VmSpace, va: int, pfn: int, prot: Prot, wire: bool, clean_read: bool
-) -> int:
-    """Wire or activate, enter the mapping, unbusy. The page is BUSY on entry."""
+) -> Resolved:
+    """Wire or activate. => the mapping to enter; the page stays BUSY."""
     pages = uvm.pages
     flags = EnterFlags.NONE
     if wire:
@@ -104,20 +129,16 @@ async def _finish(
         pages.activate(pfn)
     if clean_read:
         flags |= EnterFlags.CLEAN
-    try:
-        await uvm.pmap.enter(sp.asid, va, pfn, int(prot), int(flags))
-    finally:
-        uvm.unbusy(pfn)
-    return pfn
+    return Resolved(va, pfn, int(prot), int(flags))
 
 
 async def _fault_upper(
     uvm: Uvm, sp: VmSpace, e: MapEntry, va: int, slot: int, anon: Anon, access: Prot, wire: bool
-) -> int:
+) -> Resolved | None:
     pages = uvm.pages
     got = await anon_get(uvm, anon)
     if got is None:
-        return REFAULT
+        return None
     pfn, clean_read = got
     if not clean_read:
         adopt(uvm, pfn)  # an orphan this anon borrowed becomes its own (5.4)
@@ -128,7 +149,7 @@ async def _fault_upper(
         npfn = await _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=True)
         anon.ref -= 1
         uvm.stats.flt_acow += 1
-        return await _finish(uvm, sp, va, npfn, prot, wire, False)
+        return _finish(uvm, sp, va, npfn, prot, wire, False)
     if access & Prot.WRITE and pages.loan_count[pfn]:
         pfn = await break_anon_loan(uvm, anon, pfn, sp.asid, va)
     uvm.stats.flt_anon += 1
@@ -137,7 +158,7 @@ async def _fault_upper(
     if access & Prot.WRITE:
         pages.flags[pfn] &= ~PageFlag.CLEAN
         clean_read = False
-    return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)
+    return _finish(uvm, sp, va, pfn, prot, wire, clean_read)
 
 
 async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: bool) -> int:
@@ -169,7 +190,7 @@ def _ensure_amap(e: MapEntry) -> Amap:
 
 async def _fault_lower(
     uvm: Uvm, sp: VmSpace, e: MapEntry, va: int, slot: int, access: Prot, wire: bool
-) -> int:
+) -> Resolved | None:
     pages = uvm.pages
     obj = e.obj
     if obj is None:
@@ -191,7 +212,7 @@ async def _fault_lower(
         prot = e.prot
         if e.needs_copy:
             prot &= ~Prot.WRITE
-        return await _finish(uvm, sp, va, pfn, prot, wire, False)
+        return _finish(uvm, sp, va, pfn, prot, wire, False)
 
     pgoff = e.pgoff(va)
     if pgoff >= obj.npages:
@@ -199,14 +220,14 @@ async def _fault_lower(
         raise BadAddress(f"{va:#x} is beyond the end of the mapped object")
     got = await obj_get(uvm, obj, pgoff)
     if got is None:
-        return REFAULT
+        return None
     pfn, clean_read = got
 
     if e.cow and (access & Prot.WRITE or wire):
         # Promote: the private entry gets its own copy; the object is never written.
         npfn = await _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=False)
         uvm.stats.flt_prcopy += 1
-        return await _finish(uvm, sp, va, npfn, e.prot, wire, False)
+        return _finish(uvm, sp, va, npfn, e.prot, wire, False)
 
     if access & Prot.WRITE and pages.loan_count[pfn]:
         pfn = await break_obj_loan(uvm, obj, pgoff, pfn, sp.asid, va)
@@ -217,4 +238,4 @@ async def _fault_lower(
     if access & Prot.WRITE:
         pages.flags[pfn] &= ~PageFlag.CLEAN
         clean_read = False
-    return await _finish(uvm, sp, va, pfn, prot, wire, clean_read)
+    return _finish(uvm, sp, va, pfn, prot, wire, clean_read)

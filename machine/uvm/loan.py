@@ -1,6 +1,10 @@
 """Page loaning (uvm_loan.c): loans of user pages to the kernel, their end, and kernel faults.
 
     loan_to_kernel(asid, owner, va, npages)    uvm_loan(..., UVM_LOAN_TOPAGE)
+        (loan_chunks, unloan_chunks: several chunks per message, each as its own, in order;
+        loan_chunks sends a chunk's write-protect without awaiting it: the protects of
+        the chunks loaned in one turn of the loop share one message, all awaited
+        before the answer)
         Per page, anon layer first (A->K), else the object's page (O->K), else
         for untouched anonymous memory a zero page (zero->K). The page is made
         resident first (swap-in, pgo_get) and held BUSY while the loan is set
@@ -55,22 +59,37 @@ async def loan_to_kernel(uvm: Uvm, asid: int, owner: int, va: int, npages: int) 
     """uvm_loan(TOPAGE) of [va, va + npages pages). => one pfn per page (see module doc)."""
     sp = uvm.space(asid, owner)
     check_range(va, npages * PAGE_SIZE)
-    loaned: list[int] = []
-    first: list[int] = []
     async with sp.lock:
+        loaned, first = await loan_range(uvm, sp, va, npages)
         try:
-            for i in range(npages):
-                pfn = await _loan_one(uvm, sp, va + i * PAGE_SIZE)
-                loaned.append(pfn)
-                if uvm.pages.loan_count[pfn] == 1 and pfn != uvm.zero_pfn:
-                    first.append(pfn)
             if first:  # the first loan write-protects every managed mapping, one batch
-                await uvm.pmap.page_protect(first, int(Prot.READ), "first loan to the kernel")
+                await uvm.pmap.page_protect(first, int(Prot.READ), FIRST_LOAN)
         except BaseException:
-            _unloan_pages(uvm, loaned)
+            unloan_pages(uvm, loaned)
             raise
     uvm.stats.loans += len(loaned)
     return loaned
+
+
+FIRST_LOAN = "first loan to the kernel"
+_READ = int(Prot.READ)
+
+
+async def loan_range(uvm: Uvm, sp: VmSpace, va: int, npages: int) -> tuple[list[int], list[int]]:
+    """Loan each page of the range (sp locked by the caller); all or nothing. => (the
+    pfns, those whose loan was their first: loan_count 0 -> 1, not the zero page)."""
+    loaned: list[int] = []
+    first: list[int] = []
+    try:
+        for i in range(npages):
+            pfn = await _loan_one(uvm, sp, va + i * PAGE_SIZE)
+            loaned.append(pfn)
+            if uvm.pages.loan_count[pfn] == 1 and pfn != uvm.zero_pfn:
+                first.append(pfn)
+    except BaseException:
+        unloan_pages(uvm, loaned)
+        raise
+    return loaned, first
 
 
 async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
@@ -80,7 +99,7 @@ async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
        their own)."""
     while True:
         e = sp.map.lookup(va)
-        if e is None or not e.prot & Prot.READ:
+        if e is None or not int(e.prot) & _READ:  # (an IntFlag & costs ~0.5 us a page)
             raise UserError(Errno.EFAULT, f"no readable mapping at {va:#x} to loan")
         slot = e.slot(va)
         anon = e.amap.lookup(slot) if e.amap is not None else None
@@ -303,7 +322,8 @@ def adopt(uvm: Uvm, pfn: int) -> bool:
     return True
 
 
-def _unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
+def unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
+    """uvm_unloanpage of each page, in order."""
     for pfn in pfns:
         unloan_page(uvm, pfn)
 
@@ -369,13 +389,19 @@ def unloan(uvm: Uvm, pfns: list[int], kva: int, npages: int) -> None:
             "uvm_unloanpage: page %d isn't loaned",
             pfn,
         )
-    _unloan_pages(uvm, pfns)
+    unloan_pages(uvm, pfns)
     base = kva >> PAGE_SHIFT
     for vpn in range(base, base + npages):
         zpfn = uvm.kobj_pages.pop(vpn, NIL)
         if zpfn != NIL:
             pages.loan_count[zpfn] = 0
             uvm.free_page(zpfn)
+
+
+def unloan_chunks(uvm: Uvm, chunks: list[tuple[list[int], int, int]]) -> None:
+    """uvm.unloan_chunks: unloan(pfns, kva, npages) per chunk, in order."""
+    for pfns, kva, npages in chunks:
+        unloan(uvm, pfns, kva, npages)
 
 
 async def kernel_fault(uvm: Uvm, va: int, access: int, evidence: str, pfn: int = NIL) -> None:

@@ -35,7 +35,7 @@ from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
-from machine.uvm.fault import fault_locked
+from machine.uvm.fault import enter_resolved, fault_locked
 from machine.uvm.files import obj_unref
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
@@ -330,7 +330,9 @@ async def mlock(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
             e.wired_count += 1
             if e.wired_count == 1:
                 for page in range(e.start, e.end, PAGE_SIZE):
-                    await fault_locked(uvm, sp, page, e.prot, wire=True)
+                    await enter_resolved(
+                        uvm, sp, await fault_locked(uvm, sp, page, e.prot, wire=True)
+                    )
         uvm.stats.wirings += 1
 
 

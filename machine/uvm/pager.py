@@ -3,14 +3,18 @@
   flush_object(obj, lo, hi)   pgo_put(PGO_CLEANIT) on a vnode object's range:
       every resident page that is dirty (PG_CLEAN clear, or the mmu's modified
       bit set — read and cleared in one batched pmap.attrs) is written to the
-      file and marked clean. Used by msync, by munmap/exit of a shared file
-      mapping, by the last close, and at shutdown.
+      file, one pwrite per run of consecutive dirty pages, and marked clean.
+      Used by msync, by munmap/exit of a shared file mapping, by the last
+      close, and at shutdown.
   pageout(asid, va)           "page out this page" (the kernel's uvm.pageout,
       used by tests and, later, by the page daemon's decisions): revoke every
       mapping of the page (pmap.page_protect NONE), write it if dirty (anon
       and aobj pages to swap, in the slot they have or a new one; vnode pages
       to the file), and free the frame. Refused (EBUSY) for a busy or wired
       page: a wired page never leaves RAM. Swap full -> ENOMEM.
+The page daemon's pageouts (machine.uvm.pdops.finish) write through
+machine.uvm.cluster first (contiguous swap slots per cluster, one pwrite per
+run) and then evict page by page with the data already on its store.
 Data paged out comes back through the fault handler (swap: fltanget;
 file: fltget).
 cf. NetBSD sys/uvm/uvm_pager.c, uvm_vnode.c, uvm_aobj.c, uvm_swap.c.
@@ -22,6 +26,7 @@ from machine.proto import Errno, UserError
 from machine.proto.pageinfo import MODIFIED, PFN_BATCH
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
+from machine.uvm.cluster import runs
 from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.state import Uvm
@@ -35,12 +40,20 @@ async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int) -> int:
     bits: list[int] = []
     for i in range(0, len(pfns), PFN_BATCH):  # one pmap.attrs per batch of frames
         bits += await uvm.pmap.attrs([pfn for _, pfn in pfns[i : i + PFN_BATCH]], False, True)
-    n = 0
-    for (pg, pfn), b in zip(pfns, bits, strict=True):
-        if b & MODIFIED or not uvm.pages.flags[pfn] & PageFlag.CLEAN:
+    dirty = [
+        (pg, pfn)
+        for (pg, pfn), b in zip(pfns, bits, strict=True)
+        if b & MODIFIED or not uvm.pages.flags[pfn] & PageFlag.CLEAN
+    ]
+    if isinstance(obj, VnodeObject) and obj.file is not None:
+        for first, run in runs(dirty):  # one pwrite per run of consecutive pages
+            obj.file.put_run(first, uvm.ram, run)
+    else:
+        for pg, pfn in dirty:
             obj.pgops.put(uvm, obj, pg, pfn, True)
-            uvm.pages.flags[pfn] |= PageFlag.CLEAN
-            n += 1
+    for _, pfn in dirty:
+        uvm.pages.flags[pfn] |= PageFlag.CLEAN
+    n = len(dirty)
     if n and isinstance(obj, VnodeObject) and obj.file is not None:
         obj.file.sync()
     uvm.stats.flushes += n

@@ -7,7 +7,11 @@ page's current state under the profile's rules and marks it BUSY, or refuses
 (the page moved, was freed, is busy, or the rules forbid the action). Only
 claimed pages are then revoked at the mmu by the daemon and finished here;
 finish unbusies every page it was given, and a page its owner freed in the
-meantime (PG_RELEASED) is freed then.
+meantime (PG_RELEASED) is freed then. Finish first does the I/O of all its
+pageouts, clustered (machine.uvm.cluster: contiguous swap slots per cluster,
+one pwrite per run), then the per-page bookkeeping in the policy's order, so
+the queues change exactly as page-by-page pageouts would change them; last it
+wakes uvm_wait sleepers (wakeup(&uvmexp.free)).
 
 Claim rules (the concurrency the project exists to show):
   * FREE / PAGEOUT: on the inactive queue, not wired (a wired page never
@@ -40,6 +44,7 @@ from machine.proto.pageinfo import (
     WIRED,
     PdOp,
 )
+from machine.uvm.cluster import pageout_io
 from machine.uvm.object import AObj
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import evict
@@ -129,6 +134,7 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
     if evictees:
         bits = await uvm.pmap.attrs(evictees, True, True)
         mods = dict(zip(evictees, bits, strict=True))
+    written = pageout_io(uvm, items, mods)  # clustered: one pwrite per run
     for op, pfn in items:
         if not p.flags[pfn] & PageFlag.BUSY:
             continue  # not claimed
@@ -144,12 +150,14 @@ async def finish(uvm: Uvm, items: list[tuple[str, int]]) -> dict[str, int]:
             _dropswap(uvm, pfn)
         else:
             dirty = bool(mods.get(pfn, 0) & MODIFIED) or not p.flags[pfn] & PageFlag.CLEAN
+            dirty = dirty and pfn not in written
             try:
                 evict(uvm, pfn, dirty)
             except UserError:
                 p.activate(pfn)  # swap full: keep it
                 op = PdOp.REACTIVATE
         done[op] = done.get(op, 0) + 1
+    uvm.wakeup_free()
     return done
 
 

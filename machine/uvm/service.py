@@ -53,8 +53,8 @@ from machine.proto import (
     UvmFork,
     UvmForkReply,
     UvmKfault,
-    UvmLoan,
-    UvmLoanReply,
+    UvmLoanChunks,
+    UvmLoanChunksReply,
     UvmMmap,
     UvmMmapReply,
     UvmMprotect,
@@ -77,20 +77,21 @@ from machine.proto import (
     UvmProcExited,
     UvmSpawn,
     UvmSpawnReply,
-    UvmUnloan,
+    UvmUnloanChunks,
     UvmUnwire,
     UvmWire,
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.tuning import targets
-from machine.uvm import files, loan, mmap, pdops
+from machine.uvm import files, loan, loanbatch, mmap, pdops
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
 from machine.uvm.state import Uvm
 from machine.uvm.swap import SwapDevice
+from machine.uvm.trap import TrapServer
 
 DEFAULT_LEASE_S = 10.0
 #: An attach may reclaim a session that holds nothing once it has been silent this long
@@ -127,8 +128,8 @@ class UvmService(Service):
         UvmPdSnapshot,
         UvmPdClaim,
         UvmPdFinish,
-        UvmLoan,
-        UvmUnloan,
+        UvmLoanChunks,
+        UvmUnloanChunks,
         UvmKfault,
         UvmOwners,
     )
@@ -170,11 +171,31 @@ class UvmService(Service):
             diagnostic=settings.diagnostic,
             limits=self.limits,
         )
+        self.traps = TrapServer(
+            self.vm,
+            self.mmu,
+            failed=self._trap_failed,
+            oom=self._oom,
+            spawn=self.spawn,
+            panicked=lambda: self.panic_message if self.state == "panicked" else "",
+            log=self.trace.append,
+        )
 
     async def connect(self) -> None:
-        """Open the channel to the mmu (which serves already); start the lease reaper."""
+        """Open the channel to the mmu (which serves already); start the lease reaper and
+        the trap path's long poll (machine.uvm.trap)."""
         await super().connect()
         self.spawn(self._reaper(), "lease reaper")
+        self.spawn(self.traps.run(), "trapwait")
+
+    def _trap_failed(self, e: Exception) -> tuple[str, str]:
+        """A fault's exception as the trap's errno; a kernel bug panics the role (as
+        Service does for a request's handler)."""
+        rep = self.failure(e, 0, "a trap")
+        return (rep.errno or Errno.EPANIC).value, rep.detail
+
+    def _oom(self, asid: int, owner: int) -> None:
+        self.spawn(self._oom_kill(asid, owner), "oom kill")
 
     def _pressure(self, free: int) -> None:
         ev = UvmPressure(
@@ -358,12 +379,12 @@ class UvmService(Service):
         done = await pdops.finish(self.vm, [(op, pfn) for op, pfn in msg.items])
         return self.reply(msg, UvmPdFinishReply, done=done)
 
-    async def on_loan(self, msg: UvmLoan) -> Reply:
-        pfns = await loan.loan_to_kernel(self.vm, msg.asid, msg.owner, msg.va, msg.npages)
-        return self.reply(msg, UvmLoanReply, pfns=pfns)
+    async def on_loan_chunks(self, msg: UvmLoanChunks) -> Reply:
+        got = await loanbatch.loan_chunks(self.vm, msg.asid, msg.owner, msg.chunks)
+        return self.reply(msg, UvmLoanChunksReply, **got)
 
-    def on_unloan(self, msg: UvmUnloan) -> Reply:
-        loan.unloan(self.vm, msg.pfns, msg.kva, msg.npages)
+    def on_unloan_chunks(self, msg: UvmUnloanChunks) -> Reply:
+        loan.unloan_chunks(self.vm, msg.chunks)
         return self.ack(msg)
 
     async def on_kfault(self, msg: UvmKfault) -> Reply:

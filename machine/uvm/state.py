@@ -233,6 +233,12 @@ class Uvm:
             return
         self.pages.free_page(pfn)
 
+    def wakeup_free(self) -> None:
+        """wakeup(&uvmexp.free) after a page daemon pass: uvm_wait sleepers retry now
+        (not at their timeout) if the pass left pages above the reserve."""
+        if self.pages.free.count > RESERVE_KERNEL:
+            self._freed.set()
+
     def disown(self, pfn: int) -> None:
         """The owner lets a loaned page go: an orphan, kept alive by its loans (sections 3,
         5.2, 5.3). Its object or anon owner is gone and PG_CLEAN cleared (a future anon

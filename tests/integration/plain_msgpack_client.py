@@ -4,8 +4,10 @@
 Proves the wire is plain msgpack: find the roles through the supervisor's
 directory, attach (uvm.attach gives the session id and its key), then sign
 every request (HMAC-SHA256 over its bytes, the first 16 bytes appended),
-spawn a process, map memory, take the store fault, resolve it through
-uvm.fault, retry, load the bytes back. Usage: python plain_msgpack_client.py ENDPOINT
+spawn a process, map memory, store (the first touch traps to the kernel,
+which resolves it while the request waits: one reply, `traps` 1), load the
+bytes back, take a SIGSEGV (EFAULT with fault_va) past the end.
+Usage: python plain_msgpack_client.py ENDPOINT
 """
 
 import hashlib
@@ -25,7 +27,7 @@ def call(sock: zmq.Socket, tag: str, **fields: object) -> dict:
     mid = next(_ids)
     msg = {
         "t": tag,
-        "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION["id"], "proto": [1, 3]},
+        "h": {"msg_id": mid, "sender": "plain", "incarnation": SESSION["id"], "proto": [1, 4]},
         **fields,
     }
     body = msgpack.packb(msg)
@@ -59,13 +61,12 @@ def main(endpoint: str) -> None:
     asid = call(uvm, "uvm.spawn")["asid"]
     va = call(uvm, "uvm.mmap", asid=asid, length=8192, prot=3)["va"]
     rep = call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")
-    assert rep["status"] == "error" and rep["errno"] == "EFAULT", rep
-    assert rep["fault_va"] == va + 100 and rep["fault_access"] == 2, rep
-    assert (
-        call(uvm, "uvm.fault", asid=asid, va=rep["fault_va"], access=rep["fault_access"])["status"]
-        == "ok"
-    )
-    assert call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")["status"] == "ok"
+    assert rep["status"] == "ok" and rep["traps"] == 1, rep
+    again = call(mmu, "mmu.store", asid=asid, va=va + 100, data=b"plain msgpack")
+    assert again["status"] == "ok" and again["traps"] == 0, again
+    segv = call(mmu, "mmu.load", asid=asid, va=va + 8190, n=4)
+    assert segv["status"] == "error" and segv["errno"] == "EFAULT", segv
+    assert segv["fault_va"] == va + 8192 and segv["fault_access"] == 1, segv
     got = call(mmu, "mmu.load", asid=asid, va=va + 100, n=13)
     assert got["status"] == "ok" and got["data"] == b"plain msgpack", got
     assert call(uvm, "uvm.exit", asid=asid)["status"] == "ok"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import msgspec
+import msgspec.inspect as mi
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -117,24 +117,38 @@ def _VICTIM_REQUESTS(asid: int, va: int) -> list[tuple[str, dict[str, Any]]]:  #
     ]
 
 
+def _value(t: Any, name: str) -> Any:
+    """A plausible value of msgspec type info `t` (bounds and lengths respected)."""
+    if name in ("prot", "access", "flags"):
+        return 1
+    if isinstance(t, mi.IntType):
+        lo = t.ge if t.ge is not None else 0
+        hi = t.le if t.le is not None else 1 << 40
+        return max(lo, min(4096, hi))
+    if isinstance(t, (mi.ListType, mi.SetType)):
+        return [_value(t.item_type, "") for _ in range(t.min_length or 0)]
+    if isinstance(t, mi.TupleType):
+        return [_value(it, "") for it in t.item_types]
+    if isinstance(t, mi.StructType):
+        return {f.encode_name: _value(f.type, f.name) for f in t.fields if f.required}
+    if isinstance(t, mi.UnionType):
+        return _value(t.types[0], name)
+    return {
+        mi.BytesType: b"x",
+        mi.StrType: "x",
+        mi.BoolType: False,
+        mi.DictType: {},
+    }.get(type(t), 1)
+
+
 def _example(cls: type[Request], **over: Any) -> dict[str, Any]:
     """A well-typed msgpack map for any request class (values are plausible, not meaningful)."""
     out: dict[str, Any] = {"t": tag_of(cls)}
-    for f in msgspec.structs.fields(cls):
-        if f.name == "h":
-            continue
-        t = getattr(f.type, "__origin__", f.type)
-        name = getattr(t, "__name__", str(t))
-        value = {
-            "int": 4096,
-            "bytes": b"x",
-            "str": "x",
-            "bool": False,
-            "list": [],
-            "dict": {},
-            "tuple": [1, 0],
-        }.get(name, 1)
-        out[f.name] = 1 if f.name in ("prot", "access", "flags") else value
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    for f in info.fields:
+        if f.name != "h":
+            out[f.name] = _value(f.type, f.name)
     out.update(over)
     return out
 

@@ -213,19 +213,22 @@ class CowFilesModel(SimStateMachine):
         va = self._addr(mp, data)
         vpns = range(va // PAGE_SIZE, (va + len(payload) - 1) // PAGE_SIZE + 1)
         ok = all(v in mp.pages and "w" in mp.pages[v].prot for v in vpns)
+        fault_va = -1
         try:
             self.run(mp.p.store(va, payload))
-        except Segv:
-            assert not ok, f"store at {va:#x} faulted, but the model has it writable"
-            # pages before the bad one were faulted in for writing: private ones promoted
-            for v in vpns:
-                pg = mp.pages.get(v)
-                if pg is None or "w" not in pg.prot:
-                    break
-                if pg.cow and pg.private is None:
-                    pg.private = bytearray(pg.view())
+        except Segv as e:
+            fault_va = e.va
+        if fault_va < 0:
+            assert ok, f"store at {va:#x} succeeded, but the model says it must fault"
+            self._apply(mp, va, payload)
             return
-        assert ok, f"store at {va:#x} succeeded, but the model says it must fault"
+        assert not ok, f"store at {va:#x} faulted, but the model has it writable"
+        # Page by page, as a CPU's string store: the bytes before the bad page landed.
+        bad = next(v for v in vpns if v not in mp.pages or "w" not in mp.pages[v].prot)
+        assert fault_va == max(va, bad * PAGE_SIZE), f"{fault_va:#x} is not the first bad page"
+        self._apply(mp, va, payload[: fault_va - va])
+
+    def _apply(self, mp: ModelProc, va: int, payload: bytes) -> None:
         for i, b in enumerate(payload):
             a = va + i
             pg = mp.pages[a // PAGE_SIZE]

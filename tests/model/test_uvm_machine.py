@@ -29,6 +29,9 @@ from hypothesis.stateful import (
 
 from machine.client import Process, Segv
 from machine.params import PAGE_SIZE
+from machine.proto.types import Prot
+from machine.uvm.service import UvmService
+from machine.uvm.trap import Outcome
 from tests.model.simrun import MODEL_TIMEOUT_S, SimStateMachine
 
 NFRAMES = 48
@@ -126,15 +129,63 @@ class MachineModel(SimStateMachine):
         ok, pages = mp.walk(va, len(payload), "w")
         if self.resident() + len(pages - mp.touched) > NFRAMES - 4:
             return  # stay clear of ENOMEM: the page daemon comes in a later issue
+        fault_va = -1
         try:
             self.run(mp.p.store(va, payload))
-        except Segv:
-            assert not ok, f"store at {va:#x} segfaulted but the model says it is mapped rw"
-        else:
+        except Segv as e:
+            fault_va = e.va
+        if fault_va < 0:
             assert ok, f"store at {va:#x} succeeded but the model says it must fault"
-            for i, b in enumerate(payload):
-                mp.data[va + i] = b
+            fault_va = va + len(payload)
+        else:
+            assert not ok, f"store at {va:#x} segfaulted but the model says it is mapped rw"
+            # Page by page, as a CPU's string store: the bytes before the fault landed.
+            assert va <= fault_va < va + len(payload)
+            assert fault_va == va or mp.walk(va, fault_va - va, "w")[0]
+            assert not mp.walk(fault_va, 1, "w")[0], f"{fault_va:#x} is writable in the model"
+        for i, b in enumerate(payload[: fault_va - va]):
+            mp.data[va + i] = b
         mp.touched |= pages
+
+    @rule(mp=procs, data=st.data(), payload=st.binary(min_size=1, max_size=PAGE_SIZE))
+    def store_while_the_daemon_revokes(
+        self, mp: ModelProc, data: st.DataObject, payload: bytes
+    ) -> None:
+        """A store whose every fault has its page revoked by the page daemon the moment
+        uvm answers (pmap_page_protect NONE, as a deactivation does): the revocation
+        lands after the access (one ordered connection), so the store completes against
+        the mapping its fault entered and its bytes are there."""
+        if mp not in self.live:
+            return
+        va = self._target(mp, data, len(payload))
+        ok, pages = mp.walk(va, len(payload), "w")
+        if not ok or self.resident() + len(pages - mp.touched) > NFRAMES - 4:
+            return
+        uvm = self.sim.service("uvm")
+        assert isinstance(uvm, UvmService)
+        server = uvm.traps
+        release = server.release
+        revoked: list[int] = []
+
+        def release_then_revoke(outcomes: list[Outcome]) -> None:
+            release(outcomes)  # the answers are sent: they are released right after
+            for o in outcomes:
+                if o.answer.mappings:
+                    pfn = o.answer.mappings[0].pfn
+                    revoked.append(pfn)
+                    uvm.spawn(
+                        uvm.vm.pmap.page_protect([pfn], int(Prot.NONE), "deactivate"), "revoke"
+                    )
+
+        server.release = release_then_revoke  # type: ignore[method-assign]
+        try:
+            self.run(mp.p.store(va, payload))
+        finally:
+            server.release = release  # type: ignore[method-assign]
+        for i, b in enumerate(payload):
+            mp.data[va + i] = b
+        mp.touched |= pages
+        assert self.run(mp.p.load(va, len(payload))) == payload
 
     @rule(mp=procs, data=st.data(), n=st.integers(1, PAGE_SIZE + 16))
     def load(self, mp: ModelProc, data: st.DataObject, n: int) -> None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import selectors
+import signal
+import socket
+import threading
+from typing import Any
 
 import pytest
 
 from machine.ipc.inmemory import (
+    SKIP_POLLS,
     InMemoryTransport,
     SimulationDeadlock,
     SimulationTimeout,
@@ -15,7 +22,7 @@ from machine.ipc.inmemory import (
     run_simulation,
 )
 from machine.params import PAGE_SIZE
-from machine.testing import SimMachine
+from machine.testing import SimMachine, poll_for
 
 
 async def _workload(seed: int) -> tuple[list[tuple[float, str, int]], str, float]:
@@ -122,3 +129,89 @@ def test_the_wire_places_each_mbuf_by_its_offset() -> None:
     w._on_packet(WirePacket(session=1, asid=1, sock=1, seq=3, off=0, total=2, payload=b"cd",
                             loaned=False))  # fmt: skip
     assert (w._q.get_nowait().seq, w.lost, w._partial) == (3, 1, {})
+
+
+def _busy_until(done: list[bool], turns: list[int], limit: int) -> None:
+    """A callback that keeps the loop busy (a ready callback every turn) until `done`."""
+    turns[0] += 1
+    if not done[0] and turns[0] < limit:
+        asyncio.get_running_loop().call_soon(_busy_until, done, turns, limit)
+
+
+def test_a_busy_virtual_loop_polls_no_fd_when_only_its_self_pipe_is_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    polls = [0]
+    real = selectors.DefaultSelector.select
+
+    def counted(self: selectors.BaseSelector, timeout: float | None = None) -> Any:
+        polls[0] += 1
+        return real(self, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(selectors.DefaultSelector, "select", counted)
+
+    async def main() -> int:
+        turns = [0]
+        _busy_until([False], turns, 1000)
+        await poll_for(lambda: turns[0] >= 1000, timeout_s=5, what="1000 turns")
+        return turns[0]
+
+    assert run_simulation(main()) == 1000
+    # A turn with callbacks ready costs no epoll_wait, but one in SKIP_POLLS + 1 still
+    # polls (the self-pipe carries signal wake-ups); idle turns poll as before.
+    assert 1000 // (SKIP_POLLS + 1) <= polls[0] < 1000 // (SKIP_POLLS + 1) + 100, polls[0]
+
+
+def test_a_busy_virtual_loop_still_polls_a_registered_fd() -> None:
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        r, w = socket.socketpair()
+        done, turns = [False], [0]
+
+        def readable() -> None:
+            r.recv(1)
+            done[0] = True
+
+        loop.add_reader(r.fileno(), readable)
+        w.send(b"x")
+        _busy_until(done, turns, 10_000)  # never idle: the fd must be polled anyway
+        try:
+            await poll_for(lambda: done[0], timeout_s=5, what="the reader")
+        finally:
+            loop.remove_reader(r.fileno())
+            r.close()
+            w.close()
+        return turns[0]
+
+    assert run_simulation(main()) < 10
+
+
+def test_a_threads_callback_runs_while_the_virtual_loop_is_busy() -> None:
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        done, turns = [False], [0]
+        t = threading.Thread(target=lambda: loop.call_soon_threadsafe(done.__setitem__, 0, True))
+        _busy_until(done, turns, 1_000_000)
+        t.start()
+        await poll_for(lambda: done[0], timeout_s=5, what="the thread's callback")
+        t.join()
+        return turns[0]
+
+    assert run_simulation(main()) < 1_000_000
+
+
+def test_a_signal_handler_runs_while_the_virtual_loop_is_busy() -> None:
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        done, turns = [False], [0]
+        loop.add_signal_handler(signal.SIGUSR1, done.__setitem__, 0, True)
+        try:
+            _busy_until(done, turns, 1_000_000)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await poll_for(lambda: done[0], timeout_s=5, what="the signal handler")
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        return turns[0]
+
+    # Delivered through the self-pipe, which a busy turn polls at least every SKIP_POLLS + 1.
+    assert run_simulation(main()) <= 2 * (SKIP_POLLS + 1) + 2

@@ -31,6 +31,7 @@ class FakeSocket:
         self.more = False
         self.rfd, self.wfd = os.pipe()
         self.sent: list[list[bytes]] = []
+        self.sending: list[bytes] = []  # the parts of the message being sent
         self.uncopied = 0
 
     def getsockopt(self, opt: int) -> int:
@@ -41,6 +42,8 @@ class FakeSocket:
         if opt == zmq.RCVMORE:
             return int(self.more)
         raise AssertionError(opt)
+
+    get = getsockopt
 
     def recv(self, flags: int = 0, copy: bool = True) -> Any:
         if not self.current:
@@ -60,8 +63,12 @@ class FakeSocket:
             parts.append(self.recv(flags))
         return parts
 
-    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
-        self.sent.append(frames)
+    def send(self, part: bytes, flags: int = 0) -> None:
+        if not self.sending:
+            self.sent.append(self.sending)
+        self.sending.append(part)
+        if not flags & zmq.SNDMORE:
+            self.sending = []
 
     def close(self, linger: int = 0) -> None:
         os.close(self.rfd)
@@ -139,7 +146,7 @@ async def test_at_most_one_drain_is_pending_however_many_replies_are_sent(
     # One turn: one batch, not one batch per reply sent (which would compound).
     assert handled[0] <= DRAIN_BATCH
     await poll_for(lambda: handled[0] == 200, timeout_s=5, what="every message")
-    assert len(fake.sent) == 200
+    assert fake.sent == [[b"id", b"reply"]] * 200  # each reply whole: [identity, payload]
     ls.close(0)
 
 
@@ -206,4 +213,38 @@ async def test_a_user_router_has_a_low_hwm_and_a_kernel_router_keeps_the_large_o
     finally:
         await user.close()
         await kernel.close()
+        await t.close()
+
+
+async def test_a_burst_over_real_sockets_is_answered_whole_and_in_order() -> None:
+    """The compiled send path (plain-int flags, parts with SNDMORE) keeps the framing:
+    every request of a pipelined burst reaches the handler alone, every reply goes back
+    to its connection whole and in order, and an event arrives as [topic, payload]."""
+    t = ZmqTransport()
+    srv = await t.bind("tcp://127.0.0.1:*", lambda b: b"re:" + b)
+    pub = await t.publisher("tcp://127.0.0.1:*")
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    events: list[bytes] = []
+    conns = [await t.connect(srv.endpoint, got[i].append) for i in range(2)]
+    sub = await t.subscribe(pub.endpoint, "ev.", events.append)
+    try:
+        for n in range(300):  # more than DRAIN_BATCH per drain: several turns
+            for i, c in enumerate(conns):
+                c.send(b"%d:%d" % (i, n))
+        await poll_for(lambda: len(got[0]) == len(got[1]) == 300, timeout_s=10, what="replies")
+        for i in range(2):
+            assert got[i] == [b"re:%d:%d" % (i, n) for n in range(300)]
+
+        def published() -> bool:
+            pub.publish("ev.x", b"payload")  # PUB/SUB joins late: publish until one lands
+            return bool(events)
+
+        await poll_for(published, timeout_s=10, what="an event")
+        assert set(events) == {b"payload"}
+    finally:
+        await sub.close()
+        for c in conns:
+            await c.close()
+        await pub.close()
+        await srv.close()
         await t.close()

@@ -4,7 +4,10 @@ One process (ASID, owned by session OWNER) whose page i at VA0 + i pages is fram
 PFN0 + i of a small RAM; every byte of RAM holds a pattern that differs from page to
 page and within a page, so a payload tells which bytes it came from. The fake records
 every call (`calls`: (operation, arguments)) and keeps the state a real kernel would:
-the kernel's mappings at loan KVA (`kmap`), the loan count of each frame (`loans`).
+the kernel's mappings at loan KVA (`kmap`), the loan count of each frame (`loans`),
+the frame holds of copies (`holds`). A batched call is recorded once as the message
+("loans", "kenters", "kextracts", "kremoves", "unloans") and then once per chunk or
+range under the singular name, with that chunk's arguments.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class FakeKernel:
     """KernelOps over dicts. Knobs: refuse (user VAs whose loan is refused), faulting
     (user page VAs without a mapping until a kfault), unresolvable (user page VAs whose
     kfault fails), kfault_resolves (a kernel fault re-enters the page, else uvm panics),
-    gate (when set, loan and copyin wait for it), panic_on (operations that answer
+    gate (when set, loan and uhold wait for it), panic_on (operations that answer
     EPANIC), fail_kenter, slow (kvas whose kextract waits for an event)."""
 
     def __init__(self) -> None:
@@ -86,6 +89,8 @@ class FakeKernel:
         self.kremove_gate: asyncio.Event | None = None  # when set, kremove waits for it
         self.live_asids = {ASID: OWNER}
         self.live_sessions = {OWNER}
+        self.holds: dict[int, list[int]] = {}  # frames held by uhold until urelease
+        self.next_hold = 0
 
     def ops(self, name: str) -> list[Any]:
         return [args for op, args in self.calls if op == name]
@@ -110,32 +115,51 @@ class FakeKernel:
             s in self.live_sessions for s in sessions
         ]
 
-    async def loan(self, asid: int, owner: int, va: int, npages: int) -> list[int]:
-        self._call("loan", (asid, owner, va, npages))
+    async def loan(
+        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+    ) -> list[list[int] | RemoteError]:
+        """One uvm.loan message ("loans"); each chunk is recorded as its own "loan"."""
+        self.calls.append(("loans", [tuple(c) for c in chunks]))
+        for va, npages in chunks:
+            self._call("loan", (asid, owner, va, npages))
         await self._wait()
-        vas = [va + (i << PAGE_SHIFT) for i in range(npages)]
-        if any(v in self.refuse for v in vas):
-            raise RemoteError(Errno.EBUSY, "a wired page")
-        pfns = [self.pfn_of(v) for v in vas]
-        self.loans.update(pfns)
-        return pfns
+        out: list[list[int] | RemoteError] = []
+        for va, npages in chunks:
+            vas = [va + (i << PAGE_SHIFT) for i in range(npages)]
+            if any(v in self.refuse for v in vas):
+                out.append(RemoteError(Errno.EBUSY, "a wired page"))
+                continue
+            pfns = [self.pfn_of(v) for v in vas]
+            self.loans.update(pfns)
+            out.append(pfns)
+        return out
 
-    async def kenter(self, va: int, pfns: list[int]) -> None:
-        self._call("kenter", (va, list(pfns)))
+    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
+        self.calls.append(("kenters", [(va, list(pfns)) for va, pfns in chunks]))
+        for va, pfns in chunks:
+            self._call("kenter", (va, list(pfns)))
         if self.fail_kenter:
             raise RemoteError(Errno.EINVAL, "pmap_kenter_pa: bad va")
-        for i, pfn in enumerate(pfns):
-            self.kmap[(va >> PAGE_SHIFT) + i] = pfn
+        for va, pfns in chunks:
+            for i, pfn in enumerate(pfns):
+                self.kmap[(va >> PAGE_SHIFT) + i] = pfn
 
-    async def copyin(self, asid: int, owner: int, va: int, n: int) -> bytes:
-        self._call("copyin", (asid, owner, va, n))
+    async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
+        self._call("uhold", (asid, owner, va, npages))
         await self._wait()
-        page = va & ~(PAGE_SIZE - 1)
-        while page < va + n:
+        for i in range(npages):
+            page = va + (i << PAGE_SHIFT)
             if page in self.faulting:
-                raise PageFault(max(page, va), "no mapping")
-            page += PAGE_SIZE
-        return user_bytes(va, n)
+                raise PageFault(page, "no mapping")
+        pfns = [self.pfn_of(va + (i << PAGE_SHIFT)) for i in range(npages)]
+        self.next_hold += 1
+        self.holds[self.next_hold] = pfns
+        return self.next_hold, pfns
+
+    async def urelease(self, holds: list[int]) -> None:
+        self._call("urelease", list(holds))
+        for h in holds:
+            del self.holds[h]
 
     async def kfault(
         self, va: int, *, asid: int = 0, owner: int = 0, evidence: str = "", pfn: int = -1
@@ -151,34 +175,48 @@ class FakeKernel:
             raise PeerPanic(Errno.EPANIC, "trap: kernel page fault")
         self.kmap[va >> PAGE_SHIFT] = pfn
 
-    async def kextract(self, va: int, npages: int) -> list[int]:
-        self._call("kextract", (va, npages))
-        if va in self.slow:
-            await self.slow[va].wait()
-        out = []
-        for i in range(npages):
-            pfn = self.kmap.get((va >> PAGE_SHIFT) + i)
-            if pfn is None:
-                raise PageFault(va + (i << PAGE_SHIFT), "revoked by pdaemon")
-            out.append(pfn)
+    async def kextract(self, ranges: list[tuple[int, int]]) -> list[list[int] | PageFault]:
+        """One pmap.kextract message ("kextracts"); each range is recorded as a "kextract"."""
+        self.calls.append(("kextracts", list(ranges)))
+        for r in ranges:
+            self._call("kextract", tuple(r))
+        for va, _ in ranges:
+            if va in self.slow:
+                await self.slow[va].wait()
+        out: list[list[int] | PageFault] = []
+        for va, npages in ranges:
+            pfns: list[int] | PageFault = []
+            for i in range(npages):
+                pfn = self.kmap.get((va >> PAGE_SHIFT) + i)
+                if pfn is None:
+                    pfns = PageFault(va + (i << PAGE_SHIFT), "revoked by pdaemon")
+                    break
+                assert isinstance(pfns, list)
+                pfns.append(pfn)
+            out.append(pfns)
         return out
 
-    async def kremove(self, va: int, npages: int) -> int:
-        self._call("kremove", (va, npages))
+    async def kremove(self, ranges: list[tuple[int, int]]) -> int:
+        self.calls.append(("kremoves", list(ranges)))
+        for r in ranges:
+            self._call("kremove", tuple(r))
         if self.kremove_gate is not None:
             await self.kremove_gate.wait()
         n = 0
-        for i in range(npages):
-            n += self.kmap.pop((va >> PAGE_SHIFT) + i, None) is not None
+        for va, npages in ranges:
+            for i in range(npages):
+                n += self.kmap.pop((va >> PAGE_SHIFT) + i, None) is not None
         return n
 
-    async def unloan(self, pfns: list[int], kva: int, npages: int) -> None:
-        self._call("unloan", (list(pfns), kva, npages))
-        for pfn in pfns:
-            assert self.loans[pfn] > 0, f"uvm_unloanpage: page {pfn} isn't loaned"
-            self.loans[pfn] -= 1
-            if not self.loans[pfn]:
-                del self.loans[pfn]
+    async def unloan(self, chunks: list[tuple[list[int], int, int]]) -> None:
+        self.calls.append(("unloans", list(chunks)))
+        for pfns, kva, npages in chunks:
+            self._call("unloan", (list(pfns), kva, npages))
+            for pfn in pfns:
+                assert self.loans[pfn] > 0, f"uvm_unloanpage: page {pfn} isn't loaned"
+                self.loans[pfn] -= 1
+                if not self.loans[pfn]:
+                    del self.loans[pfn]
 
 
 def make_net(

@@ -167,3 +167,16 @@ async def test_a_held_link_sends_nothing_until_released() -> None:
         assert k.ops("kextract") == []  # not even the DMA starts
         net.driver.hold(False)
         await poll_for(lambda: len(wire) == 1, 2, 0.001, "the mbuf on the wire")
+
+
+async def test_one_ring_pass_translates_every_mbuf_it_takes_in_one_message() -> None:
+    net, k = make_net()
+    so = await sock(net)
+    await send(net, so, VA0, 4 * K64)  # four loaned mbufs, queued before the driver runs
+    async with running(net) as (wire, _):
+        await poll_for(lambda: net.stats["pendfree"] == 4, 2, 0.001, "sopendfree")
+    assert len(wire) == 4
+    assert k.ops("kextracts") == [[(m, 16) for m in sorted({kva for kva, _ in k.ops("kextract")})]]
+    assert len(k.ops("kremove")) == len(k.ops("unloan")) == 4  # every mbuf freed, per mbuf
+    assert len(k.ops("kremoves")) == len(k.ops("unloans")) <= 4  # in batches
+    assert net.stats["driver_msgs"] == 1 + 2 * len(k.ops("kremoves"))

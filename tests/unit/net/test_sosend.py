@@ -78,8 +78,9 @@ async def test_a_send_is_cut_into_loan_chunks_at_64k_and_each_is_loaned_once() -
         [(0, K64), (K64, K64), (2 * K64, K64), (3 * K64, 8292)]
     ]  # fmt: skip
     assert [len(m.pfns) for m in mbs] == [17, 17, 17, 3]  # unaligned: one page more
-    assert k.ops("copyin") == []
-    assert (res.loaned_pages, res.copied_bytes, res.messages) == (54, 0, 8)  # loan + kenter
+    assert k.ops("uhold") == []
+    assert len(k.ops("loans")) == len(k.ops("kenters")) == 1  # one of each for the window
+    assert (res.loaned_pages, res.copied_bytes, res.messages) == (54, 0, 2)  # loan + kenter
     assert so.cc == n
     assert net.kva.socurkva == 54 * PAGE_SIZE
     async with driver(net) as wire:
@@ -96,9 +97,11 @@ async def test_the_tail_below_the_threshold_is_copied_and_no_loan_is_taken_for_i
     assert a.loaned
     assert not b.loaned
     assert b.data == user_bytes(VA0 + K64, 1000)
-    assert k.ops("copyin") == [(ASID, OWNER, VA0 + K64, 1000)]
+    assert k.ops("uhold") == [(ASID, OWNER, VA0 + K64, 1)]  # its page, held for the copy
+    assert len(k.ops("urelease")) == 1
+    assert not k.holds  # released once copied
     assert len(k.ops("loan")) == 1
-    assert (res.loaned_pages, res.copied_bytes, res.messages) == (16, 1000, 3)
+    assert (res.loaned_pages, res.copied_bytes, res.messages) == (16, 1000, 4)
     assert net.pool.mbuf_bytes == 1000  # held until the mbuf is sent
 
 
@@ -123,7 +126,7 @@ async def test_a_refused_loan_frees_its_kva_and_copies_the_chunk() -> None:
     assert net.kva.socurkva == 32 * PAGE_SIZE
     assert net.kva.slots_held == 2
     assert net.stats["loan_fallbacks"] == 1
-    assert res.messages == 2 + (1 + 1) + 2  # the refused loan, then its copyin
+    assert res.messages == 1 + 1 + 2  # one loan (answered per chunk), one kenter, hold + release
 
 
 async def test_a_copyin_fault_is_resolved_by_kfault_on_the_process_behalf() -> None:
@@ -132,8 +135,9 @@ async def test_a_copyin_fault_is_resolved_by_kfault_on_the_process_behalf() -> N
     k.faulting.add(VA0 + PAGE_SIZE)
     res = await net.sosend.send(so, ASID, VA0, 3 * PAGE_SIZE, OWNER)
     assert k.ops("kfault") == [(VA0 + PAGE_SIZE, ASID, OWNER, "", -1)]
-    assert len(k.ops("copyin")) == 2
-    assert res.messages == 3
+    assert len(k.ops("uhold")) == 2
+    assert res.messages == 4  # uhold (EFAULT), kfault, uhold, urelease
+    assert not k.holds
     assert queued(net)[0].data == user_bytes(VA0, 3 * PAGE_SIZE)
 
 

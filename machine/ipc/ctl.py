@@ -1,0 +1,135 @@
+"""The ctl.* requests every role answers (hello, ping, stats, dump, halt, shutdown, kpanic).
+
+A mixin of machine.ipc.service.Service: these handlers touch no role state
+and take no lock, so they never queue behind work; ping answers EPANIC once
+the role has panicked, while dump, stats, hello and shutdown still work (the
+supervisor needs them). A role reports through three hooks it may override:
+counters() (ctl.stats, status), frames() (the frame census, uvm's) and
+dump_state() (what a crash dump holds of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, ClassVar, TypeVar
+
+from machine.ipc.timing import Timing
+from machine.kassert import KernelPanic
+from machine.proto import (
+    PROTOCOL_VERSION,
+    CtlAck,
+    CtlDump,
+    CtlDumpReply,
+    CtlHalt,
+    CtlHello,
+    CtlHelloReply,
+    CtlKpanic,
+    CtlPing,
+    CtlPingReply,
+    CtlShutdown,
+    CtlStats,
+    CtlStatsReply,
+    Errno,
+    ErrorReply,
+    Reply,
+    Request,
+)
+
+R = TypeVar("R", bound=Reply)
+
+
+class CtlHandlers:
+    """The ctl.* handlers and the reporting hooks (mixed into Service)."""
+
+    role: ClassVar[str]
+    timing: ClassVar[Timing | None]
+    incarnation: int
+    pid: int
+    state: str
+    panic_message: str
+    stopped_by: str
+    stopped: asyncio.Event
+    trace: collections.deque[str]
+
+    def reply(self, req: Request, cls: type[R], **fields: Any) -> R:
+        raise NotImplementedError
+
+    def ack(self, req: Request) -> CtlAck:
+        raise NotImplementedError
+
+    def error(self, re: int, errno: Errno, detail: str) -> ErrorReply:
+        raise NotImplementedError
+
+    def on_hello(self, msg: CtlHello) -> Reply:
+        return self.reply(
+            msg,
+            CtlHelloReply,
+            role=self.role,
+            incarnation=self.incarnation,
+            pid=self.pid,
+            proto=PROTOCOL_VERSION,
+        )
+
+    def on_ping(self, msg: CtlPing) -> Reply:
+        if self.state == "panicked":
+            return self.error(msg.h.msg_id, Errno.EPANIC, self.panic_message)
+        return self.reply(
+            msg, CtlPingReply, role=self.role, incarnation=self.incarnation, pid=self.pid
+        )
+
+    def on_stats(self, msg: CtlStats) -> Reply:
+        return self.reply(
+            msg,
+            CtlStatsReply,
+            role=self.role,
+            pid=self.pid,
+            incarnation=self.incarnation,
+            counters=self.counters(),
+            frames=self.frames(),
+        )
+
+    def on_dump(self, msg: CtlDump) -> Reply:
+        state: dict[str, Any] = {
+            "role": self.role,
+            "pid": self.pid,
+            "incarnation": self.incarnation,
+            "state": self.state,
+            "panic": self.panic_message,
+            "counters": self.counters(),
+            "trace": list(self.trace),
+        }
+        try:
+            state.update(self.dump_state())
+        except Exception as e:
+            state["dump_error"] = repr(e)
+        if self.timing is not None:
+            state["timings"] = self.timing.drain()
+        return self.reply(msg, CtlDumpReply, role=self.role, state=state)
+
+    def on_halt(self, msg: CtlHalt) -> Reply:
+        if self.state != "panicked":
+            self.state = "panicked"
+            self.panic_message = msg.reason
+        return self.ack(msg)
+
+    async def on_shutdown(self, msg: CtlShutdown) -> Reply:
+        if self.state != "panicked":
+            self.state = "stopping"
+        self.stopped_by = msg.h.sender
+        asyncio.get_running_loop().call_soon(self.stopped.set)
+        return self.ack(msg)
+
+    def on_kpanic(self, msg: CtlKpanic) -> Reply:
+        raise KernelPanic(msg.message)
+
+    # -- what a role reports ------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def frames(self) -> dict[str, int]:
+        return {}
+
+    def dump_state(self) -> dict[str, Any]:
+        return {}

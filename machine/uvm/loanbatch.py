@@ -1,0 +1,127 @@
+"""uvm.loan_chunks: the loans of one window of a send, pipelined (machine.uvm.loan).
+
+Each chunk is loaned as loan_to_kernel loans it (under the space lock, page by
+page, all or nothing per chunk, the era's effects per page), in order; what
+differs is only when its first-loan write-protect is awaited: not before the
+next chunk. The protects of the chunks loaned in one turn of the loop go out in
+one pmap.page_protect(READ) at the next turn, and the answer waits for every one.
+
+Invariants:
+  * a chunk's protect is sent as soon as loan_chunks first waits after its loan
+    (the loop's next turn; the mmu applies a connection's requests in the order
+    sent), and answered before uvm.loan_chunks is: when net has the pfns, every
+    managed mapping of each page is read-only (I5);
+  * a chunk refused (UserError) is answered in its place and loans nothing; if a
+    protect fails, its chunks and every later one are unloaned (as if each had
+    failed in turn) and the error is raised: the chunks before stay loaned, as
+    when separate uvm.loan requests failed at that chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from machine.params import PAGE_SIZE
+from machine.proto import Errno, UserError
+from machine.proto.types import Prot
+from machine.uvm.loan import FIRST_LOAN, loan_range, unloan_pages
+from machine.uvm.map import check_range
+from machine.uvm.state import Uvm
+
+
+async def loan_chunks(
+    uvm: Uvm, asid: int, owner: int, chunks: list[tuple[int, int]]
+) -> dict[str, list[Any]]:
+    """uvm.loan_chunks: each (va, npages) chunk loaned as loan_to_kernel would, in order,
+    as if each were its own uvm.loan. => the reply's fields: per chunk its pfns (errno
+    None), or no pfns and the errno and detail of its refusal (a UserError: net copies
+    that chunk instead); anything else is raised.
+
+    Pipelined: each chunk is loaned under the space lock as loan_to_kernel does, but its
+    first-loan write-protect is not awaited before the next chunk: the protects of the
+    chunks loaned in one turn of the loop go out in one pmap.page_protect (in chunk
+    order; the mmu applies requests in the order sent), and every one is awaited before
+    the answer. If a protect fails, its chunks and every later one are unloaned (as if
+    each had failed in turn) and the error is raised."""
+    pfns: list[list[int]] = []
+    errnos: list[Errno | None] = []
+    details: list[str] = []
+    batch = _ProtectBatch(uvm)
+    waits: list[tuple[int, asyncio.Future[int] | None]] = []  # chunk, its protect
+    try:
+        for va, npages in chunks:
+            try:
+                sp = uvm.space(asid, owner)
+                check_range(va, npages * PAGE_SIZE)
+                async with sp.lock:
+                    loaned, first = await loan_range(uvm, sp, va, npages)
+                    waits.append((len(pfns), batch.add(first) if first else None))
+                pfns.append(loaned)
+                errnos.append(None)
+                details.append("")
+            except UserError as e:
+                pfns.append([])
+                errnos.append(Errno(e.errno))
+                details.append(e.detail)
+        failed: BaseException | None = None
+        for i, fut in waits:
+            if fut is not None and failed is None:
+                try:
+                    await fut
+                except BaseException as e:
+                    failed = e
+            if failed is not None:
+                unloan_pages(uvm, pfns[i])
+                pfns[i] = []
+            else:
+                uvm.stats.loans += len(pfns[i])
+        if failed is not None:
+            raise failed
+    except BaseException:
+        batch.abandon()
+        raise
+    return {"pfns": pfns, "errnos": errnos, "details": details}
+
+
+class _ProtectBatch:
+    """The first-loan write-protects of consecutive chunks: those queued in one turn of
+    the loop go out together, in one pmap.page_protect sent at the next turn (in the
+    order queued). `add` => the future of the message that carries the frames."""
+
+    def __init__(self, uvm: Uvm) -> None:
+        self.uvm = uvm
+        self.pfns: list[int] = []
+        self.fut: asyncio.Future[int] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, pfns: list[int]) -> asyncio.Future[int]:
+        if self.fut is None:
+            self.fut = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._send())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        self.pfns += pfns
+        return self.fut
+
+    async def _send(self) -> None:
+        fut, pfns = self.fut, self.pfns
+        assert fut is not None
+        self.fut, self.pfns = None, []
+        try:
+            fut.set_result(await self.uvm.pmap.page_protect(pfns, int(Prot.READ), FIRST_LOAN))
+        except Exception as e:
+            fut.set_exception(e)
+        except BaseException as e:
+            fut.set_exception(e)
+            raise
+
+    def abandon(self) -> None:
+        """The caller gave up: what was queued is still sent; nobody awaits the answer."""
+        if self.fut is not None:
+            self.fut.add_done_callback(_consume)
+
+
+def _consume(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
