@@ -37,6 +37,7 @@ import selectors
 from collections.abc import Awaitable
 from typing import Any
 
+from machine.ipc.pending import Pending
 from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
     Connection,
@@ -219,10 +220,17 @@ class InMemoryTransport(Transport):
             if out is not None:
                 self._reply(conn, out)
             return
+        if isinstance(out, Pending):  # replied by the handler that completes it
+            out.then(lambda rep: self._reply_some(conn, rep))
+            return
         server.tasks.spawn(self._finish(conn, out), "reply")
 
     async def _finish(self, conn: MemConnection, pending: Awaitable[bytes | None]) -> None:
         out = await pending
+        if out is not None:
+            self._reply(conn, out)
+
+    def _reply_some(self, conn: MemConnection, out: bytes | None) -> None:
         if out is not None:
             self._reply(conn, out)
 

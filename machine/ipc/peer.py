@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 from machine.ipc.auth import Mac
@@ -103,6 +104,26 @@ def raise_for(reply: Reply) -> None:
     raise RemoteError(errno, reply.detail)
 
 
+class _Then:
+    """A call's waiter that hands the reply (or the call's error) to a callback, in the
+    reply's own receive callback: no future, no task step (Peer.call_then)."""
+
+    __slots__ = ("cb",)
+
+    def __init__(self, cb: Callable[[Reply | BaseException], None]) -> None:
+        self.cb: Callable[[Reply | BaseException], None] | None = cb
+
+    def done(self) -> bool:
+        return self.cb is None
+
+    def _give(self, out: Reply | BaseException) -> None:
+        cb, self.cb = self.cb, None
+        if cb is not None:
+            cb(out)
+
+    set_result = set_exception = _give
+
+
 class Peer:
     """One connection to one endpoint, with request/reply matching.
 
@@ -123,7 +144,7 @@ class Peer:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._conn: Connection | None = None
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._pending: dict[int, asyncio.Future[Reply] | _Then] = {}
         self._deadlines: dict[int, float] = {}  # msg_id -> loop time it is overdue
         self._sweep: asyncio.TimerHandle | None = None
         self.sent = 0
@@ -140,6 +161,7 @@ class Peer:
             return
         fut = self._pending.pop(reply.h.re, None)
         if fut is not None and not fut.done():
+            self._deadlines.pop(reply.h.re, None)
             fut.set_result(reply)
 
     def fail_all(self, exc: BaseException) -> None:
@@ -149,16 +171,16 @@ class Peer:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def call(self, req: Request, timeout_s: float | None = None) -> Reply:
+    def _start(
+        self, req: Request, waiter: asyncio.Future[Reply] | _Then, timeout_s: float | None
+    ) -> Request:
+        """Stamp req, register its waiter and deadline, send it. => the message sent."""
         assert self._conn is not None, "peer not opened"
-        timing = self.timing
-        t_call = now_ns() if timing is not None else 0
         msg = with_header(req, self.ident.header())
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply] = loop.create_future()
         mid = msg.h.msg_id
-        self._pending[mid] = fut
+        self._pending[mid] = waiter
         self.sent += 1
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout_s or self.timeout_s)
         self._deadlines[mid] = deadline
         sweep = self._sweep
@@ -168,6 +190,41 @@ class Peer:
             self._sweep = loop.call_at(deadline, self._expire_overdue)
         try:
             self._conn.send(self.ident.frame(msg))
+        except BaseException:
+            self._pending.pop(mid, None)
+            self._deadlines.pop(mid, None)
+            raise
+        return msg
+
+    def call_then(
+        self,
+        req: Request,
+        cb: Callable[[Reply | BaseException], None],
+        timeout_s: float | None = None,
+    ) -> None:
+        """Send req; its reply (or CallTimeout, or the error of fail_all) goes to cb, called
+        from the reply's receive callback: a long poll's next step runs without a task.
+        cb must not raise."""
+        timing = self.timing
+        if timing is None:
+            self._start(req, _Then(cb), timeout_s)
+            return
+        t_call, sent = now_ns(), list[Request]()
+
+        def timed(out: Reply | BaseException) -> None:
+            timing.on_call(self.ident.sender, tag_of(sent[0]), sent[0].h.msg_id, t_call, now_ns())
+            cb(out)
+
+        sent.append(self._start(req, _Then(timed), timeout_s))
+
+    async def call(self, req: Request, timeout_s: float | None = None) -> Reply:
+        assert self._conn is not None, "peer not opened"
+        timing = self.timing
+        t_call = now_ns() if timing is not None else 0
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        msg = self._start(req, fut, timeout_s)
+        mid = msg.h.msg_id
+        try:
             rep = await fut
         finally:
             self._pending.pop(mid, None)

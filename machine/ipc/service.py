@@ -22,11 +22,14 @@ What happens to every incoming request, in order:
   5. Not served by this role: ENOSYS.
   6. A plain handler runs right here; a coroutine handler is started here up
      to its first wait (machine.ipc.eager) and only then becomes a task, the
-     transport's. UserError -> its errno; PeerPanic
-     (a role we called has panicked) -> EPANIC; KernelPanic or any other
-     exception -> this role panics: it publishes ctl.panic, answers EPANIC
-     from then on, and waits for the supervisor to stop it (it does not
-     exit, so the panic event and dump requests are not lost).
+     transport's. A plain handler marked @deferred may return a Pending
+     (machine.ipc.pending): its reply is encoded and sent by whichever handler
+     sets it, with no task; it counts in flight as a coroutine request does.
+     UserError -> its errno; PeerPanic (a role we called has panicked) ->
+     EPANIC; KernelPanic or any other exception -> this role panics: it
+     publishes ctl.panic, answers EPANIC from then on, and waits for the
+     supervisor to stop it (it does not exit, so the panic event and dump
+     requests are not lost).
   7. Last resort: should the checks themselves raise (a bug: they must
      answer any input), the request is answered EINVAL, dispatched to no
      handler, and counted (`check_errors`, with the traceback in the trace);
@@ -60,6 +63,7 @@ from machine.ipc import checks, eager, ids
 from machine.ipc.auth import SessionAuth, new_machine_key
 from machine.ipc.ctl import CtlHandlers
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
+from machine.ipc.pending import Pending
 from machine.ipc.tasks import TaskSet
 from machine.ipc.timing import Timing
 from machine.ipc.transport import Clock, Handler, Publisher, Server, Transport
@@ -174,6 +178,8 @@ class Service(CtlHandlers):
         self._tasks = TaskSet(on_error=self._task_failed)
         self._handlers: dict[type[Request], Callable[[Any], Any]] = {}
         self._async: set[type[Request]] = set()
+        #: Requests counted in flight per session: coroutine and deferred handlers.
+        self._limited: set[type[Request]] = set()
         verbs: dict[str, type[Request]] = {}
         for cls in (*CTL_REQUESTS, *self.serves):
             verb = verb_of(cls)
@@ -188,6 +194,8 @@ class Service(CtlHandlers):
             self._handlers[cls] = fn
             if inspect.iscoroutinefunction(fn):
                 self._async.add(cls)
+            if cls in self._async or getattr(fn, "deferred", False):
+                self._limited.add(cls)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -304,9 +312,12 @@ class Service(CtlHandlers):
             return self._notice(msg, fn)
         if type(msg) not in self._async:
             try:
-                return encode(fn(msg))
+                out = fn(msg)
+                if not isinstance(out, Pending):
+                    return encode(out)
             except Exception as e:
                 return encode(self._failed(msg, e))
+            return self._deferred(msg, out, endpoint)
         # Eager start (machine.ipc.eager): the coroutine runs here until it first waits;
         # only then does the transport make it a task. One that never waits costs none.
         try:
@@ -320,6 +331,27 @@ class Service(CtlHandlers):
             self._inflight[sid] += 1
             self._inflight_total += 1
         return self._finish(msg, started, sid)
+
+    def _deferred(self, msg: Request, out: Pending[Reply], endpoint: Scope) -> Pending[bytes]:
+        """A plain handler's Pending reply (machine.ipc.pending) as the reply's bytes, set
+        synchronously in the handler that completes it; counted in flight until then."""
+        sid = msg.h.incarnation if endpoint is Scope.USER else 0
+        if sid:
+            self._inflight[sid] += 1
+            self._inflight_total += 1
+
+        def encoded(rep: Reply) -> bytes:
+            if sid:
+                self._inflight_total -= 1
+                self._inflight[sid] -= 1
+                if not self._inflight[sid]:
+                    del self._inflight[sid]
+            try:
+                return encode(rep)
+            except Exception as e:
+                return encode(self._failed(msg, e))
+
+        return out.map(encoded)
 
     def _notice(self, msg: Request, fn: Callable[[Any], Any]) -> Awaitable[None] | None:
         """A one-way request (proto.Notice): run its handler, send nothing back. A handler
@@ -381,7 +413,7 @@ class Service(CtlHandlers):
                 return self.error(
                     h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
                 )
-            if type(msg) in self._async and (
+            if type(msg) in self._limited and (
                 self._inflight[h.incarnation] >= self.limits.inflight
                 or self._inflight_total >= self.limits.inflight_total
             ):

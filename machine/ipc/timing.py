@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from machine.ipc.auth import TAG_LEN
+from machine.ipc.pending import Pending
 from machine.ipc.transport import Handler
 from machine.proto import BadMessage, decode_request, tag_of
 
@@ -63,6 +64,9 @@ class Timing:
             out = handler(raw)
             if out is None or isinstance(out, bytes):
                 self.on_request(role, raw, t_in, now_ns())
+                return out
+            if isinstance(out, Pending):
+                out.then(lambda _: self.on_request(role, raw, t_in, now_ns()))
                 return out
             return self._finish(role, raw, t_in, out)
 

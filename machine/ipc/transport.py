@@ -18,8 +18,10 @@ Contract:
     client's call times out). It returns the reply bytes at once (a
     request served without waiting: no task is created, which is most of the
     cost of a request here), or an awaitable of them (run as a task, so a
-    slow request never blocks the others), or None to send nothing. A
-    handler never raises (the service layer guarantees it).
+    slow request never blocks the others), or a machine.ipc.pending.Pending
+    of them (no task: the transport sends the bytes inside the handler that
+    sets it), or None to send nothing. A handler never raises (the service
+    layer guarantees it).
   * connect(endpoint, on_reply): `send(bytes)` queues one request without
     blocking; each reply's bytes are passed to `on_reply`, in arrival order.
   * Events are fire-and-forget: a subscriber that is late or slow may miss

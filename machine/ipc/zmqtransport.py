@@ -65,6 +65,7 @@ from typing import Any
 import zmq
 import zmq.backend
 
+from machine.ipc.pending import Pending
 from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
     Connection,
@@ -298,7 +299,14 @@ class ZmqServer(Server):
             if out is not None:
                 self._ls.send([ident, out])
             return
+        if isinstance(out, Pending):  # sent by the handler that completes it: no task
+            out.then(lambda rep: self._send_reply(ident, rep))
+            return
         self._tasks.spawn(self._finish(ident, out), "reply")
+
+    def _send_reply(self, ident: bytes, out: bytes | None) -> None:
+        if out is not None:
+            self._ls.send([ident, out])
 
     async def _finish(self, ident: bytes, pending: Awaitable[bytes | None]) -> None:
         out = await pending

@@ -9,7 +9,10 @@ reply hands over every queued trap. uvm's answer (pmap.resolve, a notice on
 the same ordered connection as its revocations) carries the mappings to
 enter; the access resumes against them at once, in the same handler, and
 either completes or parks again at its next missing page. The client sees
-one request and one reply (or EFAULT: SIGSEGV, with the faulting VA).
+one request and one reply (or EFAULT: SIGSEGV, with the faulting VA). The
+parked access's outcome and the waiting trapwait's traps are Pendings
+(machine.ipc.pending): the reply each stands for is sent by the handler that
+sets it (the answer's, the next trap's), with no task wake-up in between.
 
 Invariants:
   * the pages before `Access.pos` are done (loaded into `out`, or stored), the
@@ -28,10 +31,10 @@ cf. the i386 trap handler -> uvm_fault -> pmap_enter -> iret (concepts only).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass, field
 
+from machine.ipc.pending import Pending
 from machine.mmu.pmap import Fault, Mmu
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from machine.proto import UserError
@@ -54,8 +57,9 @@ class Access:
     pos: int = 0
     traps: int = 0  # traps this access took
     fault: Fault | None = None  # the trap it is parked on
-    #: The outcome once it ends: None (done) or an error (errno, detail, the fault).
-    done: asyncio.Future[tuple[str, str] | None] | None = None
+    #: The outcome once it ends: None (done) or an error (errno, detail, the fault). Set
+    #: synchronously by the answer's handler, which so sends the client's reply itself.
+    done: Pending[tuple[str, str] | None] | None = None
 
 
 def step(mmu: Mmu, a: Access) -> Fault | None:
@@ -99,14 +103,14 @@ class TrapQueue:
         self.mmu = mmu
         self.parked: dict[int, Access] = {}
         self.queued: list[Trap] = []
-        self._waiter: asyncio.Future[list[Trap]] | None = None
+        self._waiter: Pending[list[Trap]] | None = None
         self._ids = itertools.count(1)
         self.resumed = 0  # answers applied
 
     def park(self, a: Access, f: Fault) -> None:
         """Park `a` on trap `f` and queue it for uvm (creating its future on first park)."""
         if a.done is None:
-            a.done = asyncio.get_running_loop().create_future()
+            a.done = Pending()
         a.fault = f
         a.traps += 1
         tid = next(self._ids)
@@ -115,21 +119,21 @@ class TrapQueue:
         w = self._waiter
         if w is not None and not w.done():
             self._waiter = None
-            w.set_result(self._take())
+            w.set(self._take())  # uvm's trapwait reply goes out here
 
     def _take(self) -> list[Trap]:
         out, self.queued = self.queued[:TRAP_BATCH], self.queued[TRAP_BATCH:]
         return out
 
-    def wait(self) -> list[Trap] | asyncio.Future[list[Trap]]:
-        """uvm's trapwait: the queued traps now, or a future of them."""
+    def wait(self) -> list[Trap] | Pending[list[Trap]]:
+        """uvm's trapwait: the queued traps now, or a Pending of them."""
         old = self._waiter
-        if old is not None and not old.done():
-            old.set_result([])  # superseded: uvm keeps one outstanding
         self._waiter = None
+        if old is not None and not old.done():
+            old.set([])  # superseded: uvm keeps one outstanding
         if self.queued:
             return self._take()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = Pending()
         return self._waiter
 
     def resolve(self, ans: TrapAnswer) -> None:
@@ -139,7 +143,7 @@ class TrapQueue:
             return
         self.resumed += 1
         if ans.errno:
-            a.done.set_result((ans.errno, ans.detail))
+            a.done.set((ans.errno, ans.detail))
             return
         mmu = self.mmu
         try:
@@ -149,11 +153,11 @@ class TrapQueue:
                     continue  # fault-ahead: only where nothing is mapped (PMAP_CANFAIL)
                 mmu.enter(a.asid, m.va, m.pfn, m.prot, m.flags)
         except UserError as e:  # the space went away while the trap was out
-            a.done.set_result((str(e.errno), e.detail))
+            a.done.set((str(e.errno), e.detail))
             return
         f = step(mmu, a)
         if f is None:
-            a.done.set_result(None)
+            a.done.set(None)
         else:
             self.park(a, f)
 
@@ -163,4 +167,4 @@ class TrapQueue:
         self.queued.clear()
         for a in parked.values():
             if a.done is not None and not a.done.done():
-                a.done.set_result((errno, detail))
+                a.done.set((errno, detail))

@@ -142,6 +142,11 @@ class Mmu:
         if not 0 <= pfn < self.nframes:
             raise UserError(Errno.EINVAL, f"pfn {pfn} beyond RAM ({self.nframes} frames)")
 
+    def _check_pfns(self, pfns: list[int]) -> None:
+        if pfns and not (0 <= min(pfns) and max(pfns) < self.nframes):
+            for pfn in pfns:
+                self._check_pfn(pfn)  # the first bad one, in order
+
     # -- address spaces -----------------------------------------------------
 
     def create(self, asid: int, owner: int) -> None:
@@ -255,14 +260,18 @@ class Mmu:
 
         => NONE on a wired mapping follows PPP_WIRED (remove / skip / panic).
         => a managed kernel mapping removed here is recorded in krevoked."""
-        for pfn in pfns:
-            self._check_pfn(pfn)
+        self._check_pfns(pfns)
         n = 0
         mask = int(prot)
+        none = mask == 0  # Prot.NONE (an IntFlag comparison costs ~0.5 us: once, not per pte)
+        pv = self.pv
         for pfn in pfns:
-            for asid, vpn in sorted(self.pv.get(pfn, ())):
+            s = pv.get(pfn)
+            if not s:
+                continue
+            for asid, vpn in sorted(s) if len(s) > 1 else tuple(s):
                 pm = self.pmaps[asid]
-                if prot == Prot.NONE:
+                if none:
                     if pm.ptes[vpn].wired:
                         if self.ppp_wired == "skip":
                             continue
@@ -290,36 +299,40 @@ class Mmu:
         if not (KERNEL_MIN <= va and va + npages * PAGE_SIZE <= KERNEL_TOP):
             raise UserError(Errno.EINVAL, f"kernel range at {va:#x} outside kernel space")
 
-    def kenter(self, va: int, pfns: list[int], prot: Prot) -> None:
-        """pmap_kenter_pa for a chunk: unmanaged, wired, untouched by page_protect."""
-        self._check_kernel_range(va, len(pfns))
-        for pfn in pfns:
-            self._check_pfn(pfn)
+    def kenter(self, va: int, pfns: list[int], prot: Prot | int) -> None:
+        """pmap_kenter_pa for a chunk: unmanaged, wired, untouched by page_protect
+        (managed under KENTER_MODE=managed: a pv entry, revocable)."""
+        n = len(pfns)
+        self._check_kernel_range(va, n)
+        self._check_pfns(pfns)
         kpm = self.pmaps[KERNEL_ASID]
+        ptes = kpm.ptes
         base = va >> PAGE_SHIFT
-        for i in range(len(pfns)):
-            kassert(
-                base + i not in kpm.ptes,
-                "pmap_kenter_pa: mapping already present at %#x",
-                (base + i) << PAGE_SHIFT,
-            )
-        managed = self.kenter_managed
-        for i, pfn in enumerate(pfns):
-            kpm.ptes[base + i] = Pte(pfn, int(prot), True, managed)
-            kpm.wired_count += 1
-            self.krevoked.pop(base + i, None)
+        for vpn in range(base, base + n):
+            if vpn in ptes:
+                kassert(False, "pmap_kenter_pa: mapping already present at %#x", vpn << PAGE_SHIFT)
+        managed, p, krevoked, pv = self.kenter_managed, int(prot), self.krevoked, self.pv
+        vpn = base
+        for pfn in pfns:
+            ptes[vpn] = Pte(pfn, p, True, managed)
+            if krevoked:
+                krevoked.pop(vpn, None)
             if managed:  # pmap_enter(pmap_kernel(), va, pa, prot, PMAP_WIRED)
-                self.pv.setdefault(pfn, set()).add((KERNEL_ASID, base + i))
-        self.stats.kenters += len(pfns)
+                pv.setdefault(pfn, set()).add((KERNEL_ASID, vpn))
+            vpn += 1
+        kpm.wired_count += n
+        self.stats.kenters += n
 
     def kremove(self, va: int, npages: int) -> int:
         self._check_kernel_range(va, npages)
         kpm = self.pmaps[KERNEL_ASID]
         base = va >> PAGE_SHIFT
         n = 0
+        ptes, krevoked = kpm.ptes, self.krevoked
         for vpn in range(base, base + npages):
-            self.krevoked.pop(vpn, None)
-            pte = kpm.ptes.get(vpn)
+            if krevoked:
+                krevoked.pop(vpn, None)
+            pte = ptes.get(vpn)
             if pte is None:
                 continue
             if pte.managed:
@@ -333,7 +346,7 @@ class Mmu:
                 self._remove_vpns(kpm, [vpn])
                 self.stats.removes -= 1
             else:
-                del kpm.ptes[vpn]
+                del ptes[vpn]
                 kpm.wired_count -= 1
             n += 1
         self.stats.kremoves += n
@@ -342,19 +355,18 @@ class Mmu:
     def kextract(self, va: int, npages: int) -> list[int] | Fault:
         """Translate a kernel range page by page (a NIC's DMA setup). => pfns or the trap."""
         self._check_kernel_range(va, npages)
-        kpm = self.pmaps[KERNEL_ASID]
+        ptes = self.pmaps[KERNEL_ASID].ptes
         base = va >> PAGE_SHIFT
-        out = []
-        for vpn in range(base, base + npages):
-            pte = kpm.ptes.get(vpn)
-            if pte is None:
-                self.stats.traps += 1
-                rev = self.krevoked.get(vpn)
-                reason = "no translation" + (
-                    f": {rev.describe(vpn << PAGE_SHIFT)}" if rev is not None else ""
-                )
-                return Fault(vpn << PAGE_SHIFT, Prot.READ, reason)
-            out.append(pte.pfn)
+        try:
+            out = [ptes[vpn].pfn for vpn in range(base, base + npages)]
+        except KeyError:  # the trap, at the first page without a translation
+            vpn = next(v for v in range(base, base + npages) if v not in ptes)
+            self.stats.traps += 1
+            rev = self.krevoked.get(vpn)
+            reason = "no translation" + (
+                f": {rev.describe(vpn << PAGE_SHIFT)}" if rev is not None else ""
+            )
+            return Fault(vpn << PAGE_SHIFT, Prot.READ, reason)
         self.stats.kloads += 1
         return out
 

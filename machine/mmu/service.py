@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from machine.ipc.pending import Pending, deferred
 from machine.ipc.service import Service
 from machine.mmu.copyin import uhold
 from machine.mmu.cpu import Access, TrapQueue, step
@@ -185,11 +186,10 @@ class MmuService(Service):
         return self.ack(msg)
 
     def on_kenter_chunks(self, msg: PmapKenterChunks) -> Reply:
-        mmu, prot = self.mmu, Prot(msg.prot)
+        mmu, prot = self.mmu, int(msg.prot)
         for va, pfns in msg.chunks:  # all or nothing: every chunk checked first
             mmu._check_kernel_range(va, len(pfns))
-            for pfn in pfns:
-                mmu._check_pfn(pfn)
+            mmu._check_pfns(pfns)
         for va, pfns in msg.chunks:
             mmu.kenter(va, pfns, prot)
         return self.ack(msg)
@@ -252,47 +252,63 @@ class MmuService(Service):
             )
         return self.reply(msg, MmuAccessReply, data=res or b"")
 
-    async def _user_access(self, msg: MmuLoad | MmuStore, a: Access) -> Reply:
-        """Run a user access to its end, parking it on each trap until uvm resolves it."""
+    def _user_access(self, msg: MmuLoad | MmuStore, a: Access) -> Reply | Pending[Reply]:
+        """Run a user access to its end, parking it on each trap until uvm resolves it.
+        A parked access's reply is a Pending (machine.ipc.pending) that the handler of the
+        answer that ends it sets: that handler sends the client's reply, no task wakes."""
         self._owned(msg)
         f = step(self.mmu, a)
-        if f is not None:
-            self.traps.park(a, f)
-            assert a.done is not None
-            failed = await a.done
-            if failed is not None:
-                errno, detail = failed
-                flt = a.fault
-                assert flt is not None
-                return self.reply(
-                    msg,
-                    MmuAccessReply,
-                    status=Status.ERROR,
-                    errno=Errno(errno),
-                    detail=detail,
-                    fault_va=flt.va,
-                    fault_access=int(flt.access),
-                    traps=a.traps,
-                )
-        return self.reply(msg, MmuAccessReply, data=bytes(a.out), traps=a.traps)
+        if f is None:
+            return self.reply(msg, MmuAccessReply, data=bytes(a.out), traps=a.traps)
+        self.traps.park(a, f)
+        assert a.done is not None
+        return a.done.map(lambda failed: self._ended(msg, a, failed))
 
-    async def on_load(self, msg: MmuLoad) -> Reply:
-        return await self._user_access(
+    def _ended(self, msg: Request, a: Access, failed: tuple[str, str] | None) -> Reply:
+        """The reply of an access that was parked (run in the answer's handler: it never
+        raises, so the other answers of that message are applied all the same)."""
+        if failed is None:
+            return self.reply(msg, MmuAccessReply, data=bytes(a.out), traps=a.traps)
+        try:
+            errno, detail = failed
+            flt = a.fault
+            assert flt is not None
+            return self.reply(
+                msg,
+                MmuAccessReply,
+                status=Status.ERROR,
+                errno=Errno(errno),
+                detail=detail,
+                fault_va=flt.va,
+                fault_access=int(flt.access),
+                traps=a.traps,
+            )
+        except Exception as e:  # e.g. an errno uvm should never send: a kernel bug
+            return self.failure(e, msg.h.msg_id, "a parked access")
+
+    @deferred
+    def on_load(self, msg: MmuLoad) -> Reply | Pending[Reply]:
+        return self._user_access(
             msg, Access(msg.asid, msg.h.incarnation, msg.va, msg.n, write=False)
         )
 
-    async def on_store(self, msg: MmuStore) -> Reply:
+    @deferred
+    def on_store(self, msg: MmuStore) -> Reply | Pending[Reply]:
         a = Access(msg.asid, msg.h.incarnation, msg.va, len(msg.data), write=True, data=msg.data)
-        return await self._user_access(msg, a)
+        return self._user_access(msg, a)
 
     # -- traps: uvm's side ---------------------------------------------------
 
-    async def on_trapwait(self, msg: PmapTrapwait) -> Reply:
+    @deferred
+    def on_trapwait(self, msg: PmapTrapwait) -> Reply | Pending[Reply]:
+        """Apply the answers (each access resumed here, its reply sent here), then hand
+        over the queued traps, or reply when the next one is parked (in its handler)."""
         for ans in msg.answers:
             self.traps.resolve(ans)
         got = self.traps.wait()
-        traps = got if isinstance(got, list) else await got
-        return self.reply(msg, PmapTrapwaitReply, traps=traps)
+        if isinstance(got, list):
+            return self.reply(msg, PmapTrapwaitReply, traps=got)
+        return got.map(lambda traps: self.reply(msg, PmapTrapwaitReply, traps=traps))
 
     def on_resolve(self, msg: PmapResolve) -> None:
         for ans in msg.answers:

@@ -34,16 +34,17 @@ class ClockPolicy:
     """The clock page-replacement policy (PD_POLICY "clock"). Not a time source: that is
     machine.ipc.transport.Clock."""
 
+    walks_prefix = True  # walks its queues from the head only (machine.pdaemon.daemon)
     name = "clock"
 
     def tune(self, npages: int) -> Targets:
         return clock_targets(npages)
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
-        return max((len(snap.active) + len(snap.inactive)) * INACTIVEPCT // 100, t.freetarg + 1)
+        return max((snap.nactive + snap.ninactive) * INACTIVEPCT // 100, t.freetarg + 1)
 
     def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
-        return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
+        return snap.free < t.freetarg or snap.ninactive < self.inactarg(snap, t)
 
     def scan(self, snap: Snapshot, referenced: Bits, t: Targets, settings: Settings) -> ScanResult:
         res = ScanResult()
@@ -76,7 +77,7 @@ class ClockPolicy:
             in_cluster += 1
             res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True, cluster=cluster), "pdpageouts")
             paging += 1
-        inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
+        inactive_shortage = self.inactarg(snap, t) - snap.ninactive
         swap_shortage = t.freetarg - free if free < t.freetarg and swap_full else 0
         for pg in snap.active:  # uvmpdpol_balancequeue
             if inactive_shortage <= 0 and swap_shortage <= 0:

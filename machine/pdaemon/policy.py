@@ -9,7 +9,10 @@ rules and marks it BUSY, or refuses), calls the mmu, and asks uvm to carry the
 action out. Two policies ship, selected by the PD_POLICY knob:
   * scan1999  (uvm-semantics.md 7.1, NetBSD uvm_pdaemon.c 1.19)
   * clock     (7.3, today's uvmpdpol_clock: ClockPolicy)
-A user's own policy implements PagePolicy.
+A user's own policy implements PagePolicy. The queues' lengths are the snapshot's
+nactive / ninactive (targets use them); a policy that only walks its queues from the
+head with `for` may set `walks_prefix = True` and then gets a prefix of each queue
+(machine.pdaemon.daemon reruns it on the whole queues if it walks past one).
 
 machine.pdaemon.daemon runs a policy's decisions: claim through uvm, revoke at
 the mmu, finish through uvm (machine.uvm.pdops).
@@ -46,6 +49,10 @@ class PageInfo:
 
 @dataclass
 class Snapshot:
+    """active / inactive: the queues from their heads, possibly a prefix (a policy that
+    walks to the end of one may be rerun on longer lists: machine.pdaemon.daemon);
+    nactive / ninactive: the queues' lengths (-1 given: the lists' lengths)."""
+
     active: list[PageInfo]
     inactive: list[PageInfo]
     free: int
@@ -54,6 +61,14 @@ class Snapshot:
     swpages: int = 0
     swpginuse: int = 0
     swpgonly: int = 0
+    nactive: int = -1
+    ninactive: int = -1
+
+    def __post_init__(self) -> None:
+        if self.nactive < 0:
+            self.nactive = len(self.active)
+        if self.ninactive < 0:
+            self.ninactive = len(self.inactive)
 
 
 @dataclass(frozen=True)

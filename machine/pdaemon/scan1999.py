@@ -35,16 +35,17 @@ from machine.tuning import scan1999_targets
 
 
 class Scan1999:
+    walks_prefix = True  # walks its queues from the head only (machine.pdaemon.daemon)
     name = "scan1999"
 
     def tune(self, npages: int) -> Targets:
         return scan1999_targets(npages)
 
     def inactarg(self, snap: Snapshot, t: Targets) -> int:
-        return max((len(snap.active) + len(snap.inactive)) // 3, t.freetarg + 1)
+        return max((snap.nactive + snap.ninactive) // 3, t.freetarg + 1)
 
     def needs_scan(self, snap: Snapshot, t: Targets) -> bool:
-        return snap.free < t.freetarg or len(snap.inactive) < self.inactarg(snap, t)
+        return snap.free < t.freetarg or snap.ninactive < self.inactarg(snap, t)
 
     def scan(self, snap: Snapshot, referenced: Bits, t: Targets, settings: Settings) -> ScanResult:
         res = ScanResult()
@@ -87,7 +88,7 @@ class Scan1999:
             else:
                 res.add(Action(PdOp.PAGEOUT, pg.pfn, revoke=True), "pdpageouts")
             paging += 1
-        inactive_shortage = self.inactarg(snap, t) - len(snap.inactive)
+        inactive_shortage = self.inactarg(snap, t) - snap.ninactive
         swap_shortage = 0
         if free < t.freetarg and swap_full and not swap_only and freed == 0:
             swap_shortage = t.freetarg - free

@@ -1,8 +1,10 @@
 """The page daemon role: woken by uvm's pressure events or pd.wakeup, it scans.
 
 Each wakeup runs passes (machine.pdaemon.daemon.run_pass) with the profile's
-policy (PD_POLICY: scan1999 or clock) until the policy needs no scan, or a pass
-makes no progress, or MAX_PASSES. It talks to uvm (snapshot, claim, finish)
+policy (PD_POLICY: scan1999 or clock): the first when the policy needs a scan,
+the next ones while an allocation would kick the daemon again
+(machine.pdaemon.daemon.kicked, uvm_kick_pdaemon), until a pass makes no
+progress, or MAX_PASSES. It talks to uvm (snapshot, claim, finish)
 and to the mmu (reference bits, revocation) over the kernel bus; it never owns
 page state (uvm is the authority). Counters: pdwoke (wakeups), pdrevs (passes),
 pdscans (pages examined), pdreact, pddeact, pdfreed, pdpageouts, pdbusy (actions
@@ -80,6 +82,8 @@ class RemoteDaemonOps:
                 "swpgonly",
                 "active",
                 "inactive",
+                "nactive",
+                "ninactive",
             )
         }
 
@@ -168,10 +172,10 @@ class PdaemonService(Service):
         ops = RemoteDaemonOps(self)
         while True:
             self._again = False
-            for _ in range(MAX_PASSES):
+            for n in range(MAX_PASSES):
                 if self.state != "running":
                     return
-                out = await run_pass(ops, self.policy, self.profile.settings)
+                out = await run_pass(ops, self.policy, self.profile.settings, again=n > 0)
                 for k, v in out.items():
                     self.stats[k] = self.stats.get(k, 0) + v
                 progress = sum(out.get(k, 0) for k in ("pddeact", "pdfreed", "pdpageouts"))

@@ -96,12 +96,14 @@ class UvmMunmap(Request, frozen=True, kw_only=True, tag="uvm.munmap"):
 
 
 class UvmFault(Request, frozen=True, kw_only=True, tag="uvm.fault"):
-    """Resolve a trap the mmu answered (uvm_fault).
+    """Resolve a fault at va and enter its mapping (uvm_fault), a prefault.
 
-    => access is the access type that faulted (READ or WRITE).
-    Reply: ok once the translation is entered (retry the access); EFAULT
-    (SIGSEGV) with the reason when no mapping covers va or the mapping's
-    protection forbids the access; ENOMEM when no frame can be had.
+    => a client's loads and stores need not call it: the mmu hands their traps
+       to uvm itself (pmap.trapwait); kernel faults (uvm.kfault) use the same
+       handler. access is the access to resolve for (READ or WRITE).
+    Reply: ok once the translation is entered; EFAULT (SIGSEGV) with the
+    reason when no mapping covers va or the mapping's protection forbids the
+    access; ENOMEM when no frame can be had.
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -306,7 +308,8 @@ class UvmProcExited(Event, frozen=True, kw_only=True, tag="uvm.proc_exited"):
 
 
 class UvmPdSnapshot(Request, frozen=True, kw_only=True, tag="uvm.pd_snapshot"):
-    """The page daemon reads the paging queues (up to `limit` pages of each, from the head).
+    """The page daemon reads the paging queues (up to `limit` pages of each, from the head,
+    and each queue's length: nactive, ninactive).
 
     => kernel endpoint (pdaemon). Reply: UvmPdSnapshotReply; each page is [pfn, bits]
        (machine.proto.pageinfo: SWAP_BACKED, CLEAN, BUSY, WIRED, LOANED, OWNED, HAS_ANON,
@@ -325,6 +328,8 @@ class UvmPdSnapshotReply(Reply, frozen=True, kw_only=True, tag="uvm.pd_snapshot.
     swpgonly: int = 0
     active: list[list[int]] = msgspec.field(default_factory=list)
     inactive: list[list[int]] = msgspec.field(default_factory=list)
+    nactive: int = -1  # the queues' lengths (the rows may be a prefix); -1: len(rows)
+    ninactive: int = -1
 
 
 class UvmPdClaim(Request, frozen=True, kw_only=True, tag="uvm.pd_claim"):

@@ -48,7 +48,7 @@ from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.anon import Anon
-from machine.uvm.map import check_range
+from machine.uvm.map import MapEntry, check_range
 from machine.uvm.object import UvmObject
 from machine.uvm.page import KERNEL, NIL, PQ, PageFlag
 from machine.uvm.resident import anon_get, obj_get
@@ -77,19 +77,64 @@ _READ = int(Prot.READ)
 
 async def loan_range(uvm: Uvm, sp: VmSpace, va: int, npages: int) -> tuple[list[int], list[int]]:
     """Loan each page of the range (sp locked by the caller); all or nothing. => (the
-    pfns, those whose loan was their first: loan_count 0 -> 1, not the zero page)."""
+    pfns, those whose loan was their first: loan_count 0 -> 1, not the zero page).
+
+    A page an anon holds resident and not BUSY is loaned in the loop itself (what
+    anon_get's busy, loan_page and unbusy do to it, without an await: nothing else
+    runs meanwhile); any other page goes through _loan_one. The map entry is looked
+    up again after every await (the slow path)."""
     loaned: list[int] = []
     first: list[int] = []
+    pages, rules = uvm.pages, uvm.rules
+    flags, loan_count, wire_count = pages.flags, pages.loan_count, pages.wire_count
+    pqflags = pages.pqflags
+    modern = not rules.loan_dequeues and not rules.loan_wires  # counted, stays queued
+    refuses = rules.loan_refuses_wired
+    waiters = uvm._waiters
+    lookup = sp.map.lookup
+    e: MapEntry | None = None
+    anons: dict[int, Anon] | None = None
+    start = 0
     try:
         for i in range(npages):
-            pfn = await _loan_one(uvm, sp, va + i * PAGE_SIZE)
+            a = va + (i << PAGE_SHIFT)
+            if e is None or not e.start <= a < e.end:
+                e = lookup(a)
+                if e is not None and not int(e.prot) & _READ:
+                    e = None  # _loan_one raises EFAULT
+                anons = e.amap.anon if e is not None and e.amap is not None else None
+                start = e.start if e is not None else 0
+            anon = anons.get((a - start) >> PAGE_SHIFT) if anons is not None else None
+            pfn = anon.page if anon is not None else NIL
+            if pfn == NIL or flags[pfn] & _BUSY or (refuses and wire_count[pfn]):
+                pfn = await _loan_one(uvm, sp, a)  # not resident, BUSY, refused, no anon
+                e = None
+            elif modern:  # loan_page, modern: counted, queued if it was not
+                loan_count[pfn] += 1
+                if not pqflags[pfn]:
+                    pages.activate(pfn)
+                flags[pfn] &= _UNBUSY_KEEPS  # what busy + unbusy leave behind
+                if waiters:
+                    ev = waiters.pop(pfn, None)
+                    if ev is not None:
+                        ev.set()
+            else:
+                uvm.busy(pfn)
+                try:
+                    loan_page(uvm, pfn)
+                finally:
+                    uvm.unbusy(pfn)
             loaned.append(pfn)
-            if uvm.pages.loan_count[pfn] == 1 and pfn != uvm.zero_pfn:
+            if loan_count[pfn] == 1 and pfn != uvm.zero_pfn:
                 first.append(pfn)
     except BaseException:
         unloan_pages(uvm, loaned)
         raise
     return loaned, first
+
+
+_BUSY = PageFlag.BUSY
+_UNBUSY_KEEPS = 0xFFFF & ~(PageFlag.BUSY | PageFlag.WANTED | PageFlag.FAKE)
 
 
 async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
@@ -324,43 +369,43 @@ def adopt(uvm: Uvm, pfn: int) -> bool:
 
 def unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
     """uvm_unloanpage of each page, in order."""
+    pages, rules, stats = uvm.pages, uvm.rules, uvm.stats
+    flags, loan_count, pqflags, uanon = pages.flags, pages.loan_count, pages.pqflags, pages.uanon
+    wires, requeues, adopts = rules.loan_wires, rules.unloan_requeues, rules.unloan_adopts
+    n = pages.npages
     for pfn in pfns:
-        unloan_page(uvm, pfn)
+        if not (0 <= pfn < n and loan_count[pfn] > 0):
+            kassert(False, "uvm_unloanpage: page %d isn't loaned", pfn)
+        loan_count[pfn] -= 1
+        stats.unloans += 1
+        if pfn == uvm.zero_pfn:
+            continue  # the shared zero page is never freed
+        if wires:
+            _unwire_loaned(uvm, pfn)
+        f = flags[pfn]
+        owned = f & _OWNED
+        borrowed = not f & _ANON and uanon[pfn] != NIL
+        left = loan_count[pfn]
+        if requeues and left == borrowed and not pqflags[pfn] and (owned or borrowed):
+            # [cvs139]: the last kernel loan ended; a page an anon still borrows (or its
+            # owner's) goes back on a paging queue, or it would never be paged out.
+            pages.activate(pfn)
+        if left:
+            if not owned and borrowed and adopts:
+                adopt(uvm, pfn)  # 2002+: uvm_unloanpage adopts for the borrowing anon
+            continue
+        if not owned:
+            kassert(not f & _BUSY, "uvm_unloanpage: page %d unowned but PG_BUSY!", pfn)
+            uvm.free_page(pfn)
 
 
 def unloan_page(uvm: Uvm, pfn: int) -> None:
     """uvm_unloanpage: one kernel loan of pfn ends."""
-    pages = uvm.pages
-    kassert(
-        0 <= pfn < pages.npages and pages.loan_count[pfn] > 0,
-        "uvm_unloanpage: page %d isn't loaned",
-        pfn,
-    )
-    pages.loan_count[pfn] -= 1
-    uvm.stats.unloans += 1
-    if pfn == uvm.zero_pfn:
-        return  # the shared zero page is never freed
-    if uvm.rules.loan_wires:
-        _unwire_loaned(uvm, pfn)
-    owned = pages.flags[pfn] & (PageFlag.ANON | PageFlag.TABLED)
-    borrowed = not pages.flags[pfn] & PageFlag.ANON and pages.uanon[pfn] != NIL
-    last_kernel_loan = pages.loan_count[pfn] == int(borrowed)
-    requeue = uvm.rules.unloan_requeues and last_kernel_loan and not pages.pqflags[pfn]
-    if requeue and (owned or borrowed):
-        # [cvs139]: the last kernel loan ended; a page an anon still borrows (or its
-        # owner's) goes back on a paging queue, or it would never be paged out.
-        pages.activate(pfn)
-    if pages.loan_count[pfn]:
-        if not owned and borrowed and uvm.rules.unloan_adopts:
-            adopt(uvm, pfn)  # 2002+: uvm_unloanpage adopts for the borrowing anon
-        return
-    if not owned:
-        kassert(
-            not pages.flags[pfn] & PageFlag.BUSY,
-            "uvm_unloanpage: page %d unowned but PG_BUSY!",
-            pfn,
-        )
-        uvm.free_page(pfn)
+    unloan_pages(uvm, [pfn])
+
+
+_ANON = PageFlag.ANON
+_OWNED = PageFlag.ANON | PageFlag.TABLED
 
 
 def _unwire_loaned(uvm: Uvm, pfn: int) -> None:
@@ -383,13 +428,13 @@ def unloan(uvm: Uvm, pfns: list[int], kva: int, npages: int) -> None:
     """uvm_unloan(TOPAGE) for a chunk, plus the kernel_object pages a kernel fault put
     in its KVA range (LOAN_KVA=kernel_object)."""
     pages = uvm.pages
+    n, loan_count = pages.npages, pages.loan_count
     for pfn in pfns:  # validate first: a bad list panics before anything changes
-        kassert(
-            0 <= pfn < pages.npages and pages.loan_count[pfn] > 0,
-            "uvm_unloanpage: page %d isn't loaned",
-            pfn,
-        )
+        if not (0 <= pfn < n and loan_count[pfn] > 0):
+            kassert(False, "uvm_unloanpage: page %d isn't loaned", pfn)
     unloan_pages(uvm, pfns)
+    if not uvm.kobj_pages:
+        return
     base = kva >> PAGE_SHIFT
     for vpn in range(base, base + npages):
         zpfn = uvm.kobj_pages.pop(vpn, NIL)

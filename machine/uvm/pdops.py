@@ -22,7 +22,8 @@ Claim rules (the concurrency the project exists to show):
     the queue invariant is broken).
   * REACTIVATE: on the inactive queue. DROPSWAP: any queued page.
 
-Snapshot wire format: per page [pfn, bits], the bits of machine.proto.pageinfo
+Snapshot wire format: up to `limit` rows of each queue from its head (the daemon asks
+for a prefix) and each queue's length; per page [pfn, bits], the bits of machine.proto.pageinfo
 (SWAP_BACKED | CLEAN | BUSY | WIRED | LOANED | OWNED | HAS_ANON | SWSLOT); operations
 are its PdOp.
 """
@@ -79,9 +80,11 @@ def _bits(uvm: Uvm, pfn: int) -> int:
 
 
 def snapshot(uvm: Uvm, limit: int) -> dict[str, Any]:
-    """The queues as the daemon sees them: up to `limit` pages of each, from the head."""
+    """The queues as the daemon sees them: up to `limit` pages of each, from the head, and
+    their lengths (nactive, ninactive)."""
     p = uvm.pages
     out: dict[str, Any] = {"free": p.free.count, "npages": p.npages, "paging": 0}
+    out |= {"nactive": p.active.count, "ninactive": p.inactive.count}
     for name, q in (("inactive", p.inactive), ("active", p.active)):
         rows: list[list[int]] = []
         pfn = q.head

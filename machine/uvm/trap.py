@@ -25,13 +25,14 @@ Invariants (the ordering rule, docs/design.md "Faults"):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from machine.ipc import eager
-from machine.ipc.peer import Peer
-from machine.proto import NO_HEADER, Errno, UserError
+from machine.ipc.peer import Peer, PeerPanic, RemoteError, raise_for
+from machine.proto import NO_HEADER, Errno, Reply, UserError
 from machine.proto.trap import (
     PmapResolve,
     PmapTrapwait,
@@ -48,6 +49,10 @@ from machine.uvm.state import Uvm, VmSpace
 #: The long poll has no deadline of its own (the mmu answers when a trap comes); a dead
 #: mmu is the supervisor's business (a machine panic).
 TRAPWAIT_TIMEOUT_S = 1e9
+
+#: Prot(access).letters() for each access value (the trace line of every trap: an IntFlag's
+#: `&` runs in Python, ~1 µs each).
+_LETTERS = {int(p): Prot(p).letters() for p in range(8)}
 
 
 @dataclass(slots=True)
@@ -85,20 +90,49 @@ class TrapServer:
         self.log = log  # the role's trace: one line per trap
         self.traps = 0
         self.batches = 0
+        self._ended: asyncio.Future[None] | None = None
 
     async def run(self) -> None:
         """The long poll: answer the last batch's faults and wait for traps, resolve them,
-        and so on. The answers are released (pages unbusied, locks dropped) once the
-        trapwait that carries them is sent, before its reply is awaited."""
-        ready: list[Outcome] = []
-        while True:
-            req = PmapTrapwait(h=NO_HEADER, answers=[o.answer for o in ready])
-            started = eager.start(
-                self.mmu.call_ok(req, PmapTrapwaitReply, timeout_s=TRAPWAIT_TIMEOUT_S)
-            )
-            self.release(ready)  # sent: Peer.call sends before its first wait
-            rep = started.value if isinstance(started, eager.Ready) else await started
-            ready = self.batch(rep.traps) if rep.traps else []
+        and so on. Each step runs in the receive callback of the trapwait reply that
+        brings the traps (Peer.call_then: no task wakes per batch); this task only waits
+        for an error (which it raises: the role panics) or its cancellation (the role
+        closes: no further trapwait is sent). The answers are released (pages unbusied,
+        locks dropped) once the trapwait that carries them is sent."""
+        self._ended = asyncio.get_running_loop().create_future()
+        try:
+            self._ask([])
+            await self._ended
+        finally:
+            self._ended = None
+
+    def _ask(self, ready: list[Outcome]) -> None:
+        """Send the trapwait carrying `ready`'s answers, then release them."""
+        req = PmapTrapwait(h=NO_HEADER, answers=[o.answer for o in ready])
+        try:
+            self.mmu.call_then(req, self._got, timeout_s=TRAPWAIT_TIMEOUT_S)
+        finally:
+            self.release(ready)
+
+    def _got(self, rep: Reply | BaseException) -> None:
+        """A trapwait's reply: resolve its traps, send the next trapwait with the answers."""
+        ended = self._ended
+        if ended is None or ended.done():
+            return  # closing: the long poll ends here
+        try:
+            if isinstance(rep, BaseException):
+                raise rep
+            raise_for(rep)
+            if not isinstance(rep, PmapTrapwaitReply):
+                raise RemoteError(Errno.EBADMSG, f"expected PmapTrapwaitReply, got {rep!r}")
+            self._ask(self.batch(rep.traps) if rep.traps else [])
+        except PeerPanic as e:
+            # The mmu panicked: no trap will come. Ending here, not raising, leaves the
+            # machine's first panic (the mmu's) the one reported.
+            self.log(f"trapwait: the mmu panicked ({e.detail[:120]})")
+            ended.set_result(None)
+        except Exception as e:
+            ended.set_exception(e)
 
     def batch(self, traps: list[Trap]) -> list[Outcome]:
         """Resolve a batch. => the outcomes of the faults that finished at once (they ride
@@ -107,7 +141,7 @@ class TrapServer:
         ready: list[Outcome] = []
         for t in traps:
             self.traps += 1
-            self.log(f"trap {t.id} from mmu: asid {t.asid} {Prot(t.access).letters()} {t.va:#x}")
+            self.log(f"trap {t.id} from mmu: asid {t.asid} {_LETTERS.get(t.access, '?')} {t.va:#x}")
             started = eager.start(self.resolve(t))
             if isinstance(started, eager.Ready):
                 ready.append(started.value)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from machine.ipc.pending import Pending
 from machine.mmu.cpu import Access, TrapQueue, step
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
@@ -98,7 +97,7 @@ async def test_fault_ahead_neighbours_never_replace_a_mapping(mmu: Mmu) -> None:
 async def test_an_error_answer_ends_the_access_and_a_waiter_gets_later_traps(mmu: Mmu) -> None:
     q = TrapQueue(mmu)
     w = q.wait()
-    assert isinstance(w, asyncio.Future)
+    assert isinstance(w, Pending)
     assert not w.done()
     a = Access(1, 77, VA, 1, write=False)
     f = step(mmu, a)
@@ -111,7 +110,7 @@ async def test_an_error_answer_ends_the_access_and_a_waiter_gets_later_traps(mmu
     assert a.done.result() == ("EFAULT", "no mapping")
     w2 = q.wait()
     w3 = q.wait()  # a newer trapwait answers the older with no traps
-    assert isinstance(w2, asyncio.Future)
+    assert isinstance(w2, Pending)
     assert w2.result() == []
-    assert isinstance(w3, asyncio.Future)
+    assert isinstance(w3, Pending)
     assert not w3.done()
