@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import bench_agg as ba
 import bench_machine as bm  # bench/ is on sys.path (bench/__init__.py, or run as a script)
 import bench_net as bn
 import bench_pdaemon as bp
@@ -159,39 +160,6 @@ def latency(pl: Plan) -> dict[str, Any]:
 
 
 # -- 2. N client processes at once: faults against echo round trips ------------------------
-
-
-async def client_main(machine_ep: str, echo_ep: str, pages: int) -> None:
-    """A client process (`--client`): reads `PHASE START_AT SECONDS` lines (CLOCK_MONOTONIC,
-    one clock for the host), answers one JSON line `{"n": ops, "s": seconds}` per phase."""
-    echo = await bm.EchoClient().open(echo_ep)
-    try:
-        async with Machine.attach(machine_ep) as m:
-            p = await m.spawn()
-            fresh, used = await p.mmap(pages * PAGE_SIZE), 0
-            await p.store(fresh, b"w")  # warm: one fault and one round trip
-            await echo.one(0)
-            used = 1
-            loop = asyncio.get_running_loop()
-            print("ready", flush=True)
-            while line := await loop.run_in_executor(None, sys.stdin.readline):
-                phase, at, secs = line.split()
-                await asyncio.sleep(max(0.0, float(at) - time.monotonic()))
-                t0 = time.monotonic()
-                end, n = t0 + float(secs), 0
-                while time.monotonic() < end:
-                    if phase == "echo":
-                        await echo.one(n)
-                    elif used < pages:
-                        await p.store(fresh + used * PAGE_SIZE, b"x")
-                        used += 1
-                    else:
-                        break  # out of fresh pages: the rate is over the time it ran
-                    n += 1
-                print(json.dumps({"n": n, "s": time.monotonic() - t0}), flush=True)
-            await p.exit()
-    finally:
-        await echo.close()
 
 
 def aggregate(pl: Plan) -> dict[str, Any]:
@@ -511,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--publish", nargs=2, type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.client:
-        asyncio.run(client_main(a.client[0], a.client[1], int(a.client[2])))
+        # bench_agg.py's client: PHASE START_AT SECONDS lines in, {"n", "s"} lines out
+        asyncio.run(ba.client(a.client[0], a.client[1], int(a.client[2])))
         return 0
     if a.publish:
         return publish(*a.publish)
