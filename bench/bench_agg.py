@@ -73,6 +73,21 @@ async def client(machine_ep: str, echo_ep: str, fault_pages: int) -> None:
     await echo.close()
 
 
+def phase(procs: list[subprocess.Popen[str]], ph: str, seconds: float) -> list[Any]:
+    """Run one phase on every client process at once (they start at one CLOCK_MONOTONIC
+    instant, 0.3 s from now). => each client's {"n": ops, "s": seconds}."""
+    at = time.monotonic() + 0.3
+    for pr in procs:
+        assert pr.stdin is not None
+        pr.stdin.write(f"{ph} {at} {seconds}\n")
+        pr.stdin.flush()
+    outs = []
+    for pr in procs:
+        assert pr.stdout is not None
+        outs.append(json.loads(pr.stdout.readline()))
+    return outs
+
+
 def run(clients: int, seconds: float, rounds: int, phases: tuple[str, ...]) -> dict[str, Any]:
     fault_pages = 3000  # x 16 clients: 187 MiB of a 256 MiB machine, no paging
     res: dict[str, Any] = {"clients": clients, "seconds": seconds, "rounds": rounds}
@@ -97,15 +112,7 @@ def run(clients: int, seconds: float, rounds: int, phases: tuple[str, ...]) -> d
                     pids = {**roles, "clients": 0}
                     c0 = {k: cpu_ns(v) for k, v in roles.items()}
                     k0 = sum(cpu_ns(pr.pid) for pr in procs)
-                    at = time.monotonic() + 0.3
-                    for pr in procs:
-                        assert pr.stdin is not None
-                        pr.stdin.write(f"{ph} {at} {seconds}\n")
-                        pr.stdin.flush()
-                    outs = []
-                    for pr in procs:
-                        assert pr.stdout is not None
-                        outs.append(json.loads(pr.stdout.readline()))
+                    outs = phase(procs, ph, seconds)
                     c1 = {k: cpu_ns(v) for k, v in roles.items()}
                     k1 = sum(cpu_ns(pr.pid) for pr in procs)
                     n = sum(o["n"] for o in outs)

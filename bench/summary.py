@@ -187,15 +187,7 @@ def aggregate(pl: Plan) -> dict[str, Any]:
                 for ph in ("echo", "fault") if r % 2 == 0 else ("fault", "echo"):
                     pids = {**roles, **{f"c{i}": pr.pid for i, pr in enumerate(procs)}}
                     c0 = {k: bm.cpu_ns(v) for k, v in pids.items()}
-                    at = time.monotonic() + 0.3
-                    for pr in procs:
-                        assert pr.stdin is not None
-                        pr.stdin.write(f"{ph} {at} {pl.agg_s}\n")
-                        pr.stdin.flush()
-                    outs = []
-                    for pr in procs:
-                        assert pr.stdout is not None
-                        outs.append(json.loads(pr.stdout.readline()))
+                    outs = ba.phase(procs, ph, pl.agg_s)
                     c1 = {k: bm.cpu_ns(v) for k, v in pids.items()}
                     n = max(1, sum(o["n"] for o in outs))
                     rates[ph].append(sum(o["n"] / o["s"] for o in outs))

@@ -160,11 +160,3 @@ class TrapQueue:
             a.done.set(None)
         else:
             self.park(a, f)
-
-    def fail_all(self, errno: str, detail: str) -> None:
-        """End every parked access with an error (the role that resolves them is gone)."""
-        parked, self.parked = self.parked, {}
-        self.queued.clear()
-        for a in parked.values():
-            if a.done is not None and not a.done.done():
-                a.done.set((errno, detail))

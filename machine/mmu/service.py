@@ -326,6 +326,8 @@ class MmuService(Service):
             "resident": self.mmu.resident(),
             "wired": sum(pm.wired_count for pm in self.mmu.pmaps.values()),
             "pv_frames": len(self.mmu.pv),
+            "parked": len(self.traps.parked),  # user accesses waiting for uvm
+            "resumed": self.traps.resumed,  # answers applied to a parked access
             "holds": len(self.mmu.holds.holds),
             "holds_taken": self.mmu.holds.taken,
             "holds_deferred": self.mmu.holds.deferred,

@@ -24,9 +24,10 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Awaitable
 from typing import Protocol
 
+from machine.ipc import eager
 from machine.ipc.peer import PeerPanic, RemoteError
 from machine.net.kernel import KernelOps, PageFault
 from machine.params import PAGE_SHIFT, PAGE_SIZE, round_page, trunc_page
@@ -47,7 +48,7 @@ async def copyin(
     owner: int,
     va: int,
     n: int,
-    releases: list[asyncio.Task[None]] | None = None,
+    releases: list[Awaitable[None]] | None = None,
     cuts: list[int] | None = None,
 ) -> tuple[list[bytes], UserError | None, int]:
     """Copy [va, va + n) of process asid (owned by session owner), cut in pieces of the
@@ -55,8 +56,8 @@ async def copyin(
     None, kernel messages used), or (the pieces wholly before the fault, EFAULT,
     messages) when a fault cannot be resolved. PeerPanic and other errors of the mmu
     are raised. Each piece is one copy from RAM (b"".join of the page slices).
-    => releases: each pmap.urelease is sent (at the loop's next turn) but not awaited
-       here: its task goes in the list, for the caller to await before it answers."""
+    => releases: each pmap.urelease is sent at once but its answer not awaited here:
+       what awaits it goes in the list, for the caller to await before it answers."""
     bounds = iter(cuts if cuts is not None else [n])
     cut_end = va + next(bounds)
     pieces: list[bytes] = []
@@ -103,7 +104,9 @@ async def copyin(
             if releases is None:
                 await ops.urelease([hold])
             else:
-                releases.append(asyncio.ensure_future(ops.urelease([hold])))
+                sent = eager.start(ops.urelease([hold]))  # sent: its answer comes later
+                if isinstance(sent, eager.Resumed):
+                    releases.append(sent)
         pos = stop
     got = sum(map(len, pieces)) + sum(map(len, cur))
     assert got == pos - va, (got, pos - va)

@@ -43,7 +43,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from machine.ipc.peer import PeerPanic, RemoteError
@@ -96,7 +96,7 @@ class SendResult:
     copied_bytes: int = 0
     messages: int = 0  # kernel messages the send path used
     #: pmap.urelease answers not awaited yet (awaited before the send answers)
-    releases: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    releases: list[Awaitable[None]] = field(default_factory=list, repr=False)
 
 
 class Sosend:
@@ -377,7 +377,7 @@ class Sosend:
             self.stats["copied_bytes"] += c.length
 
 
-async def _released(releases: list[asyncio.Task[None]]) -> None:
+async def _released(releases: list[Awaitable[None]]) -> None:
     """Await the releases of a send's holds; the first failure is raised (after all)."""
     if not releases:
         return

@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from machine.params import PAGE_SIZE
@@ -29,9 +30,12 @@ from machine.uvm.loan import FIRST_LOAN, loan_range, unloan_pages
 from machine.uvm.map import check_range
 from machine.uvm.state import Uvm
 
+#: Service.spawn: runs a coroutine as a task the role owns.
+Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+
 
 async def loan_chunks(
-    uvm: Uvm, asid: int, owner: int, chunks: list[tuple[int, int]]
+    uvm: Uvm, asid: int, owner: int, chunks: list[tuple[int, int]], spawn: Spawn
 ) -> dict[str, list[Any]]:
     """uvm.loan_chunks: each (va, npages) chunk loaned as loan_to_kernel would, in order,
     as if each were its own uvm.loan. => the reply's fields: per chunk its pfns (errno
@@ -43,11 +47,12 @@ async def loan_chunks(
     chunks loaned in one turn of the loop go out in one pmap.page_protect (in chunk
     order; the mmu applies requests in the order sent), and every one is awaited before
     the answer. If a protect fails, its chunks and every later one are unloaned (as if
-    each had failed in turn) and the error is raised."""
+    each had failed in turn) and the error is raised. `spawn` runs the sender of each
+    batch as a task of the role (Service.spawn)."""
     pfns: list[list[int]] = []
     errnos: list[Errno | None] = []
     details: list[str] = []
-    batch = _ProtectBatch(uvm)
+    batch = _ProtectBatch(uvm, spawn)
     waits: list[tuple[int, asyncio.Future[int] | None]] = []  # chunk, its protect
     try:
         for va, npages in chunks:
@@ -89,18 +94,16 @@ class _ProtectBatch:
     the loop go out together, in one pmap.page_protect sent at the next turn (in the
     order queued). `add` => the future of the message that carries the frames."""
 
-    def __init__(self, uvm: Uvm) -> None:
+    def __init__(self, uvm: Uvm, spawn: Spawn) -> None:
         self.uvm = uvm
+        self.spawn = spawn
         self.pfns: list[int] = []
         self.fut: asyncio.Future[int] | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def add(self, pfns: list[int]) -> asyncio.Future[int]:
         if self.fut is None:
             self.fut = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._send())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.spawn(self._send(), "first-loan protects")
         self.pfns += pfns
         return self.fut
 

@@ -23,7 +23,6 @@ from machine.limits import Limits
 from machine.proto import (
     NO_HEADER,
     CtlPing,
-    CtlPingReply,
     Errno,
     Header,
     PdWakeup,
@@ -31,9 +30,9 @@ from machine.proto import (
     Request,
     Scope,
     UvmFork,
-    decode_request,
     encode,
 )
+from tests.unit.ipc.test_peer_timeouts import _serve_odd_only
 from tests.unit.ipc.test_service import KEY, signed
 
 H = Header(msg_id=5, sender="t", incarnation=9)
@@ -123,14 +122,6 @@ def test_deferred_requests_count_against_the_in_flight_limits() -> None:
         assert isinstance(svc.handle(signed(UvmFork(h=H, asid=1)), Scope.USER), Pending)
 
     run_simulation(main())
-
-
-def _serve_odd_only(raw: bytes) -> bytes | None:
-    req = decode_request(raw)
-    if req.h.msg_id % 2 == 0:
-        return None
-    h = Identity("toy", 1).header(re=req.h.msg_id)
-    return encode(CtlPingReply(h=h, role="toy", incarnation=1))
 
 
 def test_call_then_hands_the_reply_to_its_callback_in_the_receive_callback() -> None:
