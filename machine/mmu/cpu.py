@@ -108,7 +108,7 @@ class TrapQueue:
         self.resumed = 0  # answers applied
 
     def park(self, a: Access, f: Fault) -> None:
-        """Park `a` on trap `f` and queue it for uvm (creating its future on first park)."""
+        """Park `a` on trap `f` and queue it for uvm (creating its Pending reply on first park)."""
         if a.done is None:
             a.done = Pending()
         a.fault = f
