@@ -66,10 +66,10 @@ cleanup() {
   if [ "$UP" = 1 ]; then
     if [ $rc != 0 ]; then
       log "FAILED (status $rc); containers and their last log lines:"
-      dc --profile client ps -a
-      dc --profile client logs --no-color --timestamps --tail 60
+      dc --profile client --profile stress ps -a
+      dc --profile client --profile stress logs --no-color --timestamps --tail 60
     fi
-    step "compose down" dc --profile client down -v --remove-orphans --timeout 20
+    step "compose down" dc --profile client --profile stress down -v --remove-orphans --timeout 20
     left=$(leftovers)
     if [ -n "$left" ]; then
       log "LEFT BEHIND by project $COMPOSE_PROJECT_NAME:"; echo "$left"
@@ -123,9 +123,9 @@ build_image() { # quiet unless it fails
 step "image build" build_image
 
 # -- machine ----------------------------------------------------------------------------------
-port_range_free() { # BASE: are BASE..BASE+42 all free on the host?
+port_range_free() { # BASE: are BASE..BASE+51 all free on the host (the stress step uses B+50, 51)?
   ! ss -Htln | awk '{print $4}' | sed 's/.*://' \
-    | awk -v b="$1" '$1 >= b && $1 <= b + 42 {found = 1} END {exit !found}'
+    | awk -v b="$1" '$1 >= b && $1 <= b + 51 {found = 1} END {exit !found}'
 }
 if [ -z "${UVM_MACHINE_BASE_PORT:-}" ]; then
   for _ in $(seq 1 50); do
@@ -144,6 +144,22 @@ dc ps
 
 # -- client in compose ----------------------------------------------------------------------
 step "client (compose run)" timeout 300 "${DC[@]}" run --rm -T client
+
+# -- the stress harness, distributed: a headless Locust master and two workers ---------------
+# (docker-compose.yml profile `stress`). The master's exit status is the verdict
+# (docs/stress.md): 0 = every byte verified, no failure, no panic, every frame back.
+stress_distributed() {
+  export UVM_MACHINE_LOCUST_MASTER_PORT=$((UVM_MACHINE_BASE_PORT + 50))
+  export UVM_MACHINE_LOCUST_WEB_PORT=$((UVM_MACHINE_BASE_PORT + 51))
+  dc --profile stress up -d --no-deps --scale locust-worker=2 locust-worker
+  local rc=0
+  LOCUST_HEADLESS=true LOCUST_USERS=4 LOCUST_SPAWN_RATE=4 LOCUST_RUN_TIME=8s \
+    LOCUST_EXPECT_WORKERS=2 UVM_STRESS_MIX=pattern=2,sender=1,forker=1 \
+    timeout 180 "${DC[@]}" --profile stress run --rm -T --no-deps locust \
+    || rc=$?
+  dc --profile stress rm -sf locust-worker >/dev/null
+  return $rc
+}
 
 # -- attach from the host ---------------------------------------------------------------------
 PY=${PYTHON:-python3}
@@ -204,6 +220,7 @@ kernel_private() {
   return $bad
 }
 step "kernel unreachable" kernel_private
+step "stress (2 workers)" stress_distributed
 
 log "attach from the host with $PY"
 step "host attach (status)" "$PY" -m machine status --endpoint "$ENDPOINT"

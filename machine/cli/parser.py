@@ -20,6 +20,7 @@ from machine.cli.args import (
 )
 from machine.cli.life import cmd_role, cmd_status, cmd_supervise, cmd_up
 from machine.cli.scenarios import cmd_matrix, cmd_scenario
+from machine.cli.stress import add_parser as add_stress_parser
 from machine.cli.tools import cmd_panic, cmd_ping, cmd_profile
 from machine.config import env
 from machine.profile import DEFAULT_PROFILE
@@ -37,6 +38,7 @@ profile    list profiles or show one's knobs
 ping       exit 0 if a role (or the supervisor) answers (healthchecks)
 scenario   run one scenario on a fresh machine and report its outcome
 matrix     run every scenario under every profile: outcome, expected, pass/fail
+stress     run the Locust stress harness (verified users, VM metrics, a nemesis)
 """
 
 
@@ -117,6 +119,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "show"))
     p.add_argument("name", nargs="?", default=DEFAULT_PROFILE)
     p.set_defaults(fn=cmd_profile)
+
+    add_stress_parser(sub)
     return ap
 
 

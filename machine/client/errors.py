@@ -15,7 +15,7 @@ This module imports nothing of the client library (it is the bottom layer).
 
 from __future__ import annotations
 
-from machine.proto import Errno, ErrnoError
+from machine.proto import Errno, ErrnoError, Reply
 from machine.proto.types import Prot
 
 
@@ -60,3 +60,15 @@ class OutOfMemory(RequestError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(Errno.ENOMEM, detail)
+
+
+def reply_error(rep: Reply) -> MachineError:
+    """The exception an error reply stands for: EPANIC MachinePanic, ESHUTDOWN
+    MachineStopped, ENOMEM OutOfMemory, any other RequestError (errno + detail)."""
+    if rep.errno is Errno.EPANIC:
+        return MachinePanic(rep.detail)
+    if rep.errno is Errno.ESHUTDOWN:
+        return MachineStopped(rep.detail)
+    if rep.errno is Errno.ENOMEM:
+        return OutOfMemory(rep.detail)
+    return RequestError(rep.errno or Errno.EINVAL, rep.detail)

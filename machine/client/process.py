@@ -20,10 +20,9 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from machine.client.errors import OutOfMemory, RequestError, Segv
-from machine.client.session import Session
 from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
 from machine.proto import (
     NO_HEADER,
@@ -68,6 +67,13 @@ class SendResult:
     messages: int  # kernel messages the send path used
 
 
+class RoleCaller(Protocol):
+    """What processes and files call through: a session (Session, or the stress
+    harness's synchronous GreenMachine, whose coroutines finish without waiting)."""
+
+    async def call_role(self, role: str, req: Request, expect: type[Any] = Reply) -> Any: ...
+
+
 class Socket:
     def __init__(self, proc: Process, sock: int) -> None:
         self.proc, self.id = proc, sock
@@ -81,7 +87,7 @@ class Socket:
 class File:
     """An open file of the machine's disk/ (a vnode): map it with Process.mmap(file=...)."""
 
-    def __init__(self, machine: Session, handle: int, name: str, size: int) -> None:
+    def __init__(self, machine: RoleCaller, handle: int, name: str, size: int) -> None:
         self.m, self.handle, self.name, self.size = machine, handle, name, size
 
     async def close(self) -> None:
@@ -92,7 +98,7 @@ class Process:
     """An emulated user process: its address space and a CPU to access it."""
 
     def __init__(
-        self, machine: Session, asid: int, processes: dict[int, Process] | None = None
+        self, machine: RoleCaller, asid: int, processes: dict[int, Process] | None = None
     ) -> None:
         self.m = machine
         self.asid = asid

@@ -33,8 +33,8 @@ from machine.client.errors import (
     MachinePanic,
     MachineStopped,
     MachineTimeout,
-    OutOfMemory,
     RequestError,
+    reply_error,
 )
 from machine.client.feed import WireFeed
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic, RemoteError
@@ -191,9 +191,7 @@ class Session:
             raise self.stopped  # type: ignore[misc]
         if isinstance(rep, expect) and isinstance(rep, MmuAccessReply):
             return rep  # a trap: the caller handles it
-        if rep.errno is Errno.ENOMEM:
-            raise OutOfMemory(rep.detail)
-        raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
+        raise reply_error(rep)
 
     async def call_role(self, role: str, req: Request, expect: type[Any] = Reply) -> Any:
         """Send any request to a role's user endpoint (processes, files, tools and tests)."""
@@ -228,7 +226,12 @@ class Session:
 
     async def stats(self) -> dict[str, Any]:
         """The machine's status as plain data (the `uvm-machine status --json` shape)."""
-        out: dict[str, Any] = msgspec.to_builtins(await self.status())
-        for k in ("t", "h", "status", "errno", "detail"):
-            out.pop(k, None)
-        return out
+        return status_data(await self.status())
+
+
+def status_data(rep: CtlStatusReply) -> dict[str, Any]:
+    """A status reply as plain data: roles, frames, profile, state, panic (no header)."""
+    out: dict[str, Any] = msgspec.to_builtins(rep)
+    for k in ("t", "h", "status", "errno", "detail"):
+        out.pop(k, None)
+    return out

@@ -142,6 +142,10 @@ class Wire:
         else:
             self._partial[key] = (seq, buf, got, loaned)
 
+    def take(self) -> Packet | None:
+        """The next complete send if one has arrived (no wait), else None."""
+        return None if self._q.empty() else self._q.get_nowait()
+
     def _feed_of(self) -> WireFeed:
         if self._feed is None:
             assert self.m is not None

@@ -1,0 +1,276 @@
+"""The memory users: pattern (stores and loads), forker (a fork tree), hog (more than RAM).
+
+  PatternUser  one process maps 64-256 pages, stores random bytes at random
+               offsets (a quarter of them spanning a page boundary), loads
+               random ranges and checks them against a ByteModel; after
+               OPS_PER_PROCESS operations it reads the whole region back and
+               exits, and the next scenario starts a new process.
+  ForkerUser   a parent maps private anonymous memory, shared anonymous
+               memory and a shared mapping of its own file, writes all three,
+               and forks a small tree (1-2 children, maybe a grandchild: at
+               most 4 processes). Every process writes its private memory
+               (one model per process, copied at fork: the others must never
+               see it) and both shared regions (one model each: everyone sees
+               everyone's writes), then every process reads all three back
+               whole; the children exit. The parent lives ROUNDS scenarios.
+  HogUser      maps more than RAM: nframes * page * HOG_FACTOR, divided by the
+               number of hog users expected (--users times the hog's share
+               of the class weights), and sweeps it: each touched page gets
+               a signature of (page, generation) at its start and end; after
+               each batch it reads CHECKS random pages whole. The page daemon
+               must page out and in; an OutOfMemory (or the process found
+               killed: ESRCH) is the failure "hog.oom", and a new process starts.
+
+Operation names are "<user>.<step>" (pattern.store, forker.fork, hog.touch, ...);
+every load is checked byte for byte (users_common.VerifyingUser.check).
+Invariant: each user's models mirror exactly the stores that returned; after
+any failure the user resets (users_common) and builds its state anew.
+"""
+
+from __future__ import annotations
+
+from machine.client.errors import OutOfMemory, RequestError
+from machine.proto import Errno
+from machine.stress.green import GreenFile, GreenProcess
+from machine.stress.model import ByteModel, PageSignatures, log_uniform
+from machine.stress.users_common import VerifyingUser, quietly, renamed, unique_name
+
+
+def _oom(e: BaseException) -> bool:
+    """The machine killed the process for memory, or it is found dead (ESRCH)."""
+    return isinstance(e, OutOfMemory) or (isinstance(e, RequestError) and e.errno == Errno.ESRCH)
+
+
+class PatternUser(VerifyingUser):
+    """Random stores and loads over many pages of one process (see the module docstring)."""
+
+    kind = "pattern"
+    MIN_PAGES, MAX_PAGES = 64, 256
+    OPS_PER_PROCESS = 400
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.p: GreenProcess | None = None
+        self.va = 0
+        self.model = ByteModel(0)
+        self.ops = 0
+
+    def reset(self) -> None:
+        self.exit_quietly(self.p)
+        self.p = None
+
+    def _begin(self) -> None:
+        npages = self.rng.randint(self.MIN_PAGES, self.MAX_PAGES)
+        with self.op("pattern.map"):
+            self.p = self.m.spawn()
+            self.va = self.p.mmap(npages * self.page)
+        self.model = ByteModel(npages * self.page)
+        self.ops = 0
+
+    def _range(self) -> tuple[int, int]:
+        """(offset, length): log-uniform 1 B .. 2 pages; a quarter forced across a page."""
+        size = self.model.size
+        n = log_uniform(self.rng, 1, 2 * self.page)
+        if n >= 2 and self.rng.random() < 0.25:
+            boundary = self.rng.randrange(1, size // self.page) * self.page
+            off = max(0, min(size - n, boundary - self.rng.randint(1, n - 1)))
+        else:
+            off = self.rng.randrange(0, size - n + 1)
+        return off, n
+
+    def scenario(self) -> None:
+        if self.p is None:
+            self._begin()
+        p = self.p
+        assert p is not None
+        off, n = self._range()
+        if self.rng.random() < 0.5:
+            data = self.rng.randbytes(n)
+            with self.op("pattern.store") as t:
+                p.store(self.va + off, data)
+                t.nbytes = n
+            self.model.store(off, data)
+        else:
+            with self.op("pattern.load") as t:
+                got = p.load(self.va + off, n)
+                t.nbytes = n
+                self.check("pattern.load", self.model.diff(off, got), va=self.va + off, n=n)
+        self.ops += 1
+        if self.ops >= self.OPS_PER_PROCESS:
+            with self.op("pattern.verify") as t:
+                got = p.load(self.va, self.model.size)
+                t.nbytes = len(got)
+                self.check("pattern.verify", self.model.diff(0, got), va=self.va)
+            with self.op("pattern.exit"):
+                p.exit()
+            self.p = None
+
+
+class ForkerUser(VerifyingUser):
+    """A fork tree over private, shared anonymous and shared file memory (module docstring)."""
+
+    kind = "forker"
+    PRIV_PAGES, SHARED_PAGES, FILE_PAGES = 8, 8, 8
+    ROUNDS = 8  # scenarios a parent lives
+    STORES = 3  # stores per process per region per round
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.parent: GreenProcess | None = None
+        self.file: GreenFile | None = None
+        self.names: list[str] = []
+        self.rounds = 0
+
+    def reset(self) -> None:
+        self.exit_quietly(self.parent)
+        for p in list(self.m.processes.values()):
+            self.exit_quietly(p)
+        self.parent = None
+        if self.file is not None:  # its bytes are unknown now: the next parent gets a new file
+            quietly(self.file.close)
+            self.file = None
+
+    def cleanup(self) -> None:
+        self.reset()
+        self.unlink_files(self.names)
+
+    def _setup(self) -> GreenProcess:
+        pg = self.page
+        if self.file is None:
+            name = unique_name("forker")
+            self.names.append(name)
+            with self.op("forker.open"):
+                self.file = self.m.open(name, create=True, size=self.FILE_PAGES * pg)
+            self.fmodel = ByteModel(self.FILE_PAGES * pg)  # a new file: zeros
+        with self.op("forker.map"):
+            p = self.m.spawn()
+            self.va = {
+                "private": p.mmap(self.PRIV_PAGES * pg),
+                "shared": p.mmap(self.SHARED_PAGES * pg, shared=True),
+                "file": p.mmap(self.FILE_PAGES * pg, file=self.file, shared=True),
+            }
+        # the file mapping's model is the file's: it outlives the parent (shared stores
+        # reach the file); the others are new zero-filled memory
+        self.shared = ByteModel(self.SHARED_PAGES * pg)
+        self.priv: dict[int, ByteModel] = {p.asid: ByteModel(self.PRIV_PAGES * pg)}
+        self.parent, self.rounds = p, 0
+        return p
+
+    def _model(self, p: GreenProcess, region: str) -> ByteModel:
+        if region == "private":
+            return self.priv[p.asid]
+        return self.shared if region == "shared" else self.fmodel
+
+    def _write(self, p: GreenProcess) -> None:
+        for region in ("private", "shared", "file"):
+            model = self._model(p, region)
+            for _ in range(self.STORES):
+                n = log_uniform(self.rng, 1, self.page + 64)
+                off = self.rng.randrange(0, model.size - n + 1)
+                data = self.rng.randbytes(n)
+                with self.op("forker.store") as t:
+                    p.store(self.va[region] + off, data)
+                    t.nbytes = n
+                model.store(off, data)
+
+    def _fork(self, p: GreenProcess) -> GreenProcess:
+        with self.op("forker.fork"):
+            c = p.fork()
+        self.priv[c.asid] = self.priv[p.asid].copy()  # private memory: copied at fork
+        return c
+
+    def _read(self, p: GreenProcess) -> None:
+        for region in ("private", "shared", "file"):
+            model = self._model(p, region)
+            with self.op("forker.load") as t:
+                got = p.load(self.va[region], model.size)
+                t.nbytes = len(got)
+                mm = model.diff(0, got)
+                self.check(f"forker.{region}", mm, va=self.va[region], asid=p.asid)
+
+    def scenario(self) -> None:
+        parent = self.parent if self.parent is not None else self._setup()
+        self._write(parent)
+        kids = [self._fork(parent) for _ in range(self.rng.randint(1, 2))]
+        if self.rng.random() < 0.5:
+            self._write(kids[0])  # the grandchild is forked from a child that wrote
+            kids.append(self._fork(kids[0]))
+        procs = [parent, *kids]
+        for p in self.rng.sample(procs, len(procs)):
+            self._write(p)
+        for p in procs:
+            self._read(p)
+        for c in reversed(kids):
+            with self.op("forker.exit"):
+                c.exit()
+            del self.priv[c.asid]
+        self._read(parent)  # the children's exits took nothing of the parent's
+        self.rounds += 1
+        if self.rounds >= self.ROUNDS:
+            with self.op("forker.exit"):
+                parent.exit()
+            self.parent = None
+
+
+class HogUser(VerifyingUser):
+    """More memory than RAM, swept with page signatures (see the module docstring)."""
+
+    kind = "hog"
+    HOG_FACTOR = 1.25  # the hogs together map this many times RAM
+    BATCH = 16  # pages touched per scenario
+    CHECKS = 4  # random pages read back per scenario
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.p: GreenProcess | None = None
+        self.npages = self.hog_pages()
+
+    def expected_hogs(self) -> int:
+        """Hog users expected in the run: --users times the hog's share of the weights,
+        from --mix (every worker has it) or else the classes' weights."""
+        opts = self.environment.parsed_options
+        users = int(getattr(opts, "num_users", 0) or 1)
+        weights: dict[str, int] = {c.__name__: int(c.weight) for c in self.environment.user_classes}
+        mine = weights.get(type(self).__name__, int(type(self).weight))
+        mix = str(getattr(opts, "mix", "") or "")
+        if mix:
+            parts = [p.strip().partition("=") for p in mix.split(",") if p.strip()]
+            weights = {n: int(w or 1) for n, _, w in parts}
+            mine = weights.get(self.kind, 0)
+        total = sum(weights.values()) or 1
+        return max(1, round(users * mine / total))
+
+    def hog_pages(self) -> int:
+        return max(16, int(self.nframes * self.HOG_FACTOR / self.expected_hogs()))
+
+    def reset(self) -> None:
+        self.exit_quietly(self.p)
+        self.p = None
+
+    def _begin(self) -> GreenProcess:
+        with self.op("hog.map"):
+            p = self.m.spawn()
+            self.va = p.mmap(self.npages * self.page)
+        self.sigs = PageSignatures(self.npages, self.page, salt=self.rng.getrandbits(32))
+        self.gen, self.cursor = 0, 0
+        self.p = p
+        return p
+
+    def scenario(self) -> None:
+        p = self.p if self.p is not None else self._begin()
+        for _ in range(self.BATCH):
+            pi = self.cursor
+            with self.op("hog.touch") as t, renamed(t, "hog.oom", _oom):
+                for off, data in self.sigs.stores(pi, self.gen):
+                    p.store(self.va + pi * self.page + off, data)
+                t.nbytes = 2 * self.sigs.SIG
+            self.sigs.touch(pi, self.gen)
+            self.cursor += 1
+            if self.cursor == self.npages:
+                self.cursor, self.gen = 0, self.gen + 1
+        for _ in range(self.CHECKS):
+            pi = self.rng.randrange(self.npages)
+            with self.op("hog.check") as t, renamed(t, "hog.oom", _oom):
+                got = p.load(self.va + pi * self.page, self.page)
+                t.nbytes = len(got)
+                self.check("hog.check", self.sigs.diff(pi, got), va=self.va + pi * self.page)
