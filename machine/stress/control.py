@@ -31,7 +31,7 @@ from machine.stress.base import MSG_CORRUPTION, MSG_PANIC
 from machine.stress.charts import inject_report
 from machine.stress.green import EventWatch, GreenMachine
 from machine.stress.nemesis import Nemesis, parse_names
-from machine.stress.outcome import Record, Thresholds, verdict, write_summary
+from machine.stress.outcome import Record, Thresholds, verdict, verdict_line, write_summary
 from machine.stress.vmstats import VmSeries
 from machine.stress.webui import install as install_vm_tab
 
@@ -196,6 +196,7 @@ class Controller:
         summary = self.summary(back)
         code = verdict(summary)
         summary["exit_status"] = code
+        print(f"uvm-machine stress: exit {code}: {verdict_line(summary)}", file=sys.stderr)
         report = self.option("uvm_report", "") or ""
         if report:
             out = Path(report)

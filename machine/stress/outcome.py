@@ -156,6 +156,19 @@ def verdict(summary: dict[str, Any]) -> int:
     return EXIT_OK if held and ran and healed and frames_back is not False else EXIT_FAILED
 
 
+def verdict_line(summary: dict[str, Any]) -> str:
+    """The verdict in one line (the Locust master's last word, e.g. in compose's logs)."""
+    p = summary.get("panic")
+    missed = [k for k, t in summary.get("thresholds", {}).items() if not t["held"]]
+    return (
+        f"{summary.get('ops', 0)} ops, {summary.get('failures', 0)} failures, "
+        f"{summary.get('corruption', 0)} corruption, "
+        + (f"panic in {p.get('role') or '?'}: {p.get('message', '')[:200]}" if p else "no panic")
+        + f", frames back: {summary.get('vm', {}).get('frames_back')}"
+        + (f", missed: {', '.join(missed)}" if missed else "")
+    )
+
+
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1, sort_keys=False) + "\n")

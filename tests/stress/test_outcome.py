@@ -14,6 +14,7 @@ from machine.stress.outcome import (
     Record,
     Thresholds,
     verdict,
+    verdict_line,
 )
 
 
@@ -70,3 +71,14 @@ def test_the_first_panic_is_kept_and_only_filled_in() -> None:
     assert r.add_panic("", "trap: kernel page fault") is True  # an EPANIC reply: no role
     assert r.add_panic("uvm", "a later message", "/dump/1") is False
     assert r.panic == {"role": "uvm", "message": "trap: kernel page fault", "dump": "/dump/1"}
+
+
+@pytest.mark.timeout(10)
+def test_the_verdict_line_names_what_decided_it() -> None:
+    missed = Thresholds(min_ops_per_s=1e9).judge(10, 0, 5.0, 1.0)
+    line = verdict_line(summary(thresholds=missed, vm={"frames_back": True}))
+    assert "0 corruption" in line
+    assert "no panic" in line
+    assert "missed: min_ops_per_s" in line
+    panic = {"role": "uvm", "message": "trap: kernel page fault", "dump": "/d"}
+    assert "panic in uvm: trap: kernel page fault" in verdict_line(summary(panic=panic))

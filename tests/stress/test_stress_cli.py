@@ -151,3 +151,17 @@ def test_bug1999_panics_and_the_run_stops_with_exit_3(tmp_path: Path) -> None:
     # the run stopped at once (bug1999 panics within about a second), not at --run-time
     assert 0 <= p["after_s"] <= s["elapsed_s"] < 30, (p, s["elapsed_s"])
     assert s["vm"]["frames_back"] is None  # the machine is gone: nothing to count
+
+
+@pytest.mark.timeout(180)
+def test_the_open_model_paces_every_user_at_its_rate(tmp_path: Path) -> None:
+    """--rate 20: each user starts an operation every 50 ms, however fast the machine is
+    (a closed pattern user alone does well over 500 operations a second)."""
+    status, s, err = stress(
+        tmp_path,
+        *("--ram", "8M", "--users", "2", "--spawn-rate", "2", "--run-time", "6s"),
+        *("--mix", "pattern=1", "--rate", "20"),
+    )
+    assert status == 0, err[-3000:]
+    assert s["flags"]["rate"] == 20.0
+    assert 20 <= s["ops_per_s"] <= 60, s["ops_per_s"]  # 2 users x 20/s, spawn and ends aside
