@@ -108,6 +108,7 @@ class Settings:
             page_protect_panics_on_wired=self.ppp_wired == "panic",
             kernel_fault_zero_fills=self.loan_kva == "kernel_object",
             requeue_fix_missing=self.requeue_fix == "missing",
+            pd_skips_wired=self.pd_wired_check == "skip_wired",
         )
 
 

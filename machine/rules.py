@@ -57,7 +57,11 @@ class Rules:
     unloan_adopts: bool
     #: The page daemon's claim re-checks wiring before it deactivates an active page
     #: (modern); 1999 and 2002 trust "active => not wired" (the thread's bug, reachable
-    #: when the queue invariant is broken).
+    #: when the queue invariant is broken). Thorpe's diff (PD_WIRED_CHECK=skip_wired)
+    #: sets it too: NetBSD's daemon tested wiring and deactivated under one lock, and
+    #: our daemon decides on a snapshot, so its skip must hold where the decision is
+    #: atomic, the claim (without it `uvm-machine explore` finds a page wired by a loan
+    #: after the snapshot deactivated anyway: thorpe seed 0 run 42).
     claim_rechecks_wiring: bool
     #: QUEUE_INVARIANT=violated: a page a 1999 loan wires is left on the active queue.
     inject_queue_violation: bool = False
@@ -76,9 +80,12 @@ class Rules:
         page_protect_panics_on_wired: bool = False,
         kernel_fault_zero_fills: bool = False,
         requeue_fix_missing: bool = False,
+        pd_skips_wired: bool = False,
     ) -> Rules:
         """=> the era's row of ERA_RULES with the given injection rules set;
-        requeue_fix_missing (REQUEUE_FIX=missing) takes [cvs139] out of the era."""
+        requeue_fix_missing (REQUEUE_FIX=missing) takes [cvs139] out of the era;
+        pd_skips_wired (PD_WIRED_CHECK=skip_wired, Thorpe's diff) makes the claim
+        re-check wiring too (see claim_rechecks_wiring)."""
         row = ERA_RULES[era]
         return replace(
             row,
@@ -86,6 +93,7 @@ class Rules:
             page_protect_panics_on_wired=page_protect_panics_on_wired,
             kernel_fault_zero_fills=kernel_fault_zero_fills,
             unloan_requeues=row.unloan_requeues and not requeue_fix_missing,
+            claim_rechecks_wiring=row.claim_rechecks_wiring or pd_skips_wired,
         )
 
 

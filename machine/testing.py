@@ -27,6 +27,7 @@ from machine.config import CLIENT_LEASE_S
 from machine.ipc.auth import KEY_LEN
 from machine.ipc.inmemory import InMemoryTransport
 from machine.ipc.peer import Peer
+from machine.ipc.schedule import Schedule
 from machine.ipc.service import Service
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
@@ -121,10 +122,14 @@ class SimMachine:
         swap_bytes: int = 0,
         profile: str = "modern",
         limits: Limits | None = None,
+        schedule: Schedule | None = None,
+        record: bool = False,
     ) -> AsyncIterator[SimMachine]:
         """Boot every role in this process. state_dir "" means a temporary one
-        (disk/ and swap.img), removed afterwards. profile: a shipped name or a TOML path."""
-        transport = InMemoryTransport(seed, latency_s)
+        (disk/ and swap.img), removed afterwards. profile: a shipped name or a TOML path.
+        schedule: the bus's delivery delays (default: seeded random within latency_s);
+        record: the bus keeps every delivery (sim.transport.record)."""
+        transport = InMemoryTransport(seed, latency_s, schedule=schedule, record=record)
         rng = random.Random(seed)
         ram = Ram.anonymous(ram_bytes)
         tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-")

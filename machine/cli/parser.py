@@ -1,8 +1,8 @@
 """The `uvm-machine` argument parser and main(): one subcommand per command function.
 
-Every subcommand sets `fn`, the function (in life.py, tools.py or
-scenarios.py) that takes the parsed namespace and returns the exit status;
-main() returns it. A parse error exits 2 (argparse). The role names a
+Every subcommand sets `fn`, the function (in life.py, tools.py,
+scenarios.py, stress.py or explore.py) that takes the parsed namespace and
+returns the exit status; main() returns it. A parse error exits 2 (argparse). The role names a
 command accepts are config.ROLE_NAMES.
 """
 
@@ -18,6 +18,7 @@ from machine.cli.args import (
     machine_args,
     profile,
 )
+from machine.cli.explore import add_parser as add_explore_parser
 from machine.cli.life import cmd_role, cmd_status, cmd_supervise, cmd_up
 from machine.cli.scenarios import cmd_matrix, cmd_scenario
 from machine.cli.stress import add_parser as add_stress_parser
@@ -39,6 +40,8 @@ ping       exit 0 if a role (or the supervisor) answers (healthchecks)
 scenario   run one scenario on a fresh machine and report its outcome
 matrix     run every scenario under every profile: outcome, expected, pass/fail
 stress     run the Locust stress harness (verified users, VM metrics, a nemesis)
+explore    seeded swarm exploration of the in-process machine: failures, shrunk, replayable
+replay     replay one exploration run exactly (outcome, message, trace hash; --html diagram)
 """
 
 
@@ -121,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_profile)
 
     add_stress_parser(sub)
+    add_explore_parser(sub)
     return ap
 
 

@@ -18,6 +18,16 @@ and delivered after a latency drawn from a seeded RNG, on a virtual clock:
     raises SimulationDeadlock instead of hanging. Virtual time past
     `limit_s` raises SimulationTimeout.
 
+Schedules: a message's delay comes from the bus's Schedule
+(machine.ipc.schedule): by default a RandomSchedule on the bus's own
+seeded Random, drawing exactly what the bus always drew; PctSchedule explores
+priority orders. Per-pair order holds under every schedule (schedule_after).
+
+Trace: every delivery (a request or reply handed to its receiver, an event to
+its subscriber) is counted (`deliveries`) and noted in a running digest of
+(virtual time, endpoint, kind, message tag), `digest()`, independent of the
+raw bytes (machine.ipc.trace); with record=True also kept, `record`.
+
 Fairness: each request is delivered by its own loop callback, so no reader
 drains a burst in one go; on the virtual clock no deadline (a heartbeat's
 timeout) passes while callbacks run, so a burst cannot starve the supervisor.
@@ -38,7 +48,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from machine.ipc.pending import Pending
+from machine.ipc.schedule import RandomSchedule, Schedule
 from machine.ipc.tasks import TaskSet
+from machine.ipc.trace import Delivery, TraceDigest, delivery_key
 from machine.ipc.transport import (
     Connection,
     Handler,
@@ -109,14 +121,6 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             raise SimulationTimeout(f"virtual time passed {self.limit_s} s")
 
 
-class _Latency:
-    def __init__(self, rng: random.Random, lo_s: float, hi_s: float) -> None:
-        self.rng, self.lo, self.hi = rng, lo_s, hi_s
-
-    def draw(self) -> float:
-        return self.rng.uniform(self.lo, self.hi)
-
-
 class MemServer(Server):
     def __init__(self, bus: InMemoryTransport, endpoint: str, handler: Handler) -> None:
         self.bus, self.endpoint, self.handler = bus, endpoint, handler
@@ -136,10 +140,12 @@ class MemConnection(Connection):
         #: a connection delivers in order each way, as a ZeroMQ DEALER/ROUTER pair does.
         self.last_request = 0.0
         self.last_reply = 0.0
+        self.key_req = delivery_key(endpoint, "req")
+        self.key_rep = delivery_key(endpoint, "rep")
 
     def send(self, data: bytes) -> None:
         self.last_request = self.bus.schedule_after(
-            self.last_request, self.bus.deliver_request, self, data
+            self.last_request, self.bus.deliver_request, self, data, to=self.endpoint
         )
 
     async def close(self) -> None:
@@ -151,12 +157,14 @@ class MemPublisher(Publisher):
         self.bus, self.endpoint = bus, endpoint
 
     def publish(self, topic: str, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
+        self.bus.loop = loop = asyncio.get_running_loop()
         for sub in list(self.bus.subs.get(self.endpoint, ())):
             if topic.startswith(sub.prefix):
-                # A PUB/SUB pair delivers in order, as ZeroMQ does: a random latency, but
-                # never before the previous event to this subscriber.
-                when = max(loop.time() + self.bus.latency.draw(), sub.last_when + 1e-9)
+                # A PUB/SUB pair delivers in order, as ZeroMQ does: the schedule's delay,
+                # but never before the previous event to this subscriber.
+                when = max(
+                    loop.time() + self.bus.sched.delay(self.endpoint, "evt"), sub.last_when + 1e-9
+                )
                 sub.last_when = when
                 loop.call_at(when, sub.deliver, data)
 
@@ -169,9 +177,11 @@ class MemSubscription(Subscription):
         self.bus, self.endpoint, self.prefix, self.cb = bus, endpoint, prefix, cb
         self.closed = False
         self.last_when = 0.0  # delivery time of the last event scheduled (per-pair order)
+        self.key = delivery_key(endpoint, "evt")
 
     def deliver(self, data: bytes) -> None:
         if not self.closed:
+            self.bus.noted(self.key, "evt", self.endpoint, data)
             self.cb(data)
 
     async def close(self) -> None:
@@ -182,27 +192,58 @@ class MemSubscription(Subscription):
 
 
 class InMemoryTransport(Transport):
-    """A bus shared by every role of one simulated machine."""
+    """A bus shared by every role of one simulated machine.
 
-    def __init__(self, seed: int, latency_s: tuple[float, float] = (20e-6, 200e-6)) -> None:
+    schedule: the delays (default: RandomSchedule on Random(seed) within latency_s);
+    record: keep every delivery in `record` (for the sequence diagram)."""
+
+    def __init__(
+        self,
+        seed: int,
+        latency_s: tuple[float, float] = (20e-6, 200e-6),
+        schedule: Schedule | None = None,
+        record: bool = False,
+    ) -> None:
         self.rng = random.Random(seed)
-        self.latency = _Latency(self.rng, *latency_s)
+        self.sched: Schedule = (
+            schedule if schedule is not None else RandomSchedule(self.rng, *latency_s)
+        )
         self.servers: dict[str, MemServer] = {}
         self.pubs: set[str] = set()
         self.subs: dict[str, list[MemSubscription]] = {}
-        self.delivered = 0
+        self.delivered = 0  # requests handed to a server
+        self.deliveries = 0  # requests, replies and events handed to their receivers
         self.dropped = 0
         self.trace: list[tuple[float, str, int]] | None = None
+        self.record: list[Delivery] | None = [] if record else None
+        self._digest = TraceDigest()
+        #: The loop the last message was scheduled on (its deliveries run there).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def schedule(self, fn: Any, *args: Any) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_at(loop.time() + self.latency.draw(), fn, *args)
+    def digest(self) -> str:
+        """Hex digest of every delivery so far: (virtual time, endpoint, kind, tag)."""
+        return self._digest.hexdigest()
 
-    def schedule_after(self, last: float, fn: Any, *args: Any) -> float:
-        """Schedule at a random latency, but never before `last` (per-pair order).
-        => the delivery time, the next call's `last`."""
-        loop = asyncio.get_running_loop()
-        when = max(loop.time() + self.latency.draw(), last + 1e-9)
+    def noted(self, key: bytes, kind: str, endpoint: str, data: bytes) -> None:
+        """Count, digest (and record) one delivery, made now."""
+        t = (self.loop or asyncio.get_running_loop()).time()  # where deliveries run
+        self.deliveries += 1
+        self._digest.note(t, key, data)
+        if self.record is not None:
+            self.record.append(Delivery(t, kind, endpoint, data))
+
+    def schedule(self, fn: Any, *args: Any, to: str = "", kind: str = "req") -> None:
+        """Call fn(*args) after the schedule's delay for a message to `to`."""
+        self.loop = loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + self.sched.delay(to, kind), fn, *args)
+
+    def schedule_after(
+        self, last: float, fn: Any, *args: Any, to: str = "", kind: str = "req"
+    ) -> float:
+        """Schedule after the schedule's delay for a message to `to`, but never before
+        `last` (per-pair order). => the delivery time, the next call's `last`."""
+        self.loop = loop = asyncio.get_running_loop()
+        when = max(loop.time() + self.sched.delay(to, kind), last + 1e-9)
         loop.call_at(when, fn, *args)
         return when
 
@@ -213,6 +254,7 @@ class InMemoryTransport(Transport):
             self.dropped += 1
             return
         self.delivered += 1
+        self.noted(conn.key_req, "req", conn.endpoint, data)
         if self.trace is not None:
             self.trace.append((asyncio.get_running_loop().time(), conn.endpoint, len(data)))
         out = server.handler(data)
@@ -235,10 +277,13 @@ class InMemoryTransport(Transport):
             self._reply(conn, out)
 
     def _reply(self, conn: MemConnection, out: bytes) -> None:
-        conn.last_reply = self.schedule_after(conn.last_reply, self._deliver_reply, conn, out)
+        conn.last_reply = self.schedule_after(
+            conn.last_reply, self._deliver_reply, conn, out, to=conn.endpoint, kind="rep"
+        )
 
     def _deliver_reply(self, conn: MemConnection, data: bytes) -> None:
         if not conn.closed:
+            self.noted(conn.key_rep, "rep", conn.endpoint, data)
             conn.on_reply(data)
 
     async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server:

@@ -167,8 +167,18 @@ class Ctx:
         while self.check.expected:
             self.check.check(await self.wire.get(timeout_s))
 
-    async def settle(self) -> None:
+    async def settle(self, timeout_s: float = SETTLE_S) -> None:
         """Wait until every loan is returned (sopendfree done), then audit."""
+        await self.drain(timeout_s)
+        left = await self.loans_left()
+        if left:
+            raise ScenarioFailure(f"{left} pages still loaned after every mbuf was freed")
+        problems = await self.audit()
+        if problems:
+            raise ScenarioFailure(f"audit: {problems}")
+
+    async def drain(self, timeout_s: float = SETTLE_S) -> None:
+        """Wait until the transmit queue is empty and every loaned mbuf is freed."""
         await self.poll(
             lambda c: (
                 c.get("txq", 0) == 0
@@ -177,15 +187,21 @@ class Ctx:
             ),
             "net",
             "every loaned mbuf to be freed",
-            SETTLE_S,
+            timeout_s,
         )
+
+    async def loans_left(self) -> int:
+        """Pages still loaned (modern's shared zero page, loaned once, not counted)."""
         loaned = (await self.frames()).get("loaned", 0)
         zero = 1 if self.settings.rules.zero_loans_share_one_page and loaned == 1 else 0
-        if loaned - zero:
-            raise ScenarioFailure(f"{loaned} pages still loaned after every mbuf was freed")
+        return int(loaned - zero)
+
+    async def audit(self) -> list[str]:
+        """uvm.audit: the problems found (empty when every invariant holds)."""
         rep = await self.kcall("uvm", UvmAudit(h=_H))
-        if not isinstance(rep, UvmAuditReply) or rep.problems:
-            raise ScenarioFailure(f"audit: {getattr(rep, 'problems', rep)}")
+        if not isinstance(rep, UvmAuditReply):
+            return [f"uvm.audit failed: {rep}"]
+        return list(rep.problems)
 
 
 def _profile_label(name_or_path: str) -> str:

@@ -1,10 +1,8 @@
 """Page loaning (uvm_loan.c): loans of user pages to the kernel, their end, and kernel faults.
 
     loan_to_kernel(asid, owner, va, npages)    uvm_loan(..., UVM_LOAN_TOPAGE)
-        (loan_chunks, unloan_chunks: several chunks per message, each as its own, in order;
-        loan_chunks sends a chunk's write-protect without awaiting it: the protects of
-        the chunks loaned in one turn of the loop share one message, all awaited
-        before the answer)
+        (loan_chunks, unloan_chunks: several chunks per message, each its own, in order;
+        the write-protects of one turn of the loop share one message, awaited at the end)
         Per page, anon layer first (A->K), else the object's page (O->K), else
         for untouched anonymous memory a zero page (zero->K). The page is made
         resident first (swap-in, pgo_get) and held BUSY while the loan is set
@@ -14,8 +12,8 @@
         (pmap_page_protect(READ), one batch) before uvm.loan answers, so what
         the kernel later reads is what memory held when the send returned.
     unloan(pfns, kva, npages)                  uvm_unloan(..., UVM_LOAN_TOPAGE)
-        loan_count--; a page whose owner let it go meanwhile (an orphan) is
-        freed with its last loan.
+        loan_count--; an orphan is freed with its last loan (by the daemon's unbusy
+        when its owner released it while the daemon held it BUSY).
     kernel_fault(va, access, evidence)         trap() -> uvm_fault(kernel_map)
     loan_to_anons / unloan_anons               uvm_loan(..., UVM_LOAN_TOANON), A->A, O->A
     adopt(pfn)                                 an orphan's borrowing anon takes it (5.4)
@@ -24,21 +22,18 @@ What a kernel loan does to the page, by the profile's ERA (section 4.2):
     1999    loan_count++ and uvm_pagewire (a loan is a wiring: off the queues).
             QUEUE_INVARIANT=violated injects the thread's state: the loaned,
             wired page is left on the active queue. unloan unwires; 1999's
-            uvm_pageunwire inserts at the active tail without checking, so an
-            injected page is inserted twice: that double insertion is detected
-            and reported (dmesg, counter pqdoubleins), never silently merged.
+            uvm_pageunwire inserts at the active tail unchecked, so an injected page
+            is inserted twice: detected and reported (dmesg, pqdoubleins), not merged.
     2002    loan_count++ and uvm_pagedequeue (KASSERT wire_count == 0).
     modern  loan_count++, the page stays queued; a wired page is refused (EBUSY)
             and sosend falls back to copying. The daemon may reclaim a loaned
             page: its owner's pgo_put disowns it and the loan keeps the data.
-Zero loans: 1999/2002 a fresh zeroed ownerless page per loan (and wired in
-1999); modern one shared zero page (uvm_loanzero_object's), loan_count per loan,
-never queued and never freed.
+Zero loans: 1999/2002 a fresh zeroed ownerless page per loan (wired in 1999); modern
+one shared zero page (uvm_loanzero_object's), loan_count per loan, never queued or freed.
 
-Invariants: loan_count > 0 => every managed mapping of the page is read-only
-(I5); an ownerless allocated page has loan_count > 0 (I3). Kernel mappings of
-loaned pages are entered read-only by the borrower (net), never written.
-cf. NetBSD sys/uvm/uvm_loan.c, uvm_fault.c (concepts only).
+Invariants: loan_count > 0 => every managed mapping of the page is read-only (I5); an
+ownerless allocated page has loan_count > 0 (I3). Kernel mappings of loaned pages are
+entered read-only by the borrower (net), never written. cf. NetBSD uvm_loan.c, uvm_fault.c.
 """
 
 from __future__ import annotations
@@ -134,14 +129,13 @@ async def loan_range(uvm: Uvm, sp: VmSpace, va: int, npages: int) -> tuple[list[
 
 
 _BUSY = PageFlag.BUSY
+_RELEASED = PageFlag.RELEASED
 _UNBUSY_KEEPS = 0xFFFF & ~(PageFlag.BUSY | PageFlag.WANTED | PageFlag.FAKE)
 
 
 async def _loan_one(uvm: Uvm, sp: VmSpace, va: int, count: bool = True) -> int:
     """Loan the page at va: made resident, loan counted, unbusied. => pfn.
-
-    => count False: only make it resident and leave it BUSY (loans to anons count
-       their own)."""
+    count False: only made resident, left BUSY (loans to anons count their own)."""
     while True:
         e = sp.map.lookup(va)
         if e is None or not int(e.prot) & _READ:  # (an IntFlag & costs ~0.5 us a page)
@@ -395,6 +389,11 @@ def unloan_pages(uvm: Uvm, pfns: list[int]) -> None:
                 adopt(uvm, pfn)  # 2002+: uvm_unloanpage adopts for the borrowing anon
             continue
         if not owned:
+            if f & _BUSY and f & _RELEASED:
+                # released while the daemon held it BUSY: its unbusy frees it (NetBSD's anon
+                # keeps it until uvm_anon_release); an unowned busy page otherwise panics
+                stats.unloans_busy += 1
+                continue
             kassert(not f & _BUSY, "uvm_unloanpage: page %d unowned but PG_BUSY!", pfn)
             uvm.free_page(pfn)
 

@@ -30,5 +30,13 @@ SPEC = RoleSpec(
     port_offset=20,
     build=build,
     connects_to=("mmu",),
-    knobs=("ERA", "QUEUE_INVARIANT", "PPP_WIRED", "LOAN_KVA", "DIAGNOSTIC", "PD_POLICY"),
+    knobs=(
+        "ERA",
+        "QUEUE_INVARIANT",
+        "PPP_WIRED",
+        "LOAN_KVA",
+        "DIAGNOSTIC",
+        "PD_POLICY",
+        "PD_WIRED_CHECK",
+    ),
 )

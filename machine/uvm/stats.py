@@ -37,6 +37,7 @@ class UvmStats:
     pressure_events: int = 0
     loans: int = 0  # pages loaned to the kernel
     unloans: int = 0  # kernel loans ended
+    unloans_busy: int = 0  # last loans ended on a page released while BUSY (its holder frees it)
     loanrefused: int = 0  # loans refused (modern: wired page)
     loanzero: int = 0  # zero-page loans (untouched anonymous memory)
     loanbreaks: int = 0  # write faults that broke a loan (the owner got a copy)

@@ -148,8 +148,8 @@ def test_the_race_test_can_fail_when_a_connection_reorders(monkeypatch: Any) -> 
     random latency): some seed then lets a revocation overtake an answer, and the mmu's
     mappings differ from what uvm decided. The rule above is what prevents it."""
 
-    def unordered(self: InMemoryTransport, last: float, fn: Any, *args: Any) -> float:
-        self.schedule(fn, *args)
+    def unordered(self: InMemoryTransport, last: float, fn: Any, *args: Any, **kw: Any) -> float:
+        self.schedule(fn, *args, **kw)
         return last
 
     monkeypatch.setattr(InMemoryTransport, "schedule_after", unordered)

@@ -217,6 +217,28 @@ async def test_11_unloan_of_an_ownerless_busy_page_panics(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("knobs", [MODERN, ERA1999, ERA2002], ids=["modern", "1999", "2002"])
+async def test_11b_last_unloan_of_a_page_released_while_busy_leaves_it_to_the_holder(
+    tmp_path: Path, knobs: dict[str, Any]
+) -> None:
+    """Found by `uvm-machine explore` under modern (1 MiB, a hog, a loaned send then exit):
+    the process exits while the page daemon holds a loaned anon page BUSY for pageout
+    (uvm_anfree marks it PG_RELEASED), then net's last unloan comes first. NetBSD's anon
+    keeps the page until uvm_anon_release, so the unloan must not free (or panic on) it:
+    the daemon's unbusy frees it."""
+    uvm, mmu = boot(tmp_path, knobs)
+    p, va, pfn = await anon_page(uvm, mmu)
+    pfns = await lend(uvm, mmu, p, va)
+    uvm.busy(pfn)  # the page daemon claims it for pageout
+    await mmap.exit(uvm, p, OWN)  # uvm_anfree: released while busy
+    free_before = uvm.pages.free.count
+    give_back(uvm, mmu, pfns)  # the driver is done: the last loan ends, no panic
+    assert uvm.pages.free.count == free_before  # not freed under the daemon's feet
+    uvm.unbusy(pfn)  # the daemon's pageout ends
+    assert uvm.pages.free.count == free_before + 1
+    assert await audit(uvm) == []
+
+
+@pytest.mark.parametrize("knobs", [MODERN, ERA1999, ERA2002], ids=["modern", "1999", "2002"])
 async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
     p = await mmap.spawn(uvm, OWN)

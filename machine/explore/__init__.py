@@ -1,0 +1,19 @@
+"""Seeded exploration of the in-process machine (issue 13): many runs, each a drawn
+workload on a drawn delivery schedule, every run checked, every failure replayable.
+
+Modules, each importing only those above it (tests/unit/client/test_imports.py):
+  * workload  -- swarm workloads: a random subset of features, operations drawn
+    from it, readable steps, a JSON round trip.
+  * run       -- one run: boot a SimMachine with the workload's RAM and profile and
+    the schedule (machine.ipc.schedule: random, or PCT with d-1 priority change
+    points), play the workload, check it, classify it (a RunResult).
+  * shrink    -- a failing workload made minimal, still failing the same way.
+  * explore   -- many runs (worker processes, or a Dask cluster), seeds per run
+    (run_seed), failures with their replay command.
+  * sequence  -- a recorded run's deliveries as arrows among the lifelines, and the
+    panic's causal chain found in the messages (revocation, kenter, faulting read).
+  * diagram   -- the sequence diagram (SVG in a standalone HTML page).
+
+Invariant: a run is a function of its seeds alone (same seeds, same trace digest,
+in any process; PYTHONHASHSEED does not matter). Nothing here uses gevent.
+"""

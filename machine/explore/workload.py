@@ -1,0 +1,238 @@
+"""Swarm workloads: which features a run enables, and the operations its clients play.
+
+    w = draw(random.Random("w:17"))
+    for line in w.steps(): print(line)       # "3. p2: send 65536 B from anon (loaned) then exit"
+    assert Workload.from_json(w.to_json()) == w
+
+Swarm testing (Groce et al.): each run enables a random non-empty subset of
+FEATURES, each with probability 1/2, and draws its operations only from that
+subset, so one run's hog is not diluted by every other feature and rare
+combinations come up. A workload is 2-4 client processes (one if a hog is all
+it does), each a short list of Ops played in order (the clients
+concurrently), on a machine of `ram` bytes with `swap` bytes of swap and a
+link of `link_bps` (0: unthrottled) and `link_latency_us`. There is no
+scenario script and no hold of the link: what a run finds, it finds unaided.
+
+Op kinds (args):
+  send    size, loan (size >= LOAN_THRESHOLD: sosend loans pages), buf ("anon",
+          "shared" or "private": a fresh buffer or file mapping filled with a
+          known pattern), then ("", "write", "unmap", "exit", "fork": what the
+          sender does right after send returns); test-only: flip (the client's
+          model expects one byte flipped: an injected corruption)
+  map     pages, shared, msync: a file mapping stored into (and msync'ed)
+  mlock   pages, send: mlock'ed anonymous memory (sent from), then munlock
+  hog     pages: touch more pages than RAM holds (pressure on the page daemon)
+  wakeup  pd.wakeup on the page daemon's kernel endpoint
+  leak    what ("hold": hold the link so loans stay; "noexit": a process that
+          wires a page and never exits) -- test-only, never drawn
+
+Invariants: draw is a pure function of its Random (no sets of str iterated,
+no clock); every drawn Op comes from a feature in `features`; a Workload is
+immutable and round-trips through to_json/from_json exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from machine.params import PAGE_SIZE
+
+FEATURES: tuple[str, ...] = (
+    "send_loan",
+    "send_copy",
+    "after_write",
+    "after_unmap",
+    "after_exit",
+    "after_fork",
+    "file_shared",
+    "file_private",
+    "mlock",
+    "hog",
+    "small_ram",
+    "slow_link",
+    "pd_wakeup",
+)
+#: The features that make operations (the others shape the machine or a send's sequel).
+OP_FEATURES = ("send_loan", "send_copy", "file_shared", "file_private", "mlock", "hog", "pd_wakeup")
+AFTER = {"after_write": "write", "after_unmap": "unmap", "after_exit": "exit", "after_fork": "fork"}
+#: SOCK_LOAN_THRESH of every shipped profile (LOAN_THRESHOLD): sosend loans from here up.
+LOAN_THRESHOLD = 4096
+MAX_SEND = 1 << 20
+MIB = 1 << 20
+
+Arg = int | str | bool
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str
+    args: dict[str, Arg]
+    client: int = 0  # which client (1-based in steps); set by Workload
+
+    def __str__(self) -> str:
+        a = self.args
+        who = f"p{self.client}: " if self.client else ""
+        if self.kind == "send":
+            how = "loaned" if a.get("loan") else "copied"
+            text = f"send {a['size']} B from {a.get('buf', 'anon')} ({how})"
+            if a.get("then"):
+                text += f" then {a['then']}"
+            if a.get("flip"):
+                text += " [model expects a flipped byte]"
+        elif self.kind == "map":
+            kind = "shared" if a.get("shared") else "private"
+            text = f"map {a['pages']} pages of a file {kind}, store" + (
+                ", msync" if a.get("msync") else ""
+            )
+        elif self.kind == "mlock":
+            text = f"mlock {a['pages']} pages" + (", send them" if a.get("send") else "")
+            text += ", munlock"
+        elif self.kind == "hog":
+            text = f"hog: touch {a['pages']} pages (pressure)"
+        elif self.kind == "wakeup":
+            text = "wake the page daemon (pd.wakeup)"
+        else:
+            text = f"{self.kind} {a}"
+        return who + text
+
+
+def _op_json(op: Op) -> dict[str, Any]:
+    return {"kind": op.kind, "args": dict(op.args)}
+
+
+@dataclass(frozen=True)
+class Workload:
+    ram: int
+    swap: int
+    features: tuple[str, ...]
+    link_bps: int
+    link_latency_us: int
+    clients: tuple[tuple[Op, ...], ...]
+
+    def __post_init__(self) -> None:
+        numbered = tuple(
+            tuple(op if op.client == i else Op(op.kind, op.args, i) for op in ops)
+            for i, ops in enumerate(self.clients, 1)
+        )
+        object.__setattr__(self, "clients", numbered)
+
+    def steps(self) -> list[str]:
+        """Readable, numbered: the machine first, then each client's operations."""
+        link = (
+            f"{self.link_bps / 1e6:g} Mbit/s, {self.link_latency_us} us"
+            if self.link_bps
+            else f"unthrottled, {self.link_latency_us} us"
+        )
+        out = [
+            f"1. boot: {self.ram // 1024} KiB RAM, {self.swap // 1024} KiB swap, link {link}"
+            f" [{', '.join(self.features)}]"
+        ]
+        for op in (op for ops in self.clients for op in ops):
+            out.append(f"{len(out) + 1}. {op}")
+        return out
+
+    def size(self) -> int:
+        return sum(len(ops) for ops in self.clients)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ram": self.ram,
+            "swap": self.swap,
+            "features": list(self.features),
+            "link_bps": self.link_bps,
+            "link_latency_us": self.link_latency_us,
+            "clients": [[_op_json(op) for op in ops] for ops in self.clients],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Workload:
+        return cls(
+            ram=int(d["ram"]),
+            swap=int(d["swap"]),
+            features=tuple(str(f) for f in d["features"]),
+            link_bps=int(d["link_bps"]),
+            link_latency_us=int(d["link_latency_us"]),
+            clients=tuple(
+                tuple(Op(str(o["kind"]), dict(o["args"])) for o in ops) for ops in d["clients"]
+            ),
+        )
+
+
+def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
+    return min(hi, max(lo, int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1))))))
+
+
+def _bytes(op: Op) -> int:
+    """The memory an op's process keeps mapped (a send's buffer, a mapping)."""
+    if op.kind == "send":
+        return -(-int(op.args["size"]) // PAGE_SIZE) * PAGE_SIZE
+    if op.kind in ("map", "mlock"):
+        return int(op.args["pages"]) * PAGE_SIZE
+    return 0
+
+
+def _op(rng: random.Random, feature: str, on: tuple[str, ...], ram: int) -> Op:
+    if feature in ("send_loan", "send_copy"):
+        loan = feature == "send_loan"
+        size = (
+            _log_uniform(rng, LOAN_THRESHOLD, MAX_SEND)
+            if loan
+            else _log_uniform(rng, 1, LOAN_THRESHOLD - 1)
+        )
+        bufs = ["anon"] + [
+            k for f, k in (("file_shared", "shared"), ("file_private", "private")) if f in on
+        ]
+        afters = [""] + [AFTER[f] for f in AFTER if f in on]
+        return Op(
+            "send",
+            {"size": size, "loan": loan, "buf": rng.choice(bufs), "then": rng.choice(afters)},
+        )
+    if feature in ("file_shared", "file_private"):
+        shared = feature == "file_shared"
+        return Op(
+            "map",
+            {"pages": rng.randint(1, 8), "shared": shared, "msync": shared and rng.random() < 0.5},
+        )
+    if feature == "mlock":
+        sends = "send_loan" in on or "send_copy" in on
+        return Op("mlock", {"pages": rng.randint(1, 4), "send": sends and rng.random() < 0.5})
+    if feature == "hog":
+        return Op("hog", {"pages": int(ram // PAGE_SIZE * rng.uniform(1.1, 1.5))})
+    assert feature == "pd_wakeup", feature
+    return Op("wakeup", {})
+
+
+def draw(rng: random.Random) -> Workload:
+    """A swarm workload (module doc): features first, then RAM, link and the clients' ops."""
+    on = tuple(f for f in FEATURES if rng.random() < 0.5)
+    if not any(f in OP_FEATURES for f in on):
+        extra = rng.choice(OP_FEATURES)
+        on = tuple(f for f in FEATURES if f in on or f == extra)
+    if "hog" in on and "small_ram" not in on:  # a hog of 8-16 MiB costs a second of faults
+        on = tuple(f for f in FEATURES if f in on or f == "small_ram")
+    ram = rng.randint(1, 4) * MIB if "small_ram" in on else rng.randint(8, 16) * MIB
+    if "slow_link" in on:
+        bps = rng.randint(1, 100) * 1_000_000
+        latency = rng.randint(0, 5000)
+    else:
+        bps, latency = 0, 0
+    makers = tuple(f for f in OP_FEATURES if f in on)
+    clients: list[tuple[Op, ...]] = []
+    for _ in range(rng.randint(2, 4)):
+        ops: list[Op] = []
+        for _ in range(rng.randint(1, 5)):
+            ops.append(_op(rng, rng.choice(makers), on, ram))
+            if ops[-1].kind == "hog":  # one hog per workload is pressure enough
+                makers = tuple(f for f in makers if f != "hog")
+            if not makers:
+                break
+        clients.append(tuple(ops))
+        if not makers:
+            break
+    # swap for the anonymous memory the clients keep besides RAM's worth (they exit last)
+    kept = sum(_bytes(op) for ops in clients for op in ops)
+    swap = 2 * ram + -(-kept // MIB) * MIB
+    return Workload(ram, swap, on, bps, latency, tuple(clients))
