@@ -182,8 +182,9 @@ class _Player:
         )
         async with ctx.wire:
             rx = asyncio.create_task(self.rx.run())
+            clients: list[asyncio.Task[None]] = []
             try:
-                clients = [
+                clients += [
                     asyncio.create_task(self.client(i, ops)) for i, ops in enumerate(w.clients, 1)
                 ]
                 await asyncio.wait(clients)
@@ -198,9 +199,10 @@ class _Player:
                     n = len(ctx.check.expected)
                     self.found.add("hang", f"{n} sends never arrived within {self.link_s():g} s")
                     return
-            finally:
-                rx.cancel()
-                await asyncio.gather(rx, return_exceptions=True)
+            finally:  # every task of the run ends here, also when play is interrupted
+                for t in (rx, *clients):
+                    t.cancel()
+                await asyncio.gather(rx, *clients, return_exceptions=True)
                 if rx.done() and not rx.cancelled() and rx.exception() is not None:
                     self.failed(rx.exception())  # type: ignore[arg-type]
         await self.final_checks()

@@ -48,6 +48,7 @@ from machine.client.errors import (
     MachinePanic,
     MachineStopped,
     MachineTimeout,
+    RequestError,
     reply_error,
 )
 from machine.client.process import File, Process
@@ -292,9 +293,7 @@ class GreenMachine:
     def _value(self, rep: Reply, expect: type[Any]) -> Any:
         if rep.status is Status.OK:
             if not isinstance(rep, expect):
-                raise reply_error(
-                    Reply(h=_H, status=Status.ERROR, errno=Errno.EBADMSG, detail="unexpected reply")
-                )
+                raise RequestError(Errno.EBADMSG, f"unexpected reply {type(rep).__name__}")
             return rep
         err = reply_error(rep)
         # EPANIC / ESHUTDOWN first, as Session._call: an access whose trap uvm answered
