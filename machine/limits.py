@@ -25,13 +25,21 @@ would exceed it gets an errno and changes nothing:
   wire_total   bytes of wire packets queued over every receiver
                (sessions and taps); beyond it the oldest packets
                of the largest queue are dropped (and counted)
+  record_events  inputs one role's flight recorder keeps; beyond
+               it the oldest go (machine.ipc.recorder)
+  record_bytes   bytes of message bodies one role's flight recorder
+               keeps (plus 256 per entry); beyond it the oldest go
+  record_body    bytes of one message body the recorder keeps (a
+               longer one keeps its first record_body bytes)
 
 The defaults are generous for every workload in this project (they are far
 above what the tests and clients use) and small enough that the kernel's
 bookkeeping stays within a few hundred MiB whatever clients do (16384
 processes of a few KiB each; maxentries map entries of about 140 bytes, up
 to about 800 with an amap holding anons: at most about 200 MiB; wire
-packets within wire_total however many sessions listen). `uvm-machine up --limit
+packets within wire_total however many sessions listen; each role's flight
+recorder within record_bytes plus 256 bytes per entry, about 58 MiB at the
+defaults). `uvm-machine up --limit
 NAME=VALUE` (repeatable; env UVM_MACHINE_LIMITS="procs=64,files=128") changes
 them; every role reads the same Limits (the ones it enforces).
 """
@@ -42,7 +50,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from machine.params import parse_quantity
+from machine.params import MAX_REQUEST_BYTES, parse_quantity
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,9 @@ class Limits:
     inflight_total: int = 16384
     wire_bytes: int = 16 << 20
     wire_total: int = 128 << 20
+    record_events: int = 100_000
+    record_bytes: int = 32 << 20
+    record_body: int = MAX_REQUEST_BYTES
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

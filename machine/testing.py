@@ -150,7 +150,9 @@ class SimMachine:
             pid=0,
             key=launcher.key,
         )
-        await sup.boot("inproc://supervisor/router", "inproc://supervisor/pub")
+        await sup.boot(
+            "inproc://supervisor/router", "inproc://supervisor/pub", "inproc://supervisor/kernel"
+        )
         sim = cls(transport, sup, launcher, ram)
         sim.state_dir = state_dir
         try:

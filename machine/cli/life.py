@@ -59,6 +59,7 @@ def cmd_up(a: argparse.Namespace) -> int:
                 lease_s=a.lease,
                 swap_bytes=a.swap or 0,
                 limits=a.limit,
+                record_dir=str(Path(a.record).resolve()) if a.record else "",
             )
         )
     except (LaunchError, OSError) as e:

@@ -22,7 +22,7 @@ from machine.cli.explore import add_parser as add_explore_parser
 from machine.cli.life import cmd_role, cmd_status, cmd_supervise, cmd_up
 from machine.cli.scenarios import cmd_matrix, cmd_scenario
 from machine.cli.stress import add_parser as add_stress_parser
-from machine.cli.tools import cmd_panic, cmd_ping, cmd_profile
+from machine.cli.tools import cmd_dump, cmd_panic, cmd_ping, cmd_profile
 from machine.config import env
 from machine.profile import DEFAULT_PROFILE
 from machine.roles import ROLE_NAMES
@@ -35,6 +35,7 @@ status     attach and show roles, frames and counters
 role       run one role on its own (docker compose)
 supervise  supervise roles someone else runs (docker compose)
 panic      make a role panic through its kernel endpoint (kernel debugger)
+dump       dump the live machine: every role's state and flight recorder (kernel debugger)
 profile    list profiles or show one's knobs
 ping       exit 0 if a role (or the supervisor) answers (healthchecks)
 scenario   run one scenario on a fresh machine and report its outcome
@@ -59,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
         "--endpoint",
         default=env("ENDPOINT", DEFAULT_ENDPOINT),
         help="attach endpoint (tcp://HOST:PORT, port 0 or * = any; or ipc://PATH)",
+    )
+    p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="when the machine stops, write a dump with every role's flight recorder to DIR "
+        "(after a panic: the crash dump)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(fn=cmd_up)
@@ -91,6 +98,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="state directory of a machine started with `up`")
     fixed_args(p)
     p.set_defaults(fn=cmd_panic)
+
+    p = sub.add_parser("dump", help="dump the live machine (every role's flight recorder)")
+    p.add_argument("--state", help="state directory of a machine started with `up`")
+    p.add_argument("--reason", default="live", help="said in the dump")
+    p.add_argument("--out", metavar="FILE", help="also copy the dump here")
+    p.add_argument("--timeout", type=float, default=60.0)
+    fixed_args(p)
+    p.set_defaults(fn=cmd_dump)
 
     p = sub.add_parser("ping", help="exit 0 if the role answers (healthchecks)")
     p.add_argument("role", choices=(*ROLE_NAMES, "supervisor"))

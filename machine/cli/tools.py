@@ -1,10 +1,13 @@
-"""Operator tools: `panic` and `ping` (the kernel debugger's requests) and `profile`.
+"""Operator tools: `panic`, `ping` and `dump` (the kernel debugger's requests), `profile`.
 
 `panic` and `ping` send one request to a role's kernel endpoint, found in
 <state>/machine.json under `up` or at the fixed layout (compose); `ping
 supervisor` asks the supervisor's attach endpoint, unsigned, as no session.
-Exit codes: `ping` 0 if the role answered OK, 1 otherwise; `panic` 0 once the
-role answered (its reply printed); `profile show` 2 for an unknown profile.
+`dump` asks the supervisor's kernel endpoint for ctl.dumpsys: a dump of the
+live machine with every flight recorder (machine.dumpfile), the machine
+running on. Exit codes: `ping` 0 if the role answered OK, 1 otherwise;
+`panic` 0 once the role answered (its reply printed); `dump` 0 and the dump's
+path, 1 if none could be written; `profile show` 2 for an unknown profile.
 """
 
 from __future__ import annotations
@@ -37,10 +40,44 @@ async def _kernel_call(endpoint: str, req: Any, timeout_s: float, session: bool 
 
 
 def _kernel_endpoint(a: argparse.Namespace, role: str) -> str:
+    """A role's (or the supervisor's) kernel endpoint: from <state>/machine.json under
+    `up`, else the fixed layout."""
     if a.state:
         info = json.loads((Path(a.state) / "machine.json").read_text())
+        if role == "supervisor":
+            return str(info["supervisor"]["kernel"])
         return str(info["roles"][role]["kernel"])
     return fixed_layout(a.host, a.base_port, a.kernel_dir)[role]["kernel"]
+
+
+def cmd_dump(a: argparse.Namespace) -> int:
+    """A dump of the live machine (ctl.dumpsys): every role's state and flight recorder,
+    written by the supervisor into <state>/dump/ (and copied to --out). The machine runs
+    on. => 0 and the path on stdout; 1 when the machine could not dump."""
+    import shutil
+
+    from machine.ipc.peer import RemoteError
+    from machine.proto import CtlDumpsys, CtlDumpsysReply, Header
+
+    try:
+        ep = _kernel_endpoint(a, "supervisor")
+    except (OSError, ValueError, KeyError) as e:
+        print(f"uvm-machine dump: no machine to dump ({e!r})", file=sys.stderr)
+        return 1
+    req = CtlDumpsys(h=Header(msg_id=0, sender="", incarnation=0), reason=a.reason)
+    try:
+        rep = asyncio.run(_kernel_call(ep, req, a.timeout))
+    except RemoteError as e:
+        print(f"uvm-machine dump: {e}", file=sys.stderr)
+        return 1
+    if not isinstance(rep, CtlDumpsysReply):
+        print(f"uvm-machine dump: {rep.errno}: {rep.detail}", file=sys.stderr)
+        return 1
+    path = rep.path
+    if a.out:
+        path = str(shutil.copyfile(rep.path, a.out))
+    print(path)
+    return 0
 
 
 def cmd_panic(a: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -94,7 +94,10 @@ _REVOKED_RE = re.compile(r"was revoked by ([\w-]+): (\S+) \((.*)\)")
 
 
 class DeliveryLike(Protocol):
-    """One delivery of the bus's recording (machine.ipc.inmemory's Delivery)."""
+    """One delivery of the bus's recording (machine.ipc.inmemory's Delivery), or of a
+    dump's merged flight recorders (machine.explore.flight's, which also says `at`: the
+    role that received it, and has kind "int" for a role's internal event, whose data
+    is a dict of its fields)."""
 
     @property
     def t(self) -> float: ...
@@ -103,7 +106,7 @@ class DeliveryLike(Protocol):
     @property
     def endpoint(self) -> str: ...
     @property
-    def data(self) -> bytes: ...
+    def data(self) -> Any: ...  # bytes; an "int" entry's dict
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Arrow:
     count: int = 1  # folded repeats
     mark: int = 0  # the chain's step number (1, 2, ...); 0: not in the chain
     pos: int = 0  # position among the drawable arrows (gaps are measured in it)
+    note: dict[str, object] | None = None  # an internal event's fields (kind "int")
 
 
 @dataclass
@@ -169,6 +173,12 @@ def arrows_of(record: Sequence[DeliveryLike]) -> list[Arrow]:
         return sessions[incarnation]
 
     for i, d in enumerate(record):
+        if d.kind == "int":  # a role's internal event: a mark on its own lifeline
+            role = _role_of(d.endpoint)
+            note = dict(d.data) if isinstance(d.data, dict) else {}
+            out.append(Arrow(i, d.t, "int", role, role, str(note.get("what", "?")), None))
+            out[-1].note = note
+            continue
         m = _decode(d.kind, d.data)
         tag = tag_of(m) if m is not None else "?"
         server = _role_of(d.endpoint)
@@ -179,9 +189,12 @@ def arrows_of(record: Sequence[DeliveryLike]) -> list[Arrow]:
                 pending.setdefault((d.endpoint, m.h.msg_id), []).append(len(out))
         elif d.kind == "rep":
             a.src, a.dst = server, "?"
-            waiting = pending.get((d.endpoint, m.h.re)) if m is not None else None
+            waiting = pending.get((d.endpoint, m.h.re), []) if m is not None else []
+            at = getattr(d, "at", "")  # a flight record says who received the reply
+            mine = [k for k in waiting if out[k].src == at] if at else []
             if waiting:
-                a.request = waiting.pop(0)
+                a.request = (mine or waiting)[0]
+                waiting.remove(a.request)
                 a.dst = out[a.request].src
                 if out[a.request].tag in QUIET:
                     a.tag = out[a.request].tag + ".reply"  # ctl.ack.reply of ctl.halt: quiet

@@ -5,7 +5,8 @@ and take no lock, so they never queue behind work; ping answers EPANIC once
 the role has panicked, while dump, stats, hello and shutdown still work (the
 supervisor needs them). A role reports through three hooks it may override:
 counters() (ctl.stats, status), frames() (the frame census, uvm's) and
-dump_state() (what a crash dump holds of it).
+dump_state() (what a crash dump holds of it); ctl.dump with `flight` adds the
+role's flight recorder (machine.ipc.recorder).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import collections
 from typing import Any, ClassVar, TypeVar
 
+from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing
 from machine.kassert import KernelPanic
 from machine.proto import (
@@ -51,6 +53,7 @@ class CtlHandlers:
     stopped_by: str
     stopped: asyncio.Event
     trace: collections.deque[str]
+    recorder: FlightRecorder
 
     def reply(self, req: Request, cls: type[R], **fields: Any) -> R:
         raise NotImplementedError
@@ -105,6 +108,8 @@ class CtlHandlers:
             state["dump_error"] = repr(e)
         if self.timing is not None:
             state["timings"] = self.timing.drain()
+        if msg.flight:
+            state["flight"] = self.recorder.export(self.incarnation, self.pid)
         return self.reply(msg, CtlDumpReply, role=self.role, state=state)
 
     def on_halt(self, msg: CtlHalt) -> Reply:

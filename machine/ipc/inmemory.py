@@ -142,6 +142,8 @@ class MemConnection(Connection):
         self.last_reply = 0.0
         self.key_req = delivery_key(endpoint, "req")
         self.key_rep = delivery_key(endpoint, "rep")
+        bus.connections += 1
+        self.number = bus.connections  # the server's `conn` while it handles our request
 
     def send(self, data: bytes) -> None:
         self.last_request = self.bus.schedule_after(
@@ -214,6 +216,7 @@ class InMemoryTransport(Transport):
         self.delivered = 0  # requests handed to a server
         self.deliveries = 0  # requests, replies and events handed to their receivers
         self.dropped = 0
+        self.connections = 0  # connections made (each is numbered)
         self.trace: list[tuple[float, str, int]] | None = None
         self.record: list[Delivery] | None = [] if record else None
         self._digest = TraceDigest()
@@ -257,6 +260,7 @@ class InMemoryTransport(Transport):
         self.noted(conn.key_req, "req", conn.endpoint, data)
         if self.trace is not None:
             self.trace.append((asyncio.get_running_loop().time(), conn.endpoint, len(data)))
+        server.conn = conn.number
         out = server.handler(data)
         if out is None or isinstance(out, bytes):
             if out is not None:

@@ -12,11 +12,11 @@ arrives within the timeout. No call ever waits forever.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 from machine.ipc.auth import Mac
+from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing, now_ns
 from machine.ipc.transport import Clock, Connection, Transport
 from machine.proto import (
@@ -63,6 +63,9 @@ class Identity:
     A client session's identity also holds the session key: every request it
     sends is then signed (machine.ipc.auth). `become` turns the anonymous
     identity a client starts with (incarnation 0) into its session's.
+    `last_id` is the msg_id of the last header made (0: none yet); a role's flight
+    recorder (machine.ipc.recorder) notes it with each input, and records the replies
+    its peers receive (`recorder`, set by the role's Service; None for a client).
     """
 
     def __init__(
@@ -73,7 +76,8 @@ class Identity:
         self.clock = clock or Clock()
         self.key = key
         self._mac = Mac(key) if key is not None else None
-        self._ids = itertools.count(1)
+        self.last_id = 0
+        self.recorder: FlightRecorder | None = None
 
     def become(self, incarnation: int, key: bytes) -> None:
         self.incarnation, self.key, self._mac = incarnation, key, Mac(key)
@@ -84,8 +88,9 @@ class Identity:
         return body if self._mac is None else body + self._mac.tag(body)
 
     def header(self, re: int = 0) -> Header:
+        self.last_id += 1
         return Header(
-            msg_id=next(self._ids),
+            msg_id=self.last_id,
             sender=self.sender,
             incarnation=self.incarnation,
             re=re,
@@ -139,9 +144,17 @@ class Peer:
     #: costs two `is not None` tests per call.
     timing: ClassVar[Timing | None] = None
 
-    def __init__(self, ident: Identity, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        ident: Identity,
+        endpoint: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        label: str = "",
+    ):
         self.ident = ident
         self.endpoint = endpoint
+        #: How the flight recorder names this connection's replies ("uvm/kernel").
+        self.label = label or endpoint
         self.timeout_s = timeout_s
         self._conn: Connection | None = None
         self._pending: dict[int, asyncio.Future[Reply] | _Then] = {}
@@ -155,6 +168,9 @@ class Peer:
         return self
 
     def _on_reply(self, raw: bytes) -> None:
+        rec = self.ident.recorder
+        if rec is not None:
+            rec.record("rep", self.label, 0, raw)
         try:
             reply = decode_reply(raw)
         except Exception:

@@ -35,9 +35,10 @@ What happens to every incoming request, in order:
      handler, and counted (`check_errors`, with the traceback in the trace);
      the role serves on. Every request gets exactly one reply.
 
-The trace ring keeps the last TRACE_LEN lines, each cut to TRACE_LINE
-characters, and a panic message is cut to PANIC_LEN: nothing a client sends
-makes either grow with its input.
+Before step 1 the transport's callback records the request in the role's
+flight recorder (machine.ipc.recorder: bounded; replies its peers receive and
+events it subscribed to are recorded too). The trace (machine.ipc.tracering)
+and a panic message (cut to PANIC_LEN) never grow with a client's input.
 
 Control requests (ctl.*) are answered without touching role state or
 locks, so they never queue behind work.
@@ -56,7 +57,7 @@ import inspect
 import os
 import random
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 from machine.ipc import checks, eager, ids
@@ -64,9 +65,11 @@ from machine.ipc.auth import SessionAuth, new_machine_key
 from machine.ipc.ctl import CtlHandlers
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
 from machine.ipc.pending import Pending
+from machine.ipc.recorder import FlightRecorder
 from machine.ipc.tasks import TaskSet
 from machine.ipc.timing import Timing
-from machine.ipc.transport import Clock, Handler, Publisher, Server, Transport
+from machine.ipc.tracering import TraceRing
+from machine.ipc.transport import Clock, Handler, Publisher, Server, Subscription, Transport
 from machine.kassert import KernelPanic
 from machine.limits import Limits
 from machine.proto import (
@@ -96,26 +99,10 @@ from machine.proto import (
 
 R = TypeVar("R", bound=Reply)
 T = TypeVar("T")
-TRACE_LEN = 256
-TRACE_LINE = 256
 PANIC_LEN = 4096
 
 _PANIC_EXEMPT = (CtlPing, CtlDump, CtlShutdown, CtlHello, CtlStats)
 CTL_REQUESTS: tuple[type[Request], ...] = (*_PANIC_EXEMPT, CtlHalt, CtlKpanic)
-
-
-class TraceRing(collections.deque[str]):
-    """The role's trace: the last TRACE_LEN lines, each at most TRACE_LINE characters."""
-
-    def __init__(self) -> None:
-        super().__init__(maxlen=TRACE_LEN)
-
-    def append(self, line: str) -> None:
-        super().append(line if len(line) <= TRACE_LINE else line[: TRACE_LINE - 3] + "...")
-
-    def extend(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.append(line)
 
 
 def verb_of(cls: type[Request]) -> str:
@@ -160,6 +147,13 @@ class Service(CtlHandlers):
         self.incarnation = incarnation if incarnation is not None else ids.incarnation(rng)
         self.pid = pid if pid is not None else os.getpid()
         self.ident = Identity(self.role, self.incarnation, self.clock)
+        #: The flight recorder: every input in the order handled (machine.ipc.recorder).
+        self.recorder = self.ident.recorder = FlightRecorder.bounded(
+            self.role, self.ident, self.clock.now_s, self.limits
+        )
+        self._ep_kernel, self._ep_user = f"{self.role}/kernel", f"{self.role}/user"
+        self._kserver: Server | None = None
+        self._userver: Server | None = None
         self.state = "running"
         self.panic_message = ""
         #: When the supervisor's last ctl.ping arrived (clock seconds; None: never).
@@ -207,11 +201,11 @@ class Service(CtlHandlers):
             on_kernel = self.timing.wrap(self.role, on_kernel)
             on_user = self.timing.wrap(self.role, on_user)
         if kernel is not None:
-            ks = await self.transport.bind(kernel, on_kernel)
+            ks = self._kserver = await self.transport.bind(kernel, on_kernel)
             self._servers.append(ks)
             self.endpoints["kernel"] = ks.endpoint
         if user is not None:
-            us = await self.transport.bind(user, on_user, user=True)
+            us = self._userver = await self.transport.bind(user, on_user, user=True)
             self._servers.append(us)
             self.endpoints["user"] = us.endpoint
         self._pub = await self.transport.publisher(pub)
@@ -220,8 +214,21 @@ class Service(CtlHandlers):
 
     def peer(self, role: str, endpoint: str) -> Peer:
         """A channel to another role, named at build time and opened by connect()."""
-        self.peers[role] = Peer(self.ident, endpoint)
+        self.peers[role] = Peer(self.ident, endpoint, label=f"{role}/kernel")
         return self.peers[role]
+
+    async def subscribe(
+        self, role: str, endpoint: str, prefix: str, on_event: Callable[[bytes], None]
+    ) -> Subscription:
+        """Subscribe to `role`'s events at `endpoint`; each one delivered is recorded
+        (machine.ipc.recorder, kind "evt") before on_event sees it."""
+        rec, ep = self.recorder, f"{role}/pub"
+
+        def recorded(raw: bytes) -> None:
+            rec.record("evt", ep, 0, raw)
+            on_event(raw)
+
+        return await self.transport.subscribe(endpoint, prefix, recorded)
 
     async def connect(self) -> None:
         """Open the channels to the roles this one calls (machine.rolespec, step 2); a role
@@ -288,24 +295,31 @@ class Service(CtlHandlers):
     # -- dispatch -----------------------------------------------------------
 
     def _on_kernel(self, raw: bytes) -> bytes | Awaitable[bytes | None] | None:
+        self.recorder.record(
+            "req", self._ep_kernel, self._kserver.conn if self._kserver else 0, raw
+        )
         return self.handle(raw, Scope.KERNEL)
 
     def _on_user(self, raw: bytes) -> bytes | Awaitable[bytes | None] | None:
+        self.recorder.record("req", self._ep_user, self._userver.conn if self._userver else 0, raw)
         return self.handle(raw, Scope.USER)
 
     def handle(self, raw: bytes, endpoint: Scope) -> bytes | Awaitable[bytes | None] | None:
         """One request's bytes -> its reply's bytes (or an awaitable of them).
 
         A handler written as a plain function runs right here and its reply goes
-        back without creating a task; a coroutine handler runs as a task.
+        back without creating a task; a coroutine handler runs as a task. (The
+        transport's callbacks, _on_kernel and _on_user, record it first.)
         => never raises: every request gets a reply (steps 1-7 of the module), except a
            Notice that passed the checks (one-way: None).
         """
         try:
             checked = self._check(raw, endpoint)
         except Exception as e:
+            self.recorder.refused(raw)
             return encode(self._check_failed(raw, e))
         if isinstance(checked, Reply):
+            self.recorder.refused(raw)
             return encode(checked)
         msg, fn = checked
         if msg.notice:

@@ -22,6 +22,8 @@ Contract:
     of them (no task: the transport sends the bytes inside the handler that
     sets it), or None to send nothing. A handler never raises (the service
     layer guarantees it).
+    While the handler runs, the server's `conn` names the connection the request
+    came in on (a ZeroMQ ROUTER's routing id, the in-memory bus's connection number).
   * connect(endpoint, on_reply): `send(bytes)` queues one request without
     blocking; each reply's bytes are passed to `on_reply`, in arrival order.
   * Events are fire-and-forget: a subscriber that is late or slow may miss
@@ -40,6 +42,10 @@ OnBytes = Callable[[bytes], None]
 
 class Server(abc.ABC):
     endpoint: str  # the endpoint actually bound (wildcards resolved)
+    #: The connection the request being handled came in on, a number the transport
+    #: gives each sending socket (0: unknown). Valid only while the handler runs (the
+    #: flight recorder notes it: machine.ipc.recorder).
+    conn: int = 0
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -294,6 +294,7 @@ class ZmqServer(Server):
         if len(frames) != 2:
             return
         ident, payload = frames
+        self.conn = int.from_bytes(ident[-4:])  # libzmq's routing id: 0x00 + a uint32
         out = self._handler(payload)
         if out is None or isinstance(out, bytes):
             if out is not None:

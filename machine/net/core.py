@@ -55,6 +55,7 @@ class Net:
         ram: PhysMem | None,
         clock: Sleeper,
         log: Callable[[str], None] = lambda line: None,
+        note: Callable[..., None] | None = None,
     ) -> None:
         self.ops = ops
         self.knobs = knobs
@@ -68,7 +69,7 @@ class Net:
         self.wire = Wire(limits.wire_bytes, limits.wire_total, self.stats)
         self.driver = Driver(
             ops, ram, clock, self.wire.deliver, self.kva, self.pool, self.sockets, self.chan,
-            self.stats,
+            self.stats, note,
         )  # fmt: skip
         self.sosend = Sosend(
             ops, knobs, self.kva, self.pool, self.driver, self.sockets, self.chan, self.stats, log

@@ -73,6 +73,7 @@ class Driver:
         sockets: SocketTable,
         chan: WaitChannel,
         stats: dict[str, int] | None = None,
+        note: Callable[..., None] | None = None,
     ) -> None:
         self.ops = ops
         self.ram = ram
@@ -83,6 +84,9 @@ class Driver:
         self.sockets = sockets
         self.chan = chan  # woken after every mbuf sent (its socket has room again)
         self.stats = stats if stats is not None else new_stats()
+        #: The flight recorder's note (machine.ipc.recorder): each mbuf put on the wire,
+        #: after the link's delay (the timer that changes state here).
+        self.note: Callable[..., None] = note or (lambda what, **fields: None)
         self.bandwidth_bps = DEFAULT_BANDWIDTH_BPS
         self.latency_us = DEFAULT_LATENCY_US
         self.txq: asyncio.Queue[Mbuf] = asyncio.Queue()
@@ -213,6 +217,16 @@ class Driver:
                 await self.clock.sleep(delay)
             payload = await dma if dma is not None else mb.data
             so = mb.sock
+            self.note(
+                "tx",
+                session=so.session,
+                sock=so.id,
+                seq=mb.seq,
+                off=mb.off,
+                n=mb.length,
+                kva=mb.kva if mb.loaned else 0,
+                delay_us=round(delay * 1e6),
+            )
             self.deliver(
                 WirePacket(
                     session=so.session,

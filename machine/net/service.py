@@ -103,6 +103,7 @@ class NetService(Service):
             ram=ram,
             clock=self.clock,
             log=self.trace.append,
+            note=self.recorder.note,
         )
         self._uvm_sub: Subscription | None = None
         self._driver: asyncio.Task[None] | None = None
@@ -130,7 +131,7 @@ class NetService(Service):
 
     async def _watch(self, uvm_pub: str) -> None:
         """uvm.proc_exited (fast, may be lost) and the reconciler's uvm.owners (reliable)."""
-        self._uvm_sub = await self.transport.subscribe(uvm_pub, "uvm.proc_exited", self._on_uvm)
+        self._uvm_sub = await self.subscribe("uvm", uvm_pub, "uvm.proc_exited", self._on_uvm)
         self.spawn(self._reconciler(), "socket reconciler")
 
     def _start_driver(self) -> None:

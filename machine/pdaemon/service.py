@@ -148,7 +148,7 @@ class PdaemonService(Service):
     async def connect(self) -> None:
         """Open uvm and mmu, then wake on uvm.pressure."""
         await super().connect()
-        self._sub = await self.transport.subscribe(self.uvm_pub, "uvm.pressure", self._on_event)
+        self._sub = await self.subscribe("uvm", self.uvm_pub, "uvm.pressure", self._on_event)
 
     def _on_event(self, raw: bytes) -> None:
         try:
@@ -162,6 +162,7 @@ class PdaemonService(Service):
         self.stats["pdwoke"] += 1
         self.last_free = free
         self.trace.append(f"woke: {reason} free={free}")
+        self.recorder.note("woke", reason=reason, free=free)
         self.publish(PdWoke(h=self.event_header(), reason=reason, free=free))
         if self._running is not None and not self._running.done():
             self._again = True  # scan once more when this run ends
@@ -175,7 +176,9 @@ class PdaemonService(Service):
             for n in range(MAX_PASSES):
                 if self.state != "running":
                     return
+                self.recorder.note("pass", n=n, again=self._again)
                 out = await run_pass(ops, self.policy, self.profile.settings, again=n > 0)
+                self.recorder.note("pass done", n=n, **out)
                 for k, v in out.items():
                     self.stats[k] = self.stats.get(k, 0) + v
                 progress = sum(out.get(k, 0) for k in ("pddeact", "pdfreed", "pdpageouts"))

@@ -4,7 +4,7 @@ Who sends what:
   * clients: ctl.hello, ctl.ping, ctl.stats (any role), ctl.directory and
     ctl.status (supervisor).
   * supervisor: ctl.ping (heartbeat), ctl.dump, ctl.halt, ctl.shutdown.
-  * kernel debugger only (kernel endpoint): ctl.kpanic.
+  * kernel debugger only (kernel endpoint): ctl.kpanic; ctl.dumpsys (supervisor).
 Events: ctl.panic (a role panicked), ctl.role_started, ctl.role_missing,
 ctl.stopping (supervisor).
 """
@@ -133,13 +133,35 @@ class CtlDump(Request, frozen=True, kw_only=True, tag="ctl.dump"):
     """Ask a role for its state, as plain data, for a crash dump.
 
     => supervisor -> role (kernel endpoint). A panicked role still answers.
+    => flight (1.5): the state also holds the role's flight recorder (its inputs in
+       the order handled, bodies as bytes: machine.ipc.recorder), under "flight".
     Reply: CtlDumpReply.
     """
+
+    flight: bool = False
 
 
 class CtlDumpReply(Reply, frozen=True, kw_only=True, tag="ctl.dump.reply"):
     role: str = ""
     state: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CtlDumpsys(Request, frozen=True, kw_only=True, tag="ctl.dumpsys"):
+    """Write a dump of the live machine now, as a crash dump holds it (every role's state
+    and flight recorder, the supervisor's too), and go on running (NetBSD's dumpsys,
+    without the panic). (1.5)
+
+    => kernel debugger -> supervisor (its kernel endpoint: `uvm-machine dump`; the
+       stress harness, when a run finds corruption or frames not back).
+    => reason: said in the dump's header ("live", "corruption: ...").
+    Reply: CtlDumpsysReply with the dump's path (<state>/dump/live-*.json).
+    """
+
+    reason: ShortText = ""
+
+
+class CtlDumpsysReply(Reply, frozen=True, kw_only=True, tag="ctl.dumpsys.reply"):
+    path: str = ""
 
 
 class CtlHalt(Request, frozen=True, kw_only=True, tag="ctl.halt"):

@@ -30,7 +30,7 @@ event, through EPANIC replies, or (last resort) through its timeout.
 from __future__ import annotations
 
 import asyncio
-import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from machine.config import (
     HEARTBEAT_LIVENESS,
     PANIC_GRACE_S,
 )
+from machine.dumpfile import write_dump
 from machine.ipc.peer import Peer, RemoteError
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription, Transport
@@ -51,6 +52,8 @@ from machine.proto import (
     CtlDirectoryReply,
     CtlDump,
     CtlDumpReply,
+    CtlDumpsys,
+    CtlDumpsysReply,
     CtlHalt,
     CtlHello,
     CtlHelloReply,
@@ -79,6 +82,11 @@ _H = NO_HEADER
 EXIT_PANIC = 3
 
 
+def _copy_into(path: str, folder: str) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, folder)
+
+
 @dataclass
 class RoleHandle:
     role: str
@@ -94,7 +102,7 @@ class RoleHandle:
 
 class Supervisor(Service):
     role: ClassVar[str] = "supervisor"
-    serves: ClassVar[tuple[type[Request], ...]] = (CtlDirectory, CtlStatus)
+    serves: ClassVar[tuple[type[Request], ...]] = (CtlDirectory, CtlStatus, CtlDumpsys)
 
     def __init__(
         self,
@@ -107,6 +115,7 @@ class Supervisor(Service):
         lease_s: float,
         heartbeat_s: float = HEARTBEAT_INTERVAL_S,
         panic_grace_s: float = PANIC_GRACE_S,
+        record_dir: str = "",
         **kw: Any,
     ) -> None:
         super().__init__(transport, **kw)
@@ -123,23 +132,27 @@ class Supervisor(Service):
         self.panic_event: CtlPanic | None = None
         self.exit_status = 0
         self.dump_path = ""
+        #: `up --record DIR`: a dump is written there when the machine stops.
+        self.record_dir = record_dir
+        self._dumps = 0  # dumps written (numbers the live ones)
         self._shutting_down = False
 
     # -- boot -------------------------------------------------------------------
 
-    async def boot(self, router: str, pub: str) -> dict[str, str]:
-        """Bind the attach endpoint, start every role in order. => own endpoints."""
-        eps = await self.start(None, router, pub)
+    async def boot(self, router: str, pub: str, kernel: str | None = None) -> dict[str, str]:
+        """Bind the attach endpoint (and the kernel endpoint, for the kernel debugger's
+        ctl.dumpsys), start every role in order. => own endpoints."""
+        eps = await self.start(kernel, router, pub)
         for role in ROLE_NAMES:
             peers = {r: h.endpoints for r, h in self.roles.items()}
             info = await self.launcher.start(role, peers)
             endpoints = {k: info[k] for k in ("kernel", "user", "pub")}
-            peer = await Peer(self.ident, endpoints["kernel"]).open(self.transport)
+            peer = await Peer(self.ident, endpoints["kernel"], label=f"{role}/kernel").open(
+                self.transport
+            )
             hello = await peer.call_ok(CtlHello(h=_H), CtlHelloReply, timeout_s=10.0)
             h = RoleHandle(role, endpoints, hello.pid, hello.incarnation, peer)
-            h.sub = await self.transport.subscribe(
-                endpoints["pub"], "ctl.panic", self._on_role_event
-            )
+            h.sub = await self.subscribe(role, endpoints["pub"], "ctl.panic", self._on_role_event)
             self.roles[role] = h
             self.publish(
                 CtlRoleStarted(
@@ -161,6 +174,7 @@ class Supervisor(Service):
             self.spawn(self.machine_panic(ev.role, ev.message, ev.trace), "panic")
 
     def _role_exited(self, role: str, status: int | None) -> None:
+        self.recorder.note("role exited", role=role, status=status)
         h = self.roles.get(role)
         if h is not None:
             h.alive = False
@@ -192,6 +206,7 @@ class Supervisor(Service):
             rep = await h.peer.call(CtlPing(h=_H), timeout_s=self.heartbeat_s * 0.8)
         except RemoteError:
             h.credits -= 1
+            self.recorder.note("heartbeat missed", role=h.role, credits=h.credits)
             if h.credits < 0 and h.alive:
                 h.alive = False
                 reason = f"missed {HEARTBEAT_LIVENESS + 1} heartbeats"
@@ -222,7 +237,10 @@ class Supervisor(Service):
                 if r != role and h.alive
             )
         )
-        self.dump_path = await self._write_dump(role, message, trace)
+        self.recorder.note("panic", role=role, message=message[:400])
+        self.dump_path = await self.write_dump(
+            "crash", reason, {"role": role, "message": message, "trace": trace}
+        )
         self.panic_event = CtlPanic(
             h=self.event_header(), role=role, message=message, trace=trace, dump=self.dump_path
         )
@@ -241,27 +259,51 @@ class Supervisor(Service):
         except Exception as e:
             return e
 
-    async def _write_dump(self, role: str, message: str, trace: list[str]) -> str:
+    async def write_dump(
+        self, kind: str, reason: str, panic: dict[str, Any] | None = None, where: str = ""
+    ) -> str:
+        """Collect every reachable role's state and flight recorder (ctl.dump) and write
+        a dump (machine.dumpfile) to `where` or <state>/dump/. => its path ("" without a
+        state directory and `where`)."""
         states: dict[str, Any] = {}
+        flight: dict[str, dict[str, Any]] = {}
         for r, h in self.roles.items():
             if not h.alive:
                 states[r] = {"state": "dead"}
                 continue
-            rep = await self._quiet(h.peer.call(CtlDump(h=_H), timeout_s=2.0))
-            states[r] = rep.state if isinstance(rep, CtlDumpReply) else {"unreachable": repr(rep)}
-        dump = {
-            "panic": {"role": role, "message": message, "trace": trace},
+            rep = await self._quiet(h.peer.call(CtlDump(h=_H, flight=True), timeout_s=10.0))
+            if isinstance(rep, CtlDumpReply):
+                states[r] = dict(rep.state)
+                if isinstance(f := states[r].pop("flight", None), dict):
+                    flight[r] = f
+            else:
+                states[r] = {"unreachable": repr(rep)}
+        flight[self.role] = self.recorder.export(self.incarnation, self.pid)
+        folder = Path(where) if where else Path(self.state_dir) / "dump" if self.state_dir else None
+        if folder is None:
+            return ""
+        self._dumps += 1
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        who = panic["role"] if panic else f"{self._dumps}"
+        path = folder / f"{kind}-{stamp}-{who}-{self.incarnation:x}.json"
+        doc = {
+            "kind": kind,
+            "reason": reason,
+            "panic": panic,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "profile": self.profile,
+            "machine": {
+                "nframes": self.nframes,
+                "lease_s": self.lease_s,
+                "incarnation": self.incarnation,
+                "state": self.machine_state,
+            },
             "roles": states,
         }
-        if not self.state_dir:
-            return ""
-        d = Path(self.state_dir) / "dump"
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{role}-{self.incarnation:x}.json"
-        path.write_text(json.dumps(dump, indent=1, default=str))
-        return str(path)
+        # Written here, not in a thread: a simulated machine's virtual clock would run on
+        # while a thread writes (a run must be a function of its seed). A large dump
+        # holds the loop for a moment; the machine is halted, or a person asked for it.
+        return str(write_dump(path, doc, flight))
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -273,6 +315,9 @@ class Supervisor(Service):
         if self.machine_state != "panicked":
             self.machine_state = "stopping"
         self.publish(CtlStopping(h=self.event_header(), reason=reason))
+        self.recorder.note("stopping", reason=reason[:400])
+        if self.record_dir:
+            await self._record(reason)
         for role in reversed(ROLE_NAMES):
             h = self.roles.get(role)
             if h is None:
@@ -287,6 +332,16 @@ class Supervisor(Service):
         self.exit_status = status or self.exit_status
         self.machine_state = "stopped"
         self.stopped.set()
+
+    async def _record(self, reason: str) -> None:
+        """`up --record DIR`: the crash dump, or a dump written now, kept in DIR."""
+        try:
+            if self.dump_path:
+                _copy_into(self.dump_path, self.record_dir)
+            else:
+                await self.write_dump("stop", reason, where=self.record_dir)
+        except OSError as e:
+            self.trace.append(f"record to {self.record_dir} failed: {e}")
 
     async def close(self) -> None:
         for h in self.roles.values():
@@ -351,6 +406,14 @@ class Supervisor(Service):
             state=self.machine_state,
             panic=self.panic_message,
         )
+
+    async def on_dumpsys(self, msg: CtlDumpsys) -> Reply:
+        """A dump of the live machine (kernel endpoint: `uvm-machine dump`)."""
+        if not self.state_dir:
+            raise UserError(Errno.ENOENT, "this machine has no state directory to dump into")
+        self.recorder.note("dumpsys", reason=msg.reason[:400])
+        path = await self.write_dump("live", msg.reason or "live")
+        return self.reply(msg, CtlDumpsysReply, path=path)
 
     def counters(self) -> dict[str, int]:
         return {"roles": len(self.roles)}

@@ -128,16 +128,19 @@ def early_signals() -> list[int]:
 async def _serve(
     sup: Supervisor,
     launcher: Launcher,
-    router: str,
-    pub: str,
+    binds: dict[str, str],
     state: Path,
     ram: Ram,
     on_ready: Callable[[str], None],
     early: list[int] | None = None,
 ) -> int:
+    """Boot `sup` at `binds` (router, pub, kernel), write machine.json, serve until it
+    stops. => its exit status."""
     loop = asyncio.get_running_loop()
     tasks = TaskSet()  # the boot, awaited below (its exception is ours), ended in `finally`
-    booting = tasks.spawn(sup.boot(router, pub), "boot", report=False)
+    booting = tasks.spawn(
+        sup.boot(binds["router"], binds["pub"], binds.get("kernel")), "boot", report=False
+    )
     if early:
         booting.cancel()  # a signal arrived while the machine was being set up
 
@@ -162,6 +165,7 @@ async def _serve(
             "ram": {"name": ram.name, "bytes": ram.size},
             "roles": {r: {"pid": h.pid, **h.endpoints} for r, h in sup.roles.items()},
             "supervisor_pid": os.getpid(),
+            "supervisor": {"kernel": sup.endpoints.get("kernel", "")},
         }
         (state / "machine.json").write_text(json.dumps(info, indent=1))
         on_ready(eps["user"])
@@ -192,11 +196,14 @@ async def run_up(
     swap_bytes: int = 0,
     limits: Limits | None = None,
     temp_state: bool = False,
+    record_dir: str = "",
 ) -> int:
     """Boot supervisor + four role processes; serve until a signal or a panic. => status.
 
     => `temp_state`: state_dir is a temporary one of the caller's (removed at exit
        unless it holds a dump); roles orphaned by this process's death remove it.
+    => `record_dir`: when the machine stops, a dump with every flight recorder is
+       written there (the crash dump is copied there after a panic).
     """
     early = early_signals()
     prepare_state(state_dir)
@@ -233,11 +240,14 @@ async def run_up(
             lease_s=lease_s,
             heartbeat_s=heartbeat_s,
             panic_grace_s=panic_grace_s,
+            record_dir=record_dir,
+            limits=limits,
             rng=random.Random(),
             key=key,
         )
-        pub = local_binds(endpoint, run_dir)("supervisor")["pub"]
-        return await _serve(sup, launcher, endpoint, pub, state_dir, ram, on_ready, early)
+        own = local_binds(endpoint, run_dir)("supervisor")
+        binds = {"router": endpoint, "pub": own["pub"], "kernel": own["kernel"]}
+        return await _serve(sup, launcher, binds, state_dir, ram, on_ready, early)
     finally:
         await transport.close()
         ram.close()
@@ -286,10 +296,7 @@ async def run_external(
             rng=rng,
             key=key,
         )
-        bind = layout["supervisor"]
-        return await _serve(
-            sup, launcher, bind["router"], bind["pub"], state_dir, ram, on_ready, early
-        )
+        return await _serve(sup, launcher, layout["supervisor"], state_dir, ram, on_ready, early)
     finally:
         await transport.close()
         ram.close()

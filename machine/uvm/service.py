@@ -168,6 +168,7 @@ class UvmService(Service):
             rules=self.profile.rules,
             targets=targets(settings.pd_policy, ram.nframes),
             on_pressure=self._pressure,
+            note=self.recorder.note,
             diagnostic=settings.diagnostic,
             limits=self.limits,
         )
@@ -246,6 +247,7 @@ class UvmService(Service):
         if not idle:
             return False
         _, sid = min(idle)
+        self.recorder.note("session reclaimed", session=sid)
         del self.sessions[sid]
         self.auth.forget(sid)
         vm.stats.sessreclaimed += 1
@@ -257,6 +259,7 @@ class UvmService(Service):
             now = self.clock.now_s()
             for session, seen in list(self.sessions.items()):
                 if now - seen > self.lease_s:
+                    self.recorder.note("lease reap", session=session, silent_s=now - seen)
                     del self.sessions[session]
                     self.auth.forget(session)
                     await self._end_session(session, "reaped: client lease expired")
@@ -318,6 +321,7 @@ class UvmService(Service):
         return self.ack(msg)
 
     async def _oom_kill(self, asid: int, owner: int) -> None:
+        self.recorder.note("oom kill", asid=asid, session=owner)
         try:
             await mmap.exit(self.vm, asid, owner, reason="killed: out of memory")
         except UserError:

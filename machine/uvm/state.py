@@ -65,6 +65,10 @@ class VmSpace:
     dead: bool = False
 
 
+def _no_note(what: str, **fields: object) -> None:
+    """A flight recorder's note when there is none (a core built alone)."""
+
+
 class Uvm:
     """The machine-independent VM state of the whole machine."""
 
@@ -80,9 +84,11 @@ class Uvm:
         on_pressure: Callable[[int], None] | None = None,
         diagnostic: bool = True,
         limits: Limits | None = None,
+        note: Callable[..., None] | None = None,
     ) -> None:
         """rules: the era's decisions (machine.rules); targets: the page daemon's policy's
-        (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure."""
+        (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure; note: the
+        role's flight recorder's note (machine.ipc.recorder), for timers that change state."""
         self.ram = ram
         self.limits = limits or Limits()
         self.nprocs: collections.Counter[int] = collections.Counter()  # session -> spaces
@@ -104,6 +110,7 @@ class Uvm:
         self._ids = itertools.count(1)
         self._handle_ids = itertools.count(3)
         self._on_pressure = on_pressure
+        self.note: Callable[..., None] = note or _no_note
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
@@ -175,6 +182,7 @@ class Uvm:
                 idle = 0
             except TimeoutError:
                 idle += 1
+                self.note("alloc wait timeout", who=who, waits=idle, free=self.pages.free.count)
 
     def busy(self, pfn: int) -> None:
         kassert(not self.pages.flags[pfn] & PageFlag.BUSY, "page %d already busy", pfn)

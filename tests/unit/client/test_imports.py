@@ -19,7 +19,16 @@ ROOT = Path(__file__).resolve().parents[3] / "machine"
 ORDERS = {
     "client": ("errors", "feed", "session", "process", "wire", "machine", "__init__"),
     "cli": ("args", "life", "tools", "scenarios", "stress", "explore", "parser", "__init__"),
-    "explore": ("workload", "run", "shrink", "explore", "sequence", "diagram", "__init__"),
+    "explore": (
+        "workload",
+        "run",
+        "shrink",
+        "explore",
+        "sequence",
+        "diagram",
+        "flight",
+        "__init__",
+    ),
     "stress": (
         "outcome",
         "model",

@@ -12,7 +12,8 @@ import pytest
 
 from machine.ipc.auth import REPLAY_WINDOW, TAG_LEN, SessionAuth, session_key, sign
 from machine.ipc.inmemory import InMemoryTransport
-from machine.ipc.service import PANIC_LEN, TRACE_LEN, TRACE_LINE, Service
+from machine.ipc.service import PANIC_LEN, Service
+from machine.ipc.tracering import TRACE_LEN, TRACE_LINE
 from machine.kassert import KernelPanic
 from machine.limits import Limits
 from machine.proto import (

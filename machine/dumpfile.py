@@ -1,0 +1,76 @@
+"""The dump file: what a crash dump, a live dump and `up --record` write, and how to read one.
+
+A dump is one JSON object:
+
+  kind     "crash" (a panic), "live" (ctl.dumpsys: `uvm-machine dump`, a stress run's
+           corruption or frames not back) or "stop" (`up --record DIR` at a clean stop)
+  reason   why it was written (the panic's words, "live", "corruption: ...")
+  panic    {role, message, trace} for a crash, else null
+  time     UTC, ISO 8601; profile; machine: {nframes, lease_s, incarnation}
+  roles    {role: that role's ctl.dump state} (counters, trace tail, page tables, ...)
+  flight   {role: its flight recorder's export} (machine.ipc.recorder; the supervisor's
+           too), each body as {"b64": ...}
+
+Everything but `flight` is written indented (a person reads it); `flight` is written
+compact on one line (it is most of the bytes: up to record_bytes per role). read_dump()
+gives the flight recorders back with their bodies as bytes.
+
+Invariants: write_dump writes the whole file or nothing under its name (a temporary
+file renamed into place), so a reader never sees half a dump; read_dump accepts every
+dump this project wrote, also one without `flight` (written before the recorder), and
+raises DumpError (never KeyError or a JSON error) for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from machine.ipc.recorder import from_json, to_json
+
+#: The placeholder the flight recorders' compact JSON replaces.
+_FLIGHT_MARK = '"@@flight@@"'
+KINDS = ("crash", "live", "stop")
+
+
+class DumpError(ValueError):
+    """Not a dump this project can read."""
+
+
+def write_dump(path: Path, doc: dict[str, Any], flight: dict[str, dict[str, Any]]) -> Path:
+    """Write `doc` (kind, reason, panic, roles, ...) and the flight recorders (bodies as
+    bytes) to `path` as one JSON object. => path."""
+    head = json.dumps({**doc, "flight": "@@flight@@"}, indent=1, default=str)
+    body = json.dumps({r: to_json(e) for r, e in flight.items()}, separators=(",", ":"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        i = head.rindex(_FLIGHT_MARK)  # `flight` is the last key
+        f.write(head[:i])
+        f.write(body)
+        f.write(head[i + len(_FLIGHT_MARK) :])
+    os.replace(tmp, path)
+    return path
+
+
+def read_dump(path: str | Path) -> dict[str, Any]:
+    """A dump, its flight recorders' bodies as bytes again. => DumpError if it is none."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise DumpError(f"{path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise DumpError(f"{path}: not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("roles"), dict):
+        raise DumpError(f"{path}: not a uvm-machine dump (no roles)")
+    flight = doc.get("flight") or {}
+    if not isinstance(flight, dict):
+        raise DumpError(f"{path}: its flight recorders are not an object")
+    try:
+        doc["flight"] = {r: from_json(e) for r, e in flight.items()}
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise DumpError(f"{path}: a flight recorder does not read: {e!r}") from None
+    doc.setdefault("kind", "crash" if doc.get("panic") else "live")
+    return doc
