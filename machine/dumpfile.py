@@ -6,7 +6,8 @@ A dump is one JSON object:
            corruption or frames not back) or "stop" (`up --record DIR` at a clean stop)
   reason   why it was written (the panic's words, "live", "corruption: ...")
   panic    {role, message, trace} for a crash, else null
-  time     UTC, ISO 8601; profile; machine: {nframes, lease_s, incarnation}
+  time     UTC, ISO 8601; profile (its name or file) and knobs (its values: a replay
+           rebuilds it without the file); machine: {nframes, lease_s, incarnation, state}
   roles    {role: that role's ctl.dump state} (counters, trace tail, page tables, ...)
   flight   {role: its flight recorder's export} (machine.ipc.recorder; the supervisor's
            too), each body as {"b64": ...}

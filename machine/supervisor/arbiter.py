@@ -46,6 +46,7 @@ from machine.ipc.peer import Peer, RemoteError
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription, Transport
 from machine.params import PAGE_SIZE
+from machine.profile import ProfileError, load_profile
 from machine.proto import (
     NO_HEADER,
     CtlDirectory,
@@ -80,6 +81,14 @@ from machine.supervisor.launcher import Launcher
 
 _H = NO_HEADER
 EXIT_PANIC = 3
+
+
+def _knobs(profile: str) -> dict[str, Any]:
+    """The profile's knobs as the machine runs them (a dump replays without its file)."""
+    try:
+        return dict(load_profile(profile).knobs)
+    except ProfileError:
+        return {}
 
 
 def _copy_into(path: str, folder: str) -> None:
@@ -292,6 +301,7 @@ class Supervisor(Service):
             "panic": panic,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "profile": self.profile,
+            "knobs": _knobs(self.profile),
             "machine": {
                 "nframes": self.nframes,
                 "lease_s": self.lease_s,
