@@ -18,6 +18,7 @@ from machine.cli.args import (
     machine_args,
     profile,
 )
+from machine.cli.explain import add_parser as add_explain_parser
 from machine.cli.explore import add_parser as add_explore_parser
 from machine.cli.life import cmd_role, cmd_status, cmd_supervise, cmd_up
 from machine.cli.scenarios import cmd_matrix, cmd_scenario
@@ -43,6 +44,7 @@ matrix     run every scenario under every profile: outcome, expected, pass/fail
 stress     run the Locust stress harness (verified users, VM metrics, a nemesis)
 explore    seeded swarm exploration of the in-process machine: failures, shrunk, replayable
 replay     replay one exploration run exactly (outcome, message, trace hash; --html diagram)
+explain    explain a dump's failure from its flight recorders (chain, page, writer, leak)
 """
 
 
@@ -140,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_stress_parser(sub)
     add_explore_parser(sub)
+    add_explain_parser(sub)
     return ap
 
 

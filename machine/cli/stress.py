@@ -259,7 +259,7 @@ def _stress(a: argparse.Namespace) -> int:
     report.mkdir(parents=True, exist_ok=True)
     (report / "summary.json").unlink(missing_ok=True)
     booted: _Booted | None = None
-    keep_state = False  # a panic's dump lives in the state dir: never removed then
+    keep_state = False  # a dump (a panic's, a corruption's, a leak's) lives in the state dir
     try:
         if a.endpoint:
             host, state_arg = a.endpoint, (str(state) if a.state else "")
@@ -290,8 +290,15 @@ def _stress(a: argparse.Namespace) -> int:
             else round(machine_cpu / ops * 1e6, 1),
         }
         summary["flags"] = {**summary.get("flags", {}), "workers": a.workers, "ram": a.ram}
+        if int(summary.get("exit_status", code)) != 0 and summary.get("dump"):
+            if temp_report:  # no report to keep it in: the state dir keeps it
+                summary["explain"] = f"uvm-machine explain {summary['dump']}"
+                summary["replay"] = f"uvm-machine replay --from-dump {summary['dump']}"
+            else:
+                _evidence(summary, report)
         path.write_text(json.dumps(summary, indent=1) + "\n")
-        keep_state = summary.get("panic") is not None
+        # a dump lives in the state dir: never removed then
+        keep_state = summary.get("panic") is not None or summary.get("dump") is not None
         _print(summary, report, a.json, temp_report)
         return int(summary.get("exit_status", code))
     except RuntimeError as e:
@@ -303,11 +310,48 @@ def _stress(a: argparse.Namespace) -> int:
         if temp_state and (a.endpoint or not keep_state):
             shutil.rmtree(state, ignore_errors=True)  # attached: an unused temporary dir
         elif keep_state and temp_state:
-            print(
-                f"uvm-machine stress: state (with the crash dump) kept in {state}", file=sys.stderr
-            )
+            print(f"uvm-machine stress: state (with the dump) kept in {state}", file=sys.stderr)
         if temp_report:
             shutil.rmtree(report, ignore_errors=True)
+
+
+def _evidence(summary: dict[str, Any], report: Path) -> None:
+    """A run whose verdict is not 0: its dump (with every flight recorder) is copied into
+    the report as dump.json, explained into explain.html, linked from report.html; the
+    summary gains the `explain` and `replay` commands (or `evidence_error`)."""
+    from machine.dumpfile import DumpError, read_dump
+    from machine.explore.explain import explain
+
+    dump = report / "dump.json"
+    try:
+        shutil.copyfile(summary["dump"], dump)
+        ex = explain(read_dump(dump), str(dump))
+        (report / "explain.html").write_text(ex.html(f"{ex.outcome}: the stress run's dump"))
+    except (OSError, DumpError) as e:
+        summary["evidence_error"] = f"{type(e).__name__}: {e}"
+        return
+    summary["explain"] = f"uvm-machine explain {dump} --html {report / 'explain.html'}"
+    summary["replay"] = f"uvm-machine replay --from-dump {dump}"
+    summary["explained"] = {k: ex.to_json()[k] for k in ("outcome", "revoker", "caption", "page")}
+    html = report / "report.html"
+    if html.exists():
+        text = html.read_text()
+        link = (
+            '<p id="uvm-explain" style="padding:12px 16px;margin:0;background:#fbeaea;'
+            'font:15px sans-serif"><b>Why this run failed:</b> <a href="explain.html">the '
+            f"explain page</a> ({_esc(ex.caption or ex.outcome)}) &middot; the dump: "
+            '<a href="dump.json">dump.json</a> &middot; replay it in the simulator: '
+            "<code>uvm-machine replay --from-dump dump.json</code></p>"
+        )
+        at = text.find("<body")
+        at = text.find(">", at) + 1 if at >= 0 else 0
+        html.write_text(text[:at] + link + text[at:])
+
+
+def _esc(text: str) -> str:
+    import html
+
+    return html.escape(text[:300], quote=True)
 
 
 def _print(summary: dict[str, Any], report: Path, as_json: bool, temp: bool) -> None:
@@ -329,6 +373,9 @@ def _print(summary: dict[str, Any], report: Path, as_json: bool, temp: bool) -> 
         )
     if not temp:
         lines.append(f"report: {report}")
+    if summary.get("explain"):
+        lines.append(f"explain: {summary['explain']}")
+        lines.append(f"replay: {summary['replay']}")
     print("\n".join(lines), file=sys.stderr if as_json else sys.stdout, flush=True)
     if as_json:
         print(json.dumps(summary), flush=True)

@@ -32,9 +32,11 @@ from typing import Protocol
 from machine.explore.sequence import (
     ROLE_LANES,
     Arrow,
+    Chain,
     DeliveryLike,
     arrows_of,
     find_chain,
+    fold_clients,
     select,
     short_why,
 )
@@ -132,6 +134,11 @@ def label(m: Msg | None) -> str:
     return " ".join(parts + lists)
 
 
+def note_label(note: dict[str, object]) -> str:
+    """A role's internal event (a flight recorder's note) in a few words."""
+    return " ".join(f"{k}={_value(k, v)}" for k, v in note.items() if k != "what")
+
+
 # -- drawing --------------------------------------------------------------------------------
 
 LANE_W, LEFT, TOP, ROW, RIGHT = 190, 96, 64, 26, 260
@@ -193,7 +200,7 @@ def _lanes(shown: list[Arrow]) -> list[str]:
     return [*clients, *ROLE_LANES, *others]
 
 
-def svg(shown: list[Arrow]) -> str:
+def svg(shown: list[Arrow], time_label: str = "virtual ms") -> str:
     """The sequence diagram of the selected arrows (time runs down, one row per arrow)."""
     lanes = _lanes(shown)
     x = {name: LEFT + LANE_W * k + LANE_W // 2 for k, name in enumerate(lanes)}
@@ -219,7 +226,7 @@ def svg(shown: list[Arrow]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="sequence diagram">'
         f"<defs>{_marker('ah', GREY, 7)}{_marker('ahc', RED, 4)}</defs>"
-        + _text(4, TOP - 21, "virtual ms", "t")
+        + _text(4, TOP - 21, _esc(time_label, 20), "t")
         + "".join(head)
         + "".join(rows)
         + "</svg>"
@@ -230,8 +237,10 @@ def _row(a: Arrow, x: dict[str, int], y: int) -> str:
     """One arrow (or an event's diamond) with its label, time and, in the chain, its number."""
     chain = a.mark > 0
     colour, width, head = (RED, 3.5, "ahc") if chain else (GREY, 1.4, "ah")
-    words = f"{a.tag} {_TIMES}{a.count}" if a.count > 1 else f"{a.tag} {label(a.msg)}".strip()
-    tip = _esc(f"#{a.index} t={a.t * 1e3:.3f} ms {a.src} -> {a.dst}: {a.msg!r}", 800)
+    said = label(a.msg) if a.note is None else note_label(a.note)
+    words = f"{a.tag} {_TIMES}{a.count}" if a.count > 1 else f"{a.tag} {said}".strip()
+    what = repr(a.msg) if a.note is None else repr(a.note)
+    tip = _esc(f"#{a.index} t={a.t * 1e3:.3f} ms {a.src} -> {a.dst}: {what}", 800)
     out = [f'<g class="{"chain" if chain else "m"}"><title>{tip}</title>']
     out.append(_text(4, y + 4, f"{a.t * 1e3:.3f}", "t"))
     if chain:
@@ -262,11 +271,23 @@ def _row(a: Arrow, x: dict[str, int], y: int) -> str:
     return "".join(out)
 
 
-def render_html(result: ResultLike, workload: WorkloadLike, title: str) -> str:
-    """A standalone HTML page: the outcome, the chain in words, the steps, the diagram."""
+def render_html(
+    result: ResultLike,
+    workload: WorkloadLike,
+    title: str,
+    *,
+    chain: Chain | None = None,
+    steps_heading: str = "The run's steps",
+    time_label: str = "virtual ms",
+    hash_label: str = "trace hash",
+) -> str:
+    """A standalone HTML page: the outcome, the chain in words, the steps, the diagram.
+    `chain`: the arrows to mark (default: find_chain's, from the outcome and message)."""
     record = result.record or []
     arrows = arrows_of(record)
-    chain = find_chain(arrows, result.outcome, result.message)
+    if chain is None:
+        chain = find_chain(arrows, result.outcome, result.message)
+    fold_clients(arrows, chain)
     shown = select(arrows, chain)
     bad = " bad" if result.outcome != "ok" else ""
     parts = [
@@ -281,19 +302,20 @@ def render_html(result: ResultLike, workload: WorkloadLike, title: str) -> str:
         parts += [f"<li>{_esc(s, 400)}</li>" for s in chain.steps]
         parts.append("</ol>")
     revoker = result.revoker or (chain.revoker if chain is not None else "")
-    facts = [("trace hash", result.trace_hash), ("deliveries", str(len(record)))]
+    facts = [(hash_label, result.trace_hash), ("deliveries", str(len(record)))]
     facts += [("revoker", revoker)] if revoker else []
     parts.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{_esc(v, 200)}</dd>" for k, v in facts))
     steps = workload.steps()
-    parts.append('</dl><h2>The run\'s steps</h2><ol class="steps">')
+    parts.append(f'</dl><h2>{_esc(steps_heading, 80)}</h2><ol class="steps">')
     parts += [f"<li>{_esc(s, 300)}</li>" for s in steps[:200]]
     if len(steps) > 200:
         parts.append(f"<li>… {len(steps) - 200} more</li>")
     heading = "The messages that led there" if chain is not None else "The last messages"
     legend = _LEGEND.replace("{chain}", _LEGEND_CHAIN if chain is not None else "")
+    legend = legend.replace("(virtual ms, left)", f"({_esc(time_label, 20)}, left)")
     parts.append(f"</ol><h2>{heading}</h2>{legend}")
     if shown:
-        parts.append(svg(shown))
+        parts.append(svg(shown, time_label))
     else:
         parts.append("<p>No messages were recorded for this run (replay it to record them).</p>")
     parts.append("</body></html>")

@@ -73,6 +73,8 @@ from machine.proto import (
 
 #: Arrows shown before the failure (the chain's are added wherever they lie).
 MAX_ARROWS = 120
+#: Client lifelines drawn at most (fold_clients: the others share one).
+MAX_CLIENT_LANES = 3
 #: Lifelines always drawn, in this order after the clients'.
 ROLE_LANES = ("mmu", "uvm", "pdaemon", "net")
 #: Lifelines folded away: their messages are not drawn.
@@ -292,6 +294,14 @@ def find_chain(arrows: list[Arrow], outcome: str, message: str) -> Chain | None:
     return ch
 
 
+def chain_at_fault(arrows: list[Arrow], fault: int, message: str = "") -> Chain:
+    """The loan chain of the kernel fault at arrows[fault] (a uvm.kfault): the loan, the
+    kernel mapping, its revocation, the driver's read, the fault, and the panic if one
+    followed it. For a corruption, where the fault was not the last one recorded."""
+    end = _panic_at(arrows)
+    return _loan_chain(arrows, fault, end if end is not None and end > fault else None, message)
+
+
 def _step(ch: Chain, arrows: list[Arrow], k: int | None, words: str) -> None:
     """Step len(ch.steps) + 1: words, the arrow at k and, for a reply, its request."""
     if k is None:
@@ -352,6 +362,21 @@ def _loan_chain(arrows: list[Arrow], fault: int, end: int | None, message: str) 
         said = pm.message if isinstance(pm, CtlPanic) else message
         _step(ch, arrows, end, f"{arrows[end].src} panicked: " + said.split(";", 1)[0])
     return ch
+
+
+def fold_clients(arrows: list[Arrow], chain: Chain | None, keep: int = MAX_CLIENT_LANES) -> None:
+    """More than `keep` client lifelines (a real run's many sessions): every client not in
+    the chain shares one lifeline, "clients", so the roles' stay in view."""
+    lanes = list(dict.fromkeys(x for a in arrows for x in (a.src, a.dst) if x.startswith("client")))
+    if len(lanes) <= keep:
+        return
+    marks = chain.marks if chain is not None else {}
+    mine = {x for k in marks for x in (arrows[k].src, arrows[k].dst) if x.startswith("client")}
+    for a in arrows:
+        if a.src.startswith("client") and a.src not in mine:
+            a.src = "clients"
+        if a.dst.startswith("client") and a.dst not in mine:
+            a.dst = "clients"
 
 
 def select(arrows: list[Arrow], chain: Chain | None, limit: int = MAX_ARROWS) -> list[Arrow]:

@@ -225,6 +225,8 @@ class Driver:
                 off=mb.off,
                 n=mb.length,
                 kva=mb.kva if mb.loaned else 0,
+                pgoff=mb.pgoff,
+                pfns=list(mb.pfns),
                 delay_us=round(delay * 1e6),
             )
             self.deliver(

@@ -154,7 +154,7 @@ class MachineUser(User):
             yield t
         except Corruption as e:
             exc, stop = e, RescheduleTask
-            self._harness().corrupted({"op": t.name, **e.detail()})
+            self._harness().corrupted({"op": t.name, "session": self.m.session, **e.detail()})
         except MachinePanic as e:
             exc, stop = e, StopUser
             self._harness().panicked(e)

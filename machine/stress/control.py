@@ -10,13 +10,19 @@ It owns what is one per run, not one per user:
     users stop (Locust's test_stop) and again, idempotently, before the verdict;
   - the verdict: once every user has left, frames are awaited back (every
     frame a user held is free again, and swap is as it was) within a deadline,
-    summary.json is written with the report files, and the exit status set.
+    summary.json is written with the report files, and the exit status set;
+  - the evidence: a dump of the machine with every role's flight recorder
+    (ctl.dumpsys, through the supervisor's kernel endpoint: needs the state dir)
+    at the first corruption, while the recorders still hold its history, and when
+    frames are not back; a panic's crash dump is the supervisor's own. Its path is
+    summary.json's `dump` (`uvm-machine stress` adds the explain page and commands).
 Invariants: `finish` runs once (Locust's quitting event) and always sets
 `environment.process_exit_code`; no greenlet of the controller outlives it.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,15 +33,18 @@ from locust.env import Environment
 from locust.rpc.protocol import Message
 
 from machine.client.errors import MachineError, MachinePanic, MachineStopped
+from machine.proto import NO_HEADER, CtlDumpsys, CtlDumpsysReply
 from machine.stress.base import MSG_CORRUPTION, MSG_PANIC
 from machine.stress.charts import inject_report
-from machine.stress.green import EventWatch, GreenMachine
+from machine.stress.green import EventWatch, GreenMachine, kcall
 from machine.stress.nemesis import Nemesis, parse_names
 from machine.stress.outcome import Record, Thresholds, verdict, verdict_line, write_summary
 from machine.stress.vmstats import VmSeries
 from machine.stress.webui import install as install_vm_tab
 
 FRAMES_BACK_S = 10.0  # beyond the lease: how long frames may take to come back
+DUMP_TIMEOUT_S = 120.0  # a dump with every flight recorder (tens of MB) is written in time
+_H = NO_HEADER
 #: The options the summary repeats (with the users, spawn rate and run time).
 SUMMARY_FLAGS = (
     "num_users",
@@ -73,6 +82,8 @@ class Controller:
         self._poller: gevent.Greenlet[Any, Any] | None = None
         self._quitter: gevent.Greenlet[Any, Any] | None = None
         self.sample_errors = 0  # status samples that failed (not a panic or stop): skipped
+        self.dump: dict[str, Any] = {}  # the evidence: {path, reason} or {error}
+        self._dumper: gevent.Greenlet[Any, Any] | None = None
         self._finished = False
         assert env.runner is not None
         env.runner.register_message(MSG_CORRUPTION, self._on_corruption)
@@ -142,6 +153,59 @@ class Controller:
 
     def _on_corruption(self, environment: Environment, msg: Message, **_: Any) -> None:
         self.record.add_corruption(dict(msg.data))
+        if self.record.corruption == 1:  # now, while the recorders hold its history
+            reason = "corruption: " + json.dumps(dict(msg.data), default=str)
+            self._dumper = gevent.spawn(self._dumpsys, reason)
+
+    def _crash_dump(self) -> None:
+        """The panic's crash dump: its path came with the supervisor's panic event, or it
+        is the newest crash-*.json the supervisor writes into the state dir (it may still
+        be writing it: waited for, within DUMP_TIMEOUT_S)."""
+        assert self.record.panic is not None
+        path = self.record.panic.get("dump") or ""
+        state = self.option("uvm_state", "") or ""
+        deadline = time.monotonic() + DUMP_TIMEOUT_S
+        while not path and state and time.monotonic() < deadline:
+            found = [
+                p
+                for p in (Path(state) / "dump").glob("crash-*.json")
+                if p.stat().st_mtime >= self.started - 1
+            ]
+            if found:
+                path = str(max(found, key=lambda p: p.stat().st_mtime))
+                self.record.panic["dump"] = path
+            else:
+                gevent.sleep(0.1)
+        if path:
+            self.dump = {"path": path, "reason": "panic"}
+        elif not state:
+            self.dump = {"error": "no dump: the machine's state dir is not known (--state)"}
+        else:
+            self.dump = {"error": f"no crash dump appeared in {state}/dump"}
+
+    def _dumpsys(self, reason: str) -> None:
+        """A dump of the live machine (ctl.dumpsys) as the run's evidence (the first one
+        wins). Without the state dir (an attached machine) it says why there is none."""
+        if self.dump:
+            return
+        state = self.option("uvm_state", "") or ""
+        if not state:
+            self.dump = {"error": "no dump: the machine's state dir is not known (--state)"}
+            return
+        try:
+            info = json.loads((Path(state) / "machine.json").read_text())
+            rep = kcall(
+                str(info["supervisor"]["kernel"]),
+                CtlDumpsys(h=_H, reason=reason[:4000]),
+                timeout_s=DUMP_TIMEOUT_S,
+            )
+        except (OSError, ValueError, KeyError, MachineError) as e:
+            self.dump = {"error": f"no dump: {e}"}
+            return
+        if isinstance(rep, CtlDumpsysReply) and rep.path:
+            self.dump = {"path": rep.path, "reason": reason}
+        else:
+            self.dump = {"error": f"no dump: {rep.errno}: {rep.detail}"}
 
     def _on_panic(self, environment: Environment, msg: Message, **_: Any) -> None:
         d = msg.data
@@ -193,6 +257,13 @@ class Controller:
         if self.watch is not None and self.watch.panic is not None:
             p = self.watch.panic
             self._record_panic(p.role, p.message, p.dump)
+        if self._dumper is not None:
+            self._dumper.join(timeout=DUMP_TIMEOUT_S)
+        if back is False:
+            end = self.series.frames_end()
+            self._dumpsys(f"frames not back: at the start {self.frames_start}, at the end {end}")
+        if self.record.panic is not None:
+            self._crash_dump()
         summary = self.summary(back)
         code = verdict(summary)
         summary["exit_status"] = code
@@ -268,4 +339,6 @@ class Controller:
             "flags": {k: self.option(k) for k in SUMMARY_FLAGS},
             "host": self.env.host,
             "client": "green",
+            "dump": self.dump.get("path"),
+            "dump_reason": self.dump.get("reason") or self.dump.get("error"),
         }

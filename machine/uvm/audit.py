@@ -37,7 +37,7 @@ from collections import Counter
 
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
-from machine.uvm.page import NIL, PQ, PageFlag
+from machine.uvm.page import NIL, PQ, PageFlag, VmPages
 from machine.uvm.state import Uvm
 
 
@@ -162,3 +162,51 @@ async def audit(uvm: Uvm) -> list[str]:
             if wired and not e.wired_count:
                 problems.append(f"{where} wired in an unwired entry")
     return problems
+
+
+def strays(p: VmPages) -> dict[str, list[int]]:
+    """Allocated frames with no owner and no loan (I3 violations), for the dump: at most
+    64, each [flags, pqflags, wire_count, uanon]."""
+    out: dict[str, list[int]] = {}
+    for pfn in range(p.npages):
+        if (
+            p.pqflags[pfn] != PQ.FREE
+            and not p.flags[pfn] & (PageFlag.TABLED | PageFlag.ANON)
+            and not p.loan_count[pfn]
+            and pfn not in p.kernel_owned
+        ):
+            out[str(pfn)] = [p.flags[pfn], p.pqflags[pfn], p.wire_count[pfn], p.uanon[pfn]]
+        if len(out) >= 64:
+            break
+    return out
+
+
+#: Frames a dump describes at most (held_frames).
+HELD_IN_DUMP = 1024
+_FLAG_NAMES = tuple(
+    (bit, name) for name, bit in vars(PageFlag).items() if name.isupper() and isinstance(bit, int)
+)
+_QUEUES = {PQ.FREE: "free", PQ.ACTIVE: "active", PQ.INACTIVE: "inactive", 0: "none"}
+
+
+def held_frames(p: VmPages, limit: int = HELD_IN_DUMP) -> dict[str, dict[str, object]]:
+    """Every frame neither free nor kernel-owned, as a dump shows it (at most `limit`):
+    its vm_page fields in words. Once every client is gone this is the machine's leak
+    (what `uvm-machine explain` reads for frames not back)."""
+    out: dict[str, dict[str, object]] = {}
+    for pfn in range(p.npages):
+        if p.pqflags[pfn] == PQ.FREE or pfn in p.kernel_owned:
+            continue
+        f = p.flags[pfn]
+        out[str(pfn)] = {
+            "flags": [name for bit, name in _FLAG_NAMES if f & bit],
+            "queue": _QUEUES.get(p.pqflags[pfn], hex(p.pqflags[pfn])),
+            "wire_count": p.wire_count[pfn],
+            "loan_count": p.loan_count[pfn],
+            "anon": p.uanon[pfn] if p.uanon[pfn] != NIL else None,
+            "object": p.uobject[pfn] if p.uobject[pfn] != NIL else None,
+            "offset": p.offset[pfn],
+        }
+        if len(out) >= limit:
+            break
+    return out

@@ -39,6 +39,7 @@ from machine.uvm.fault import enter_resolved, fault_locked
 from machine.uvm.files import obj_unref
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
+from machine.uvm.page import NIL
 from machine.uvm.state import RWX, Uvm, VmSpace
 
 
@@ -216,6 +217,20 @@ async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
         e.obj = None
 
 
+def _leak_one(uvm: Uvm, entries: list[MapEntry]) -> None:
+    """Fault injection, for tests only (UVM_MACHINE_INJECT_LEAK=1, once per machine): one
+    resident anon page of the exiting process gets a reference nobody holds, so its frame
+    outlives the process (the auditor's anon-reference check sees it; `explain` must name
+    the frame and the process that held it)."""
+    for e in entries:
+        for _, anon in e.amap.used() if e.amap is not None else ():
+            if anon.page != NIL:
+                anon.ref += 1
+                uvm.inject_leak = False
+                uvm.note("injected leak", anon=anon.id, pfn=anon.page)
+                return
+
+
 async def mprotect(uvm: Uvm, asid: int, owner: int, va: int, length: int, prot: Prot) -> None:
     async with uvm.mapped_range(asid, owner, va, length, "mprotect") as (sp, eva):
         if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
@@ -236,6 +251,8 @@ async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
         sp.dead = True
         await uvm.pmap.destroy(asid)
         entries = sp.map.take_all()
+        if uvm.inject_leak:
+            _leak_one(uvm, entries)
         for e in entries:
             await _drop_entry(uvm, e)
         del uvm.spaces[asid]

@@ -25,6 +25,7 @@ Recovery contract: uvm is the authority; if it dies the machine is gone
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,7 +86,7 @@ from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.tuning import targets
 from machine.uvm import files, loan, loanbatch, mmap, pdops
-from machine.uvm.audit import audit
+from machine.uvm.audit import audit, held_frames, strays
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
@@ -172,6 +173,7 @@ class UvmService(Service):
             diagnostic=settings.diagnostic,
             limits=self.limits,
         )
+        self.vm.inject_leak = os.environ.get("UVM_MACHINE_INJECT_LEAK") == "1"  # tests only
         self.traps = TrapServer(
             self.vm,
             self.mmu,
@@ -450,22 +452,6 @@ class UvmService(Service):
     def frames(self) -> dict[str, int]:
         return self.vm.frames()
 
-    def _strays(self) -> dict[str, list[int]]:
-        """Allocated frames with no owner and no loan (I3 violations), for the dump."""
-        p = self.vm.pages
-        out: dict[str, list[int]] = {}
-        for pfn in range(p.npages):
-            if (
-                p.pqflags[pfn] != 1
-                and not p.flags[pfn] & 0x60
-                and not p.loan_count[pfn]
-                and pfn not in p.kernel_owned
-            ):
-                out[str(pfn)] = [p.flags[pfn], p.pqflags[pfn], p.wire_count[pfn], p.uanon[pfn]]
-            if len(out) >= 64:
-                break
-        return out
-
     def dump_state(self) -> dict[str, Any]:
         vm = self.vm
         return {
@@ -493,6 +479,7 @@ class UvmService(Service):
                 for a, sp in vm.spaces.items()
             },
             "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
-            "strays": self._strays(),
+            "strays": strays(vm.pages),
+            "held": held_frames(vm.pages),
             "dmesg": list(vm.dmesg),
         }

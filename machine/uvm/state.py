@@ -111,6 +111,8 @@ class Uvm:
         self._handle_ids = itertools.count(3)
         self._on_pressure = on_pressure
         self.note: Callable[..., None] = note or _no_note
+        #: Tests only: the next process exit leaks one anon page (machine.uvm.mmap._leak_one).
+        self.inject_leak = False
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages

@@ -10,7 +10,6 @@ above MAX_REQUEST_BYTES is dropped unread.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import time
 from pathlib import Path
@@ -62,7 +61,7 @@ async def test_an_ended_session_is_refused_even_with_its_key(harness: Harness) -
         assert other.session != sid  # the machine chose it; a client cannot
         assert key is not None
         other.ident.become(sid, key)  # the old session's own credentials,
-        other.ident._ids = itertools.count(1 << 30)  # and msg_ids it never used
+        other.ident.last_id = 1 << 30  # and msg_ids it never used
         with pytest.raises(RequestError) as ei:
             await other.call_role("uvm", UvmSpawn(h=_H))
         assert ei.value.errno is Errno.EPERM

@@ -18,7 +18,17 @@ ROOT = Path(__file__).resolve().parents[3] / "machine"
 #: bottom first; a module may import only modules before it in its package's list
 ORDERS = {
     "client": ("errors", "feed", "session", "process", "wire", "machine", "__init__"),
-    "cli": ("args", "life", "tools", "scenarios", "stress", "explore", "parser", "__init__"),
+    "cli": (
+        "args",
+        "life",
+        "tools",
+        "scenarios",
+        "stress",
+        "explore",
+        "explain",
+        "parser",
+        "__init__",
+    ),
     "explore": (
         "workload",
         "run",
@@ -27,6 +37,8 @@ ORDERS = {
         "sequence",
         "diagram",
         "flight",
+        "frames",
+        "explain",
         "__init__",
     ),
     "stress": (
