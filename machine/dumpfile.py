@@ -19,7 +19,9 @@ gives the flight recorders back with their bodies as bytes.
 Invariants: write_dump writes the whole file or nothing under its name (a temporary
 file renamed into place), so a reader never sees half a dump; read_dump accepts every
 dump this project wrote, also one without `flight` (written before the recorder), and
-raises DumpError (never KeyError or a JSON error) for anything else.
+raises DumpError (never KeyError or a JSON error) for anything else: a recorder's
+entries are checked to have the recorder's shape (machine.ipc.recorder.FIELDS), so what
+reads the history (machine.explore.flight) may rely on it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from machine.ipc.recorder import from_json, to_json
+from machine.ipc.recorder import FIELDS, KINDS, from_json, to_json
 
 #: The placeholder the flight recorders' compact JSON replaces.
 _FLIGHT_MARK = '"@@flight@@"'
-KINDS = ("crash", "live", "stop")
+DUMP_KINDS = ("crash", "live", "stop")
 
 
 class DumpError(ValueError):
@@ -56,6 +58,25 @@ def write_dump(path: Path, doc: dict[str, Any], flight: dict[str, dict[str, Any]
     return path
 
 
+def _checked(export: dict[str, Any]) -> dict[str, Any]:
+    """An export whose entries have the recorder's shape (FIELDS). => ValueError if not."""
+    if not isinstance(export.get("entries"), list):
+        raise ValueError("no entries")
+    for e in export["entries"]:
+        ok = (
+            isinstance(e, list)
+            and len(e) == len(FIELDS)
+            and all(isinstance(e[i], int) and not isinstance(e[i], bool) for i in (0, 3, 4, 6, 7))
+            and e[1] in KINDS
+            and isinstance(e[2], str)
+            and isinstance(e[5], int | float)
+            and isinstance(e[8], dict if e[1] == "int" else bytes)
+        )
+        if not ok:
+            raise ValueError(f"an entry is not a recorder's: {str(e)[:200]}")
+    return export
+
+
 def read_dump(path: str | Path) -> dict[str, Any]:
     """A dump, its flight recorders' bodies as bytes again. => DumpError if it is none."""
     try:
@@ -70,8 +91,8 @@ def read_dump(path: str | Path) -> dict[str, Any]:
     if not isinstance(flight, dict):
         raise DumpError(f"{path}: its flight recorders are not an object")
     try:
-        doc["flight"] = {r: from_json(e) for r, e in flight.items()}
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        doc["flight"] = {str(r): _checked(from_json(e)) for r, e in flight.items()}
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
         raise DumpError(f"{path}: a flight recorder does not read: {e!r}") from None
     doc.setdefault("kind", "crash" if doc.get("panic") else "live")
     return doc

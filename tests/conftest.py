@@ -169,7 +169,8 @@ class ZmqHarness(Harness):
 
     async def kcall(self, role: str, req: Request) -> Reply:
         if role not in self.peers:
-            ep = self.rm.info["roles"][role]["kernel"]
+            info = self.rm.info  # the supervisor's kernel endpoint serves ctl.dumpsys
+            ep = (info["supervisor"] if role == "supervisor" else info["roles"][role])["kernel"]
             self.peers[role] = await Peer(Identity("test", 7), ep).open(self.transport)
         return await self.peers[role].call(req, 10.0)
 

@@ -20,9 +20,10 @@ body || 16-byte tag: the body is decoded) and placed between two lifelines:
 The chain of a revoked kernel loan mapping (the 1999 thread) is read from the messages,
 not from the panic text: the driver's `uvm.kfault` at kernel VA `va` (asid 0) names the
 page; the last `pmap.kenter_chunks` before it that mapped `va` is the mapping, the
-`uvm.loan_chunks` reply before that which handed out the page is the loan; the last message
+`uvm.loan_chunks` reply before that which handed out the page is the loan; the first message
 between the kenter and the fault that removed the mapping (`pmap.page_protect` NONE of the
-page, `pmap.kremove_ranges` of the VA) is the revocation, its header's sender the revoker
+page, `pmap.kremove_ranges` of the VA: a later one finds nothing left to remove) is the
+revocation, its header's sender the revoker
 and its `why` the reason; the `pmap.kextract_ranges` reply carrying the fault VA is the
 driver's read that found no translation; the kfault's error reply and the first ctl.panic
 after it are the panic. The panic text ("was revoked by X: ... (why)") names the revoker
@@ -267,6 +268,11 @@ def _last(arrows: list[Arrow], lo: int, hi: int, pred: Callable[[Msg | None], bo
     return next((k for k in range(hi - 1, lo - 1, -1) if pred(arrows[k].msg)), None)
 
 
+def _first(arrows: list[Arrow], lo: int, hi: int, pred: Callable[[Msg | None], bool]) -> int | None:
+    """The first position k in [lo, hi) with pred(arrows[k].msg)."""
+    return next((k for k in range(lo, hi) if pred(arrows[k].msg)), None)
+
+
 def find_chain(arrows: list[Arrow], outcome: str, message: str) -> Chain | None:
     """The causal chain of the failure (see the module doc); None for an ok run or none found."""
     if outcome == "ok":
@@ -324,7 +330,9 @@ def _loan_chain(arrows: list[Arrow], fault: int, end: int | None, message: str) 
             break
     first = kenter if kenter is not None else 0
     loan = _last(arrows, 0, first, lambda m: _loaned(m, pfn))
-    revoke = _last(arrows, first + 1, fault, lambda m: _removes(m, va, pfn))
+    # the first removal after the kenter is the one that took the mapping away (a later
+    # page_protect of the page finds no kernel mapping left to remove)
+    revoke = _first(arrows, first + 1, fault, lambda m: _removes(m, va, pfn))
     read = _last(
         arrows,
         first + 1,

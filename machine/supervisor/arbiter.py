@@ -21,7 +21,8 @@ work: see docs/design.md). On panic the supervisor
   2. collects every reachable role's state (ctl.dump) and writes a JSON
      crash dump to <state>/dump/,
   3. publishes ctl.panic (with the dump's path) to clients, repeatedly for
-     PANIC_GRACE_S so late subscribers see it too,
+     PANIC_GRACE_S so late subscribers see it too (and once before step 1, without
+     the path: the dump takes a moment, and clients should fail at once),
   4. stops the machine; the `up` command exits with status 3.
 Every client call pending or later fails with MachinePanic: through the
 event, through EPANIC replies, or (last resort) through its timeout.
@@ -239,6 +240,10 @@ class Supervisor(Service):
         self.state = "panicked"
         self.panic_message = f"{role}: {message}"
         reason = f"panic in {role}: {message}"
+        self.recorder.note("panic", role=role, message=message[:400])
+        # At once, who and why (the dump takes a moment: every flight recorder is in it);
+        # the same event with the dump's path follows once it is written.
+        self.publish(CtlPanic(h=self.event_header(), role=role, message=message, trace=trace))
         await asyncio.gather(
             *(
                 self._quiet(h.peer.call(CtlHalt(h=_H, reason=reason), timeout_s=1.0))
@@ -246,7 +251,6 @@ class Supervisor(Service):
                 if r != role and h.alive
             )
         )
-        self.recorder.note("panic", role=role, message=message[:400])
         self.dump_path = await self.write_dump(
             "crash", reason, {"role": role, "message": message, "trace": trace}
         )

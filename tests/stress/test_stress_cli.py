@@ -58,6 +58,9 @@ def test_a_clean_modern_run_holds_and_every_frame_comes_back(tmp_path: Path) -> 
     assert s["profile"] == "modern"
     assert s["harness"]["locust_cpu_s"] > 0
     assert s["harness"]["machine_cpu_s"] > 0
+    assert s["dump"] is None  # a verdict of 0 needs no evidence
+    assert "explain" not in s
+    assert not (tmp_path / "report" / "explain.html").exists()
     report = tmp_path / "report"
     assert (report / "report.html").read_text().count('class="vm-chart"') >= 1
     header = (report / "vm.csv").read_text().splitlines()[0]
@@ -151,6 +154,17 @@ def test_bug1999_panics_and_the_run_stops_with_exit_3(tmp_path: Path) -> None:
     # the run stopped at once (bug1999 panics within about a second), not at --run-time
     assert 0 <= p["after_s"] <= s["elapsed_s"] < 30, (p, s["elapsed_s"])
     assert s["vm"]["frames_back"] is None  # the machine is gone: nothing to count
+    # the evidence: the crash dump in the report, explained, linked, replayable
+    report = tmp_path / "report"
+    assert s["dump"].endswith(".json")
+    assert s["explain"] == f"uvm-machine explain {report / 'dump.json'} --html " + str(
+        report / "explain.html"
+    )
+    assert s["replay"] == f"uvm-machine replay --from-dump {report / 'dump.json'}"
+    if "was revoked by" in p["message"]:  # explain found the same revoker in the messages
+        assert f"was revoked by {s['explained']['revoker']}:" in p["message"], s["explained"]
+    assert "<svg" in (report / "explain.html").read_text()
+    assert 'href="explain.html"' in (report / "report.html").read_text()
 
 
 @pytest.mark.timeout(180)
