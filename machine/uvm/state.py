@@ -80,9 +80,12 @@ class Uvm:
         on_pressure: Callable[[int], None] | None = None,
         diagnostic: bool = True,
         limits: Limits | None = None,
+        owner_live: Callable[[int], bool] | None = None,
     ) -> None:
         """rules: the era's decisions (machine.rules); targets: the page daemon's policy's
-        (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure."""
+        (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure; owner_live:
+        whether a client session still lives (the service's registry; default: always),
+        asked by spawn and fork before they publish a process (machine.uvm.mmap)."""
         self.ram = ram
         self.limits = limits or Limits()
         self.nprocs: collections.Counter[int] = collections.Counter()  # session -> spaces
@@ -104,6 +107,7 @@ class Uvm:
         self._ids = itertools.count(1)
         self._handle_ids = itertools.count(3)
         self._on_pressure = on_pressure
+        self.owner_live = owner_live or (lambda owner: True)
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
