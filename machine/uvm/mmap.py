@@ -8,6 +8,12 @@ Ordering rules (why the machine never maps a freed frame):
     awaits, so faults, mmap, munmap, fork and exit of one space never
     interleave. Different spaces run concurrently; what they share (anons
     after fork, object pages) is protected by PG_BUSY (machine.uvm.state).
+  * No process outlives its session. The end of a session (detach, reap)
+    exits the processes it finds. spawn and fork await the mmu before their
+    process is complete; after their last await they ask uvm.owner_live, with
+    no await before they answer: a session that ended meanwhile gets ESRCH and
+    the process is torn down (before, a fork in flight at a detach left its
+    child, and every page the child shared, for good).
 
 Memory follows use: nothing uvm keeps, and no loop it runs, is sized by the
 virtual size of a mapping. Amaps and objects are sparse (machine.uvm.amap,
@@ -44,11 +50,15 @@ from machine.uvm.state import RWX, Uvm, VmSpace
 
 
 async def spawn(uvm: Uvm, owner: int) -> int:
-    """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs."""
+    """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs, ESRCH
+    when the owner's session ended meanwhile (nothing left)."""
     uvm.charge_proc(owner)
     asid = uvm.new_asid()
     try:
         await uvm.pmap.create(asid, owner)
+        if not uvm.owner_live(owner):
+            await uvm.pmap.destroy(asid)
+            raise UserError(Errno.ESRCH, "spawn: the session ended meanwhile")
     except BaseException:
         uvm.uncharge_proc(owner)
         raise
@@ -275,7 +285,8 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
        are reserved in the pool before the child exists) with nothing changed;
        ENOMEM when a wired entry's pages cannot be copied (no free frame): the
        half-built child is torn down, the parent keeps its memory (its entries
-       may be left NEEDSCOPY and write-protected: its next writes fault).
+       may be left NEEDSCOPY and write-protected: its next writes fault);
+       ESRCH when the owner's session ended meanwhile: the child is torn down.
     """
     sp = uvm.space(asid, owner)
     async with sp.lock:
@@ -298,6 +309,8 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
             for e in todo:
                 await _fork_entry(uvm, sp, child, e)
                 done += 1
+            if not uvm.owner_live(owner):  # the session's end did not see the child
+                raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
         except BaseException:
             pool.unreserve(len(todo) - done)
             await exit(uvm, child_asid, owner, reason="fork failed")

@@ -7,7 +7,8 @@ and a request of a session uvm no longer holds (detached, reaped) is EPERM.
 Every user request renews the session's lease; a session silent for longer
 than `lease_s` (it died, or its host vanished) has its processes exited, as
 if each had called exit: every frame they held goes back to the free list.
-A clean client detaches (uvm.detach) instead of waiting for its lease. At
+A clean client detaches (uvm.detach) instead of waiting for its lease; a
+spawn or fork its end overtook answers ESRCH (machine.uvm.mmap). At
 most `limits.sessions` sessions live at once. An attach that finds them all
 taken first reclaims the least recently seen session that holds nothing (no
 process, no open file: its sockets and wire queue belong to processes and
@@ -172,6 +173,7 @@ class UvmService(Service):
             note=self.recorder.note,
             diagnostic=settings.diagnostic,
             limits=self.limits,
+            owner_live=lambda session: session in self.sessions,
         )
         self.vm.inject_leak = os.environ.get("UVM_MACHINE_INJECT_LEAK") == "1"  # tests only
         self.traps = TrapServer(

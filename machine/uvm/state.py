@@ -85,10 +85,13 @@ class Uvm:
         diagnostic: bool = True,
         limits: Limits | None = None,
         note: Callable[..., None] | None = None,
+        owner_live: Callable[[int], bool] | None = None,
     ) -> None:
         """rules: the era's decisions (machine.rules); targets: the page daemon's policy's
         (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure; note: the
-        role's flight recorder's note (machine.ipc.recorder), for timers that change state."""
+        role's flight recorder's note (machine.ipc.recorder), for timers that change state;
+        owner_live: whether a client session still lives (the service's registry; default:
+        always), asked by spawn and fork before they publish a process (machine.uvm.mmap)."""
         self.ram = ram
         self.limits = limits or Limits()
         self.nprocs: collections.Counter[int] = collections.Counter()  # session -> spaces
@@ -113,6 +116,7 @@ class Uvm:
         self.note: Callable[..., None] = note or _no_note
         #: Tests only: the next process exit leaks one anon page (machine.uvm.mmap._leak_one).
         self.inject_leak = False
+        self.owner_live = owner_live or (lambda owner: True)
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
