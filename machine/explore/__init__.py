@@ -13,6 +13,11 @@ Modules, each importing only those above it (tests/unit/client/test_imports.py):
   * sequence  -- a recorded run's deliveries as arrows among the lifelines, and the
     panic's causal chain found in the messages (revocation, kenter, faulting read).
   * diagram   -- the sequence diagram (SVG in a standalone HTML page).
+  * flight    -- a dump's flight recorders (a real machine's) merged into one causal
+    history that sequence and diagram read as they read a simulated run.
+  * frames    -- that history as a shadow of the mappings and every event of each frame.
+  * explain   -- why the dump's machine failed: a panic's chain, a corruption's page,
+    send and writer, a leak's frames (`uvm-machine explain`).
 
 Invariant: a run is a function of its seeds alone (same seeds, same trace digest,
 in any process; PYTHONHASHSEED does not matter). Nothing here uses gevent.

@@ -26,6 +26,12 @@ work: see docs/design.md). On panic the supervisor
   4. stops the machine; the `up` command exits with status 3.
 Every client call pending or later fails with MachinePanic: through the
 event, through EPANIC replies, or (last resort) through its timeout.
+
+Dumps (machine.dumpfile): the crash dump above, a dump of the live machine on
+ctl.dumpsys (the supervisor's kernel endpoint: `uvm-machine dump`, the stress
+harness's evidence), and one into `record_dir` when the machine stops (`up
+--record`). Each holds every role's state and flight recorder (ctl.dump with
+flight) and the supervisor's own recorder.
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ every step of the model-based tests. What it checks:
     page that is COW-shared (anon ref > 1, entry NEEDSCOPY, or an object page
     under a private entry); I5 no writable mapping of a loaned page; a wired
     mapping only in a wired entry.
+
+For a dump (uvm's dump_state), not checks: strays() lists allocated frames with
+no owner and no loan (I3's violations), held_frames() every frame neither free
+nor kernel-owned, its vm_page in words (once every client is gone: the leak that
+`uvm-machine explain` reads).
 """
 
 from __future__ import annotations
