@@ -10,12 +10,14 @@ before its reply.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from machine.dumpfile import read_dump
 from machine.explore.flight import decode, merge
+from machine.ipc.inmemory import run_simulation
 from machine.ipc.recorder import FIELDS
 from machine.params import PAGE_SIZE
 from machine.proto import (
@@ -28,6 +30,7 @@ from machine.proto import (
     Reply,
     Request,
 )
+from machine.testing import SimMachine, poll_for
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,3 +132,38 @@ async def test_the_merge_puts_every_request_before_its_reply(h: Harness) -> None
 @pytest.fixture
 def h(harness: Harness) -> Harness:
     return harness
+
+
+def test_the_timers_that_change_state_are_noted(tmp_path: Path) -> None:
+    """The page daemon's wake-ups and passes under a hog's pressure, and a silent
+    session's lease reap, are internal events of their roles' recorders."""
+
+    async def main() -> dict[str, Any]:
+        async with SimMachine.boot(
+            seed=5, ram_bytes=1 << 20, swap_bytes=8 << 20, lease_s=2.0, state_dir=str(tmp_path)
+        ) as sim:
+            async with sim.attach() as m:
+                hog = await m.spawn()
+                va = await hog.mmap(400 * PAGE_SIZE, "rw")  # more than RAM (256 frames)
+                await hog.store(va, b"h" * (400 * PAGE_SIZE))
+                await hog.exit()
+            async with sim.attach(keepalive=False) as quiet:
+                await quiet.spawn()
+                uvm: Any = sim.service("uvm")
+                await poll_for(lambda: uvm.vm.stats.reaped > 0, 30.0, 0.5, "the lease reap")
+                session = quiet.session
+            rep = await sim.kcall("supervisor", CtlDumpsys(h=_H, reason="timers"))
+            assert isinstance(rep, CtlDumpsysReply), rep
+            return {"dump": read_dump(rep.path), "session": session}
+
+    got = run_simulation(main(), limit_s=600)
+    notes = {
+        role: [e[8] for e in rec["entries"] if e[1] == "int"]
+        for role, rec in got["dump"]["flight"].items()
+    }
+    pd = [n["what"] for n in notes["pdaemon"]]
+    assert {"woke", "pass", "pass done"} <= set(pd), pd
+    assert any(n["what"] == "pass done" and n.get("pdpageouts", 0) > 0 for n in notes["pdaemon"])
+    reaps = [n for n in notes["uvm"] if n["what"] == "lease reap"]
+    assert [n["session"] for n in reaps] == [got["session"]]
+    assert reaps[0]["silent_s"] > 2.0
