@@ -9,6 +9,8 @@ command accepts are config.ROLE_NAMES.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from machine.cli.args import (
     DEFAULT_ENDPOINT,
@@ -149,4 +151,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default sys.argv[1:]) and run its command. => its exit status."""
     a = parser().parse_args(argv)
-    return int(a.fn(a))
+    try:
+        return int(a.fn(a))
+    except BrokenPipeError:  # `uvm-machine explain ... | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -355,44 +355,103 @@ def _leak(ex: Explanation, fh: FrameHistory, dump: dict[str, Any]) -> None:
     held: dict[str, dict[str, Any]] = uvm.get("held") or {}
     if not held:
         ex.notes.append("uvm's dump names no held frame (a dump from before held frames)")
+    owners = _owners_now(uvm.get("spaces") or {})
+    left: dict[int, dict[str, Any]] = {}  # processes still holding a leaked frame
     for key, page in sorted(held.items(), key=lambda kv: int(kv[0])):
         pfn = int(key)
         f = _frame(fh, pfn)
         f["vm_page"] = page
-        last_map = next((e for e in reversed(fh.of(pfn)) if e.kind == "map"), None)
-        holder: dict[str, Any] = {}
-        if last_map is not None:
-            m = re.search(r"of asid (\d+)", last_map.what)
-            asid = int(m.group(1)) if m else 0
-            session = fh.owner.get(asid)
-            holder = {
-                "asid": asid,
-                "session": session,
-                "mapped": last_map.to_json(),
-                "process": fh.exited.get(asid, "alive at the end"),
-                "session_state": fh.ended.get(session or 0, "not seen to end"),
-            }
-        f["holder"] = holder
-        loans = sum(1 for e in fh.of(pfn) if e.kind == "loan")
-        unloans = sum(1 for e in fh.of(pfn) if e.kind == "unloan")
-        daemon = next((e for e in reversed(fh.of(pfn)) if e.kind in ("claim", "daemon")), None)
-        f["summary"] = [
-            f"{', '.join(page.get('flags') or []) or 'no flags'}, queue {page.get('queue')}, "
-            f"wire_count {page.get('wire_count')}, loan_count {page.get('loan_count')}, "
-            f"anon {page.get('anon')}, object {page.get('object')}",
-            f"{loans} loans and {unloans} unloans recorded",
-            f"the page daemon's last: {daemon.what if daemon else 'none recorded'}",
-            (
-                f"last {holder['mapped']['what']}, by session "
-                f"{holder['session'] or 0:x} (process: {holder['process']}; session: "
-                f"{holder['session_state']})"
-                if holder
-                else "never mapped in the recording"
-            ),
+        f["holder"] = _last_holder(fh, pfn)
+        f["held_by"] = [
+            _process(fh, asid, owner) | {"va": va}
+            for asid, va, owner in owners.get(("anon", page.get("anon")), [])
+            + owners.get(("object", page.get("object")), [])
         ]
+        for p in f["held_by"]:
+            left[p["asid"]] = p
+        f["summary"] = _leak_summary(fh, pfn, page, f["holder"], f["held_by"])
         ex.frames.append(f)
     ex.page = int(next(iter(held))) if held else None
-    ex.caption = (
-        f"{len(held)} frame{'s' if len(held) != 1 else ''} still held after every client was "
-        "gone" + (f": page {ex.page}" if len(held) == 1 else "")
+    n = len(held)
+    ex.caption = f"{n} frame{'s' if n != 1 else ''} still held after every client was gone" + (
+        f": page {ex.page}" if n == 1 else ""
     )
+    orphans = [p for p in left.values() if p["session_state"] != "live"]
+    if orphans:
+        who = ", ".join(
+            f"asid {p['asid']} of session {p['session'] or 0:x} ({p['session_state']})"
+            for p in orphans[:4]
+        )
+        ex.caption += f", by processes that outlived their sessions: {who}"
+
+
+def _owners_now(spaces: dict[str, Any]) -> dict[tuple[str, Any], list[tuple[int, int, int]]]:
+    """("anon", id) or ("object", id) -> (asid, va, owner) of every process of uvm's dump
+    whose map still holds it (an anon in an entry's amap, or the entry's object)."""
+    out: dict[tuple[str, Any], list[tuple[int, int, int]]] = {}
+    for asid, sp in spaces.items():
+        for e in sp.get("entries", ()):
+            for va, (anon, _ref, _page) in (e.get("anons") or {}).items():
+                out.setdefault(("anon", anon), []).append((int(asid), int(va), sp.get("owner", 0)))
+            if e.get("object") is not None:
+                key = ("object", e["object"])
+                out.setdefault(key, []).append((int(asid), int(e["start"]), sp.get("owner", 0)))
+    return out
+
+
+def _process(fh: FrameHistory, asid: int, owner: int) -> dict[str, Any]:
+    """A process the leak's dump still holds: its session and how the recording ended it."""
+    return {
+        "asid": asid,
+        "session": owner,
+        "process": fh.exited.get(asid, "never exited"),
+        "session_state": fh.ended.get(owner, "live"),
+    }
+
+
+def _last_holder(fh: FrameHistory, pfn: int) -> dict[str, Any]:
+    """The process that last mapped the frame in the recording, and how it ended."""
+    last_map = next((e for e in reversed(fh.of(pfn)) if e.kind == "map"), None)
+    if last_map is None:
+        return {}
+    session = fh.owner.get(last_map.asid)
+    return {
+        "asid": last_map.asid,
+        "session": session,
+        "mapped": last_map.to_json(),
+        "process": fh.exited.get(last_map.asid, "alive at the end"),
+        "session_state": fh.ended.get(session or 0, "not seen to end"),
+    }
+
+
+def _leak_summary(
+    fh: FrameHistory,
+    pfn: int,
+    page: dict[str, Any],
+    holder: dict[str, Any],
+    held_by: list[dict[str, Any]],
+) -> list[str]:
+    loans = sum(1 for e in fh.of(pfn) if e.kind == "loan")
+    unloans = sum(1 for e in fh.of(pfn) if e.kind == "unloan")
+    daemon = next((e for e in reversed(fh.of(pfn)) if e.kind in ("claim", "daemon")), None)
+    out = [
+        f"{', '.join(page.get('flags') or []) or 'no flags'}, queue {page.get('queue')}, "
+        f"wire_count {page.get('wire_count')}, loan_count {page.get('loan_count')}, "
+        f"anon {page.get('anon')}, object {page.get('object')}",
+        f"{loans} loans and {unloans} unloans recorded",
+        f"the page daemon's last: {daemon.what if daemon else 'none recorded'}",
+        (
+            f"last {holder['mapped']['what']}, by session {holder['session'] or 0:x} "
+            f"(process: {holder['process']}; session: {holder['session_state']})"
+            if holder
+            else "never mapped in the recording"
+        ),
+    ]
+    for p in held_by:
+        out.append(
+            f"still held by asid {p['asid']} at {p['va']:#x}, a process of session "
+            f"{p['session'] or 0:x} (process: {p['process']}; session: {p['session_state']})"
+        )
+    if not held_by:
+        out.append("no process holds it any more (its owner is gone: a stray)")
+    return out

@@ -6,8 +6,9 @@ break revokes the kernel's mapping of the page), then the link let go, so the dr
 reads a page whose kernel mapping is gone. Under bug1999 that kernel fault panics
 (the crash dump); with loan KVA backed by kernel_object the fault enters a zero page
 and the wire carries zeros (a corruption: the harness's ctl.dumpsys); and with the
-test-only leak injection an exit leaves a frame behind. The real-process versions
-are tests/stress/test_stress_evidence.py.
+test-only leak injection an exit leaves a frame behind. Last, the stress run's
+one-frame leak itself, its fix switched off. The real-process versions are
+tests/stress/test_stress_evidence.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from machine.explore.explain import explain
 from machine.ipc.inmemory import run_simulation
 from machine.params import PAGE_SIZE
 from machine.profile import load_profile, with_overrides
-from machine.proto import NO_HEADER, CtlDumpsys, CtlDumpsysReply, NetLink
+from machine.proto import (
+    NO_HEADER,
+    CtlDumpsys,
+    CtlDumpsysReply,
+    NetLink,
+    UvmDetach,
+    UvmFork,
+    UvmForkReply,
+)
 from machine.testing import SimMachine, poll_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,3 +162,54 @@ def test_an_injected_leak_names_the_frame_and_its_last_holder(tmp_path: Path) ->
     assert holder["process"] == "exit"
     assert holder["session_state"] == "detached"
     assert f"page {ex.page}" in ex.caption
+
+
+def test_explain_finds_the_one_frame_leak_s_cause(tmp_path: Path) -> None:
+    """The stress run's one-frame leak, with its fix switched off: a fork waiting for the
+    mmu while its session detaches publishes a child nothing can end. explain names the
+    frame, the child that still holds it, and that its session had ended."""
+
+    async def body(sim: SimMachine) -> tuple[int, int, str] | None:
+        uvm: Any = sim.service("uvm")
+        uvm.vm.owner_live = lambda owner: True  # the fix off: spawn and fork never re-check
+        got: list[Any] = []
+        async with sim.attach() as m:
+            p = await m.spawn()
+            va = await p.mmap(4 * PAGE_SIZE, "rw")
+            await p.store(va, b"x" * (2 * PAGE_SIZE))
+            peer = m._peers["uvm"]
+            peer.call_then(UvmFork(h=_H, asid=p.asid), got.append)  # sent now,
+            peer.call_then(UvmDetach(h=_H), got.append)  # and the detach right behind it
+            await poll_for(lambda: len(got) == 2, 10.0, what="both replies")
+            session = m.session
+        child = next((r.asid for r in got if isinstance(r, UvmForkReply)), 0)
+        if not child or child not in uvm.vm.spaces:
+            return None  # the detach came after the fork: no race this seed
+        rep = await sim.kcall("supervisor", CtlDumpsys(h=_H, reason="frames not back: race"))
+        assert isinstance(rep, CtlDumpsysReply), rep
+        return child, session, rep.path
+
+    for seed in range(8):
+        (tmp_path / str(seed)).mkdir()
+
+        async def main(seed: int = seed) -> tuple[int, int, str] | None:
+            async with SimMachine.boot(
+                seed=seed, ram_bytes=4 << 20, state_dir=str(tmp_path / str(seed))
+            ) as sim:
+                return await body(sim)
+
+        found = run_simulation(main(), limit_s=600)
+        if found is not None:
+            break
+    assert found is not None, "no seed raced the fork with the detach"
+    child, session, path = found
+    ex = explain(read_dump(path), path)
+    assert ex.outcome == "leak"
+    assert "outlived their sessions" in ex.caption
+    assert f"asid {child} " in ex.caption
+    assert len(ex.frames) == 2  # the two pages the child shares with its exited parent
+    for f in ex.frames:
+        (by,) = f["held_by"]
+        assert (by["asid"], by["session"]) == (child, session)
+        assert (by["process"], by["session_state"]) == ("never exited", "detached")
+        assert f["holder"]["process"] == "detach"  # the parent, which last mapped it, is gone
