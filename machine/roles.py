@@ -36,7 +36,7 @@ ROLE_NAMES: tuple[str, ...] = tuple(SPECS)
 def fixed_layout(host: str, base: int, kernel_dir: str = "") -> dict[str, dict[str, str]]:
     """Endpoints of every role (and the supervisor) under the fixed port layout: with
     base port B on host H, the supervisor's ROUTER B, PUB B+1 and kernel B+2 (its
-    ctl.dumpsys; ipc://D/supervisor.kernel with a kernel directory); each role's kernel,
+    ctl.dumpsys; ipc://D/sup.kernel with a kernel directory); each role's kernel,
     user and pub B + port_offset + 0, 1, 2 (mmu 10, uvm 20, pdaemon 30, net 40).
     With a kernel directory D (compose: UVM_MACHINE_KERNEL_DIR), every kernel channel
     is instead the Unix socket ipc://D/ROLE.kernel (mode 0600, D mode 0700, on a volume
@@ -46,7 +46,7 @@ def fixed_layout(host: str, base: int, kernel_dir: str = "") -> dict[str, dict[s
     => with `kernel_dir`, each role's kernel channel is ipc://{kernel_dir}/{role}.kernel
        and its port (B+10, B+20, ...) is not used; user and pub stay TCP.
     """
-    kernel = f"ipc://{kernel_dir.rstrip('/')}/supervisor.kernel" if kernel_dir else ""
+    kernel = f"ipc://{kernel_dir.rstrip('/')}/sup.kernel" if kernel_dir else ""
     out = {
         "supervisor": {
             "router": f"tcp://{host}:{base}",

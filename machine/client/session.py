@@ -139,8 +139,12 @@ class Session:
             ev = decode_event(raw)
         except Exception:
             return
-        if isinstance(ev, CtlPanic) and (self.panic is None or not self.panic.role):
-            # The event names the role and the dump; an EPANIC reply may have come first.
+        known = self.panic
+        if isinstance(ev, CtlPanic) and (
+            known is None or not known.role or (ev.dump and not known.dump)
+        ):
+            # The event names the role (an EPANIC reply may have come first), and the
+            # supervisor's second one the crash dump's path too.
             self._panicked(MachinePanic(ev.message, ev.role, ev.dump))
         elif isinstance(ev, CtlStopping) and self.panic is None and self.stopped is None:
             self._stopping(MachineStopped(ev.reason))

@@ -273,12 +273,13 @@ async def _classify(sc: Scenario, ctx: Ctx, out: Outcome, timeout_s: float) -> N
 
 
 async def _panic_of(m: Machine, e: MachinePanic) -> MachinePanic:
-    """The machine's own panic event (role, message, dump), which may trail the EPANIC reply."""
+    """The machine's own panic event (role, message, dump), which may trail the EPANIC reply
+    (the supervisor's first event names the role, its next one the crash dump too)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 3.0
+    deadline = loop.time() + 5.0
     while loop.time() < deadline:
         p = m.panic
-        if p is not None and p.role:
+        if p is not None and p.role and p.dump:
             return p
         await asyncio.sleep(0.02)
     return m.panic or e

@@ -142,8 +142,10 @@ class EventWatch:
                 ev = decode_event(frames[-1])
             except Exception:
                 continue
-            if isinstance(ev, CtlPanic) and self.panic is None:
-                self.panic = ev
+            if isinstance(ev, CtlPanic) and (
+                self.panic is None or (ev.dump and not self.panic.dump)
+            ):
+                self.panic = ev  # the first, then the one that names the crash dump
             elif isinstance(ev, CtlStopping) and self.stopping is None:
                 self.stopping = ev.reason
 

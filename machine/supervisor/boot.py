@@ -245,7 +245,7 @@ async def run_up(
             rng=random.Random(),
             key=key,
         )
-        own = local_binds(endpoint, run_dir)("supervisor")
+        own = local_binds(endpoint, run_dir)("sup")  # short: an ipc path has 107 bytes at most
         binds = {"router": endpoint, "pub": own["pub"], "kernel": own["kernel"]}
         return await _serve(sup, launcher, binds, state_dir, ram, on_ready, early)
     finally:

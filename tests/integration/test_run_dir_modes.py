@@ -36,12 +36,12 @@ def test_up_makes_run_0700_and_its_sockets_0600_whatever_the_umask(tmp_path: Pat
         entries = {p.name: p.lstat().st_mode for p in run.iterdir()}
         sockets = sorted(n for n, m in entries.items() if stat.S_ISSOCK(m))
         # user/pub are TCP here; the supervisor's kernel endpoint is its ctl.dumpsys
-        assert sockets == sorted(f"{r}.kernel" for r in (*ROLE_NAMES, "supervisor"))
+        assert sockets == sorted(f"{r}.kernel" for r in (*ROLE_NAMES, "sup"))
         for name, mode in entries.items():  # the sockets and the machine key
             assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
         for role in ROLE_NAMES:
             assert rm.info["roles"][role]["kernel"] == f"ipc://{run}/{role}.kernel"
-        assert rm.info["supervisor"]["kernel"] == f"ipc://{run}/supervisor.kernel"
+        assert rm.info["supervisor"]["kernel"] == f"ipc://{run}/sup.kernel"
     finally:
         assert rm.stop() == 0
     assert not run.exists()
