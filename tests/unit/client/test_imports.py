@@ -21,12 +21,15 @@ ORDERS = {
     "cli": ("args", "life", "tools", "scenarios", "stress", "explore", "parser", "__init__"),
     "explore": (
         "workload",
+        "calls",
         "run",
         "shrink",
         "explore",
         "sequence",
         "diagram",
         "flight",
+        "fromdump",
+        "repro",
         "__init__",
     ),
     "stress": (
