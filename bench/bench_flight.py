@@ -33,10 +33,24 @@ from typing import Any
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
-STRESS = (
-    "--ram 4M --profile bug1999 --users 8 --spawn-rate 8 --run-time 60s "
-    "--mix sender=2,hog=1 --nemesis link-slow --nemesis-period 4"
-).split()
+STRESS = [
+    "--ram",
+    "4M",
+    "--profile",
+    "bug1999",
+    "--users",
+    "8",
+    "--spawn-rate",
+    "8",
+    "--run-time",
+    "60s",
+    "--mix",
+    "sender=2,hog=1",
+    "--nemesis",
+    "link-slow",
+    "--nemesis-period",
+    "4",
+]
 _REVOKED = re.compile(r"was revoked by ([\w-]+): pmap_page_protect\(NONE\) \((.*)\)$")
 
 

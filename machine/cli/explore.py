@@ -12,9 +12,17 @@ and trace hash (`--json`: {"outcome", "message", "trace_hash"}); `--html`
 writes the run's sequence diagram (recorded: recording does not change the
 run's trace hash).
 
+`replay --from-dump DUMP [--runs N] [--out DIR] [--json]` rebuilds a real
+run's client requests from a dump's flight recorders and reproduces its
+failure in the simulator (machine.explore.repro: the recorded order first,
+then a search of up to N runs, then shrinking); `--follow DUMP` replays a
+workload on the gate that follows that dump's recorded order (the command a
+"recorded" reproduction prints).
+
 Exit status, both commands: 0 no failure (every run ok), 1 a failure found
-(or replayed), 2 bad flags. Importing this module imports no part of the
-machine; each command imports what it runs.
+(or replayed), 2 bad flags. `replay --from-dump`: 0 reproduced, 1 not
+reproduced, 2 a dump that does not read. Importing this module imports no
+part of the machine; each command imports what it runs.
 """
 
 from __future__ import annotations
@@ -59,11 +67,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-shrink", dest="shrink", action="store_false")
     p.set_defaults(fn=cmd_explore)
 
-    p = sub.add_parser("replay", help="replay one exploration run exactly")
+    p = sub.add_parser("replay", help="replay one exploration run exactly, or a dump's run")
     _schedule_args(p)
-    p.add_argument("--run", type=int, required=True, help="run number K")
+    p.add_argument("--run", type=int, help="run number K (required unless --from-dump)")
     p.add_argument("--workload", metavar="FILE.json", help="play this workload instead")
     p.add_argument("--html", metavar="FILE", help="write the run's sequence diagram")
+    p.add_argument("--follow", metavar="DUMP", help="gate the bus to follow DUMP's recorded order")
+    p.add_argument(
+        "--from-dump", metavar="DUMP", help="reproduce a real run's failure from its dump"
+    )
+    p.add_argument(
+        "--runs", type=_positive, default=500, help="--from-dump: simulated runs at most"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="--from-dump: write workloads here (default: beside)"
+    )
+    p.add_argument("--no-shrink", dest="shrink", action="store_false")
     p.set_defaults(fn=cmd_replay)
 
 
@@ -117,6 +136,11 @@ def cmd_explore(a: argparse.Namespace) -> int:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
+    if a.from_dump:
+        return cmd_from_dump(a)
+    if a.run is None:
+        print("uvm-machine replay: --run K is required (or --from-dump DUMP)", file=sys.stderr)
+        return 2
     from machine.explore.explore import run_seed, workload_rng
     from machine.explore.run import run_workload
     from machine.explore.workload import Workload, draw
@@ -130,7 +154,17 @@ def cmd_replay(a: argparse.Namespace) -> int:
             return 2
     else:
         w = draw(workload_rng(rs))
-    r = run_workload(w, a.profile, rs, a.strategy, a.depth, record=bool(a.html))
+    follow = None
+    if a.follow:
+        from machine.dumpfile import DumpError, read_dump
+        from machine.explore.fromdump import extract
+
+        try:
+            follow = extract(read_dump(a.follow)).follow(w)
+        except DumpError as e:
+            print(f"uvm-machine replay: {e}", file=sys.stderr)
+            return 2
+    r = run_workload(w, a.profile, rs, a.strategy, a.depth, record=bool(a.html), follow=follow)
     if a.html:
         from machine.explore.diagram import render_html
 
@@ -145,3 +179,48 @@ def cmd_replay(a: argparse.Namespace) -> int:
         if a.html:
             print(f"diagram: {a.html}")
     return 0 if r.outcome == "ok" else 1
+
+
+def cmd_from_dump(a: argparse.Namespace) -> int:
+    from machine.dumpfile import DumpError
+    from machine.explore.repro import reproduce
+
+    if a.html or a.workload or a.follow:
+        print(
+            "uvm-machine replay: --from-dump takes no --html, --workload or --follow"
+            " (run the replay command it prints with them)",
+            file=sys.stderr,
+        )
+        return 2
+    log = None if a.json else print
+    try:
+        r = reproduce(a.from_dump, a.runs, a.out, a.seed, do_shrink=a.shrink, log=log)
+    except (DumpError, OSError) as e:
+        print(f"uvm-machine replay: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(r))
+    else:
+        _print_reproduction(r)
+    return 0 if r["reproduced"] else 1
+
+
+def _print_reproduction(r: dict[str, Any]) -> None:
+    t = r["target"]
+    print(f"dump: {t['outcome']}: {t['message'][:160]}")
+    f = r["follow"] or {}
+    if f:
+        where = f.get("first_divergence") or "never diverged"
+        print(f"recorded order: {f['followed']} of {f['expected']} inputs followed; {where}")
+    if not r["reproduced"]:
+        print(f"not reproduced in {r['runs_tried']} runs: {r['outcomes']}")
+        print(f"workload: {r['workload']}")
+        return
+    how = r["mode"] if r["mode"] == "recorded" else f"{r['mode']}: {r['variant']}"
+    print(f"reproduced ({how}) in {r['runs_tried']} runs: {r['message'][:160]}")
+    print(f"replay: {r['replay']}")
+    if r["shrunk_steps"]:
+        print(f"shrunk ({r['shrink_runs']} re-runs) to {len(r['shrunk_steps']) - 1} steps:")
+        for s in r["shrunk_steps"][:40]:
+            print(f"  {s[:160]}")
+        print(f"shrunk replay: {r['shrunk_replay']}")

@@ -28,9 +28,15 @@ Outcome, the first that holds in this order:
               still in use
   ok          none of these.
 
+A recorded run's workload (calls: machine.explore.fromdump) is played by
+machine.explore.calls instead, one session per recorded session, with the
+same final checks; `follow` (a recording's delivery order, as a function of
+the player's session map that makes a machine.ipc.follow.FollowGate) gates
+the bus so each role gets its inputs in the recorded order where it can.
+
 Invariants: run_workload is a pure function of (workload, profile,
-sched_seed, strategy, depth) -- same inputs, same outcome, message and
-trace_hash; each run boots a fresh machine in a fresh temporary state dir.
+sched_seed, strategy, depth, follow) -- same inputs, same outcome, message
+and trace_hash; each run boots a fresh machine in a fresh temporary state dir.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ from machine.client import (
     Socket,
 )
 from machine.client.wire import Packet, Wire
-from machine.explore.workload import Op, Workload
+from machine.explore.calls import CallPlayer, GateMaker, Hooks, PlayStats
+from machine.explore.workload import BUS_US, Op, Workload
 from machine.ipc.inmemory import SimulationDeadlock, SimulationTimeout, run_simulation
 from machine.ipc.schedule import make_schedule
 from machine.ipc.trace import Delivery
@@ -80,6 +87,8 @@ class RunResult:
     virtual_s: float
     revoker: str = ""
     record: list[Delivery] | None = None  # the bus's deliveries, when recorded
+    follow: dict[str, Any] | None = None  # the follow gate's report (FollowGate.report)
+    calls: PlayStats | None = None  # a recorded workload's play (machine.explore.calls)
 
 
 class WorkloadError(Exception):
@@ -392,7 +401,14 @@ async def _gone(p: Process) -> None:
             await p.exit()
 
 
-async def _run(w: Workload, profile: str, seed: int, boot_kw: dict[str, Any], st: _State) -> None:
+async def _run(
+    w: Workload,
+    profile: str,
+    seed: int,
+    boot_kw: dict[str, Any],
+    st: _State,
+    follow: GateMaker | None = None,
+) -> None:
     async with (
         SimMachine.boot(
             seed=seed, ram_bytes=w.ram, swap_bytes=w.swap, profile=profile, **boot_kw
@@ -403,7 +419,16 @@ async def _run(w: Workload, profile: str, seed: int, boot_kw: dict[str, Any], st
         ctx = Ctx(m, sim.kcall, Wire.tap(sim.kcall, m), load_profile(profile).knobs, w.ram)
         player = _Player(w, sim, m, ctx, st.found)
         try:
-            await player.play()
+            if w.recorded():
+                sessions: dict[int, str] = {}
+                st.gate = gate = follow(sessions) if follow is not None else None
+                sim.transport.gate = gate
+                hooks = Hooks(player.failed, st.found.add, player.final_checks, gate, sessions)
+                calls = CallPlayer(w, sim, ctx, hooks)
+                st.calls = calls.stats
+                await calls.play()
+            else:
+                await player.play()
         except Exception as e:
             player.failed(e)
         if m.panic is not None:
@@ -418,6 +443,8 @@ class _State:
     sim: SimMachine | None = None
     m: Machine | None = None
     vtime: float = 0.0
+    gate: Any = None  # the follow gate, if any (its report goes into the result)
+    calls: PlayStats | None = None
 
 
 def run_workload(
@@ -428,13 +455,22 @@ def run_workload(
     depth: int = 3,
     record: bool = False,
     time_limit_s: float = 600.0,
+    follow: GateMaker | None = None,
 ) -> RunResult:
-    """Boot, play, check, classify (module doc). Synchronous: its own VirtualTimeLoop."""
-    schedule = make_schedule(strategy, random.Random(f"s:{sched_seed}"), depth)
+    """Boot, play, check, classify (module doc). Synchronous: its own VirtualTimeLoop.
+    `follow`: a recorded workload's delivery order to follow (module doc)."""
+    rng = random.Random(f"s:{sched_seed}")
+    if w.bus_us == BUS_US:
+        schedule = make_schedule(strategy, rng, depth)
+    else:  # a recorded run's replay on a slower bus
+        lo, hi = (us / 1e6 for us in w.bus_us)
+        schedule = make_schedule(strategy, rng, depth, lo_s=lo, hi_s=hi)
     boot_kw: dict[str, Any] = {"schedule": schedule, "record": record}
     st = _State()
     try:
-        run_simulation(_run(w, profile, seed_of(sched_seed), boot_kw, st), limit_s=time_limit_s)
+        run_simulation(
+            _run(w, profile, seed_of(sched_seed), boot_kw, st, follow), limit_s=time_limit_s
+        )
     except (SimulationDeadlock, SimulationTimeout) as e:
         if st.m is not None and st.m.panic is not None:
             p = st.m.panic
@@ -454,4 +490,6 @@ def run_workload(
         virtual_s=st.vtime,
         revoker=m.group(1) if m else "",
         record=bus.record if bus is not None and record else None,
+        follow=st.gate.report() if st.gate is not None else None,
+        calls=st.calls,
     )

@@ -14,7 +14,10 @@ repeated while one of them makes progress:
      and undoes what it adds to the others (after_*: a send's sequel;
      file_*: a send's buffer becomes anonymous); small_ram off boots with
      DEFAULT_RAM, slow_link off unthrottles the link. So the RAM and link
-     settings stay unless the failure survives without them;
+     settings stay unless the failure survives without them. A recorded
+     run's workload (machine.explore.fromdump): its calls are "recorded"'s
+     (never all removed: a workload keeps an op), "paced" off plays them
+     as fast as they go;
   3. operations: ddmin over every client's operations (a client left with
      none is dropped).
 
@@ -39,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from machine.explore.workload import AFTER, Op, Workload
+from machine.explore.workload import AFTER, RECORDED_KINDS, Op, Workload
 
 #: The re-runs one shrink may cost.
 MAX_RUNS = 200
@@ -64,6 +67,8 @@ def made_by(op: Op) -> str:
         return "send_loan" if a.get("loan") else "send_copy"
     if op.kind == "map":
         return "file_shared" if a.get("shared") else "file_private"
+    if op.kind in RECORDED_KINDS:
+        return "recorded"  # a recorded run's requests: ddmin over clients and ops takes them
     return {"mlock": "mlock", "hog": "hog", "wakeup": "pd_wakeup"}.get(op.kind, op.kind)
 
 

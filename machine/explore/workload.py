@@ -26,6 +26,21 @@ Op kinds (args):
   leak    what ("hold": hold the link so loans stay; "noexit": a process that
           wires a page and never exits) -- test-only, never drawn
 
+Recorded ops (a real run's requests rebuilt from its dump by
+machine.explore.fromdump, played by machine.explore.calls; never drawn):
+  call    one request a client session sent: session (the recorded session
+          id, text), role, t (its tag), body (the request's msgpack, header
+          blanked, base64), at_us (when it arrived, microseconds after the
+          recording's first request), seq (its place in the merged history),
+          makes (for spawn, fork, socket, open: the recorded id it created,
+          mapped to the replay's)
+  kcall   a kernel-side tool's request (the nemesis's net.link, pd.wakeup):
+          role, t, body, at_us, seq, and after (it goes once every client has
+          issued its calls with a smaller seq)
+A workload of recorded ops has the features "recorded" (what its ops are
+made by, for the shrinker) and, when its calls keep the recorded pace (each
+issued no earlier than `at_us`), "paced"; `bus_us` may slow its bus.
+
 Invariants: draw is a pure function of its Random (no sets of str iterated,
 no clock); every drawn Op comes from a feature in `features`; a Workload is
 immutable and round-trips through to_json/from_json exactly.
@@ -33,12 +48,16 @@ immutable and round-trips through to_json/from_json exactly.
 
 from __future__ import annotations
 
+import base64
 import math
 import random
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from machine.params import PAGE_SIZE
+from machine.proto import decode_request
 
 FEATURES: tuple[str, ...] = (
     "send_loan",
@@ -62,8 +81,13 @@ AFTER = {"after_write": "write", "after_unmap": "unmap", "after_exit": "exit", "
 LOAN_THRESHOLD = 4096
 MAX_SEND = 1 << 20
 MIB = 1 << 20
+#: The bus's default delay range in us (machine.ipc.schedule's default, 20-200 us).
+BUS_US = (20, 200)
 
 Arg = int | str | bool
+#: The kinds of a recorded run's ops (module doc), and the features of such a workload.
+RECORDED_KINDS = ("call", "kcall")
+RECORDED_FEATURES = ("recorded", "paced")
 
 
 @dataclass(frozen=True)
@@ -94,9 +118,31 @@ class Op:
             text = f"hog: touch {a['pages']} pages (pressure)"
         elif self.kind == "wakeup":
             text = "wake the page daemon (pd.wakeup)"
+        elif self.kind in RECORDED_KINDS:
+            text = describe_call(a)
         else:
             text = f"{self.kind} {a}"
         return who + text
+
+
+def describe_call(a: dict[str, Arg]) -> str:
+    """A recorded request, readable: `uvm.mmap(asid=1, length=8192, ...) @1.250 ms`."""
+    fields: dict[str, Any] = {}
+    try:
+        msg = decode_request(base64.b64decode(str(a.get("body", ""))))
+        fields = msgspec.structs.asdict(msg)
+    except Exception:
+        fields = {"body": "(does not decode)"}
+    fields.pop("h", None)
+    shown = ", ".join(
+        f"{k}=<{len(v)} B>" if isinstance(v, bytes) else f"{k}={v!r}" for k, v in fields.items()
+    )
+    text = f"{a.get('t', '?')}({shown})"
+    if "makes" in a:
+        text += f" -> recorded id {a['makes']}"
+    if "after" in a:
+        text = "kernel: " + text
+    return text + f" @{int(a.get('at_us', 0)) / 1e3:.3f} ms"
 
 
 def _op_json(op: Op) -> dict[str, Any]:
@@ -111,6 +157,10 @@ class Workload:
     link_bps: int
     link_latency_us: int
     clients: tuple[tuple[Op, ...], ...]
+    #: The bus's delay range in us (each message in flight between them; schedule.py):
+    #: drawn workloads keep the default; a recorded run's replay may slow the bus to a
+    #: real machine's pace (machine.explore.repro). In the JSON only when not the default.
+    bus_us: tuple[int, int] = BUS_US
 
     def __post_init__(self) -> None:
         numbered = tuple(
@@ -126,8 +176,9 @@ class Workload:
             if self.link_bps
             else f"unthrottled, {self.link_latency_us} us"
         )
+        bus = f", bus {self.bus_us[0]}-{self.bus_us[1]} us" if self.bus_us != BUS_US else ""
         out = [
-            f"1. boot: {self.ram // 1024} KiB RAM, {self.swap // 1024} KiB swap, link {link}"
+            f"1. boot: {self.ram // 1024} KiB RAM, {self.swap // 1024} KiB swap, link {link}{bus}"
             f" [{', '.join(self.features)}]"
         ]
         for op in (op for ops in self.clients for op in ops):
@@ -137,6 +188,10 @@ class Workload:
     def size(self) -> int:
         return sum(len(ops) for ops in self.clients)
 
+    def recorded(self) -> bool:
+        """=> whether this is a recorded run's workload (its ops are calls: module doc)."""
+        return any(op.kind in RECORDED_KINDS for ops in self.clients for op in ops)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ram": self.ram,
@@ -145,7 +200,7 @@ class Workload:
             "link_bps": self.link_bps,
             "link_latency_us": self.link_latency_us,
             "clients": [[_op_json(op) for op in ops] for ops in self.clients],
-        }
+        } | ({"bus_us": list(self.bus_us)} if self.bus_us != BUS_US else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Workload:
@@ -158,6 +213,7 @@ class Workload:
             clients=tuple(
                 tuple(Op(str(o["kind"]), dict(o["args"])) for o in ops) for ops in d["clients"]
             ),
+            bus_us=(int(d["bus_us"][0]), int(d["bus_us"][1])) if "bus_us" in d else BUS_US,
         )
 
 

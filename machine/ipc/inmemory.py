@@ -28,6 +28,10 @@ its subscriber) is counted (`deliveries`) and noted in a running digest of
 (virtual time, endpoint, kind, message tag), `digest()`, independent of the
 raw bytes (machine.ipc.trace); with record=True also kept, `record`.
 
+Gate: with `gate` set (machine.ipc.follow.FollowGate), every request, reply and
+event that is due goes to gate.admit() instead, which delivers it now or holds
+it (to follow a recorded order); without one (the default) nothing changes.
+
 Fairness: each request is delivered by its own loop callback, so no reader
 drains a burst in one go; on the virtual clock no deadline (a heartbeat's
 timeout) passes while callbacks run, so a burst cannot starve the supervisor.
@@ -44,8 +48,8 @@ from __future__ import annotations
 import asyncio
 import random
 import selectors
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from machine.ipc.pending import Pending
 from machine.ipc.schedule import RandomSchedule, Schedule
@@ -61,6 +65,16 @@ from machine.ipc.transport import (
     Transport,
 )
 from machine.params import MAX_REQUEST_BYTES
+
+
+class Gate(Protocol):
+    """What the bus asks before a delivery (machine.ipc.follow.FollowGate)."""
+
+    def admit(
+        self, kind: str, pair: object, data: bytes, deliver: Callable[..., None], *args: Any
+    ) -> None:
+        """Deliver (deliver(*args)) now or later; kind "req" | "rep" | "evt"."""
+        ...
 
 
 class SimulationDeadlock(RuntimeError):
@@ -182,6 +196,13 @@ class MemSubscription(Subscription):
         self.key = delivery_key(endpoint, "evt")
 
     def deliver(self, data: bytes) -> None:
+        gate = self.bus.gate
+        if gate is not None:
+            gate.admit("evt", self, data, self._deliver, data)
+        else:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
         if not self.closed:
             self.bus.noted(self.key, "evt", self.endpoint, data)
             self.cb(data)
@@ -222,6 +243,8 @@ class InMemoryTransport(Transport):
         self._digest = TraceDigest()
         #: The loop the last message was scheduled on (its deliveries run there).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: Holds deliveries to follow a recorded order (machine.ipc.follow); None: off.
+        self.gate: Gate | None = None
 
     def digest(self) -> str:
         """Hex digest of every delivery so far: (virtual time, endpoint, kind, tag)."""
@@ -251,6 +274,12 @@ class InMemoryTransport(Transport):
         return when
 
     def deliver_request(self, conn: MemConnection, data: bytes) -> None:
+        if self.gate is not None:
+            self.gate.admit("req", conn, data, self._deliver_request, conn, data)
+        else:
+            self._deliver_request(conn, data)
+
+    def _deliver_request(self, conn: MemConnection, data: bytes) -> None:
         server = self.servers.get(conn.endpoint)
         if server is None or conn.closed or len(data) > MAX_REQUEST_BYTES:
             # Too large: refused unread, as ZMQ_MAXMSGSIZE does (the call times out).
@@ -286,6 +315,12 @@ class InMemoryTransport(Transport):
         )
 
     def _deliver_reply(self, conn: MemConnection, data: bytes) -> None:
+        if self.gate is not None:
+            self.gate.admit("rep", conn, data, self._reply_now, conn, data)
+        else:
+            self._reply_now(conn, data)
+
+    def _reply_now(self, conn: MemConnection, data: bytes) -> None:
         if not conn.closed:
             self.noted(conn.key_rep, "rep", conn.endpoint, data)
             conn.on_reply(data)

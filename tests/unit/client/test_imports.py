@@ -31,6 +31,7 @@ ORDERS = {
     ),
     "explore": (
         "workload",
+        "calls",
         "run",
         "shrink",
         "explore",
@@ -39,6 +40,8 @@ ORDERS = {
         "flight",
         "frames",
         "explain",
+        "fromdump",
+        "repro",
         "__init__",
     ),
     "stress": (
