@@ -34,22 +34,9 @@ from typing import Any
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 STRESS = [
-    "--ram",
-    "4M",
-    "--profile",
-    "bug1999",
-    "--users",
-    "8",
-    "--spawn-rate",
-    "8",
-    "--run-time",
-    "60s",
-    "--mix",
-    "sender=2,hog=1",
-    "--nemesis",
-    "link-slow",
-    "--nemesis-period",
-    "4",
+    *("--ram", "4M", "--profile", "bug1999", "--users", "8", "--spawn-rate", "8"),
+    *("--run-time", "60s", "--mix", "sender=2,hog=1", "--nemesis", "link-slow"),
+    *("--nemesis-period", "4"),
 ]
 _REVOKED = re.compile(r"was revoked by ([\w-]+): pmap_page_protect\(NONE\) \((.*)\)$")
 
@@ -105,7 +92,7 @@ def one(work: Path, k: int, replay_runs: int, replay: bool) -> dict[str, Any]:
         except (IndexError, ValueError):
             out["replay_error"] = r.stderr[-500:]
             return out
-        for key in ("reproduced", "mode", "runs_tried", "replay", "followed", "diverged"):
+        for key in ("reproduced", "mode", "runs_tried", "replay", "follow", "revoker"):
             out[key] = rj.get(key)
         out["shrunk_steps"] = len(rj.get("shrunk_steps") or [])
     return out
