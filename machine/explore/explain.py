@@ -267,28 +267,33 @@ def _corruption(ex: Explanation, h: History, fh: FrameHistory, detail: dict[str,
         "at": send.pos,
         "byte": off,
     }
-    pfn, read_at = _page_read(fh, send, va)
-    if pfn is None:
-        ex.notes.append(f"no recorded loan or copy names the page of {va:#x}")
+    where = _where_read(fh, send, off)
+    if where is None:
+        ex.notes.append(f"no recorded loan, copy or transmit names the page of {va:#x}")
         return
+    pfn, kva, read_at = where
     ex.page = pfn
-    hi = read_at + 1 if read_at is not None else None
-    touched = fh.of(pfn, send.pos, hi)
-    writes = [e for e in touched if e.kind in ("write", "kfault")]
+    ex.send["kva"] = kva
+    touched = fh.of(pfn, send.pos, read_at + 1)
+    at_kva = [e for e in _events_at(fh, kva, send.pos, read_at + 1) if e not in touched]
+    writes = [e for e in touched if e.kind == "write"]
+    writes += [e for e in [*touched, *at_kva] if e.kind == "kfault"]
     revokes = [e for e in touched if e.kind == "revoke"]
-    reused = [e for e in touched if e.kind == "map"]
+    reused = [e for e in touched if e.kind == "map" and (e.asid, e.va) != (send.asid, va)]
     ex.writers = [e.to_json() for e in writes]
-    f = _frame(fh, pfn, send.pos, hi)
+    f = _frame(fh, pfn, send.pos, read_at + 1)
     f["summary"] = [
-        f"byte {off} of send {send.seq} on socket {send.sock} (at {va:#x} of asid {send.asid})",
+        f"byte {off} of send {send.seq} on socket {send.sock} (at {va:#x} of asid {send.asid})"
+        + (f", read by the driver at kernel address {kva:#x}" if kva else ", copied"),
         f"{len(writes)} writes, {len(revokes)} revocations, {len(reused)} new mappings "
         "between the send and the driver's read",
     ]
+    f["at_kva"] = [e.to_json() for e in at_kva]
     ex.frames.append(f)
     if revokes:
-        ex.revoker = revokes[-1].who
-    wrong = f"byte {off} of send {send.seq} on socket {send.sock} was read from page {pfn}"
-    faults = [e for e in touched if e.kind == "kfault"]
+        ex.revoker = revokes[0].who
+    wrong = f"byte {off} of send {send.seq} on socket {send.sock} was loaned from page {pfn}"
+    faults = [e for e in [*touched, *at_kva] if e.kind == "kfault"]
     arrows = arrows_of(h.deliveries)
     at = {a.index: k for k, a in enumerate(arrows)}
     if faults and faults[-1].pos in at:  # its kernel mapping was revoked: a zero fill
@@ -301,6 +306,32 @@ def _corruption(ex: Explanation, h: History, fh: FrameHistory, detail: dict[str,
     ex.caption = f"{wrong}, which changed between the send and the driver's read: {said}"
     ex.marks = _marks(arrows, at, send, [*revokes, *writes], read_at)
     ex.chain = list(ex.marks.steps) if ex.marks is not None else []
+
+
+def _where_read(fh: FrameHistory, send: Send, off: int) -> tuple[int, int, int] | None:
+    """(the frame byte `off` of the send was loaned or copied from, the kernel address the
+    driver read it at (0: a copy), the position of that read). The mbuf that carried the
+    byte (net's tx note) names both; without it, the first loan or copy of the page."""
+    for tx in fh.tx:
+        if (tx.session, tx.sock, tx.seq) != (send.session, send.sock, send.seq) or not (
+            tx.off <= off < tx.off + tx.n
+        ):
+            continue
+        if not tx.pfns:  # copied: read when the send copied it (pmap.uhold)
+            break
+        i = (tx.pgoff + off - tx.off) // PAGE_SIZE
+        kva = tx.kva + i * PAGE_SIZE
+        reads = [e for e in _events_at(fh, kva, send.pos, tx.pos + 1) if e.kind == "read"]
+        return tx.pfns[i], kva, (reads[-1].pos if reads else tx.pos)
+    pfn, read_at = _page_read(fh, send, send.va + off)
+    return (pfn, 0, read_at if read_at is not None else send.pos) if pfn is not None else None
+
+
+def _events_at(fh: FrameHistory, kva: int, lo: int, hi: int) -> list[FrameEvent]:
+    """Every frame's events at kernel address `kva`'s page (asid 0) with lo <= pos < hi."""
+    page = kva & ~(PAGE_SIZE - 1)
+    out = [e for evs in fh.events.values() for e in evs if e.asid == 0 and e.va == page]
+    return sorted((e for e in out if lo <= e.pos < hi), key=lambda e: e.pos)
 
 
 def _page_read(fh: FrameHistory, send: Send, va: int) -> tuple[int | None, int | None]:

@@ -116,10 +116,27 @@ class Send:
     n: int
 
 
+@dataclass(frozen=True)
+class Tx:
+    """One mbuf the driver put on the wire (net's "tx" note): bytes [off, off + n) of
+    send `seq` on `sock`; a loaned one's storage at kva + pgoff over `pfns`."""
+
+    pos: int
+    session: int
+    sock: int
+    seq: int
+    off: int
+    n: int
+    kva: int
+    pgoff: int
+    pfns: tuple[int, ...]
+
+
 @dataclass
 class FrameHistory:
     events: dict[int, collections.deque[FrameEvent]] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
+    tx: list[Tx] = field(default_factory=list)
     owner: dict[int, int] = field(default_factory=dict)  # asid -> session
     exited: dict[int, str] = field(default_factory=dict)  # asid -> how it ended
     ended: dict[int, str] = field(default_factory=dict)  # session -> how it ended
@@ -278,7 +295,8 @@ class _Pass:
         elif isinstance(m, UvmKfault) and m.asid == 0:
             pfn = m.pfn if m.pfn >= 0 else fh.kmap.get(m.va >> PAGE_SHIFT, -1)
             if pfn >= 0:
-                self.note(pfn, "kfault", who, f"kernel page fault at {m.va:#x} (the driver's read)")
+                what = f"kernel page fault at {m.va:#x} (the driver's read)"
+                self.note(pfn, "kfault", who, what, 0, m.va)
         elif isinstance(m, UvmExit):
             fh.exited.setdefault(m.asid, "exit")
         elif isinstance(m, UvmDetach):
@@ -344,7 +362,8 @@ class _Pass:
         elif isinstance(req, PmapKextractRanges) and isinstance(m, PmapKextractRangesReply):
             for (kva, _), pfns in zip(req.ranges, m.pfns, strict=False):
                 for i, pfn in enumerate(pfns):
-                    self.note(pfn, "read", "net", f"the driver's DMA of {kva + i * PAGE_SIZE:#x}")
+                    at = kva + i * PAGE_SIZE
+                    self.note(pfn, "read", "net", f"the driver's DMA of {at:#x}", 0, at)
         elif isinstance(req, PmapUhold) and isinstance(m, PmapUholdReply):
             for i, pfn in enumerate(m.pfns):
                 self.note(
@@ -359,14 +378,24 @@ class _Pass:
     def internal(self, role: str, note: dict[str, Any]) -> None:
         what = note.get("what")
         if what == "tx":
-            for pfn in note.get("pfns") or ():
+            try:
+                session, sock, seq, off, n, kva, pgoff = (
+                    int(note[k]) for k in ("session", "sock", "seq", "off", "n", "kva", "pgoff")
+                )
+                pfns = tuple(int(p) for p in note.get("pfns") or ())
+            except (KeyError, TypeError, ValueError):
+                return
+            tx = Tx(self.pos, session, sock, seq, off, n, kva, pgoff, pfns)
+            self.fh.tx.append(tx)
+            for i, pfn in enumerate(tx.pfns):
                 self.note(
-                    int(pfn),
+                    pfn,
                     "tx",
                     role,
-                    f"on the wire: session {int(note['session']):x} "
-                    f"socket {note['sock']} send {note['seq']} bytes {note['off']}.."
-                    f"{int(note['off']) + int(note['n'])}",
+                    f"on the wire: session {tx.session:x} socket {tx.sock} send {tx.seq} "
+                    f"bytes {tx.off}..{tx.off + tx.n}",
+                    0,
+                    tx.kva + i * PAGE_SIZE,
                 )
         elif what == "lease reap":
             self.fh.ended.setdefault(int(note.get("session", 0)), "reaped: lease expired")

@@ -92,6 +92,8 @@ class Extracted:
     origin: float  # the roles' clock (mono) that at_us 0 is
     dump: dict[str, Any]
     skipped: dict[str, int] = field(default_factory=dict)
+    #: role -> entries its recorder let go: the sessions' oldest requests may be missing
+    truncated: dict[str, int] = field(default_factory=dict)
 
     def follow(self, w: Workload | None = None) -> FollowPlan:
         """=> the follow plan for `w` (default: the extracted workload)."""
@@ -145,7 +147,7 @@ def extract(dump: dict[str, Any]) -> Extracted:
     frames = (dump.get("roles", {}).get("uvm") or {}).get("frames") or {}
     swap = int(frames.get("swpages", 0)) * PAGE_SIZE or 2 * ram
     w = Workload(ram, swap, RECORDED_FEATURES, 0, 0, tuple(c for c in clients if c))
-    return Extracted(w, [str(s) for s in order], origin, dump, skipped)
+    return Extracted(w, [str(s) for s in order], origin, dump, skipped, h.truncated())
 
 
 def _args(k: int, role: str, msg: Request, at_s: float) -> dict[str, int | str | bool]:

@@ -161,6 +161,7 @@ def reproduce(
         "requests": w.size(),
         "sessions": len(ex.sessions),
         "skipped": ex.skipped,
+        "truncated": ex.truncated,
         "follow": follow_report,
         "outcomes": dict(sorted(seen.items())),
     }

@@ -262,8 +262,8 @@ class Controller:
         if back is False:
             end = self.series.frames_end()
             self._dumpsys(f"frames not back: at the start {self.frames_start}, at the end {end}")
-        if self.record.panic is not None:
-            self._crash_dump()
+        if self.record.panic is not None and not self.dump.get("path"):
+            self._crash_dump()  # a corruption's dump, taken first, is the verdict's evidence
         summary = self.summary(back)
         code = verdict(summary)
         summary["exit_status"] = code

@@ -40,7 +40,8 @@ def test_a_corruption_is_dumped_at_once_and_explain_names_page_send_and_writer(
     status, s, err = stress(
         tmp_path,
         *("--ram", "4M", "--profile", profile, "--users", "4", "--spawn-rate", "4"),
-        *("--run-time", "12s", "--mix", "sender=2,hog=1"),
+        *("--run-time", "8s", "--mix", "sender=2,hog=1"),
+        *("--nemesis", "link-slow", "--nemesis-period", "2"),  # loans stay out longer
     )
     assert status == 4, err[-3000:]
     assert s["corruption"] > 0
@@ -63,6 +64,9 @@ def test_a_corruption_is_dumped_at_once_and_explain_names_page_send_and_writer(
     assert isinstance(writers, list)
     assert writers, ex  # who wrote the page between the send and the driver's read
     assert s["explained"]["page"] == ex["page"]
+    # the wire carried zeros (LOAN_KVA kernel_object): the revoked mapping's chain
+    assert "entered a zero page there" in str(ex["caption"]), ex["caption"]
+    assert ex["revoker"] in ("uvm", "pdaemon")
 
 
 @pytest.mark.timeout(180)
