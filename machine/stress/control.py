@@ -13,8 +13,9 @@ It owns what is one per run, not one per user:
     summary.json is written with the report files, and the exit status set;
   - the evidence: a dump of the machine with every role's flight recorder
     (ctl.dumpsys, through the supervisor's kernel endpoint: needs the state dir)
-    at the first corruption, while the recorders still hold its history, and when
-    frames are not back; a panic's crash dump is the supervisor's own. Its path is
+    at the first corruption, while the recorders still hold its history, when
+    frames are not back, and for any other verdict but 0 (a threshold, failures)
+    at the end; a panic's crash dump is the supervisor's own. Its path is
     summary.json's `dump` (`uvm-machine stress` adds the explain page and commands).
 Invariants: `finish` runs once (Locust's quitting event) and always sets
 `environment.process_exit_code`; no greenlet of the controller outlives it.
@@ -266,6 +267,10 @@ class Controller:
             self._crash_dump()  # a corruption's dump, taken first, is the verdict's evidence
         summary = self.summary(back)
         code = verdict(summary)
+        if code != 0 and not self.dump and back is not None:  # a threshold, failures, ...
+            self._dumpsys(f"verdict {code}: {verdict_line(summary)}")
+            summary["dump"] = self.dump.get("path")
+            summary["dump_reason"] = self.dump.get("reason") or self.dump.get("error")
         summary["exit_status"] = code
         print(f"uvm-machine stress: exit {code}: {verdict_line(summary)}", file=sys.stderr)
         report = self.option("uvm_report", "") or ""
