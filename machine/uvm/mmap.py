@@ -14,6 +14,9 @@ Ordering rules (why the machine never maps a freed frame):
     no await before they answer: a session that ended meanwhile gets ESRCH and
     the process is torn down (before, a fork in flight at a detach left its
     child, and every page the child shared, for good).
+  * A fork's child is published (in uvm.spaces, where its asid can be named)
+    locked, and unlocked only when whole: an exit of the child during the
+    fork waits for it, instead of tearing down a map the fork goes on filling.
 
 Memory follows use: nothing uvm keeps, and no loop it runs, is sized by the
 virtual size of a mapping. Amaps and objects are sparse (machine.uvm.amap,
@@ -36,6 +39,8 @@ cf. NetBSD sys/uvm/uvm_map.c, uvm_mmap.c, uvm_glue.c (concepts only).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
@@ -303,6 +308,10 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
             uvm.uncharge_proc(owner)
             raise
         child = VmSpace(child_asid, owner, VmMap(pool))
+        # The child is held locked until it is whole: an exit (or any request) of its asid,
+        # which a client can guess, waits for the fork instead of tearing down a half-built
+        # map that the fork then goes on filling (its amap references would outlive it).
+        await child.lock.acquire()
         uvm.spaces[child_asid] = child
         done = 0  # entries inserted: their reservations are spent
         try:
@@ -313,8 +322,11 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
                 raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
         except BaseException:
             pool.unreserve(len(todo) - done)
-            await exit(uvm, child_asid, owner, reason="fork failed")
+            child.lock.release()
+            with contextlib.suppress(UserError):  # ended meanwhile by the session's end
+                await exit(uvm, child_asid, owner, reason="fork failed")
             raise
+        child.lock.release()
         uvm.stats.forks += 1
         return child_asid
 
