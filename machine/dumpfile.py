@@ -17,7 +17,9 @@ compact on one line (it is most of the bytes: up to record_bytes per role). read
 gives the flight recorders back with their bodies as bytes.
 
 Invariants: write_dump writes the whole file or nothing under its name (a temporary
-file renamed into place), so a reader never sees half a dump; read_dump accepts every
+file, created new and never through a link, renamed into place), so a reader never
+sees half a dump; a dump and its copies (copy_private) are mode 0600, folders made for
+them 0700: a dump holds every session's recorded bytes; read_dump accepts every
 dump this project wrote, also one without `flight` (written before the recorder), and
 raises DumpError (never KeyError or a JSON error) for anything else: a recorder's
 entries are checked to have the recorder's shape (machine.ipc.recorder.FIELDS), so what
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +51,39 @@ def write_dump(path: Path, doc: dict[str, Any], flight: dict[str, dict[str, Any]
     bytes) to `path` as one JSON object. => path."""
     head = json.dumps({**doc, "flight": "@@flight@@"}, indent=1, default=str)
     body = json.dumps({r: to_json(e) for r, e in flight.items()}, separators=(",", ":"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        i = head.rindex(_FLIGHT_MARK)  # `flight` is the last key
-        f.write(head[:i])
-        f.write(body)
-        f.write(head[i + len(_FLIGHT_MARK) :])
-    os.replace(tmp, path)
+    private_folder(path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            i = head.rindex(_FLIGHT_MARK)  # `flight` is the last key
+            f.write(head[:i])
+            f.write(body)
+            f.write(head[i + len(_FLIGHT_MARK) :])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def private_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) if missing, mode 0700 when made: a dump holds every
+    session's recorded bytes, as private as the files clients write (mode 0600)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def copy_private(src: str | Path, dst: str | Path) -> Path:
+    """Copy a dump to `dst` (a file, or a folder to put it in) readable by its owner only
+    (mode 0600). => the copy's path."""
+    out = Path(dst)
+    if out.is_dir():
+        out = out / Path(src).name
+    else:
+        private_folder(out.parent)
+    shutil.copyfile(src, out)
+    os.chmod(out, 0o600)
+    return out
 
 
 def _checked(export: dict[str, Any]) -> dict[str, Any]:

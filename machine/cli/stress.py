@@ -319,12 +319,12 @@ def _evidence(summary: dict[str, Any], report: Path) -> None:
     """A run whose verdict is not 0: its dump (with every flight recorder) is copied into
     the report as dump.json, explained into explain.html, linked from report.html; the
     summary gains the `explain` and `replay` commands (or `evidence_error`)."""
-    from machine.dumpfile import DumpError, read_dump
+    from machine.dumpfile import DumpError, copy_private, read_dump
     from machine.explore.explain import explain
 
     dump = report / "dump.json"
     try:
-        shutil.copyfile(summary["dump"], dump)
+        copy_private(summary["dump"], dump)
         ex = explain(read_dump(dump), str(dump))
         (report / "explain.html").write_text(ex.html(f"{ex.outcome}: the stress run's dump"))
     except (OSError, DumpError) as e:

@@ -54,8 +54,6 @@ def cmd_dump(a: argparse.Namespace) -> int:
     """A dump of the live machine (ctl.dumpsys): every role's state and flight recorder,
     written by the supervisor into <state>/dump/ (and copied to --out). The machine runs
     on. => 0 and the path on stdout; 1 when the machine could not dump."""
-    import shutil
-
     from machine.ipc.peer import RemoteError
     from machine.proto import CtlDumpsys, CtlDumpsysReply, Header
 
@@ -75,7 +73,9 @@ def cmd_dump(a: argparse.Namespace) -> int:
         return 1
     path = rep.path
     if a.out:
-        path = str(shutil.copyfile(rep.path, a.out))
+        from machine.dumpfile import copy_private
+
+        path = str(copy_private(rep.path, a.out))
     print(path)
     return 0
 

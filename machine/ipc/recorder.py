@@ -22,7 +22,8 @@ size, and its bytes: every request, reply and event in full up to `body` bytes (
 longer one keeps its first `body` bytes and its true `size`; a large ctl.dump, stats
 or status reply only its first 64: a dump's reply holds the role's own recorder; a
 request the role's checks refused only its first REFUSED_KEEP, so junk a client
-sends never fills the ring), or, for `int`, a dict.
+sends never fills the ring), or, for `int`, its fields msgpack-encoded (a dict once
+exported).
 Header ids are not decoded here (that costs; `explain` decodes): the bytes hold them.
 
 Why `last_id`: it places the role's outputs among its inputs. A message the role sent
@@ -54,6 +55,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
+
 from machine.ipc.trace import tag_bytes
 from machine.limits import Limits
 
@@ -72,6 +75,10 @@ Entry = tuple[int, str, str, int, int, float, int, int, Any]
 #: recorder: the supervisor would keep every role's history twice): their first bytes.
 _QUIET_BODIES = frozenset({b"ctl.dump.reply", b"ctl.status.reply", b"ctl.stats.reply"})
 _QUIET_OVER = 4096
+#: A note is kept msgpack-encoded (bytes: its size is what the byte bound counts, where a
+#: dict of a dozen fields would cost a kilobyte and count as nothing); export decodes it.
+_notes = msgspec.msgpack.Encoder()
+_note_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 class HasLastId(Protocol):
@@ -110,6 +117,7 @@ class FlightRecorder:
         self.dropped = 0  # the oldest, let go for the bounds
         self.held = 0  # bytes the ring holds (bodies + RECORD_OVERHEAD each)
         self.cut = 0  # bodies kept only in part (longer than `body`)
+        self._ep_int = f"{role}/int"
 
     @classmethod
     def bounded(
@@ -172,21 +180,21 @@ class FlightRecorder:
         if not self.on:
             return
         self.seq += 1
-        body = {"what": what, **fields}
+        body = _notes.encode({"what": what, **fields})  # its real size, not a dict's
         self.ring.append(
             (
                 self.seq,
                 "int",
-                f"{self.role}/int",
+                self._ep_int,
                 0,
                 time.time_ns(),
                 self._now_s(),
                 self._last_id(),
-                0,
+                len(body),
                 body,
             )
         )
-        self.held += RECORD_OVERHEAD
+        self.held += len(body) + RECORD_OVERHEAD
         if self.held > self.nbytes or len(self.ring) > self.events:
             self._evict()
 
@@ -195,8 +203,7 @@ class FlightRecorder:
         while len(ring) > 1 and (self.held > self.nbytes or len(ring) > self.events):
             e = ring.popleft()
             self.dropped += 1
-            data = e[8]
-            self.held -= (len(data) if isinstance(data, bytes) else 0) + RECORD_OVERHEAD
+            self.held -= len(e[8]) + RECORD_OVERHEAD
 
     # -- reading -----------------------------------------------------------------------
 
@@ -216,7 +223,10 @@ class FlightRecorder:
             "held_bytes": self.held,
             "clock": {"wall_ns": time.time_ns(), "mono": self._now_s()},
             "fields": list(FIELDS),
-            "entries": [list(e) for e in self.ring],
+            "entries": [
+                [*e[:8], _note_decoder.decode(e[8])] if e[1] == "int" else list(e)
+                for e in self.ring
+            ],
         }
 
 

@@ -37,7 +37,6 @@ flight) and the supervisor's own recorder.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,7 @@ from machine.config import (
     HEARTBEAT_LIVENESS,
     PANIC_GRACE_S,
 )
-from machine.dumpfile import write_dump
+from machine.dumpfile import copy_private, private_folder, write_dump
 from machine.ipc.peer import Peer, RemoteError
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription, Transport
@@ -99,8 +98,8 @@ def _knobs(profile: str) -> dict[str, Any]:
 
 
 def _copy_into(path: str, folder: str) -> None:
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(path, folder)
+    private_folder(Path(folder))
+    copy_private(path, folder)
 
 
 @dataclass

@@ -75,14 +75,16 @@ def _ours(path: Path, what: str, fix_mode: bool = False) -> None:
 
 def prepare_state(state_dir: Path) -> None:
     """The state directory and its disk/, dump/ and run/, each checked to be ours alone
-    to write (a missing one is made 0700); run/ (kernel sockets, the machine key) is
-    mode 0700 whatever the umask or an earlier run left. => StateDirError otherwise."""
+    to write (a missing one is made 0700); run/ (kernel sockets, the machine key) and
+    dump/ (dumps: every session's recorded bytes) are mode 0700 whatever the umask or an
+    earlier run left. => StateDirError otherwise."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _ours(state_dir, "state directory")
     for sub in ("disk", "dump", "run"):
         with contextlib.suppress(FileExistsError):
             (state_dir / sub).mkdir(mode=0o700)
-        _ours(state_dir / sub, f"{sub}/ of the state directory", fix_mode=sub == "run")
+        # run/ (sockets, the key) and dump/ (every session's recorded bytes): 0700, always
+        _ours(state_dir / sub, f"{sub}/ of the state directory", fix_mode=sub in ("run", "dump"))
     for entry in (state_dir / "run").iterdir():  # left by an earlier run: ours, or refused
         if entry.lstat().st_uid != os.geteuid():
             raise StateDirError(f"{entry} belongs to someone else: remove it first")

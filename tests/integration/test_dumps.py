@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,11 @@ def test_uvm_machine_dump_writes_a_live_dump_and_the_machine_runs_on(tmp_path: P
         assert (dump["kind"], dump["reason"]) == ("live", "a look")
         assert set(dump["flight"]) == ROLES
         assert _has_session(dump, session)
-        assert list((rm.state / "dump").glob("live-*.json"))  # the supervisor's own copy
+        (own,) = (rm.state / "dump").glob("live-*.json")  # the supervisor's own copy
+        # every session's recorded bytes: readable by the machine's owner only
+        assert stat.S_IMODE(own.stat().st_mode) == 0o600
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        assert stat.S_IMODE((rm.state / "dump").stat().st_mode) == 0o700
         st = status_json(rm.endpoint)
         assert st["state"] == "running"
         assert all(s["alive"] for s in st["roles"].values())
@@ -109,6 +114,8 @@ def test_up_record_writes_a_dump_when_the_machine_stops(tmp_path: Path) -> None:
     finally:
         assert rm.stop() == 0
     (path,) = record.glob("stop-*.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.stat().st_mode) == 0o700
     dump = read_dump(path)
     assert dump["kind"] == "stop"
     assert set(dump["flight"]) == ROLES

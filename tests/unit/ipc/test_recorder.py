@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import tracemalloc
 
 from machine.ipc.inmemory import InMemoryTransport
 from machine.ipc.recorder import (
@@ -19,8 +21,8 @@ from machine.proto import CtlDumpReply, CtlPing, Header, Scope, encode
 
 
 def _rec(events: int = 100, nbytes: int = 1 << 20, body: int = 1 << 16) -> FlightRecorder:
-    ids = iter(range(1, 10_000))
-    clock = iter(x / 10 for x in range(10_000))
+    ids = itertools.count(1)
+    clock = (x / 10 for x in itertools.count())
     return FlightRecorder(
         "uvm", lambda: next(ids), lambda: next(clock), events=events, nbytes=nbytes, body=body
     )
@@ -30,17 +32,37 @@ def test_an_entry_holds_its_place_time_ids_and_bytes() -> None:
     r = _rec()
     r.record("req", "uvm/kernel", 7, b"abc")
     r.note("lease reap", session=5)
-    (e1, e2) = r.ring
+    e1, e2 = r.export()["entries"]
     assert dict(zip(FIELDS, e1, strict=True)) | {"wall_ns": 0} == {
         "seq": 1, "kind": "req", "ep": "uvm/kernel", "conn": 7, "wall_ns": 0, "mono": 0.0,
         "last_id": 1, "size": 3, "data": b"abc",
     }  # fmt: skip
     assert e1[4] > 0
-    assert e2[4] >= e1[4]
-    assert e2[:4] == (2, "int", "uvm/int", 0)
+    assert e2[4] >= e1[4]  # wall time, ns
+    assert e2[:4] == [2, "int", "uvm/int", 0]
     assert e2[8] == {"what": "lease reap", "session": 5}
+    assert e2[7] == len(r.ring[-1][8])  # kept encoded: its size is what the bound counts
     assert e2[5] > e1[5]
-    assert e2[6] > e1[6]
+    assert e2[6] > e1[6]  # the role's clock and last msg_id move on
+
+
+def test_the_byte_bound_is_what_the_entries_really_take() -> None:
+    """Bodies and notes alike (a transmit note per mbuf a client sends): the memory the
+    ring holds stays within the bound, as tracemalloc measures it."""
+    bound = 4 << 20
+    r = _rec(events=10**9, nbytes=bound, body=2 << 20)
+    tracemalloc.start()
+    try:
+        for i in range(30_000):
+            r.record("req", "mmu/user", 1804289383, bytes(4200) if i % 3 == 0 else bytes(100))
+            r.note("tx", session=(1 << 62) - 1, sock=i, seq=i, off=i << 16, n=65536,
+                   kva=(1 << 62) + (i << 16), pgoff=0, pfns=list(range(i, i + 16)))  # fmt: skip
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.dropped > 0
+    assert r.held <= bound
+    assert held <= 1.2 * bound, (held, bound)
 
 
 def test_the_oldest_entries_go_first_by_count() -> None:
