@@ -23,7 +23,9 @@ them 0700: a dump holds every session's recorded bytes; read_dump accepts every
 dump this project wrote, also one without `flight` (written before the recorder), and
 raises DumpError (never KeyError or a JSON error) for anything else: a recorder's
 entries are checked to have the recorder's shape (machine.ipc.recorder.FIELDS), so what
-reads the history (machine.explore.flight) may rely on it.
+reads the history (machine.explore.flight) may rely on it, and what `explain` and
+`replay --from-dump` read besides (the panic, the machine, uvm's held frames and address
+spaces) is checked against its types (_Head, _Uvm); JSON's NaN and Infinity are refused.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from machine.ipc.recorder import FIELDS, KINDS, from_json, to_json
 
@@ -86,6 +90,61 @@ def copy_private(src: str | Path, dst: str | Path) -> Path:
     return out
 
 
+U63 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+Digits = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,12}$")]
+
+
+class _Panic(msgspec.Struct):
+    role: str = ""
+    message: str = ""
+    trace: list[str] = []
+
+
+class _Held(msgspec.Struct):
+    flags: list[str] = []
+    queue: str = ""
+    wire_count: U63 = 0
+    loan_count: U63 = 0
+    anon: U63 | None = None
+    object: U63 | None = None
+    offset: int = 0
+
+
+class _Entry(msgspec.Struct):
+    start: U63 = 0
+    end: U63 = 0
+    object: U63 | None = None
+    anons: dict[Digits, tuple[int, int, int]] = {}
+
+
+class _Space(msgspec.Struct):
+    owner: U63 = 0
+    entries: list[_Entry] = []
+
+
+class _Uvm(msgspec.Struct):
+    held: dict[Digits, _Held] = {}
+    spaces: dict[Digits, _Space] = {}
+    frames: dict[str, int] = {}
+
+
+class _Machine(msgspec.Struct):
+    nframes: Annotated[int, msgspec.Meta(ge=1, le=1 << 34)] = 16
+    lease_s: Annotated[float, msgspec.Meta(ge=0, le=1e9)] = 10.0
+
+
+class _Head(msgspec.Struct):
+    """What `explain` and `replay --from-dump` read of a dump besides the recorders."""
+
+    roles: dict[str, dict[str, Any]]
+    kind: str = ""
+    reason: str = ""
+    panic: _Panic | None = None
+    profile: str = ""
+    knobs: dict[str, Any] = {}
+    machine: _Machine | None = None
+
+
 def _checked(export: dict[str, Any]) -> dict[str, Any]:
     """An export whose entries have the recorder's shape (FIELDS). => ValueError if not."""
     if not isinstance(export.get("entries"), list):
@@ -94,27 +153,44 @@ def _checked(export: dict[str, Any]) -> dict[str, Any]:
         ok = (
             isinstance(e, list)
             and len(e) == len(FIELDS)
-            and all(isinstance(e[i], int) and not isinstance(e[i], bool) for i in (0, 3, 4, 6, 7))
+            and all(_u63(e[i]) for i in (0, 3, 4, 6, 7))
             and e[1] in KINDS
             and isinstance(e[2], str)
             and isinstance(e[5], int | float)
+            and not isinstance(e[5], bool)
+            and abs(e[5]) < 1e12
             and isinstance(e[8], dict if e[1] == "int" else bytes)
         )
         if not ok:
             raise ValueError(f"an entry is not a recorder's: {str(e)[:200]}")
+    if isinstance(export.get("incarnation"), bool) or not _u63(export.get("incarnation", 0)):
+        raise ValueError("its incarnation is not a number")
     return export
+
+
+def _u63(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a dump holds")
 
 
 def read_dump(path: str | Path) -> dict[str, Any]:
     """A dump, its flight recorders' bodies as bytes again. => DumpError if it is none."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
     except OSError as e:
         raise DumpError(f"{path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise DumpError(f"{path}: not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise DumpError(f"{path}: not JSON ({str(e)[:200]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("roles"), dict):
         raise DumpError(f"{path}: not a uvm-machine dump (no roles)")
+    try:
+        msgspec.convert(doc, _Head)
+        msgspec.convert(doc["roles"].get("uvm") or {}, _Uvm)
+    except msgspec.ValidationError as e:
+        raise DumpError(f"{path}: not a uvm-machine dump: {e}") from None
     flight = doc.get("flight") or {}
     if not isinstance(flight, dict):
         raise DumpError(f"{path}: its flight recorders are not an object")

@@ -383,7 +383,7 @@ class _Pass:
                     int(note[k]) for k in ("session", "sock", "seq", "off", "n", "kva", "pgoff")
                 )
                 pfns = tuple(int(p) for p in note.get("pfns") or ())
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 return
             tx = Tx(self.pos, session, sock, seq, off, n, kva, pgoff, pfns)
             self.fh.tx.append(tx)
@@ -397,8 +397,8 @@ class _Pass:
                     0,
                     tx.kva + i * PAGE_SIZE,
                 )
-        elif what == "lease reap":
-            self.fh.ended.setdefault(int(note.get("session", 0)), "reaped: lease expired")
+        elif what == "lease reap" and isinstance(reaped := note.get("session"), int):
+            self.fh.ended.setdefault(reaped, "reaped: lease expired")
 
 
 def frame_history(h: History) -> FrameHistory:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine.dumpfile import DumpError
 from machine.explore.calls import MAKES
 from machine.explore.flight import History, header_of, merge
 from machine.explore.workload import RECORDED_FEATURES, Op, Workload
@@ -324,18 +325,23 @@ def profile_for(dump: dict[str, Any], where: Path) -> str:
     when that still has the dump's knobs, else a TOML written in `where` from the knobs."""
     name = str(dump.get("profile") or "modern")
     knobs = dump.get("knobs")
+    if not isinstance(knobs, dict) or not knobs:  # unknown (a dump from before knobs)
+        knobs = None
     try:
         p = load_profile(name)
-        if not isinstance(knobs, dict) or p.knobs == knobs:
+        if knobs is None or p.knobs == knobs:
             return name if name in SHIPPED else p.source
-    except ProfileError:
-        if not isinstance(knobs, dict):
-            raise
+    except ProfileError as e:
+        if knobs is None:
+            raise DumpError(f"the dump's profile is gone and it holds no knobs: {e}") from None
     base = load_profile("modern")
     stem = Path(name).stem if name.endswith(".toml") else name
     where.mkdir(parents=True, exist_ok=True)
     path = with_overrides(base, dict(knobs), where, name=f"{stem}-from-dump")
-    load_profile(path)  # refused knobs fail here, with the file named
+    try:
+        load_profile(path)  # refused knobs fail here, with the file named
+    except ProfileError as e:
+        raise DumpError(f"the dump's knobs do not make a profile: {e}") from None
     return path
 
 
