@@ -149,6 +149,7 @@ class SimMachine:
             rng=rng,
             pid=0,
             key=launcher.key,
+            dump_in_thread=False,  # a run stays a function of its seed
         )
         await sup.boot(
             "inproc://supervisor/router", "inproc://supervisor/pub", "inproc://supervisor/kernel"

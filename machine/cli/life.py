@@ -165,6 +165,7 @@ def cmd_supervise(a: argparse.Namespace) -> int:
                 lease_s=a.lease,
                 key_file=Path(a.key_file or _default_key_file(str(state))),
                 kernel_dir=a.kernel_dir,
+                limits=a.limit,
             )
         )
     except (LaunchError, OSError) as e:

@@ -260,6 +260,7 @@ class Controller:
             self._record_panic(p.role, p.message, p.dump)
         if self._dumper is not None:
             self._dumper.join(timeout=DUMP_TIMEOUT_S)
+            self._dumper.kill()  # no greenlet of the controller outlives it (a no-op if done)
         if back is False:
             end = self.series.frames_end()
             self._dumpsys(f"frames not back: at the start {self.frames_start}, at the end {end}")

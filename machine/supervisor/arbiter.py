@@ -131,6 +131,7 @@ class Supervisor(Service):
         heartbeat_s: float = HEARTBEAT_INTERVAL_S,
         panic_grace_s: float = PANIC_GRACE_S,
         record_dir: str = "",
+        dump_in_thread: bool = True,
         **kw: Any,
     ) -> None:
         super().__init__(transport, **kw)
@@ -149,6 +150,10 @@ class Supervisor(Service):
         self.dump_path = ""
         #: `up --record DIR`: a dump is written there when the machine stops.
         self.record_dir = record_dir
+        #: Write a dump's JSON in a worker thread (a real machine: a full dump is hundreds of
+        #: MB and its loop must keep answering); on the loop in a simulation (its virtual
+        #: clock would run on while a thread writes, and a run must be a function of its seed).
+        self.dump_in_thread = dump_in_thread
         self._dumps = 0  # dumps written (numbers the live ones)
         self._shutting_down = False
 
@@ -319,9 +324,8 @@ class Supervisor(Service):
             },
             "roles": states,
         }
-        # Written here, not in a thread: a simulated machine's virtual clock would run on
-        # while a thread writes (a run must be a function of its seed). A large dump
-        # holds the loop for a moment; the machine is halted, or a person asked for it.
+        if self.dump_in_thread:
+            return str(await asyncio.to_thread(write_dump, path, doc, flight))
         return str(write_dump(path, doc, flight))
 
     # -- shutdown -------------------------------------------------------------------

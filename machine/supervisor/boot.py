@@ -268,6 +268,7 @@ async def run_external(
     lease_s: float = CLIENT_LEASE_S,
     key_file: Path | None = None,
     kernel_dir: str = "",
+    limits: Limits | None = None,
 ) -> int:
     """Supervise roles that compose runs at the fixed port layout; own the RAM segment.
 
@@ -297,6 +298,7 @@ async def run_external(
             lease_s=lease_s,
             rng=rng,
             key=key,
+            limits=limits,  # its own recorder's bounds
         )
         return await _serve(sup, launcher, layout["supervisor"], state_dir, ram, on_ready, early)
     finally:
