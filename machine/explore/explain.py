@@ -223,7 +223,7 @@ def _panic(ex: Explanation, h: History, fh: FrameHistory) -> None:
     if not ex.revoker:
         m = _REVOKED.search(ex.message)
         ex.revoker = m.group(1) if m else ""
-    pages = [int(p) for p in _PAGE.findall(ex.caption or ex.message)]
+    pages = [int(p) for p in _PAGE.findall(ex.caption) or _PAGE.findall(ex.message)]
     if pages:
         ex.page = pages[0]
         f = _frame(fh, pages[0])

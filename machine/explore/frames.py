@@ -28,7 +28,9 @@ pfn), from what uvm and net asked of the mmu, and notes for each frame what touc
   tx       net's note: an mbuf of the frame on the wire   net's driver
 
 A store to a page the shadow has no mapping for (the mmu trapped it) is the frame's
-that the next mapping of that page names (the trap's answer). Processes that exited
+that the next mapping of that page names (the trap's answer). What a reply reports (a
+loan, a claim, a translation, a hold) is noted at its request's place: it was done when
+the role handled the request. Processes that exited
 (uvm.exit, the uvm.proc_exited event, a lease reap) are in `exited`.
 
 Invariants: total (a message that does not decode, or names what the shadow does not
@@ -246,9 +248,16 @@ class _Pass:
             elif d.kind == "rep" and isinstance(m, Reply):
                 got = self.requests.pop((d.endpoint, d.at, m.h.re), None)
                 if got is not None:
+                    # what the reply reports was done when the request was handled
+                    pos, self.pos = self.pos, got[0]
                     self.reply(got[1], m)
+                    self.pos = pos
             elif d.kind == "evt" and isinstance(m, UvmProcExited):
                 self.fh.exited.setdefault(m.asid, m.reason)
+        for pfn, q in self.fh.events.items():  # a reply's events sit at their request's place
+            self.fh.events[pfn] = collections.deque(
+                sorted(q, key=lambda e: e.pos), maxlen=MAX_EVENTS
+            )
         return self.fh
 
     def request(self, m: Msg, who: str) -> None:

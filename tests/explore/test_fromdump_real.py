@@ -27,9 +27,9 @@ STRESS = (
     *("--run-time", "30s", "--mix", "sender=2,hog=1", "--nemesis", "link-slow"),
     *("--nemesis-period", "4"),
 )
-ATTEMPTS = 3  # a stress run that ends without a panic is run again (real timing)
+ATTEMPTS = 4  # a stress run that ends without the chain's panic is run again (real timing)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # `-m slow`: .ci/run runs it
 
 
 def real_panic_dump(tmp: Path) -> Path:
@@ -39,9 +39,12 @@ def real_panic_dump(tmp: Path) -> Path:
         cmd += ["--report", str(tmp / f"report{i}")]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
         dumps = sorted((state / "dump").glob("crash-*.json"))
-        if p.returncode == 3 and dumps:
+        # the thread's chain, a kernel page fault on a revoked loan (most runs); about 1
+        # run in 15 panics in uvm_unloanpage's KASSERT instead, an interleaving of the
+        # daemon's claim between two unloans that the replay does not always find
+        if p.returncode == 3 and dumps and "kernel page fault" in target_of(read_dump(dumps[0]))[1]:
             return dumps[0]
-    pytest.fail(f"no bug1999 panic in {ATTEMPTS} stress runs: {p.stderr[-2000:]}")
+    pytest.fail(f"no bug1999 kernel page fault in {ATTEMPTS} stress runs: {p.stderr[-2000:]}")
 
 
 @pytest.mark.timeout(420)

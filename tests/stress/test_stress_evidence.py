@@ -17,7 +17,8 @@ from machine.profile import load_profile, with_overrides
 from tests.stress.test_stress_cli import ROOT, stress
 
 PY = sys.executable
-pytestmark = pytest.mark.integration
+# real stress runs of 8 s and 4 s plus the frames' wait: `-m slow` (.ci/run runs it)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _explain(report: Path) -> dict[str, object]:
