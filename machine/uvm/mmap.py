@@ -62,6 +62,7 @@ async def spawn(uvm: Uvm, owner: int) -> int:
     try:
         await uvm.pmap.create(asid, owner)
         if not uvm.owner_live(owner):
+            uvm.note("undone: the session ended", op="spawn", asid=asid, session=owner)
             await uvm.pmap.destroy(asid)
             raise UserError(Errno.ESRCH, "spawn: the session ended meanwhile")
     except BaseException:
@@ -319,6 +320,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
                 await _fork_entry(uvm, sp, child, e)
                 done += 1
             if not uvm.owner_live(owner):  # the session's end did not see the child
+                uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
                 raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
         except BaseException:
             pool.unreserve(len(todo) - done)

@@ -135,3 +135,20 @@ def test_explain_refuses_what_is_not_a_dump(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr
     r = cli("explain", str(tmp_path / "missing.json"))
     assert r.returncode == 2
+
+
+def test_up_record_keeps_the_crash_dump_after_a_panic(tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    rm = boot_real(tmp_path / "state", "--ram", "8M", "--record", str(record))
+    try:
+        asyncio.run(_use(rm.endpoint))
+        r = cli("panic", "net", "a recorded panic", "--state", str(rm.state))
+        assert r.returncode == 0, r.stderr
+    finally:
+        assert rm.stop() == 3
+    (crash,) = (rm.state / "dump").glob("crash-*.json")
+    (kept,) = record.glob("*.json")
+    assert kept.name == crash.name  # the crash dump itself, not a second dump
+    assert kept.read_bytes() == crash.read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert read_dump(kept)["panic"]["role"] == "net"

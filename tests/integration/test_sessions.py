@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -209,11 +210,13 @@ async def test_an_oversized_frame_is_dropped_in_simulation_too() -> None:
 # flight left an empty process the same way (seen in stress runs too).
 
 
-async def _made_while_detaching(seed: int, verb: str) -> tuple[Reply, dict[str, int], int, int]:
+async def _made_while_detaching(
+    seed: int, verb: str
+) -> tuple[Reply, dict[str, int], int, int, list[dict[str, Any]]]:
     """Send `verb` (fork of a process with 2 resident pages, or spawn) and, right behind it
     on the same connection, the session's detach. => the reply to `verb`, uvm's frames,
     the processes uvm still holds and its sessions, once every frame is free again or
-    after 10 s (virtual) of waiting for it."""
+    after 10 s (virtual) of waiting for it, and uvm's recorder's notes."""
     async with SimMachine.boot(seed=seed, ram_bytes=4 << 20) as sim:
         uvm = sim.service("uvm")
         assert isinstance(uvm, UvmService)
@@ -236,7 +239,8 @@ async def _made_while_detaching(seed: int, verb: str) -> tuple[Reply, dict[str, 
 
         with contextlib.suppress(TimeoutError):
             await poll_for(back, 10.0, what="every frame free and no process left")
-        return rep, vm.frames(), len(vm.spaces), len(uvm.sessions)
+        notes = [e[8] for e in uvm.recorder.export()["entries"] if e[1] == "int"]
+        return rep, vm.frames(), len(vm.spaces), len(uvm.sessions), notes
 
 
 @pytest.mark.timeout(120)
@@ -244,7 +248,7 @@ async def _made_while_detaching(seed: int, verb: str) -> tuple[Reply, dict[str, 
 def test_a_process_made_while_its_session_detaches_does_not_outlive_it(verb: str) -> None:
     raced = 0
     for seed in range(8):
-        rep, frames, procs, sessions = run_simulation(_made_while_detaching(seed, verb))
+        rep, frames, procs, sessions, _ = run_simulation(_made_while_detaching(seed, verb))
         assert sessions == 0
         assert procs == 0, (seed, rep, frames)  # no process of an ended session is left
         assert frames["free"] == frames["total"], (seed, rep, frames)
@@ -294,3 +298,20 @@ def test_a_child_exited_while_its_fork_copies_leaks_nothing() -> None:
         for delay_us in (100, 300, 500, 700, 900, 1200):
             free, total, procs = run_simulation(_child_exited_during_fork(seed, delay_us / 1e6))
             assert (free, procs) == (total, 0), (seed, delay_us, free, total, procs)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("verb", ["fork", "spawn"])
+def test_the_recorder_notes_a_process_undone_because_its_session_ended(verb: str) -> None:
+    """A dump of a machine where the race happened shows it: uvm's flight recorder notes
+    the spawn or fork it undid, with the asid and the session."""
+    for seed in range(8):
+        rep, _, _, _, notes = run_simulation(_made_while_detaching(seed, verb))
+        if rep.status is Status.OK:
+            continue  # the detach came after the request: nothing was undone
+        undone = [n for n in notes if n["what"] == "undone: the session ended"]
+        assert [n["op"] for n in undone] == [verb], notes
+        assert undone[0]["asid"] > 0
+        assert undone[0]["session"] > 0
+        return
+    pytest.fail("no seed raced the request with the detach")
