@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import html
 import json
 import os
 import re
@@ -333,25 +334,20 @@ def _evidence(summary: dict[str, Any], report: Path) -> None:
     summary["explain"] = f"uvm-machine explain {dump} --html {report / 'explain.html'}"
     summary["replay"] = f"uvm-machine replay --from-dump {dump}"
     summary["explained"] = {k: ex.to_json()[k] for k in ("outcome", "revoker", "caption", "page")}
-    html = report / "report.html"
-    if html.exists():
-        text = html.read_text()
+    page = report / "report.html"
+    if page.exists():
+        text = page.read_text()
+        why = html.escape((ex.caption or ex.outcome)[:300])
         link = (
             '<p id="uvm-explain" style="padding:12px 16px;margin:0;background:#fbeaea;'
             'font:15px sans-serif"><b>Why this run failed:</b> <a href="explain.html">the '
-            f"explain page</a> ({_esc(ex.caption or ex.outcome)}) &middot; the dump: "
+            f"explain page</a> ({why}) &middot; the dump: "
             '<a href="dump.json">dump.json</a> &middot; replay it in the simulator: '
             "<code>uvm-machine replay --from-dump dump.json</code></p>"
         )
         at = text.find("<body")
         at = text.find(">", at) + 1 if at >= 0 else 0
-        html.write_text(text[:at] + link + text[at:])
-
-
-def _esc(text: str) -> str:
-    import html
-
-    return html.escape(text[:300], quote=True)
+        page.write_text(text[:at] + link + text[at:])
 
 
 def _print(summary: dict[str, Any], report: Path, as_json: bool, temp: bool) -> None:

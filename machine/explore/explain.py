@@ -104,8 +104,9 @@ class Explanation:
         return out
 
     def html(self, title: str) -> str:
+        record = self.history.deliveries if self.history is not None else None
         return render_html(
-            _Result(self),
+            _Result(self.outcome, self.message, self.path, self.revoker, record),
             _Steps(self.details),
             title,
             chain=self.marks,
@@ -115,29 +116,15 @@ class Explanation:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Result:
-    ex: Explanation
+    """What the diagram page needs of a run (diagram.ResultLike), for a dump."""
 
-    @property
-    def outcome(self) -> str:
-        return self.ex.outcome
-
-    @property
-    def message(self) -> str:
-        return self.ex.message
-
-    @property
-    def trace_hash(self) -> str:
-        return self.ex.path
-
-    @property
-    def revoker(self) -> str:
-        return self.ex.revoker
-
-    @property
-    def record(self) -> list[Delivery] | None:
-        return self.ex.history.deliveries if self.ex.history is not None else None
+    outcome: str
+    message: str
+    trace_hash: str  # the dump's path (the page's `hash_label` says so)
+    revoker: str
+    record: list[Delivery] | None
 
 
 @dataclass

@@ -210,6 +210,18 @@ async def test_an_oversized_frame_is_dropped_in_simulation_too() -> None:
 # flight left an empty process the same way (seen in stress runs too).
 
 
+async def _settled(uvm: UvmService) -> None:
+    """Wait until no process is left and every frame is free, or 10 s (virtual) went by
+    (the caller asserts on what is left)."""
+    vm = uvm.vm
+
+    def back() -> bool:
+        return not vm.spaces and vm.pages.free.count == vm.pages.npages
+
+    with contextlib.suppress(TimeoutError):
+        await poll_for(back, 10.0, what="every frame free and no process left")
+
+
 async def _made_while_detaching(
     seed: int, verb: str
 ) -> tuple[Reply, dict[str, int], int, int, list[dict[str, Any]]]:
@@ -233,12 +245,7 @@ async def _made_while_detaching(
             await poll_for(lambda: len(got) == 2, 10.0, what="both replies")
         rep = next(r for r in got if not isinstance(r, UvmDetachReply))
         assert isinstance(rep, Reply), rep
-
-        def back() -> bool:
-            return not vm.spaces and vm.pages.free.count == vm.pages.npages
-
-        with contextlib.suppress(TimeoutError):
-            await poll_for(back, 10.0, what="every frame free and no process left")
+        await _settled(uvm)
         notes = [e[8] for e in uvm.recorder.export()["entries"] if e[1] == "int"]
         return rep, vm.frames(), len(vm.spaces), len(uvm.sessions), notes
 
@@ -275,16 +282,11 @@ async def _child_exited_during_fork(seed: int, delay_s: float) -> tuple[int, int
                 await p.store(va, b"x" * (2 * PAGE_SIZE))
             peer = m._peers["uvm"]
             peer.call_then(UvmFork(h=_H, asid=p.asid), got.append)
-            await asyncio.sleep(delay_s)
+            await asyncio.sleep(delay_s)  # the variable under test, in virtual time
             peer.call_then(UvmExit(h=_H, asid=p.asid + 1), got.append)
             await poll_for(lambda: len(got) == 2, 10.0, what="both replies")
             await p.exit()
-
-        def back() -> bool:
-            return not vm.spaces and vm.pages.free.count == vm.pages.npages
-
-        with contextlib.suppress(TimeoutError):
-            await poll_for(back, 10.0, what="every frame free and no process left")
+        await _settled(uvm)
         return vm.pages.free.count, vm.pages.npages, len(vm.spaces)
 
 
