@@ -22,6 +22,7 @@ sees one reply. An unresolvable fault raises Segv.
 
 Errors a caller can see (all MachineError):
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine
+  Sigbus          the access was beyond the end of a mapped file (SIGBUS)
   OutOfMemory     no frame could be had for the fault
   MachinePanic    the machine panicked; every pending and later call raises it
   MachineStopped  the machine stopped cleanly (or is stopping); every pending
@@ -53,16 +54,65 @@ from machine.client.errors import (
     OutOfMemory,
     RequestError,
     Segv,
+    Sigbus,
 )
 from machine.client.feed import RECV_PACKETS, RECV_WAIT_MS, WireFeed
 from machine.client.machine import Machine
 from machine.client.process import File, Process, SendResult, Socket
 from machine.client.session import Session
 from machine.client.wire import KCall, Packet, Wire
+from machine.proto.vmcalls import (
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_NORMAL,
+    MADV_RANDOM,
+    MADV_SEQUENTIAL,
+    MADV_WILLNEED,
+    MAP_INHERIT_COPY,
+    MAP_INHERIT_NONE,
+    MAP_INHERIT_SHARE,
+    MAP_INHERIT_ZERO,
+    MCL_CURRENT,
+    MCL_FUTURE,
+    MS_ASYNC,
+    MS_INVALIDATE,
+    MS_SYNC,
+    O_CREAT,
+    O_EXCL,
+    O_RDONLY,
+    O_RDWR,
+    O_TRUNC,
+    O_WRONLY,
+    RLIM_INFINITY,
+    RLIMIT_MEMLOCK,
+)
 
 __all__ = [
+    "MADV_DONTNEED",
+    "MADV_FREE",
+    "MADV_NORMAL",
+    "MADV_RANDOM",
+    "MADV_SEQUENTIAL",
+    "MADV_WILLNEED",
+    "MAP_INHERIT_COPY",
+    "MAP_INHERIT_NONE",
+    "MAP_INHERIT_SHARE",
+    "MAP_INHERIT_ZERO",
+    "MCL_CURRENT",
+    "MCL_FUTURE",
+    "MS_ASYNC",
+    "MS_INVALIDATE",
+    "MS_SYNC",
+    "O_CREAT",
+    "O_EXCL",
+    "O_RDONLY",
+    "O_RDWR",
+    "O_TRUNC",
+    "O_WRONLY",
     "RECV_PACKETS",
     "RECV_WAIT_MS",
+    "RLIMIT_MEMLOCK",
+    "RLIM_INFINITY",
     "File",
     "KCall",
     "Machine",
@@ -77,6 +127,7 @@ __all__ = [
     "Segv",
     "SendResult",
     "Session",
+    "Sigbus",
     "Socket",
     "Wire",
     "WireFeed",

@@ -1,6 +1,7 @@
 """The errors the client library raises: every one is a MachineError.
 
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine
+  Sigbus          the access was beyond the end of a mapped file (SIGBUS)
   OutOfMemory     no frame could be had for the fault (ENOMEM)
   MachinePanic    the machine panicked; every pending and later call raises it
   MachineStopped  the machine stopped cleanly (or is stopping); every pending
@@ -28,6 +29,15 @@ class Segv(MachineError):
 
     def __init__(self, va: int, access: Prot, reason: str) -> None:
         super().__init__(f"SIGSEGV at {va:#x} ({access.letters()}): {reason}")
+        self.va, self.access, self.reason = va, access, reason
+
+
+class Sigbus(MachineError):
+    """SIGBUS: the access to `va` was inside a file mapping but beyond the end of the
+    file (after ftruncate, or a mapping longer than its file); `reason` says why."""
+
+    def __init__(self, va: int, access: Prot, reason: str) -> None:
+        super().__init__(f"SIGBUS at {va:#x} ({access.letters()}): {reason}")
         self.va, self.access, self.reason = va, access, reason
 
 

@@ -21,7 +21,7 @@ from machine.client.session import Session
 from machine.client.wire import Wire
 from machine.ipc.transport import Transport
 from machine.ipc.zmqtransport import ZmqTransport
-from machine.proto import NO_HEADER, UvmOpen, UvmOpenReply, UvmSpawn, UvmSpawnReply
+from machine.proto import NO_HEADER, O_RDWR, UvmOpen, UvmOpenReply, UvmSpawn, UvmSpawnReply
 
 _H = NO_HEADER
 
@@ -66,11 +66,14 @@ class Machine(Session):
         rep = await self.call_role("uvm", UvmSpawn(h=_H), UvmSpawnReply)
         return Process(self, rep.asid, self.processes)
 
-    async def open(self, name: str, create: bool = False, size: int | None = None) -> File:
-        """Open (or create) a file under the machine's disk/ directory, for mmap."""
+    async def open(
+        self, name: str, create: bool = False, size: int | None = None, flags: int = O_RDWR
+    ) -> File:
+        """open(2) of a file under the machine's disk/ directory, for mmap. flags:
+        O_RDONLY, O_WRONLY or O_RDWR with O_CREAT, O_TRUNC, O_EXCL (create: O_CREAT)."""
         rep = await self.call_role(
             "uvm",
-            UvmOpen(h=_H, name=name, create=create, size=-1 if size is None else size),
+            UvmOpen(h=_H, name=name, create=create, size=-1 if size is None else size, flags=flags),
             UvmOpenReply,
         )
         return File(self, rep.handle, name, rep.size)

@@ -22,10 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from machine.client.errors import OutOfMemory, RequestError, Segv
+from machine.client.errors import OutOfMemory, RequestError, Segv, Sigbus
 from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
 from machine.proto import (
+    MCL_CURRENT,
+    MS_SYNC,
     NO_HEADER,
+    RLIMIT_MEMLOCK,
     Errno,
     MmuAccessReply,
     MmuLoad,
@@ -42,11 +45,22 @@ from machine.proto import (
     UvmExit,
     UvmFork,
     UvmForkReply,
+    UvmFtruncate,
+    UvmGetrlimit,
+    UvmMadvise,
+    UvmMincore,
+    UvmMincoreReply,
+    UvmMinherit,
+    UvmMlockall,
     UvmMmap,
     UvmMmapReply,
     UvmMprotect,
     UvmMsync,
+    UvmMsyncReply,
+    UvmMunlockall,
     UvmMunmap,
+    UvmRlimitReply,
+    UvmSetrlimit,
     UvmUnwire,
     UvmWire,
 )
@@ -92,6 +106,13 @@ class File:
 
     async def close(self) -> None:
         await self.m.call_role("uvm", UvmClose(h=_H, handle=self.handle), Reply)
+
+    async def ftruncate(self, length: int) -> None:
+        """ftruncate(2): the file is now `length` bytes. Shrinking takes the pages beyond
+        the end out of every mapping (an access there raises Sigbus); growing reads
+        zeros. => RequestError EINVAL when the file is not open for writing."""
+        await self.m.call_role("uvm", UvmFtruncate(h=_H, handle=self.handle, length=length), Reply)
+        self.size = length
 
 
 class Process:
@@ -156,15 +177,56 @@ class Process:
         await self._range_call(UvmMprotect, va, length, prot=int(Prot.parse(prot)))
 
     async def mlock(self, va: int, length: int) -> None:
-        """Wire the range: every page faulted in now (COW copied now), never paged out."""
+        """mlock(2): wire the range (rounded to pages): every page faulted in now (COW
+        copied now), never paged out. Locks do not nest: one munlock unlocks."""
         await self._range_call(UvmWire, va, length)
 
     async def munlock(self, va: int, length: int) -> None:
+        """munlock(2): unlock the range, however often it was locked."""
         await self._range_call(UvmUnwire, va, length)
 
-    async def msync(self, va: int, length: int) -> int:
-        """Write dirty pages of shared file mappings in the range to their file. => pages."""
-        rep = await self._range_call(UvmMsync, va, length)
+    async def mlockall(self, flags: int = MCL_CURRENT) -> None:
+        """mlockall(2): MCL_CURRENT wires every mapping now, MCL_FUTURE every later one."""
+        await self._uvm(UvmMlockall(h=_H, asid=self.asid, flags=flags))
+
+    async def munlockall(self) -> None:
+        """munlockall(2): unlock everything and cancel MCL_FUTURE."""
+        await self._uvm(UvmMunlockall(h=_H, asid=self.asid))
+
+    async def getrlimit(self, resource: int = RLIMIT_MEMLOCK) -> tuple[int, int]:
+        """getrlimit(2). => (soft, hard) in bytes (RLIMIT_MEMLOCK)."""
+        rep = await self._uvm(UvmGetrlimit(h=_H, asid=self.asid, resource=resource), UvmRlimitReply)
+        return int(rep.cur), int(rep.max)
+
+    async def setrlimit(self, resource: int, cur: int, max: int) -> tuple[int, int]:
+        """setrlimit(2) (RLIMIT_MEMLOCK; the hard limit may only be lowered). => now."""
+        rep = await self._uvm(
+            UvmSetrlimit(h=_H, asid=self.asid, resource=resource, cur=cur, max=max),
+            UvmRlimitReply,
+        )
+        return int(rep.cur), int(rep.max)
+
+    async def minherit(self, va: int, length: int, inherit: int) -> None:
+        """minherit(2): MAP_INHERIT_SHARE, _COPY, _NONE or _ZERO for the range at fork."""
+        await self._range_call(UvmMinherit, va, length, inherit=inherit)
+
+    async def madvise(self, va: int, length: int, advice: int) -> None:
+        """madvise(2): MADV_NORMAL, _RANDOM, _SEQUENTIAL, _WILLNEED, _DONTNEED, _FREE."""
+        await self._range_call(UvmMadvise, va, length, advice=advice)
+
+    async def mincore(self, va: int, length: int) -> bytes:
+        """mincore(2). => one byte per page of the range: 1 resident, 0 not."""
+        rep = await self._uvm(
+            UvmMincore(h=_H, asid=self.asid, va=va, length=length), UvmMincoreReply
+        )
+        return bytes(rep.vec)
+
+    async def msync(self, va: int, length: int, flags: int = MS_SYNC) -> int:
+        """msync(2): write dirty pages of shared file mappings in the range to their file
+        (MS_SYNC, MS_ASYNC; with MS_INVALIDATE). => pages written or scheduled."""
+        rep = await self._uvm(
+            UvmMsync(h=_H, asid=self.asid, va=va, length=length, flags=flags), UvmMsyncReply
+        )
         return int(rep.pages)
 
     async def fork(self) -> Process:
@@ -189,6 +251,8 @@ class Process:
         access = Prot(rep.fault_access)
         if rep.errno is Errno.EFAULT:
             raise Segv(rep.fault_va, access, rep.detail)
+        if rep.errno is Errno.SIGBUS:
+            raise Sigbus(rep.fault_va, access, rep.detail)
         if rep.errno is Errno.ENOMEM:
             raise OutOfMemory(rep.detail)
         raise RequestError(rep.errno or Errno.EINVAL, rep.detail)
@@ -201,7 +265,8 @@ class Process:
             await self._access(MmuStore(h=_H, asid=self.asid, va=a, data=chunk))
 
     async def load(self, va: int, n: int) -> bytes:
-        """A CPU load of n bytes; faults are resolved transparently. => Segv if unmapped."""
+        """A CPU load of n bytes; faults are resolved transparently. => Segv if unmapped,
+        Sigbus beyond the end of a mapped file."""
         out = bytearray()
         for off in range(0, n, MAX_ACCESS_BYTES):
             take = min(MAX_ACCESS_BYTES, n - off)

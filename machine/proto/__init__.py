@@ -16,3 +16,4 @@ from machine.proto.pdaemon import *  # noqa: F403
 from machine.proto.pmap import *  # noqa: F403
 from machine.proto.trap import *  # noqa: F403
 from machine.proto.uvm import *  # noqa: F403
+from machine.proto.vmcalls import *  # noqa: F403

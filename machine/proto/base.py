@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 5)
+PROTOCOL_VERSION: tuple[int, int] = (1, 6)
 
 
 class Scope(enum.Enum):
@@ -56,7 +56,8 @@ class Errno(enum.StrEnum):
     ESRCH = "ESRCH"  # no such address space / process
     EINVAL = "EINVAL"  # a field is out of range or the request is malformed
     EBADMSG = "EBADMSG"  # unknown tag, or bytes that do not decode
-    EFAULT = "EFAULT"  # access to an address with no valid translation (a trap)
+    EFAULT = "EFAULT"  # access to an address with no valid translation (a trap): SIGSEGV
+    SIGBUS = "SIGBUS"  # access beyond the end of a mapped file (uvm_fault's EINVAL) (1.6)
     ENOMEM = "ENOMEM"  # out of memory, frames or address space
     EBUSY = "EBUSY"  # resource busy; try again
     EAGAIN = "EAGAIN"  # a limit on processes or sessions is reached (see machine/limits.py)
@@ -93,6 +94,14 @@ class BadAddress(UserError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(Errno.EFAULT, detail)
+
+
+class BusError(UserError):
+    """SIGBUS: the access is inside a file mapping but beyond the end of the file
+    (NetBSD's pager answers EINVAL and trap() delivers SIGBUS, BUS_ADRERR). (1.6)"""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.SIGBUS, detail)
 
 
 #: A header number: 0 <= n < 2**63 (msgspec bounds fit an int64; the project's

@@ -13,7 +13,7 @@ import msgspec
 
 # Importing the message modules registers every subclass (each area's messages: adding
 # an area is adding its module here).
-from machine.proto import control, net, pdaemon, pmap, trap, uvm  # noqa: F401
+from machine.proto import control, net, pdaemon, pmap, trap, uvm, vmcalls  # noqa: F401
 from machine.proto.base import Errno, Event, Header, Msg, Reply, Request
 
 

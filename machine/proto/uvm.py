@@ -60,14 +60,23 @@ class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
     """Map `length` bytes of memory (uvm_map).
 
     => length > 0 (rounded up to pages); prot in VM_PROT bits.
-    => va 0 lets uvm choose; otherwise va is page aligned and, with fixed,
-       used exactly (EINVAL if the range overlaps a mapping).
+    => without fixed, va is a hint (NetBSD's uvm_map: the first free range at or
+       above it, else anywhere; rounded down to a page): never a reason to fail
+       while the address space has room. With fixed (MAP_FIXED), va is page
+       aligned and used exactly; whatever is mapped in the range is replaced, as
+       one operation (1.6; before, EINVAL); va 0 with fixed is EINVAL.
     => handle 0: anonymous, zero-filled memory; else an open file (uvm.open)
-       at byte `offset` (page aligned).
+       at byte `offset` (page aligned). The maximum protection of a file
+       mapping comes from the open mode (1.6): a shared mapping writable needs a
+       file open for writing, any mapping needs it open for reading (EACCES).
     => shared: stores are seen by every process mapping it (and reach the
        file); private: copy-on-write, the file is never written.
-       Fork inherits shared entries shared and private ones copied.
-    Reply: UvmMmapReply with the start VA. Errnos: EINVAL, ENOMEM, EBADF.
+       Fork inherits shared entries shared and private ones copied (minherit
+       changes it). After mlockall(MCL_FUTURE) the new mapping is wired.
+    Reply: UvmMmapReply with the start VA. Errnos: EINVAL (length, alignment,
+    fixed outside user space or at 0), ENOMEM (no room, vsize, map_entries,
+    maxentries), EBADF, EACCES (open mode), EAGAIN (MCL_FUTURE beyond
+    RLIMIT_MEMLOCK).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -145,79 +154,6 @@ class UvmMprotect(Request, frozen=True, kw_only=True, tag="uvm.mprotect"):
     va: Va
     length: Length
     prot: ProtBits
-
-
-class UvmWire(Request, frozen=True, kw_only=True, tag="uvm.wire"):
-    """mlock(2): fault in and wire every page of the range (uvm_map_pageable).
-
-    => a wired page never leaves RAM; wiring a copy-on-write range copies now.
-    Errnos: ENOMEM (range not fully mapped, or no frames), EINVAL.
-    """
-
-    scope: ClassVar[Scope] = Scope.USER
-    asid: Asid
-    va: Va
-    length: Length
-
-
-class UvmUnwire(Request, frozen=True, kw_only=True, tag="uvm.unwire"):
-    """munlock(2): undo one wiring of the range; the last one requeues the pages."""
-
-    scope: ClassVar[Scope] = Scope.USER
-    asid: Asid
-    va: Va
-    length: Length
-
-
-class UvmMsync(Request, frozen=True, kw_only=True, tag="uvm.msync"):
-    """msync(2): write the dirty pages of shared file mappings in the range to the file.
-
-    Reply: UvmMsyncReply with the number of pages written.
-    """
-
-    scope: ClassVar[Scope] = Scope.USER
-    asid: Asid
-    va: Va
-    length: Length
-
-
-class UvmMsyncReply(Reply, frozen=True, kw_only=True, tag="uvm.msync.reply"):
-    pages: int = 0
-
-
-class UvmOpen(Request, frozen=True, kw_only=True, tag="uvm.open"):
-    """Open a file under the machine's disk/ directory (for mmap with its handle).
-
-    => name: a relative path inside disk/ naming a regular file (no '..', not
-       absolute, no NUL, components <= 255 bytes, path < 1024 bytes, at most
-       16 components); no symbolic link on the way or at the end is followed.
-       disk/ is shared by every session; handles are per session.
-    => create: make it (mode 0600, and missing directories on the way, 0700)
-       if missing; size >= 0: at least this many bytes.
-    Reply: UvmOpenReply with the handle and the file's size.
-    Errnos: EINVAL (bad name or negative size), EFBIG (a size beyond the
-    filesize limit), ENOENT (missing and not create),
-    EISDIR (a directory), ENOTDIR (a file on the way), ENAMETOOLONG, ELOOP (a
-    symbolic link), EACCES (not a regular file, or the host refused), EEXIST,
-    EIO (the host file system failed).
-    """
-
-    scope: ClassVar[Scope] = Scope.USER
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-    create: bool = False
-    size: Annotated[int, msgspec.Meta(ge=-1, le=1 << 40)] = -1
-
-
-class UvmOpenReply(Reply, frozen=True, kw_only=True, tag="uvm.open.reply"):
-    handle: int = 0
-    size: int = 0
-
-
-class UvmClose(Request, frozen=True, kw_only=True, tag="uvm.close"):
-    """Close a file handle (mappings made with it stay valid). Errnos: EBADF."""
-
-    scope: ClassVar[Scope] = Scope.USER
-    handle: Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]
 
 
 class UvmPageout(Request, frozen=True, kw_only=True, tag="uvm.pageout"):

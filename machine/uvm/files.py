@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from machine.kassert import kassert
 from machine.params import PAGE_SIZE
-from machine.proto import Errno, UserError
+from machine.proto import O_RDWR, Errno, UserError
 from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import PageFlag
 from machine.uvm.pager import flush_object
@@ -24,7 +24,9 @@ from machine.uvm.state import Uvm
 from machine.uvm.vnode import VnodeError, VnodeFile, check_size, lookup, release
 
 
-def open(uvm: Uvm, owner: int, name: str, create: bool, size: int | None) -> tuple[int, int]:
+def open(
+    uvm: Uvm, owner: int, name: str, create: bool, size: int | None, flags: int = O_RDWR
+) -> tuple[int, int]:
     """Open (or create) a file under disk/. => (handle, size in bytes).
 
     => UserError with an errno for every name and every host failure (see
@@ -96,7 +98,12 @@ async def obj_unref(uvm: Uvm, obj: UvmObject) -> None:
     del uvm.objects[obj.id]
 
 
-async def msync(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> int:
+async def ftruncate(uvm: Uvm, owner: int, handle: int, length: int) -> None:
+    """ftruncate(2). => UserError EBADF, EINVAL, EFBIG, EIO."""
+    raise UserError(Errno.ENOSYS, "ftruncate: not yet")
+
+
+async def msync(uvm: Uvm, asid: int, owner: int, va: int, length: int, flags: int = 4) -> int:
     """Write the dirty file pages of shared mappings in the range. => pages written."""
 
     async with uvm.mapped_range(asid, owner, va, length, "msync") as (sp, eva):

@@ -43,10 +43,9 @@ from __future__ import annotations
 import contextlib
 
 from machine.kassert import kassert
-from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, USER_MIN, USER_TOP, round_page
+from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
-from machine.uvm.fault import enter_resolved, fault_locked
 from machine.uvm.files import obj_unref
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
@@ -353,43 +352,3 @@ async def _fork_entry(uvm: Uvm, sp: VmSpace, child: VmSpace, e: MapEntry) -> Non
     if e.obj is not None:
         e.obj.refs += 1
     child.map.insert(c, reserved=True)
-
-
-async def mlock(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
-    """mlock: fault in and wire every page (a COW range is copied now, section 6)."""
-
-    async with uvm.mapped_range(asid, owner, va, length, "mlock") as (sp, eva):
-        if any(e.prot == Prot.NONE for e in sp.map.in_range(va, eva)):
-            raise UserError(Errno.ENOMEM, "mlock of an inaccessible range")
-        npages = sum(
-            (min(eva, e.end) - max(va, e.start)) >> PAGE_SHIFT
-            for e in sp.map.in_range(va, eva)
-            if not e.wired_count
-        )
-        if npages + uvm.pages.wired > uvm.pages.npages:
-            # sys_mlock's wiredmax check: it could never succeed; refuse before
-            # faulting anything (and before looping over a huge range).
-            raise UserError(Errno.EAGAIN, f"mlock of {npages} pages: more than RAM can wire")
-        for e in _clip(uvm, sp, va, eva):
-            e.wired_count += 1
-            if e.wired_count == 1:
-                for page in range(e.start, e.end, PAGE_SIZE):
-                    await enter_resolved(
-                        uvm, sp, await fault_locked(uvm, sp, page, e.prot, wire=True)
-                    )
-        uvm.stats.wirings += 1
-
-
-async def munlock(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
-    """munlock: the last unwiring of an entry puts its pages back on the queues."""
-    async with uvm.mapped_range(asid, owner, va, length, "munlock") as (sp, eva):
-        for e in _clip(uvm, sp, va, eva):
-            if e.wired_count == 0:
-                continue
-            e.wired_count -= 1
-            if e.wired_count:
-                continue
-            await uvm.pmap.unwire(asid, e.start, e.end)
-            for pfn in uvm.resident_pages(e):
-                if uvm.pages.wire_count[pfn]:
-                    uvm.pages.unwire(pfn)

@@ -47,7 +47,6 @@ from machine.proto import (
     UvmAttachReply,
     UvmAudit,
     UvmAuditReply,
-    UvmClose,
     UvmDetach,
     UvmDetachReply,
     UvmExit,
@@ -60,11 +59,7 @@ from machine.proto import (
     UvmMmap,
     UvmMmapReply,
     UvmMprotect,
-    UvmMsync,
-    UvmMsyncReply,
     UvmMunmap,
-    UvmOpen,
-    UvmOpenReply,
     UvmOwners,
     UvmOwnersReply,
     UvmPageout,
@@ -80,8 +75,6 @@ from machine.proto import (
     UvmSpawn,
     UvmSpawnReply,
     UvmUnloanChunks,
-    UvmUnwire,
-    UvmWire,
 )
 from machine.proto.types import Prot
 from machine.ram import Ram
@@ -94,6 +87,7 @@ from machine.uvm.remotepmap import RemotePmap
 from machine.uvm.state import Uvm
 from machine.uvm.swap import SwapDevice
 from machine.uvm.trap import TrapServer
+from machine.uvm.vmcalls import VmCallHandlers
 
 DEFAULT_LEASE_S = 10.0
 #: An attach may reclaim a session that holds nothing once it has been silent this long
@@ -107,7 +101,7 @@ RECLAIM_IDLE_S = 1.0
 _H = NO_HEADER
 
 
-class UvmService(Service):
+class UvmService(VmCallHandlers, Service):
     role: ClassVar[str] = "uvm"
     user_errors: ClassVar[tuple[type[Exception], ...]] = (UserError,)
     serves: ClassVar[tuple[type[Request], ...]] = (
@@ -118,11 +112,6 @@ class UvmService(Service):
         UvmMprotect,
         UvmFault,
         UvmFork,
-        UvmWire,
-        UvmUnwire,
-        UvmMsync,
-        UvmOpen,
-        UvmClose,
         UvmExit,
         UvmDetach,
         UvmAudit,
@@ -134,6 +123,7 @@ class UvmService(Service):
         UvmUnloanChunks,
         UvmKfault,
         UvmOwners,
+        *VmCallHandlers.VM_CALLS,
     )
 
     def __init__(
@@ -338,28 +328,6 @@ class UvmService(Service):
     async def on_fork(self, msg: UvmFork) -> Reply:
         child = await mmap.fork(self.vm, msg.asid, msg.h.incarnation)
         return self.reply(msg, UvmForkReply, asid=child)
-
-    async def on_wire(self, msg: UvmWire) -> Reply:
-        await mmap.mlock(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
-        return self.ack(msg)
-
-    async def on_unwire(self, msg: UvmUnwire) -> Reply:
-        await mmap.munlock(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
-        return self.ack(msg)
-
-    async def on_msync(self, msg: UvmMsync) -> Reply:
-        n = await files.msync(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length)
-        return self.reply(msg, UvmMsyncReply, pages=n)
-
-    def on_open(self, msg: UvmOpen) -> Reply:
-        handle, size = files.open(
-            self.vm, msg.h.incarnation, msg.name, msg.create, None if msg.size < 0 else msg.size
-        )
-        return self.reply(msg, UvmOpenReply, handle=handle, size=size)
-
-    async def on_close(self, msg: UvmClose) -> Reply:
-        await files.close(self.vm, msg.h.incarnation, msg.handle)
-        return self.ack(msg)
 
     async def on_exit(self, msg: UvmExit) -> Reply:
         await mmap.exit(self.vm, msg.asid, msg.h.incarnation)

@@ -15,7 +15,7 @@ from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_MIN, PAGE_SIZE
 from machine.proto import UserError
 from machine.proto.types import EnterFlags, Prot
-from machine.uvm import files, loan, mmap
+from machine.uvm import files, loan, mmap, wiring
 from machine.uvm.audit import audit
 from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.state import Uvm
@@ -264,7 +264,7 @@ async def test_24_zero_fill_loans(tmp_path: Path, knobs: dict[str, Any]) -> None
 async def test_25_loaning_a_wired_page(tmp_path: Path, knobs: dict[str, Any]) -> None:
     uvm, mmu = boot(tmp_path, knobs)
     p, va, pfn = await anon_page(uvm, mmu)
-    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, va, PAGE_SIZE)
     prot = mmu.extract(p, va).prot  # type: ignore[union-attr]
     if knobs["ERA"] == "modern":
         with pytest.raises(UserError) as ei:

@@ -15,7 +15,7 @@ from machine.mmu.pmap import Fault, Mmu
 from machine.params import PAGE_SIZE
 from machine.proto import BadAddress, UserError
 from machine.proto.types import Prot
-from machine.uvm import files, mmap
+from machine.uvm import files, mmap, wiring
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.page import NIL, PQ, PageFlag
@@ -178,7 +178,7 @@ async def test_wiring_a_private_file_mapping_copies_every_page_now(
     h, _ = files.open(uvm, OWN, "w.bin", False, None)
     p = await mmap.spawn(uvm, OWN)
     va = await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW, handle=h)  # private, never written
-    await mmap.mlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
     e = uvm.spaces[p].map.lookup(va)
     assert e is not None
     assert e.amap is not None
@@ -192,7 +192,7 @@ async def test_wiring_a_private_file_mapping_copies_every_page_now(
         assert anon.swslot == 0
     assert await cpu_store(uvm, mmu, p, va + 3 * PAGE_SIZE, b"no fault") == 0
     await clean(uvm)
-    await mmap.munlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
+    await wiring.munlock(uvm, p, OWN, va, 4 * PAGE_SIZE)
     assert uvm.pages.wired == 0
     await clean(uvm)
 
@@ -202,7 +202,7 @@ async def test_fork_of_a_wired_entry_copies_at_once(vm: tuple[Uvm, Mmu]) -> None
     uvm, mmu = vm
     p = await mmap.spawn(uvm, OWN)
     va = await mmap.mmap(uvm, p, OWN, 3 * PAGE_SIZE, RW)
-    await mmap.mlock(uvm, p, OWN, va, 3 * PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, va, 3 * PAGE_SIZE)
     await cpu_store(uvm, mmu, p, va, b"wired data")
     used = uvm.pages.npages - uvm.pages.free.count
     c = await mmap.fork(uvm, p, OWN)
@@ -273,7 +273,7 @@ async def test_wired_pages_never_leave_ram(vm: tuple[Uvm, Mmu]) -> None:
     uvm, _ = vm
     p = await mmap.spawn(uvm, OWN)
     va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
-    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, va, PAGE_SIZE)
     with pytest.raises(UserError) as ei:
         await pageout(uvm, p, va)
     assert ei.value.errno == "EBUSY"

@@ -12,7 +12,7 @@ import pytest
 
 from machine.params import PAGE_SIZE
 from machine.profile import SHIPPED, load_profile
-from machine.uvm import loan, mmap, pdops
+from machine.uvm import loan, mmap, pdops, wiring
 from machine.uvm.page import NIL, PQ
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -24,7 +24,7 @@ async def _wired_page_on_the_active_queue(era: str) -> tuple[Uvm, int]:
     p = await mmap.spawn(uvm, OWN)
     va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
     await cpu_store(uvm, mmu, p, va, b"w")
-    await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, va, PAGE_SIZE)
     (pfn,) = [f for f in range(uvm.pages.npages) if uvm.pages.wire_count[f]]
     assert uvm.pages.pqflags[pfn] == 0  # wiring took it off the queues (I1)
     uvm.pages.inject_active(pfn)  # what QUEUE_INVARIANT=violated leaves behind

@@ -26,7 +26,7 @@ from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.testing import SimMachine
-from machine.uvm import files, mmap
+from machine.uvm import files, mmap, wiring
 from machine.uvm.audit import audit
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -184,19 +184,19 @@ async def test_munmap_mprotect_mlock_of_huge_mostly_empty_ranges_are_fast(
         # mlock of the huge middle: refused up front (it could never be wired)
         before = state(uvm, mmu)
         with pytest.raises(UserError) as ei:
-            await mmap.mlock(uvm, p, OWN, lo, hi - lo)
+            await wiring.mlock(uvm, p, OWN, lo, hi - lo)
         assert ei.value.errno == "EAGAIN"
         assert state(uvm, mmu) == before
         # mlock + munlock of the whole mapping's small touched ends
-        await mmap.mlock(uvm, p, OWN, va, PAGE_SIZE)
-        await mmap.mlock(uvm, p, OWN, hi, PAGE_SIZE)
+        await wiring.mlock(uvm, p, OWN, va, PAGE_SIZE)
+        await wiring.mlock(uvm, p, OWN, hi, PAGE_SIZE)
         assert uvm.pages.wired == 2
         pte = mmu.extract(p, va)
         assert pte is not None
         assert uvm.resident_pages(uvm.spaces[p].map.entries[0]) == [pte.pfn]
         assert uvm.resident_pages(uvm.spaces[p].map.entries[1]) == []  # 2^40 - 3 pages, none
-        await mmap.munlock(uvm, p, OWN, hi, PAGE_SIZE)
-        await mmap.munlock(uvm, p, OWN, va, PAGE_SIZE)
+        await wiring.munlock(uvm, p, OWN, hi, PAGE_SIZE)
+        await wiring.munlock(uvm, p, OWN, va, PAGE_SIZE)
         assert uvm.pages.wired == 0
         # munmap of almost all of it, across the clipped entries
         await mmap.munmap(uvm, p, OWN, lo, hi + PAGE_SIZE - lo)
@@ -307,8 +307,8 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
     refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("mmap", lambda: mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)),
         ("mprotect", lambda: mmap.mprotect(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
-        ("mlock", lambda: mmap.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
-        ("munlock", lambda: mmap.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("mlock", lambda: wiring.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: wiring.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
         ("munmap", lambda: mmap.munmap(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
@@ -425,8 +425,8 @@ async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm
         ("fork", lambda: mmap.fork(uvm, p, OWN)),  # the child's 3 entries are charged first
         ("fork of one entry", lambda: mmap.fork(uvm, o, OTHER)),
         ("mprotect", lambda: mmap.mprotect(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE, Prot.READ)),
-        ("mlock", lambda: mmap.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
-        ("munlock", lambda: mmap.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
+        ("mlock", lambda: wiring.mlock(uvm, p, OWN, vas[0], PAGE_SIZE)),
+        ("munlock", lambda: wiring.munlock(uvm, p, OWN, vas[1] + PAGE_SIZE, PAGE_SIZE)),
         ("munmap of a middle", lambda: mmap.munmap(uvm, p, OWN, vas[0] + PAGE_SIZE, PAGE_SIZE)),
     ]
     for what, call in refused:
@@ -495,7 +495,7 @@ async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
     for i in range(20):
         await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, b"cow")
     wva = await mmap.mmap(uvm, p, OWN, 24 * PAGE_SIZE, RW)  # ...then a wired one, copied now
-    await mmap.mlock(uvm, p, OWN, wva, 24 * PAGE_SIZE)
+    await wiring.mlock(uvm, p, OWN, wva, 24 * PAGE_SIZE)
     before = state(uvm, mmu)
     asids = sorted(uvm.spaces)
     with pytest.raises(UserError) as ei:
