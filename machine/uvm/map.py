@@ -62,6 +62,19 @@ def check_range(va: int, length: int) -> int:
     return eva
 
 
+def page_range(va: int, length: int) -> tuple[int, int]:
+    """The pages covering [va, va + length), as NetBSD's system calls round an address
+    range (va down to its page, the end up: an unaligned va is no error) and check it
+    (range_test). => (start, end); UserError EINVAL when the range wraps past the top
+    of the address space or leaves user space [USER_MIN, USER_TOP)."""
+    start, end = va & ~PAGE_MASK, round_page(va + length)
+    if end >= 1 << 64 or end < start:
+        raise UserError(Errno.EINVAL, f"range at {va:#x} of {length:#x} bytes wraps")
+    if not (USER_MIN <= start and end <= USER_TOP):
+        raise UserError(Errno.EINVAL, f"range at {va:#x} of {length:#x} bytes outside user space")
+    return start, end
+
+
 class Inherit(enum.Enum):
     """MAP_INHERIT_*: what fork does with an entry."""
 
@@ -162,6 +175,8 @@ class VmMap:
         self._starts: list[int] = []
         self.size = 0  # bytes mapped (vm_map.size)
         self.first_free = USER_MIN  # M5: no free page below it
+        self.wirefuture = False  # VM_MAP_WIREFUTURE: mlockall(MCL_FUTURE) (a fresh map: not)
+        self.all_locked = False  # wirefuture and every accessible entry wired (W3)
 
     def _reindex(self) -> None:
         self.entries.sort(key=lambda e: e.start)
