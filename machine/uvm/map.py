@@ -9,7 +9,8 @@ inheritance, backed by up to two layers (NetBSD's two-level scheme):
 Flags: `cow` (UVM_ET_COPYONWRITE: writes promote into the amap, the object
 is never written), `needs_copy` (UVM_ET_NEEDSCOPY: the amap is shared with
 another entry after fork and must be copied before a write or any anon is
-added), `wired_count` (mlock nesting).
+added), `wired_count` (the wirings asked of it; munlock zeroes it: locks do not
+nest, machine.uvm.pageable). A map's `wirefuture` is mlockall's MCL_FUTURE.
 
 Invariants (check()):
   M1  entries are page aligned, non-empty, sorted and do not overlap.

@@ -19,7 +19,7 @@ from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.proto.vmcalls import MCL_CURRENT, MCL_FUTURE, O_RDWR, RLIMIT_MEMLOCK
-from machine.uvm import files, mmap, wiring
+from machine.uvm import files, loan, mmap, wiring
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.page import PQ
@@ -513,4 +513,39 @@ async def test_the_auditor_checks_the_wiring_invariants(vm: tuple[Uvm, Mmu]) -> 
     uvm.pages.wire(stale)  # W2: a wiring no lock holds
     assert any(x.startswith("W2") for x in await audit(uvm))
     uvm.pages.unwire(stale)
+    await clean(uvm)
+
+
+# -- wiring and loans, by era ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("era", ["1999", "modern"])
+async def test_a_loaned_page_written_through_a_wired_entry(era: str) -> None:
+    """modern refuses to loan a wired page (EBUSY); 1999 loans it (a second wiring), and a
+    store through the locked mapping breaks the loan: the process's new copy is wired in
+    its place, and the orphan goes with its last unloan. Clean audits all along, and every
+    frame comes back."""
+    uvm, mmu = make_uvm(32, knobs={"ERA": era})
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, P, RW)
+    await wiring.mlock(uvm, p, OWN, va, P)
+    if era == "modern":
+        with pytest.raises(UserError) as ei:
+            await loan.loan_to_kernel(uvm, p, OWN, va, 1)
+        assert ei.value.errno == Errno.EBUSY
+        return
+    [old] = await loan.loan_to_kernel(uvm, p, OWN, va, 1)
+    assert uvm.pages.wire_count[old] == 2  # the lock's and the loan's
+    await clean(uvm)
+    assert await cpu_store(uvm, mmu, p, va, b"new") == 1  # loaned: write-protected
+    new = mmu.pmaps[p].ptes[va // P].pfn
+    assert new != old
+    assert uvm.pages.wire_count[new] == 1
+    assert mmu.pmaps[p].ptes[va // P].wired
+    await clean(uvm)
+    await wiring.munlock(uvm, p, OWN, va, P)
+    assert uvm.pages.wire_count[new] == 0
+    loan.unloan_pages(uvm, [old])
+    await mmap.exit(uvm, p, OWN)
+    assert uvm.pages.free.count == uvm.pages.npages
     await clean(uvm)
