@@ -389,3 +389,52 @@ async def test_the_auditor_finds_a_page_beyond_the_end(vm: tuple[Uvm, Mmu]) -> N
     obj.file.size = 2 * P
     await clean(uvm)
     assert obj.pages.get(1, NIL) != NIL
+
+
+async def test_a_mapping_longer_than_its_file_is_sigbus_past_the_end(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    """SIGBUS, not SIGSEGV, and the fault-ahead of a read at the end maps nothing past it."""
+    uvm, mmu = vm
+    (disk(uvm) / "short").write_bytes(pattern(1)[:100])
+    h, _ = files.open(uvm, OWN, "short", False, None)
+    p, va = await mapped(uvm, h, 4)
+    assert await cpu_load(uvm, mmu, p, va, 101) == b"A" * 100 + bytes(1)
+    for i in (1, 3):
+        assert mmu.extract(p, va + i * P) is None
+        with pytest.raises(UserError) as ei:
+            await cpu_store(uvm, mmu, p, va + i * P + 1, b"x")
+        assert ei.value.errno == "SIGBUS"
+    assert uvm.stats.segv == 0
+    assert sorted(uvm.handles[(OWN, h)].pages) == [0]
+    await clean(uvm)
+
+
+async def test_a_pageout_under_way_finishes_first_and_writes_nothing_past_the_end(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    """The page daemon claimed a dirty page beyond the new end (BUSY); the truncation
+    waits for it; the pageout's write stops at the end (VnodeFile.put): the file keeps
+    its new size and the page is gone."""
+    from machine.proto.pageinfo import PdOp
+    from machine.uvm import pdops
+
+    uvm, mmu = vm
+    (disk(uvm) / "pd").write_bytes(pattern(2))
+    h, _ = files.open(uvm, OWN, "pd", False, None)
+    obj = uvm.handles[(OWN, h)]
+    p, va = await mapped(uvm, h, 2)
+    await cpu_store(uvm, mmu, p, va + P, b"dirty")
+    pfn = obj.pages[1]
+    uvm.pages.deactivate(pfn)
+    assert pdops.claim(uvm, [(PdOp.PAGEOUT, pfn)]) == [pfn]
+    await uvm.revoke([pfn], "page daemon")
+    trunc = asyncio.create_task(files.ftruncate(uvm, OWN, h, P))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not trunc.done()
+    await pdops.finish(uvm, [(PdOp.PAGEOUT, pfn)])
+    await trunc
+    assert 1 not in obj.pages
+    assert (disk(uvm) / "pd").read_bytes() == pattern(1)
+    await clean(uvm)
