@@ -16,8 +16,11 @@ every step of the model-based tests. What it checks:
     an object (uanon, PG_ANON clear, counted in loan_count: I7); a
     non-resident anon has a swap slot (its data is somewhere).
   * objects: O1 every page of an object is owned by it at that offset
-    (uobject, offset, PG_TABLED); refs == entries + open handles.
-  * files: F1 each session's open-file count (limits.files) == its handles.
+    (uobject, offset, PG_TABLED); refs == entries + open handles. O3 a vnode
+    object has no page at or beyond its file's end (pgoff >= the file's npages),
+    but a BUSY one (being waited for) or while its size changes (sizelock held).
+  * files: F1 each session's open-file count (limits.files) == its handles; F2
+    every handle has its open mode in its vnode, and only handles do.
   * conservation (U2): every frame is free, or owned by exactly one anon or
     object, or an orphan kept alive by kernel loans (loan_count > 0), or the
     shared zero page; free + the rest == npages; swpgonly == the number of slots whose
@@ -31,8 +34,8 @@ every step of the model-based tests. What it checks:
     mapping only in a wired entry.
   * wiring (machine.uvm.pageable): W1 every anon of a wired entry is resident and
     wired, every mapping in a wired entry is a wired mapping of a wired page; W2
-    (eras whose loans neither wire nor take wired pages) every wired page is one a
-    wired entry resolves to; W3 a map with all_locked (mlockall(MCL_CURRENT |
+    (eras whose loans neither wire nor take wired pages) every wired page no loan
+    holds is one a wired entry resolves to; W3 a map with all_locked (mlockall(MCL_CURRENT |
     MCL_FUTURE)) has every entry but PROT_NONE ones wired. Cost: the wired entries'
     used slots and resident pages, and a scan of the frames only when the count of
     wired frames disagrees with the pages the wired entries resolve to.
@@ -49,6 +52,7 @@ from collections import Counter
 
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
+from machine.uvm.object import VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag, VmPages
 from machine.uvm.state import Uvm
 
@@ -73,6 +77,9 @@ def _static(uvm: Uvm) -> list[str]:
                 obj_refs[e.obj.id] += 1
     if Counter(o for o, _ in uvm.handles) != uvm.nfiles:
         problems.append("F1: the sessions' open file counts disagree with their handles")
+    opens = {k for o in uvm.vnodes.values() for k in o.opens}
+    if opens != set(uvm.handles):
+        problems.append("F2: the vnodes' open modes disagree with the handles")
     if nentries != uvm.entry_pool.nentries:
         problems.append(f"E1: entry pool counts {uvm.entry_pool.nentries} != {nentries} entries")
     holders: Counter[int] = Counter()
@@ -121,6 +128,14 @@ def _static(uvm: Uvm) -> list[str]:
             ):
                 problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
         swap_only += obj.pgops.swap_only(obj)
+        if isinstance(obj, VnodeObject) and not obj.sizelock.locked():
+            end = obj.npages
+            problems += [
+                f"O3: object {obj.id} ({obj.name}) holds page {pfn} at {pgoff}, at or "
+                f"beyond its file's end ({end} pages)"
+                for pgoff, pfn in obj.pages.items()
+                if pgoff >= end and not pages.flags[pfn] & PageFlag.BUSY
+            ]
     if uvm.zero_pfn != NIL:
         claim(uvm.zero_pfn, "uvm_loanzero_object")
     released = 0
@@ -169,7 +184,7 @@ def _wiring(uvm: Uvm) -> list[str]:
     exact = rules.loan_refuses_wired and not rules.loan_wires
     if exact and len(resolved) != uvm.pages.wired:
         for pfn, n in enumerate(wire_count):
-            if n and pfn not in resolved:
+            if n and pfn not in resolved and not uvm.pages.loan_count[pfn]:
                 problems.append(f"W2: page {pfn} is wired ({n}) but no wired entry holds it")
     return problems
 

@@ -33,7 +33,9 @@ Invariants (audited, machine.uvm.audit):
   W1  every anon of a wired entry's amap has a resident, wired page; every mapping the
       mmu holds in a wired entry is a wired mapping (and only there: U3).
   W2  (eras whose loans neither wire nor take wired pages) every wired page is one a
-      wired entry resolves to: no wiring outlives the lock that made it.
+      wired entry resolves to, or one a loan holds (a loan break or a truncation can
+      replace a loaned page under a lock: the orphan keeps its wiring until its last
+      unloan frees it): no other wiring outlives the lock that made it.
   W3  a map with all_locked (wirefuture, and every accessible entry wired when
       mlockall returned) has every entry wired but PROT_NONE ones; munlock and
       munlockall clear all_locked.
