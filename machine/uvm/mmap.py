@@ -46,10 +46,11 @@ from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
+from machine.uvm.amap import Amap
 from machine.uvm.files import obj_unref
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
-from machine.uvm.page import NIL
+from machine.uvm.page import NIL, PageFlag
 from machine.uvm.state import RWX, Uvm, VmSpace
 
 
@@ -86,17 +87,29 @@ async def mmap(
 ) -> int:
     """uvm_map: anonymous or file memory, private (COW) or shared. => start VA.
 
-    => UserError EINVAL (length <= 0, misaligned, fixed outside user space or
-       overlapping), ENOMEM (no room, length beyond user space, limits.vsize
-       or limits.map_entries reached), EBADF; nothing changed on any error."""
+    => without fixed, va is a hint (uvm_mmap rounds it up to a page): the first free
+       range at or above it, else the first from the bottom (a hint outside user
+       space is ignored); never a reason to fail while the space has room.
+    => fixed (MAP_FIXED, UVM_FLAG_FIXED|UVM_FLAG_UNMAP): va page aligned and used
+       exactly; whatever is mapped in the range is replaced in one operation under
+       the space's lock (munmap's path: translations removed first, frames freed
+       after the mmu's answer, wired pages unwired, loans revoked), so no other
+       request of the process sees the hole. The limits count what goes.
+    => UserError EINVAL (length <= 0, offset misaligned, fixed va misaligned, fixed
+       outside user space: at 0 too, as NetBSD's range_test against the map's minimum
+       page), ENOMEM (no room, length beyond user space, limits.vsize or
+       limits.map_entries or limits.maxentries reached), EBADF; nothing changed on any
+       error."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
     if length > USER_TOP - USER_MIN:
         raise UserError(Errno.ENOMEM, f"mmap length {length:#x} is larger than user space")
     length = round_page(length)
-    if va & PAGE_MASK or offset & PAGE_MASK:
-        raise UserError(Errno.EINVAL, "mmap address and offset must be page aligned")
+    if offset & PAGE_MASK:
+        raise UserError(Errno.EINVAL, "mmap offset must be page aligned")
+    if fixed and va & PAGE_MASK:
+        raise UserError(Errno.EINVAL, f"MAP_FIXED address {va:#x} not page aligned")
     obj: UvmObject | None = None
     if handle:
         vobj = uvm.handles.get((owner, handle))
@@ -104,28 +117,22 @@ async def mmap(
             raise UserError(Errno.EBADF, f"no open file with handle {handle}")
         obj = vobj
     async with sp.lock:
-        if sp.map.size + length > uvm.limits.vsize:
-            raise UserError(
-                Errno.ENOMEM,
-                f"{sp.map.size} + {length} bytes mapped would exceed the process's "
-                f"limit of {uvm.limits.vsize} (vsize)",
-            )
-        if len(sp.map.entries) >= uvm.limits.map_entries:
-            raise UserError(
-                Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
-            )
-        _entry_room(uvm, 1, "mmap")
         if fixed:
             if not (USER_MIN <= va and va + length <= USER_TOP):
                 raise UserError(Errno.EINVAL, f"mmap range at {va:#x} outside user space")
-            if not sp.map.is_free(va, va + length):
-                raise UserError(Errno.EINVAL, f"mmap range at {va:#x} overlaps a mapping")
+            replacing = _replace_room(uvm, sp, va, va + length)
             start = va
         else:
-            found = sp.map.find_space(length, va)
-            if found is None:
-                raise UserError(Errno.ENOMEM, f"no room for {length} bytes in the address space")
-            start = found
+            replacing = False
+            _map_room(uvm, sp, length)
+            start = _find_space(sp.map, length, va)
+        if replacing:
+            uvm.entry_pool.reserve(1)  # before the first await: the new entry's place
+            try:
+                await _unmap_locked(uvm, sp, va, va + length)
+            except BaseException:
+                uvm.entry_pool.unreserve(1)
+                raise
         if obj is None and shared:
             obj = AObj(uvm.new_object_id(), refs=0, size_pages=length >> PAGE_SHIFT)
             uvm.objects[obj.id] = obj
@@ -142,10 +149,69 @@ async def mmap(
                 offset,
                 None,
                 cow=not shared,
-            )
+            ),
+            reserved=replacing,
         )
         uvm.stats.mmaps += 1
         return start
+
+
+def _map_room(uvm: Uvm, sp: VmSpace, length: int) -> None:
+    """=> UserError ENOMEM when one more entry of `length` bytes exceeds the limits."""
+    if sp.map.size + length > uvm.limits.vsize:
+        raise UserError(
+            Errno.ENOMEM,
+            f"{sp.map.size} + {length} bytes mapped would exceed the process's "
+            f"limit of {uvm.limits.vsize} (vsize)",
+        )
+    if len(sp.map.entries) >= uvm.limits.map_entries:
+        raise UserError(
+            Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
+        )
+    _entry_room(uvm, 1, "mmap")
+
+
+def _replace_room(uvm: Uvm, sp: VmSpace, start: int, end: int) -> bool:
+    """The limits of MAP_FIXED over [start, end), counting what the replace removes.
+    => whether anything is mapped there; UserError ENOMEM (vsize, map_entries,
+    maxentries) before anything changed."""
+    inside = sp.map.in_range(start, end)
+    if not inside:
+        _map_room(uvm, sp, end - start)
+        return False
+    gone = sum(min(end, e.end) - max(start, e.start) for e in inside)
+    if sp.map.size - gone + (end - start) > uvm.limits.vsize:
+        raise UserError(
+            Errno.ENOMEM,
+            f"{sp.map.size - gone} + {end - start} bytes mapped would exceed the process's "
+            f"limit of {uvm.limits.vsize} (vsize)",
+        )
+    splits = int(inside[0].start < start) + int(inside[-1].end > end)
+    n = len(sp.map.entries)
+    after = n + splits - len(inside) + 1
+    if after > uvm.limits.map_entries:
+        raise UserError(
+            Errno.ENOMEM,
+            f"mmap at {start:#x} would leave {after} entries, beyond the process's limit of "
+            f"{uvm.limits.map_entries}",
+        )
+    if after > n:
+        _entry_room(uvm, after - n, "mmap")
+    return True
+
+
+def _find_space(m: VmMap, length: int, va: int) -> int:
+    """uvm_map_findspace for a hint: first fit at or above round_page(va), else from the
+    bottom; a hint outside user space is ignored. => start VA; UserError ENOMEM."""
+    hint = round_page(va)
+    if not USER_MIN <= hint < USER_TOP:
+        hint = 0
+    found = m.find_space(length, hint)
+    if found is None and hint:
+        found = m.find_space(length, 0)
+    if found is None:
+        raise UserError(Errno.ENOMEM, f"no room for {length} bytes in the address space")
+    return found
 
 
 def _unshare(uvm: Uvm, e: MapEntry) -> None:
@@ -204,12 +270,19 @@ async def munmap(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
     sp = uvm.space(asid, owner)
     eva = check_range(va, length)
     async with sp.lock:
-        doomed = _clip(uvm, sp, va, eva, removing=True)
-        await uvm.pmap.remove(asid, va, eva)
-        sp.map.remove(doomed)
-        for e in doomed:
-            await _drop_entry(uvm, e)
+        await _unmap_locked(uvm, sp, va, eva)
         uvm.stats.munmaps += 1
+
+
+async def _unmap_locked(uvm: Uvm, sp: VmSpace, va: int, eva: int) -> None:
+    """uvm_unmap_remove + uvm_unmap_detach of [va, eva), sp locked (munmap, MAP_FIXED).
+
+    => UserError ENOMEM (a split beyond the limits) before anything changed."""
+    doomed = _clip(uvm, sp, va, eva, removing=True)
+    await uvm.pmap.remove(sp.asid, va, eva)
+    sp.map.remove(doomed)
+    for e in doomed:
+        await _drop_entry(uvm, e)
 
 
 async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
@@ -219,7 +292,7 @@ async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
             if uvm.pages.wire_count[pfn]:
                 uvm.pages.unwire(pfn)
     if e.amap is not None:
-        uvm.amap_unref(e.amap)
+        uvm.amap_unref(e.amap, e.aoff, e.npages)
         e.amap = None
         doomed, uvm.doomed_loans = uvm.doomed_loans, []
         await uvm.revoke(doomed, "uvm_anfree of a loaned anon page")
@@ -278,13 +351,18 @@ async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
 
 
 async def fork(uvm: Uvm, asid: int, owner: int) -> int:
-    """uvmspace_fork: a child address space by each entry's inheritance.
+    """uvmspace_fork: a child address space by each entry's inheritance (minherit).
 
     COPY entries become copy-on-write in both (the amap shared with
     NEEDSCOPY, the parent's writable mappings write-protected), except
     wired ones, whose anon pages are copied at once (amap_cow_now) so the
-    parent never faults on wired memory. SHARE entries share object and
-    amap. NONE entries are left out.
+    parent never faults on wired memory, and ones whose amap is shared
+    (AMAP_SHARED), which the child copies at once; COPY of a shared entry
+    gives the child a private copy-on-write mapping of the same object.
+    SHARE entries share the object, and a private entry's amap (AMAP_SHARED:
+    stores, zero-fills and promotions are seen by both). NONE entries are
+    left out; ZERO entries become fresh zero-fill private anonymous memory.
+    The child keeps each entry's inheritance and advice; nothing is wired in it.
 
     => UserError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
        are reserved in the pool before the child exists) with nothing changed;
@@ -313,16 +391,14 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
         # map that the fork then goes on filling (its amap references would outlive it).
         await child.lock.acquire()
         uvm.spaces[child_asid] = child
-        done = 0  # entries inserted: their reservations are spent
         try:
             for e in todo:
                 await _fork_entry(uvm, sp, child, e)
-                done += 1
             if not uvm.owner_live(owner):  # the session's end did not see the child
                 uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
                 raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
         except BaseException:
-            pool.unreserve(len(todo) - done)
+            pool.unreserve(len(todo) - len(child.map.entries))  # the inserted spent theirs
             child.lock.release()
             with contextlib.suppress(UserError):  # ended meanwhile by the session's end
                 await exit(uvm, child_asid, owner, reason="fork failed")
@@ -333,22 +409,77 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
 
 
 async def _fork_entry(uvm: Uvm, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
-    """The child's copy of entry e, inserted into child's map on a reservation.
+    """The child's entry for e by its inheritance (uvm_mapent_fork{shared,copy,zero}),
+    inserted into child's map on a reservation before any await (the amap's references
+    always equal the entries that hold it, AM2).
 
     => UserError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
-    c = MapEntry(e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow)
-    if e.inheritance is Inherit.SHARE:
-        kassert(e.amap is None, "fork: shared entry with an amap")
-    elif e.wired_count:
-        c.amap = uvm.amap_cow_now(e)
-    elif e.amap is not None:
-        e.amap.ref += 1
-        c.amap = e.amap
-        c.needs_copy = e.needs_copy = True
-        if e.prot & Prot.WRITE:
-            await uvm.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
+    inh = e.inheritance
+    if inh is Inherit.ZERO:  # fresh zero-fill private anonymous memory (MAP_INHERIT_ZERO)
+        c = MapEntry(e.start, e.end, e.prot, e.max_prot, inh, advice=e.advice)
+        child.map.insert(c, reserved=True)
+        return
+    c = MapEntry(e.start, e.end, e.prot, e.max_prot, inh, e.obj, e.offset, advice=e.advice)
+    protect = Prot.NONE
+    protect_pages: list[int] = []
+    if inh is Inherit.SHARE:
+        c.cow = e.cow
+        if e.cow:  # one memory: the private entry's amap, shared (AMAP_SHARED)
+            if e.needs_copy:
+                uvm.amap_copy(e)  # an amap of its own to share
+            elif e.amap is None:
+                e.amap, e.aoff = Amap(e.npages), 0
+            assert e.amap is not None
+            e.amap.reference(e.aoff, e.npages, shared=True)
+            c.amap, c.aoff = e.amap, e.aoff
+        else:
+            kassert(e.amap is None, "fork: shared entry with an amap")
+    elif e.amap is not None and e.wired_count:
+        c.amap = _amap_cow_now(uvm, e)  # the parent never faults on wired memory
+    elif e.amap is not None and e.amap.ref > 1 and not e.needs_copy:
+        # The amap is shared with other processes (AMAP_SHARED): the child gets its copy
+        # now, the sharers keep sharing; every sharer's mapping of the copied anons goes
+        # read-only (their next write copies), as after any fork.
+        c.amap = e.amap.copy(e.aoff, e.npages)
+        protect_pages = [a.page for _, a in c.amap.used() if a.page != NIL]
+    elif e.amap is not None:  # copy-on-write by reference (NEEDSCOPY on both)
+        e.amap.reference(e.aoff, e.npages)
+        c.amap, c.aoff, c.needs_copy = e.amap, e.aoff, True
+        e.needs_copy = True
+        protect = e.prot & Prot.WRITE
     else:
-        c.needs_copy = True
+        c.needs_copy = True  # a private copy of whatever backs it (a shared entry too)
     if e.obj is not None:
         e.obj.refs += 1
     child.map.insert(c, reserved=True)
+    if protect:
+        await uvm.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
+    if protect_pages:
+        await uvm.pmap.page_protect(protect_pages, int(Prot.READ), "fork: copy of a shared amap")
+
+
+def _amap_cow_now(uvm: Uvm, e: MapEntry) -> Amap:
+    """amap_cow_now for fork of a wired entry: the child's amap with every page copied.
+
+    => UserError ENOMEM when a frame is missing, every copy made so far freed."""
+    new = Amap(e.npages)
+    for slot, anon in e.anons():
+        if anon.page == NIL:
+            # Not wired: a page another sharer of an AMAP_SHARED amap added and the page
+            # daemon took. Shared copy-on-write, as after any fork.
+            anon.ref += 1
+            new.add(slot, anon)
+            continue
+        copy = uvm.new_anon()
+        try:
+            pfn = uvm.alloc_page(anon=copy)
+        except UserError:
+            del uvm.anons[copy.id]
+            uvm.amap_unref(new)
+            raise
+        uvm.ram.frame(pfn)[:] = uvm.ram.frame(anon.page)
+        uvm.pages.flags[pfn] &= ~PageFlag.CLEAN
+        uvm.pages.activate(pfn)
+        uvm.unbusy(pfn)
+        new.add(slot, copy)
+    return new
