@@ -27,6 +27,10 @@
          dropped; otherwise uvm_pageactivate. The result is a `Resolved`:
          the mapping to enter (WIRED for wiring; CLEAN when the frame was just
          read from its backing store), the page still BUSY.
+    An amap shared with other entries (AMAP_SHARED, minherit SHARE): a new anon
+    in a slot first revokes every mapping of the page the slot showed (the
+    sharers refault onto it), and a zero-fill that finds the slot filled while
+    it waited for a page drops its own and starts over.
     A page found BUSY (another fault or the pager is working on it across an
     await) is waited for (fltpgwait) and the fault starts over, as NetBSD's
     refault does. The page stays BUSY until its mapping is entered: by

@@ -2,8 +2,9 @@
 mprotect, fork, mlock/munlock and exit, on the state of machine.uvm.state.
 
 Ordering rules (why the machine never maps a freed frame):
-  * munmap and exit remove translations from the mmu first and free frames
-    only after the mmu has acknowledged.
+  * munmap, exit and MAP_FIXED's replace (one path: _unmap_locked) remove
+    translations from the mmu first and free frames only after the mmu has
+    acknowledged.
   * Every operation on one address space holds that space's lock across its
     awaits, so faults, mmap, munmap, fork and exit of one space never
     interleave. Different spaces run concurrently; what they share (anons
@@ -29,8 +30,9 @@ it refuses up front a range larger than the frames that could be wired.
 Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
   vsize        mmap beyond the process's mapped bytes limit -> ENOMEM
                (a forked child inherits its parent's size);
-  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap inside an
-               entry) that would leave more entries -> ENOMEM;
+  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap, minherit,
+               madvise inside an entry) that would leave more entries -> ENOMEM
+               (MAP_FIXED counts the entries and bytes its replace removes);
   maxentries   the same, for the machine's entries (entry_pool, E1 in
                machine.uvm.map), and fork: the child's entries are charged
                (reserved) before the child exists -> ENOMEM;
