@@ -148,7 +148,7 @@ class MapEntry:
             self.amap.splitref(self.aoff, self.npages, at)
             upper.amap, upper.aoff = self.amap, self.aoff + at
         elif self.amap is not None:
-            if self.aoff or self.amap.nslot != self.npages:
+            if self.aoff or self.amap.nslot != self.npages or self.amap.ppref is not None:
                 self.amap.trim(self.aoff, self.npages)  # the leftover of a shared amap
                 self.aoff = 0
             upper.amap = self.amap.split(at)
