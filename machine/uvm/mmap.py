@@ -44,15 +44,14 @@ from __future__ import annotations
 
 import contextlib
 
-from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
-from machine.uvm.amap import Amap
-from machine.uvm.files import obj_unref
+from machine.uvm.files import file_maxprot, obj_unref
+from machine.uvm.inherit import fork_entry
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
-from machine.uvm.page import NIL, PageFlag
+from machine.uvm.page import NIL
 from machine.uvm.state import RWX, Uvm, VmSpace
 
 
@@ -100,8 +99,9 @@ async def mmap(
     => UserError EINVAL (length <= 0, offset misaligned, fixed va misaligned, fixed
        outside user space: at 0 too, as NetBSD's range_test against the map's minimum
        page), ENOMEM (no room, length beyond user space, limits.vsize or
-       limits.map_entries or limits.maxentries reached), EBADF; nothing changed on any
-       error."""
+       limits.map_entries or limits.maxentries reached), EBADF, EACCES (prot beyond the
+       maximum protection of the file's open mode: machine.uvm.files.file_maxprot);
+       nothing changed on any error."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
@@ -113,11 +113,9 @@ async def mmap(
     if fixed and va & PAGE_MASK:
         raise UserError(Errno.EINVAL, f"MAP_FIXED address {va:#x} not page aligned")
     obj: UvmObject | None = None
-    if handle:
-        vobj = uvm.handles.get((owner, handle))
-        if vobj is None:
-            raise UserError(Errno.EBADF, f"no open file with handle {handle}")
-        obj = vobj
+    maxprot = RWX
+    if handle:  # EBADF; EACCES beyond what the handle's open mode allows (vn_mmap)
+        obj, maxprot = file_maxprot(uvm, owner, handle, prot, shared)
     async with sp.lock:
         if fixed:
             if not (USER_MIN <= va and va + length <= USER_TOP):
@@ -128,24 +126,31 @@ async def mmap(
             replacing = False
             _map_room(uvm, sp, length)
             start = _find_space(sp.map, length, va)
+        held = replacing and obj is not None
         if replacing:
-            uvm.entry_pool.reserve(1)  # before the first await: the new entry's place
+            # Before the first await: the new entry's place, and the file's reference
+            # (fd_getfile's: a close meanwhile must not free the object).
+            uvm.entry_pool.reserve(1)
+            if obj is not None:
+                obj.refs += 1
             try:
                 await _unmap_locked(uvm, sp, va, va + length)
             except BaseException:
                 uvm.entry_pool.unreserve(1)
+                if obj is not None:
+                    await obj_unref(uvm, obj)
                 raise
         if obj is None and shared:
             obj = AObj(uvm.new_object_id(), refs=0, size_pages=length >> PAGE_SHIFT)
             uvm.objects[obj.id] = obj
-        if obj is not None:
+        if obj is not None and not held:
             obj.refs += 1
         sp.map.insert(
             MapEntry(
                 start,
                 start + length,
                 prot,
-                RWX,
+                maxprot,
                 Inherit.SHARE if shared else Inherit.COPY,
                 obj,
                 offset,
@@ -353,7 +358,8 @@ async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
 
 
 async def fork(uvm: Uvm, asid: int, owner: int) -> int:
-    """uvmspace_fork: a child address space by each entry's inheritance (minherit).
+    """uvmspace_fork: a child address space by each entry's inheritance (minherit;
+    each entry's share, copy or zero in machine.uvm.inherit).
 
     COPY entries become copy-on-write in both (the amap shared with
     NEEDSCOPY, the parent's writable mappings write-protected), except
@@ -395,7 +401,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
         uvm.spaces[child_asid] = child
         try:
             for e in todo:
-                await _fork_entry(uvm, sp, child, e)
+                await fork_entry(uvm, sp, child, e)
             if not uvm.owner_live(owner):  # the session's end did not see the child
                 uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
                 raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
@@ -408,80 +414,3 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
         child.lock.release()
         uvm.stats.forks += 1
         return child_asid
-
-
-async def _fork_entry(uvm: Uvm, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
-    """The child's entry for e by its inheritance (uvm_mapent_fork{shared,copy,zero}),
-    inserted into child's map on a reservation before any await (the amap's references
-    always equal the entries that hold it, AM2).
-
-    => UserError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
-    inh = e.inheritance
-    if inh is Inherit.ZERO:  # fresh zero-fill private anonymous memory (MAP_INHERIT_ZERO)
-        c = MapEntry(e.start, e.end, e.prot, e.max_prot, inh, advice=e.advice)
-        child.map.insert(c, reserved=True)
-        return
-    c = MapEntry(e.start, e.end, e.prot, e.max_prot, inh, e.obj, e.offset, advice=e.advice)
-    protect = Prot.NONE
-    protect_pages: list[int] = []
-    if inh is Inherit.SHARE:
-        c.cow = e.cow
-        if e.cow:  # one memory: the private entry's amap, shared (AMAP_SHARED)
-            if e.needs_copy:
-                uvm.amap_copy(e)  # an amap of its own to share
-            elif e.amap is None:
-                e.amap, e.aoff = Amap(e.npages), 0
-            assert e.amap is not None
-            e.amap.reference(e.aoff, e.npages, shared=True)
-            c.amap, c.aoff = e.amap, e.aoff
-        else:
-            kassert(e.amap is None, "fork: shared entry with an amap")
-    elif e.amap is not None and e.wired_count:
-        c.amap = _amap_cow_now(uvm, e)  # the parent never faults on wired memory
-    elif e.amap is not None and e.amap.ref > 1 and not e.needs_copy:
-        # The amap is shared with other processes (AMAP_SHARED): the child gets its copy
-        # now, the sharers keep sharing; every sharer's mapping of the copied anons goes
-        # read-only (their next write copies), as after any fork.
-        c.amap = e.amap.copy(e.aoff, e.npages)
-        protect_pages = [a.page for _, a in c.amap.used() if a.page != NIL]
-    elif e.amap is not None:  # copy-on-write by reference (NEEDSCOPY on both)
-        e.amap.reference(e.aoff, e.npages)
-        c.amap, c.aoff, c.needs_copy = e.amap, e.aoff, True
-        e.needs_copy = True
-        protect = e.prot & Prot.WRITE
-    else:
-        c.needs_copy = True  # a private copy of whatever backs it (a shared entry too)
-    if e.obj is not None:
-        e.obj.refs += 1
-    child.map.insert(c, reserved=True)
-    if protect:
-        await uvm.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
-    if protect_pages:
-        await uvm.pmap.page_protect(protect_pages, int(Prot.READ), "fork: copy of a shared amap")
-
-
-def _amap_cow_now(uvm: Uvm, e: MapEntry) -> Amap:
-    """amap_cow_now for fork of a wired entry: the child's amap with every page copied.
-
-    => UserError ENOMEM when a frame is missing, every copy made so far freed."""
-    new = Amap(e.npages)
-    for slot, anon in e.anons():
-        if anon.page == NIL:
-            # Not wired: a page another sharer of an AMAP_SHARED amap added and the page
-            # daemon took. Shared copy-on-write, as after any fork.
-            anon.ref += 1
-            new.add(slot, anon)
-            continue
-        copy = uvm.new_anon()
-        try:
-            pfn = uvm.alloc_page(anon=copy)
-        except UserError:
-            del uvm.anons[copy.id]
-            uvm.amap_unref(new)
-            raise
-        uvm.ram.frame(pfn)[:] = uvm.ram.frame(anon.page)
-        uvm.pages.flags[pfn] &= ~PageFlag.CLEAN
-        uvm.pages.activate(pfn)
-        uvm.unbusy(pfn)
-        new.add(slot, copy)
-    return new
