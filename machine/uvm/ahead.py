@@ -50,8 +50,9 @@ _WRITE = int(Prot.WRITE)
 
 
 def neighbours(uvm: Uvm, sp: VmSpace, r: Resolved, access: int) -> list[Resolved]:
-    """The resident neighbours of r's page to map read-only, each made BUSY.
-    => [] for a write or wiring fault (see the module doc)."""
+    """The resident neighbours of r's page to map read-only, each made BUSY, within the
+    window of the entry's advice. => [] for a write or wiring fault (see the module doc).
+    Under MADV_SEQUENTIAL the pages behind are deactivated first (a write fault too)."""
     if r.flags & EnterFlags.WIRED:
         return []
     e = sp.map.lookup(r.va)
