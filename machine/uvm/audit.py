@@ -38,10 +38,10 @@ every step of the model-based tests. What it checks:
   * wiring (machine.uvm.pageable): W1 every anon of a wired entry is resident and
     wired, every mapping in a wired entry is a wired mapping of a wired page; W2
     (eras whose loans neither wire nor take wired pages) every wired page no loan
-    holds is one a wired entry resolves to; W3 a map with all_locked (mlockall(MCL_CURRENT |
-    MCL_FUTURE)) has every entry but PROT_NONE ones wired. Cost: the wired entries'
-    used slots and resident pages, and a scan of the frames only when the count of
-    wired frames disagrees with the pages the wired entries resolve to.
+    holds is one a wired entry resolves to; W3 a map with all_locked
+    (mlockall(MCL_CURRENT | MCL_FUTURE)) has every entry but PROT_NONE ones wired.
+    Cost: the wired entries' used slots and resident pages, and a scan of the frames
+    only when the count of wired frames disagrees with the pages they resolve to.
 
 For a dump (uvm's dump_state), not checks: strays() lists allocated frames with
 no owner and no loan (I3's violations), held_frames() every frame neither free

@@ -105,7 +105,9 @@ async def mmap(
        page), ENOMEM (no room, length beyond user space, limits.vsize or
        limits.map_entries or limits.maxentries reached), EBADF, EACCES (prot beyond the
        maximum protection of the file's open mode: machine.uvm.files.file_maxprot);
-       nothing changed on any error."""
+       nothing changed on any error. After mlockall(MCL_FUTURE) the new mapping is
+       wired as it is made: ENOMEM (beyond wiredmax or RLIMIT_MEMLOCK, or no frame)
+       undoes it, as uvm_mmap does (what a MAP_FIXED replace removed stays removed)."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")

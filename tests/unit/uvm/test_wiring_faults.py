@@ -214,3 +214,23 @@ async def test_mprotect_out_of_prot_none_beyond_the_limit_under_mcl_future(
     assert not sp.map.all_locked
     assert uvm.pages.wired == 0
     await clean(uvm)
+
+
+async def test_map_fixed_over_a_locked_mapping_under_mcl_future(vm: tuple[Uvm, Mmu]) -> None:
+    """MAP_FIXED replaces the locked pages (unwired with their entry), and the new mapping
+    is wired as it is made."""
+    uvm, mmu = vm
+    p = await mmap.spawn(uvm, OWN)
+    await wiring.mlockall(uvm, p, OWN, MCL_CURRENT | MCL_FUTURE)
+    va = await mmap.mmap(uvm, p, OWN, 4 * P, RW)
+    await cpu_store(uvm, mmu, p, va + P, b"old")
+    assert uvm.pages.wired == 4
+    assert await mmap.mmap(uvm, p, OWN, 2 * P, RW, va=va + P, fixed=True) == va + P
+    assert uvm.pages.wired == 4  # two old pages gone, two new ones wired
+    assert await cpu_load(uvm, mmu, p, va + P, 3) == b"\0\0\0"
+    assert wired_counts(uvm, p) == [
+        (va, va + P, 1),
+        (va + P, va + 3 * P, 1),
+        (va + 3 * P, va + 4 * P, 1),
+    ]
+    await clean(uvm)
