@@ -335,7 +335,7 @@ async def mincore(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> byte
     if va & PAGE_MASK:
         raise UserError(Errno.EINVAL, f"mincore: address {va:#x} not page aligned")
     end = va + round_page(length)
-    if end <= va:
+    if end <= va or end >= 1 << 64:  # sys_mincore's end <= start, in 64-bit arithmetic
         raise UserError(Errno.EINVAL, f"mincore: length {length} is empty or wraps")
     npages = (end - va) >> PAGE_SHIFT
     if npages > MINCORE_MAX_PAGES:

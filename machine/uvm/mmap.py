@@ -102,7 +102,8 @@ async def mmap(
        request of the process sees the hole. The limits count what goes.
     => UserError EINVAL (length <= 0, offset misaligned, fixed va misaligned, fixed
        outside user space: at 0 too, as NetBSD's range_test against the map's minimum
-       page), ENOMEM (no room, length beyond user space, limits.vsize or
+       page; a fixed length beyond user space), ENOMEM (no room, a length beyond user
+       space without fixed, as uvm_map finds no room for it, limits.vsize or
        limits.map_entries or limits.maxentries reached), EBADF, EACCES (prot beyond the
        maximum protection of the file's open mode: machine.uvm.files.file_maxprot);
        nothing changed on any error. After mlockall(MCL_FUTURE) the new mapping is
@@ -111,8 +112,11 @@ async def mmap(
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
-    if length > USER_TOP - USER_MIN:
-        raise UserError(Errno.ENOMEM, f"mmap length {length:#x} is larger than user space")
+    if length > USER_TOP - USER_MIN:  # no room (uvm_map); MAP_FIXED: range_test's EINVAL
+        raise UserError(
+            Errno.EINVAL if fixed else Errno.ENOMEM,
+            f"mmap length {length:#x} is larger than user space",
+        )
     length = round_page(length)
     if offset & PAGE_MASK:
         raise UserError(Errno.EINVAL, "mmap offset must be page aligned")
