@@ -27,11 +27,13 @@ LOCUSTFILE = ROOT / "machine" / "stress" / "locustfile.py"
 
 #: operations each user must have made in a short run (names "<user>.<step>")
 MUST = {
-    "pattern": {"pattern.store", "pattern.load", "pattern.map"},
-    "forker": {"forker.store", "forker.fork", "forker.load", "forker.exit"},
+    "pattern": {"pattern.store", "pattern.load", "pattern.map"}
+    | {"pattern.madvise", "pattern.mincore", "pattern.mlockall"},
+    "forker": {"forker.store", "forker.fork", "forker.load", "forker.exit", "forker.minherit"},
     "hog": {"hog.touch", "hog.check"},
     "sender": {"sender.fill", "sender.send", "sender.wire"},
-    "files": {"files.store", "files.load", "files.msync", "files.host"},
+    "files": {"files.store", "files.load", "files.msync", "files.host"}
+    | {"files.ftruncate", "files.truncated"},
     "churn": {"churn.attach", "churn.spawn", "churn.touch", "churn.load", "churn.detach"},
 }
 
@@ -138,6 +140,7 @@ from machine.stress.users import USERS, PatternUser
 
 class WrongPatternUser(PatternUser):
     OPS_PER_PROCESS = 20  # a whole-region verify soon
+    MADVISE = MINCORE = LOCKALL = 0.0  # only loads see the wrong byte (a FREE would zero it)
 
     def _begin(self) -> None:
         super()._begin()
