@@ -59,19 +59,25 @@ class UvmOpen(Request, frozen=True, kw_only=True, tag="uvm.open"):
        16 components); no symbolic link on the way or at the end is followed.
        disk/ is shared by every session; handles are per session.
     => flags (1.6): O_RDONLY, O_WRONLY or O_RDWR, with O_CREAT, O_TRUNC, O_EXCL.
-       The access mode is the maximum protection of the file's mappings (a
-       read-only file maps shared read-only at most; a write-only file cannot be
-       mapped) and what ftruncate needs (writing).
+       The access mode is the maximum protection of the file's mappings, as
+       NetBSD's vn_mmap gives it: READ only if open for reading (mapping with
+       PROT_READ a write-only file is EACCES); a shared mapping WRITE only if open
+       for writing (a shared writable mapping of a read-only file is EACCES); a
+       private one always WRITE (it never writes the file). ftruncate needs
+       writing. O_TRUNC empties the file (then grows it to `size`, if given) by
+       ftruncate's path, so pages mapped elsewhere leave their mappings; as in
+       NetBSD's vn_open it truncates a read-only open too (the handle stays
+       read-only). O_EXCL without O_CREAT is ignored.
     => create: as O_CREAT (make it, mode 0600, and missing directories on the
        way, 0700, if missing); size >= 0: at least this many bytes (a file open
        for writing).
     Reply: UvmOpenReply with the handle and the file's size.
-    Errnos: EINVAL (bad name, flags or a negative size; O_TRUNC or a size on a
-    read-only open), EFBIG (a size beyond the filesize limit), ENOENT (missing
-    and not create), EEXIST (O_CREAT|O_EXCL and it exists), EISDIR (a
-    directory), ENOTDIR (a file on the way), ENAMETOOLONG, ELOOP (a symbolic
-    link), EACCES (not a regular file, or the host refused), EIO (the host file
-    system failed), EMFILE.
+    Errnos: EINVAL (bad name or a negative size; flags with other bits, or the
+    access mode O_ACCMODE; a size on a handle not open for writing), EFBIG (a
+    size beyond the filesize limit), ENOENT (missing and not create), EEXIST
+    (O_CREAT|O_EXCL and it exists), EISDIR (a directory), ENOTDIR (a file on
+    the way), ENAMETOOLONG, ELOOP (a symbolic link), EACCES (not a regular
+    file, or the host refused), EIO (the host file system failed), EMFILE.
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -98,11 +104,14 @@ class UvmFtruncate(Request, frozen=True, kw_only=True, tag="uvm.ftruncate"):
 
     => shrinking removes the pages wholly beyond the new end from the object and
        from every mapping of it (uvm_vnp_setsize: the revocation path; a page the
-       kernel still borrows leaves the object and lives on as its loan's); the
-       last partial page reads zeros past the end, which never reach the file;
-       an access beyond the end raises SIGBUS. Growing reads zeros.
+       kernel still borrows leaves the object and lives on as its loan's; a wired
+       page is freed too, as NetBSD's genfs_do_putpages does); the last partial
+       page reads zeros past the end, which never reach the file (a loaned one is
+       copied first, so the loan keeps its bytes); an access beyond the end
+       raises SIGBUS; private copies already made stay. Growing reads zeros.
     Errnos: EBADF (no such handle), EINVAL (not open for writing, NetBSD's
-    errno), EFBIG (beyond the filesize limit), EIO.
+    sys_ftruncate), EFBIG (beyond the filesize limit), EIO (the host refused),
+    ENOMEM (a loaned last page could not be copied).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -113,15 +122,21 @@ class UvmFtruncate(Request, frozen=True, kw_only=True, tag="uvm.ftruncate"):
 class UvmMsync(Request, frozen=True, kw_only=True, tag="uvm.msync"):
     """msync(2): write the dirty pages of shared file mappings in the range to the file.
 
-    => flags (1.6): MS_SYNC (the writes are done when the reply comes), or
-       MS_ASYNC (scheduled: the pages are written in the background), optionally
-       with MS_INVALIDATE (afterwards, cached copies are dropped where no mapping
-       still needs them, so later faults read the file again).
-    Reply: UvmMsyncReply with the number of pages written (MS_SYNC) or
-    scheduled (MS_ASYNC).
+    => flags (1.6): MS_SYNC (written and the host file fsync'd when the reply
+       comes), or MS_ASYNC (written, not waited for: no fsync), optionally with
+       MS_INVALIDATE (alone it means MS_SYNC too): afterwards the file pages of
+       the range are dropped from every mapping and from memory (revoked first,
+       so no store is lost; pages another process wired stay), so later faults
+       read the file again; anonymous pages of the range (private copies) are
+       only deactivated, never dropped (uvm_map_clean).
+    => every file mapping of the range is cleaned, private ones too (their file's
+       dirty pages, written through shared mappings elsewhere).
+    Reply: UvmMsyncReply with the number of pages written.
     Errnos: EINVAL (bad flags: none of the three, unknown bits, or both
-    MS_ASYNC and MS_SYNC), ENOMEM (part of the range is not mapped), EBUSY
-    (MS_INVALIDATE of a range holding wired pages).
+    MS_ASYNC and MS_SYNC; the range outside user space), EFAULT (part of the
+    range is not mapped: NetBSD's uvm_map_clean and its ATF test t_msync; the
+    manual page says ENOMEM), EBUSY (MS_INVALIDATE of a range holding a wired
+    (mlocked) entry).
     """
 
     scope: ClassVar[Scope] = Scope.USER

@@ -16,8 +16,11 @@ every step of the model-based tests. What it checks:
     an object (uanon, PG_ANON clear, counted in loan_count: I7); a
     non-resident anon has a swap slot (its data is somewhere).
   * objects: O1 every page of an object is owned by it at that offset
-    (uobject, offset, PG_TABLED); refs == entries + open handles.
-  * files: F1 each session's open-file count (limits.files) == its handles.
+    (uobject, offset, PG_TABLED); refs == entries + open handles. O3 a vnode
+    object has no page at or beyond its file's end (pgoff >= the file's npages),
+    but a BUSY one (being waited for) or while its size changes (sizelock held).
+  * files: F1 each session's open-file count (limits.files) == its handles; F2
+    every handle has its open mode in its vnode, and only handles do.
   * conservation (U2): every frame is free, or owned by exactly one anon or
     object, or an orphan kept alive by kernel loans (loan_count > 0), or the
     shared zero page; free + the rest == npages; swpgonly == the number of slots whose
@@ -42,6 +45,7 @@ from collections import Counter
 
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
+from machine.uvm.object import VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag, VmPages
 from machine.uvm.state import Uvm
 
@@ -66,6 +70,9 @@ def _static(uvm: Uvm) -> list[str]:
                 obj_refs[e.obj.id] += 1
     if Counter(o for o, _ in uvm.handles) != uvm.nfiles:
         problems.append("F1: the sessions' open file counts disagree with their handles")
+    opens = {k for o in uvm.vnodes.values() for k in o.opens}
+    if opens != set(uvm.handles):
+        problems.append("F2: the vnodes' open modes disagree with the handles")
     if nentries != uvm.entry_pool.nentries:
         problems.append(f"E1: entry pool counts {uvm.entry_pool.nentries} != {nentries} entries")
     holders: Counter[int] = Counter()
@@ -114,6 +121,14 @@ def _static(uvm: Uvm) -> list[str]:
             ):
                 problems.append(f"O1: page {pfn} not owned by object {obj.id} at {pgoff}")
         swap_only += obj.pgops.swap_only(obj)
+        if isinstance(obj, VnodeObject) and not obj.sizelock.locked():
+            end = obj.npages
+            problems += [
+                f"O3: object {obj.id} ({obj.name}) holds page {pfn} at {pgoff}, at or "
+                f"beyond its file's end ({end} pages)"
+                for pgoff, pfn in obj.pages.items()
+                if pgoff >= end and not pages.flags[pfn] & PageFlag.BUSY
+            ]
     if uvm.zero_pfn != NIL:
         claim(uvm.zero_pfn, "uvm_loanzero_object")
     released = 0

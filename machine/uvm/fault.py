@@ -13,7 +13,10 @@
       4. lower layer otherwise (fault_lower):
            no object -> zero-fill a new anon (flt_przero);
            object page not resident -> pgo_get (vnode: read the file; aobj:
-           swap or zero) (fltget);
+           swap or zero) (fltget); a vnode page wholly beyond the file's end ->
+           SIGBUS (BusError: NetBSD's pager answers EINVAL, trap() sends
+           SIGBUS/BUS_ADRERR), for a wiring fault too; an anon the process
+           already has there (a private copy) is still served (upper layer);
            write through a COW entry -> promote: copy into a new anon
            (flt_prcopy); else map the object page (flt_obj), read-only
            through a COW entry so a later write faults and promotes.
@@ -41,12 +44,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from machine.params import PAGE_SIZE
-from machine.proto import BadAddress, Errno, UserError
+from machine.proto import BadAddress, BusError, Errno, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.loan import adopt, break_anon_loan, break_obj_loan
 from machine.uvm.map import MapEntry
+from machine.uvm.object import VnodeObject
 from machine.uvm.page import NIL, PageFlag
 from machine.uvm.resident import anon_get, obj_get
 from machine.uvm.state import Uvm, VmSpace
@@ -216,6 +220,12 @@ async def _fault_lower(
 
     pgoff = e.pgoff(va)
     if pgoff >= obj.npages:
+        if isinstance(obj, VnodeObject):  # the pager's EINVAL: trap() sends SIGBUS
+            uvm.stats.sigbus += 1
+            raise BusError(
+                f"{va:#x} is beyond the end of file {obj.name!r} "
+                f"({obj.npages} pages, page {pgoff} asked)"
+            )
         uvm.stats.segv += 1
         raise BadAddress(f"{va:#x} is beyond the end of the mapped object")
     got = await obj_get(uvm, obj, pgoff)

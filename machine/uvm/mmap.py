@@ -46,7 +46,7 @@ from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
-from machine.uvm.files import obj_unref
+from machine.uvm.files import file_maxprot, obj_unref
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
 from machine.uvm.page import NIL
@@ -88,7 +88,9 @@ async def mmap(
 
     => UserError EINVAL (length <= 0, misaligned, fixed outside user space or
        overlapping), ENOMEM (no room, length beyond user space, limits.vsize
-       or limits.map_entries reached), EBADF; nothing changed on any error."""
+       or limits.map_entries reached), EBADF, EACCES (prot beyond the maximum
+       protection of the file's open mode: machine.uvm.files.file_maxprot);
+       nothing changed on any error."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
@@ -98,11 +100,9 @@ async def mmap(
     if va & PAGE_MASK or offset & PAGE_MASK:
         raise UserError(Errno.EINVAL, "mmap address and offset must be page aligned")
     obj: UvmObject | None = None
-    if handle:
-        vobj = uvm.handles.get((owner, handle))
-        if vobj is None:
-            raise UserError(Errno.EBADF, f"no open file with handle {handle}")
-        obj = vobj
+    maxprot = RWX
+    if handle:  # EBADF; EACCES beyond what the handle's open mode allows (vn_mmap)
+        obj, maxprot = file_maxprot(uvm, owner, handle, prot, shared)
     async with sp.lock:
         if sp.map.size + length > uvm.limits.vsize:
             raise UserError(
@@ -136,7 +136,7 @@ async def mmap(
                 start,
                 start + length,
                 prot,
-                RWX,
+                maxprot,
                 Inherit.SHARE if shared else Inherit.COPY,
                 obj,
                 offset,

@@ -10,18 +10,24 @@ Two kinds, each with its pager:
     put writes to the slot it has or a new one (uao_set_swslot /
     uao_find_swslot / uao_dropswap).
 
-Fields [u]: refs (map entries + open handles), pages (page offset -> pfn).
+Fields [u]: refs (map entries + open handles), pages (page offset -> pfn); a
+VnodeObject's opens (each handle's FREAD/FWRITE access, machine.uvm.vnode) and
+sizelock (held while its size changes: machine.uvm.setsize).
 Invariants (audit.py):
   O1  every page in `pages` is owned by this object at that offset
       (uobject == id, offset == pgoff, PG_TABLED); refs == users.
   O2  an AObj's slots are allocated on the swap device; swap_only() of every
       object and anon adds up to the device's swpgonly.
+  O3  a vnode object holds no page at or beyond its file's end (pgoff >= npages
+      of the file's size), except BUSY ones while a truncation takes them away;
+      an AObj has no file end.
 cf. NetBSD sys/uvm/uvm_object.h, uvm_pager.h (struct uvm_pagerops), uvm_vnode.c,
 uvm_aobj.c (concepts only).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -161,6 +167,11 @@ class AObjPager:
 class VnodeObject(UvmObject):
     file: VnodeFile | None = None
     name: str = ""
+    #: (session, handle) -> the open's access (FREAD | FWRITE): mmap's maximum
+    #: protection and ftruncate ask it
+    opens: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: held while the size changes (uvm_vnp_setsize): one truncation at a time
+    sizelock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pgops: ClassVar[PagerOps] = VnodePager()
 
     @property

@@ -4,8 +4,8 @@
       every resident page that is dirty (PG_CLEAN clear, or the mmu's modified
       bit set — read and cleared in one batched pmap.attrs) is written to the
       file, one pwrite per run of consecutive dirty pages, and marked clean.
-      Used by msync, by munmap/exit of a shared file mapping, by the last
-      close, and at shutdown.
+      Used by msync (without the fsync for MS_ASYNC), by munmap/exit of a
+      shared file mapping, by the last close, and at shutdown.
   pageout(asid, va)           "page out this page" (the kernel's uvm.pageout,
       used by tests and, later, by the page daemon's decisions): revoke every
       mapping of the page (pmap.page_protect NONE), write it if dirty (anon
@@ -32,8 +32,11 @@ from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.state import Uvm
 
 
-async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int) -> int:
-    """Write back the dirty resident pages of obj in page offsets [lo, hi). => pages written."""
+async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int, sync: bool = True) -> int:
+    """Write back the dirty resident pages of obj in page offsets [lo, hi). => pages written.
+
+    => sync (PGO_SYNCIO): the host file is fsync'd after the writes; without it the
+       writes are left to the host (msync's MS_ASYNC)."""
     pfns = sorted((pg, pfn) for pg, pfn in obj.pages.items() if lo <= pg < hi)
     if not pfns:
         return 0
@@ -54,7 +57,7 @@ async def flush_object(uvm: Uvm, obj: UvmObject, lo: int, hi: int) -> int:
     for _, pfn in dirty:
         uvm.pages.flags[pfn] |= PageFlag.CLEAN
     n = len(dirty)
-    if n and isinstance(obj, VnodeObject) and obj.file is not None:
+    if n and sync and isinstance(obj, VnodeObject) and obj.file is not None:
         obj.file.sync()
     uvm.stats.flushes += n
     return n

@@ -48,11 +48,18 @@ async def anon_get(uvm: Uvm, anon: Anon) -> tuple[int, bool] | None:
 async def obj_get(uvm: Uvm, obj: UvmObject, pgoff: int) -> tuple[int, bool] | None:
     """pgo_get: the object's page at pgoff, resident and BUSY (module doc).
 
-    => the caller has checked pgoff < obj.npages."""
+    => the caller has checked pgoff < obj.npages. If the file shrank below pgoff
+       while the allocation waited for memory (machine.uvm.setsize), the new page
+       is dropped and None returned: the caller refaults and finds the end."""
     pages = uvm.pages
     pfn = obj.pages.get(pgoff, NIL)
     if pfn == NIL:
         pfn = await uvm.alloc_page_wait(obj=obj, pgoff=pgoff)
+        if pgoff >= obj.npages:
+            del obj.pages[pgoff]
+            uvm.unbusy(pfn)  # still tabled: not freed by unbusy
+            uvm.free_page(pfn)
+            return None
         clean = obj.pgops.get(uvm, obj, pgoff, pfn)
         if not clean:
             pages.flags[pfn] &= ~PageFlag.CLEAN

@@ -19,10 +19,15 @@ class UvmStats:
     fltpgwait: int = 0  # faults that waited for a busy page
     fltnoram: int = 0  # no free frame for a fault
     segv: int = 0  # faults answered SIGSEGV
+    sigbus: int = 0  # faults answered SIGBUS (a file page beyond the file's end)
     zeropages: int = 0  # pages zeroed
     pgfrees: int = 0  # pages freed
     pageouts: int = 0  # pages written out and freed on request (uvm.pageout)
     flushes: int = 0  # dirty file pages written back (msync, munmap, exit, shutdown)
+    truncations: int = 0  # file sizes changed (ftruncate, O_TRUNC): uvm_vnp_setsize
+    truncpages: int = 0  # file pages taken out by a shrink (wholly beyond the new end)
+    truncloanbreaks: int = 0  # loaned last pages copied before their tail was zeroed
+    msyncinval: int = 0  # file pages freed by msync(MS_INVALIDATE)
     forks: int = 0
     wirings: int = 0
     spawns: int = 0

@@ -113,9 +113,11 @@ class VmCallHandlers:
         n = await files.msync(self.vm, msg.asid, msg.h.incarnation, msg.va, msg.length, msg.flags)
         return self.reply(msg, UvmMsyncReply, pages=n)
 
-    def on_open(self, msg: UvmOpen) -> Reply:
+    async def on_open(self, msg: UvmOpen) -> Reply:
         size = None if msg.size < 0 else msg.size
-        handle, size = files.open(self.vm, msg.h.incarnation, msg.name, msg.create, size, msg.flags)
+        handle, size = await files.vn_open(
+            self.vm, msg.h.incarnation, msg.name, msg.create, size, msg.flags
+        )
         return self.reply(msg, UvmOpenReply, handle=handle, size=size)
 
     async def on_close(self, msg: UvmClose) -> Reply:

@@ -27,7 +27,14 @@ per directory, and opens the last one O_NOFOLLOW|O_NONBLOCK:
     machine's one file system, shared by every session (one user's files),
     so nothing in it is for the host's other users.
 lookup and VnodeFile() raise VnodeError (an errno name) and never OSError;
-get/put/sync (paging an open file) let a host I/O error through.
+get/put/sync (paging an open file) let a host I/O error through; resize (the
+host side of ftruncate) raises VnodeError and changes nothing when it fails.
+
+Open modes (NetBSD's FFLAGS): fflags(O_RDONLY) = FREAD, O_WRONLY = FWRITE,
+O_RDWR = FREAD|FWRITE; O_ACCMODE itself is neither (EINVAL at open). The host
+file is opened read-write once per vnode whatever the open modes (the machine
+owns disk/); the handle's mode is what the machine enforces (mmap's maximum
+protection, ftruncate).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from pathlib import Path
 
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto.base import Errno
+from machine.proto.vmcalls import O_ACCMODE
 from machine.ram import Ram
 
 MAX_FILE_BYTES = 1 << 40  # whatever limits.filesize says (Uvm.open checks that: EFBIG)
@@ -48,6 +56,14 @@ PATH_MAX = 1024  # bytes in a path, counting the terminating NUL (NetBSD's PATH_
 MAX_DEPTH = 16  # components in a path: one open makes at most 15 directories
 FILE_MODE = 0o600  # files and directories a client makes: the machine's alone
 DIR_MODE = 0o700
+FREAD, FWRITE = 1, 2  # a handle's access (NetBSD's f_flag bits)
+
+
+def fflags(oflags: int) -> int:
+    """NetBSD's FFLAGS: open(2)'s access mode as FREAD/FWRITE bits (0 for O_ACCMODE)."""
+    acc = oflags & O_ACCMODE
+    return 0 if acc == O_ACCMODE else acc + 1
+
 
 #: Host errnos passed on by name (if the Errno table has them); any other host
 #: failure is EIO. EROFS is EACCES, ENFILE (uvm out of descriptors) EMFILE.
@@ -170,16 +186,21 @@ def _subdir(dfd: int, c: bytes, create: bool) -> int:
     raise VnodeError("ENOENT", f"directory {_show(c)} keeps vanishing")
 
 
-def _open_file(dfd: int, c: bytes, create: bool) -> tuple[int, tuple[int, int]]:
-    """Open regular file c in dfd read-write (made if missing and create)."""
+def _open_file(dfd: int, c: bytes, create: bool, excl: bool = False) -> tuple[int, tuple[int, int]]:
+    """Open regular file c in dfd read-write (made if missing and create; with excl
+    it must not exist: EEXIST)."""
     mode = _lstat_mode(dfd, c)
     if mode is None and not create:
         raise VnodeError("ENOENT", f"no such file {_show(c)}")
+    if mode is not None and create and excl:
+        raise VnodeError("EEXIST", f"{_show(c)} exists (O_CREAT|O_EXCL)")
     if mode is not None and not stat.S_ISREG(mode):
         raise _not_a_file(mode, c)  # before open: a fifo or device is never opened
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(c, flags | (os.O_CREAT if create else 0), FILE_MODE, dir_fd=dfd)
+        if create:
+            flags |= os.O_CREAT | (os.O_EXCL if excl else 0)
+        fd = os.open(c, flags, FILE_MODE, dir_fd=dfd)
     except OSError as e:  # e.g. swapped for a link meanwhile: ELOOP
         raise host_error(e, _show(c)) from None
     try:
@@ -196,10 +217,11 @@ def _open_file(dfd: int, c: bytes, create: bool) -> tuple[int, tuple[int, int]]:
     return fd, (st.st_dev, st.st_ino)
 
 
-def lookup(disk: Path, name: str, create: bool) -> tuple[int, tuple[int, int]]:
+def lookup(disk: Path, name: str, create: bool, excl: bool = False) -> tuple[int, tuple[int, int]]:
     """namei + VOP_OPEN for a client's name: a read-write descriptor of the
     regular file `name` under disk/, and its (st_dev, st_ino).
-    => VnodeError (an errno name), never OSError; no symbolic link is followed."""
+    => VnodeError (an errno name), never OSError; no symbolic link is followed;
+       create and excl: EEXIST if the file exists (O_CREAT|O_EXCL)."""
     comps, must_be_dir = check_name(name)
     if not comps:
         raise VnodeError("EISDIR", f"{_show(name)} names disk/ itself")
@@ -222,7 +244,7 @@ def lookup(disk: Path, name: str, create: bool) -> tuple[int, tuple[int, int]]:
             if stat.S_ISREG(mode):
                 raise VnodeError("ENOTDIR", f"{_show(last)} is not a directory")
             raise _not_a_file(mode, last)
-        return _open_file(dfd, last, create)
+        return _open_file(dfd, last, create, excl)
     finally:
         release(dfd)
 
@@ -296,6 +318,16 @@ class VnodeFile:
 
     def sync(self) -> None:
         os.fsync(self.fd)
+
+    def resize(self, length: int) -> None:
+        """The host side of ftruncate: the file is now `length` bytes (what grows reads
+        zeros). => VnodeError (EIO, or the host's own errno where the table has it)
+        with nothing changed."""
+        try:
+            os.ftruncate(self.fd, length)
+        except OSError as e:
+            raise host_error(e, f"truncating {_show(self.name)}") from None
+        self.size = length
 
     def close(self) -> None:
         """Release the descriptor. => never raises (a host close error is moot)."""
