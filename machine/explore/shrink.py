@@ -14,7 +14,7 @@ repeated while one of them makes progress:
      and the VM calls' truncate, minherit, madvise, mlockall) and undoes what
      it adds to the others (after_*: a send's sequel; file_*: a send's, a
      minherit's or a madvise's buffer becomes anonymous; send_loan: a trunc,
-     inherit or lockall op sends nothing); small_ram off boots with
+     inherit, advise or lockall op sends nothing); small_ram off boots with
      DEFAULT_RAM, slow_link off unthrottles the link. So the RAM and link
      settings stay unless the failure survives without them. A recorded
      run's workload (machine.explore.fromdump): its calls are "recorded"'s
@@ -59,7 +59,7 @@ _MAKER = {"mlock": "mlock", "hog": "hog", "wakeup": "pd_wakeup"} | {
     k: f for f, k in VM_KINDS.items()
 }
 #: The arg that says an op sends (what send_loan adds to it).
-_SENDS = {"trunc": "loan", "inherit": "send", "lockall": "send"}
+_SENDS = {"trunc": "loan", "inherit": "send", "advise": "send", "lockall": "send"}
 T = TypeVar("T")
 
 
@@ -82,7 +82,7 @@ def made_by(op: Op) -> str:
 
 def _undo(op: Op, off: set[str]) -> Op:
     """=> `op` without what the features in `off` added to it (a buffer, a sequel, a send)."""
-    if op.kind not in ("send", "inherit", "advise", *_SENDS):
+    if op.kind != "send" and op.kind not in _SENDS:
         return op
     args = dict(op.args)
     if args.get("then") and next((f for f, t in AFTER.items() if t == args["then"]), "") in off:

@@ -24,8 +24,10 @@ What each op does and what it must see (workload.py's module doc has the args):
            for a shared mapping: NetBSD's fork makes it copy-on-write); SHARE:
            the child reads them, and each sees the other's stores. The parent's
            bytes are its own throughout (except the child's SHARE stores).
-  advise   madvise(DONTNEED or FREE) on a fresh buffer stored into, maybe while
-           a forked child holds the pages. DONTNEED changes no byte. FREE:
+  advise   madvise(DONTNEED or FREE) on a fresh buffer stored into, maybe sent
+           (loaned: the payload stays what memory held at send, a FREE'd loaned
+           anon lives on as its loan's), maybe while a forked child holds the
+           pages. DONTNEED changes no byte. FREE:
            a shared file mapping's bytes stay (cleaned, then freed: read back from
            the file); an anonymous or private page reads either its bytes or
            zeros (NetBSD's uvm_map_clean frees a resident, unbusy, unwired anon
@@ -173,7 +175,7 @@ class VmOps:
         elif op.kind == "inherit":
             await self.inherit(p, s, a, tag)
         elif op.kind == "advise":
-            await self.advise(p, a, tag)
+            await self.advise(p, s, a, tag)
         else:
             await self.lockall(a, tag)
 
@@ -268,12 +270,14 @@ class VmOps:
 
     # -- advise -----------------------------------------------------------------------
 
-    async def advise(self, p: Process, a: dict[str, Any], tag: int) -> None:
+    async def advise(self, p: Process, s: Socket, a: dict[str, Any], tag: int) -> None:
         pages, buf, advice = int(a["pages"]), str(a.get("buf", "anon")), str(a["advice"])
         n = pages * PAGE_SIZE
         va = await self.buffer(p, n, buf)
         data = fill(tag, n)
         await p.store(va, data)
+        if a.get("send"):
+            self.expect(tag, await p.send(s, va, n), data)
         c = await p.fork() if a.get("fork") else None
         try:
             await p.madvise(va, n, ADVICE[advice])

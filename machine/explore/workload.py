@@ -36,7 +36,7 @@ The VM calls of issue 20 (machine.explore.vmops plays them):
           minherit before fork), send (the range is sent, loaned, before the
           fork)
   advise  pages, buf, advice ("dontneed", "free"), fork (a child holds the
-          pages while the advice is given)
+          pages while the advice is given), send (they are sent, loaned, first)
   lockall pages, more (pages mapped after mlockall), flags ("current",
           "future", "both"), send (the later mapping is sent), end
           ("munlockall" then exit, or "exit"): in a process of its own
@@ -179,8 +179,9 @@ def describe_vm(kind: str, a: dict[str, Arg]) -> str:
         text = f"minherit {str(a['inherit']).upper()} {a['pages']} pages of {a['buf']}"
         return text + (", send them (loaned)" if a.get("send") else "") + ", fork, both check"
     if kind == "advise":
-        fork = " (a child holds them)" if a.get("fork") else ""
-        return f"madvise {str(a['advice']).upper()} {a['pages']} pages of {a['buf']}{fork}"
+        text = f"madvise {str(a['advice']).upper()} {a['pages']} pages of {a['buf']}"
+        text += " (a child holds them)" if a.get("fork") else ""
+        return text + (" while they are sent (loaned)" if a.get("send") else "")
     text = f"mlockall {a['flags']} over {a['pages']} pages, map {a['more']} more"
     return text + (", send them" if a.get("send") else "") + f", then {a['end']}"
 
@@ -370,6 +371,7 @@ def _vm_op(rng: random.Random, feature: str, on: tuple[str, ...]) -> Op:
                 "buf": rng.choice(_bufs(on)),
                 "advice": rng.choice(ADVICES),
                 "fork": rng.random() < 0.25,
+                "send": loans and rng.random() < 0.5,
             },
         )
     assert feature == "mlockall", feature
