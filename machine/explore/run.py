@@ -307,10 +307,11 @@ class _Player(VmOps):
             va = await p.mmap(n, "rw")
             data = fill(tag, n)
             await p.store(va, data)
-            await p.mlock(va, n)
+            locked = await self.mlock(p, va, data)
             if a.get("send"):
                 self.expect(tag, await p.send(s, va, n), data)
-            await p.munlock(va, n)
+            if locked:
+                await p.munlock(va, n)
         elif kind == "hog":
             await self.hog(int(a["pages"]))
         elif kind == "wakeup":

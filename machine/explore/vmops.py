@@ -43,6 +43,9 @@ What each op does and what it must see (workload.py's module doc has the args):
            read their stores; maybe the later one is sent; then munlockall (a
            mapping made after it is not wired: mincore 0) or exit straight.
 
+The machine may refuse to wire (mlock's EAGAIN, mlockall's and an MCL_FUTURE mmap's
+ENOMEM: its wiredmax, which under 1999 loans fill too): no failure, but then nothing
+may be left locked (`mlock` checks it; a refused lockall's process exits).
 Every op keeps the machine's state what the final checks expect: a file handle
 is closed and a forked child exits even when the op fails midway (else its frames
 would be a false leak).
@@ -70,12 +73,14 @@ from machine.client import (
     MachineError,
     OutOfMemory,
     Process,
+    RequestError,
     Segv,
     Sigbus,
     Socket,
 )
 from machine.explore.workload import Op
 from machine.params import PAGE_SIZE
+from machine.proto import Errno
 
 INHERIT = {
     "none": MAP_INHERIT_NONE,
@@ -167,6 +172,23 @@ class VmOps:
                 f" not {signal.__name__}"
             ) from None
         raise WorkloadError(f"process {p.asid}'s {how} at {va:#x} ({what}) did not fault")
+
+    async def mlock(self, p: Process, va: int, data: bytes) -> bool:
+        """mlock of what va holds (`data`). => False when the machine refused it with
+        EAGAIN (its wiredmax reached: under 1999 loans wire their pages too); then
+        nothing is locked (munlock answers ENOMEM) and the bytes are the same."""
+        try:
+            await p.mlock(va, len(data))
+            return True
+        except RequestError as e:
+            if e.errno != Errno.EAGAIN:
+                raise
+        try:
+            await p.munlock(va, len(data))
+        except OutOfMemory:
+            await self.sees(p, va, data, "its bytes after a refused mlock")
+            return False
+        raise WorkloadError(f"process {p.asid}: a refused mlock (EAGAIN) left {va:#x} locked")
 
     async def vm_op(self, p: Process, s: Socket, op: Op, tag: int) -> None:
         a = op.args

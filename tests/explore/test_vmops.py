@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from machine.client import File, Process
+from machine.client import File, Process, RequestError
 from machine.explore.explore import run_seed, workload_rng
 from machine.explore.run import run_workload
 from machine.explore.shrink import made_by, shrink, signature
 from machine.explore.workload import VM_FEATURES, VM_KINDS, Op, Workload, draw
+from machine.proto import Errno, UvmWire
 
 MIB = 1 << 20
 PAGE = 4096
@@ -232,3 +233,18 @@ def test_seeds_without_a_vm_feature_draw_what_they_drew() -> None:
     assert plain
     for k in plain:
         assert draw(random.Random(f"w:{k}")) == draw_classic(random.Random(f"w:{k}"))
+
+
+async def _lock_then_refuse(self: Process, va: int, length: int) -> None:
+    await self._range_call(UvmWire, va, length)  # it locks the range...
+    raise RequestError(Errno.EAGAIN, "refused")  # ...and answers that it refused
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_mlock_that_locked_anyway_is_caught() -> None:
+    """The mlock op takes EAGAIN (the machine's wiredmax) as a refusal, but then nothing
+    may stay locked: a machine that refuses and locks is an error."""
+    with patched(Process, "mlock", _lock_then_refuse):
+        r = run_workload(one(Op("mlock", {"pages": 2, "send": False})), "modern", 1)
+    assert r.outcome == "error", r.message
+    assert "refused mlock (EAGAIN) left" in r.message
