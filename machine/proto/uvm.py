@@ -61,8 +61,9 @@ class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
 
     => length > 0 (rounded up to pages); prot in VM_PROT bits.
     => without fixed, va is a hint (NetBSD's uvm_map: the first free range at or
-       above it, else anywhere; rounded down to a page): never a reason to fail
-       while the address space has room. With fixed (MAP_FIXED), va is page
+       above it, else from the bottom; rounded up to a page, as uvm_mmap does; a
+       hint outside user space is ignored): never a reason to fail while the
+       address space has room. With fixed (MAP_FIXED), va is page
        aligned and used exactly; whatever is mapped in the range is replaced, as
        one operation (1.6; before, EINVAL); va 0 with fixed is EINVAL.
     => handle 0: anonymous, zero-filled memory; else an open file (uvm.open)

@@ -8,9 +8,9 @@ NetBSD wins. Flag and advice values are NetBSD's <sys/mman.h>, <fcntl.h> and
 <sys/resource.h> numbers, so a ported program passes its own constants. The errno
 table, call by call, is in docs/protocol.md ("Errnos of the VM calls").
 Every address range is rounded as NetBSD rounds it: va down to its page, the
-length up to cover the last byte (mlock, munlock, msync, madvise, minherit,
-mincore), so an unaligned va is no error; a range that wraps or leaves user
-space is.
+length up to cover the last byte (mlock, munlock, msync, madvise, minherit),
+so an unaligned va is no error; a range that wraps or leaves user space is.
+mincore is the exception, as NetBSD's sys_mincore: an unaligned va is EINVAL.
 """
 
 from __future__ import annotations
@@ -243,13 +243,16 @@ class UvmRlimitReply(Reply, frozen=True, kw_only=True, tag="uvm.rlimit.reply"):
 class UvmMinherit(Request, frozen=True, kw_only=True, tag="uvm.minherit"):
     """minherit(2): what fork does with the mappings of the range. (1.6)
 
-    => MAP_INHERIT_SHARE (the child shares the memory), MAP_INHERIT_COPY (a
-       copy-on-write copy: the default for private mappings), MAP_INHERIT_NONE
-       (the child has nothing there), MAP_INHERIT_ZERO (the child gets fresh
-       zero-filled anonymous memory there). Unmapped parts of the range are
-       skipped, as NetBSD's uvm_map_inherit does.
-    Errnos: EINVAL (another value, or the range wraps or leaves user space),
-    ENOMEM (a split beyond map_entries or maxentries).
+    => MAP_INHERIT_SHARE (the child shares the memory: the default for shared
+       mappings; for a private one parent and child share its private pages, each
+       seeing the other's stores, and the file is never written), MAP_INHERIT_COPY
+       (a copy-on-write copy: the default for private mappings; of a shared
+       mapping, a private copy-on-write mapping of the same file or memory),
+       MAP_INHERIT_NONE (the child has nothing there), MAP_INHERIT_ZERO (the child
+       gets fresh zero-filled anonymous memory there). Unmapped parts of the range
+       are skipped, as NetBSD's uvm_map_inherit does.
+    Errnos: EINVAL (another value, MAP_INHERIT_DONATE_COPY included, or the range
+    wraps or leaves user space), ENOMEM (a split beyond map_entries or maxentries).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -263,13 +266,21 @@ class UvmMadvise(Request, frozen=True, kw_only=True, tag="uvm.madvise"):
     """madvise(2) on the range. (1.6)
 
     => MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL: the fault-ahead window of the
-       mappings (uvmadvice: 3 back and 4 ahead, none, 8 ahead); MADV_WILLNEED:
-       start reading the range in (resident pages of file and swap); MADV_DONTNEED:
-       deactivate the range's pages (the page daemon takes them first);
-       MADV_FREE: the anonymous pages of the range are freed, contents and swap
-       (the next read is zero-fill).
-    Errnos: EINVAL (another value, MADV_SPACEAVAIL, or the range wraps), ENOMEM
-    (part of the range is not mapped).
+       mappings (uvmadvice: 3 pages behind and 4 ahead, none, and for sequential
+       7 ahead while the 8 behind are deactivated); MADV_WILLNEED: read the
+       range's file pages and swapped-out pages in, mapping none, as long as
+       memory is free; MADV_DONTNEED: deactivate the range's pages (the page
+       daemon takes them first; dirty file pages are written first); MADV_FREE:
+       the resident private anonymous pages of the range are freed, with their
+       swap (the next read is zero-fill, or the file under a private file
+       mapping; pages only in swap may keep their bytes, as NetBSD leaves them),
+       clean file pages are freed too, memory shared with another process is
+       only deactivated. Busy, wired and loaned pages are left alone. Unmapped
+       parts are skipped by NORMAL, RANDOM, SEQUENTIAL and WILLNEED.
+    Errnos: EINVAL (another value, MADV_SPACEAVAIL, or the range wraps or leaves
+    user space), EFAULT (MADV_DONTNEED or MADV_FREE: part of the range is not
+    mapped; NetBSD's uvm_map_clean), EBUSY (MADV_FREE of wired memory), ENOMEM
+    (a split beyond map_entries or maxentries).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -282,9 +293,12 @@ class UvmMadvise(Request, frozen=True, kw_only=True, tag="uvm.madvise"):
 class UvmMincore(Request, frozen=True, kw_only=True, tag="uvm.mincore"):
     """mincore(2): which pages of the range are resident. (1.6)
 
-    Reply: UvmMincoreReply, `vec` one byte per page: 1 resident, 0 not.
-    Errnos: ENOMEM (part of the range is not mapped), EINVAL (the range wraps,
-    or more than MINCORE_MAX_PAGES pages).
+    Reply: UvmMincoreReply, `vec` one byte per page: 1 resident, 0 not (a page
+    is resident when its anon has a page, else when the file's or shared memory's
+    page is, as NetBSD's sys_mincore counts).
+    Errnos: EINVAL (va not page aligned, the range wraps, or more than
+    MINCORE_MAX_PAGES pages), ENOMEM (part of the range is not mapped, or lies
+    outside user space).
     """
 
     scope: ClassVar[Scope] = Scope.USER

@@ -8,7 +8,10 @@ every step of the model-based tests. What it checks:
     no owner, wiring or loan), I3 (allocated => owned or loaned), I8 (a held,
     unbusy, unwired page without a kernel loan is on a paging queue), Q1 (queue
     counts and flags); SwapDevice.check().
-  * maps (M1-M5) and amaps (AM1: slots/back-pointer equation) of every space;
+  * maps (M1-M5) and amaps (AM1: slots/back-pointer equation; AM2: ref and ppref equal
+    the entries, of every space, that refer to the amap and their slot ranges, and no
+    NEEDSCOPY entry refers to a shared one; AM3: no anon outside every range) of every
+    space;
     E1: every map counts in the machine's entry pool, whose nentries is the
     sum of the spaces' entries (a fork's child is a space from its first entry).
   * anons: A1 ref > 0; A3 ref == the amaps holding the anon + its loans to anons;
@@ -56,6 +59,7 @@ def _static(uvm: Uvm) -> list[str]:
     if uvm.swap is not None:
         problems += uvm.swap.check()
     amaps: dict[int, Amap] = {}
+    arefs: dict[int, Counter[tuple[int, int]]] = {}  # amap -> its entries' slot ranges
     obj_refs: Counter[int] = Counter(o.id for o in uvm.handles.values())
     nentries = 0
     for asid, sp in uvm.spaces.items():
@@ -66,6 +70,11 @@ def _static(uvm: Uvm) -> list[str]:
         for e in sp.map.entries:
             if e.amap is not None:
                 amaps[id(e.amap)] = e.amap
+                arefs.setdefault(id(e.amap), Counter())[e.aoff, e.npages] += 1
+                if e.needs_copy and e.amap.shared:
+                    problems.append(
+                        f"AM2: asid {asid}: NEEDSCOPY entry at {e.start:#x} of a shared amap"
+                    )
             if e.obj is not None:
                 obj_refs[e.obj.id] += 1
     if Counter(o for o, _ in uvm.handles) != uvm.nfiles:
@@ -76,8 +85,14 @@ def _static(uvm: Uvm) -> list[str]:
     if nentries != uvm.entry_pool.nentries:
         problems.append(f"E1: entry pool counts {uvm.entry_pool.nentries} != {nentries} entries")
     holders: Counter[int] = Counter()
-    for amap in amaps.values():
+    for key, amap in amaps.items():
         problems += amap.check()
+        ranges = amap.ppref if amap.ppref is not None else Counter({(0, amap.nslot): amap.ref})
+        if arefs[key] != ranges:
+            problems.append(
+                f"AM2: amap of {amap.nslot} slots: ref {amap.ref}, ranges {dict(ranges)}, "
+                f"but its entries refer to {dict(arefs[key])}"
+            )
         for _, anon in amap.used():
             holders[anon.id] += 1
             if anon.id not in uvm.anons:

@@ -30,6 +30,10 @@
          dropped; otherwise uvm_pageactivate. The result is a `Resolved`:
          the mapping to enter (WIRED for wiring; CLEAN when the frame was just
          read from its backing store), the page still BUSY.
+    An amap shared with other entries (AMAP_SHARED, minherit SHARE): a new anon
+    in a slot first revokes every mapping of the page the slot showed (the
+    sharers refault onto it), and a zero-fill that finds the slot filled while
+    it waited for a page drops its own and starts over.
     A page found BUSY (another fault or the pager is working on it across an
     await) is waited for (fltpgwait) and the fault starts over, as NetBSD's
     refault does. The page stays BUSY until its mapping is entered: by
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from machine.params import PAGE_SIZE
+from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import BadAddress, BusError, Errno, UserError
 from machine.proto.types import EnterFlags, Prot
 from machine.uvm.amap import Amap
@@ -180,15 +184,36 @@ async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: 
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(src)
     uvm.pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
     amap.add(slot, new, replace=replace)
+    if amap.ref > 1:
+        await _revoke_sharers(uvm, amap, slot, src)
     uvm.unbusy(src)
     if not uvm.pages.wire_count[src]:
         uvm.pages.activate(src)
     return npfn
 
 
+async def _revoke_sharers(uvm: Uvm, amap: Amap, slot: int, old: int) -> None:
+    """amap_add into an amap other entries refer to (AMAP_SHARED): they may map the page
+    the slot showed before (the object page under a promotion, the replaced anon's
+    page); take those mappings away before the new page is entered, so every sharer
+    refaults and sees the new anon. `old` is BUSY (held by the caller).
+
+    => pmap_page_protect(NONE) of the old page, as NetBSD's amap_add and promotion do;
+       for a wired page (NetBSD's "XXX: PAGE MIGHT BE WIRED!") only the sharers'
+       mappings of the slot are removed, one pmap.remove each."""
+    if not uvm.pages.wire_count[old]:
+        await uvm.revoke([old], "amap_add into a shared amap")
+        return
+    for sp in list(uvm.spaces.values()):
+        for e in sp.map.entries:
+            if e.amap is amap and e.aoff <= slot < e.aoff + e.npages:
+                va = e.start + ((slot - e.aoff) << PAGE_SHIFT)
+                await uvm.pmap.remove(sp.asid, va, va + PAGE_SIZE)
+
+
 def _ensure_amap(e: MapEntry) -> Amap:
     if e.amap is None:
-        e.amap = Amap(e.npages)
+        e.amap, e.aoff = Amap(e.npages), 0
     return e.amap
 
 
@@ -208,6 +233,12 @@ async def _fault_lower(
         except UserError:
             del uvm.anons[anon.id]
             raise
+        if amap.lookup(slot) is not None:
+            # Another process sharing the amap (AMAP_SHARED) filled the slot while we
+            # waited for the page: drop ours and refault onto theirs.
+            uvm.anon_unref(anon)
+            uvm.unbusy(pfn)
+            return None
         uvm.ram.zero(pfn)
         pages.flags[pfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
         amap.add(slot, anon)

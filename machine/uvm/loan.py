@@ -98,7 +98,7 @@ async def loan_range(uvm: Uvm, sp: VmSpace, va: int, npages: int) -> tuple[list[
                 if e is not None and not int(e.prot) & _READ:
                     e = None  # _loan_one raises EFAULT
                 anons = e.amap.anon if e is not None and e.amap is not None else None
-                start = e.start if e is not None else 0
+                start = e.start - (e.aoff << PAGE_SHIFT) if e is not None else 0
             anon = anons.get((a - start) >> PAGE_SHIFT) if anons is not None else None
             pfn = anon.page if anon is not None else NIL
             if pfn == NIL or flags[pfn] & _BUSY or (refuses and wire_count[pfn]):

@@ -1,9 +1,13 @@
 """vm_map and vm_map_entry: an address space's mappings.
 
 A VmMap is a sorted list of non-overlapping MapEntry ranges in user space.
-Each entry maps [start, end) with a protection, a maximum protection and an
-inheritance, backed by up to two layers (NetBSD's two-level scheme):
-  * the upper (anon) layer: `amap`, slot i <-> page start + i*PAGE_SIZE;
+Each entry maps [start, end) with a protection, a maximum protection, an
+inheritance (what fork does with it: MAP_INHERIT_SHARE, COPY, NONE, ZERO) and an
+advice (madvise NORMAL, RANDOM, SEQUENTIAL: the fault-ahead window, machine.uvm.ahead),
+backed by up to two layers (NetBSD's two-level scheme):
+  * the upper (anon) layer: `amap` from slot `aoff` (aref.ar_pageoff), slot
+    aoff + i <-> page start + i*PAGE_SIZE (machine.uvm.amap: an amap may be shared
+    by several entries, each at its own offset);
   * the lower (object) layer: `obj` at byte `offset` (a vnode, or an aobj
     for shared anonymous memory); None for private anonymous memory.
 Flags: `cow` (UVM_ET_COPYONWRITE: writes promote into the amap, the object
@@ -13,8 +17,11 @@ added), `wired_count` (mlock nesting).
 
 Invariants (check()):
   M1  entries are page aligned, non-empty, sorted and do not overlap.
-  M2  an entry's amap has exactly (end - start) / PAGE_SIZE slots.
-  M3  a shared (non-cow) entry has no amap.
+  M2  an entry's slots [aoff, aoff + (end - start) / PAGE_SIZE) lie in its amap
+      (an amap with one reference covering every slot is the entry's own: aoff 0,
+      exactly its pages); an entry without an amap has aoff 0.
+  M3  a shared (non-cow) entry has no amap. (A private entry inherited
+      MAP_INHERIT_SHARE keeps `cow` and shares its amap: AMAP_SHARED.)
   M4  size == the sum of the entries' lengths (vm_map.size, the process's
       vsize: what limits.vsize bounds).
   M5  every page of [USER_MIN, first_free) is mapped (NetBSD's first_free
@@ -48,6 +55,7 @@ from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.amap import Amap
+from machine.uvm.anon import Anon
 from machine.uvm.object import UvmObject
 
 
@@ -63,11 +71,16 @@ def check_range(va: int, length: int) -> int:
 
 
 class Inherit(enum.Enum):
-    """MAP_INHERIT_*: what fork does with an entry."""
+    """MAP_INHERIT_*: what fork does with an entry (uvmspace_fork).
+
+    SHARE: the child refers to the same memory (a private entry's amap is shared:
+    AMAP_SHARED); COPY: a copy-on-write copy; NONE: the child has a hole; ZERO: the
+    child gets fresh zero-filled private anonymous memory there (MAP_INHERIT_ZERO)."""
 
     SHARE = "share"
     COPY = "copy"
     NONE = "none"
+    ZERO = "zero"
 
 
 @dataclass(eq=False, slots=True)
@@ -83,13 +96,25 @@ class MapEntry:
     cow: bool = True
     needs_copy: bool = False
     wired_count: int = 0
+    advice: int = 0  # MADV_NORMAL, MADV_RANDOM or MADV_SEQUENTIAL (UVM_ADV_*)
+    aoff: int = 0  # the amap slot of `start` (aref.ar_pageoff)
 
     @property
     def npages(self) -> int:
         return (self.end - self.start) >> PAGE_SHIFT
 
     def slot(self, va: int) -> int:
-        return (va - self.start) >> PAGE_SHIFT
+        """The amap slot that backs va."""
+        return self.aoff + ((va - self.start) >> PAGE_SHIFT)
+
+    def anons(self, lo: int = 0, hi: int | None = None) -> list[tuple[int, Anon]]:
+        """(page index in the entry, anon) of the used slots of the entry's pages [lo, hi),
+        in order. O(used slots of the amap)."""
+        if self.amap is None:
+            return []
+        hi = self.npages if hi is None else hi
+        a = self.aoff
+        return [(s - a, anon) for s, anon in self.amap.used(a + lo, a + hi)]
 
     def pgoff(self, va: int) -> int:
         """The object page offset that backs va."""
@@ -98,7 +123,9 @@ class MapEntry:
     def split_at(self, va: int) -> MapEntry:
         """uvm_map_clip: cut at va; self keeps [start, va), the result holds [va, end).
 
-        => the caller made sure the amap (if any) is not shared (ref == 1).
+        => the amap (if any) is not NEEDSCOPY-shared (callers unshare first). An amap
+           of one reference is cut in two; one with other references (AMAP_SHARED)
+           is split by reference: both pieces keep referring to it (amap_splitref).
         """
         kassert(self.start < va < self.end and not va & PAGE_MASK, "clip at bad va %#x", va)
         upper = MapEntry(
@@ -113,9 +140,18 @@ class MapEntry:
             self.cow,
             self.needs_copy,
             self.wired_count,
+            self.advice,
         )
-        if self.amap is not None:
-            upper.amap = self.amap.split(self.slot(va))
+        at = (va - self.start) >> PAGE_SHIFT
+        if self.amap is not None and self.amap.ref > 1:
+            kassert(not self.needs_copy, "clip of a NEEDSCOPY entry at %#x", va)
+            self.amap.splitref(self.aoff, self.npages, at)
+            upper.amap, upper.aoff = self.amap, self.aoff + at
+        elif self.amap is not None:
+            if self.aoff or self.amap.nslot != self.npages or self.amap.ppref is not None:
+                self.amap.trim(self.aoff, self.npages)  # the leftover of a shared amap
+                self.aoff = 0
+            upper.amap = self.amap.split(at)
             # an empty piece holds no amap (as a fresh entry): clipping an entry into
             # many pieces costs one amap per piece that holds anons, not per piece
             if not upper.amap.nused:
@@ -226,7 +262,7 @@ class VmMap:
     def clip(self, start: int, end: int) -> list[MapEntry]:
         """Split entries so that start and end are entry boundaries. => entries inside.
 
-        => entries that get split must not share their amap (callers unshare first).
+        => entries that get split are not NEEDSCOPY-shared (callers unshare first).
         """
         out: list[MapEntry] = []
         for e in self.in_range(start, end):
@@ -269,10 +305,15 @@ class VmMap:
             if e.start < prev_end:
                 problems.append(f"M1: entry at {e.start:#x} overlaps its predecessor")
             prev_end = e.end
-            if e.amap is not None and e.amap.nslot != e.npages:
+            if e.amap is not None and not 0 <= e.aoff <= e.amap.nslot - e.npages:
                 problems.append(
-                    f"M2: entry at {e.start:#x}: amap has {e.amap.nslot} slots for {e.npages} pages"
+                    f"M2: entry at {e.start:#x}: slots [{e.aoff}, +{e.npages}) outside its "
+                    f"amap of {e.amap.nslot}"
                 )
+            if e.amap is not None and e.amap.ppref is None and (e.aoff or e.amap.nslot != e.npages):
+                problems.append(f"M2: entry at {e.start:#x}: a whole reference at {e.aoff}")
+            if e.amap is None and e.aoff:
+                problems.append(f"M2: entry at {e.start:#x}: offset {e.aoff} without an amap")
             if not e.cow and e.amap is not None:
                 problems.append(f"M3: shared entry at {e.start:#x} has an amap")
         if self._starts != [e.start for e in self.entries]:

@@ -2,8 +2,9 @@
 mprotect, fork, mlock/munlock and exit, on the state of machine.uvm.state.
 
 Ordering rules (why the machine never maps a freed frame):
-  * munmap and exit remove translations from the mmu first and free frames
-    only after the mmu has acknowledged.
+  * munmap, exit and MAP_FIXED's replace (one path: _unmap_locked) remove
+    translations from the mmu first and free frames only after the mmu has
+    acknowledged.
   * Every operation on one address space holds that space's lock across its
     awaits, so faults, mmap, munmap, fork and exit of one space never
     interleave. Different spaces run concurrently; what they share (anons
@@ -29,8 +30,9 @@ it refuses up front a range larger than the frames that could be wired.
 Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
   vsize        mmap beyond the process's mapped bytes limit -> ENOMEM
                (a forked child inherits its parent's size);
-  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap inside an
-               entry) that would leave more entries -> ENOMEM;
+  map_entries  mmap, or a clip (mprotect, mlock, munlock, munmap, minherit,
+               madvise inside an entry) that would leave more entries -> ENOMEM
+               (MAP_FIXED counts the entries and bytes its replace removes);
   maxentries   the same, for the machine's entries (entry_pool, E1 in
                machine.uvm.map), and fork: the child's entries are charged
                (reserved) before the child exists -> ENOMEM;
@@ -42,11 +44,11 @@ from __future__ import annotations
 
 import contextlib
 
-from machine.kassert import kassert
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.files import file_maxprot, obj_unref
+from machine.uvm.inherit import fork_entry
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
 from machine.uvm.page import NIL
@@ -86,10 +88,19 @@ async def mmap(
 ) -> int:
     """uvm_map: anonymous or file memory, private (COW) or shared. => start VA.
 
-    => UserError EINVAL (length <= 0, misaligned, fixed outside user space or
-       overlapping), ENOMEM (no room, length beyond user space, limits.vsize
-       or limits.map_entries reached), EBADF, EACCES (prot beyond the maximum
-       protection of the file's open mode: machine.uvm.files.file_maxprot);
+    => without fixed, va is a hint (uvm_mmap rounds it up to a page): the first free
+       range at or above it, else the first from the bottom (a hint outside user
+       space is ignored); never a reason to fail while the space has room.
+    => fixed (MAP_FIXED, UVM_FLAG_FIXED|UVM_FLAG_UNMAP): va page aligned and used
+       exactly; whatever is mapped in the range is replaced in one operation under
+       the space's lock (munmap's path: translations removed first, frames freed
+       after the mmu's answer, wired pages unwired, loans revoked), so no other
+       request of the process sees the hole. The limits count what goes.
+    => UserError EINVAL (length <= 0, offset misaligned, fixed va misaligned, fixed
+       outside user space: at 0 too, as NetBSD's range_test against the map's minimum
+       page), ENOMEM (no room, length beyond user space, limits.vsize or
+       limits.map_entries or limits.maxentries reached), EBADF, EACCES (prot beyond the
+       maximum protection of the file's open mode: machine.uvm.files.file_maxprot);
        nothing changed on any error."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
@@ -97,39 +108,42 @@ async def mmap(
     if length > USER_TOP - USER_MIN:
         raise UserError(Errno.ENOMEM, f"mmap length {length:#x} is larger than user space")
     length = round_page(length)
-    if va & PAGE_MASK or offset & PAGE_MASK:
-        raise UserError(Errno.EINVAL, "mmap address and offset must be page aligned")
+    if offset & PAGE_MASK:
+        raise UserError(Errno.EINVAL, "mmap offset must be page aligned")
+    if fixed and va & PAGE_MASK:
+        raise UserError(Errno.EINVAL, f"MAP_FIXED address {va:#x} not page aligned")
     obj: UvmObject | None = None
     maxprot = RWX
     if handle:  # EBADF; EACCES beyond what the handle's open mode allows (vn_mmap)
         obj, maxprot = file_maxprot(uvm, owner, handle, prot, shared)
     async with sp.lock:
-        if sp.map.size + length > uvm.limits.vsize:
-            raise UserError(
-                Errno.ENOMEM,
-                f"{sp.map.size} + {length} bytes mapped would exceed the process's "
-                f"limit of {uvm.limits.vsize} (vsize)",
-            )
-        if len(sp.map.entries) >= uvm.limits.map_entries:
-            raise UserError(
-                Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
-            )
-        _entry_room(uvm, 1, "mmap")
         if fixed:
             if not (USER_MIN <= va and va + length <= USER_TOP):
                 raise UserError(Errno.EINVAL, f"mmap range at {va:#x} outside user space")
-            if not sp.map.is_free(va, va + length):
-                raise UserError(Errno.EINVAL, f"mmap range at {va:#x} overlaps a mapping")
+            replacing = _replace_room(uvm, sp, va, va + length)
             start = va
         else:
-            found = sp.map.find_space(length, va)
-            if found is None:
-                raise UserError(Errno.ENOMEM, f"no room for {length} bytes in the address space")
-            start = found
+            replacing = False
+            _map_room(uvm, sp, length)
+            start = _find_space(sp.map, length, va)
+        held = replacing and obj is not None
+        if replacing:
+            # Before the first await: the new entry's place, and the file's reference
+            # (fd_getfile's: a close meanwhile must not free the object).
+            uvm.entry_pool.reserve(1)
+            if obj is not None:
+                obj.refs += 1
+            try:
+                await _unmap_locked(uvm, sp, va, va + length)
+            except BaseException:
+                uvm.entry_pool.unreserve(1)
+                if obj is not None:
+                    await obj_unref(uvm, obj)
+                raise
         if obj is None and shared:
             obj = AObj(uvm.new_object_id(), refs=0, size_pages=length >> PAGE_SHIFT)
             uvm.objects[obj.id] = obj
-        if obj is not None:
+        if obj is not None and not held:
             obj.refs += 1
         sp.map.insert(
             MapEntry(
@@ -142,10 +156,69 @@ async def mmap(
                 offset,
                 None,
                 cow=not shared,
-            )
+            ),
+            reserved=replacing,
         )
         uvm.stats.mmaps += 1
         return start
+
+
+def _map_room(uvm: Uvm, sp: VmSpace, length: int) -> None:
+    """=> UserError ENOMEM when one more entry of `length` bytes exceeds the limits."""
+    if sp.map.size + length > uvm.limits.vsize:
+        raise UserError(
+            Errno.ENOMEM,
+            f"{sp.map.size} + {length} bytes mapped would exceed the process's "
+            f"limit of {uvm.limits.vsize} (vsize)",
+        )
+    if len(sp.map.entries) >= uvm.limits.map_entries:
+        raise UserError(
+            Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
+        )
+    _entry_room(uvm, 1, "mmap")
+
+
+def _replace_room(uvm: Uvm, sp: VmSpace, start: int, end: int) -> bool:
+    """The limits of MAP_FIXED over [start, end), counting what the replace removes.
+    => whether anything is mapped there; UserError ENOMEM (vsize, map_entries,
+    maxentries) before anything changed."""
+    inside = sp.map.in_range(start, end)
+    if not inside:
+        _map_room(uvm, sp, end - start)
+        return False
+    gone = sum(min(end, e.end) - max(start, e.start) for e in inside)
+    if sp.map.size - gone + (end - start) > uvm.limits.vsize:
+        raise UserError(
+            Errno.ENOMEM,
+            f"{sp.map.size - gone} + {end - start} bytes mapped would exceed the process's "
+            f"limit of {uvm.limits.vsize} (vsize)",
+        )
+    splits = int(inside[0].start < start) + int(inside[-1].end > end)
+    n = len(sp.map.entries)
+    after = n + splits - len(inside) + 1
+    if after > uvm.limits.map_entries:
+        raise UserError(
+            Errno.ENOMEM,
+            f"mmap at {start:#x} would leave {after} entries, beyond the process's limit of "
+            f"{uvm.limits.map_entries}",
+        )
+    if after > n:
+        _entry_room(uvm, after - n, "mmap")
+    return True
+
+
+def _find_space(m: VmMap, length: int, va: int) -> int:
+    """uvm_map_findspace for a hint: first fit at or above round_page(va), else from the
+    bottom; a hint outside user space is ignored. => start VA; UserError ENOMEM."""
+    hint = round_page(va)
+    if not USER_MIN <= hint < USER_TOP:
+        hint = 0
+    found = m.find_space(length, hint)
+    if found is None and hint:
+        found = m.find_space(length, 0)
+    if found is None:
+        raise UserError(Errno.ENOMEM, f"no room for {length} bytes in the address space")
+    return found
 
 
 def _unshare(uvm: Uvm, e: MapEntry) -> None:
@@ -204,12 +277,19 @@ async def munmap(uvm: Uvm, asid: int, owner: int, va: int, length: int) -> None:
     sp = uvm.space(asid, owner)
     eva = check_range(va, length)
     async with sp.lock:
-        doomed = _clip(uvm, sp, va, eva, removing=True)
-        await uvm.pmap.remove(asid, va, eva)
-        sp.map.remove(doomed)
-        for e in doomed:
-            await _drop_entry(uvm, e)
+        await _unmap_locked(uvm, sp, va, eva)
         uvm.stats.munmaps += 1
+
+
+async def _unmap_locked(uvm: Uvm, sp: VmSpace, va: int, eva: int) -> None:
+    """uvm_unmap_remove + uvm_unmap_detach of [va, eva), sp locked (munmap, MAP_FIXED).
+
+    => UserError ENOMEM (a split beyond the limits) before anything changed."""
+    doomed = _clip(uvm, sp, va, eva, removing=True)
+    await uvm.pmap.remove(sp.asid, va, eva)
+    sp.map.remove(doomed)
+    for e in doomed:
+        await _drop_entry(uvm, e)
 
 
 async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
@@ -219,7 +299,7 @@ async def _drop_entry(uvm: Uvm, e: MapEntry) -> None:
             if uvm.pages.wire_count[pfn]:
                 uvm.pages.unwire(pfn)
     if e.amap is not None:
-        uvm.amap_unref(e.amap)
+        uvm.amap_unref(e.amap, e.aoff, e.npages)
         e.amap = None
         doomed, uvm.doomed_loans = uvm.doomed_loans, []
         await uvm.revoke(doomed, "uvm_anfree of a loaned anon page")
@@ -278,13 +358,19 @@ async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
 
 
 async def fork(uvm: Uvm, asid: int, owner: int) -> int:
-    """uvmspace_fork: a child address space by each entry's inheritance.
+    """uvmspace_fork: a child address space by each entry's inheritance (minherit;
+    each entry's share, copy or zero in machine.uvm.inherit).
 
     COPY entries become copy-on-write in both (the amap shared with
     NEEDSCOPY, the parent's writable mappings write-protected), except
     wired ones, whose anon pages are copied at once (amap_cow_now) so the
-    parent never faults on wired memory. SHARE entries share object and
-    amap. NONE entries are left out.
+    parent never faults on wired memory, and ones whose amap is shared
+    (AMAP_SHARED), which the child copies at once; COPY of a shared entry
+    gives the child a private copy-on-write mapping of the same object.
+    SHARE entries share the object, and a private entry's amap (AMAP_SHARED:
+    stores, zero-fills and promotions are seen by both). NONE entries are
+    left out; ZERO entries become fresh zero-fill private anonymous memory.
+    The child keeps each entry's inheritance and advice; nothing is wired in it.
 
     => UserError EAGAIN (procs, maxproc) or ENOMEM (maxentries: the child's entries
        are reserved in the pool before the child exists) with nothing changed;
@@ -313,16 +399,14 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
         # map that the fork then goes on filling (its amap references would outlive it).
         await child.lock.acquire()
         uvm.spaces[child_asid] = child
-        done = 0  # entries inserted: their reservations are spent
         try:
             for e in todo:
-                await _fork_entry(uvm, sp, child, e)
-                done += 1
+                await fork_entry(uvm, sp, child, e)
             if not uvm.owner_live(owner):  # the session's end did not see the child
                 uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
                 raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
         except BaseException:
-            pool.unreserve(len(todo) - done)
+            pool.unreserve(len(todo) - len(child.map.entries))  # the inserted spent theirs
             child.lock.release()
             with contextlib.suppress(UserError):  # ended meanwhile by the session's end
                 await exit(uvm, child_asid, owner, reason="fork failed")
@@ -330,25 +414,3 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
         child.lock.release()
         uvm.stats.forks += 1
         return child_asid
-
-
-async def _fork_entry(uvm: Uvm, sp: VmSpace, child: VmSpace, e: MapEntry) -> None:
-    """The child's copy of entry e, inserted into child's map on a reservation.
-
-    => UserError ENOMEM (amap_cow_now: no frame) with nothing of e's changed."""
-    c = MapEntry(e.start, e.end, e.prot, e.max_prot, e.inheritance, e.obj, e.offset, None, e.cow)
-    if e.inheritance is Inherit.SHARE:
-        kassert(e.amap is None, "fork: shared entry with an amap")
-    elif e.wired_count:
-        c.amap = uvm.amap_cow_now(e)
-    elif e.amap is not None:
-        e.amap.ref += 1
-        c.amap = e.amap
-        c.needs_copy = e.needs_copy = True
-        if e.prot & Prot.WRITE:
-            await uvm.pmap.protect(sp.asid, e.start, e.end, int(e.prot & ~Prot.WRITE))
-    else:
-        c.needs_copy = True
-    if e.obj is not None:
-        e.obj.refs += 1
-    child.map.insert(c, reserved=True)

@@ -440,7 +440,7 @@ class UvmService(VmCallHandlers, Service):
                             "object": e.obj.id if e.obj is not None else None,
                             "anons": {
                                 str(e.start + (s << 12)): [an.id, an.ref, an.page]
-                                for s, an in (e.amap.used()[:512] if e.amap else [])
+                                for s, an in e.anons()[:512]
                             },
                         }
                         for e in sp.map.entries

@@ -341,47 +341,23 @@ class Uvm:
             anon.swslot = 0
         del self.anons[anon.id]
 
-    def amap_unref(self, amap: Amap) -> None:
-        """amap_unref: the last reference frees every anon reference the amap holds."""
-        amap.ref -= 1
-        if amap.ref == 0:
-            for slot, anon in amap.used():
-                amap.unadd(slot)
-                self.anon_unref(anon)
+    def amap_unref(self, amap: Amap, off: int = 0, n: int | None = None) -> None:
+        """amap_unref of the reference to slots [off, off+n) (default: all): the anons no
+        reference covers any more lose one ref (amap_pp_adjref; the last drops them all)."""
+        for anon in amap.unreference(off, amap.nslot if n is None else n):
+            self.anon_unref(anon)
 
     def amap_copy(self, e: MapEntry) -> None:
         """amap_copy: give a NEEDSCOPY entry an amap of its own (no page is copied)."""
         if e.amap is None:
-            e.amap = Amap(e.npages)
+            e.amap, e.aoff = Amap(e.npages), 0
         elif e.amap.ref > 1:
             old = e.amap
-            e.amap = old.copy(0, e.npages)
-            old.ref -= 1
+            e.amap = old.copy(e.aoff, e.npages)
+            self.amap_unref(old, e.aoff, e.npages)
+            e.aoff = 0
             self.stats.fltamcopy += 1
         e.needs_copy = False
-
-    def amap_cow_now(self, e: MapEntry) -> Amap:
-        """amap_cow_now for fork of a wired entry: the child's amap with every page copied.
-
-        => UserError ENOMEM when a frame is missing, every copy made so far freed."""
-        new = Amap(e.npages)
-        if e.amap is not None:
-            for slot, anon in e.amap.used():
-                copy = self.new_anon()
-                try:
-                    pfn = self.alloc_page(anon=copy)
-                except UserError:
-                    del self.anons[copy.id]
-                    self.amap_unref(new)
-                    raise
-                src = anon.page
-                kassert(src != NIL, "amap_cow_now: wired anon %d not resident", anon.id)
-                self.ram.frame(pfn)[:] = self.ram.frame(src)
-                self.pages.flags[pfn] &= ~PageFlag.CLEAN
-                self.pages.activate(pfn)
-                self.unbusy(pfn)
-                new.add(slot, copy)
-        return new
 
     # -- swap accounting -----------------------------------------------------------
 
@@ -460,9 +436,8 @@ class Uvm:
         """The frames an entry resolves to today (anon layer first, then object), in page
         order. => O(used slots + the object's resident pages), never O(e.npages)."""
         found: dict[int, int] = {}
-        if e.amap is not None:
-            for slot, anon in e.amap.used():
-                found[slot] = anon.page  # NIL when swapped: the object page is hidden
+        for slot, anon in e.anons():
+            found[slot] = anon.page  # NIL when swapped: the object page is hidden
         if e.obj is not None:
             base = e.pgoff(e.start)
             for pgoff, pfn in e.obj.pages.items():

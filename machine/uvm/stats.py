@@ -52,6 +52,13 @@ class UvmStats:
     pqdoubleins: int = 0  # 1999 uvm_pageunwire double insertions detected
     kfaults: int = 0  # kernel-mode page faults (trap at loan KVA)
     kfault_zero: int = 0  # ... "resolved" with a kernel_object zero page (LOAN_KVA)
+    # advice (machine.uvm.advice, machine.uvm.ahead)
+    madv_willneed: int = 0  # pages madvise(MADV_WILLNEED) read in (file, swap), unmapped
+    madv_dontneed: int = 0  # pages madvise deactivated (DONTNEED; FREE of shared memory)
+    madv_free: int = 0  # pages madvise(MADV_FREE) freed (anons and clean file pages)
+    fltnamap: int = 0  # fault-ahead: resident anon neighbours mapped (uvmexp.fltnamap)
+    fltnomap: int = 0  # fault-ahead: resident object neighbours mapped (uvmexp.fltnomap)
+    fltbehind: int = 0  # MADV_SEQUENTIAL: pages behind a fault deactivated (no fault-back)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

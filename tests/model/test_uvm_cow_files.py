@@ -1,6 +1,8 @@
 # ruff: noqa: PT017, PT018
-"""Model-based test of the UVM core: anonymous and file memory, private and shared, fork,
-mprotect, munmap, mlock/munlock, msync, exit, "page out this page" / page back in,
+"""Model-based test of the UVM core: anonymous and file memory, private and shared, fork
+by each page's inheritance (minherit SHARE, COPY, NONE, ZERO), MAP_FIXED over mapped
+pages, madvise DONTNEED and WILLNEED, mprotect, munmap, mlock/munlock, msync, exit,
+"page out this page" / page back in,
 passes of the page daemon on a small RAM (it also scans by itself under pressure), and
 zero-copy sends (page loans to the net role) with the driver draining the wire.
 
@@ -11,8 +13,11 @@ return:
   * private file page       -> the file object's live bytes until the process
                                first writes (or wires) it, then its own copy;
   * shared page (anon/file) -> the bytes of the shared object, seen by all.
-fork copies private pages and shares shared ones; what msync, munmap or exit
-write back must then be in the host file, byte for byte. A send records the
+fork copies private pages and shares shared ones, as minherit says: SHARE of a private
+page shares its own copy too (one cell for both processes: the amap is shared), COPY of a
+shared page is a private copy-on-write page over the same object, ZERO a zero page, NONE
+a hole; what msync, munmap, MAP_FIXED or exit write back must then be in the host file,
+byte for byte. A send records the
 model's bytes of its range at that moment; the link is held, so loans stay
 outstanding while every other rule runs (COW breaks of loaned pages, exits,
 the daemon reclaiming them), and whatever the wire later carries must be
@@ -38,7 +43,18 @@ from machine.client import File, Process, RequestError, Segv, Socket
 from machine.params import PAGE_SIZE
 from machine.pdaemon.daemon import run_pass
 from machine.pdaemon.service import PdaemonService, RemoteDaemonOps
-from machine.proto import NO_HEADER, Errno, NetLink, UvmPageout
+from machine.proto import (
+    MADV_DONTNEED,
+    MADV_WILLNEED,
+    MAP_INHERIT_COPY,
+    MAP_INHERIT_NONE,
+    MAP_INHERIT_SHARE,
+    MAP_INHERIT_ZERO,
+    NO_HEADER,
+    Errno,
+    NetLink,
+    UvmPageout,
+)
 from machine.testing import poll_for
 from machine.wirecheck import WireCheck
 from tests.model.simrun import MODEL_TIMEOUT_S, SimStateMachine
@@ -81,13 +97,44 @@ class Shared:
 
 
 @dataclass
+class Cell:
+    """A private page's own copy, None until first written (or wired). Processes that
+    inherited the page MAP_INHERIT_SHARE hold the same cell (the amap is shared)."""
+
+    data: bytearray | None = None
+
+
+@dataclass
 class Page:
     prot: str
     shared: Shared | None  # the object behind the page (aobj or file), if any
     objpage: int  # page index in that object
-    private: bytearray | None = None  # this process's own copy (COW)
+    cell: Cell = field(default_factory=Cell)  # this process's own copy (COW)
     cow: bool = True  # private mapping
     wired: int = 0
+    inherit: str = ""  # minherit: share, copy, none, zero ("": the mapping's default)
+
+    @property
+    def private(self) -> bytearray | None:
+        return self.cell.data
+
+    @private.setter
+    def private(self, data: bytearray | None) -> None:
+        self.cell.data = data
+
+    def forked(self) -> Page | None:
+        """The child's page at fork (uvmspace_fork by inheritance), or None (a hole)."""
+        inherit = self.inherit or ("copy" if self.cow else "share")
+        if inherit == "none":
+            return None
+        if inherit == "zero":
+            return Page(self.prot, None, 0, inherit="zero")
+        c = copy.copy(self)
+        c.wired = 0
+        if inherit == "copy":  # a private copy-on-write copy, of a shared page too
+            c.cell = Cell(None if self.private is None else bytearray(self.private))
+            c.cow = True
+        return c
 
     def view(self) -> bytes:
         if self.private is not None:
@@ -169,12 +216,41 @@ class CowFilesModel(SimStateMachine):
         mp = self._pick(data)
         child = ModelProc(self.run(mp.p.fork()))
         for vpn, pg in mp.pages.items():
-            c = copy.copy(pg)
-            c.wired = 0
-            if pg.private is not None:
-                c.private = bytearray(pg.private)
-            child.pages[vpn] = c
+            c = pg.forked()
+            if c is not None:
+                child.pages[vpn] = c
         self.procs.append(child)
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data(), inherit=st.sampled_from(["share", "copy", "none", "zero"]))
+    def minherit(self, data: st.DataObject, inherit: str) -> None:
+        """minherit of 1-4 pages (unmapped ones skipped, as uvm_map_inherit does)."""
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        value = {
+            "share": MAP_INHERIT_SHARE,
+            "copy": MAP_INHERIT_COPY,
+            "none": MAP_INHERIT_NONE,
+            "zero": MAP_INHERIT_ZERO,
+        }[inherit]
+        self.run(mp.p.minherit(va, n, value))
+        for v in range(va // PAGE_SIZE, (va + n) // PAGE_SIZE):
+            if v in mp.pages:
+                mp.pages[v].inherit = inherit
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data(), dontneed=st.booleans())
+    def madvise(self, data: st.DataObject, dontneed: bool) -> None:
+        """MADV_DONTNEED (EFAULT over a hole) or MADV_WILLNEED: no byte changes."""
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        mapped = all(v in mp.pages for v in range(va // PAGE_SIZE, (va + n) // PAGE_SIZE))
+        try:
+            self.run(mp.p.madvise(va, n, MADV_DONTNEED if dontneed else MADV_WILLNEED))
+        except RequestError as e:
+            assert dontneed and not mapped and e.errno is Errno.EFAULT
+            return
+        assert mapped or not dontneed
 
     @precondition(lambda self: sum(len(p.pages) for p in self.procs) < 60)
     @rule(
@@ -206,6 +282,34 @@ class CowFilesModel(SimStateMachine):
             obj = Shared(bytearray(n * PAGE_SIZE)) if kind == "anon-shared" else None
             for i in range(n):
                 mp.pages[va // PAGE_SIZE + i] = Page(prot, obj, i, cow=obj is None)
+
+    @precondition(lambda self: any(p.pages for p in self.procs))
+    @rule(data=st.data(), kind=st.sampled_from(["anon", "anon-shared", "file"]))
+    def mmap_fixed(self, data: st.DataObject, kind: str) -> None:
+        """MAP_FIXED over 1-4 pages from a mapped one: what was there is replaced (shared
+        file pages written back, as munmap writes them)."""
+        mp = data.draw(st.sampled_from([p for p in self.procs if p.pages]))
+        va, n = self._range(mp, data)
+        if sum(len(p.pages) for p in self.procs) + n // PAGE_SIZE > 64:
+            return
+        if kind == "file":
+            name = data.draw(st.sampled_from(sorted(FILES)))
+            if n // PAGE_SIZE > FILES[name]:
+                return
+            f, obj = self.files[name]
+            got = self.run(mp.p.mmap(n, "rw", va=va, fixed=True, file=f))
+        else:
+            obj = Shared(bytearray(n)) if kind == "anon-shared" else None
+            got = self.run(mp.p.mmap(n, "rw", va=va, fixed=True, shared=obj is not None))
+        assert got == va
+        flushed: dict[str, set[int]] = {}
+        for i in range(n // PAGE_SIZE):
+            old = mp.pages.get(va // PAGE_SIZE + i)
+            if old is not None and not old.cow and old.shared is not None and old.shared.name:
+                flushed.setdefault(old.shared.name, set()).add(old.objpage)
+            mp.pages[va // PAGE_SIZE + i] = Page("rw", obj, i, cow=kind != "anon-shared")
+        for name, pages in flushed.items():
+            self._file_check(name, pages)
 
     @rule(data=st.data(), payload=PAYLOADS)
     def store(self, data: st.DataObject, payload: bytes) -> None:
