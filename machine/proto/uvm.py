@@ -68,16 +68,18 @@ class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
        one operation (1.6; before, EINVAL); va 0 with fixed is EINVAL.
     => handle 0: anonymous, zero-filled memory; else an open file (uvm.open)
        at byte `offset` (page aligned). The maximum protection of a file
-       mapping comes from the open mode (1.6): a shared mapping writable needs a
-       file open for writing, any mapping needs it open for reading (EACCES).
+       mapping comes from the open mode (1.6, NetBSD's vn_mmap): PROT_READ needs
+       the file open for reading, a shared mapping's PROT_WRITE needs it open for
+       writing (EACCES otherwise); a private mapping may always be written.
     => shared: stores are seen by every process mapping it (and reach the
        file); private: copy-on-write, the file is never written.
        Fork inherits shared entries shared and private ones copied (minherit
        changes it). After mlockall(MCL_FUTURE) the new mapping is wired.
     Reply: UvmMmapReply with the start VA. Errnos: EINVAL (length, alignment,
     fixed outside user space or at 0), ENOMEM (no room, vsize, map_entries,
-    maxentries), EBADF, EACCES (open mode), EAGAIN (MCL_FUTURE beyond
-    RLIMIT_MEMLOCK).
+    maxentries; under MCL_FUTURE, beyond RLIMIT_MEMLOCK or wiredmax or no frame:
+    the new mapping is undone, what MAP_FIXED replaced stays removed, as
+    NetBSD's uvm_mmap), EBADF, EACCES (open mode).
     """
 
     scope: ClassVar[Scope] = Scope.USER

@@ -156,12 +156,16 @@ class UvmMsyncReply(Reply, frozen=True, kw_only=True, tag="uvm.msync.reply"):
 class UvmWire(Request, frozen=True, kw_only=True, tag="uvm.wire"):
     """mlock(2): fault in and wire every page of the range (uvm_map_pageable).
 
-    => a wired page never leaves RAM; wiring a copy-on-write range copies now.
-       Locks do not nest: one munlock unlocks the range however often it was
-       locked (1.6). Charged to the process's RLIMIT_MEMLOCK.
-    Errnos: ENOMEM (part of the range is not mapped, or no frames), EAGAIN
-    (beyond RLIMIT_MEMLOCK or what the machine can wire), EINVAL (the range
-    wraps).
+    => a wired page never leaves RAM; wiring copies now whatever is copy-on-write
+       where the mapping's maximum protection allows a write (a private mapping,
+       read-only or not). Locks do not nest: one munlock unlocks the range however
+       often it was locked (1.6). Charged to the process's RLIMIT_MEMLOCK.
+    Errnos: EAGAIN (the whole rounded range, plus what the process has wired, beyond
+    its RLIMIT_MEMLOCK, or plus every page wired beyond the machine's wiredmax, a
+    third of RAM: sys_mlock's checks, made first), ENOMEM (part of the range is not
+    mapped or is PROT_NONE; the range leaves user space or wraps, NULL's page
+    included, as NetBSD's t_mlock requires; or a page cannot be had: nothing is left
+    wired).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -173,7 +177,8 @@ class UvmWire(Request, frozen=True, kw_only=True, tag="uvm.wire"):
 class UvmUnwire(Request, frozen=True, kw_only=True, tag="uvm.unwire"):
     """munlock(2): unlock the range; its pages go back on the paging queues.
 
-    Errnos: ENOMEM (part of the range is not mapped), EINVAL (the range wraps).
+    Errnos: ENOMEM (part of the range is not mapped or not locked, or the range
+    leaves user space or wraps: NetBSD's sys_munlock answers every failure ENOMEM).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -183,12 +188,14 @@ class UvmUnwire(Request, frozen=True, kw_only=True, tag="uvm.unwire"):
 
 
 class UvmMlockall(Request, frozen=True, kw_only=True, tag="uvm.mlockall"):
-    """mlockall(2): MCL_CURRENT wires every mapping the process has now; MCL_FUTURE
-    wires every mapping it makes later, as it is made (and the growth of the ones
-    it has). Not inherited by a fork's child. (1.6)
+    """mlockall(2): MCL_CURRENT wires every mapping the process has now but PROT_NONE
+    ones; MCL_FUTURE wires every mapping it makes later, as it is made (an mmap that
+    cannot be wired is not made and answers ENOMEM, as uvm_mmap does), and one that
+    mprotect makes accessible. Not inherited by a fork's child. (1.6)
 
-    Errnos: EINVAL (flags 0 or unknown bits), ENOMEM (no frames), EAGAIN
-    (beyond RLIMIT_MEMLOCK or what the machine can wire).
+    Errnos: EINVAL (flags 0 or unknown bits), ENOMEM (the mappings not wired yet
+    beyond RLIMIT_MEMLOCK or the machine's wiredmax, checked before anything is
+    wired, or a page cannot be had: nothing is left wired).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -197,7 +204,7 @@ class UvmMlockall(Request, frozen=True, kw_only=True, tag="uvm.mlockall"):
 
 
 class UvmMunlockall(Request, frozen=True, kw_only=True, tag="uvm.munlockall"):
-    """munlockall(2): unlock every mapping and cancel MCL_FUTURE. (1.6)"""
+    """munlockall(2): unlock every mapping and cancel MCL_FUTURE; never fails. (1.6)"""
 
     scope: ClassVar[Scope] = Scope.USER
     asid: Asid
@@ -208,7 +215,7 @@ class UvmGetrlimit(Request, frozen=True, kw_only=True, tag="uvm.getrlimit"):
 
     => the limits are per process and inherited by a fork's child; the default
        is NetBSD's: the soft limit a third of RAM, the hard limit all of it.
-    Reply: UvmRlimitReply. Errnos: EINVAL (another resource).
+    Reply: UvmRlimitReply, in bytes. Errnos: EINVAL (another resource).
     """
 
     scope: ClassVar[Scope] = Scope.USER

@@ -35,6 +35,13 @@ every step of the model-based tests. What it checks:
     page that is COW-shared (anon ref > 1, entry NEEDSCOPY, or an object page
     under a private entry); I5 no writable mapping of a loaned page; a wired
     mapping only in a wired entry.
+  * wiring (machine.uvm.pageable): W1 every anon of a wired entry is resident and
+    wired, every mapping in a wired entry is a wired mapping of a wired page; W2
+    (eras whose loans neither wire nor take wired pages) every wired page no loan
+    holds is one a wired entry resolves to; W3 a map with all_locked
+    (mlockall(MCL_CURRENT | MCL_FUTURE)) has every entry but PROT_NONE ones wired.
+    Cost: the wired entries' used slots and resident pages, and a scan of the frames
+    only when the count of wired frames disagrees with the pages they resolve to.
 
 For a dump (uvm's dump_state), not checks: strays() lists allocated frames with
 no owner and no loan (I3's violations), held_frames() every frame neither free
@@ -169,8 +176,36 @@ def _static(uvm: Uvm) -> list[str]:
     return problems
 
 
+def _wiring(uvm: Uvm) -> list[str]:
+    """W1 (the anon layer), W2 and W3 (module doc)."""
+    problems: list[str] = []
+    wire_count = uvm.pages.wire_count
+    resolved: set[int] = set()
+    for asid, sp in uvm.spaces.items():
+        for e in sp.map.entries:
+            if e.wired_count:
+                for _, anon in e.amap.used() if e.amap is not None else ():
+                    if anon.page == NIL or not wire_count[anon.page]:
+                        problems.append(
+                            f"W1: asid {asid}: anon {anon.id} of the wired entry at "
+                            f"{e.start:#x} is not a wired resident page"
+                        )
+                resolved.update(uvm.resident_pages(e))
+            elif sp.map.all_locked and e.prot != Prot.NONE:
+                problems.append(
+                    f"W3: asid {asid}: mlockall'ed, but the entry at {e.start:#x} isn't"
+                )
+    rules = uvm.rules
+    exact = rules.loan_refuses_wired and not rules.loan_wires
+    if exact and len(resolved) != uvm.pages.wired:
+        for pfn, n in enumerate(wire_count):
+            if n and pfn not in resolved and not uvm.pages.loan_count[pfn]:
+                problems.append(f"W2: page {pfn} is wired ({n}) but no wired entry holds it")
+    return problems
+
+
 async def audit(uvm: Uvm) -> list[str]:
-    problems = _static(uvm) + [f"mmu: {p}" for p in await uvm.pmap.check()]
+    problems = _static(uvm) + _wiring(uvm) + [f"mmu: {p}" for p in await uvm.pmap.check()]
     for asid, sp in uvm.spaces.items():
         for va, pfn, prot, wired in await uvm.pmap.mappings(asid):
             e = sp.map.lookup(va)
@@ -196,6 +231,10 @@ async def audit(uvm: Uvm) -> list[str]:
                 problems.append(f"I5: {where} writable although the page is loaned")
             if wired and not e.wired_count:
                 problems.append(f"{where} wired in an unwired entry")
+            elif e.wired_count and not wired:
+                problems.append(f"W1: {where} unwired in a wired entry")
+            elif e.wired_count and not uvm.pages.wire_count[pfn]:
+                problems.append(f"W1: {where} in a wired entry, but the page is not wired")
     return problems
 
 

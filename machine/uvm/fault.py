@@ -2,8 +2,10 @@
 
     fault_locked(space, va, access, wire)
       1. lookup: no entry -> SIGSEGV; access beyond the entry's protection ->
-         SIGSEGV. A wiring fault uses the entry's full protection (section 6:
-         wiring a writable COW range resolves the COW now).
+         SIGSEGV. A wiring fault (mlock), and any fault in a wired entry, uses the
+         entry's full protection (section 6: wiring a writable COW range resolves
+         the COW now; mlock resolves it wherever the entry's maximum protection
+         allows a write, as NetBSD's uvm_fault_wire with UVM_FAULT_MAXPROT does).
       2. NEEDSCOPY: a write (or wiring) through an entry whose amap is shared
          after fork first gets the entry its own amap (amap_copy).
       3. upper layer, when the amap has an anon for the page (fault_upper):
@@ -27,7 +29,8 @@
   kernel's loan mapping: the 1999 chain's step 4b) and left to its loans as
   an orphan.
   5. wiring -> uvm_pagewire, PG_CLEAN cleared, the anon's swap slot
-         dropped; otherwise uvm_pageactivate. The result is a `Resolved`:
+         dropped; otherwise uvm_pageactivate; in a wired entry the mapping is
+         entered wired and a page nobody wires yet is wired. The result is a `Resolved`:
          the mapping to enter (WIRED for wiring; CLEAN when the frame was just
          read from its backing store), the page still BUSY.
     An amap shared with other entries (AMAP_SHARED, minherit SHARE): a new anon
@@ -105,6 +108,10 @@ async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool)
             raise BadAddress(
                 f"{Prot(access).letters()} access to {va:#x} in a {e.prot.letters()} mapping"
             )
+        if wire or e.wired_count:
+            # Full access for wired (uvm_fault_check): copy-on-write and loans are resolved
+            # now wherever the entry may be written; mlock asks its maximum protection.
+            access = e.prot | ((e.max_prot if wire else e.prot) & Prot.WRITE)
         if e.needs_copy and (access & Prot.WRITE or wire):
             uvm.amap_copy(e)
         slot = e.slot(va)
@@ -114,30 +121,46 @@ async def fault_locked(uvm: Uvm, sp: VmSpace, va: int, access: Prot, wire: bool)
         else:
             r = await _fault_lower(uvm, sp, e, va, slot, access, wire)
         if r is not None:  # None: refault (a page was busy; start over)
-            return r
+            return _in_wired_entry(uvm, r) if e.wired_count and not wire else r
 
 
 def _finish(
     uvm: Uvm, sp: VmSpace, va: int, pfn: int, prot: Prot, wire: bool, clean_read: bool
 ) -> Resolved:
     """Wire or activate. => the mapping to enter; the page stays BUSY."""
-    pages = uvm.pages
     flags = EnterFlags.NONE
     if wire:
-        pages.wire(pfn)
-        pages.flags[pfn] &= ~PageFlag.CLEAN
-        anon_id = pages.uanon[pfn]
-        if anon_id != NIL and pages.flags[pfn] & PageFlag.ANON:
-            anon = uvm.anons[anon_id]
-            if anon.swslot:
-                uvm.swap_free(anon.swslot)
-                anon.swslot = 0
+        _wire_page(uvm, pfn)
         flags |= EnterFlags.WIRED
     else:
-        pages.activate(pfn)
+        uvm.pages.activate(pfn)
     if clean_read:
         flags |= EnterFlags.CLEAN
     return Resolved(va, pfn, int(prot), int(flags))
+
+
+def _wire_page(uvm: Uvm, pfn: int) -> None:
+    """uvm_pagewire, PG_CLEAN cleared and the anon's swap slot dropped (it never leaves RAM)."""
+    pages = uvm.pages
+    pages.wire(pfn)
+    pages.flags[pfn] &= ~PageFlag.CLEAN
+    anon_id = pages.uanon[pfn]
+    if anon_id != NIL and pages.flags[pfn] & PageFlag.ANON:
+        anon = uvm.anons[anon_id]
+        if anon.swslot:
+            uvm.swap_free(anon.swslot)
+            anon.swslot = 0
+
+
+def _in_wired_entry(uvm: Uvm, r: Resolved) -> Resolved:
+    """A fault (not mlock's) in an mlock'ed entry: the mapping is entered wired, and a page
+    nothing wires yet (new in the entry: a copy, a zero fill, a page read in again after
+    its file shrank and grew) is wired, so the entry's resident pages stay wired (W1,
+    machine.uvm.pageable). A page wired already is not wired twice: the entry counts
+    once per page, as munlock unwires once per page."""
+    if not uvm.pages.wire_count[r.pfn]:
+        _wire_page(uvm, r.pfn)
+    return Resolved(r.va, r.pfn, r.prot, r.flags | EnterFlags.WIRED)
 
 
 async def _fault_upper(

@@ -13,7 +13,8 @@ backed by up to two layers (NetBSD's two-level scheme):
 Flags: `cow` (UVM_ET_COPYONWRITE: writes promote into the amap, the object
 is never written), `needs_copy` (UVM_ET_NEEDSCOPY: the amap is shared with
 another entry after fork and must be copied before a write or any anon is
-added), `wired_count` (mlock nesting).
+added), `wired_count` (the wirings asked of it; munlock zeroes it: locks do not
+nest, machine.uvm.pageable). A map's `wirefuture` is mlockall's MCL_FUTURE.
 
 Invariants (check()):
   M1  entries are page aligned, non-empty, sorted and do not overlap.
@@ -68,6 +69,19 @@ def check_range(va: int, length: int) -> int:
     if not (USER_MIN <= va and eva <= USER_TOP):
         raise UserError(Errno.EINVAL, f"range at {va:#x} outside user space")
     return eva
+
+
+def page_range(va: int, length: int) -> tuple[int, int]:
+    """The pages covering [va, va + length), as NetBSD's system calls round an address
+    range (va down to its page, the end up: an unaligned va is no error) and check it
+    (range_test). => (start, end); UserError EINVAL when the range wraps past the top
+    of the address space or leaves user space [USER_MIN, USER_TOP)."""
+    start, end = va & ~PAGE_MASK, round_page(va + length)
+    if end >= 1 << 64 or end < start:
+        raise UserError(Errno.EINVAL, f"range at {va:#x} of {length:#x} bytes wraps")
+    if not (USER_MIN <= start and end <= USER_TOP):
+        raise UserError(Errno.EINVAL, f"range at {va:#x} of {length:#x} bytes outside user space")
+    return start, end
 
 
 class Inherit(enum.Enum):
@@ -198,6 +212,8 @@ class VmMap:
         self._starts: list[int] = []
         self.size = 0  # bytes mapped (vm_map.size)
         self.first_free = USER_MIN  # M5: no free page below it
+        self.wirefuture = False  # VM_MAP_WIREFUTURE: mlockall(MCL_FUTURE) (a fresh map: not)
+        self.all_locked = False  # wirefuture and every accessible entry wired (W3)
 
     def _reindex(self) -> None:
         self.entries.sort(key=lambda e: e.start)

@@ -1,5 +1,8 @@
 """Address-space operations (uvm_map.c, uvm_mmap.c, uvm_glue.c): spawn, mmap, munmap,
-mprotect, fork, mlock/munlock and exit, on the state of machine.uvm.state.
+mprotect, fork and exit, on the state of machine.uvm.state (mlock and its kin:
+machine.uvm.wiring; after mlockall(MCL_FUTURE) mmap wires each new mapping, and
+mprotect one made accessible, through machine.uvm.pageable; a fork's child inherits
+RLIMIT_MEMLOCK, never wirings or MCL_FUTURE).
 
 Ordering rules (why the machine never maps a freed frame):
   * munmap, exit and MAP_FIXED's replace (one path: _unmap_locked) remove
@@ -24,8 +27,8 @@ virtual size of a mapping. Amaps and objects are sparse (machine.uvm.amap,
 UvmObject.pages), the mmu's page tables are dicts, and munmap, mprotect,
 munlock, fork and exit walk the used slots and the resident pages, never
 every page of a range: one byte stored at the end of a 2^40-byte mapping
-costs a few KiB. Only mlock touches every page (it must fault each in), and
-it refuses up front a range larger than the frames that could be wired.
+costs a few KiB. Only wiring touches every page (it must fault each in), and
+it refuses up front a range larger than the machine's wiredmax.
 
 Limits (machine.limits, NetBSD's rlimits; each refusal changes nothing):
   vsize        mmap beyond the process's mapped bytes limit -> ENOMEM
@@ -52,6 +55,7 @@ from machine.uvm.inherit import fork_entry
 from machine.uvm.map import Inherit, MapEntry, VmMap, check_range
 from machine.uvm.object import AObj, UvmObject
 from machine.uvm.page import NIL
+from machine.uvm.pageable import memlock_default, wire_future
 from machine.uvm.state import RWX, Uvm, VmSpace
 
 
@@ -69,7 +73,7 @@ async def spawn(uvm: Uvm, owner: int) -> int:
     except BaseException:
         uvm.uncharge_proc(owner)
         raise
-    uvm.spaces[asid] = VmSpace(asid, owner, VmMap(uvm.entry_pool))
+    uvm.spaces[asid] = VmSpace(asid, owner, VmMap(uvm.entry_pool), memlock=memlock_default(uvm))
     uvm.stats.spawns += 1
     return asid
 
@@ -101,7 +105,9 @@ async def mmap(
        page), ENOMEM (no room, length beyond user space, limits.vsize or
        limits.map_entries or limits.maxentries reached), EBADF, EACCES (prot beyond the
        maximum protection of the file's open mode: machine.uvm.files.file_maxprot);
-       nothing changed on any error."""
+       nothing changed on any error. After mlockall(MCL_FUTURE) the new mapping is
+       wired as it is made: ENOMEM (beyond wiredmax or RLIMIT_MEMLOCK, or no frame)
+       undoes it, as uvm_mmap does (what a MAP_FIXED replace removed stays removed)."""
     sp = uvm.space(asid, owner)
     if length <= 0 or offset < 0:
         raise UserError(Errno.EINVAL, f"mmap length {length} / offset {offset} out of range")
@@ -145,22 +151,36 @@ async def mmap(
             uvm.objects[obj.id] = obj
         if obj is not None and not held:
             obj.refs += 1
-        sp.map.insert(
-            MapEntry(
-                start,
-                start + length,
-                prot,
-                maxprot,
-                Inherit.SHARE if shared else Inherit.COPY,
-                obj,
-                offset,
-                None,
-                cow=not shared,
-            ),
-            reserved=replacing,
+        entry = MapEntry(
+            start,
+            start + length,
+            prot,
+            maxprot,
+            Inherit.SHARE if shared else Inherit.COPY,
+            obj,
+            offset,
+            None,
+            cow=not shared,
         )
+        sp.map.insert(entry, reserved=replacing)
+        if sp.map.wirefuture:
+            await _wire_future(uvm, sp, entry)
         uvm.stats.mmaps += 1
         return start
+
+
+async def _wire_future(uvm: Uvm, sp: VmSpace, e: MapEntry) -> None:
+    """mlockall(MCL_FUTURE): wire the mapping just made; if it cannot be, unmap it and
+    answer ENOMEM, as uvm_mmap does (machine.uvm.pageable)."""
+    try:
+        await wire_future(uvm, sp, e)
+    except BaseException:
+        await uvm.pmap.remove(sp.asid, e.start, e.end)
+        sp.map.remove([e])
+        await _drop_entry(uvm, e)
+        raise
+    if e.wired_count:
+        uvm.stats.wirefutures += 1
 
 
 def _map_room(uvm: Uvm, sp: VmSpace, length: int) -> None:
@@ -330,11 +350,21 @@ async def mprotect(uvm: Uvm, asid: int, owner: int, va: int, length: int, prot: 
     async with uvm.mapped_range(asid, owner, va, length, "mprotect") as (sp, eva):
         if any(prot & ~e.max_prot for e in sp.map.in_range(va, eva)):
             raise UserError(Errno.EACCES, "protection beyond the mapping's maximum")
+        raised = []
         for e in _clip(uvm, sp, va, eva):
             lowered = e.prot & ~prot
+            if e.prot == Prot.NONE != prot:
+                raised.append(e)
             e.prot = prot
             if lowered:
                 await uvm.pmap.protect(asid, e.start, e.end, int(prot))
+        if sp.map.wirefuture:  # uvm_map_protect: MCL_FUTURE wires what becomes accessible
+            for e in raised:
+                try:
+                    await wire_future(uvm, sp, e)
+                except UserError:
+                    sp.map.all_locked = False
+                    raise
 
 
 async def exit(uvm: Uvm, asid: int, owner: int, reason: str = "exit") -> None:
@@ -393,7 +423,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
             pool.unreserve(len(todo))
             uvm.uncharge_proc(owner)
             raise
-        child = VmSpace(child_asid, owner, VmMap(pool))
+        child = VmSpace(child_asid, owner, VmMap(pool), memlock=sp.memlock)  # not MCL_FUTURE
         # The child is held locked until it is whole: an exit (or any request) of its asid,
         # which a client can guess, waits for the fork instead of tearing down a half-built
         # map that the fork then goes on filling (its amap references would outlive it).

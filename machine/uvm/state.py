@@ -1,8 +1,8 @@
 """The uvm state: every vm_page, address space, anon, amap and object of the machine,
 the swap device and the open files, and the primitives on pages, anons and amaps
 (uvm_page.c, uvm_anon.c, uvm_amap.c). No address-space operation lives here: those
-are machine.uvm.mmap (mmap, munmap, mprotect, fork, mlock, exit), machine.uvm.files
-(open, close, msync), machine.uvm.fault and machine.uvm.loan, each a layer above.
+are machine.uvm.mmap (mmap, munmap, mprotect, fork, exit), machine.uvm.wiring (mlock),
+machine.uvm.files (open, msync), machine.uvm.fault, machine.uvm.loan: layers above.
 
 One Uvm holds the state. It changes translations only through the injected
 PmapOps, and touches RAM itself (zero-fill, copies). Era differences are asked
@@ -63,6 +63,7 @@ class VmSpace:
     map: VmMap = field(default_factory=VmMap)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     dead: bool = False
+    memlock: tuple[int, int] = (0, 0)  # RLIMIT_MEMLOCK (cur, max), bytes: uvm.pageable
 
 
 def _no_note(what: str, **fields: object) -> None:
@@ -109,6 +110,7 @@ class Uvm:
         self.stats = UvmStats()
         self.rules = rules
         self.freemin, self.freetarg = targets.freemin, targets.freetarg
+        self.wiredmax = targets.wiredmax  # uvmexp.wiredmax: the pages mlock may wire
         self._asids = itertools.count(1)
         self._ids = itertools.count(1)
         self._handle_ids = itertools.count(3)

@@ -29,7 +29,11 @@ class UvmStats:
     truncloanbreaks: int = 0  # loaned last pages copied before their tail was zeroed
     msyncinval: int = 0  # file pages freed by msync(MS_INVALIDATE)
     forks: int = 0
-    wirings: int = 0
+    wirings: int = 0  # mlock calls that wired their range
+    unwirings: int = 0  # munlock calls that unlocked their range
+    mlockalls: int = 0  # mlockall calls that succeeded
+    munlockalls: int = 0  # munlockall calls
+    wirefutures: int = 0  # mappings wired as they were made (mlockall's MCL_FUTURE)
     spawns: int = 0
     attaches: int = 0  # client sessions made (uvm.attach)
     sessreclaimed: int = 0  # idle sessions holding nothing ended to make room for an attach

@@ -41,6 +41,38 @@ def call(sock: zmq.Socket, tag: str, **fields: object) -> dict:
     return rep
 
 
+def ok(rep: dict) -> dict:
+    assert rep["status"] == "ok", rep
+    return rep
+
+
+def _vm_calls(uvm: zmq.Socket, mmu: zmq.Socket, asid: int, va: int) -> None:
+    """The VM calls of NetBSD programs (1.6), with NetBSD's numbers: both pages are
+    resident (the store, and the load that ran into the end); MADV_FREE (6) frees them,
+    so they read zeros; a file truncated under its shared mapping raises SIGBUS."""
+    assert ok(call(uvm, "uvm.mincore", asid=asid, va=va, length=8192))["vec"] == b"\1\1"
+    ok(call(uvm, "uvm.madvise", asid=asid, va=va, length=8192, advice=6))
+    assert ok(call(uvm, "uvm.mincore", asid=asid, va=va, length=8192))["vec"] == b"\0\0"
+    assert ok(call(mmu, "mmu.load", asid=asid, va=va + 100, n=4))["data"] == bytes(4)
+    ok(call(uvm, "uvm.wire", asid=asid, va=va + 1, length=10))  # mlock rounds to pages
+    ok(call(uvm, "uvm.wire", asid=asid, va=va, length=4096))
+    ok(call(uvm, "uvm.unwire", asid=asid, va=va, length=4096))  # one munlock unlocks
+    rl = ok(call(uvm, "uvm.getrlimit", asid=asid, resource=6))  # RLIMIT_MEMLOCK
+    assert 0 < rl["cur"] <= rl["max"], rl
+    # O_RDWR | O_CREAT | O_TRUNC
+    f = ok(call(uvm, "uvm.open", name="plain.bin", flags=2 | 0x200 | 0x400, size=8192))
+    fva = ok(call(uvm, "uvm.mmap", asid=asid, length=8192, prot=3, handle=f["handle"], shared=True))
+    fva = fva["va"]
+    ok(call(mmu, "mmu.store", asid=asid, va=fva + 4090, data=b"0123456789"))
+    ok(call(uvm, "uvm.msync", asid=asid, va=fva, length=8192, flags=4))  # MS_SYNC
+    ok(call(uvm, "uvm.ftruncate", handle=f["handle"], length=4094))
+    tail = ok(call(mmu, "mmu.load", asid=asid, va=fva + 4090, n=6))["data"]
+    assert tail == b"0123\0\0", tail  # past the end: zeros, never written to the file
+    bus = call(mmu, "mmu.load", asid=asid, va=fva + 4096, n=1)
+    assert bus["errno"] == "SIGBUS" and bus["fault_va"] == fva + 4096, bus
+    ok(call(uvm, "uvm.close", handle=f["handle"]))
+
+
 def main(endpoint: str) -> None:
     ctx = zmq.Context()
     sup = ctx.socket(zmq.DEALER)
@@ -69,6 +101,7 @@ def main(endpoint: str) -> None:
     assert segv["fault_va"] == va + 8192 and segv["fault_access"] == 1, segv
     got = call(mmu, "mmu.load", asid=asid, va=va + 100, n=13)
     assert got["status"] == "ok" and got["data"] == b"plain msgpack", got
+    _vm_calls(uvm, mmu, asid, va)
     assert call(uvm, "uvm.exit", asid=asid)["status"] == "ok"
     call(uvm, "uvm.detach")
     for s in (sup, uvm, mmu):

@@ -11,8 +11,10 @@ import pytest
 from machine.client import OutOfMemory, RequestError, Segv
 from machine.params import MAX_ACCESS_BYTES, PAGE_SIZE
 from machine.proto import NO_HEADER, Errno, MmuLoad, MmuStore, UvmFault, UvmMmap
+from machine.proto.vmcalls import RLIMIT_MEMLOCK
 from machine.testing import SimMachine
 from machine.uvm.page import RESERVE_KERNEL
+from machine.uvm.service import UvmService
 from tests.conftest import Harness
 
 _H = NO_HEADER
@@ -259,6 +261,11 @@ async def test_write_back_of_more_frames_than_one_message_carries() -> None:
         f = await m.open("big.bin", create=True, size=npages * PAGE_SIZE)
         p = await m.spawn()
         va = await p.mmap(npages * PAGE_SIZE, file=f, shared=True)
+        uvm = sim.service("uvm")
+        assert isinstance(uvm, UvmService)
+        uvm.vm.wiredmax = npages + 256  # beyond the default third of RAM: this test only
+        ram = (npages + 256) * PAGE_SIZE
+        await p.setrlimit(RLIMIT_MEMLOCK, ram, ram)
         await p.mlock(va, npages * PAGE_SIZE)  # every page resident
         await p.store(va + (npages - 1) * PAGE_SIZE, b"last")
         assert await p.msync(va, npages * PAGE_SIZE) >= 1

@@ -24,6 +24,9 @@ def _run_block(after: str, endpoint: str, script: Path) -> str:
 def test_the_readme_example_runs(real_machine: RealMachine, tmp_path: Path) -> None:
     out = _run_block("## Using it", real_machine.endpoint, tmp_path / "example.py")
     assert "SIGSEGV at 0x10" in out
+    assert "SIGBUS at 0x" in out
+    assert "beyond the end" in out
+    assert "b'\\x01\\x00\\x00\\x00'" in out  # mincore after MADV_FREE of the second page
     assert "'free'" in out
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from machine.client import OutOfMemory
 from machine.params import PAGE_SIZE
+from machine.proto.vmcalls import RLIMIT_MEMLOCK
 from machine.testing import SimMachine
 from machine.uvm.page import KERNEL, NIL, PAGEDAEMON, RESERVE_KERNEL, PageFlag
 from machine.uvm.service import UvmService
@@ -87,6 +88,8 @@ async def test_20_allocation_reserves() -> None:
         uvm = _uvm(sim)
         uvm.alloc_wait_s = 0.05
         holder = await m.spawn()
+        uvm.wiredmax = 64  # every page wired: beyond the default third of RAM
+        await holder.setrlimit(RLIMIT_MEMLOCK, 64 * PAGE_SIZE, 64 * PAGE_SIZE)
         va = await holder.mmap((64 - RESERVE_KERNEL) * PAGE_SIZE)
         await holder.mlock(va, (64 - RESERVE_KERNEL) * PAGE_SIZE)  # wired: never reclaimed
         assert uvm.pages.free.count == RESERVE_KERNEL

@@ -11,6 +11,7 @@ from machine.pdaemon.clock import ClockPolicy
 from machine.pdaemon.daemon import run_pass
 from machine.pdaemon.scan1999 import Scan1999
 from machine.proto.types import Prot
+from machine.proto.vmcalls import RLIMIT_MEMLOCK
 from machine.uvm import mmap, pdops, wiring
 from machine.uvm.audit import audit
 from machine.uvm.state import Uvm
@@ -76,6 +77,8 @@ async def test_1999_scan_revokes_on_deactivation(tmp_path: Path) -> None:
 async def test_wired_pages_are_never_claimed_for_eviction(tmp_path: Path) -> None:
     uvm, mmu = make_uvm(64, tmp_path, swap_pages=128)
     p, va = await _fill(uvm, mmu, 40)
+    uvm.wiredmax = 64  # beyond the default third of RAM, and the process may wire all of it
+    wiring.setrlimit(uvm, p, OWN, RLIMIT_MEMLOCK, 64 * PAGE_SIZE, 64 * PAGE_SIZE)
     await wiring.mlock(uvm, p, OWN, va, 40 * PAGE_SIZE)
     ops = LocalOps(uvm, mmu)
     for pfn in range(64):

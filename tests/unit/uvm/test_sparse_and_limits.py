@@ -25,6 +25,7 @@ from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE, USER_MIN, USER_TOP
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
+from machine.proto.vmcalls import RLIMIT_MEMLOCK
 from machine.testing import SimMachine
 from machine.uvm import files, mmap, wiring
 from machine.uvm.audit import audit
@@ -302,6 +303,7 @@ async def test_map_entries_limit_gives_enomem_at_mmap_and_at_every_clip(
     p = await mmap.spawn(uvm, OWN)
     vas = [await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
     await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
+    await wiring.mlock(uvm, p, OWN, vas[1], 4 * PAGE_SIZE)  # a whole entry: no split
     before = state(uvm, mmu)
     refused: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("mmap", lambda: mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)),
@@ -412,6 +414,7 @@ async def test_maxentries_bounds_the_machine_at_mmap_clip_and_fork(vm: tuple[Uvm
     p = await mmap.spawn(uvm, OWN)
     vas = [await mmap.mmap(uvm, p, OWN, 4 * PAGE_SIZE, RW) for _ in range(3)]
     await cpu_store(uvm, mmu, p, vas[0] + PAGE_SIZE, b"keep")
+    await wiring.mlock(uvm, p, OWN, vas[1], 4 * PAGE_SIZE)  # a whole entry: no split
     c = await mmap.fork(uvm, p, OWN)  # 6 entries
     o = await mmap.spawn(uvm, OTHER)
     await mmap.mmap(uvm, o, OTHER, PAGE_SIZE, RW)  # 7
@@ -496,6 +499,8 @@ async def test_a_fork_that_cannot_copy_wired_memory_leaves_no_half_child(
     for i in range(20):
         await cpu_store(uvm, mmu, p, va + i * PAGE_SIZE, b"cow")
     wva = await mmap.mmap(uvm, p, OWN, 24 * PAGE_SIZE, RW)  # ...then a wired one, copied now
+    uvm.wiredmax = 64  # more than the default third of RAM; and the process may wire it all
+    wiring.setrlimit(uvm, p, OWN, RLIMIT_MEMLOCK, 64 * PAGE_SIZE, 64 * PAGE_SIZE)
     await wiring.mlock(uvm, p, OWN, wva, 24 * PAGE_SIZE)
     before = state(uvm, mmu)
     asids = sorted(uvm.spaces)
