@@ -248,3 +248,34 @@ def test_a_refused_mlock_that_locked_anyway_is_caught() -> None:
         r = run_workload(one(Op("mlock", {"pages": 2, "send": False})), "modern", 1)
     assert r.outcome == "error", r.message
     assert "refused mlock (EAGAIN) left" in r.message
+
+
+def truncation_behind_a_send() -> Workload:
+    """A 600000 B loaned send on a 20 Mbit/s link, then, on the same socket, a loaned
+    send of a file's shared view and the file truncated while the driver has yet to
+    read it (it is queued behind the first)."""
+    big = Op("send", {"size": 600000, "loan": True, "buf": "anon", "then": ""})
+    return one(big, trunc(cut=4096, loan=True), link=20_000_000)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("profile", "outcome", "says"),
+    [
+        ("modern", "ok", "every send intact"),
+        ("bug1999", "panic", "was revoked by uvm: pmap_page_protect(NONE) (truncation of"),
+        ("thorpe", "panic", "was revoked by uvm: pmap_page_protect(NONE) (truncation of"),
+        ("silvers", "panic", "is wired (wire_count 1, loan_count 1): truncation of"),
+    ],
+)
+def test_a_loaned_file_page_truncated_away_by_profile(
+    profile: str, outcome: str, says: str
+) -> None:
+    """What the explorer finds unaided (bug1999 seed 0 runs 218 and 306, thorpe 218, 278,
+    306): under 1999 the truncation's pmap_page_protect(NONE) also takes the kernel's loan
+    mapping and the driver's read faults (thorpe's diff guards only the page daemon);
+    silvers panics at revoking a wired page; modern's unmanaged kenter keeps the loan,
+    and the wire gets the bytes of send time."""
+    for seed in range(3):
+        r = run_workload(truncation_behind_a_send(), profile, seed)
+        assert (r.outcome, says in r.message) == (outcome, True), (seed, r.message)
