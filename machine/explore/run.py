@@ -19,7 +19,9 @@ Outcome, the first that holds in this order:
               sends that never arrived, or a page daemon pass that never ends
   error       a client error the workload does not expect (OutOfMemory is
               expected: the kernel kills the faulting process under pressure),
-              or a process that does not see its own stores
+              or a process that does not see its own stores, or a VM call's
+              rule broken (machine.explore.vmops: SIGBUS beyond a truncated
+              file's end, minherit at fork, madvise, mlockall)
   audit       uvm.audit found problems after the run
   leak        after every client exited, net drained and the page daemon's
               pass (if any) ended (its claimed pages are PG_BUSY, those
