@@ -2,6 +2,11 @@
 
     class _Player(VmOps): ...              # machine.explore.run: await self.vm_op(p, s, op, tag)
 
+Also what every op of the run shares: `fill` (a page pattern that names its op and
+page), `buffer` (a fresh anonymous or file mapping), `sees` (a load that must equal
+what the process stored), `faults` (an access that must raise Segv or Sigbus), and
+WorkloadError (a rule the machine broke, the run's `error`).
+
 What each op does and what it must see (workload.py's module doc has the args):
 
   trunc    a new file of `pages` pages mapped shared and stored into (the file's
@@ -27,15 +32,15 @@ What each op does and what it must see (workload.py's module doc has the args):
   advise   madvise(DONTNEED or FREE) on a fresh buffer stored into, maybe sent
            (loaned: the payload stays what memory held at send, a FREE'd loaned
            anon lives on as its loan's), maybe while a forked child holds the
-           pages. DONTNEED changes no byte. FREE:
-           a shared file mapping's bytes stay (cleaned, then freed: read back from
-           the file); an anonymous or private page reads either its bytes or
-           zeros (NetBSD's uvm_map_clean frees a resident, unbusy, unwired anon
-           of an amap with one reference; a page out on swap or held by the page
-           daemon stays, so under pressure both happen) -- whole pages, never a
-           mix; with a child holding them (its amap shared), nothing is freed and
-           no byte changes, and the child's bytes never do. mincore then has a
-           byte per page, 0 or 1. Stores after the advice are seen.
+           pages. DONTNEED changes no byte. FREE: a shared file mapping's bytes
+           stay (cleaned, then freed: read back from the file); an anonymous or
+           private page reads either its bytes or zeros (NetBSD's uvm_map_clean
+           frees a resident, unbusy, unwired anon of an amap with one reference;
+           a page out on swap or held by the page daemon stays, so under
+           pressure both happen) -- whole pages, never a mix; with a child
+           holding them (its amap shared), nothing is freed and no byte changes,
+           and the child's bytes never do. mincore then has a byte per page, 0
+           or 1. Stores after the advice are seen.
   lockall  in a process of its own: `pages` mapped and stored, mlockall(flags),
            `more` pages mapped: MCL_CURRENT makes the first resident (mincore
            all 1), MCL_FUTURE the later one as it is mapped (all 1 before a
