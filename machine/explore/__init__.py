@@ -7,6 +7,8 @@ Modules, each importing only those above it (tests/unit/client/test_imports.py):
     (call and kcall ops).
   * calls     -- a recorded run's requests played: one session per recorded
     session, ids mapped, payloads checked against RAM at send, optional pace.
+  * vmops     -- the ops of the VM calls (ftruncate while mapped, minherit at fork,
+    madvise, mlockall), each checking what it reads against their semantics.
   * run       -- one run: boot a SimMachine with the workload's RAM and profile and
     the schedule (machine.ipc.schedule: random, or PCT with d-1 priority change
     points), play the workload, check it, classify it (a RunResult).

@@ -21,7 +21,9 @@ recorded session, its ops the session's requests in the order it sent them
   * VAs go as recorded (the same mmaps of a process in the same order give the
     same VAs: uvm's first fit); a request whose range is not inside what the
     replay mapped for its process is counted as a VA mismatch (`va_mismatch`,
-    the first few described) and sent anyway;
+    the first few described) and sent anyway; a fork's child has what its
+    parent mapped but the ranges minherit NONE left out (a new mapping or a
+    later minherit of another value puts them back);
   * the wire: net.listen opens the session's Wire (its feed reads net.recv in
     the background), a run of recorded net.recv long polls becomes one wait
     until the session's sends so far have come out on the operator's tap,
@@ -68,6 +70,7 @@ from machine.ipc.follow import FollowGate
 from machine.mmu.pmap import Mmu
 from machine.params import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from machine.proto import (
+    MAP_INHERIT_NONE,
     MmuAccessReply,
     NetSendReply,
     NetSocketReply,
@@ -94,6 +97,9 @@ _RANGES = {
     "uvm.unwire": "length",
     "uvm.msync": "length",
     "uvm.mprotect": "length",
+    "uvm.minherit": "length",
+    "uvm.madvise": "length",
+    "uvm.mincore": "length",
 }
 #: How long a recorded wire read waits for the session's sends (the stress sender's).
 WIRE_WAIT_S = 20.0
@@ -145,6 +151,7 @@ class _Client:
         self.stack = contextlib.AsyncExitStack()  # its session, attached at its first op
         self.ids: dict[tuple[str, int], int] = {}
         self.regions: dict[int, list[tuple[int, int]]] = {}  # simulated asid -> [va, end)
+        self.unshared: dict[int, list[tuple[int, int]]] = {}  # asid -> minherit NONE ranges
         self.wire: Wire | None = None
         self.sends: list[asyncio.Event] = []
         self.next_seq = int(ops[0].args.get("seq", 0)) if ops else 1 << 62
@@ -386,20 +393,32 @@ class CallPlayer:
         if isinstance(rep, UvmSpawnReply):
             c.regions[rep.asid] = []
         elif isinstance(rep, UvmForkReply):
-            c.regions[rep.asid] = list(c.regions.get(asid, []))
+            kept = c.regions.get(asid, [])
+            for va, end in c.unshared.get(asid, []):  # minherit NONE: not in the child
+                kept = _cut(kept, va, end)
+            c.regions[rep.asid] = list(kept)
         elif isinstance(rep, UvmMmapReply):
             length = -(-int(getattr(req, "length", 0)) // PAGE_SIZE) * PAGE_SIZE
             c.regions.setdefault(asid, []).append((rep.va, rep.va + length))
-        elif t == "uvm.munmap":
-            va, end = (
-                int(getattr(req, "va", 0)),
-                int(getattr(req, "va", 0)) + int(getattr(req, "length", 0)),
-            )
-            c.regions[asid] = _cut(c.regions.get(asid, []), va, end)
+            self.inherits(c, asid, rep.va, rep.va + length, False)  # a new mapping's default
+        elif t in ("uvm.munmap", "uvm.minherit") and rep.status is Status.OK:
+            va = int(getattr(req, "va", 0)) // PAGE_SIZE * PAGE_SIZE
+            end = -(-(int(getattr(req, "va", 0)) + int(getattr(req, "length", 0))) // PAGE_SIZE)
+            if t == "uvm.munmap":
+                c.regions[asid] = _cut(c.regions.get(asid, []), va, end * PAGE_SIZE)
+            none = t == "uvm.minherit" and getattr(req, "inherit", -1) == MAP_INHERIT_NONE
+            self.inherits(c, asid, va, end * PAGE_SIZE, none)
         elif t == "uvm.exit":
             c.regions.pop(asid, None)
+            c.unshared.pop(asid, None)
         elif isinstance(rep, NetSendReply) and sent is not None:
             c.sends.append(tap.expect(int(getattr(req, "sock", 0)), rep.seq, *sent))
+
+    def inherits(self, c: _Client, asid: int, va: int, end: int, none: bool) -> None:
+        """Note [va, end) of `asid` as left out of a fork's child (minherit NONE) or not."""
+        ranges = _cut(c.unshared.get(asid, []), va, end) + ([(va, end)] if none else [])
+        if ranges or asid in c.unshared:
+            c.unshared[asid] = ranges
 
     def check_range(self, c: _Client, t: str, req: Request, asid: int) -> None:
         """Count (and describe the first few) requests outside what the replay mapped."""

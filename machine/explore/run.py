@@ -19,7 +19,9 @@ Outcome, the first that holds in this order:
               sends that never arrived, or a page daemon pass that never ends
   error       a client error the workload does not expect (OutOfMemory is
               expected: the kernel kills the faulting process under pressure),
-              or a process that does not see its own stores
+              or a process that does not see its own stores, or a VM call's
+              rule broken (machine.explore.vmops: SIGBUS beyond a truncated
+              file's end, minherit at fork, madvise, mlockall)
   audit       uvm.audit found problems after the run
   leak        after every client exited, net drained and the page daemon's
               pass (if any) ended (its claimed pages are PG_BUSY, those
@@ -46,7 +48,6 @@ import contextlib
 import hashlib
 import random
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,8 @@ from machine.client import (
 )
 from machine.client.wire import Packet, Wire
 from machine.explore.calls import CallPlayer, GateMaker, Hooks, PlayStats
-from machine.explore.workload import BUS_US, Op, Workload
+from machine.explore.vmops import VmOps, WorkloadError, fill
+from machine.explore.workload import BUS_US, VM_KINDS, Op, Workload
 from machine.ipc.inmemory import SimulationDeadlock, SimulationTimeout, run_simulation
 from machine.ipc.schedule import make_schedule
 from machine.ipc.trace import Delivery
@@ -89,19 +91,6 @@ class RunResult:
     record: list[Delivery] | None = None  # the bus's deliveries, when recorded
     follow: dict[str, Any] | None = None  # the follow gate's report (FollowGate.report)
     calls: PlayStats | None = None  # a recorded workload's play (machine.explore.calls)
-
-
-class WorkloadError(Exception):
-    """A client saw the machine break a rule it checks (its own stores, COW)."""
-
-
-def fill(tag: int, n: int) -> bytes:
-    """n bytes a client stores: each page starts with (tag, page number), then a pattern
-    of the tag, so a page from another buffer or offset is told apart (and it is fast)."""
-    base = bytes((tag * 131 + i * 7) & 0xFF for i in range(PAGE_SIZE))
-    pages = -(-n // PAGE_SIZE)
-    out = b"".join(struct.pack("<II", tag, pg) + base[8:] for pg in range(pages))
-    return out[:n]
 
 
 def seed_of(sched_seed: int | str) -> int:
@@ -174,8 +163,9 @@ class _Receiver:
             self.idle.set()
 
 
-class _Player:
-    """Plays one workload on a booted machine (see the module doc for the checks)."""
+class _Player(VmOps):
+    """Plays one workload on a booted machine (see the module doc for the checks; the
+    VM calls' ops are machine.explore.vmops')."""
 
     def __init__(self, w: Workload, sim: SimMachine, m: Machine, ctx: Ctx, found: _Found):
         self.w, self.sim, self.m, self.ctx, self.found = w, sim, m, ctx, found
@@ -319,29 +309,21 @@ class _Player:
             va = await p.mmap(n, "rw")
             data = fill(tag, n)
             await p.store(va, data)
-            await p.mlock(va, n)
+            locked = await self.mlock(p, va, data)
             if a.get("send"):
                 self.expect(tag, await p.send(s, va, n), data)
-            await p.munlock(va, n)
+            if locked:
+                await p.munlock(va, n)
         elif kind == "hog":
             await self.hog(int(a["pages"]))
         elif kind == "wakeup":
             await self.ctx.kcall("pdaemon", PdWakeup(h=_H))
+        elif kind in VM_KINDS.values():
+            await self.vm_op(p, s, op, tag)
         elif kind == "leak":  # test-only: an injected leak
             await self.leak(str(a.get("what", "hold")))
         else:
             raise WorkloadError(f"unknown op {op}")
-
-    async def buffer(self, p: Process, n: int, buf: str) -> int:
-        """A fresh mapping of n bytes: anonymous, or a new file's (shared or private)."""
-        length = -(-n // PAGE_SIZE) * PAGE_SIZE
-        if buf == "anon":
-            return await p.mmap(length, "rw")
-        self.files += 1
-        f = await self.m.open(f"explore-{self.files}.bin", create=True, size=length)
-        va = await p.mmap(length, "rw", file=f, shared=buf == "shared")
-        await f.close()  # the mapping keeps the vnode
-        return va
 
     async def send(self, p: Process, s: Socket, a: dict[str, Any], tag: int) -> None:
         n, buf, then = int(a["size"]), str(a.get("buf", "anon")), str(a.get("then", ""))
@@ -364,12 +346,6 @@ class _Player:
             if buf != "shared":
                 await self.sees(p, va, data, "its bytes after its child's write (COW)")
             await c.exit()
-
-    async def sees(self, p: Process, va: int, data: bytes, what: str) -> None:
-        got = await p.load(va, len(data))
-        if got != data:
-            bad = next(i for i in range(len(data)) if got[i] != data[i])
-            raise WorkloadError(f"process {p.asid} does not see {what}: offset {bad:#x} differs")
 
     async def hog(self, pages: int) -> None:
         """Touch `pages` pages of a fresh process (a store per MAX_ACCESS_BYTES), then exit."""

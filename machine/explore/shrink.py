@@ -10,9 +10,11 @@ repeated while one of them makes progress:
 
   1. clients: ddmin over the client processes (at least one stays);
   2. features: ddmin over the enabled features. A feature off removes the
-     operations it makes (send_loan, send_copy, file_*, mlock, hog, pd_wakeup)
-     and undoes what it adds to the others (after_*: a send's sequel;
-     file_*: a send's buffer becomes anonymous); small_ram off boots with
+     operations it makes (send_loan, send_copy, file_*, mlock, hog, pd_wakeup,
+     and the VM calls' truncate, minherit, madvise, mlockall) and undoes what
+     it adds to the others (after_*: a send's sequel; file_*: a send's, a
+     minherit's or a madvise's buffer becomes anonymous; send_loan: a trunc,
+     inherit, advise or lockall op sends nothing); small_ram off boots with
      DEFAULT_RAM, slow_link off unthrottles the link. So the RAM and link
      settings stay unless the failure survives without them. A recorded
      run's workload (machine.explore.fromdump): its calls are "recorded"'s
@@ -42,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from machine.explore.workload import AFTER, RECORDED_KINDS, Op, Workload
+from machine.explore.workload import AFTER, RECORDED_KINDS, VM_KINDS, Op, Workload
 
 #: The re-runs one shrink may cost.
 MAX_RUNS = 200
@@ -52,6 +54,12 @@ SIGNATURE_CHARS = 60
 DEFAULT_RAM = 8 << 20
 
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\d+")
+#: The feature of each other op kind.
+_MAKER = {"mlock": "mlock", "hog": "hog", "wakeup": "pd_wakeup"} | {
+    k: f for f, k in VM_KINDS.items()
+}
+#: The arg that says an op sends (what send_loan adds to it).
+_SENDS = {"trunc": "loan", "inherit": "send", "advise": "send", "lockall": "send"}
 T = TypeVar("T")
 
 
@@ -69,16 +77,18 @@ def made_by(op: Op) -> str:
         return "file_shared" if a.get("shared") else "file_private"
     if op.kind in RECORDED_KINDS:
         return "recorded"  # a recorded run's requests: ddmin over clients and ops takes them
-    return {"mlock": "mlock", "hog": "hog", "wakeup": "pd_wakeup"}.get(op.kind, op.kind)
+    return _MAKER.get(op.kind, op.kind)
 
 
 def _undo(op: Op, off: set[str]) -> Op:
-    """=> `op` without what the features in `off` added to it (a send's buffer and sequel)."""
-    if op.kind != "send":
+    """=> `op` without what the features in `off` added to it (a buffer, a sequel, a send)."""
+    if op.kind != "send" and op.kind not in _SENDS:
         return op
     args = dict(op.args)
     if args.get("then") and next((f for f, t in AFTER.items() if t == args["then"]), "") in off:
         args["then"] = ""
+    if op.kind in _SENDS and args.get(_SENDS[op.kind]) and "send_loan" in off:
+        args[_SENDS[op.kind]] = False
     if (args.get("buf"), True) in (
         ("shared", "file_shared" in off),
         ("private", "file_private" in off),

@@ -26,6 +26,21 @@ Op kinds (args):
   leak    what ("hold": hold the link so loans stay; "noexit": a process that
           wires a page and never exits) -- test-only, never drawn
 
+The VM calls of issue 20 (machine.explore.vmops plays them):
+  trunc   pages, view ("shared", or "private": a private mapping beside the
+          shared one the file is written through), cow (bitmask of the private
+          view's pages stored into: copy-on-write copies), cut (the new length
+          in bytes, < pages), loan (the shared view is sent, loaned, and the
+          file truncated while the send is in flight), grow (then grown back)
+  inherit pages, buf (as a send's), inherit ("none", "copy", "share", "zero":
+          minherit before fork), send (the range is sent, loaned, before the
+          fork)
+  advise  pages, buf, advice ("dontneed", "free"), fork (a child holds the
+          pages while the advice is given), send (they are sent, loaned, first)
+  lockall pages, more (pages mapped after mlockall), flags ("current",
+          "future", "both"), send (the later mapping is sent), end
+          ("munlockall" then exit, or "exit"): in a process of its own
+
 Recorded ops (a real run's requests rebuilt from its dump by
 machine.explore.fromdump, played by machine.explore.calls; never drawn):
   call    one request a client session sent: session (the recorded session
@@ -40,6 +55,12 @@ machine.explore.fromdump, played by machine.explore.calls; never drawn):
 A workload of recorded ops has the features "recorded" (what its ops are
 made by, for the shrinker) and, when its calls keep the recorded pace (each
 issued no earlier than `at_us`), "paced"; `bus_us` may slow its bus.
+
+The features of issue 20 (VM_FEATURES) are drawn after everything else, from
+the same Random, and their ops are inserted among the drawn ones: a seed's
+workload keeps every op, feature and setting it had before they existed
+(CLASSIC_FEATURES, drawn first exactly as then), and is the same workload
+when none of them is on (1 seed in 16).
 
 Invariants: draw is a pure function of its Random (no sets of str iterated,
 no clock); every drawn Op comes from a feature in `features`; a Workload is
@@ -59,7 +80,8 @@ import msgspec
 from machine.params import PAGE_SIZE
 from machine.proto import decode_request
 
-FEATURES: tuple[str, ...] = (
+#: The features before issue 20 (drawn first, in this order: old seeds keep their meaning).
+CLASSIC_FEATURES: tuple[str, ...] = (
     "send_loan",
     "send_copy",
     "after_write",
@@ -74,8 +96,26 @@ FEATURES: tuple[str, ...] = (
     "slow_link",
     "pd_wakeup",
 )
+#: The VM calls' features (issue 20): ftruncate while mapped, minherit at fork,
+#: madvise DONTNEED/FREE, mlockall; each makes ops of its own (machine.explore.vmops).
+VM_FEATURES: tuple[str, ...] = ("truncate", "minherit", "madvise", "mlockall")
+FEATURES: tuple[str, ...] = CLASSIC_FEATURES + VM_FEATURES
 #: The features that make operations (the others shape the machine or a send's sequel).
-OP_FEATURES = ("send_loan", "send_copy", "file_shared", "file_private", "mlock", "hog", "pd_wakeup")
+CLASSIC_OP_FEATURES = (
+    "send_loan",
+    "send_copy",
+    "file_shared",
+    "file_private",
+    "mlock",
+    "hog",
+    "pd_wakeup",
+)
+OP_FEATURES = CLASSIC_OP_FEATURES + VM_FEATURES
+#: The op kind each VM feature makes.
+VM_KINDS = {"truncate": "trunc", "minherit": "inherit", "madvise": "advise", "mlockall": "lockall"}
+INHERITS = ("none", "copy", "share", "zero")
+ADVICES = ("dontneed", "free")
+LOCKALL_FLAGS = ("current", "future", "both")
 AFTER = {"after_write": "write", "after_unmap": "unmap", "after_exit": "exit", "after_fork": "fork"}
 #: SOCK_LOAN_THRESH of every shipped profile (LOAN_THRESHOLD): sosend loans from here up.
 LOAN_THRESHOLD = 4096
@@ -118,11 +158,36 @@ class Op:
             text = f"hog: touch {a['pages']} pages (pressure)"
         elif self.kind == "wakeup":
             text = "wake the page daemon (pd.wakeup)"
+        elif self.kind in VM_KINDS.values():
+            text = describe_vm(self.kind, a)
         elif self.kind in RECORDED_KINDS:
             text = describe_call(a)
         else:
             text = f"{self.kind} {a}"
         return who + text
+
+
+def describe_vm(kind: str, a: dict[str, Arg]) -> str:
+    """A VM call op (issue 20), readable: `truncate a 4-page file shared to 5000 B ...`."""
+    if kind == "trunc":
+        text = f"map a {a['pages']}-page file {a['view']}"
+        if a.get("view") == "private":
+            text += f" (COW pages {_bits(int(a.get('cow', 0)))})"
+        text += (", send it (loaned)" if a.get("loan") else "") + f", ftruncate to {a['cut']} B"
+        return text + (", grow back" if a.get("grow") else "")
+    if kind == "inherit":
+        text = f"minherit {str(a['inherit']).upper()} {a['pages']} pages of {a['buf']}"
+        return text + (", send them (loaned)" if a.get("send") else "") + ", fork, both check"
+    if kind == "advise":
+        text = f"madvise {str(a['advice']).upper()} {a['pages']} pages of {a['buf']}"
+        text += " (a child holds them)" if a.get("fork") else ""
+        return text + (" while they are sent (loaned)" if a.get("send") else "")
+    text = f"mlockall {a['flags']} over {a['pages']} pages, map {a['more']} more"
+    return text + (", send them" if a.get("send") else "") + f", then {a['end']}"
+
+
+def _bits(mask: int) -> str:
+    return "{" + ",".join(str(i) for i in range(mask.bit_length()) if mask >> i & 1) + "}"
 
 
 def describe_call(a: dict[str, Arg]) -> str:
@@ -225,9 +290,11 @@ def _bytes(op: Op) -> int:
     """The memory an op's process keeps mapped (a send's buffer, a mapping)."""
     if op.kind == "send":
         return -(-int(op.args["size"]) // PAGE_SIZE) * PAGE_SIZE
-    if op.kind in ("map", "mlock"):
+    if op.kind in ("map", "mlock", "inherit", "advise"):
         return int(op.args["pages"]) * PAGE_SIZE
-    return 0
+    if op.kind == "trunc":  # the shared view, and the private one's copies
+        return (int(op.args["pages"]) + int(op.args.get("cow", 0)).bit_count()) * PAGE_SIZE
+    return 0  # a hog and a lockall run in processes of their own, which exit
 
 
 def _op(rng: random.Random, feature: str, on: tuple[str, ...], ram: int) -> Op:
@@ -238,9 +305,7 @@ def _op(rng: random.Random, feature: str, on: tuple[str, ...], ram: int) -> Op:
             if loan
             else _log_uniform(rng, 1, LOAN_THRESHOLD - 1)
         )
-        bufs = ["anon"] + [
-            k for f, k in (("file_shared", "shared"), ("file_private", "private")) if f in on
-        ]
+        bufs = _bufs(on)
         afters = [""] + [AFTER[f] for f in AFTER if f in on]
         return Op(
             "send",
@@ -261,21 +326,112 @@ def _op(rng: random.Random, feature: str, on: tuple[str, ...], ram: int) -> Op:
     return Op("wakeup", {})
 
 
+def _bufs(on: tuple[str, ...]) -> list[str]:
+    return ["anon"] + [
+        k for f, k in (("file_shared", "shared"), ("file_private", "private")) if f in on
+    ]
+
+
+def _vm_op(rng: random.Random, feature: str, on: tuple[str, ...]) -> Op:
+    """An op of a VM feature (module doc); what it may add comes from the features `on`."""
+    loans = "send_loan" in on
+    if feature == "truncate":
+        pages = rng.randint(2, 8)
+        view = rng.choice(("shared", "private"))
+        cow = rng.getrandbits(pages) if view == "private" else 0
+        cut = rng.randrange(0, pages) * PAGE_SIZE
+        if rng.random() < 0.5:
+            cut += rng.randint(1, PAGE_SIZE - 1)  # a partial last page
+        return Op(
+            "trunc",
+            {
+                "pages": pages,
+                "view": view,
+                "cow": cow,
+                "cut": cut,
+                "loan": loans and rng.random() < 0.5,
+                "grow": rng.random() < 0.5,
+            },
+        )
+    if feature == "minherit":
+        return Op(
+            "inherit",
+            {
+                "pages": rng.randint(1, 4),
+                "buf": rng.choice(_bufs(on)),
+                "inherit": rng.choice(INHERITS),
+                "send": loans and rng.random() < 0.5,
+            },
+        )
+    if feature == "madvise":
+        return Op(
+            "advise",
+            {
+                "pages": rng.randint(1, 8),
+                "buf": rng.choice(_bufs(on)),
+                "advice": rng.choice(ADVICES),
+                "fork": rng.random() < 0.25,
+                "send": loans and rng.random() < 0.5,
+            },
+        )
+    assert feature == "mlockall", feature
+    return Op(
+        "lockall",
+        {
+            "pages": rng.randint(1, 8),
+            "more": rng.randint(1, 8),
+            "flags": rng.choice(LOCKALL_FLAGS),
+            "send": loans and rng.random() < 0.5,
+            "end": rng.choice(("munlockall", "exit")),
+        },
+    )
+
+
+def _swap(ram: int, clients: tuple[tuple[Op, ...], ...]) -> int:
+    """Swap for the memory the clients keep besides RAM's worth (they exit last)."""
+    kept = sum(_bytes(op) for ops in clients for op in ops)
+    return 2 * ram + -(-kept // MIB) * MIB
+
+
+def with_vm_features(rng: random.Random, w: Workload) -> Workload:
+    """=> `w` with the VM features (module doc), drawn after it: each on with probability
+    1/2; every client gets each one's op with probability 1/2 (the first client always),
+    inserted at a random place among its ops. None on: `w` itself."""
+    vm = tuple(f for f in VM_FEATURES if rng.random() < 0.5)
+    if not vm:
+        return w
+    on = w.features + vm
+    out = [list(ops) for ops in w.clients]
+    for i, ops in enumerate(out):
+        for f in vm:
+            if i == 0 or rng.random() < 0.5:
+                ops.insert(rng.randint(0, len(ops)), _vm_op(rng, f, on))
+    clients = tuple(tuple(ops) for ops in out)
+    return Workload(w.ram, _swap(w.ram, clients), on, w.link_bps, w.link_latency_us, clients)
+
+
 def draw(rng: random.Random) -> Workload:
-    """A swarm workload (module doc): features first, then RAM, link and the clients' ops."""
-    on = tuple(f for f in FEATURES if rng.random() < 0.5)
-    if not any(f in OP_FEATURES for f in on):
-        extra = rng.choice(OP_FEATURES)
-        on = tuple(f for f in FEATURES if f in on or f == extra)
+    """A swarm workload (module doc): the classic draw, then the VM features' ops from
+    the same stream (a seed keeps what it drew before they existed)."""
+    return with_vm_features(rng, draw_classic(rng))
+
+
+def draw_classic(rng: random.Random) -> Workload:
+    """The classic features' workload: features first, then RAM, link and the clients'
+    ops (what `draw` was before issue 20, the same for every seed)."""
+    on = tuple(f for f in CLASSIC_FEATURES if rng.random() < 0.5)
+    if not any(f in CLASSIC_OP_FEATURES for f in on):
+        extra = rng.choice(CLASSIC_OP_FEATURES)
+        on = tuple(f for f in CLASSIC_FEATURES if f in on or f == extra)
     if "hog" in on and "small_ram" not in on:  # a hog of 8-16 MiB costs a second of faults
-        on = tuple(f for f in FEATURES if f in on or f == "small_ram")
+        on = tuple(f for f in CLASSIC_FEATURES if f in on or f == "small_ram")
     ram = rng.randint(1, 4) * MIB if "small_ram" in on else rng.randint(8, 16) * MIB
     if "slow_link" in on:
         bps = rng.randint(1, 100) * 1_000_000
         latency = rng.randint(0, 5000)
     else:
         bps, latency = 0, 0
-    makers = tuple(f for f in OP_FEATURES if f in on)
+    makers = tuple(f for f in CLASSIC_OP_FEATURES if f in on)
     clients: list[tuple[Op, ...]] = []
     for _ in range(rng.randint(2, 4)):
         ops: list[Op] = []
@@ -288,7 +444,4 @@ def draw(rng: random.Random) -> Workload:
         clients.append(tuple(ops))
         if not makers:
             break
-    # swap for the anonymous memory the clients keep besides RAM's worth (they exit last)
-    kept = sum(_bytes(op) for ops in clients for op in ops)
-    swap = 2 * ram + -(-kept // MIB) * MIB
-    return Workload(ram, swap, on, bps, latency, tuple(clients))
+    return Workload(ram, _swap(ram, tuple(clients)), on, bps, latency, tuple(clients))

@@ -57,6 +57,7 @@ from machine.ipc.peer import Identity
 from machine.ipc.transport import Clock
 from machine.proto import (
     NO_HEADER,
+    O_RDWR,
     CtlDirectory,
     CtlDirectoryReply,
     CtlHello,
@@ -333,9 +334,13 @@ class GreenMachine:
         rep: UvmSpawnReply = self._call("uvm", UvmSpawn(h=_H), UvmSpawnReply)
         return GreenProcess(Process(self, rep.asid), self.processes)
 
-    def open(self, name: str, create: bool = False, size: int | None = None) -> GreenFile:
-        """Open (or create) a file under the machine's disk/ directory, for mmap."""
-        req = UvmOpen(h=_H, name=name, create=create, size=-1 if size is None else size)
+    def open(
+        self, name: str, create: bool = False, size: int | None = None, flags: int = O_RDWR
+    ) -> GreenFile:
+        """open(2) of a file under the machine's disk/ directory, for mmap (Machine.open)."""
+        req = UvmOpen(
+            h=_H, name=name, create=create, size=-1 if size is None else size, flags=flags
+        )
         rep: UvmOpenReply = self._call("uvm", req, UvmOpenReply)
         return GreenFile(File(self, rep.handle, name, rep.size))
 

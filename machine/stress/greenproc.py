@@ -21,7 +21,18 @@ from typing import Any, Protocol, TypeVar
 from machine.client.errors import MachineError, MachineTimeout
 from machine.client.process import File, Process, SendResult, Socket
 from machine.client.wire import Packet, Wire
-from machine.proto import NO_HEADER, NetListen, NetRecv, NetRecvReply, NetUnlisten, Reply, Request
+from machine.proto import (
+    MCL_CURRENT,
+    MS_SYNC,
+    NO_HEADER,
+    RLIMIT_MEMLOCK,
+    NetListen,
+    NetRecv,
+    NetRecvReply,
+    NetUnlisten,
+    Reply,
+    Request,
+)
 
 _H = NO_HEADER
 _RECV_WAIT_MS = 200  # one net.recv long poll of GreenWire.get
@@ -54,6 +65,11 @@ class GreenFile:
 
     def close(self) -> None:
         _finish(self.f.close())
+
+    def ftruncate(self, length: int) -> None:
+        """ftruncate(2) (File.ftruncate): beyond the new end a mapping's access is Sigbus."""
+        _finish(self.f.ftruncate(length))
+        self.size = self.f.size
 
 
 class GreenSocket:
@@ -111,8 +127,29 @@ class GreenProcess:
     def munlock(self, va: int, length: int) -> None:
         _finish(self.p.munlock(va, length))
 
-    def msync(self, va: int, length: int) -> int:
-        return _finish(self.p.msync(va, length))
+    def msync(self, va: int, length: int, flags: int = MS_SYNC) -> int:
+        return _finish(self.p.msync(va, length, flags))
+
+    def mlockall(self, flags: int = MCL_CURRENT) -> None:
+        _finish(self.p.mlockall(flags))
+
+    def munlockall(self) -> None:
+        _finish(self.p.munlockall())
+
+    def getrlimit(self, resource: int = RLIMIT_MEMLOCK) -> tuple[int, int]:
+        return _finish(self.p.getrlimit(resource))
+
+    def setrlimit(self, resource: int, cur: int, max: int) -> tuple[int, int]:
+        return _finish(self.p.setrlimit(resource, cur, max))
+
+    def minherit(self, va: int, length: int, inherit: int) -> None:
+        _finish(self.p.minherit(va, length, inherit))
+
+    def madvise(self, va: int, length: int, advice: int) -> None:
+        _finish(self.p.madvise(va, length, advice))
+
+    def mincore(self, va: int, length: int) -> bytes:
+        return _finish(self.p.mincore(va, length))
 
     def fork(self) -> GreenProcess:
         return GreenProcess(_finish(self.p.fork()), self._processes)

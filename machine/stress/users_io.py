@@ -31,8 +31,8 @@ model changes only after the stores that follow it.
 
 from __future__ import annotations
 
-from machine.client.errors import MachineTimeout, RequestError
-from machine.proto import Errno
+from machine.client.errors import MachineTimeout, RequestError, Segv, Sigbus
+from machine.proto import MS_ASYNC, MS_INVALIDATE, MS_SYNC, Errno
 from machine.stress.green import GreenFile, GreenMachine, GreenProcess, GreenSocket, GreenWire
 from machine.stress.model import (
     ByteModel,
@@ -170,6 +170,8 @@ class FilesUser(VerifyingUser):
     FILE_PAGES = 16
     ROUNDS = 6  # scenarios a process lives
     STORES = 4
+    TRUNCATE = 1 / 3  # the share of scenarios that end with ftruncate
+    MSYNC_FLAGS = (MS_SYNC, MS_SYNC | MS_INVALIDATE, MS_ASYNC, MS_ASYNC | MS_INVALIDATE)
 
     def on_start(self) -> None:
         super().on_start()
@@ -206,16 +208,49 @@ class FilesUser(VerifyingUser):
         self.p, self.rounds = p, 0
         return p
 
-    def _host_check(self, when: str) -> None:
-        """The host file against the model, byte for byte (when disk/ is on this host)."""
+    def _host_check(self, when: str, size: int | None = None) -> None:
+        """The host file against the model (its first `size` bytes: the file's length),
+        byte for byte (when disk/ is on this host)."""
         disk = self.host_disk()
         if disk is None or self.file is None:
             return
         name = self.file.name
+        want = self.fmodel.buf[: self.size if size is None else size]
         with self.op("files.host") as t:
             got = (disk / name).read_bytes()
             t.nbytes = len(got)
-            self.check("files.host", compare(0, self.fmodel.buf, got), file=name, when=when)
+            self.check("files.host", compare(0, want, got), file=name, when=when)
+
+    def _truncate(self, p: GreenProcess) -> None:
+        """ftruncate to a random length, the views and the host file checked, grown back."""
+        assert self.file is not None
+        pg = self.page
+        cut = self.rng.randrange(0, self.size)
+        if self.rng.random() < 0.5:
+            cut -= cut % pg
+        end = -(-cut // pg) * pg  # the file's pages end here
+        with self.op("files.ftruncate"):
+            self.file.ftruncate(cut)
+        self.fmodel.buf[cut:] = bytes(self.size - cut)  # what it reads there when grown
+        with self.op("files.truncated") as t:
+            got = p.load(self.vs, end)
+            t.nbytes = end
+            self.check("files.truncated", self.fmodel.diff(0, got), cut=cut)
+            if end < self.size:  # its first and last pages beyond the end
+                _fault(p, self.vs + end, Sigbus, "the shared view beyond the end")
+                _fault(p, self.vs + self.size - pg, Sigbus, "the shared view beyond the end")
+                _fault(p, self.vs + end, Sigbus, "a store beyond the end", store=True)
+            pi = self.rng.randrange(self.FILE_PAGES)
+            if pi in self.priv.own or pi * pg < end:
+                got = p.load(self.vp + pi * pg, pg)
+                self.check("files.truncated", self.priv.diff(pi * pg, got), cut=cut, page=pi)
+            else:
+                _fault(p, self.vp + pi * pg, Sigbus, "the private view beyond the end")
+        with self.op("files.msync"):
+            p.msync(self.vs, self.size)
+        self._host_check("ftruncate", cut)
+        with self.op("files.ftruncate"):
+            self.file.ftruncate(self.size)
 
     def scenario(self) -> None:
         p = self.p if self.p is not None else self._begin()
@@ -234,9 +269,13 @@ class FilesUser(VerifyingUser):
                 t.nbytes = n
                 what = "files.shared" if shared else "files.private"
                 self.check(what, (self.fmodel if shared else self.priv).diff(off, got), n=n)
+        flags = self.rng.choice(self.MSYNC_FLAGS)
         with self.op("files.msync"):
-            p.msync(self.vs, self.size)
-        self._host_check("msync")
+            p.msync(self.vs, self.size, flags)
+        if flags & MS_SYNC:  # MS_ASYNC: written in the background, maybe not yet
+            self._host_check("msync")
+        if self.rng.random() < self.TRUNCATE:
+            self._truncate(p)
         self.rounds += 1
         if self.rounds >= self.ROUNDS:
             with self.op("files.exit"):
@@ -282,3 +321,19 @@ class ChurnUser(VerifyingUser):
             self.check("churn.load", model.diff(0, got), va=va, session=m2.session)
         with self.op("churn.exit"):
             p.exit()
+
+
+def _fault(
+    p: GreenProcess, va: int, signal: type[Segv | Sigbus], what: str, store: bool = False
+) -> None:
+    """A load (or a one-byte store) at va must raise `signal`: else a failure (EBADMSG)."""
+    try:
+        if store:
+            p.store(va, b"\xbb")
+        else:
+            p.load(va, 1)
+    except (Segv, Sigbus) as e:
+        if isinstance(e, signal):
+            return
+        raise RequestError(Errno.EBADMSG, f"{what} at {va:#x}: {type(e).__name__}") from None
+    raise RequestError(Errno.EBADMSG, f"{what} at {va:#x}: no {signal.__name__}")

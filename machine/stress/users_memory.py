@@ -4,7 +4,18 @@
                offsets (a quarter of them spanning a page boundary), loads
                random ranges and checks them against a ByteModel; after
                OPS_PER_PROCESS operations it reads the whole region back and
-               exits, and the next scenario starts a new process.
+               exits, and the next scenario starts a new process. A few
+               operations are the VM calls: madvise DONTNEED (no byte changes)
+               or FREE of whole pages, the range read back at once: each page
+               is zeros (freed) or all its bytes (kept: NetBSD's FREE leaves an
+               anon out on swap, and one the page daemon holds busy), and the
+               model takes what it read; under mlockall FREE is EBUSY, nothing
+               changed. mincore (a byte
+               per page, 0 or 1: a page may have been paged out since its store,
+               so only under mlockall must every one be 1); mlockall(MCL_CURRENT
+               | MCL_FUTURE) when the region fits RLIMIT_MEMLOCK (EAGAIN or
+               ENOMEM, the machine's own limit, is a refusal: munlockall), and
+               munlockall the next time.
   ForkerUser   a parent maps private anonymous memory, shared anonymous
                memory and a shared mapping of its own file, writes all three,
                and forks a small tree (1-2 children, maybe a grandchild: at
@@ -13,6 +24,11 @@
                see it) and both shared regions (one model each: everyone sees
                everyone's writes), then every process reads all three back
                whole; the children exit. The parent lives ROUNDS scenarios.
+               Half the rounds start with minherit(2) on the private memory,
+               which the tree's forks follow (a child's mapping keeps it):
+               COPY (as the default), SHARE (one model for the whole tree),
+               ZERO (a child's starts as zeros) or NONE (a child has none
+               there: its load raises Segv).
   HogUser      maps more than RAM: nframes * page * HOG_FACTOR, divided by the
                number of hog users expected (--users times the hog's share
                of the class weights), and sweeps it: each touched page gets
@@ -29,8 +45,19 @@ any failure the user resets (users_common) and builds its state anew.
 
 from __future__ import annotations
 
-from machine.client.errors import OutOfMemory, RequestError
-from machine.proto import Errno
+from machine.client.errors import OutOfMemory, RequestError, Segv
+from machine.proto import (
+    MADV_DONTNEED,
+    MADV_FREE,
+    MAP_INHERIT_COPY,
+    MAP_INHERIT_NONE,
+    MAP_INHERIT_SHARE,
+    MAP_INHERIT_ZERO,
+    MCL_CURRENT,
+    MCL_FUTURE,
+    RLIMIT_MEMLOCK,
+    Errno,
+)
 from machine.stress.green import GreenFile, GreenProcess
 from machine.stress.model import ByteModel, PageSignatures, log_uniform
 from machine.stress.users_common import VerifyingUser, quietly, renamed, unique_name
@@ -47,6 +74,9 @@ class PatternUser(VerifyingUser):
     kind = "pattern"
     MIN_PAGES, MAX_PAGES = 64, 256
     OPS_PER_PROCESS = 400
+    #: the share of operations that are madvise, mincore, mlockall/munlockall
+    MADVISE, MINCORE, LOCKALL = 0.02, 0.02, 0.01
+    ADVISE_PAGES = 8  # at most, per madvise
 
     def on_start(self) -> None:
         super().on_start()
@@ -54,6 +84,7 @@ class PatternUser(VerifyingUser):
         self.va = 0
         self.model = ByteModel(0)
         self.ops = 0
+        self.locked = False  # mlockall(MCL_CURRENT | MCL_FUTURE) in effect
 
     def reset(self) -> None:
         self.exit_quietly(self.p)
@@ -65,7 +96,7 @@ class PatternUser(VerifyingUser):
             self.p = self.m.spawn()
             self.va = self.p.mmap(npages * self.page)
         self.model = ByteModel(npages * self.page)
-        self.ops = 0
+        self.ops, self.locked = 0, False
 
     def _range(self) -> tuple[int, int]:
         """(offset, length): log-uniform 1 B .. 2 pages; a quarter forced across a page."""
@@ -83,6 +114,14 @@ class PatternUser(VerifyingUser):
             self._begin()
         p = self.p
         assert p is not None
+        r = self.rng.random()
+        if r < self.MADVISE + self.MINCORE + self.LOCKALL:
+            self._vm_call(p, r)
+        else:
+            self._store_or_load(p)
+        self._count(p)
+
+    def _store_or_load(self, p: GreenProcess) -> None:
         off, n = self._range()
         if self.rng.random() < 0.5:
             data = self.rng.randbytes(n)
@@ -95,6 +134,73 @@ class PatternUser(VerifyingUser):
                 got = p.load(self.va + off, n)
                 t.nbytes = n
                 self.check("pattern.load", self.model.diff(off, got), va=self.va + off, n=n)
+
+    def _vm_call(self, p: GreenProcess, r: float) -> None:
+        if r < self.MADVISE:
+            self._madvise(p)
+        elif r < self.MADVISE + self.MINCORE:
+            off, n = self._range()
+            self._mincore(p, self.va + off, n)
+        elif self.locked:
+            with self.op("pattern.munlockall"):
+                p.munlockall()
+            self.locked = False
+        else:
+            self._mlockall(p)
+
+    def _madvise(self, p: GreenProcess) -> None:
+        """DONTNEED or FREE of whole pages, read back at once (module docstring)."""
+        pg, npages = self.page, self.model.size // self.page
+        first = self.rng.randrange(npages)
+        count = self.rng.randint(1, min(self.ADVISE_PAGES, npages - first))
+        free = self.rng.random() < 0.5
+        off, n = first * pg, count * pg
+        with self.op("pattern.madvise") as t:
+            try:
+                p.madvise(self.va + off, n, MADV_FREE if free else MADV_DONTNEED)
+            except RequestError as e:
+                if not (free and self.locked and e.errno == Errno.EBUSY):
+                    raise  # FREE of wired memory is EBUSY (NetBSD's sys_madvise)
+            got = p.load(self.va + off, n)
+            t.nbytes = n
+            if free and not self.locked:
+                for i in range(count):  # freed (zeros), or kept: out on swap, or busy
+                    page = got[i * pg : (i + 1) * pg]
+                    if page == bytes(pg):
+                        self.model.store(off + i * pg, page)
+            self.check("pattern.madvise", self.model.diff(off, got), va=self.va + off, free=free)
+
+    def _mincore(self, p: GreenProcess, va: int, n: int) -> None:
+        """mincore of the pages of [va, va+n) (its va page aligned, as NetBSD wants): a
+        byte per page, 0 or 1; all 1 under mlockall."""
+        pg = self.page
+        start = va - va % pg
+        want = -(-(va + n) // pg) - start // pg
+        with self.op("pattern.mincore"):
+            vec = p.mincore(start, va + n - start)
+            wrong = len(vec) != want or bool(set(vec) - {0, 1})
+            if wrong or (self.locked and set(vec) != {1}):
+                why = f"{len(vec)} bytes for {want} pages, locked={self.locked}: {vec[:16]!r}"
+                raise RequestError(Errno.EBADMSG, f"mincore({start:#x}, {va + n - start}): {why}")
+
+    def _mlockall(self, p: GreenProcess) -> None:
+        """mlockall(MCL_CURRENT | MCL_FUTURE) when the region fits RLIMIT_MEMLOCK."""
+        with self.op("pattern.mlockall"):
+            cur, _ = p.getrlimit(RLIMIT_MEMLOCK)
+            if self.model.size > cur:
+                return
+            try:
+                p.mlockall(MCL_CURRENT | MCL_FUTURE)
+            except RequestError as e:
+                if e.errno not in (Errno.EAGAIN, Errno.ENOMEM):
+                    raise
+                p.munlockall()  # refused (the machine's own limit): nothing stays wired
+                return
+        self.locked = True
+        self._mincore(p, self.va, self.model.size)  # every page wired: resident
+
+    def _count(self, p: GreenProcess) -> None:
+        """One more operation of this process; its last reads the region and exits."""
         self.ops += 1
         if self.ops >= self.OPS_PER_PROCESS:
             with self.op("pattern.verify") as t:
@@ -106,6 +212,14 @@ class PatternUser(VerifyingUser):
             self.p = None
 
 
+INHERITS = {
+    "copy": MAP_INHERIT_COPY,
+    "share": MAP_INHERIT_SHARE,
+    "zero": MAP_INHERIT_ZERO,
+    "none": MAP_INHERIT_NONE,
+}
+
+
 class ForkerUser(VerifyingUser):
     """A fork tree over private, shared anonymous and shared file memory (module docstring)."""
 
@@ -113,6 +227,7 @@ class ForkerUser(VerifyingUser):
     PRIV_PAGES, SHARED_PAGES, FILE_PAGES = 8, 8, 8
     ROUNDS = 8  # scenarios a parent lives
     STORES = 3  # stores per process per region per round
+    MINHERIT = 0.5  # the share of rounds that begin with minherit on the private memory
 
     def on_start(self) -> None:
         super().on_start()
@@ -152,18 +267,28 @@ class ForkerUser(VerifyingUser):
         # the file mapping's model is the file's: it outlives the parent (shared stores
         # reach the file); the others are new zero-filled memory
         self.shared = ByteModel(self.SHARED_PAGES * pg)
-        self.priv: dict[int, ByteModel] = {p.asid: ByteModel(self.PRIV_PAGES * pg)}
-        self.parent, self.rounds = p, 0
+        # None: minherit NONE left the process without private memory there
+        self.priv: dict[int, ByteModel | None] = {p.asid: ByteModel(self.PRIV_PAGES * pg)}
+        self.parent, self.rounds, self.inherit = p, 0, "copy"
         return p
 
-    def _model(self, p: GreenProcess, region: str) -> ByteModel:
+    def _model(self, p: GreenProcess, region: str) -> ByteModel | None:
         if region == "private":
             return self.priv[p.asid]
         return self.shared if region == "shared" else self.fmodel
 
+    def _minherit(self, p: GreenProcess) -> None:
+        """minherit(2) of the private memory: what the round's forks do with it."""
+        how = self.rng.choice(sorted(INHERITS))
+        with self.op("forker.minherit"):
+            p.minherit(self.va["private"], self.PRIV_PAGES * self.page, INHERITS[how])
+        self.inherit = how
+
     def _write(self, p: GreenProcess) -> None:
         for region in ("private", "shared", "file"):
             model = self._model(p, region)
+            if model is None:
+                continue
             for _ in range(self.STORES):
                 n = log_uniform(self.rng, 1, self.page + 64)
                 off = self.rng.randrange(0, model.size - n + 1)
@@ -176,12 +301,24 @@ class ForkerUser(VerifyingUser):
     def _fork(self, p: GreenProcess) -> GreenProcess:
         with self.op("forker.fork"):
             c = p.fork()
-        self.priv[c.asid] = self.priv[p.asid].copy()  # private memory: copied at fork
+        mine = self.priv[p.asid]  # the child's mapping keeps the parent's inheritance
+        if mine is None or self.inherit == "none":
+            self.priv[c.asid] = None
+        elif self.inherit == "share":
+            self.priv[c.asid] = mine  # one amap: everyone's stores
+        elif self.inherit == "zero":
+            self.priv[c.asid] = ByteModel(mine.size)  # fresh zero-filled memory
+        else:
+            self.priv[c.asid] = mine.copy()  # copy-on-write
         return c
 
     def _read(self, p: GreenProcess) -> None:
         for region in ("private", "shared", "file"):
             model = self._model(p, region)
+            if model is None:  # minherit NONE: nothing mapped there
+                with self.op("forker.none"):
+                    _segv(p, self.va[region])
+                continue
             with self.op("forker.load") as t:
                 got = p.load(self.va[region], model.size)
                 t.nbytes = len(got)
@@ -190,6 +327,8 @@ class ForkerUser(VerifyingUser):
 
     def scenario(self) -> None:
         parent = self.parent if self.parent is not None else self._setup()
+        if self.rng.random() < self.MINHERIT:
+            self._minherit(parent)
         self._write(parent)
         kids = [self._fork(parent) for _ in range(self.rng.randint(1, 2))]
         if self.rng.random() < 0.5:
@@ -210,6 +349,15 @@ class ForkerUser(VerifyingUser):
             with self.op("forker.exit"):
                 parent.exit()
             self.parent = None
+
+
+def _segv(p: GreenProcess, va: int) -> None:
+    """A load at va must raise Segv (nothing is mapped there)."""
+    try:
+        p.load(va, 1)
+    except Segv:
+        return
+    raise RequestError(Errno.EBADMSG, f"process {p.asid} loaded {va:#x}: minherit NONE left it")
 
 
 class HogUser(VerifyingUser):

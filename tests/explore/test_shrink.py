@@ -158,3 +158,52 @@ def test_signature_blanks_numbers_and_addresses() -> None:
     assert signature(a) == signature(b)
     assert signature(a) != signature(a.replace("pdaemon", "uvm"))
     assert len(signature("x" * 100)) == 60
+
+
+def test_without_features_undoes_what_they_add_to_the_vm_calls_ops() -> None:
+    """A VM feature off removes its ops; send_loan off makes the others send nothing;
+    a file feature off makes their buffers anonymous; every candidate stays valid."""
+    ops = (
+        Op(
+            "trunc",
+            {"pages": 3, "view": "shared", "cow": 0, "cut": 10, "loan": True, "grow": False},
+        ),
+        Op("inherit", {"pages": 2, "buf": "private", "inherit": "share", "send": True}),
+        Op("advise", {"pages": 2, "buf": "shared", "advice": "free", "fork": False}),
+        Op("lockall", {"pages": 1, "more": 1, "flags": "future", "send": True, "end": "exit"}),
+    )
+    feats = (
+        "send_loan",
+        "file_shared",
+        "file_private",
+        "truncate",
+        "minherit",
+        "madvise",
+        "mlockall",
+    )
+    w = Workload(2 * MIB, 4 * MIB, feats, 0, 0, (ops,))
+    assert [made_by(op) for op in ops] == ["truncate", "minherit", "madvise", "mlockall"]
+    off = without_features(w, {"send_loan", "file_shared", "file_private"})
+    got = off.clients[0]
+    assert [op.kind for op in got] == ["trunc", "inherit", "advise", "lockall"]
+    assert [got[0].args["loan"], got[1].args["send"], got[3].args["send"]] == [False] * 3
+    assert [got[1].args["buf"], got[2].args["buf"]] == ["anon", "anon"]
+    assert got[0].args["view"] == "shared"  # a trunc's file is its own feature's
+    assert [op.kind for op in without_features(w, {"madvise", "truncate"}).clients[0]] == [
+        "inherit",
+        "lockall",
+    ]
+
+    def still_fails(c: Workload) -> bool:
+        assert all(made_by(op) in c.features for ops in c.clients for op in ops)
+        return any(op.kind == "inherit" and op.args["inherit"] == "share" for op in c.clients[0])
+
+    small = shrink(w, still_fails)
+    assert [op.kind for ops in small.clients for op in ops] == ["inherit"]
+    assert set(small.features) == {"minherit"}
+    assert small.clients[0][0].args == {
+        "pages": 2,
+        "buf": "anon",
+        "inherit": "share",
+        "send": False,
+    }

@@ -77,6 +77,7 @@ class WrongModelUser(PatternUser):
     """Test only: its model of memory is deliberately wrong (64 bytes it never stored)."""
 
     OPS_PER_PROCESS = 20  # the whole-range verify comes soon
+    MADVISE = 0.0  # a FREE of page 0 would make the model right
 
     def _begin(self) -> None:
         super()._begin()

@@ -27,11 +27,13 @@ LOCUSTFILE = ROOT / "machine" / "stress" / "locustfile.py"
 
 #: operations each user must have made in a short run (names "<user>.<step>")
 MUST = {
-    "pattern": {"pattern.store", "pattern.load", "pattern.map"},
-    "forker": {"forker.store", "forker.fork", "forker.load", "forker.exit"},
+    "pattern": {"pattern.store", "pattern.load", "pattern.map"}
+    | {"pattern.madvise", "pattern.mincore", "pattern.mlockall"},
+    "forker": {"forker.store", "forker.fork", "forker.load", "forker.exit", "forker.minherit"},
     "hog": {"hog.touch", "hog.check"},
     "sender": {"sender.fill", "sender.send", "sender.wire"},
-    "files": {"files.store", "files.load", "files.msync", "files.host"},
+    "files": {"files.store", "files.load", "files.msync", "files.host"}
+    | {"files.ftruncate", "files.truncated"},
     "churn": {"churn.attach", "churn.spawn", "churn.touch", "churn.load", "churn.detach"},
 }
 
@@ -84,6 +86,11 @@ MOVES = {
     "forker": ("uvm", "faults"),
     "files": ("uvm", "faults"),
 }
+#: and the VM calls' counters (issue 20): what the users' new operations must have done
+MOVES_TOO = {
+    "pattern": [("uvm", "madv_dontneed"), ("uvm", "mlockalls")],
+    "files": [("uvm", "truncations")],
+}
 
 
 @pytest.mark.timeout(30)
@@ -113,6 +120,7 @@ def counter(m: RealMachine, role: str, name: str) -> int:
 def test_user_runs_clean(machine: RealMachine, tmp_path: Path, name: str) -> None:
     role, what = MOVES.get(name, ("uvm", "faults"))
     before = counter(machine, role, what)
+    too = {rw: counter(machine, *rw) for rw in MOVES_TOO.get(name, [])}
     rc, stats, summary, err = run_locust(machine, tmp_path / "report", f"{name}=1")
     ops = {s["name"]: s for s in stats}
     made = {n for n, s in ops.items() if s["num_requests"] > 0}
@@ -125,6 +133,8 @@ def test_user_runs_clean(machine: RealMachine, tmp_path: Path, name: str) -> Non
     assert summary["panic"] is None
     assert rc == 0, err[-3000:]
     assert counter(machine, role, what) > before, f"{role}.{what} did not move"
+    for (r, c), was in too.items():
+        assert counter(machine, r, c) > was, f"{r}.{c} did not move"
     # every user left: the machine has its frames back and no file of ours stays on disk
     assert summary["vm"]["frames_back"] is True, summary["vm"]
     assert not list((machine.state / "disk").glob(f"stress-{name}-*"))
@@ -138,6 +148,7 @@ from machine.stress.users import USERS, PatternUser
 
 class WrongPatternUser(PatternUser):
     OPS_PER_PROCESS = 20  # a whole-region verify soon
+    MADVISE = MINCORE = LOCKALL = 0.0  # only loads see the wrong byte (a FREE would zero it)
 
     def _begin(self) -> None:
         super()._begin()

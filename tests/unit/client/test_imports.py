@@ -32,6 +32,7 @@ ORDERS = {
     "explore": (
         "workload",
         "calls",
+        "vmops",
         "run",
         "shrink",
         "explore",
