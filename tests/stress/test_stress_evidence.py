@@ -38,19 +38,27 @@ def test_a_corruption_is_dumped_at_once_and_explain_names_page_send_and_writer(
     tmp_path: Path,
 ) -> None:
     profile = with_overrides(load_profile("bug1999"), {"LOAN_KVA": "kernel_object"}, tmp_path)
-    status, s, err = stress(
-        tmp_path,
-        *("--ram", "4M", "--profile", profile, "--users", "4", "--spawn-rate", "4"),
-        *("--run-time", "8s", "--mix", "sender=2,hog=1"),
-        *("--nemesis", "link-slow", "--nemesis-period", "2"),  # loans stay out longer
-    )
+    for attempt in range(3):
+        run = tmp_path / f"run{attempt}"
+        status, s, err = stress(
+            run,
+            *("--ram", "4M", "--profile", profile, "--users", "4", "--spawn-rate", "4"),
+            *("--run-time", "8s", "--mix", "sender=2,hog=1"),
+            *("--nemesis", "link-slow", "--nemesis-period", "2"),  # loans stay out longer
+        )
+        # bug1999 has a second 1999 bug, uvm_unloanpage's "unowned but PG_BUSY!" panic (a
+        # loan's end racing the page daemon's claim): when it ends the run after the first
+        # corruption, the crash dump takes the report's place. Run again (the panic's own
+        # evidence is test_stress_cli's bug1999 run); the next run's corruption is checked.
+        if s.get("dump_reason") != "panic":
+            break
     assert status == 4, err[-3000:]
     assert s["corruption"] > 0
     first = s["corruptions"][0]
     assert s["dump"]
     assert s["dump_reason"].startswith("corruption: ")
     assert json.loads(s["dump_reason"].split(": ", 1)[1]) == first  # the first one's detail
-    ex = _explain(tmp_path / "report")
+    ex = _explain(run / "report")
     assert ex["outcome"] == "corruption"
     send = ex["send"]
     assert isinstance(send, dict)
