@@ -294,7 +294,9 @@ async def _fault_lower(
         return _finish(uvm, sp, va, npfn, e.prot, wire, False)
 
     if access & Prot.WRITE and pages.loan_count[pfn]:
-        pfn = await break_obj_loan(uvm, obj, pgoff, pfn, sp.asid, va)
+        pfn = await break_obj_loan(
+            uvm, obj, pgoff, pfn, f"write fault by asid {sp.asid} at {va:#x}"
+        )
     uvm.stats.flt_obj += 1
     prot = e.prot
     if e.cow or pages.loan_count[pfn]:

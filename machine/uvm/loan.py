@@ -322,10 +322,11 @@ async def break_anon_loan(uvm: Uvm, anon: Anon, old: int, asid: int, va: int) ->
     return npfn
 
 
-async def break_obj_loan(uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: int, va: int) -> int:
+async def break_obj_loan(uvm: Uvm, obj: UvmObject, pgoff: int, old: int, why: str) -> int:
     """uvm_loanbreak: the object gets a copy in place of its loaned page (uvm_pagereplace).
 
-    => old is BUSY on entry; returns the new page, BUSY, dirty, owned by obj."""
+    => old is BUSY on entry; returns the new page, BUSY, dirty, owned by obj; `why` (a
+       write fault, a truncation) is the revocation's reason."""
     pages = uvm.pages
     try:
         npfn = await uvm.alloc_page_wait()
@@ -333,7 +334,7 @@ async def break_obj_loan(uvm: Uvm, obj: UvmObject, pgoff: int, old: int, asid: i
         uvm.unbusy(old)
         raise
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(old)
-    await uvm.revoke([old], f"loan break: write fault by asid {asid} at {va:#x}")
+    await uvm.revoke([old], f"loan break: {why}")
     uvm.disown(old)
     pages.uobject[npfn] = obj.id
     pages.offset[npfn] = pgoff

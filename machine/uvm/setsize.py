@@ -129,7 +129,7 @@ async def _zero_tail(uvm: Uvm, obj: VnodeObject, size: int) -> None:
         if pages.loan_count[pfn]:
             # The kernel borrows these bytes: the object gets a copy (uvm_loanbreak);
             # the old page stays an orphan for its loans, unchanged.
-            pfn = await break_obj_loan(uvm, obj, pg, pfn, 0, 0)
+            pfn = await break_obj_loan(uvm, obj, pg, pfn, "ftruncate zeroes the last page's tail")
             pages.activate(pfn)
             uvm.stats.truncloanbreaks += 1
         uvm.ram.frame(pfn)[off:] = zeros
