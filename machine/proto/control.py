@@ -92,6 +92,12 @@ class CtlDirectory(Request, frozen=True, kw_only=True, tag="ctl.directory"):
 
 
 class CtlDirectoryReply(Reply, frozen=True, kw_only=True, tag="ctl.directory.reply"):
+    """Where each role is (`roles`, `events`), and what a client may rely on: the page size,
+    the frames of RAM, the profile, the lease; (1.7) `knobs`, the profile's table as the
+    machine runs it, `loan_threshold`, the bytes from which net.send loans (-1: never),
+    and `limits`, every limit of machine/limits.py (what each bounds and its errno: the
+    README's "Limits")."""
+
     roles: dict[str, RoleEndpoints] = msgspec.field(default_factory=dict)
     events: str = ""
     page_size: int = 0
@@ -99,6 +105,9 @@ class CtlDirectoryReply(Reply, frozen=True, kw_only=True, tag="ctl.directory.rep
     profile: str = ""
     state_dir: str = ""
     lease_s: float = 0.0
+    knobs: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    loan_threshold: int = 0
+    limits: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class RoleStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -97,6 +97,14 @@ def _knobs(profile: str) -> dict[str, Any]:
         return {}
 
 
+def _loan_threshold(profile: str) -> int:
+    """The bytes from which net.send loans under the profile (-1: never; 0: unknown)."""
+    try:
+        return load_profile(profile).settings.loan_threshold
+    except ProfileError:
+        return 0
+
+
 def _copy_into(path: str, folder: str) -> None:
     private_folder(Path(folder))
     copy_private(path, folder)
@@ -399,6 +407,9 @@ class Supervisor(Service):
             profile=self.profile,
             state_dir=self.state_dir,
             lease_s=self.lease_s,
+            knobs=_knobs(self.profile),
+            loan_threshold=_loan_threshold(self.profile),
+            limits=self.limits.to_dict(),
         )
 
     async def on_status(self, msg: CtlStatus) -> Reply:

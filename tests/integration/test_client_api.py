@@ -272,3 +272,21 @@ async def test_write_back_of_more_frames_than_one_message_carries() -> None:
         await p.exit()
         data = (Path(sim.state_dir) / "disk" / "big.bin").read_bytes()
         assert data[(npages - 1) * PAGE_SIZE :][:4] == b"last"
+
+
+async def test_the_directory_holds_what_a_client_may_rely_on(harness: Harness) -> None:
+    """ctl.directory (1.7): the page size, the lease, the profile's knobs, the loan
+    threshold and every limit, readable over the protocol (docs/client-guide.md)."""
+    from machine.limits import Limits
+    from machine.profile import load_profile
+
+    async with harness.attach() as m:
+        d = m.directory
+        assert d is not None
+        assert d.page_size == PAGE_SIZE
+        assert d.lease_s > 0
+        prof = load_profile(d.profile)
+        assert d.loan_threshold == prof.settings.loan_threshold
+        assert d.knobs == dict(prof.knobs)
+        assert set(d.limits) == set(Limits().to_dict())
+        assert all(v > 0 for v in d.limits.values())
