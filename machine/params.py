@@ -28,6 +28,11 @@ MAX_ACCESS_BYTES = 1 << 20
 #: to spare. Larger frames are refused unread (ZMQ_MAXMSGSIZE drops the connection).
 MAX_REQUEST_BYTES = MAX_ACCESS_BYTES + (1 << 20)
 
+#: The replay window of signed requests (machine.ipc.auth), in msg_ids, per session per
+#: role: an id more than REPLAY_WINDOW - 1 below the highest seen, or one seen within the
+#: window, is refused (EPERM "replayed request"). A protocol constant (docs/protocol.md).
+REPLAY_WINDOW = 4096
+
 #: RAM sizes accepted by --ram.
 MIN_RAM_BYTES = 16 * PAGE_SIZE
 MAX_RAM_BYTES = 64 << 30

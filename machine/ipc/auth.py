@@ -16,13 +16,42 @@ followed by a 16-byte tag:
     frame = body || HMAC-SHA256(session key, body)[:16]
 
 A request whose header names a session (incarnation != 0) must carry the tag
-of that session's key over its exact bytes, and its msg_id must not have been
-seen before from that session at this role (a replay window of REPLAY_WINDOW
-ids below the highest seen; ids below the window are refused). Only the
-public requests (`PUBLIC_TAGS`: hello, ping, stats, directory, status,
+of that session's key over its exact bytes (compared in constant time over all
+16 bytes, hmac.compare_digest), and a msg_id that passes the replay window.
+Only the public requests (`PUBLIC_TAGS`: hello, ping, stats, directory, status,
 attach) may come unsigned, with incarnation 0. Anything else is refused with
 EPERM before it is dispatched, and nothing changes. The refusal does not say
 whether the session exists.
+
+The msg_id rule (the replay window, as IPsec's and DTLS's). A role keeps, per
+session, the highest msg_id it has accepted (`high`) and which of the
+REPLAY_WINDOW (4096, machine.params) ids high, high-1, ..., high-4095 it has
+accepted. A signed request's msg_id (1 <= id < 2**63) is
+  * accepted if id > high (any distance ahead: the window slides to it);
+  * accepted if high - 4095 <= id < high and id was not accepted before (the
+    transport or a client's concurrent tasks may reorder a few requests);
+  * refused otherwise: a repeat within the window, or id <= high - 4096, even if
+    never seen (the role no longer knows). The answer is EPERM, detail
+    "replayed request (msg_id already seen from this session)", re = the id.
+So ids must roughly increase (a counter is right; random ids are not: one
+drawn below the highest seen minus 4095 is refused) and never repeat. The tag
+is checked first, so a forged frame never moves the window, and a request
+refused by the tag or the window changes nothing. Once both pass, the id is
+used whatever the answer (EAGAIN, ENOSYS, an errno of the handler): a retry
+takes a new id.
+
+Scope: one window per session per role (each role's SessionAuth), not one per
+session across roles. Per-role windows need no state shared between processes
+(the mmu checks a request without asking uvm, as with keys). A frame
+captured at one role and replayed to another is judged by that role's window
+and may pass it, but a session request's tag names the one role that serves
+it, so elsewhere it is ENOSYS and changes nothing (the ctl.* requests
+several roles serve change no VM state). A client that numbers its requests from
+one counter across roles sends each role an increasing subsequence, which
+passes each role's window; one window across roles would also pass it but
+would need every role to share a window per session (a message, or shared
+memory, per request) for no added protection. A session's window outlives its
+key (forget()) while the role remembers it (_MAX_WINDOWS sessions, LRU).
 
 Invariants:
   * An identifier others can see (a session id, an asid, a socket id, a
@@ -48,9 +77,10 @@ import hmac
 import secrets
 from pathlib import Path
 
+from machine.params import REPLAY_WINDOW as REPLAY_WINDOW  # re-exported: this module's rule
+
 TAG_LEN = 16
 KEY_LEN = 32
-REPLAY_WINDOW = 4096
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 #: Session ids and msg_ids a signed request may carry: 0 < n < 2**63 (as the header's types).
 _ID_LIMIT = 1 << 63

@@ -6,7 +6,8 @@ which the service turns into an ErrorReply with the errno named here) or None:
   * `decode_frame`: step 1, the bytes. A kernel frame is one msgpack message; a user
     frame is body || 16-byte tag (machine.ipc.auth), or a bare body for the public
     requests. => (message, the signed body, the tag or None); BadMessage (EBADMSG or
-    EINVAL, with the msg_id when one could be read) for anything else.
+    EINVAL) for anything else, carrying the msg_id whenever the header's msg_id could be
+    read from either reading of the frame (signed or bare), else 0.
   * `refusal`: steps 2, 3 and the public half of 3a: another major protocol version
     (EPROTO), a kernel message on the user endpoint or the reverse (EPERM), a request
     without a session that is not one of PUBLIC_TAGS (EPERM).
@@ -35,8 +36,12 @@ def decode_frame(raw: bytes, endpoint: Scope) -> tuple[Request, bytes | memoryvi
     """Step 1. => (msg, body, tag); tag is None for a kernel or an unsigned user frame.
 
     A msgpack message's length follows from its bytes, so at most one of the two
-    readings of a user frame decodes; when neither does, the signed reading's error is
-    the more useful one unless those bytes did not decode at all.
+    readings of a user frame decodes as one whole msgpack value. When neither is a
+    valid request, the error answered is the one of the reading whose header could be
+    read (its msg_id is echoed: a client matching replies on `re` gets its answer,
+    say EBADMSG for a signed request with an unknown tag); when neither header could
+    be read (re=0), the signed reading's error is the more useful one unless those
+    bytes did not decode at all.
     """
     if endpoint is not Scope.USER or len(raw) <= TAG_LEN:
         return decode_request(raw), raw, None
@@ -47,6 +52,8 @@ def decode_frame(raw: bytes, endpoint: Scope) -> tuple[Request, bytes | memoryvi
         try:
             return decode_request(raw), raw, None
         except BadMessage as bare:
+            if signed.msg_id or bare.msg_id:
+                raise (signed if signed.msg_id else bare) from None
             raise (bare if signed.errno is Errno.EBADMSG else signed) from None
 
 

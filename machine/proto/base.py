@@ -115,12 +115,17 @@ SenderName = Annotated[str, msgspec.Meta(max_length=SENDER_MAX)]
 class Header(msgspec.Struct, frozen=True, kw_only=True):
     """Carried by every message.
 
-    msg_id: per-sender counter, > 0 for requests; re: the msg_id answered
-    (replies), else 0; sender: role name or "client" (at most SENDER_MAX
-    characters); incarnation: random per process start (62 bits; a client's is
-    its session id from uvm.attach, 0 before it; on a user endpoint a request of
-    a session is followed by its tag, see machine.ipc.auth); proto: (major,
-    minor); sent_ns: the sender's injected clock.
+    msg_id: per-sender counter, > 0 for requests (a signed request's must pass
+    its role's replay window, machine.ipc.auth: per session per role, 4096 ids,
+    machine.params.REPLAY_WINDOW; ids must roughly increase and never repeat; an
+    id 4096 or more below the highest seen, or a repeat within the window, is
+    EPERM "replayed request"); re: the msg_id answered (replies; an error reply
+    echoes it whenever the request's header could be read, else 0), else 0;
+    sender: role name or "client" (at most SENDER_MAX characters); incarnation:
+    random per process start (62 bits; a client's is its session id from
+    uvm.attach, 0 before it; on a user endpoint a request of a session is
+    followed by its tag, see machine.ipc.auth); proto: (major, minor); sent_ns:
+    the sender's injected clock.
     => every number is in [0, 2**63) (EINVAL otherwise), so no header can
        carry a value that a role's arithmetic on ids cannot hold;
        a longer sender is EINVAL too (headers go into the role's trace).

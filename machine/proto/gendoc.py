@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from machine.params import MAX_REQUEST_BYTES
+from machine.params import MAX_REQUEST_BYTES, REPLAY_WINDOW
 from machine.proto.base import PROTOCOL_VERSION, Errno, Header, Msg, Request
 from machine.proto.codec import EVENTS, REPLIES, REQUESTS, tag_of
 
@@ -97,8 +97,8 @@ def render() -> str:
         "",
         "A client first sends `uvm.attach` (unsigned, header `incarnation` 0) and gets its "
         "session: a public id and a 32-byte secret `key`. Every later request of the session "
-        "has the id as its header's `incarnation`, a fresh `msg_id` (never reused: replays "
-        "are refused), and is followed on the wire by a 16-byte tag: "
+        "has the id as its header's `incarnation`, a `msg_id` by the rule below (ids roughly "
+        "increase and never repeat), and is followed on the wire by a 16-byte tag: "
         "`frame = body + HMAC-SHA256(key, body)[:16]`, where `body` is the request's msgpack "
         "bytes. A user endpoint refuses with `EPERM` a request that is unsigned, signed with "
         "another key, altered, or replayed; only `ctl.hello`, `ctl.ping`, `ctl.stats`, "
@@ -114,6 +114,7 @@ def render() -> str:
         "|---|---|---|",
     ]
     out += _fields(Header)
+    out += _msg_id_rule()
     out += ["", "## Errnos", ""]
     out += [f"- `{e.value}`" for e in Errno]
     out += [""]
@@ -132,6 +133,38 @@ def render() -> str:
             for cls in by_area[area]:
                 out += ["#" + ln if ln.startswith("### ") else ln for ln in _section(cls)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _msg_id_rule() -> list[str]:
+    """The msg_id and reply-matching rules (machine.ipc.auth), for the reference."""
+    w = REPLAY_WINDOW
+    return [
+        "",
+        "## msg_id, replies and the replay window",
+        "",
+        "- Every reply's header has `re` = the request's `msg_id`. An error reply does too "
+        "whenever the request's header could be read (an unknown tag, wrong field types, "
+        "out-of-range fields, a bad signature, a replay, the wrong endpoint, ...): a client "
+        "that matches replies on `re` gets every answer. Only bytes whose header cannot be "
+        "read (not msgpack, no map, no `h`, a `msg_id` that is not an int in [1, 2^63)) "
+        "are answered with `re` 0; a client cannot match those and drops them.",
+        f"- **The replay window.** Each role keeps, per session, the highest `msg_id` it "
+        f"has accepted (`high`) and which of the {w} ids `high`, `high`-1, ..., "
+        f"`high`-{w - 1} it has accepted. A signed request's `msg_id` is accepted if it is "
+        f"above `high` (any distance: the window slides to it) or in [`high`-{w - 1}, "
+        f"`high`) and not accepted before; anything else (a repeat within the window, or "
+        f"an id `high`-{w} or lower, even one never sent) is refused with `EPERM`, detail "
+        '"replayed request (msg_id already seen from this session)". So ids must roughly '
+        "increase and never repeat: a counter is right; random ids are not (one drawn "
+        f"{w} or more below the highest sent is refused). Up to {w - 1} requests may "
+        "arrive out of order (concurrent requests of one client).",
+        "- **Scope:** one window per session per role (uvm, mmu, net, pdaemon, supervisor "
+        "each keep their own), so one counter for all of a client's requests passes every "
+        "role's window. A request refused for its tag or its `msg_id` changes nothing (the "
+        "tag is checked first: a forged frame never moves the window); once both pass, "
+        "the id is used whatever the answer (`EAGAIN` included): a retry takes a new id. "
+        "Unsigned public requests (session 0) have no window.",
+    ]
 
 
 def main(argv: list[str]) -> int:

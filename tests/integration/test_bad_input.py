@@ -352,6 +352,49 @@ async def test_forged_sessions_get_no_access_and_change_nothing(
         assert q.asid != p.asid
 
 
+def test_a_client_matching_on_re_gets_its_error_replies(raw: RawClient) -> None:
+    """Issue 21: a signed request with an unknown tag was answered EBADMSG with re=0, so a
+    client matching replies on `re` waited out its timeout. Every refusal whose header
+    reads is answered to its msg_id, at every role, over real sockets."""
+    for role in ROLES:
+        for obj, how, errno in [
+            ({"t": "nosuch.verb"}, {}, "EBADMSG"),  # the issue's case: signed, unknown tag
+            ({"t": "nosuch.verb"}, {"signed": False}, "EBADMSG"),
+            ({"t": "uvm.fault.reply"}, {}, "EBADMSG"),
+            ({"t": "mmu.load", "asid": "one", "va": 0, "n": 1}, {}, "EINVAL"),
+            ({"t": "pd.wakeup"}, {}, "EPERM"),
+            ({"t": "ctl.ping"}, {"key": os.urandom(32)}, "EPERM"),
+        ]:
+            h = raw.header()
+            rep = raw.msg(role, {**obj, "h": h}, **how)
+            _assert_error(rep, errno)
+            assert rep is not None
+            assert rep["h"]["re"] == h["msg_id"], (role, obj, rep)
+        # Only bytes whose header cannot be read are answered with re 0.
+        rep = raw.send(role, b"\xc1")
+        _assert_error(rep, "EBADMSG")
+        assert rep is not None
+        assert rep["h"]["re"] == 0
+
+
+def test_a_tag_off_in_its_last_byte_is_refused_and_marks_nothing(raw: RawClient) -> None:
+    """A forged tag that differs from the valid one only in its last byte (or a middle
+    one) is EPERM at every role, and the msg_id it carried is still unused."""
+    for role in ROLES:
+        for i in (TAG_LEN - 1, TAG_LEN // 2):
+            h = raw.header()
+            body = msgpack.packb({"t": "ctl.ping", "h": h})
+            tag = sign(raw.key, body)
+            forged = tag[:i] + bytes([tag[i] ^ 1]) + tag[i + 1 :]
+            rep = raw.send(role, body + forged, signed=False)
+            _assert_error(rep, "EPERM")
+            assert rep is not None
+            assert rep["h"]["re"] == h["msg_id"]
+            ok = raw.send(role, body + tag, signed=False)  # the genuine frame, same msg_id
+            assert ok is not None
+            assert (ok["status"], ok["h"]["re"]) == ("ok", h["msg_id"]), ok
+
+
 async def test_the_machine_survives_fuzzing(real_machine: RealMachine, raw: RawClient) -> None:
     raw.msg("uvm", {"t": "uvm.detach", "h": raw.header()})  # drop what fuzzing spawned
     async with Machine.attach(real_machine.endpoint) as m:
