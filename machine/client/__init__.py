@@ -24,6 +24,7 @@ Errors a caller can see (all MachineError):
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine
   Sigbus          the access was beyond the end of a mapped file (SIGBUS)
   OutOfMemory     no frame could be had for the fault
+  SessionEnded    the session ended (ESESSION, at every role)
   MachinePanic    the machine panicked; every pending and later call raises it
   MachineStopped  the machine stopped cleanly (or is stopping); every pending
                   and later call raises it, within a second of the stop
@@ -54,6 +55,7 @@ from machine.client.errors import (
     OutOfMemory,
     RequestError,
     Segv,
+    SessionEnded,
     Sigbus,
 )
 from machine.client.feed import RECV_PACKETS, RECV_WAIT_MS, WireFeed
@@ -127,6 +129,7 @@ __all__ = [
     "Segv",
     "SendResult",
     "Session",
+    "SessionEnded",
     "Sigbus",
     "Socket",
     "Wire",

@@ -3,6 +3,8 @@
   Segv            the access had no valid mapping (SIGSEGV); the machine is fine
   Sigbus          the access was beyond the end of a mapped file (SIGBUS)
   OutOfMemory     no frame could be had for the fault (ENOMEM)
+  SessionEnded    the session ended (detached, or reaped after a silent lease):
+                  the same answer (ESESSION) from every role; attach again
   MachinePanic    the machine panicked; every pending and later call raises it
   MachineStopped  the machine stopped cleanly (or is stopping); every pending
                   and later call raises it, within a second of the stop
@@ -72,13 +74,23 @@ class OutOfMemory(RequestError):
         super().__init__(Errno.ENOMEM, detail)
 
 
+class SessionEnded(RequestError):
+    """ESESSION: the session has ended (detached, reaped or reclaimed); attach again."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Errno.ESESSION, detail)
+
+
 def reply_error(rep: Reply) -> MachineError:
     """The exception an error reply stands for: EPANIC MachinePanic, ESHUTDOWN
-    MachineStopped, ENOMEM OutOfMemory, any other RequestError (errno + detail)."""
+    MachineStopped, ENOMEM OutOfMemory, ESESSION SessionEnded, any other
+    RequestError (errno + detail)."""
     if rep.errno is Errno.EPANIC:
         return MachinePanic(rep.detail)
     if rep.errno is Errno.ESHUTDOWN:
         return MachineStopped(rep.detail)
     if rep.errno is Errno.ENOMEM:
         return OutOfMemory(rep.detail)
+    if rep.errno is Errno.ESESSION:
+        return SessionEnded(rep.detail)
     return RequestError(rep.errno or Errno.EINVAL, rep.detail)

@@ -53,6 +53,14 @@ would need every role to share a window per session (a message, or shared
 memory, per request) for no added protection. A session's window outlives its
 key (forget()) while the role remembers it (_MAX_WINDOWS sessions, LRU).
 
+Leases and ended sessions: every request that passes check() marks its
+session seen (`take_seen`); each role reports the sessions it saw to uvm in
+batches (uvm.sessions_seen from net, pmap.sessions to the mmu), never one
+message per request, and uvm renews their leases. When uvm ends a session it
+tells the roles (the reply's `ended` lists, the uvm.session_ended event), each
+calls `forget`, and from then on a signed request of that session is answered
+ESESSION at every role (machine.ipc.service), never ESRCH or EBADF.
+
 Invariants:
   * An identifier others can see (a session id, an asid, a socket id, a
     handle) never authorises anything: only a tag made with the session key
@@ -158,6 +166,10 @@ class SessionAuth:
         self._macs: collections.OrderedDict[int, Mac] = collections.OrderedDict()
         # sid -> (highest msg_id seen, bitmap: bit i set = highest - i seen)
         self._windows: collections.OrderedDict[int, tuple[int, int]] = collections.OrderedDict()
+        #: Sessions whose requests passed check() since the last take_seen() (the lease
+        #: report to uvm), and sessions known to have ended (bounded, LRU).
+        self._seen: set[int] = set()
+        self._ended: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.refused = 0
         self.replays = 0
 
@@ -206,8 +218,28 @@ class SessionAuth:
         self._windows.move_to_end(sid)
         if len(self._windows) > _MAX_WINDOWS:
             self._windows.popitem(last=False)
+        if sid not in self._ended and len(self._seen) < _MAX_WINDOWS:
+            self._seen.add(sid)
         return ""
 
+    def take_seen(self, limit: int) -> list[int]:
+        """=> up to `limit` sessions whose requests passed check() since the last call
+        (each once); the rest stay for the next call."""
+        out: list[int] = []
+        while self._seen and len(out) < limit:
+            out.append(self._seen.pop())
+        return sorted(out)
+
     def forget(self, sid: int) -> None:
-        """The session ended: drop its cached key (its window stays, against replays)."""
+        """The session ended: drop its cached key (its window stays, against replays) and
+        remember it ended (`ended`), so its requests get the one "session ended" answer."""
         self._macs.pop(sid, None)
+        self._seen.discard(sid)
+        self._ended[sid] = None
+        self._ended.move_to_end(sid)
+        if len(self._ended) > _MAX_WINDOWS:
+            self._ended.popitem(last=False)
+
+    def ended(self, sid: int) -> bool:
+        """Did uvm say this session ended? (the last _MAX_WINDOWS ended sessions)"""
+        return sid in self._ended

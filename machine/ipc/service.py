@@ -16,7 +16,8 @@ What happens to every incoming request, in order:
      header names (machine.ipc.auth: a 16-byte tag after the msgpack bytes),
      or that replays a msg_id that session already sent here: EPERM. Only
      the public requests (hello, ping, stats, directory, status, attach)
-     may come unsigned, from session 0.
+     may come unsigned, from session 0. A signed request of a session that
+     has ended: ESESSION, at every role.
   4. The role has panicked or was halted: EPANIC with the panic message
      (except ctl.ping/dump/shutdown, which still work for the supervisor).
   5. Not served by this role: ENOSYS.
@@ -425,7 +426,7 @@ class Service(CtlHandlers):
                 return self.error(h.msg_id, Errno.EPERM, why)
             if not self.session_ok(h):
                 return self.error(
-                    h.msg_id, Errno.EPERM, "the session has ended (detached or reaped)"
+                    h.msg_id, Errno.ESESSION, "the session has ended (detached or reaped)"
                 )
             if type(msg) in self._limited and (
                 self._inflight[h.incarnation] >= self.limits.inflight
@@ -489,8 +490,9 @@ class Service(CtlHandlers):
         return self.error(re, Errno.EPANIC, self.panic_message)
 
     def session_ok(self, h: Header) -> bool:
-        """Hook: is h's (authenticated) session still live here? (uvm holds the registry)."""
-        return True
+        """Hook: is h's (authenticated) session still live? (uvm holds the registry; the
+        other roles know the sessions uvm told them ended: machine.ipc.auth)."""
+        return not self.auth.ended(h.incarnation)
 
     def user_seen(self, h: Header) -> None:
         """Hook: a user request from session h.incarnation arrived (uvm renews leases)."""

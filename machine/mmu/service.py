@@ -11,7 +11,9 @@ is a machine panic (the supervisor's policy).
 Ownership: a client may load/store only in address spaces whose pmap was
 created for its session (pmap.create's `owner`, checked against the header's
 session, which the Service has authenticated); another session's asid and an
-unknown one are both ESRCH, the kernel's EPERM.
+unknown one are both ESRCH, the kernel's EPERM. A session uvm said ended
+(pmap.sessions) is ESESSION; the sessions served here go to uvm on the next
+pmap.sessions reply, which renews their leases (machine.uvm.service).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from machine.mmu.cpu import Access, TrapQueue, step
 from machine.mmu.pmap import Fault, Mmu
 from machine.params import KERNEL_ASID
 from machine.proto import (
+    SESSIONS_BATCH,
     Errno,
     MmuAccessReply,
     MmuKload,
@@ -53,6 +56,8 @@ from machine.proto import (
     PmapPvReply,
     PmapRemove,
     PmapResolve,
+    PmapSessions,
+    PmapSessionsReply,
     PmapTrapwait,
     PmapTrapwaitReply,
     PmapUhold,
@@ -94,6 +99,7 @@ class MmuService(Service):
         PmapUhold,
         PmapUrelease,
         PmapTrapwait,
+        PmapSessions,
         PmapResolve,
     )
 
@@ -309,6 +315,13 @@ class MmuService(Service):
         if isinstance(got, list):
             return self.reply(msg, PmapTrapwaitReply, traps=got)
         return got.map(lambda traps: self.reply(msg, PmapTrapwaitReply, traps=traps))
+
+    def on_sessions(self, msg: PmapSessions) -> Reply:
+        """uvm's lease report: forget the ended sessions (their requests get ESESSION);
+        => the sessions served here since the last report (uvm renews their leases)."""
+        for sid in msg.ended:
+            self.auth.forget(sid)
+        return self.reply(msg, PmapSessionsReply, seen=self.auth.take_seen(SESSIONS_BATCH))
 
     def on_resolve(self, msg: PmapResolve) -> None:
         for ans in msg.answers:

@@ -43,6 +43,8 @@ from machine.proto import (
     UvmLoanChunksReply,
     UvmOwners,
     UvmOwnersReply,
+    UvmSessionsSeen,
+    UvmSessionsSeenReply,
     UvmUnloanChunks,
 )
 from machine.proto.types import Prot
@@ -122,6 +124,13 @@ class BusKernel:
             UvmOwners(h=NO_HEADER, asids=asids, sessions=sessions), UvmOwnersReply
         )
         return list(rep.owners), list(rep.live)
+
+    async def sessions_seen(self, sessions: list[int]) -> list[int]:
+        """uvm.sessions_seen: renew the leases of sessions served here. => those ended."""
+        rep = await self.uvm.call_ok(
+            UvmSessionsSeen(h=NO_HEADER, sessions=sessions), UvmSessionsSeenReply
+        )
+        return list(rep.ended)
 
     async def loan(
         self, asid: int, owner: int, chunks: list[tuple[int, int]]

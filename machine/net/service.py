@@ -7,7 +7,10 @@ is built by machine.net.kernel.BusKernel, which holds the two peers. What is her
     operator's tap_listen, tap_recv, tap_unlisten);
   * the connections (machine.rolespec): connect() opens uvm and the mmu (BusKernel's
     peers), subscribes to uvm.proc_exited (fast, may be lost), starts the reconciler,
-    which asks uvm.owners every RECONCILE_S (reliable), and the driver; start()
+    which asks uvm.owners every RECONCILE_S (reliable), the lease reporter
+    (uvm.sessions_seen every lease_s / 4: the sessions served here, whose leases
+    uvm renews; uvm.session_ended events and its replies say which ended: those
+    get ESESSION), and the driver; start()
     then publishes net.link_up.
   * the driver's end. The driver stops when a peer it calls panicked (PeerPanic). net
     itself did not panic: it publishes no ctl.panic and still answers ctl.ping, so the
@@ -34,6 +37,7 @@ from machine.net.kernel import BusKernel
 from machine.net.knobs import net_knobs
 from machine.profile import DEFAULT_PROFILE, Profile
 from machine.proto import (
+    SESSIONS_BATCH,
     Errno,
     NetClose,
     NetLink,
@@ -54,6 +58,7 @@ from machine.proto import (
     Request,
     UserError,
     UvmProcExited,
+    UvmSessionEnded,
     decode_event,
 )
 from machine.ram import Ram
@@ -88,6 +93,7 @@ class NetService(Service):
         uvm: str = "",
         mmu: str = "",
         uvm_pub: str = "",
+        lease_s: float = 10.0,
         **kw: Any,
     ) -> None:
         """uvm, mmu: the roles' kernel endpoints, uvm_pub uvm's events (opened by
@@ -95,6 +101,7 @@ class NetService(Service):
         super().__init__(transport, limits=limits, **kw)
         self.ram = ram
         self.uvm_pub = uvm_pub
+        self.lease_s = lease_s
         self.kernel = BusKernel(self.peer("uvm", uvm), self.peer("mmu", mmu))
         self.net = Net(
             self.kernel,
@@ -131,8 +138,9 @@ class NetService(Service):
 
     async def _watch(self, uvm_pub: str) -> None:
         """uvm.proc_exited (fast, may be lost) and the reconciler's uvm.owners (reliable)."""
-        self._uvm_sub = await self.subscribe("uvm", uvm_pub, "uvm.proc_exited", self._on_uvm)
+        self._uvm_sub = await self.subscribe("uvm", uvm_pub, "uvm.", self._on_uvm)
         self.spawn(self._reconciler(), "socket reconciler")
+        self.spawn(self._lease_reporter(), "lease reporter")
 
     def _start_driver(self) -> None:
         if self._driver is None:
@@ -159,6 +167,8 @@ class NetService(Service):
             return
         if isinstance(ev, UvmProcExited):
             self.net.sockets.process_exited(ev.asid, ev.reason)
+        elif isinstance(ev, UvmSessionEnded):
+            self.auth.forget(ev.session)
 
     async def _run_driver(self) -> None:
         self.driver_stopped(await self.net.driver.run())
@@ -176,6 +186,22 @@ class NetService(Service):
             await self.clock.sleep(RECONCILE_S)
             if self.state == "running":
                 await self.net.reconcile()
+
+    async def _lease_reporter(self) -> None:
+        """Every lease_s / 4: uvm.sessions_seen with the sessions served here since the
+        last report (uvm renews their leases); forget those uvm says ended."""
+        while True:
+            await self.clock.sleep(self.lease_s / 4)
+            seen = self.auth.take_seen(SESSIONS_BATCH)
+            if not seen or self.state != "running":
+                continue
+            try:
+                ended = await self.kernel.sessions_seen(seen)
+            except RemoteError as e:
+                self.trace.append(f"uvm.sessions_seen failed ({e.errno}); next time")
+                continue
+            for sid in ended:
+                self.auth.forget(sid)
 
     # -- sockets ----------------------------------------------------------------------
 

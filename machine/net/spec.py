@@ -20,6 +20,7 @@ def build(ctx: RoleContext) -> NetService:
         uvm=ctx.endpoint("uvm"),
         mmu=ctx.endpoint("mmu"),
         uvm_pub=ctx.endpoint("uvm", "pub"),
+        lease_s=ctx.lease_s,
         **ctx.service_args(),
     )
 

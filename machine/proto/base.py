@@ -67,6 +67,9 @@ class Errno(enum.StrEnum):
     ETIMEDOUT = "ETIMEDOUT"  # a peer did not answer in time
     EPANIC = "EPANIC"  # the machine has panicked; detail holds the panic message
     ESHUTDOWN = "ESHUTDOWN"  # the machine is shutting down
+    #: The request's session has ended (detached, reaped after its lease, or reclaimed):
+    #: the one answer every role gives a signed request of an ended session; attach again. (1.7)
+    ESESSION = "ESESSION"
 
 
 class ErrnoError(Exception):

@@ -177,6 +177,8 @@ class PmapKremove(Request, frozen=True, kw_only=True, tag="pmap.kremove"):
 
 #: Ranges (loan chunks, mbufs) in one batched kernel message: a caller sends more in batches.
 MAX_CHUNKS = 64
+#: Sessions per pmap.sessions / uvm.sessions_seen list (the rest go in the next one). (1.7)
+SESSIONS_BATCH = 4096
 #: Pages of one range in a batched kernel message (a loan KVA slot's worth at most).
 ChunkPages = Annotated[int, msgspec.Meta(ge=1, le=4096)]
 #: (va, npages): a page-aligned range.
@@ -211,6 +213,28 @@ class PmapKextractRangesReply(Reply, frozen=True, kw_only=True, tag="pmap.kextra
     pfns: list[list[int]] = msgspec.field(default_factory=list)
     fault_vas: list[int] = msgspec.field(default_factory=list)
     details: list[str] = msgspec.field(default_factory=list)
+
+
+class PmapSessions(Request, frozen=True, kw_only=True, tag="pmap.sessions"):
+    """uvm tells the mmu which sessions ended and learns which it served. (1.7)
+
+    => uvm sends one every lease_s / 4 (its lease reaper) and one as a session ends,
+       before its processes exit. The mmu answers the requests of every session in
+       `ended` ESESSION from then on.
+    Reply: PmapSessionsReply; `seen`: sessions whose user requests the mmu served
+    since its last such reply (at most SESSIONS_BATCH; the rest in the next one):
+    uvm renews their leases.
+    """
+
+    ended: Annotated[list[int], msgspec.Meta(max_length=SESSIONS_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class PmapSessionsReply(Reply, frozen=True, kw_only=True, tag="pmap.sessions.reply"):
+    seen: Annotated[list[int], msgspec.Meta(max_length=SESSIONS_BATCH)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class PmapUhold(Request, frozen=True, kw_only=True, tag="pmap.uhold"):

@@ -15,7 +15,7 @@ import msgspec
 
 from machine.proto.base import Errno, Event, Reply, Request, Scope
 from machine.proto.pageinfo import PD_SCAN_LIMIT
-from machine.proto.pmap import MAX_CHUNKS, PageRange
+from machine.proto.pmap import MAX_CHUNKS, SESSIONS_BATCH, PageRange
 from machine.proto.types import Asid, Length, PfnList, ProtBits, Va
 
 
@@ -232,6 +232,34 @@ class UvmOwners(Request, frozen=True, kw_only=True, tag="uvm.owners"):
 class UvmOwnersReply(Reply, frozen=True, kw_only=True, tag="uvm.owners.reply"):
     owners: list[int] = msgspec.field(default_factory=list)
     live: list[bool] = msgspec.field(default_factory=list)
+
+
+class UvmSessionsSeen(Request, frozen=True, kw_only=True, tag="uvm.sessions_seen"):
+    """The sessions a role served since its last report: each one's lease is renewed. (1.7)
+
+    => kernel endpoint; net sends one every lease_s / 4 while it served any session
+       (the mmu's report rides on pmap.sessions, which uvm sends). Never one message
+       per request: a role collects the sessions and reports them in batches.
+    Reply: UvmSessionsSeenReply; `ended`: those of `sessions` that uvm no longer
+    holds (the role answers their requests ESESSION from then on).
+    """
+
+    sessions: Annotated[list[int], msgspec.Meta(max_length=SESSIONS_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class UvmSessionsSeenReply(Reply, frozen=True, kw_only=True, tag="uvm.sessions_seen.reply"):
+    ended: Annotated[list[int], msgspec.Meta(max_length=SESSIONS_BATCH)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class UvmSessionEnded(Event, frozen=True, kw_only=True, tag="uvm.session_ended"):
+    """A session ended (detach, lease reaped, reclaimed): its requests get ESESSION. (1.7)"""
+
+    session: int
+    reason: str
 
 
 class UvmPressure(Event, frozen=True, kw_only=True, tag="uvm.pressure"):

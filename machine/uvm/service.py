@@ -3,8 +3,13 @@
 Sessions and leases: uvm makes every client session (uvm.attach: a random
 public id and its key, machine.ipc.auth) and is the registry of live ones;
 the Service has checked each user request's signature before it gets here,
-and a request of a session uvm no longer holds (detached, reaped) is EPERM.
-Every user request renews the session's lease; a session silent for longer
+and a request of a session uvm no longer holds (detached, reaped) is
+ESESSION, at uvm and (once uvm has told them) at every role. Every user
+request renews the session's lease, at any role: uvm's own at once; the mmu's
+and net's in batches (the sessions each served since its last report, on the
+pmap.sessions uvm sends every lease_s / 4 and on net's uvm.sessions_seen). As
+a session ends uvm tells the mmu (pmap.sessions) and publishes
+uvm.session_ended (net), before its processes exit. A session silent for longer
 than `lease_s` (it died, or its host vanished) has its processes exited, as
 if each had called exit: every frame they held goes back to the free list.
 A clean client detaches (uvm.detach) instead of waiting for its lease; a
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from machine.ipc import ids
+from machine.ipc.peer import RemoteError
 from machine.ipc.service import Service
 from machine.limits import Limits
 from machine.params import PAGE_SIZE
@@ -40,6 +46,8 @@ from machine.proto import (
     CtlShutdown,
     Errno,
     Header,
+    PmapSessions,
+    PmapSessionsReply,
     Reply,
     Request,
     UserError,
@@ -72,6 +80,9 @@ from machine.proto import (
     UvmPdSnapshotReply,
     UvmPressure,
     UvmProcExited,
+    UvmSessionEnded,
+    UvmSessionsSeen,
+    UvmSessionsSeenReply,
     UvmSpawn,
     UvmSpawnReply,
     UvmUnloanChunks,
@@ -123,6 +134,7 @@ class UvmService(VmCallHandlers, Service):
         UvmUnloanChunks,
         UvmKfault,
         UvmOwners,
+        UvmSessionsSeen,
         *VmCallHandlers.VM_CALLS,
     )
 
@@ -225,6 +237,30 @@ class UvmService(VmCallHandlers, Service):
             msg, UvmAttachReply, session=sid, key=self.auth.key(sid), lease_s=self.lease_s
         )
 
+    def _renew(self, sids: list[int]) -> list[int]:
+        """Renew the leases of `sids` (seen at another role). => those that have ended."""
+        now, ended = self.clock.now_s(), []
+        for sid in sids:
+            if sid in self.sessions:
+                self.sessions[sid] = now
+            else:
+                ended.append(sid)
+        return ended
+
+    async def _sync_mmu(self, ended: list[int]) -> None:
+        """pmap.sessions: tell the mmu of `ended`; renew the sessions it served."""
+        rep = await self.mmu.call_ok(PmapSessions(h=_H, ended=ended), PmapSessionsReply)
+        self._renew(list(rep.seen))
+
+    def _ended(self, sid: int, reason: str) -> None:
+        """The session ends here: uvm forgets it and says so (uvm.session_ended)."""
+        self.sessions.pop(sid, None)
+        self.auth.forget(sid)
+        self.publish(UvmSessionEnded(h=self.event_header(), session=sid, reason=reason))
+
+    def on_sessions_seen(self, msg: UvmSessionsSeen) -> Reply:
+        return self.reply(msg, UvmSessionsSeenReply, ended=self._renew(list(msg.sessions)))
+
     def _reclaim_idle(self) -> bool:
         """End the least recently seen session that holds no process and no open file
         and has been silent for reclaim_idle_s. => whether one was ended.
@@ -242,23 +278,31 @@ class UvmService(VmCallHandlers, Service):
             return False
         _, sid = min(idle)
         self.recorder.note("session reclaimed", session=sid)
-        del self.sessions[sid]
-        self.auth.forget(sid)
+        self._ended(sid, "reclaimed")
+        self.spawn(self._sync_mmu([sid]), "pmap.sessions")
         vm.stats.sessreclaimed += 1
         return True
 
     async def _reaper(self) -> None:
         while True:
             await self.clock.sleep(self.lease_s / 4)
+            self.auth.take_seen(1 << 30)  # uvm's own requests renewed at once (user_seen)
+            if self.state == "panicked":
+                continue
+            try:
+                await self._sync_mmu([])
+            except RemoteError as e:  # the mmu panicked or is slow: the next tick
+                self.trace.append(f"pmap.sessions failed: {e}")
             now = self.clock.now_s()
-            for session, seen in list(self.sessions.items()):
+            for session in list(self.sessions):
+                seen = self.sessions.get(session, now)
                 if now - seen > self.lease_s:
                     self.recorder.note("lease reap", session=session, silent_s=now - seen)
-                    del self.sessions[session]
-                    self.auth.forget(session)
+                    self._ended(session, "reaped: client lease expired")
                     await self._end_session(session, "reaped: client lease expired")
 
     async def _end_session(self, session: int, reason: str) -> list[int]:
+        await self._sync_mmu([session])  # ESESSION at the mmu before its pmaps go
         done = []
         for asid in self.vm.asids_of(session):
             try:
@@ -335,8 +379,7 @@ class UvmService(VmCallHandlers, Service):
         return self.ack(msg)
 
     async def on_detach(self, msg: UvmDetach) -> Reply:
-        self.sessions.pop(msg.h.incarnation, None)
-        self.auth.forget(msg.h.incarnation)
+        self._ended(msg.h.incarnation, "detach")
         done = await self._end_session(msg.h.incarnation, "detach")
         return self.reply(msg, UvmDetachReply, exited=done)
 

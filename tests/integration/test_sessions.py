@@ -81,7 +81,7 @@ async def test_an_ended_session_is_refused_even_with_its_key(harness: Harness) -
         other.ident.last_id = 1 << 30  # and msg_ids it never used
         with pytest.raises(RequestError) as ei:
             await other.call_role("uvm", UvmSpawn(h=_H))
-        assert ei.value.errno is Errno.EPERM
+        assert ei.value.errno is Errno.ESESSION
         assert "ended" in ei.value.detail
 
 

@@ -52,7 +52,7 @@ async def test_an_attach_at_the_limit_reclaims_the_oldest_idle_session_holding_n
             assert svc.vm.stats.sessreclaimed == 1
             with pytest.raises(RequestError) as ei:
                 await flood[0].spawn()
-            assert ei.value.errno is Errno.EPERM
+            assert ei.value.errno is Errno.ESESSION
             assert "ended" in ei.value.detail
             await flood[1].spawn()  # still live; now it holds a process
             backdate(svc, 2 * svc.reclaim_idle_s)
@@ -60,7 +60,7 @@ async def test_an_attach_at_the_limit_reclaims_the_oldest_idle_session_holding_n
             assert svc.vm.stats.sessreclaimed == 2
             with pytest.raises(RequestError) as ei:
                 await victim.spawn()
-            assert ei.value.errno is Errno.EPERM
+            assert ei.value.errno is Errno.ESESSION
             with pytest.raises(RequestError) as ei:  # three hold something, one is fresh
                 await attach()
             assert ei.value.errno is Errno.EAGAIN
@@ -83,7 +83,7 @@ async def test_a_session_seen_recently_is_not_reclaimed() -> None:
                 await a.spawn()
                 with pytest.raises(RequestError) as ei:
                     await b.spawn()
-                assert ei.value.errno is Errno.EPERM
+                assert ei.value.errno is Errno.ESESSION
                 with pytest.raises(RequestError) as ei:  # a holds a process, c is fresh
                     async with sim.attach(keepalive=False):
                         pass
