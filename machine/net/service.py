@@ -113,6 +113,7 @@ class NetService(Service):
             note=self.recorder.note,
         )
         self._uvm_sub: Subscription | None = None
+        self._end_sub: Subscription | None = None
         self._driver: asyncio.Task[None] | None = None
 
     # -- connections ------------------------------------------------------------------
@@ -138,7 +139,8 @@ class NetService(Service):
 
     async def _watch(self, uvm_pub: str) -> None:
         """uvm.proc_exited (fast, may be lost) and the reconciler's uvm.owners (reliable)."""
-        self._uvm_sub = await self.subscribe("uvm", uvm_pub, "uvm.", self._on_uvm)
+        self._uvm_sub = await self.subscribe("uvm", uvm_pub, "uvm.proc_exited", self._on_uvm)
+        self._end_sub = await self.subscribe("uvm", uvm_pub, "uvm.session_ended", self._on_uvm)
         self.spawn(self._reconciler(), "socket reconciler")
         self.spawn(self._lease_reporter(), "lease reporter")
 
@@ -155,9 +157,10 @@ class NetService(Service):
         )
 
     async def close(self) -> None:
-        if self._uvm_sub is not None:
-            await self._uvm_sub.close()
-            self._uvm_sub = None
+        for sub in (self._uvm_sub, self._end_sub):
+            if sub is not None:
+                await sub.close()
+        self._uvm_sub = self._end_sub = None
         await super().close()
 
     def _on_uvm(self, raw: bytes) -> None:

@@ -45,7 +45,7 @@ class UvmSpawn(Request, frozen=True, kw_only=True, tag="uvm.spawn"):
     """Create an emulated process: a new, empty address space owned by the caller.
 
     => client -> uvm. Reply: UvmSpawnReply with its asid (its pid).
-    Errnos: EAGAIN (the procs or maxproc limit), ESRCH (the session ended, by
+    Errnos: EAGAIN (the procs or maxproc limit), ESESSION (the session ended, by
     detach or reap, while the process was being made: it has exited).
     """
 
@@ -134,7 +134,7 @@ class UvmFork(Request, frozen=True, kw_only=True, tag="uvm.fork"):
     Reply: UvmForkReply with the child's asid (owned by the same session).
     Errnos: EAGAIN (the procs or maxproc limit), ENOMEM (the machine's map
     entries, maxentries: the child's are charged first; or no frame to copy
-    wired memory into), ESRCH (no such process; or the session ended, by
+    wired memory into), ESRCH (no such process), ESESSION (the session ended, by
     detach or reap, while the child was being made: it has exited).
     """
 

@@ -15,7 +15,7 @@ Ordering rules (why the machine never maps a freed frame):
   * No process outlives its session. The end of a session (detach, reap)
     exits the processes it finds. spawn and fork await the mmu before their
     process is complete; after their last await they ask uvm.owner_live, with
-    no await before they answer: a session that ended meanwhile gets ESRCH and
+    no await before they answer: a session that ended meanwhile gets ESESSION and
     the process is torn down (before, a fork in flight at a detach left its
     child, and every page the child shared, for good).
   * A fork's child is published (in uvm.spaces, where its asid can be named)
@@ -60,7 +60,7 @@ from machine.uvm.state import RWX, Uvm, VmSpace
 
 
 async def spawn(uvm: Uvm, owner: int) -> int:
-    """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs, ESRCH
+    """A new, empty address space. => asid; UserError EAGAIN beyond limits.procs, ESESSION
     when the owner's session ended meanwhile (nothing left)."""
     uvm.charge_proc(owner)
     asid = uvm.new_asid()
@@ -69,7 +69,7 @@ async def spawn(uvm: Uvm, owner: int) -> int:
         if not uvm.owner_live(owner):
             uvm.note("undone: the session ended", op="spawn", asid=asid, session=owner)
             await uvm.pmap.destroy(asid)
-            raise UserError(Errno.ESRCH, "spawn: the session ended meanwhile")
+            raise UserError(Errno.ESESSION, "spawn: the session ended meanwhile")
     except BaseException:
         uvm.uncharge_proc(owner)
         raise
@@ -411,7 +411,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
        ENOMEM when a wired entry's pages cannot be copied (no free frame): the
        half-built child is torn down, the parent keeps its memory (its entries
        may be left NEEDSCOPY and write-protected: its next writes fault);
-       ESRCH when the owner's session ended meanwhile: the child is torn down.
+       ESESSION when the owner's session ended meanwhile: the child is torn down.
     """
     sp = uvm.space(asid, owner)
     async with sp.lock:
@@ -438,7 +438,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
                 await fork_entry(uvm, sp, child, e)
             if not uvm.owner_live(owner):  # the session's end did not see the child
                 uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
-                raise UserError(Errno.ESRCH, "fork: the session ended meanwhile")
+                raise UserError(Errno.ESESSION, "fork: the session ended meanwhile")
         except BaseException:
             pool.unreserve(len(todo) - len(child.map.entries))  # the inserted spent theirs
             child.lock.release()

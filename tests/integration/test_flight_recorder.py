@@ -29,6 +29,7 @@ from machine.proto import (
     PmapTrapwaitReply,
     Reply,
     Request,
+    UvmProcExited,
 )
 from machine.testing import SimMachine, poll_for
 from tests.conftest import Harness
@@ -99,7 +100,8 @@ async def test_every_role_records_its_inputs_in_order_with_their_bodies(h: Harne
     sends = [m for e in net if isinstance(m := decode("req", e["data"]), NetSend)]
     assert [(m.asid, m.va, m.n) for m in sends] == [(got["asid"], got["va"], 16 * PAGE_SIZE)]
     exits = [e for e in net if e["kind"] == "evt" and e["ep"] == "uvm/pub"]
-    assert any(decode("evt", e["data"]).asid == got["asid"] for e in exits)  # type: ignore[union-attr]
+    exited = [ev for e in exits if isinstance(ev := decode("evt", e["data"]), UvmProcExited)]
+    assert any(ev.asid == got["asid"] for ev in exited)
     tx = [e["data"] for e in net if e["kind"] == "int" and e["data"]["what"] == "tx"]
     assert [(n["sock"], n["seq"], len(n["pfns"])) for n in tx] == [(got["sock"], 1, 16)]
     # the supervisor: its heartbeat's replies and the dumpsys it was asked
