@@ -86,12 +86,12 @@ class Net:
         return self.sockets.socreate(session, asid, sndbuf, self.limits.sockets)
 
     async def listen(self, session: int) -> None:
-        """The session's mbufs are queued for it from now on. => EPERM when uvm says the
+        """The session's mbufs are queued for it from now on. => ESESSION when uvm says the
         session has ended."""
         if session not in self.wire.listeners:
             _, live = await self.ops.owners([], [session])
             if live != [True]:
-                raise UserError(Errno.EPERM, "the session has ended (detached or reaped)")
+                raise UserError(Errno.ESESSION, "the session has ended (detached or reaped)")
             self.wire.listen(session)
 
     def set_link(

@@ -266,7 +266,7 @@ class UvmService(VmCallHandlers, Service):
         and has been silent for reclaim_idle_s. => whether one was ended.
 
         => O(sessions); synchronous, so nothing can make it hold something meanwhile;
-           its later requests get EPERM (the session has ended), as after a reap."""
+           its later requests get ESESSION (the session has ended), as after a reap."""
         vm = self.vm
         now = self.clock.now_s()
         idle = [
@@ -287,7 +287,7 @@ class UvmService(VmCallHandlers, Service):
         while True:
             await self.clock.sleep(self.lease_s / 4)
             self.auth.take_seen(1 << 30)  # uvm's own requests renewed at once (user_seen)
-            if self.state == "panicked":
+            if self.state == "panicked" or not self.sessions:
                 continue
             try:
                 await self._sync_mmu([])
