@@ -2,18 +2,15 @@
 
 Sessions and leases: uvm makes every client session (uvm.attach: a random
 public id and its key, machine.ipc.auth) and is the registry of live ones;
-the Service has checked each user request's signature before it gets here,
-and a request of a session uvm no longer holds (detached, reaped) is
-ESESSION, at uvm and (once uvm has told them) at every role. Every user
-request renews the session's lease, at any role: uvm's own at once; the mmu's
-and net's in batches (the sessions each served since its last report, on the
-pmap.sessions uvm sends every lease_s / 4 and on net's uvm.sessions_seen). As
-a session ends uvm tells the mmu (pmap.sessions) and publishes
-uvm.session_ended (net), before its processes exit. A session silent for longer
-than `lease_s` (it died, or its host vanished) has its processes exited, as
-if each had called exit: every frame they held goes back to the free list.
+the Service has checked each user request's signature before it gets here;
+a session uvm no longer holds (detached, reaped) gets ESESSION at every role
+once told (pmap.sessions to the mmu, uvm.session_ended to net, before its
+processes exit). Any user request renews the lease, at any role: uvm's at
+once, the mmu's and net's in batches (pmap.sessions every lease_s / 4, net's
+uvm.sessions_seen). A session silent for longer than `lease_s` has its
+processes exited, as if each had called exit: its frames go back free.
 A clean client detaches (uvm.detach) instead of waiting for its lease; a
-spawn or fork its end overtook answers ESRCH (machine.uvm.mmap). At
+spawn or fork its end overtook answers ESESSION (machine.uvm.mmap). At
 most `limits.sessions` sessions live at once. An attach that finds them all
 taken first reclaims the least recently seen session that holds nothing (no
 process, no open file: its sockets and wire queue belong to processes and
@@ -247,16 +244,23 @@ class UvmService(VmCallHandlers, Service):
                 ended.append(sid)
         return ended
 
-    async def _sync_mmu(self, ended: list[int]) -> None:
-        """pmap.sessions: tell the mmu of `ended`; renew the sessions it served."""
-        rep = await self.mmu.call_ok(PmapSessions(h=_H, ended=ended), PmapSessionsReply)
+    async def _sync_mmu(self) -> None:
+        """pmap.sessions: renew the sessions the mmu served since it last said."""
+        rep = await self.mmu.call_ok(PmapSessions(h=_H), PmapSessionsReply)
         self._renew(list(rep.seen))
 
     def _ended(self, sid: int, reason: str) -> None:
-        """The session ends here: uvm forgets it and says so (uvm.session_ended)."""
+        """The session ends here: uvm forgets it and says so, to net (uvm.session_ended)
+        and to the mmu (pmap.sessions, sent now with no await, so it reaches the mmu
+        before any pmap.destroy of the session's processes)."""
         self.sessions.pop(sid, None)
         self.auth.forget(sid)
         self.publish(UvmSessionEnded(h=self.event_header(), session=sid, reason=reason))
+        self.mmu.call_then(PmapSessions(h=_H, ended=[sid]), self._mmu_seen)
+
+    def _mmu_seen(self, out: Reply | BaseException) -> None:
+        if isinstance(out, PmapSessionsReply):
+            self._renew(list(out.seen))
 
     def on_sessions_seen(self, msg: UvmSessionsSeen) -> Reply:
         return self.reply(msg, UvmSessionsSeenReply, ended=self._renew(list(msg.sessions)))
@@ -279,7 +283,6 @@ class UvmService(VmCallHandlers, Service):
         _, sid = min(idle)
         self.recorder.note("session reclaimed", session=sid)
         self._ended(sid, "reclaimed")
-        self.spawn(self._sync_mmu([sid]), "pmap.sessions")
         vm.stats.sessreclaimed += 1
         return True
 
@@ -290,7 +293,7 @@ class UvmService(VmCallHandlers, Service):
             if self.state == "panicked" or not self.sessions:
                 continue
             try:
-                await self._sync_mmu([])
+                await self._sync_mmu()
             except RemoteError as e:  # the mmu panicked or is slow: the next tick
                 self.trace.append(f"pmap.sessions failed: {e}")
             now = self.clock.now_s()
@@ -302,7 +305,6 @@ class UvmService(VmCallHandlers, Service):
                     await self._end_session(session, "reaped: client lease expired")
 
     async def _end_session(self, session: int, reason: str) -> list[int]:
-        await self._sync_mmu([session])  # ESESSION at the mmu before its pmaps go
         done = []
         for asid in self.vm.asids_of(session):
             try:
