@@ -7,8 +7,8 @@ session that has ended, by detach or by its lease, gets ESESSION from every
 role that takes session requests (uvm, mmu, net), never ESRCH or EBADF, and
 the client library raises SessionEnded for it.
 
-All on the in-memory machine in virtual time (run_simulation): deterministic,
-and three leases cost no wall time.
+Mostly on the in-memory machine in virtual time (run_simulation): deterministic,
+and three leases cost no wall time; the detach case also over real processes.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from machine.proto import (
 )
 from machine.testing import SimMachine, poll_for
 from machine.uvm.service import UvmService
+from tests.conftest import Harness
 
 _H = NO_HEADER
 LEASE_S = 1.0
@@ -148,3 +149,38 @@ async def test_the_client_library_raises_session_ended() -> None:
                 await other.call_role("uvm", UvmSpawn(h=_H))
             assert ei.value.errno is Errno.ESESSION
             assert isinstance(other, Machine)
+
+
+async def test_a_detached_sessions_requests_get_session_ended_at_every_role(
+    harness: Harness,
+) -> None:
+    """Both transports: after a detach, uvm, the mmu and net answer ESESSION."""
+    async with harness.attach(keepalive=False) as gone:
+        p = await gone.spawn()
+        va = await p.mmap(PAGE_SIZE)
+        await p.store(va, b"x")
+        so = await p.socket()
+        sid, key = gone.session, gone.ident.key
+    assert key is not None
+    async with harness.attach(keepalive=False) as other:
+        other.ident.become(sid, key)
+        other.ident.last_id = 1 << 30
+
+        async def net_says_ended() -> bool:  # net learns it from uvm.session_ended
+            try:
+                await other.call_role("net", NetClose(h=_H, sock=so.id))
+            except SessionEnded:
+                return True
+            except RequestError:
+                return False
+            return False
+
+        await poll_for(net_says_ended, 5.0, 0.02, "net answers ESESSION")
+        for role, req in (
+            ("uvm", UvmSpawn(h=_H)),
+            ("mmu", MmuLoad(h=_H, asid=p.asid, va=va, n=1)),
+            ("net", NetSend(h=_H, sock=so.id, asid=p.asid, va=va, n=1)),
+        ):
+            with pytest.raises(SessionEnded) as ei:
+                await other.call_role(role, req)
+            assert ei.value.errno is Errno.ESESSION, role
