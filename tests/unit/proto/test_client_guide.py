@@ -26,7 +26,7 @@ def _blocks(lang: str) -> list[str]:
 
 def test_every_example_frame_decodes_to_its_readable_form_and_reencodes_exactly() -> None:
     frames = [bytes.fromhex("".join(b.split())) for b in _blocks("hex")]
-    readable = [ast.literal_eval(b) for b in _blocks("python")]
+    readable = [ast.literal_eval(b) for b in _blocks("text")]
     assert len(frames) == len(readable) == 3
     for raw, want in zip(frames, readable, strict=True):
         assert msgpack.unpackb(raw) == want
