@@ -41,7 +41,7 @@ from machine.proto.types import Prot
 from machine.uvm.map import MapEntry
 from machine.uvm.object import UvmObject, VnodeObject
 from machine.uvm.page import NIL, PQ, PageFlag
-from machine.uvm.pager import flush_object
+from machine.uvm.pager import busy_and_revoke, flush_object, free_tabled
 from machine.uvm.setsize import setsize
 from machine.uvm.state import Uvm, VmSpace
 from machine.uvm.vnode import (
@@ -319,18 +319,13 @@ async def _invalidate(uvm: Uvm, sp: VmSpace, obj: VnodeObject, lo: int, hi: int,
     if not todo:
         return 0
     pfns = [pfn for _, pfn in todo]
-    for pfn in pfns:
-        uvm.busy(pfn)
+    await busy_and_revoke(uvm, pfns, f"msync(MS_INVALIDATE) by asid {sp.asid}")
     try:
-        await uvm.revoke(pfns, f"msync(MS_INVALIDATE) by asid {sp.asid}")
         n = await flush_object(uvm, obj, lo, hi, sync=sync)  # the modified bits, now final
     except BaseException:
         for pfn in pfns:
             uvm.unbusy(pfn)
         raise
-    for pg, pfn in todo:
-        del obj.pages[pg]
-        uvm.unbusy(pfn)
-        uvm.free_page(pfn)  # a loaned page is only disowned
+    free_tabled(uvm, obj, todo)
     uvm.stats.msyncinval += len(todo)
     return n

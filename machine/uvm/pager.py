@@ -15,6 +15,8 @@
 The page daemon's pageouts (machine.uvm.pdops.finish) write through
 machine.uvm.cluster first (contiguous swap slots per cluster, one pwrite per
 run) and then evict page by page with the data already on its store.
+busy_and_revoke / free_tabled: the two steps of pgo_put(PGO_FREE) on chosen pages of
+an object (msync's MS_INVALIDATE and a truncation, machine.uvm.files and setsize).
 Data paged out comes back through the fault handler (swap: fltanget;
 file: fltget).
 cf. NetBSD sys/uvm/uvm_pager.c, uvm_vnode.c, uvm_aobj.c, uvm_swap.c.
@@ -147,3 +149,26 @@ async def pageout(uvm: Uvm, asid: int, va: int) -> int:
             raise UserError(Errno.ENOENT, f"nothing resident at {va:#x}")
         await pageout_page(uvm, pfn)
         return pfn
+
+
+async def busy_and_revoke(uvm: Uvm, pfns: list[int], why: str) -> None:
+    """pgo_put(PGO_FREE)'s first step: hold the pages BUSY and revoke every mapping of
+    them (pmap_page_protect NONE). => on an exception the pages are unbusied again."""
+    for pfn in pfns:
+        uvm.busy(pfn)
+    try:
+        await uvm.revoke(pfns, why)
+    except BaseException:
+        for pfn in pfns:
+            uvm.unbusy(pfn)
+        raise
+
+
+def free_tabled(uvm: Uvm, obj: UvmObject, pages: list[tuple[int, int]]) -> None:
+    """pgo_put(PGO_FREE)'s last step: each (pgoff, pfn), BUSY, leaves obj, is unbusied (its
+    waiters start over and find it gone) and freed (uvm_pagefree: a loaned page is only
+    disowned, an orphan its loans keep)."""
+    for pg, pfn in pages:
+        del obj.pages[pg]
+        uvm.unbusy(pfn)
+        uvm.free_page(pfn)

@@ -46,6 +46,7 @@ from machine.proto import UserError
 from machine.uvm.loan import break_obj_loan
 from machine.uvm.object import VnodeObject
 from machine.uvm.page import NIL, PageFlag
+from machine.uvm.pager import busy_and_revoke, free_tabled
 from machine.uvm.state import Uvm
 from machine.uvm.vnode import VnodeError
 
@@ -92,18 +93,8 @@ async def _free_beyond(uvm: Uvm, obj: VnodeObject, first: int) -> None:
             await uvm.wait_busy(busy)  # a fault or the pager at work: start over after
             continue
         pfns = [pfn for _, pfn in doomed]
-        for pfn in pfns:
-            uvm.busy(pfn)
-        try:
-            await uvm.revoke(pfns, f"truncation of {obj.name!r} to {first} pages")
-        except BaseException:
-            for pfn in pfns:
-                uvm.unbusy(pfn)
-            raise
-        for pg, pfn in doomed:
-            del obj.pages[pg]
-            uvm.unbusy(pfn)  # its waiters refault: SIGBUS; still tabled, so not freed here
-            uvm.free_page(pfn)  # uvm_pagefree: a loaned page is only disowned (an orphan)
+        await busy_and_revoke(uvm, pfns, f"truncation of {obj.name!r} to {first} pages")
+        free_tabled(uvm, obj, doomed)  # their waiters refault: SIGBUS
         uvm.stats.truncpages += len(doomed)
         return
 
