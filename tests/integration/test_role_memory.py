@@ -6,7 +6,8 @@ time the role drops it, while a sampler reads the role's memory from /proc
 every few milliseconds. With role_memory=L the role's private memory must stay
 under its panic line (3L/4) and VmData under the wall (L, its RLIMIT_DATA), the
 role must report its resets (`status`: mem_resets), and an honest client must
-be served by every role afterwards. Also: the RLIMIT_DATA set, and a RAM
+be served by every role afterwards. A role whose own memory passes the panic
+line panics cleanly, with a crash dump. Also: the RLIMIT_DATA set, and a RAM
 segment larger than the limit boots (the shared segment is not counted).
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from machine.client import Machine
+from machine.client import Machine, MachinePanic, MachineTimeout
+from machine.dumpfile import read_dump
 from machine.params import PAGE_SIZE
 from machine.proto import NO_HEADER, CtlPing, CtlPingReply
 from tests.conftest import RealMachine, boot_real, pid_alive, status_json
@@ -138,3 +140,44 @@ async def test_multipart_attack_is_bounded_and_reported(machine: RealMachine, ro
         await so.close()
         for r in ROLES:
             assert isinstance(await m.call_role(r, CtlPing(h=NO_HEADER)), CtlPingReply)
+
+
+async def test_a_roles_own_memory_past_the_panic_line_is_a_clean_panic_with_a_dump(
+    tmp_path: Path,
+) -> None:
+    """The mmu's flight recorder (record_bytes raised past the bound) keeps every 1 MiB
+    store: resets free nothing, so the watchdog panics; the machine dumps and stops by
+    itself (exit 3), and the client gets MachinePanic, not a hang."""
+    limit = 128 << 20  # soft 64 MiB, panic 96 MiB
+    rm = boot_real(
+        tmp_path / "state", "--ram", "16M", "--limit", f"role_memory={limit},record_bytes=512M"
+    )
+    try:
+        got = await _store_until_panic(rm.endpoint, deadline_s=60.0)
+        assert isinstance(got, MachinePanic), got
+        assert "memory" in str(got), got
+        rm.proc.wait(timeout=60)  # the machine stops by itself after a panic
+    finally:
+        status = rm.stop()
+    assert status == 3  # a panic
+    (path,) = (rm.state / "dump").glob("crash-*.json")
+    dump = read_dump(path)
+    assert dump["panic"]["role"] == "mmu"
+    assert "the role's own" in dump["panic"]["message"]
+    assert any("user endpoint reset" in line for line in dump["panic"]["trace"])
+
+
+async def _store_until_panic(endpoint: str, deadline_s: float) -> Exception | None:
+    """Store 1 MiB again and again; => the error that ended it (None: the deadline)."""
+    async with Machine.attach(endpoint, timeout_s=3.0, keepalive=False) as m:
+        p = await m.spawn()
+        va = await p.mmap(1 << 20)
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                await p.store(va, b"m" * (1 << 20))
+            except MachineTimeout:
+                continue  # a store cut by a reset of its connection
+            except MachinePanic as e:
+                return e
+    return None
