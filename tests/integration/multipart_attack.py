@@ -83,23 +83,28 @@ def parse_tcp(endpoint: str) -> tuple[str, int]:
 class Attack:
     """One attacking connection: send_parts() as often as wanted, close() when done."""
 
-    def __init__(self, endpoint: str, part_bytes: int = 1 << 20, timeout_s: float = 10.0):
+    def __init__(
+        self, endpoint: str, part_bytes: int = 1 << 20, timeout_s: float = 10.0, batch: int = 1
+    ):
         self.sock = handshake(*parse_tcp(endpoint), timeout_s=timeout_s)
-        self.part = frame(b"\xa5" * part_bytes, FLAG_MORE)
+        #: One send: `batch` parts (small parts cost the role ~64 bytes each: send many).
+        self.chunk = frame(b"\xa5" * part_bytes, FLAG_MORE) * batch
+        self.batch = batch
         self.sent = 0
         self.parts = 0
         self.closed_by_peer = False
 
     def send_parts(self, n: int) -> bool:
-        """Send n more parts (each with MORE). => False once the peer closed the connection."""
+        """Send n more chunks of `batch` parts (each with MORE). => False once the peer
+        closed the connection."""
         for _ in range(n):
             try:
-                self.sock.sendall(self.part)
+                self.sock.sendall(self.chunk)
             except OSError:  # reset, broken pipe, or a send timeout: the role stopped reading
                 self.closed_by_peer = True
                 return False
-            self.sent += len(self.part)
-            self.parts += 1
+            self.sent += len(self.chunk)
+            self.parts += self.batch
         return True
 
     def close(self) -> None:
@@ -107,8 +112,9 @@ class Attack:
 
 
 def attack(endpoint: str, parts: int, part_bytes: int = 1 << 20, hold_s: float = 0.0) -> Any:
-    a = Attack(endpoint, part_bytes)
-    a.send_parts(parts)
+    batch = max(1, (1 << 16) // (part_bytes + 2))
+    a = Attack(endpoint, part_bytes, batch=batch)
+    a.send_parts(max(1, parts // batch))
     if hold_s:
         time.sleep(hold_s)  # a tool's pause to measure the role while the parts are held
     a.close()

@@ -85,13 +85,15 @@ class Sampler(threading.Thread):
         self.join(timeout=5)
 
 
-def _attack_until_dropped(ep: str, times: int, deadline_s: float) -> int:
+def _attack_until_dropped(
+    ep: str, times: int, deadline_s: float, part_bytes: int = 1 << 20, batch: int = 1
+) -> int:
     """Attack `times` times, each until the role drops the connection. => drops seen."""
     end = time.monotonic() + deadline_s
     drops = 0
     while drops < times and time.monotonic() < end:
         try:
-            a = Attack(ep, part_bytes=1 << 20, timeout_s=5.0)
+            a = Attack(ep, part_bytes=part_bytes, timeout_s=5.0, batch=batch)
         except OSError:
             continue  # the endpoint is being bound again: connect once more
         while time.monotonic() < end and a.send_parts(16):
@@ -109,13 +111,17 @@ def test_role_memory_sets_rlimit_data_and_ignores_shared_ram(machine: RealMachin
         assert _status(pid)["VmData"] < LIMIT // 4, role  # 512M of RAM mapped, not counted
 
 
-@pytest.mark.parametrize("role", ROLES)
-async def test_multipart_attack_is_bounded_and_reported(machine: RealMachine, role: str) -> None:
+@pytest.mark.parametrize(("role", "part_bytes"), [*((r, 1 << 20) for r in ROLES), ("pdaemon", 0)])
+async def test_multipart_attack_is_bounded_and_reported(
+    machine: RealMachine, role: str, part_bytes: int
+) -> None:
+    """Parts of 1 MiB at every role; empty parts (64 bytes each to the role) at one."""
     pid = machine.role_pids()[role]
     ep = machine.info["roles"][role]["user"]
     before = status_json(machine.endpoint)["roles"][role]["counters"]["mem_resets"]
+    batch = 1 if part_bytes else 1 << 15
     with Sampler(pid) as s:
-        drops = _attack_until_dropped(ep, times=3, deadline_s=30.0)
+        drops = _attack_until_dropped(ep, 3, 30.0, part_bytes, batch)
     print(
         f"{role}: peak RssAnon {s.peak['RssAnon'] >> 20} MiB, VmData {s.peak['VmData'] >> 20} MiB"
     )
@@ -140,6 +146,18 @@ async def test_multipart_attack_is_bounded_and_reported(machine: RealMachine, ro
         await so.close()
         for r in ROLES:
             assert isinstance(await m.call_role(r, CtlPing(h=NO_HEADER)), CtlPingReply)
+
+
+async def test_the_attach_endpoint_is_reset_too(machine: RealMachine) -> None:
+    """The supervisor's ROUTER: bounded the same way (resets only), attach works after."""
+    pid = machine.info["supervisor_pid"]
+    with Sampler(pid) as s:
+        drops = _attack_until_dropped(machine.endpoint, 2, 30.0)
+    assert drops == 2
+    assert s.peak["RssAnon"] < LIMIT * 3 // 4, s.peak
+    async with Machine.attach(machine.endpoint, timeout_s=10.0, keepalive=False) as m:
+        await m.spawn()
+    assert status_json(machine.endpoint)["state"] == "running"
 
 
 async def test_a_roles_own_memory_past_the_panic_line_is_a_clean_panic_with_a_dump(
