@@ -247,7 +247,7 @@ class Sosend:
         if mb.loaned:
             self.driver.loanfree_later(mb)
         else:
-            self.pool.mclfree(mb.length)
+            self.pool.mclfree(mb.length, mb.sock.session)
 
     def _abandon(self, so: Socket, va: int, window: list[Slot]) -> None:
         """Give back what chunks not yet set up reserved: buffer space and loan KVA."""
@@ -331,7 +331,7 @@ class Sosend:
         got = 0
         try:
             for i in idx:
-                await self.pool.mclget(chunks[i].length)
+                await self.pool.mclget(chunks[i].length, chunks[i].so.session)
                 got += 1
             runs: list[list[int]] = []
             for i in idx:
@@ -350,7 +350,7 @@ class Sosend:
                 if n >= got:
                     break
                 if not isinstance(made[i], Mbuf):
-                    self.pool.mclfree(chunks[i].length)
+                    self.pool.mclfree(chunks[i].length, chunks[i].so.session)
 
     async def _copy_run(
         self, run: list[Chunk], idx: list[int], made: list[Mbuf | BaseException | None],

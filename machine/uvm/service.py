@@ -149,9 +149,9 @@ class UvmService(VmCallHandlers, Service):
         **kw: Any,
     ) -> None:
         super().__init__(transport, limits=limits, **kw)
-        self.profile = profile
-        self.lease_s = lease_s
+        self.profile, self.lease_s = profile, lease_s
         self.sessions: dict[int, float] = {}  # session -> when last seen (clock seconds)
+        self.inflight.live = self.sessions  # uvm's fair shares count the attached sessions
         self.reclaim_idle_s = max(RECLAIM_IDLE_S, lease_s / 2)
         self.mmu = self.peer("mmu", mmu)  # opened by connect()
         disk = swap = None
@@ -172,7 +172,7 @@ class UvmService(VmCallHandlers, Service):
             note=self.recorder.note,
             diagnostic=settings.diagnostic,
             limits=self.limits,
-            owner_live=lambda session: session in self.sessions,
+            sessions=self.sessions,  # owner_live: attached
         )
         self.vm.inject_leak = os.environ.get("UVM_MACHINE_INJECT_LEAK") == "1"  # tests only
         self.traps = TrapServer(
@@ -276,7 +276,7 @@ class UvmService(VmCallHandlers, Service):
         idle = [
             (seen, sid)
             for sid, seen in self.sessions.items()
-            if now - seen >= self.reclaim_idle_s and not vm.nprocs[sid] and not vm.nfiles[sid]
+            if now - seen >= self.reclaim_idle_s and sid not in vm.procs.held and not vm.nfiles[sid]
         ]
         if not idle:
             return False

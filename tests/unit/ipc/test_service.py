@@ -289,8 +289,8 @@ async def test_a_session_cannot_pile_up_requests_in_flight() -> None:
     slow.release.set()
     for w in waiting:
         assert msgpack.unpackb(await w)["status"] == "ok"  # type: ignore[misc]
-    assert not slow._inflight
-    assert slow._inflight_total == 0
+    assert not slow.inflight.held
+    assert slow.inflight.total == 0
     slow.release.clear()
     again = slow.handle(signed(UvmFork(h=H, asid=1)), Scope.USER)
     assert not isinstance(again, bytes)  # room again
