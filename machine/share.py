@@ -114,6 +114,8 @@ class FairShare:
 
     def take(self, sid: int, k: int = 1) -> None:
         """Count k more units held by sid (after grants(), or for what is already held)."""
+        if not k:
+            return
         self.held[sid] = self.held.get(sid, 0) + k
         self.total += k
 
