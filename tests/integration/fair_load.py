@@ -8,8 +8,9 @@ until refused (retried every 20 ms while the run lasts). Then `ordinary` session
 each do the pattern users' operations (machine.stress.users_memory) for `ops`
 operations: stores and loads checked against a byte model, mincore, an extra
 mmap/munmap, a fork whose child exits, and a short net.recv; then a whole-region
-verify and exit. Every error an ordinary session sees is counted by errno, never
-retried. Prints (or returns) a JSON summary.
+verify and exit (a session refused its region does only the short net.recv, `ops`
+times, so refusals at net are still counted). Every error an ordinary session sees
+is counted by errno, never retried. Prints (or returns) a JSON summary.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ async def _ordinary(endpoint: str, seed: int, ops: int, out: dict[str, Any]) -> 
             return
         npages = rng.randint(32, 64)
         va = await op("mmap", p.mmap(npages * PAGE_SIZE))
-        if va is None:
+        if va is None:  # no memory to work on: only the net part of the operations
+            for _ in range(ops):
+                await op("recv", _recv(m, 1))
             return
         model = bytearray(npages * PAGE_SIZE)
         for _ in range(ops):
