@@ -36,6 +36,32 @@ would exceed it gets an errno and changes nothing:
                at three quarters it panics (machine.ipc.         machine panics); the RAM
                memwatch)                                         segment is not counted
 
+Fair shares of the machine-wide caps (machine.share). maxentries, maxproc,
+inflight_total, mbufs and wiredmax (uvmexp.wiredmax, machine.tuning) are shared
+among the live sessions: with C the cap, n the live sessions plus one (a share
+kept for a session that has not asked yet) and f = C // n, a session within
+f is bound by the cap only, and a session past f gets only what the others
+(and that newcomer) could not still claim of their shares. So the greedy
+session is refused first, with the cap's errno and a detail naming its share:
+
+  cap             live sessions (n - 1)                  past the share
+  maxentries      attached (uvm)                         ENOMEM
+  maxproc         attached (uvm)                         EAGAIN
+  inflight_total  per role: attached at uvm; seen by     EAGAIN
+                  the role and not ended at mmu, net,
+                  pdaemon (machine.ipc.auth)
+  wiredmax        attached (uvm; held = the pages of     mlock EAGAIN; mlockall,
+                  the session's wired entries)           MCL_FUTURE mmap ENOMEM
+  mbufs           seen by net and not ended              the copy waits (m_get
+                                                         M_WAIT) while the others'
+                                                         copies go; never refused
+  wire_total      max-min fair by its drops: the oldest of the largest queue go
+                  (machine.net.wire), so a receiver holding at most
+                  wire_total // (queues) never loses a packet to wire_total
+A lone session therefore gets about half of each cap (the other half is the
+newcomer's); the per-session limits (procs, map_entries, inflight, ...) still
+apply as they are.
+
 The defaults are generous for every workload in this project (they are far
 above what the tests and clients use) and small enough that the kernel's
 bookkeeping stays within a few hundred MiB whatever clients do (16384

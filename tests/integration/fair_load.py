@@ -1,6 +1,10 @@
 """Greedy sessions against ordinary ones on a real machine (issue 21's fair-share check).
 
-    python -m tests.integration.fair_load --endpoint tcp://127.0.0.1:PORT [--greedy 4 ...]
+    python tests/integration/fair_load.py --endpoint tcp://127.0.0.1:PORT [--greedy 4 ...]
+    python tests/integration/fair_load.py --boot --limit inflight_total=2048,maxentries=4096
+
+(--boot: a fresh machine, `uvm-machine up --ram 32M --limit ...`, whose frames are
+checked when the sessions are gone; PYTHONPATH=<a tree> measures that tree's machine.)
 
 Greedy sessions first fill what they can: each holds `polls` net.recv long polls
 (re-issued as each ends; an EAGAIN retried after 10 ms) and maps one-page regions
@@ -167,15 +171,43 @@ async def run(
     }
 
 
+def _booted(a: argparse.Namespace) -> dict[str, Any]:
+    import tempfile
+    from pathlib import Path
+
+    from machine.testing import poll_for
+    from tests.conftest import boot_real, status_json
+
+    with tempfile.TemporaryDirectory() as d:
+        rm = boot_real(Path(d) / "state", "--ram", "32M", "--limit", a.limit)
+        try:
+            out = asyncio.run(run(rm.endpoint, a.greedy, a.polls, a.ordinary, a.ops))
+
+            def back() -> bool:
+                f = status_json(rm.endpoint)["frames"]
+                return bool(f["free"] + f["kernel_owned"] == f["total"])
+
+            asyncio.run(poll_for(back, 20, 0.2, "every frame back"))
+            out["frames_back"] = True
+        finally:
+            rm.stop()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fair_load")
-    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--endpoint", default="")
+    ap.add_argument("--boot", action="store_true", help="boot a machine of its own")
+    ap.add_argument("--limit", default="inflight_total=2048,maxentries=4096")
     ap.add_argument("--greedy", type=int, default=4)
     ap.add_argument("--polls", type=int, default=512)
     ap.add_argument("--ordinary", type=int, default=15)
-    ap.add_argument("--ops", type=int, default=60)
+    ap.add_argument("--ops", type=int, default=100)
     a = ap.parse_args(argv)
-    out = asyncio.run(run(a.endpoint, a.greedy, a.polls, a.ordinary, a.ops))
+    if a.boot:
+        out = _booted(a)
+    else:
+        out = asyncio.run(run(a.endpoint, a.greedy, a.polls, a.ordinary, a.ops))
     print(json.dumps(out, sort_keys=True))
     return 0
 
