@@ -52,9 +52,9 @@ def pkt(session: int, n: int) -> WirePacket:
     arrivals=st.lists(st.integers(0, 4), max_size=120),
 )
 def test_wire_total_is_max_min_fair(budget: int, arrivals: list[int]) -> None:
-    """Longest-queue drop: with k listeners holding packets, one holding at most
-    wire_total // k is never trimmed for wire_total, whatever the others queue; the
-    total stays within wire_total."""
+    """Longest-queue drop: with k listeners holding packets (the arrival queued), one
+    holding at most wire_total // k is never trimmed for wire_total, whatever the others
+    queue; the total stays within wire_total."""
     c = cost(pkt(0, 0))
     wire = Wire(wire_bytes=1 << 30, wire_total=budget * c)
     for s in range(5):
@@ -63,7 +63,8 @@ def test_wire_total_is_max_min_fair(budget: int, arrivals: list[int]) -> None:
         q = wire.listeners[session]
         before = {s: (x.nbytes, x.dropped) for s, x in wire.listeners.items()}
         wire.deliver(pkt(session, 0))
-        k = sum(1 for x in wire.listeners.values() if x.nbytes)
+        # the queues holding packets once this one was queued, before any drop
+        k = sum(1 for s, x in wire.listeners.items() if before[s][0] or x is q)
         for s, x in wire.listeners.items():
             if x.dropped > before[s][1]:  # trimmed by this packet
                 assert before[s][0] + (c if x is q else 0) > wire.wire_total // k
