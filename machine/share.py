@@ -56,7 +56,7 @@ class FairShare:
     a dict or set the role keeps anyway); `unit` names what is counted in
     refusals ("requests in flight", "map entries", ...)."""
 
-    __slots__ = ("cap", "held", "live", "name", "total", "unit")
+    __slots__ = ("cap", "held", "live", "name", "refused", "total", "unit")
 
     def __init__(self, name: str, cap: int, live: Collection[int], unit: str) -> None:
         kassert(cap > 0, "fair share %s: cap %d <= 0", name, cap)
@@ -66,6 +66,9 @@ class FairShare:
         self.unit = unit
         self.held: dict[int, int] = {}
         self.total = 0
+        #: Refusals explained by refusal() (the cap or a share): the role's
+        #: `share_refused_<name>` counter in ctl.stats / status.
+        self.refused = 0
 
     def share(self) -> int:
         """=> f, one session's fair share now: C // (live sessions + 1)."""
@@ -98,6 +101,7 @@ class FairShare:
         """=> "" when the rule grants sid k more units, else why not, with the numbers."""
         if self.grants(sid, k):
             return ""
+        self.refused += 1
         if self.total + k > self.cap:
             return (
                 f"the machine holds its limit of {self.cap} {self.unit} ({self.name}; "

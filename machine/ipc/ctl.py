@@ -42,6 +42,7 @@ from machine.proto import (
     Reply,
     Request,
 )
+from machine.share import FairShare
 
 R = TypeVar("R", bound=Reply)
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class CtlHandlers:
     recorder: FlightRecorder
     clock: Clock
     _userver: Server | None
+    inflight: FairShare
     #: The memory watchdog, when this process runs one (watch_memory).
     mem_watch: memwatch.MemWatch | None = None
 
@@ -169,7 +171,7 @@ class CtlHandlers:
     def all_counters(self) -> dict[str, int]:
         """counters(), and the watchdog's mem_* ones when it runs."""
         mem = self.mem_watch.counters() if self.mem_watch is not None else {}
-        return {**self.counters(), **mem}
+        return {**self.counters(), **mem, "share_refused_inflight": self.inflight.refused}
 
     def counters(self) -> dict[str, int]:
         return {}

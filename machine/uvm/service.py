@@ -87,8 +87,8 @@ from machine.proto import (
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.tuning import targets
-from machine.uvm import files, loan, loanbatch, mmap, pdops
-from machine.uvm.audit import audit, held_frames, strays
+from machine.uvm import files, loan, loanbatch, mmap, pdops, report
+from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
@@ -446,55 +446,10 @@ class UvmService(VmCallHandlers, Service):
     # -- reporting ----------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        out = {
-            **self.vm.stats.as_dict(),
-            "processes": len(self.vm.spaces),
-            "sessions": len(self.sessions),
-            "map_entries": self.vm.entry_pool.nentries,
-            "anons": len(self.vm.anons),
-            "objects": len(self.vm.objects),
-        }
-        if self.vm.swap is not None:
-            out |= {
-                "swpages": self.vm.swap.swpages,
-                "swpginuse": self.vm.swap.swpginuse,
-                "swpgonly": self.vm.swap.swpgonly,
-                "pgswapin": self.vm.swap.pgswapin,
-                "pgswapout": self.vm.swap.pgswapout,
-            }
-        return out
+        return report.counters(self.vm, len(self.sessions))
 
     def frames(self) -> dict[str, int]:
         return self.vm.frames()
 
     def dump_state(self) -> dict[str, Any]:
-        vm = self.vm
-        return {
-            "frames": vm.frames(),
-            "spaces": {
-                str(a): {
-                    "owner": sp.owner,
-                    "entries": [
-                        {
-                            "start": e.start,
-                            "end": e.end,
-                            "prot": e.prot.letters(),
-                            "cow": e.cow,
-                            "needs_copy": e.needs_copy,
-                            "wired": e.wired_count,
-                            "object": e.obj.id if e.obj is not None else None,
-                            "anons": {
-                                str(e.start + (s << 12)): [an.id, an.ref, an.page]
-                                for s, an in e.anons()[:512]
-                            },
-                        }
-                        for e in sp.map.entries
-                    ],
-                }
-                for a, sp in vm.spaces.items()
-            },
-            "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
-            "strays": strays(vm.pages),
-            "held": held_frames(vm.pages),
-            "dmesg": list(vm.dmesg),
-        }
+        return report.dump_state(self.vm)

@@ -328,6 +328,7 @@ async def test_inflight_total_greedy_session_is_refused_first_the_others_still_g
     for w in waiting:
         assert msgpack.unpackb(await w)["status"] == "ok"  # type: ignore[misc]
     assert slow.inflight.total == 0
+    assert slow.all_counters()["share_refused_inflight"] == 1
 
 
 @pytest.mark.parametrize("key_len", [0, 16, 32, 64, 65, 200])

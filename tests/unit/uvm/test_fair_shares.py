@@ -15,7 +15,7 @@ from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
 from machine.proto import UserError
 from machine.proto.types import Prot
-from machine.uvm import mmap, wiring
+from machine.uvm import mmap, report, wiring
 from machine.uvm.audit import audit
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -44,6 +44,7 @@ async def test_maxproc_greedy_session_gets_eagain_first(vm: tuple[Uvm, Mmu]) -> 
         for _ in range(3):
             await mmap.spawn(uvm, owner)
     assert uvm.procs.held == {GREEDY: 3, A: 3, B: 3}
+    assert report.counters(uvm, 3)["share_refused_maxproc"] == 2  # the spawn and the fork
     assert await audit(uvm) == []
 
 
@@ -65,6 +66,7 @@ async def test_maxentries_greedy_session_gets_enomem_first(vm: tuple[Uvm, Mmu]) 
         for _ in range(10):
             await mmap.mmap(uvm, p, owner, PAGE_SIZE, Prot.READ)
     assert uvm.entry_pool.share.held == {GREEDY: 10, A: 10, B: 10}
+    assert report.counters(uvm, 3)["share_refused_maxentries"] == 2
     assert await audit(uvm) == []
 
 
