@@ -52,3 +52,17 @@ def test_the_usage_zero_copy_example_runs(real_machine: RealMachine, tmp_path: P
         USAGE, "Zero-copy sends and the wire:", real_machine.endpoint, tmp_path / "z.py"
     )
     assert "16 pages loaned, the wire carried the old bytes" in out
+
+
+def test_the_readme_test_command_is_the_one_ci_runs() -> None:
+    blocks = re.findall(r"```sh\n(.*?)\n```", README.read_text().split("## Two commands")[1])
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert blocks[1] in ci, blocks[1]
+    assert blocks[0].startswith("python3 -m venv .venv && .venv/bin/pip install -q -e . &&")
+
+
+def test_the_readme_is_a_landing_page_and_no_user_doc_names_an_issue() -> None:
+    assert len(README.read_text().splitlines()) <= 200
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            assert not re.search(r"\bissues?\b", line, re.I), f"{page.name}:{n}: {line}"
