@@ -53,7 +53,7 @@ CHECKS: list[list[str]] = [
     ],
     [  # 4. replay --from-dump
         r"target panic",
-        r"reproduced \(\w+\) in \d+ runs",
+        r"reproduced \([^)]*\) in \d+ runs",  # (recorded), or (search: paced) under load
         r"shrunk \(\d+ re-runs\) to \d+ steps",
         r"shrunk replay: uvm-machine replay --profile bug1999 .*--workload \S*dump\.shrunk\.json",
     ],
