@@ -31,6 +31,36 @@ would exceed it gets an errno and changes nothing:
                keeps (plus 256 per entry); beyond it the oldest go
   record_body    bytes of one message body the recorder keeps (a
                longer one keeps its first record_body bytes)
+  role_memory  bytes of private memory of one role's process:   RLIMIT_DATA (the role's
+               at half of it the role resets its user endpoint,  malloc fails: it dies, the
+               at three quarters it panics (machine.ipc.         machine panics); the RAM
+               memwatch)                                         segment is not counted
+
+Fair shares of the machine-wide caps (machine.share). maxentries, maxproc,
+inflight_total, mbufs and wiredmax (uvmexp.wiredmax, machine.tuning) are shared
+among the live sessions: with C the cap, n the live sessions plus one (a share
+kept for a session that has not asked yet) and f = C // n, a session within
+f is bound by the cap only, and a session past f gets only what the others
+(and that newcomer) could not still claim of their shares. So the greedy
+session is refused first, with the cap's errno and a detail naming its share:
+
+  cap             live sessions (n - 1)                  past the share
+  maxentries      attached (uvm)                         ENOMEM
+  maxproc         attached (uvm)                         EAGAIN
+  inflight_total  per role: attached at uvm; seen by     EAGAIN
+                  the role and not ended at mmu, net,
+                  pdaemon (machine.ipc.auth)
+  wiredmax        attached (uvm; held = the pages of     mlock EAGAIN; mlockall,
+                  the session's wired entries)           MCL_FUTURE mmap ENOMEM
+  mbufs           seen by net and not ended              the copy waits (m_get
+                                                         M_WAIT) while the others'
+                                                         copies go; never refused
+  wire_total      max-min fair by its drops: the oldest of the largest queue go
+                  (machine.net.wire), so a receiver holding at most
+                  wire_total // (queues) never loses a packet to wire_total
+A lone session therefore gets about half of each cap (the other half is the
+newcomer's); the per-session limits (procs, map_entries, inflight, ...) still
+apply as they are.
 
 The defaults are generous for every workload in this project (they are far
 above what the tests and clients use) and small enough that the kernel's
@@ -39,7 +69,10 @@ processes of a few KiB each; maxentries map entries of about 140 bytes, up
 to about 800 with an amap holding anons: at most about 200 MiB; wire
 packets within wire_total however many sessions listen; each role's flight
 recorder within record_bytes plus 256 bytes per entry, about 58 MiB at the
-defaults). `uvm-machine up --limit
+defaults; net's mbufs and wire queues within 384 MiB). role_memory (2 GiB)
+sits above all of that: its soft line (1 GiB) is past what a role holds for
+its clients at the defaults, so only memory nobody accounts for (libzmq's
+parts of unfinished messages) reaches it. `uvm-machine up --limit
 NAME=VALUE` (repeatable; env UVM_MACHINE_LIMITS="procs=64,files=128") changes
 them; every role reads the same Limits (the ones it enforces).
 """
@@ -72,6 +105,7 @@ class Limits:
     record_events: int = 100_000
     record_bytes: int = 32 << 20
     record_body: int = MAX_REQUEST_BYTES
+    role_memory: int = 2 << 30
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -5,7 +5,8 @@ role_main() is a role process's entry point (multiprocess target and
 (machine.roles.make_service), opens its peers, binds, reports its endpoints
 through the ready pipe (or stdout), and serves until ctl.shutdown or a signal —
 or until the supervisor dies (machine.orphan: it then stops as ctl.shutdown
-would).
+would). Its private memory is bounded by Limits.role_memory: RLIMIT_DATA, and
+the memory watchdog below it (machine.ipc.memwatch).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from machine import orphan
 from machine.config import RoleConfig, advertised
-from machine.ipc import timing
+from machine.ipc import memwatch, timing
 from machine.ipc.auth import read_key_file
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service
@@ -37,6 +38,9 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
        A supervised role ignores SIGINT: a terminal's Ctrl-C reaches the whole
        process group, and the supervisor stops roles in order.
     """
+    limits = Limits.from_dict(cfg.limits)
+    # The wall (machine.ipc.memwatch): private writable memory, not the shared RAM segment.
+    memwatch.set_data_limit(limits.role_memory)
     ram = Ram.attach(cfg.ram_name, cfg.ram_bytes)
     transport = ZmqTransport()
     rng = random.Random(cfg.seed)
@@ -53,7 +57,7 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
         cfg.swap_bytes,
         cfg.profile,
         key=read_key_file(cfg.key_file) if cfg.key_file else None,
-        limits=Limits.from_dict(cfg.limits),
+        limits=limits,
         peers=cfg.peers,
     )
     loop = asyncio.get_running_loop()
@@ -64,6 +68,7 @@ async def serve_role(cfg: RoleConfig, ready: Any = None, standalone: bool = Fals
     try:
         await svc.connect()  # its peers serve already; it serves only once they are open
         eps = await svc.start(cfg.kernel, cfg.user, cfg.pub)
+        svc.watch_memory(limits.role_memory)
         eps = {k: advertised(v, cfg.advertise) for k, v in eps.items()}
         info = {"role": cfg.role, "pid": os.getpid(), "incarnation": svc.incarnation, **eps}
         if ready is not None:

@@ -59,6 +59,24 @@ def limits(text: str) -> Limits:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class LimitAction(argparse.Action):
+    """--limit NAME=VALUE[,...], repeatable: each one applies on top of the limits so far
+    (the defaults, then UVM_MACHINE_LIMITS, then every --limit in order)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest)
+        try:
+            setattr(namespace, self.dest, current.with_text(str(values)))
+        except ValueError as e:
+            parser.error(f"{option_string}: {e}")
+
+
 def kernel_dir(text: str) -> str:
     """An absolute directory (every role must name the same sockets), or "" for TCP."""
     return os.path.abspath(text) if text else ""
@@ -127,9 +145,9 @@ def machine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--limit",
-        type=limits,
+        action=LimitAction,
         default=limits(env("LIMITS", "")),
         metavar="NAME=VALUE[,...]",
-        help="resource limits, e.g. procs=64,vsize=1G (env UVM_MACHINE_LIMITS); "
+        help="resource limits, e.g. procs=64,vsize=1G (repeatable; env UVM_MACHINE_LIMITS); "
         "names: " + ", ".join(Limits().to_dict()),
     )

@@ -49,6 +49,22 @@ replay     replay one exploration run exactly (outcome, message, trace hash; --h
 explain    explain a dump's failure from its flight recorders (chain, page, writer, leak)
 """
 
+#: `up`'s epilog: each role's memory bound and what happens at it (machine.ipc.memwatch).
+ROLE_MEMORY = """role memory (--limit role_memory=SIZE, default 2G; env UVM_MACHINE_LIMITS):
+  each role process (mmu, uvm, pdaemon, net) gets RLIMIT_DATA = SIZE (private
+  memory; the shared RAM segment is not counted) and a watchdog sampling its
+  private resident memory every 50 ms:
+    at SIZE/2    the role closes every connection to its user endpoint and binds
+                 it again (frees what half-sent messages held), trims its heap,
+                 counts it: `status` shows mem_resets, mem_kb, mem_peak_kb;
+                 a client's call in flight then times out, its next call works
+    at 3*SIZE/4  after a reset and a trim (the memory is the role's own): the
+                 role panics, the machine writes a crash dump and stops (exit 3)
+    at SIZE      allocation fails: the role panics or dies; the machine panics
+                 either way (exit 3)
+  The supervisor's attach endpoint is reset the same way (no rlimit, no panic).
+"""
+
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -58,7 +74,12 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("up", help="boot the machine with every role as a local process")
+    p = sub.add_parser(
+        "up",
+        help="boot the machine with every role as a local process",
+        epilog=ROLE_MEMORY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     machine_args(p)
     p.add_argument(
         "--endpoint",

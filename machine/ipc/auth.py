@@ -61,6 +61,10 @@ tells the roles (the reply's `ended` lists, the uvm.session_ended event), each
 calls `forget`, and from then on a signed request of that session is answered
 ESESSION at every role (machine.ipc.service), never ESRCH or EBADF.
 
+Live sessions (`live`): the sessions whose requests passed check() and that
+uvm has not said ended: the `n` of the fair shares of this role's caps
+(machine.share). Bounded by _MAX_WINDOWS (the oldest seen goes first).
+
 Invariants:
   * An identifier others can see (a session id, an asid, a socket id, a
     handle) never authorises anything: only a tag made with the session key
@@ -170,6 +174,10 @@ class SessionAuth:
         #: report to uvm), and sessions known to have ended (bounded, LRU).
         self._seen: set[int] = set()
         self._ended: collections.OrderedDict[int, None] = collections.OrderedDict()
+        #: The live sessions here: whose requests passed check() and that uvm has not
+        #: said ended (forget); the `n` of this role's fair shares (machine.share).
+        #: Bounded: beyond _MAX_WINDOWS the oldest first seen goes.
+        self.live: dict[int, None] = {}
         self.refused = 0
         self.replays = 0
 
@@ -218,8 +226,13 @@ class SessionAuth:
         self._windows.move_to_end(sid)
         if len(self._windows) > _MAX_WINDOWS:
             self._windows.popitem(last=False)
-        if sid not in self._ended and len(self._seen) < _MAX_WINDOWS:
-            self._seen.add(sid)
+        if sid not in self._ended:
+            if len(self._seen) < _MAX_WINDOWS:
+                self._seen.add(sid)
+            if sid not in self.live:
+                self.live[sid] = None
+                if len(self.live) > _MAX_WINDOWS:
+                    del self.live[next(iter(self.live))]
         return ""
 
     def take_seen(self, limit: int) -> list[int]:
@@ -235,6 +248,7 @@ class SessionAuth:
         remember it ended (`ended`), so its requests get the one "session ended" answer."""
         self._macs.pop(sid, None)
         self._seen.discard(sid)
+        self.live.pop(sid, None)
         self._ended[sid] = None
         self._ended.move_to_end(sid)
         if len(self._ended) > _MAX_WINDOWS:

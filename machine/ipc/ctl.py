@@ -6,17 +6,22 @@ the role has panicked, while dump, stats, hello and shutdown still work (the
 supervisor needs them). A role reports through three hooks it may override:
 counters() (ctl.stats, status), frames() (the frame census, uvm's) and
 dump_state() (what a crash dump holds of it); ctl.dump with `flight` adds the
-role's flight recorder (machine.ipc.recorder).
+role's flight recorder (machine.ipc.recorder). A process that runs the memory
+watchdog (watch_memory, machine.ipc.memwatch) adds its mem_* counters to
+ctl.stats and ctl.dump.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Coroutine
 from typing import Any, ClassVar, TypeVar
 
+from machine.ipc import memwatch
 from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing
+from machine.ipc.transport import Clock, Server
 from machine.kassert import KernelPanic
 from machine.proto import (
     PROTOCOL_VERSION,
@@ -37,8 +42,10 @@ from machine.proto import (
     Reply,
     Request,
 )
+from machine.share import FairShare
 
 R = TypeVar("R", bound=Reply)
+T = TypeVar("T")
 
 
 class CtlHandlers:
@@ -54,8 +61,19 @@ class CtlHandlers:
     stopped: asyncio.Event
     trace: collections.deque[str]
     recorder: FlightRecorder
+    clock: Clock
+    _userver: Server | None
+    inflight: FairShare
+    #: The memory watchdog, when this process runs one (watch_memory).
+    mem_watch: memwatch.MemWatch | None = None
 
     def reply(self, req: Request, cls: type[R], **fields: Any) -> R:
+        raise NotImplementedError
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str = "") -> asyncio.Task[T]:
+        raise NotImplementedError
+
+    def panic(self, message: str) -> None:
         raise NotImplementedError
 
     def ack(self, req: Request) -> CtlAck:
@@ -88,7 +106,7 @@ class CtlHandlers:
             role=self.role,
             pid=self.pid,
             incarnation=self.incarnation,
-            counters=self.counters(),
+            counters=self.all_counters(),
             frames=self.frames(),
         )
 
@@ -99,7 +117,7 @@ class CtlHandlers:
             "incarnation": self.incarnation,
             "state": self.state,
             "panic": self.panic_message,
-            "counters": self.counters(),
+            "counters": self.all_counters(),
             "trace": list(self.trace),
         }
         try:
@@ -128,7 +146,32 @@ class CtlHandlers:
     def on_kpanic(self, msg: CtlKpanic) -> Reply:
         raise KernelPanic(msg.message)
 
+    # -- the memory watchdog ------------------------------------------------
+
+    def watch_memory(self, limit: int, *, panics: bool = True) -> None:
+        """Run the memory watchdog (machine.ipc.memwatch) for this process: `limit` is
+        Limits.role_memory. A role's process and `up`'s supervisor call it after start();
+        a simulation never does (W3). panics=False: resets only (the supervisor)."""
+        w = self.mem_watch = memwatch.MemWatch(limit, panics)
+        self.spawn(
+            memwatch.watch(w, self._reset_user, self.panic, self._note, self.clock.sleep),
+            "memwatch",
+        )
+
+    async def _reset_user(self) -> None:
+        if self._userver is not None:
+            await self._userver.reset()
+
+    def _note(self, what: str) -> None:
+        self.trace.append(what)
+        self.recorder.note(what)
+
     # -- what a role reports ------------------------------------------------
+
+    def all_counters(self) -> dict[str, int]:
+        """counters(), and the watchdog's mem_* ones when it runs."""
+        mem = self.mem_watch.counters() if self.mem_watch is not None else {}
+        return {**self.counters(), **mem, "share_refused_inflight": self.inflight.refused}
 
     def counters(self) -> dict[str, int]:
         return {}

@@ -141,6 +141,9 @@ class MemServer(Server):
         #: A coroutine request's task (its reply is delivered when it ends).
         self.tasks = TaskSet()
 
+    async def reset(self) -> None:
+        """The bus holds no partial message and no connection state: nothing to drop."""
+
     async def close(self) -> None:
         self.bus.servers.pop(self.endpoint, None)
         await self.tasks.close()

@@ -97,6 +97,7 @@ from machine.proto import (
     encode,
     tag_of,
 )
+from machine.share import FairShare
 
 R = TypeVar("R", bound=Reply)
 T = TypeVar("T")
@@ -138,11 +139,13 @@ class Service(CtlHandlers):
         #: (a fresh one when none is given: then no client can sign for this role).
         self.auth = SessionAuth(key if key is not None else new_machine_key())
         self.limits = limits or Limits()
-        #: Coroutine requests of each session still running here (<= limits.inflight),
-        #: and of every session together (<= limits.inflight_total): a session that
-        #: pipelines without waiting gets EAGAIN instead of a task per request.
-        self._inflight: collections.Counter[int] = collections.Counter()
-        self._inflight_total = 0
+        #: Coroutine requests of each session still running here (held, <= limits.inflight),
+        #: and of every session together (total, <= limits.inflight_total, shared fairly
+        #: among the live sessions: machine.share): a session that pipelines without
+        #: waiting gets EAGAIN instead of a task per request.
+        self.inflight = FairShare(
+            "inflight_total", self.limits.inflight_total, self.auth.live, "requests in flight"
+        )
         self.rng = rng
         self.clock = clock or Clock()
         self.incarnation = incarnation if incarnation is not None else ids.incarnation(rng)
@@ -343,8 +346,7 @@ class Service(CtlHandlers):
             return encode(started.value)
         sid = msg.h.incarnation if endpoint is Scope.USER else 0
         if sid:
-            self._inflight[sid] += 1
-            self._inflight_total += 1
+            self.inflight.take(sid)
         return self._finish(msg, started, sid)
 
     def _deferred(self, msg: Request, out: Pending[Reply], endpoint: Scope) -> Pending[bytes]:
@@ -352,15 +354,11 @@ class Service(CtlHandlers):
         synchronously in the handler that completes it; counted in flight until then."""
         sid = msg.h.incarnation if endpoint is Scope.USER else 0
         if sid:
-            self._inflight[sid] += 1
-            self._inflight_total += 1
+            self.inflight.take(sid)
 
         def encoded(rep: Reply) -> bytes:
             if sid:
-                self._inflight_total -= 1
-                self._inflight[sid] -= 1
-                if not self._inflight[sid]:
-                    del self._inflight[sid]
+                self.inflight.give(sid)
             try:
                 return encode(rep)
             except Exception as e:
@@ -398,10 +396,7 @@ class Service(CtlHandlers):
             return encode(self._failed(msg, e))
         finally:
             if sid:
-                self._inflight_total -= 1
-                self._inflight[sid] -= 1
-                if not self._inflight[sid]:
-                    del self._inflight[sid]
+                self.inflight.give(sid)
 
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
         """handle(), decoded: for tests and tools that want the Reply object."""
@@ -428,17 +423,21 @@ class Service(CtlHandlers):
                 return self.error(
                     h.msg_id, Errno.ESESSION, "the session has ended (detached or reaped)"
                 )
-            if type(msg) in self._limited and (
-                self._inflight[h.incarnation] >= self.limits.inflight
-                or self._inflight_total >= self.limits.inflight_total
-            ):
-                return self.error(
-                    h.msg_id,
-                    Errno.EAGAIN,
-                    f"too many requests in flight at {self.role} "
-                    f"(limits inflight {self.limits.inflight}, "
-                    f"inflight_total {self.limits.inflight_total})",
-                )
+            if type(msg) in self._limited:
+                fs = self.inflight
+                if fs.held.get(h.incarnation, 0) >= self.limits.inflight:
+                    return self.error(
+                        h.msg_id,
+                        Errno.EAGAIN,
+                        f"too many requests in flight at {self.role} "
+                        f"(limit inflight {self.limits.inflight})",
+                    )
+                if not fs.grants(h.incarnation):
+                    return self.error(
+                        h.msg_id,
+                        Errno.EAGAIN,
+                        f"too many requests in flight at {self.role}: " + fs.refusal(h.incarnation),
+                    )
         if self.state == "panicked" and not isinstance(msg, _PANIC_EXEMPT):
             return self.error(h.msg_id, Errno.EPANIC, self.panic_message)
         handler = self._handlers.get(type(msg))

@@ -24,6 +24,8 @@ Contract:
     layer guarantees it).
     While the handler runs, the server's `conn` names the connection the request
     came in on (a ZeroMQ ROUTER's routing id, the in-memory bus's connection number).
+  * Server.reset(): close every connection to the endpoint and keep serving it
+    (clients reconnect); a role's memory watchdog uses it (machine.ipc.memwatch).
   * connect(endpoint, on_reply): `send(bytes)` queues one request without
     blocking; each reply's bytes are passed to `on_reply`, in arrival order.
   * Events are fire-and-forget: a subscriber that is late or slow may miss
@@ -49,6 +51,12 @@ class Server(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def reset(self) -> None:
+        """Drop every client connection and what the transport holds for it (unread
+        requests, parts of unfinished messages, unsent replies), and serve on at the
+        same endpoint (machine.ipc.memwatch)."""
 
 
 class Connection(abc.ABC):

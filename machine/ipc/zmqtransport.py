@@ -33,7 +33,9 @@ extra parts read without a copy and discarded unjoined. (ZeroMQ delivers a
 multipart message whole: libzmq has buffered every part before the first one
 can be read, and ZMQ_MAXMSGSIZE bounds each part, not their sum. What is
 buffered is freed once the message is read and dropped; a message whose
-last part never comes stays in libzmq until its peer disconnects.)
+last part never comes stays in libzmq until its peer disconnects: a role's
+memory watchdog then resets the endpoint, ZmqServer.reset, see
+machine.ipc.memwatch.)
 Wildcard ports ("tcp://127.0.0.1:*") are resolved with ZMQ_LAST_ENDPOINT.
 A DEALER's send that would block (high-water mark) is queued and flushed when
 the socket can take it again. A ROUTER never queues in Python: ZeroMQ drops a
@@ -93,6 +95,9 @@ _HWM = 100_000
 #: the TCP buffers, not in this queue. 32 replies of at most MAX_ACCESS_BYTES:
 #: 32 MiB held for a client that does not read, per connection.
 USER_HWM = 32
+
+#: How long a reset endpoint (ZmqServer.reset) tries to bind its address again.
+REBIND_S = 2.0
 
 #: One turn of a socket's reader: at most this many messages ...
 DRAIN_BATCH = 32
@@ -313,6 +318,24 @@ class ZmqServer(Server):
         out = await pending
         if out is not None:
             self._ls.send([ident, out])
+
+    async def reset(self) -> None:
+        """Unbind and bind again: libzmq closes every connection the listener accepted
+        and frees what they held (partial messages included). The port can stay busy
+        for a moment after the unbind (libzmq closes the listener on its I/O thread):
+        the bind is retried for up to REBIND_S. => OSError if it cannot bind again."""
+        sock = self._ls.sock
+        sock.unbind(self.endpoint)
+        deadline = time.monotonic() + REBIND_S
+        while True:
+            try:
+                sock.bind(self.endpoint)
+                break
+            except zmq.ZMQError as e:
+                if time.monotonic() >= deadline:
+                    raise OSError(f"cannot bind {self.endpoint} again: {e}") from None
+                await asyncio.sleep(0.005)
+        _private(self.endpoint)
 
     async def close(self) -> None:
         await self._tasks.close()

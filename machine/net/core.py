@@ -23,7 +23,7 @@ knows (sockets of processes that exited, listeners of sessions that ended).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from machine.ipc.peer import RemoteError
@@ -56,7 +56,10 @@ class Net:
         clock: Sleeper,
         log: Callable[[str], None] = lambda line: None,
         note: Callable[..., None] | None = None,
+        live: Collection[int] = (),
     ) -> None:
+        """live: the sessions net knows live (its SessionAuth's), the `n` of the fair
+        shares of mbufs (machine.share; wire_total's is the wire's own: machine.net.wire)."""
         self.ops = ops
         self.knobs = knobs
         self.limits = limits
@@ -64,7 +67,7 @@ class Net:
         self.stats = new_stats()
         self.chan = WaitChannel()
         self.kva = KvaArena(self.chan, self.stats)
-        self.pool = MbufPool(self.chan, limits.mbufs, self.stats)
+        self.pool = MbufPool(self.chan, limits.mbufs, self.stats, live)
         self.sockets = SocketTable(self.chan, self.stats, log)
         self.wire = Wire(limits.wire_bytes, limits.wire_total, self.stats)
         self.driver = Driver(

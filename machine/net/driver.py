@@ -247,7 +247,7 @@ class Driver:
             if mb.loaned:
                 self.loanfree_later(mb)  # soloanfree: defer, never free here
             else:
-                self.pool.mclfree(mb.length)
+                self.pool.mclfree(mb.length, so.session)
                 self.sockets.sofree(so)
             self.chan.wakeup()
 

@@ -10,16 +10,25 @@ Invariants:
     [kva + pgoff, kva + pgoff + length), within its pfns' pages;
   * 0 <= mbuf_bytes <= limit, except one chunk let into an empty pool
     (m_get with M_WAIT: a copy larger than the pool still goes, alone);
-  * mbuf_bytes is the sum of the copied mbufs held: 0 when none is queued.
+  * mbuf_bytes is the sum of the copied mbufs held: 0 when none is queued;
+    per session, share.held is the sum of its sockets' copied mbufs.
+Fair shares (machine.share, n = the sessions net has seen and not forgotten + 1):
+a copy that would take a session past its share of `limits.mbufs`, beyond what
+the other sessions could still claim, waits (m_get M_WAIT, counted in
+`mbufwaits`) until storage is freed, while the other
+sessions' copies are served; it is never refused (a send's copy path has no
+errno for it). The one-chunk exception above still holds for an empty pool.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from machine.net.knobs import new_stats
 from machine.net.socket import Socket
 from machine.net.synch import WaitChannel
+from machine.share import FairShare
 
 
 @dataclass(eq=False)
@@ -45,25 +54,39 @@ class Mbuf:
 
 
 class MbufPool:
-    """Storage for copied data: at most `limit` bytes over every session."""
+    """Storage for copied data: at most `limit` bytes over every session, each session's
+    share of them fair (machine.share: `share.held` per session, `share.total` ==
+    mbuf_bytes)."""
 
-    def __init__(self, chan: WaitChannel, limit: int, stats: dict[str, int] | None = None):
+    def __init__(
+        self,
+        chan: WaitChannel,
+        limit: int,
+        stats: dict[str, int] | None = None,
+        live: Collection[int] = (),
+    ):
         self.chan = chan  # woken on every free
         self.limit = limit
         self.stats = stats if stats is not None else new_stats()  # counts mbufwaits
-        self.mbuf_bytes = 0
+        self.share = FairShare("mbufs", limit, live, "bytes of mbuf storage")
 
-    def _room(self, n: int) -> bool:
-        return self.mbuf_bytes == 0 or self.mbuf_bytes + n <= self.limit
+    @property
+    def mbuf_bytes(self) -> int:
+        return self.share.total
 
-    async def mclget(self, n: int) -> None:
-        """Take n bytes of storage, waiting while the pool cannot hold them."""
-        if self.mbuf_bytes + n > self.limit:
+    def _room(self, session: int, n: int) -> bool:
+        return self.share.total == 0 or self.share.grants(session, n)
+
+    async def mclget(self, n: int, session: int = 0) -> None:
+        """Take n bytes of storage for session, waiting while the pool cannot hold them
+        or they would pass the session's fair share (machine.share): a greedy session's
+        copy waits while the others' go ahead."""
+        if not self._room(session, n):
             self.stats["mbufwaits"] += 1
-        await self.chan.sleep_until(lambda: self._room(n))
-        self.mbuf_bytes += n
+        await self.chan.sleep_until(lambda: self._room(session, n))
+        self.share.take(session, n)
 
-    def mclfree(self, n: int) -> None:
-        """Give back n bytes of storage; wakes every sleeper."""
-        self.mbuf_bytes -= n
+    def mclfree(self, n: int, session: int = 0) -> None:
+        """Give back n bytes of session's storage; wakes every sleeper."""
+        self.share.give(session, n)
         self.chan.wakeup()

@@ -111,6 +111,7 @@ class NetService(Service):
             clock=self.clock,
             log=self.trace.append,
             note=self.recorder.note,
+            live=self.auth.live,
         )
         self._uvm_sub: Subscription | None = None
         self._end_sub: Subscription | None = None

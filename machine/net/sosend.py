@@ -24,9 +24,11 @@ copied ones, more while their bytes stay within a quarter of
 the pool; the send returns once every chunk is queued (write(2)), and nothing is
 awaited between its last enqueue and its answer. SendResult.messages counts every
 kernel message the send path sent.
-Known limit: the copied chunks of a window (its refused loans too) hold their pool
-storage until the whole window is set up, so a pool (limits.mbufs) smaller than a
-window's copies deadlocks the send (tests/unit/net/test_sosend.py, xfail).
+The copied chunks of a window (its refused loans too) hold their pool storage until
+the whole window is set up, so a window's copies stop short of the session's fair
+share of the pool (machine.share, machine.net.mbuf): one chunk more would pass it.
+Known limit: a refused loan is copied in a window sized for loans, so a window
+of refused loans can still pass a small share and wait until other storage frees.
 
 Invariants:
   * one send at a time per socket (sblock); its mbufs are queued in send order;
@@ -177,7 +179,7 @@ class Sosend:
                 so.cc += want
                 window.append(Slot(off, want, loan, kva))
                 off += want
-                if len(window) >= LOAN_WINDOW or self._copies_full(window):
+                if len(window) >= LOAN_WINDOW or self._copies_full(window, so.session):
                     await self._flush(so, va, n, owner, res, window)
             if window:
                 await self._flush(so, va, n, owner, res, window)
@@ -188,11 +190,17 @@ class Sosend:
         """Pages the window's loans hold resident (none of them can be paged out)."""
         return sum(npages_of(va + s.off, s.length) for s in window if s.loan)
 
-    def _copies_full(self, window: list[Slot]) -> bool:
+    def _copies_full(self, window: list[Slot], session: int) -> bool:
         """The window holds as many copied chunks as one may: PIPELINE, or more while
-        their bytes stay within a quarter of the mbuf pool."""
+        their bytes stay within a quarter of the mbuf pool; and never so many that one
+        more chunk would pass the session's fair share of the pool (machine.share): a
+        window's storage is held until the window is queued, so a window past the share
+        could wait for ever for storage only its own queueing would free."""
         copies = [s.length for s in window if not s.loan]
-        return len(copies) >= PIPELINE and sum(copies) >= self.pool.limit // 4
+        held = sum(copies)
+        if held and held + self.loan_chunk > self.pool.share.share():
+            return True
+        return len(copies) >= PIPELINE and held >= self.pool.limit // 4
 
     async def _sbwait(self, so: Socket, want: int) -> int | None:
         """Wait until the send buffer has room for `want` bytes. => the room there is;
@@ -247,7 +255,7 @@ class Sosend:
         if mb.loaned:
             self.driver.loanfree_later(mb)
         else:
-            self.pool.mclfree(mb.length)
+            self.pool.mclfree(mb.length, mb.sock.session)
 
     def _abandon(self, so: Socket, va: int, window: list[Slot]) -> None:
         """Give back what chunks not yet set up reserved: buffer space and loan KVA."""
@@ -331,7 +339,7 @@ class Sosend:
         got = 0
         try:
             for i in idx:
-                await self.pool.mclget(chunks[i].length)
+                await self.pool.mclget(chunks[i].length, chunks[i].so.session)
                 got += 1
             runs: list[list[int]] = []
             for i in idx:
@@ -350,7 +358,7 @@ class Sosend:
                 if n >= got:
                     break
                 if not isinstance(made[i], Mbuf):
-                    self.pool.mclfree(chunks[i].length)
+                    self.pool.mclfree(chunks[i].length, chunks[i].so.session)
 
     async def _copy_run(
         self, run: list[Chunk], idx: list[int], made: list[Mbuf | BaseException | None],

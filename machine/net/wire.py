@@ -7,9 +7,16 @@ payload is published. A queue holds at most `wire_bytes` (payload plus WIRE_OVER
 mbuf): beyond it its own oldest mbufs are dropped. Every queue together holds at most
 `wire_total` (`wire_queued`): a packet that would pass it drops the oldest mbufs of the
 LARGEST queue (the receiver that hoards pays, not those that read), whichever queue that
-is. Drops are counted (the queue's `dropped`, the core's `wiredrops`), never
-back-pressure on the driver. A queue ends at unlisten (or when its session ends); its
-bytes are then given back at once.
+is. That is max-min fair (longest-queue drop): with k queues holding packets (the
+arriving packet queued), a queue holding at most wire_total // k is never the one
+trimmed for wire_total (were every queue that small, the total would not pass
+wire_total), so a session that reads keeps its packets
+whatever another hoards; a queue loses packets to wire_total only while it is the
+largest (give or take the one packet that goes last). This is wire_total's fair share
+(machine.share states the rule for the caps a session asks for; the wire's receivers
+do not ask, packets arrive, so its share is kept by what it drops). Drops are counted
+(the queue's `dropped`, the core's `wiredrops`), never back-pressure on the driver.
+A queue ends at unlisten (or when its session ends); its bytes are then given back at once.
 
 Invariants:
   * a listener's queue holds only its session's mbufs, in the order they left;

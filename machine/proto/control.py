@@ -111,6 +111,10 @@ class CtlDirectoryReply(Reply, frozen=True, kw_only=True, tag="ctl.directory.rep
 
 
 class RoleStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A role as the supervisor sees it (ctl.status): its process, its incarnation, whether
+    it is alive and answered, its state ("running", "panicked", or "down" when it did not
+    answer) and its counters (empty when it did not answer)."""
+
     pid: int
     incarnation: int
     alive: bool

@@ -9,15 +9,17 @@ what this renders, so the document cannot drift from the code.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from machine.params import MAX_REQUEST_BYTES, REPLAY_WINDOW
-from machine.proto.base import PROTOCOL_VERSION, Errno, Header, Msg, Request
+from machine.proto.base import PROTOCOL_VERSION, Errno, Header, Msg, Request, Status
 from machine.proto.codec import EVENTS, REPLIES, REQUESTS, tag_of
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -26,15 +28,32 @@ AREAS = {
     "pmap": "pmap(9): translations (mmu role, kernel endpoint)",
     "mmu": "the CPU: loads and stores (mmu role)",
     "uvm": "uvm: address spaces, mappings, faults (uvm role)",
-    "pd": "the page daemon",
-    "net": "the network driver",
+    "pd": "the page daemon (pdaemon role, kernel endpoint)",
+    "net": "the network driver (net role)",
     "error": "errors",
 }
 
 
+#: How the enums travel: as their values, strings (a client sees no Python names).
+_ENUM_TYPES = {
+    Status: '`str`: "ok" or "error"',
+    Errno | None: "`str` (an errno name, below) or nil",
+}
+
+
+def _type_cell(t: Any) -> str:
+    """A field's type as the table shows it (backquoted, or the enum's wire form)."""
+    return _ENUM_TYPES.get(t) or f"`{_type_name(t)}`"
+
+
+def _default_cell(value: Any) -> str:
+    """A default as the table shows it: an enum by its wire value."""
+    return repr(value.value if isinstance(value, enum.Enum) else value)
+
+
 def _type_name(t: Any) -> str:
     s = repr(t).replace("typing.", "").replace("machine.proto.", "")
-    for mod in ("control.", "types.", "pmap.", "uvm.", "base.", "net.", "pdaemon."):
+    for mod in ("control.", "types.", "pmap.", "uvm.", "base.", "net.", "pdaemon.", "trap."):
         s = s.replace(mod, "")
     s = s.replace("<class '", "").replace("'>", "")
     return s
@@ -47,9 +66,9 @@ def _fields(cls: type[msgspec.Struct]) -> list[str]:
             continue
         default = ""
         if f.default is not msgspec.NODEFAULT:
-            default = f" = {f.default!r}"
+            default = f" = {_default_cell(f.default)}"
         elif f.default_factory is not msgspec.NODEFAULT:
-            default = f" = {f.default_factory()!r}"
+            default = f" = {_default_cell(f.default_factory())}"
         ann = f.type
         meta = ""
         if getattr(ann, "__metadata__", None):
@@ -61,7 +80,7 @@ def _fields(cls: type[msgspec.Struct]) -> list[str]:
             ]
             meta = f" ({', '.join(bounds)})" if bounds else ""
             ann = ann.__origin__
-        rows.append(f"| `{f.name}` | `{_type_name(ann)}`{meta} | `{default.lstrip(' =')}` |")
+        rows.append(f"| `{f.name}` | {_type_cell(ann)}{meta} | `{default.lstrip(' =')}` |")
     return rows
 
 
@@ -90,8 +109,15 @@ def render() -> str:
         "header's `re` is the request's `msg_id` (a *notice*, one-way between roles, such as "
         "`pmap.resolve`, gets none; it is handled in order with the requests its sender "
         "sent on the same connection). Replies carry `status` (`ok`/`error`), "
-        "`errno` and `detail`. Over ZeroMQ: ROUTER/DEALER with one msgpack frame per message "
-        "(a message of more frames is dropped); events on PUB with the tag as topic frame.",
+        "`errno` and `detail`; a reply's tag is not always the request's plus `.reply` "
+        "(`mmu.load` answers `mmu.access.reply`, many requests `ctl.ack.reply`, a refusal "
+        "`error.reply`): match a reply on `re`, then read `status`. Each area is served by "
+        "the role its heading names (`ctl.*` by every role and the supervisor); the "
+        "supervisor's `ctl.directory` gives each role's endpoints. Over ZeroMQ: "
+        "ROUTER/DEALER with one msgpack frame per message (a message of more frames is "
+        "dropped); events on PUB with the tag as topic frame. How to write a client from "
+        "this reference, with an annotated encoded request and replies: "
+        "[client-guide.md](client-guide.md).",
         "",
         "## Sessions and signed requests",
         "",
@@ -114,6 +140,12 @@ def render() -> str:
         "|---|---|---|",
     ]
     out += _fields(Header)
+    out += [
+        "",
+        "`msg_id`, `sender` and `incarnation` are required; a request's `msg_id` is at least "
+        "1 (0 means no readable header). `proto` is a msgpack array `[major, minor]`; a "
+        "request of another major is refused (`EPROTO`), the minor is not checked.",
+    ]
     out += _msg_id_rule()
     out += ["", "## Errnos", ""]
     out += [f"- `{e.value}`" for e in Errno]
@@ -123,6 +155,7 @@ def render() -> str:
         ("Replies", list(REPLIES)),
         ("Events", list(EVENTS)),
     ]
+    out += _nested(cls for _, classes in kinds for cls in classes)
     for title, classes in kinds:
         out += [f"## {title}", ""]
         by_area: dict[str, list[type[Msg]]] = {}
@@ -133,6 +166,42 @@ def render() -> str:
             for cls in by_area[area]:
                 out += ["#" + ln if ln.startswith("### ") else ln for ln in _section(cls)]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _nested(classes: Iterable[type[Msg]]) -> list[str]:
+    """Every structure that travels inside a message's fields, with its own fields: a
+    msgpack map of them, or an array in field order when the struct is array_like."""
+    found: dict[str, type[msgspec.Struct]] = {}
+
+    def walk(t: Any) -> None:
+        nested = isinstance(t, type) and issubclass(t, msgspec.Struct)
+        if nested and not issubclass(t, Msg) and t is not Header and t.__name__ not in found:
+            found[t.__name__] = t
+            for f in msgspec.structs.fields(t):
+                walk(f.type)
+        for arg in get_args(t):
+            walk(arg)
+
+    for cls in classes:
+        for f in msgspec.structs.fields(cls):
+            walk(f.type)
+    out = [
+        "## Nested types",
+        "",
+        "Structures inside messages' fields (the header aside, above). Each travels as a "
+        "msgpack map of its fields, except where it says *array*: then as an array of its "
+        "fields, in this order.",
+        "",
+    ]
+    for name in sorted(found):
+        st = found[name]
+        form = "array" if st.__struct_config__.array_like else "map"
+        out += [f"### `{name}` ({form})", ""]
+        doc = inspect.getdoc(st)
+        if doc and "__doc__" in vars(st) and st.__doc__:
+            out += [doc, ""]
+        out += ["| field | type | default |", "|---|---|---|", *_fields(st), ""]
+    return out
 
 
 def _msg_id_rule() -> list[str]:

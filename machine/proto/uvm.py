@@ -45,7 +45,8 @@ class UvmSpawn(Request, frozen=True, kw_only=True, tag="uvm.spawn"):
     """Create an emulated process: a new, empty address space owned by the caller.
 
     => client -> uvm. Reply: UvmSpawnReply with its asid (its pid).
-    Errnos: EAGAIN (the procs or maxproc limit), ESESSION (the session ended, by
+    Errnos: EAGAIN (the procs or maxproc limit, or the session's fair share of
+    maxproc: docs/design.md "Fair shares"), ESESSION (the session ended, by
     detach or reap, while the process was being made: it has exited).
     """
 
@@ -77,9 +78,10 @@ class UvmMmap(Request, frozen=True, kw_only=True, tag="uvm.mmap"):
        changes it). After mlockall(MCL_FUTURE) the new mapping is wired.
     Reply: UvmMmapReply with the start VA. Errnos: EINVAL (length, alignment,
     fixed outside user space or at 0), ENOMEM (no room, vsize, map_entries,
-    maxentries; under MCL_FUTURE, beyond RLIMIT_MEMLOCK or wiredmax or no frame:
-    the new mapping is undone, what MAP_FIXED replaced stays removed, as
-    NetBSD's uvm_mmap), EBADF, EACCES (open mode).
+    maxentries or the session's fair share of it; under MCL_FUTURE, beyond
+    RLIMIT_MEMLOCK or wiredmax or no frame: the new mapping is undone, what
+    MAP_FIXED replaced stays removed, as NetBSD's uvm_mmap), EBADF, EACCES (open
+    mode).
     """
 
     scope: ClassVar[Scope] = Scope.USER
@@ -132,8 +134,9 @@ class UvmFork(Request, frozen=True, kw_only=True, tag="uvm.fork"):
     => afterwards stores in either are invisible to the other; shared
        mappings stay shared; wired private memory is copied at once.
     Reply: UvmForkReply with the child's asid (owned by the same session).
-    Errnos: EAGAIN (the procs or maxproc limit), ENOMEM (the machine's map
-    entries, maxentries: the child's are charged first; or no frame to copy
+    Errnos: EAGAIN (the procs or maxproc limit, or the session's fair share of
+    maxproc), ENOMEM (the machine's map entries, maxentries or the session's fair
+    share of it: the child's are charged first; or no frame to copy
     wired memory into), ESRCH (no such process), ESESSION (the session ended, by
     detach or reap, while the child was being made: it has exited).
     """

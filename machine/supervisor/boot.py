@@ -161,6 +161,9 @@ async def _serve(
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise
             return 130
+        # Its attach endpoint is a ROUTER clients reach too: resets only, no rlimit (a
+        # crash dump is written from here).
+        sup.watch_memory(sup.limits.role_memory, panics=False)
         info = {
             "attach": eps["user"],
             "events": eps["pub"],

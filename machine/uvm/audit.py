@@ -13,7 +13,9 @@ every step of the model-based tests. What it checks:
     NEEDSCOPY entry refers to a shared one; AM3: no anon outside every range) of every
     space;
     E1: every map counts in the machine's entry pool, whose nentries is the
-    sum of the spaces' entries (a fork's child is a space from its first entry).
+    sum of the spaces' entries (a fork's child is a space from its first entry);
+    S1 of the pool's and the processes' fair shares (machine.share): the pool's
+    share.total is nentries + reserved.
   * anons: A1 ref > 0; A3 ref == the amaps holding the anon + its loans to anons;
     A2 a resident anon's page is owned by it (uanon, PG_ANON) or borrowed from
     an object (uanon, PG_ANON clear, counted in loan_count: I7); a
@@ -91,6 +93,10 @@ def _static(uvm: Uvm) -> list[str]:
         problems.append("F2: the vnodes' open modes disagree with the handles")
     if nentries != uvm.entry_pool.nentries:
         problems.append(f"E1: entry pool counts {uvm.entry_pool.nentries} != {nentries} entries")
+    pool = uvm.entry_pool
+    problems += pool.share.check() + uvm.procs.check()
+    if pool.share.total != pool.nentries + pool.reserved:
+        problems.append(f"S1: maxentries' shares hold {pool.share.total} != entries + reserved")
     holders: Counter[int] = Counter()
     for key, amap in amaps.items():
         problems += amap.check()

@@ -30,7 +30,9 @@ Invariants (check()):
 Entry accounting (NetBSD's pool of map entries, bounded by limits.maxentries):
 every VmMap of a machine shares one MapEntryPool, and only VmMap's own methods
 change its `nentries` (insert +1, clip +1 per split, remove and take_all -1 per
-entry gone), so it cannot drift from the maps:
+entry gone), so it cannot drift from the maps; each map counts them for its owner
+session too, and the pool's FairShare refuses a session past its fair share of
+maxentries (machine.share) with ENOMEM, as it refuses the machine's limit:
   E1  pool.nentries == the sum of len(map.entries) over the pool's maps
       (audit.py sums every space).
 `reserved` holds the entries a fork has charged for a child it is still
@@ -52,9 +54,11 @@ import enum
 from dataclasses import dataclass
 
 from machine.kassert import kassert
+from machine.limits import Limits
 from machine.params import PAGE_MASK, PAGE_SHIFT, USER_MIN, USER_TOP, round_page
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
+from machine.share import FairShare
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
 from machine.uvm.object import UvmObject
@@ -179,35 +183,50 @@ class MapEntry:
 
 
 class MapEntryPool:
-    """The map entries of the whole machine (NetBSD's uvm_map_entry pool): a count.
+    """The map entries of the whole machine (NetBSD's uvm_map_entry pool): a count, and
+    per session (each map's owner) the entries its maps hold plus those reserved for it:
+    maxentries' fair shares (machine.share; `share.total == nentries + reserved`).
 
     => nentries: entries in maps (E1); reserved: charged for a fork's child not yet
        inserted. Both only grow and shrink through VmMap's methods and reserve()/
-       unreserve(); the caller checks room() against limits.maxentries first."""
+       unreserve(); the caller checks refusal() first."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: FairShare | None = None) -> None:
         self.nentries = 0
         self.reserved = 0
+        self.share = share or FairShare("maxentries", Limits().maxentries, (), "map entries")
 
-    def room(self, n: int, limit: int) -> bool:
-        """Can n more entries be made without exceeding limit?"""
-        return self.nentries + self.reserved + n <= limit
+    def refusal(self, owner: int, n: int) -> str:
+        """=> "" when session owner may make n more entries (maxentries and its fair
+        share), else why not."""
+        return "" if self.share.grants(owner, n) else self.share.refusal(owner, n)
 
-    def reserve(self, n: int) -> None:
+    def add(self, owner: int, n: int) -> None:
+        """n entries more (n < 0: fewer) in owner's maps."""
+        self.nentries += n
+        if n >= 0:
+            self.share.take(owner, n)
+        else:
+            self.share.give(owner, -n)
+
+    def reserve(self, owner: int, n: int) -> None:
         """Set n entries aside for a map being built (fork's child)."""
         self.reserved += n
+        self.share.take(owner, n)
 
-    def unreserve(self, n: int) -> None:
+    def unreserve(self, owner: int, n: int) -> None:
         """Give back reserved entries that were not inserted (a fork that failed)."""
         self.reserved -= n
         kassert(self.reserved >= 0, "map entry pool: reserved %d < 0", self.reserved)
+        self.share.give(owner, n)
 
 
 class VmMap:
     """The entries of one address space, sorted by start."""
 
-    def __init__(self, pool: MapEntryPool | None = None) -> None:
+    def __init__(self, pool: MapEntryPool | None = None, owner: int = 0) -> None:
         self.pool = pool if pool is not None else MapEntryPool()  # None: a map of its own
+        self.owner = owner  # the session whose share of the pool its entries count in
         self.entries: list[MapEntry] = []
         self._starts: list[int] = []
         self.size = 0  # bytes mapped (vm_map.size)
@@ -269,8 +288,8 @@ class VmMap:
         self._starts.insert(i, entry.start)
         self.size += entry.end - entry.start
         if reserved:
-            self.pool.unreserve(1)
-        self.pool.nentries += 1
+            self.pool.unreserve(self.owner, 1)
+        self.pool.add(self.owner, 1)
 
     def in_range(self, start: int, end: int) -> list[MapEntry]:
         return [e for e in self.entries if e.start < end and e.end > start]
@@ -285,11 +304,11 @@ class VmMap:
             if e.start < start:
                 upper = e.split_at(start)
                 self.entries.append(upper)
-                self.pool.nentries += 1
+                self.pool.add(self.owner, 1)
                 e = upper
             if e.end > end:
                 self.entries.append(e.split_at(end))
-                self.pool.nentries += 1
+                self.pool.add(self.owner, 1)
             out.append(e)
         self._reindex()
         return out
@@ -299,7 +318,7 @@ class VmMap:
         ids = {id(e) for e in doomed}
         kept = [e for e in self.entries if id(e) not in ids]
         kassert(len(kept) + len(ids) == len(self.entries), "vm_map remove: entry not in map")
-        self.pool.nentries -= len(self.entries) - len(kept)
+        self.pool.add(self.owner, len(kept) - len(self.entries))
         self.entries = kept
         self.size -= sum(e.end - e.start for e in doomed)
         self.first_free = min([self.first_free, *(e.start for e in doomed)])
@@ -308,7 +327,7 @@ class VmMap:
     def take_all(self) -> list[MapEntry]:
         """Empty the map (exit). => the entries it held."""
         entries, self.entries, self._starts, self.size = self.entries, [], [], 0
-        self.pool.nentries -= len(entries)
+        self.pool.add(self.owner, -len(entries))
         self.first_free = USER_MIN
         return entries
 

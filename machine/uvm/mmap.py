@@ -73,7 +73,9 @@ async def spawn(uvm: Uvm, owner: int) -> int:
     except BaseException:
         uvm.uncharge_proc(owner)
         raise
-    uvm.spaces[asid] = VmSpace(asid, owner, VmMap(uvm.entry_pool), memlock=memlock_default(uvm))
+    uvm.spaces[asid] = VmSpace(
+        asid, owner, VmMap(uvm.entry_pool, owner), memlock=memlock_default(uvm)
+    )
     uvm.stats.spawns += 1
     return asid
 
@@ -140,13 +142,13 @@ async def mmap(
         if replacing:
             # Before the first await: the new entry's place, and the file's reference
             # (fd_getfile's: a close meanwhile must not free the object).
-            uvm.entry_pool.reserve(1)
+            uvm.entry_pool.reserve(sp.owner, 1)
             if obj is not None:
                 obj.refs += 1
             try:
                 await _unmap_locked(uvm, sp, va, va + length)
             except BaseException:
-                uvm.entry_pool.unreserve(1)
+                uvm.entry_pool.unreserve(sp.owner, 1)
                 if obj is not None:
                     await obj_unref(uvm, obj)
                 raise
@@ -199,7 +201,7 @@ def _map_room(uvm: Uvm, sp: VmSpace, length: int) -> None:
         raise UserError(
             Errno.ENOMEM, f"the process holds its limit of {uvm.limits.map_entries} entries"
         )
-    _entry_room(uvm, 1, "mmap")
+    _entry_room(uvm, sp.owner, 1, "mmap")
 
 
 def _replace_room(uvm: Uvm, sp: VmSpace, start: int, end: int) -> bool:
@@ -227,7 +229,7 @@ def _replace_room(uvm: Uvm, sp: VmSpace, start: int, end: int) -> bool:
             f"{uvm.limits.map_entries}",
         )
     if after > n:
-        _entry_room(uvm, after - n, "mmap")
+        _entry_room(uvm, sp.owner, after - n, "mmap")
     return True
 
 
@@ -251,14 +253,12 @@ def _unshare(uvm: Uvm, e: MapEntry) -> None:
         uvm.amap_copy(e)
 
 
-def _entry_room(uvm: Uvm, n: int, what: str) -> None:
-    """=> UserError ENOMEM when n more map entries would exceed limits.maxentries."""
-    if not uvm.entry_pool.room(n, uvm.limits.maxentries):
-        raise UserError(
-            Errno.ENOMEM,
-            f"{what}: the machine holds its limit of {uvm.limits.maxentries} map entries "
-            "(maxentries)",
-        )
+def _entry_room(uvm: Uvm, owner: int, n: int, what: str) -> None:
+    """=> UserError ENOMEM when n more map entries of session owner would exceed
+    limits.maxentries or pass its fair share of them (machine.share)."""
+    why = uvm.entry_pool.refusal(owner, n)
+    if why:
+        raise UserError(Errno.ENOMEM, f"{what}: {why}")
 
 
 def _clip_room(uvm: Uvm, sp: VmSpace, start: int, end: int, removing: bool = False) -> None:
@@ -277,7 +277,7 @@ def _clip_room(uvm: Uvm, sp: VmSpace, start: int, end: int, removing: bool = Fal
             f"{uvm.limits.map_entries} map entries",
         )
     if splits and after > len(sp.map.entries):
-        _entry_room(uvm, after - len(sp.map.entries), f"splitting at {start:#x}-{end:#x}")
+        _entry_room(uvm, sp.owner, after - len(sp.map.entries), f"splitting at {start:#x}-{end:#x}")
 
 
 def _clip(uvm: Uvm, sp: VmSpace, start: int, end: int, removing: bool = False) -> list[MapEntry]:
@@ -416,18 +416,18 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
     sp = uvm.space(asid, owner)
     async with sp.lock:
         todo = [e for e in sp.map.entries if e.inheritance is not Inherit.NONE]
-        _entry_room(uvm, len(todo), "fork")
+        _entry_room(uvm, owner, len(todo), "fork")
         uvm.charge_proc(owner)
         pool = uvm.entry_pool
-        pool.reserve(len(todo))  # before any await: racing forks and mmaps agree
+        pool.reserve(owner, len(todo))  # before any await: racing forks and mmaps agree
         child_asid = uvm.new_asid()
         try:
             await uvm.pmap.create(child_asid, owner)
         except BaseException:
-            pool.unreserve(len(todo))
+            pool.unreserve(owner, len(todo))
             uvm.uncharge_proc(owner)
             raise
-        child = VmSpace(child_asid, owner, VmMap(pool), memlock=sp.memlock)  # not MCL_FUTURE
+        child = VmSpace(child_asid, owner, VmMap(pool, owner), memlock=sp.memlock)  # not MCL_FUTURE
         # The child is held locked until it is whole: an exit (or any request) of its asid,
         # which a client can guess, waits for the fork instead of tearing down a half-built
         # map that the fork then goes on filling (its amap references would outlive it).
@@ -440,7 +440,7 @@ async def fork(uvm: Uvm, asid: int, owner: int) -> int:
                 uvm.note("undone: the session ended", op="fork", asid=child_asid, session=owner)
                 raise UserError(Errno.ESESSION, "fork: the session ended meanwhile")
         except BaseException:
-            pool.unreserve(len(todo) - len(child.map.entries))  # the inserted spent theirs
+            pool.unreserve(owner, len(todo) - len(child.map.entries))  # the inserted spent theirs
             child.lock.release()
             with contextlib.suppress(UserError):  # ended meanwhile by the session's end
                 await exit(uvm, child_asid, owner, reason="fork failed")

@@ -87,8 +87,8 @@ from machine.proto import (
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.tuning import targets
-from machine.uvm import files, loan, loanbatch, mmap, pdops
-from machine.uvm.audit import audit, held_frames, strays
+from machine.uvm import files, loan, loanbatch, mmap, pdops, report
+from machine.uvm.audit import audit
 from machine.uvm.fault import fault
 from machine.uvm.pager import flush_object, pageout
 from machine.uvm.remotepmap import RemotePmap
@@ -149,9 +149,9 @@ class UvmService(VmCallHandlers, Service):
         **kw: Any,
     ) -> None:
         super().__init__(transport, limits=limits, **kw)
-        self.profile = profile
-        self.lease_s = lease_s
+        self.profile, self.lease_s = profile, lease_s
         self.sessions: dict[int, float] = {}  # session -> when last seen (clock seconds)
+        self.inflight.live = self.sessions  # uvm's fair shares count the attached sessions
         self.reclaim_idle_s = max(RECLAIM_IDLE_S, lease_s / 2)
         self.mmu = self.peer("mmu", mmu)  # opened by connect()
         disk = swap = None
@@ -172,7 +172,7 @@ class UvmService(VmCallHandlers, Service):
             note=self.recorder.note,
             diagnostic=settings.diagnostic,
             limits=self.limits,
-            owner_live=lambda session: session in self.sessions,
+            sessions=self.sessions,  # owner_live: attached
         )
         self.vm.inject_leak = os.environ.get("UVM_MACHINE_INJECT_LEAK") == "1"  # tests only
         self.traps = TrapServer(
@@ -276,7 +276,7 @@ class UvmService(VmCallHandlers, Service):
         idle = [
             (seen, sid)
             for sid, seen in self.sessions.items()
-            if now - seen >= self.reclaim_idle_s and not vm.nprocs[sid] and not vm.nfiles[sid]
+            if now - seen >= self.reclaim_idle_s and sid not in vm.procs.held and not vm.nfiles[sid]
         ]
         if not idle:
             return False
@@ -446,55 +446,10 @@ class UvmService(VmCallHandlers, Service):
     # -- reporting ----------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        out = {
-            **self.vm.stats.as_dict(),
-            "processes": len(self.vm.spaces),
-            "sessions": len(self.sessions),
-            "map_entries": self.vm.entry_pool.nentries,
-            "anons": len(self.vm.anons),
-            "objects": len(self.vm.objects),
-        }
-        if self.vm.swap is not None:
-            out |= {
-                "swpages": self.vm.swap.swpages,
-                "swpginuse": self.vm.swap.swpginuse,
-                "swpgonly": self.vm.swap.swpgonly,
-                "pgswapin": self.vm.swap.pgswapin,
-                "pgswapout": self.vm.swap.pgswapout,
-            }
-        return out
+        return report.counters(self.vm, len(self.sessions))
 
     def frames(self) -> dict[str, int]:
         return self.vm.frames()
 
     def dump_state(self) -> dict[str, Any]:
-        vm = self.vm
-        return {
-            "frames": vm.frames(),
-            "spaces": {
-                str(a): {
-                    "owner": sp.owner,
-                    "entries": [
-                        {
-                            "start": e.start,
-                            "end": e.end,
-                            "prot": e.prot.letters(),
-                            "cow": e.cow,
-                            "needs_copy": e.needs_copy,
-                            "wired": e.wired_count,
-                            "object": e.obj.id if e.obj is not None else None,
-                            "anons": {
-                                str(e.start + (s << 12)): [an.id, an.ref, an.page]
-                                for s, an in e.anons()[:512]
-                            },
-                        }
-                        for e in sp.map.entries
-                    ],
-                }
-                for a, sp in vm.spaces.items()
-            },
-            "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
-            "strays": strays(vm.pages),
-            "held": held_frames(vm.pages),
-            "dmesg": list(vm.dmesg),
-        }
+        return report.dump_state(self.vm)

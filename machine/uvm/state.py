@@ -30,7 +30,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.ram import Ram
 from machine.rules import Rules
+from machine.share import FairShare
 from machine.tuning import Targets
 from machine.uvm.amap import Amap
 from machine.uvm.anon import Anon
@@ -87,19 +88,29 @@ class Uvm:
         limits: Limits | None = None,
         note: Callable[..., None] | None = None,
         owner_live: Callable[[int], bool] | None = None,
+        sessions: Collection[int] | None = None,
     ) -> None:
         """rules: the era's decisions (machine.rules); targets: the page daemon's policy's
         (freemin, freetarg, wiredmax), by which uvm publishes uvm.pressure; note: the
         role's flight recorder's note (machine.ipc.recorder), for timers that change state;
-        owner_live: whether a client session still lives (the service's registry; default:
-        always), asked by spawn and fork before they publish a process (machine.uvm.mmap)."""
+        owner_live: whether a client session still lives (default: in `sessions`, if
+        given, else always), asked by spawn and fork before they publish a process
+        (machine.uvm.mmap);
+        sessions: the attached sessions (the service's registry), the `n` of the fair
+        shares of maxproc, maxentries and wiredmax (machine.share; default: none known)."""
         self.ram = ram
-        self.limits = limits or Limits()
-        self.nprocs: collections.Counter[int] = collections.Counter()  # session -> spaces
+        self._limits = limits or Limits()
+        self.sessions: Collection[int] = sessions if sessions is not None else ()
+        #: Processes per session (held) and on the machine (total): RLIMIT_NPROC and
+        #: maxproc, shared fairly among the attached sessions (machine.share).
+        self.procs = FairShare("maxproc", self.limits.maxproc, self.sessions, "processes")
         self.pmap = pmap
         self.pages = VmPages(ram.nframes, diagnostic)
         self.spaces: dict[int, VmSpace] = {}
-        self.entry_pool = MapEntryPool()  # every space's map counts its entries here
+        # every space's map counts its entries here, per session: maxentries' fair shares
+        self.entry_pool = MapEntryPool(
+            FairShare("maxentries", self.limits.maxentries, self.sessions, "map entries")
+        )
         self.anons: dict[int, Anon] = {}
         self.objects: dict[int, UvmObject] = {}
         self.vnodes: dict[tuple[int, int], VnodeObject] = {}  # (st_dev, st_ino) -> vnode
@@ -118,7 +129,9 @@ class Uvm:
         self.note: Callable[..., None] = note or _no_note
         #: Tests only: the next process exit leaks one anon page (machine.uvm.mmap._leak_one).
         self.inject_leak = False
-        self.owner_live = owner_live or (lambda owner: True)
+        self.owner_live = owner_live or (
+            (lambda owner: owner in self.sessions) if sessions is not None else (lambda owner: True)
+        )
         self._under_pressure = False
         self._waiters: dict[int, asyncio.Event] = {}
         self.dmesg: collections.deque[str] = collections.deque(maxlen=64)  # kernel messages
@@ -129,6 +142,17 @@ class Uvm:
         self.kobj_pages: dict[int, int] = {}  # kernel vpn -> kernel_object page (LOAN_KVA)
         self.doomed_loans: list[int] = []  # loaned anon pages freed, to revoke (uvm_anfree)
         self.anon_loans: collections.Counter[int] = collections.Counter()  # anon id -> TOANON refs
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        """New limits (tests, tools): the fair shares' caps follow."""
+        self._limits = limits
+        self.procs.cap = limits.maxproc
+        self.entry_pool.share.cap = limits.maxentries
 
     # -- pages: allocation, busy, free --------------------------------------------
 
@@ -390,23 +414,19 @@ class Uvm:
         return sp
 
     def charge_proc(self, owner: int) -> None:
-        """Count one more process of the session (RLIMIT_NPROC). => UserError EAGAIN at the
-        limit, nothing counted. Counted before the first await, so racing spawns agree."""
-        if self.nprocs[owner] >= self.limits.procs:
+        """Count one more process of the session (RLIMIT_NPROC, then maxproc's fair share:
+        machine.share). => UserError EAGAIN at either, nothing counted. Counted before the
+        first await, so racing spawns agree."""
+        if self.procs.held.get(owner, 0) >= self.limits.procs:
             raise UserError(
                 Errno.EAGAIN, f"the session holds its limit of {self.limits.procs} processes"
             )
-        if self.nprocs.total() >= self.limits.maxproc:
-            raise UserError(
-                Errno.EAGAIN, f"the machine holds its limit of {self.limits.maxproc} processes"
-            )
-        self.nprocs[owner] += 1
+        if not self.procs.grants(owner):
+            raise UserError(Errno.EAGAIN, self.procs.refusal(owner))
+        self.procs.take(owner)
 
     def uncharge_proc(self, owner: int) -> None:
-        self.nprocs[owner] -= 1
-        kassert(self.nprocs[owner] >= 0, "nprocs of session %d < 0", owner)
-        if not self.nprocs[owner]:
-            del self.nprocs[owner]
+        self.procs.give(owner)
 
     @contextlib.asynccontextmanager
     async def mapped_range(

@@ -344,10 +344,13 @@ async def test_listeners_that_never_read_cannot_bloat_net(tmp_path: Path) -> Non
 
 def test_copied_data_in_net_is_bounded_over_every_session() -> None:
     """limits.mbufs bounds the copied bytes net holds, whoever sends: with the link held,
-    a copying send waits for mbuf storage (m_get M_WAIT) instead of growing the kernel."""
+    a copying send waits for mbuf storage (m_get M_WAIT) instead of growing the kernel.
+    With two live sessions each one's fair share is mbufs // 3 (machine.share: one share
+    is kept for a newcomer), so here a's second copy waits at its share, before the pool
+    itself is full: 4096 each, and a 4000-byte copy of each fits its own share."""
 
     async def main() -> None:
-        boot = SimMachine.boot(seed=6, ram_bytes=1 << 20, limits=Limits(mbufs=8192))
+        boot = SimMachine.boot(seed=6, ram_bytes=1 << 20, limits=Limits(mbufs=3 * 4096))
         async with boot as sim, sim.attach() as a, sim.attach() as b, a.wire() as wa:
             await sim.kcall("net", NetLink(h=NO_HEADER, hold=True))
             pa, pb = await a.spawn(), await b.spawn()

@@ -1,24 +1,32 @@
 """The trap path (docs/design.md "Faults"): a user access that misses is resolved by the
 kernel while the access waits; the ordering rule; no starvation by the page daemon.
 
-In process on the seeded in-memory bus (deterministic), except the last test, which
-runs the real processes.
+In process on the seeded in-memory bus (deterministic), except the one test that runs
+the real processes (test_real_processes_...).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from machine.ipc import eager
 from machine.ipc.inmemory import InMemoryTransport, run_simulation
+from machine.ipc.peer import Peer
 from machine.mmu.service import MmuService
 from machine.params import PAGE_SIZE
-from machine.proto import NO_HEADER, NetLink
+from machine.proto import NO_HEADER, NetLink, PmapPageProtect, UserError
+from machine.proto.pageinfo import PdOp
 from machine.proto.types import Prot
 from machine.testing import SimMachine, poll_for
+from machine.uvm import pdops
+from machine.uvm.page import KERNEL
 from machine.uvm.service import UvmService
+from machine.uvm.state import Uvm
 from machine.uvm.trap import Outcome, TrapServer
 from tests.conftest import SimHarness, ZmqHarness, boot_real, status_json, wait_until
 
@@ -206,3 +214,166 @@ def test_fault_ahead_maps_resident_neighbours_read_only() -> None:
     assert reads == 2  # page 0 maps 1-4 ahead; page 5 maps 6-7
     assert writes == 1
     assert (mine, theirs) == (b"c", b"\x03")
+
+
+Mapping = tuple[int, int]  # (asid, va)
+Step = tuple[str, Mapping, int]  # ("enter", (asid, va), pfn) / "enter?" / ("revoke", (0, 0), pfn)
+
+
+def _record_the_order(uvm: UvmService, monkeypatch: Any) -> tuple[list[Step], list[int]]:
+    """Record, in one list and in the order they happen: each trap answer's mappings at
+    the moment uvm releases its pages (the page is then no longer BUSY: the answer must
+    be on its way), and each pmap_page_protect(NONE) at the moment it is sent, by any
+    role (the page daemon's pageouts, uvm's own revocations). Make uvm revoke every page
+    it answers a trap with the instant it releases it, sent in that same step (as a
+    revocation that was waiting for the page could, at the earliest).
+    => the list and the counters [page_protects unanswered, answers of faults that
+    waited (they go alone, in a pmap.resolve notice)]."""
+    server: TrapServer = uvm.traps
+    release, send = server.release, server.send
+    steps: list[Step] = []
+    counts = [0, 0]
+    call = Peer.call
+
+    async def counted(self: Peer, req: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await call(self, req, timeout_s)
+        finally:
+            counts[0] -= 1
+
+    def recording_call(self: Peer, req: Any, timeout_s: float | None = None) -> Any:
+        if isinstance(req, PmapPageProtect) and req.prot == int(Prot.NONE):
+            steps.extend(("revoke", (0, 0), pfn) for pfn in req.pfns)
+        counts[0] += 1
+        return counted(self, req, timeout_s)  # sends in its first step: in this one
+
+    def release_then_revoke(outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            asid = o.space.asid if o.space is not None else 0
+            for i, m in enumerate(o.answer.mappings):
+                steps.append(("enter" if i == 0 else "enter?", (asid, m.va), m.pfn))
+        release(outcomes)
+        for o in outcomes:
+            pfn = o.answer.mappings[0].pfn if o.answer.mappings else -1
+            if pfn >= 0 and not uvm.vm.pages.loan_count[pfn]:  # a loan's kernel mapping stays
+                started = eager.start(uvm.vm.pmap.page_protect([pfn], int(Prot.NONE), "test"))
+                if isinstance(started, eager.Resumed):
+                    uvm.spawn(_drive(started), "revoke")
+
+    def counting_send(outcomes: list[Outcome]) -> None:
+        counts[1] += len(outcomes)
+        send(outcomes)
+
+    monkeypatch.setattr(Peer, "call", recording_call)
+    server.release = release_then_revoke  # type: ignore[method-assign]
+    server.send = counting_send  # type: ignore[method-assign]
+    return steps, counts
+
+
+async def _drive(rest: eager.Resumed[Any]) -> None:
+    await rest
+
+
+def _replay_steps(steps: list[Step]) -> dict[Mapping, int]:
+    """`_replay` for several address spaces."""
+    mapped: dict[Mapping, int] = {}
+    for kind, where, pfn in steps:
+        if kind == "revoke":
+            mapped = {w: f for w, f in mapped.items() if f != pfn}
+        elif kind == "enter" or where not in mapped:
+            mapped[where] = pfn
+    return mapped
+
+
+def _pfns(uvm: Uvm, asid: int, va: int, n: int) -> list[int]:
+    """The frames of the anons behind [va, va + n pages) of asid."""
+    e = uvm.spaces[asid].map.lookup(va)
+    assert e is not None
+    assert e.amap is not None
+    out = []
+    for i in range(n):
+        anon = e.amap.lookup(e.slot(va + i * PAGE_SIZE))
+        assert anon is not None
+        out.append(anon.page)
+    return out
+
+
+async def _race_waiting(seed: int, monkeypatch: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """The race of `_race`, for faults that wait, each wait forced by its real holder:
+    pages the page daemon has claimed (BUSY until its finish: the faults sleep in
+    fltpgwait), and pages paged out while memory is short (the swap-ins sleep for a
+    frame, fltnoram, until the kernel gives its frames back). => the mappings when
+    uvm's order and the mmu's differ, and how many faults waited, of each kind."""
+    async with SimMachine.boot(
+        seed=seed, ram_bytes=MIB, swap_bytes=8 * MIB, latency_s=(0.0, 400e-6)
+    ) as sim:
+        svc, mmu = sim.service("uvm"), sim.service("mmu")
+        assert isinstance(svc, UvmService)
+        assert isinstance(mmu, MmuService)
+        uvm = svc.vm
+        steps, counts = _record_the_order(svc, monkeypatch)
+        async with sim.attach() as m:
+            p = await m.spawn()
+            va = await p.mmap(8 * PAGE_SIZE)
+            for i in range(8):
+                await p.store(va + i * PAGE_SIZE, bytes([i + 1]))
+
+            async def loads(first: int) -> None:
+                for i in range(first, first + 4):
+                    assert await p.load(va + i * PAGE_SIZE, 1) == bytes([i + 1])
+
+            # A BUSY page: the daemon claimed pages 0-3 (to deactivate them).
+            held = [(PdOp.DEACTIVATE, pfn) for pfn in _pfns(uvm, p.asid, va, 4)]
+            assert len(pdops.claim(uvm, held)) == 4
+            busy = asyncio.create_task(loads(0))
+            await poll_for(lambda: uvm.stats.fltpgwait > 0, what="a fault asleep on a busy page")
+            await pdops.finish(uvm, held)
+            await busy
+            # A swap-in that waits for memory: pages 4-7 paged out as the daemon does
+            # (deactivate, claim, revoke, finish), then every free frame taken.
+            out = _pfns(uvm, p.asid, va + 4 * PAGE_SIZE, 4)
+            for op in (PdOp.DEACTIVATE, PdOp.PAGEOUT):
+                assert len(pdops.claim(uvm, [(op, pfn) for pfn in out])) == 4
+                await uvm.pmap.page_protect(out, int(Prot.NONE), "pageout")
+                await pdops.finish(uvm, [(op, pfn) for pfn in out])
+            taken = []
+            with contextlib.suppress(UserError):
+                while True:
+                    taken.append(uvm.alloc_page(who=KERNEL))
+            short = asyncio.create_task(loads(4))
+            await poll_for(lambda: uvm.stats.fltnoram > 0, what="a swap-in asleep for memory")
+            for pfn in taken:
+                uvm.unbusy(pfn)  # owned by nobody: freed
+            uvm.wakeup_free()
+            await short
+            await poll_for(lambda: counts[0] == 0, what="every page_protect answered")
+            want = {w: f for w, f in _replay_steps(steps).items() if w[0] == p.asid}
+            have = {
+                (p.asid, v): pte.pfn
+                for v in range(va, va + 8 * PAGE_SIZE, PAGE_SIZE)
+                if (pte := mmu.mmu.extract(p.asid, v)) is not None
+            }
+            await p.exit()
+        assert await SimHarness(sim).audit() == []
+        st = uvm.stats
+        waits = {"answered alone": counts[1], "fltanget": st.fltanget, "fltpgwait": st.fltpgwait}
+        waits["fltnoram"] = st.fltnoram
+        return ({} if want == have else {"uvm's order": want, "mmu": have}), waits
+
+
+@pytest.mark.timeout(120)
+def test_no_enter_lands_after_a_revocation_when_the_fault_waited(monkeypatch: Any) -> None:
+    """The ordering rule for faults that had to wait (swap-in, a BUSY page, memory):
+    such a fault answers alone, in a pmap.resolve notice sent from its own task, and
+    releases its pages after. A revocation sent the instant a page is released (uvm's,
+    or the page daemon's once it has claimed the page) must land after the answer: the
+    mmu's mappings are exactly what the order of uvm's decisions implies. Catches a
+    release before the notice is sent (the revocation would overtake the enter)."""
+    seen = {"answered alone": 0, "fltanget": 0, "fltpgwait": 0, "fltnoram": 0}
+    for seed in range(6):
+        with monkeypatch.context() as mp:
+            diff, waits = run_simulation(_race_waiting(seed, mp), limit_s=3600)
+        assert diff == {}, f"seed {seed}: {diff}"
+        for k in seen:
+            seen[k] += waits[k]
+    assert all(seen.values()), seen  # every kind of wait was exercised

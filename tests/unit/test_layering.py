@@ -28,6 +28,7 @@ SHARED = {
     "machine.profile",
     "machine.rules",
     "machine.rolespec",
+    "machine.share",
 }
 
 

@@ -158,3 +158,18 @@ def test_random_ids_fail_as_the_reference_warns() -> None:
     a = SessionAuth(KEY)
     refused = sum(not _accepts(a, rng.randrange(1, 1 << 40)) for _ in range(200))
     assert refused > 50
+
+
+def test_live_sessions_are_those_checked_and_not_ended() -> None:
+    """SessionAuth.live, the `n` of the role's fair shares (machine.share): a session is
+    live once a request of it passes, until uvm says it ended; a refused one never is."""
+    a = SessionAuth(KEY)
+    assert _accepts(a, 1, sid=9)
+    assert _accepts(a, 1, sid=10)
+    assert a.check(11, 1, b"x", b"\0" * TAG_LEN)  # forged: refused, not live
+    assert set(a.live) == {9, 10}
+    a.forget(9)
+    assert set(a.live) == {10}
+    assert a.ended(9)
+    assert _accepts(a, 2, sid=9)  # the tag still passes; the role answers ESESSION
+    assert set(a.live) == {10}  # ... and an ended session never counts again

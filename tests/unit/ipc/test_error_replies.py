@@ -107,7 +107,7 @@ def _state(toy: Service) -> tuple[Any, ...]:
         len(toy.trace),
         toy.state,
         toy.check_errors,
-        dict(toy._inflight),
+        dict(toy.inflight.held),
     )
 
 

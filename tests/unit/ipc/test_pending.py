@@ -96,7 +96,7 @@ def test_a_deferred_reply_is_sent_by_the_handler_that_completes_it() -> None:
         assert not out.done()
         sent: list[bytes] = []
         out.then(sent.append)  # what a transport does with it
-        assert svc._inflight[9] == 1  # counted in flight like a coroutine request
+        assert svc.inflight.held[9] == 1  # counted in flight like a coroutine request
         waker = svc.handle(encode(PdWakeup(h=H)), Scope.KERNEL)
         assert isinstance(waker, bytes)
         # The parked request's reply went out inside the waker's handler: no loop turn.
@@ -104,8 +104,8 @@ def test_a_deferred_reply_is_sent_by_the_handler_that_completes_it() -> None:
         rep = msgpack.unpackb(sent[0])
         assert rep["status"] == "ok"
         assert rep["h"]["re"] == 77
-        assert not svc._inflight
-        assert svc._inflight_total == 0
+        assert not svc.inflight.held
+        assert svc.inflight.total == 0
 
     run_simulation(main())
 

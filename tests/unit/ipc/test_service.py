@@ -289,8 +289,8 @@ async def test_a_session_cannot_pile_up_requests_in_flight() -> None:
     slow.release.set()
     for w in waiting:
         assert msgpack.unpackb(await w)["status"] == "ok"  # type: ignore[misc]
-    assert not slow._inflight
-    assert slow._inflight_total == 0
+    assert not slow.inflight.held
+    assert slow.inflight.total == 0
     slow.release.clear()
     again = slow.handle(signed(UvmFork(h=H, asid=1)), Scope.USER)
     assert not isinstance(again, bytes)  # room again
@@ -302,6 +302,33 @@ async def errno_of_slow(slow: Slow, sid: int) -> Errno | None:
     out = slow.handle(signed(UvmFork(h=H, asid=1), sid=sid), Scope.USER)
     assert isinstance(out, bytes), "refused at once, before any task"
     return Errno(msgpack.unpackb(out)["errno"])
+
+
+async def test_inflight_total_greedy_session_is_refused_first_the_others_still_get_in() -> None:
+    """inflight_total shared fairly (machine.share): three live sessions, cap 12, share 3.
+    The greedy one is refused past its share with EAGAIN naming it, while the others
+    still get their share in flight; all of it comes back."""
+    slow = Slow(limits=Limits(inflight=100, inflight_total=12))
+    for sid in (10, 11):  # seen by the role (a request that passed its checks)
+        assert isinstance(slow.handle(signed(CtlPing(h=H), sid=sid), Scope.USER), bytes)
+    assert set(slow.auth.live) == {10, 11}
+    waiting = [slow.handle(signed(UvmFork(h=H, asid=1), sid=9), Scope.USER) for _ in range(3)]
+    assert all(not isinstance(w, bytes) for w in waiting)  # 9: 3 of 12, its share
+    out = slow.handle(signed(UvmFork(h=H, asid=1), sid=9), Scope.USER)
+    assert isinstance(out, bytes)
+    rep = msgpack.unpackb(out)
+    assert rep["errno"] == "EAGAIN"
+    assert "fair share of inflight_total" in rep["detail"]
+    for sid in (10, 11):
+        more = [slow.handle(signed(UvmFork(h=H, asid=1), sid=sid), Scope.USER) for _ in range(3)]
+        assert all(not isinstance(w, bytes) for w in more), sid
+        waiting += more
+    assert slow.inflight.held == {9: 3, 10: 3, 11: 3}
+    slow.release.set()
+    for w in waiting:
+        assert msgpack.unpackb(await w)["status"] == "ok"  # type: ignore[misc]
+    assert slow.inflight.total == 0
+    assert slow.all_counters()["share_refused_inflight"] == 1
 
 
 @pytest.mark.parametrize("key_len", [0, 16, 32, 64, 65, 200])

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from machine.proto import Reply, decode_reply, decode_request, encode
 from machine.proto.codec import BY_TAG
@@ -41,3 +42,28 @@ def test_the_example_tag_is_the_hmac_of_the_request() -> None:
     [tag] = _blocks("tag")
     assert hmac.new(KEY, req, hashlib.sha256).digest()[:16] == bytes.fromhex(tag.strip())
     assert f"these {len(req)} bytes" in GUIDE.read_text()
+
+
+def test_the_plain_client_writes_and_reads_the_guides_frames() -> None:
+    """The client written from the reference alone (tests/integration/
+    plain_msgpack_client.py), given the example's key, msg_id, session and fields, encodes
+    the guide's request and tag byte for byte, and reads its reply and error reply as the
+    guide prints them (issue 21)."""
+    from tests.integration import plain_msgpack_client as plain
+
+    req, reply, error = (bytes.fromhex("".join(b.split())) for b in _blocks("hex"))
+    want_req, want_reply, want_error = (ast.literal_eval(b) for b in _blocks("text"))
+    [tag] = _blocks("tag")
+    fields = {k: v for k, v in want_req.items() if k not in ("t", "h")}
+    h = want_req["h"]
+    assert h == plain.header(h["msg_id"], h["incarnation"])  # what the client writes
+    body = plain.request(want_req["t"], h["msg_id"], h["incarnation"], fields)
+    assert body == req
+    assert plain.sign(KEY, body) == bytes.fromhex(tag.strip())
+    assert plain.decode(reply) == want_reply
+    assert plain.result(plain.decode(reply))["va"] == want_reply["va"]
+    assert plain.decode(error) == want_error
+    with pytest.raises(plain.Refused) as refused:
+        plain.result(plain.decode(error))
+    assert refused.value.errno == want_error["errno"] == "EFAULT"
+    assert refused.value.reply["fault_va"] == want_error["fault_va"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,11 @@ def make_uvm(
     swap_pages: int = 64,
     events: list[int] | None = None,
     knobs: dict[str, Any] | None = None,
+    sessions: Collection[int] | None = None,
 ) -> tuple[Uvm, Mmu]:
     """An in-process uvm + pmap. knobs: some of a profile's knobs (ERA, KENTER_MODE, ...),
-    over the modern profile's."""
+    over the modern profile's; sessions: the attached sessions (fair shares; default:
+    none known, every session is live and alone)."""
     settings = settings_of(knobs)
     ram = Ram.anonymous(nframes * PAGE_SIZE)
     mmu = Mmu(ram, settings.kenter_mode, settings.ppp_wired)
@@ -89,6 +92,7 @@ def make_uvm(
         targets=targets(settings.pd_policy, ram.nframes),
         on_pressure=events.append if events is not None else None,
         diagnostic=settings.diagnostic,
+        sessions=sessions,
     )
     uvm.alloc_wait_s = 0.01  # no page daemon here: give up quickly
     return uvm, mmu

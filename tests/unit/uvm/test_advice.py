@@ -35,7 +35,7 @@ from machine.uvm.ahead import neighbours
 from machine.uvm.audit import audit
 from machine.uvm.fault import fault_locked
 from machine.uvm.loan import loan_to_kernel, unloan_pages
-from machine.uvm.page import NIL, PQ
+from machine.uvm.page import NIL, PQ, PageFlag
 from machine.uvm.pager import pageout
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -425,4 +425,49 @@ async def test_the_fault_ahead_window_follows_the_advice(vm: tuple[Uvm, Mmu]) ->
     assert await _window(uvm, mmu, MADV_SEQUENTIAL) == (list(range(11, 18)), list(range(2, 10)))
     assert uvm.stats.fltnamap == mapped + 7
     assert uvm.stats.fltbehind == 8
+    await clean(uvm)
+
+
+def _page_at(uvm: Uvm, asid: int, va: int) -> int:
+    """The resident page a fault at va would find: the anon's, else the object's."""
+    e = uvm.spaces[asid].map.lookup(va)
+    assert e is not None
+    anon = e.amap.lookup(e.slot(va)) if e.amap is not None else None
+    if anon is not None:
+        return anon.page
+    assert e.obj is not None
+    return e.obj.pages[e.pgoff(va)]
+
+
+async def test_fault_ahead_never_maps_nor_busies_a_busy_neighbour(
+    vm: tuple[Uvm, Mmu], tmp_path: Path
+) -> None:
+    """A neighbour another holder keeps BUSY (the pager, the page daemon's claim, another
+    fault) is left out of the window, anon layer and object layer alike; the holder's
+    BUSY survives the trap's release, which unbusies only what fault-ahead busied."""
+    uvm, mmu = vm
+    (tmp_path / "disk" / "ahead.bin").write_bytes(b"f" * (8 * P))
+    h, _ = files.open(uvm, OWN, "ahead.bin", False, None)
+    p = await mmap.spawn(uvm, OWN)
+    anon_va = await mmap.mmap(uvm, p, OWN, 8 * P, RW)
+    file_va = await mmap.mmap(uvm, p, OWN, 8 * P, Prot.READ, handle=h, shared=True)
+    for i in range(8):
+        await cpu_store(uvm, mmu, p, anon_va + i * P, b"n")
+        assert await cpu_load(uvm, mmu, p, file_va + i * P, 1) == b"f"
+    sp = uvm.spaces[p]
+    for va in (anon_va, file_va):
+        mmu.remove(p, va, va + 8 * P)
+        held = {_page_at(uvm, p, va + i * P) for i in (1, 3)}  # pages 1 and 3 BUSY elsewhere
+        for pfn in held:
+            uvm.busy(pfn)
+        async with sp.lock:
+            r = await fault_locked(uvm, sp, va + 2 * P, Prot.READ, wire=False)
+            near = neighbours(uvm, sp, r, int(Prot.READ))
+            assert sorted((n.va - va) // P for n in near) == [0, 4, 5, 6]
+            assert held.isdisjoint(n.pfn for n in near)
+            for n in (r, *near):  # the trap's release
+                uvm.unbusy(n.pfn)
+        assert all(uvm.pages.flags[pfn] & PageFlag.BUSY for pfn in held)
+        for pfn in held:
+            uvm.unbusy(pfn)
     await clean(uvm)

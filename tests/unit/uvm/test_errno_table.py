@@ -182,7 +182,7 @@ def snapshot(w: World) -> tuple[Any, ...]:
             o.id: (o.file.size if o.file else 0, sorted(o.pages.items()))
             for o in uvm.vnodes.values()
         },
-        dict(uvm.nprocs),
+        dict(uvm.procs.held),
         dict(uvm.nfiles),
         (uvm.pages.free.count, uvm.pages.wired, len(uvm.anons)),
         (uvm.entry_pool.nentries, uvm.entry_pool.reserved),

@@ -70,7 +70,7 @@ def state(uvm: Uvm, mmu: Mmu) -> tuple[Any, ...]:
         {a: sp.map.size for a, sp in uvm.spaces.items()},
         sorted(uvm.handles),
         sorted(uvm.objects),
-        dict(uvm.nprocs),
+        dict(uvm.procs.held),
         sorted(mmu.pmaps),
         uvm.pages.free.count,
         uvm.pages.wired,
@@ -120,7 +120,7 @@ async def test_one_store_at_the_end_of_a_huge_mapping_costs_what_it_touches(
     assert uvm.pages.free.count == uvm.pages.npages
     assert uvm.anons == {}
     assert uvm.spaces == {}
-    assert not uvm.nprocs
+    assert not uvm.procs.held
 
 
 async def test_fork_of_a_huge_sparse_mapping_stays_copy_on_write(vm: tuple[Uvm, Mmu]) -> None:
@@ -347,7 +347,7 @@ async def test_procs_limit_gives_eagain_at_spawn_and_fork_and_leaks_no_asid(
     assert other == c + 1  # no asid was spent on the refusals
     await mmap.exit(uvm, c, OWN)
     assert await mmap.spawn(uvm, OWN) == other + 1
-    assert uvm.nprocs == {OWN: 2, OTHER: 1}
+    assert uvm.procs.held == {OWN: 2, OTHER: 1}
     await clean(uvm)
 
 
