@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup fmt lint type test test-all proto-doc check up bench compose-smoke
+.PHONY: setup fmt lint type test test-all proto-doc docs docs-serve check up bench compose-smoke
 
 setup:            ## create the venv and install the project with its dev tools
 	python3 -m venv $(VENV)
@@ -28,6 +28,12 @@ test-all:         ## plus the slow, opt-in runs
 
 proto-doc:
 	$(PY) -m machine.proto.gendoc
+
+docs:             ## the docs site, strict (a broken link fails): site/
+	$(PY) -m mkdocs build --strict
+
+docs-serve:       ## the docs site on http://127.0.0.1:8000, rebuilt on every change
+	$(PY) -m mkdocs serve
 
 check: lint type test
 	$(PY) -m machine.proto.gendoc --check

@@ -96,7 +96,7 @@ class CtlDirectoryReply(Reply, frozen=True, kw_only=True, tag="ctl.directory.rep
     the frames of RAM, the profile, the lease; (1.7) `knobs`, the profile's table as the
     machine runs it, `loan_threshold`, the bytes from which net.send loans (-1: never),
     and `limits`, every limit of machine/limits.py (what each bounds and its errno: the
-    README's "Limits")."""
+    docs/usage.md, "Limits")."""
 
     roles: dict[str, RoleEndpoints] = msgspec.field(default_factory=dict)
     events: str = ""
