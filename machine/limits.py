@@ -37,7 +37,7 @@ would exceed it gets an errno and changes nothing:
                memwatch)                                         segment is not counted
 
 Fair shares of the machine-wide caps (machine.share). maxentries, maxproc,
-inflight_total, mbufs and wiredmax (uvmexp.wiredmax, machine.tuning) are shared
+inflight_total and mbufs are shared
 among the live sessions: with C the cap, n the live sessions plus one (a share
 kept for a session that has not asked yet) and f = C // n, a session within
 f is bound by the cap only, and a session past f gets only what the others
@@ -50,8 +50,6 @@ session is refused first, with the cap's errno and a detail naming its share:
   inflight_total  per role: attached at uvm; seen by     EAGAIN
                   the role and not ended at mmu, net,
                   pdaemon (machine.ipc.auth)
-  wiredmax        attached (uvm; held = the pages of     mlock EAGAIN; mlockall,
-                  the session's wired entries)           MCL_FUTURE mmap ENOMEM
   mbufs           seen by net and not ended              the copy waits (m_get
                                                          M_WAIT) while the others'
                                                          copies go; never refused
@@ -61,6 +59,12 @@ session is refused first, with the cap's errno and a detail naming its share:
 A lone session therefore gets about half of each cap (the other half is the
 newcomer's); the per-session limits (procs, map_entries, inflight, ...) still
 apply as they are.
+
+wiredmax (uvmexp.wiredmax, a third of RAM, machine.tuning) is not shared: it is
+first come, as in NetBSD, bounded per process by RLIMIT_MEMLOCK. Wiring is what a
+memory balloon does on purpose (the stress harness's `squeeze` nemesis wires a
+quarter of RAM while every stress session is live), and a session's wired pages
+come back when its processes exit or its session ends.
 
 The defaults are generous for every workload in this project (they are far
 above what the tests and clients use) and small enough that the kernel's

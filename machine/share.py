@@ -1,7 +1,7 @@
 """Fair shares of a machine-wide cap: no session holds more than its share while others want it.
 
 Every machine-wide cap a client can fill (inflight_total at each role, maxentries,
-maxproc and wiredmax at uvm, mbufs and wire_total at net: machine.limits) is
+maxproc at uvm, mbufs and wire_total at net: machine.limits; not wiredmax) is
 divided among the live sessions by one rule, so that one greedy session (or a
 client with many sessions) gets refused first and the others keep working.
 

@@ -162,8 +162,7 @@ class UvmWire(Request, frozen=True, kw_only=True, tag="uvm.wire"):
        often it was locked (1.6). Charged to the process's RLIMIT_MEMLOCK.
     Errnos: EAGAIN (the whole rounded range, plus what the process has wired, beyond
     its RLIMIT_MEMLOCK, or plus every page wired beyond the machine's wiredmax, a
-    third of RAM, or past the session's fair share of wiredmax: sys_mlock's checks,
-    made first), ENOMEM (part of the range is not
+    third of RAM: sys_mlock's checks, made first), ENOMEM (part of the range is not
     mapped or is PROT_NONE; the range leaves user space or wraps, NULL's page
     included, as NetBSD's t_mlock requires; or a page cannot be had: nothing is left
     wired).

@@ -27,9 +27,8 @@ cannot be done the mmap is undone (uvm_mmap unmaps it) and answers ENOMEM.
 RLIMIT_MEMLOCK (VmSpace.memlock, bytes; a fork's child inherits it): the bytes of the
 space's wired entries (NetBSD's pmap_wired_count) plus what a call would wire must not
 pass the soft limit; the machine's wiredmax (uvmexp.wiredmax, a third of RAM) bounds
-the wired pages of every process together, and each session may pass its fair share
-of wiredmax (machine.share: held = its wired entries' pages) only with what the other
-sessions could not claim. All are checked before anything changes.
+the wired pages of every process together, first come, as in NetBSD (not shared
+fairly: machine.limits says why). All are checked before anything changes.
 
 Invariants (audited, machine.uvm.audit):
   W1  every anon of a wired entry's amap has a resident, wired page; every mapping the
@@ -54,7 +53,6 @@ from collections.abc import Iterable
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
-from machine.share import FairShare
 from machine.uvm.fault import enter_resolved, fault_locked
 from machine.uvm.map import MapEntry
 from machine.uvm.page import NIL
@@ -84,39 +82,12 @@ def check_limits(uvm: Uvm, sp: VmSpace, size: int, errno: Errno, what: str) -> N
             f"{what}: {npages} pages more than the machine may wire "
             f"({uvm.pages.wired} wired, wiredmax {uvm.wiredmax})",
         )
-    _check_share(uvm, sp.owner, npages, errno, what)
     held, cur = wired_bytes(sp), sp.memlock[0]
     if size + held > cur:
         raise UserError(
             errno,
             f"{what}: {size} bytes more than RLIMIT_MEMLOCK allows ({held} wired, limit {cur})",
         )
-
-
-def _wired_pages(uvm: Uvm, owner: int | None = None) -> dict[int, int]:
-    """=> session -> pages of its spaces' wired entries (only `owner`'s, when given)."""
-    out: dict[int, int] = {}
-    for s in uvm.spaces.values():
-        if not s.dead and (owner is None or s.owner == owner):
-            n = wired_bytes(s) >> PAGE_SHIFT
-            if n:
-                out[s.owner] = out.get(s.owner, 0) + n
-    return out
-
-
-def _check_share(uvm: Uvm, owner: int, npages: int, errno: Errno, what: str) -> None:
-    """=> UserError errno when session owner would pass its fair share of wiredmax
-    (machine.share). held(s) = the pages of s's wired entries (what its RLIMIT_MEMLOCKs
-    count), total = every wired page (kernel wirings too). O(owner's entries) within the
-    share; past it, O(every entry). Nothing changes."""
-    f = uvm.wiredmax // (len(uvm.sessions) + 1)
-    if _wired_pages(uvm, owner).get(owner, 0) + npages <= f:
-        return
-    share = FairShare("wiredmax", uvm.wiredmax, uvm.sessions, "wired pages")
-    share.held, share.total = _wired_pages(uvm), uvm.pages.wired
-    why = share.refusal(owner, npages)
-    if why:
-        raise UserError(errno, f"{what}: {why}")
 
 
 def resolve(e: MapEntry, va: int) -> int:

@@ -263,9 +263,7 @@ async def test_write_back_of_more_frames_than_one_message_carries() -> None:
         va = await p.mmap(npages * PAGE_SIZE, file=f, shared=True)
         uvm = sim.service("uvm")
         assert isinstance(uvm, UvmService)
-        # beyond the default third of RAM, this test only; twice the pages: the lone
-        # session's fair share of wiredmax is half of it (machine.share keeps a newcomer's)
-        uvm.vm.wiredmax = 2 * (npages + 256)
+        uvm.vm.wiredmax = npages + 256  # beyond the default third of RAM: this test only
         ram = (npages + 256) * PAGE_SIZE
         await p.setrlimit(RLIMIT_MEMLOCK, ram, ram)
         await p.mlock(va, npages * PAGE_SIZE)  # every page resident

@@ -398,19 +398,13 @@ class CowFilesModel(SimStateMachine):
         vpns = range(va // PAGE_SIZE, (va + n) // PAGE_SIZE)
         ok = all(v in mp.pages and mp.pages[v].prot for v in vpns)
         # sys_mlock's limits come first: the machine's wiredmax (a third of RAM, against
-        # every wired page), the session's fair share of it (machine.share: the one
-        # session here holds wiredmax // 2 and past it only what leaves a newcomer's
-        # share free) and RLIMIT_MEMLOCK (a third of RAM, against the process's locked
-        # pages), the whole range counted even where it is locked already
+        # every wired page) and RLIMIT_MEMLOCK (a third of RAM, against the process's
+        # locked pages), the whole range counted even where it is locked already
         frames = self.run(self.m.stats())["frames"]
         locked = sum(1 for pg in mp.pages.values() if pg.wired)
-        held = sum(1 for q in self.procs for pg in q.pages.values() if pg.wired)
         npages = len(vpns)
-        wiredmax = frames["total"] // 3
-        share = wiredmax // 2
         limited = (
-            npages + frames["wired"] > wiredmax
-            or (held + npages > share and frames["wired"] + npages + share > wiredmax)
+            npages + frames["wired"] > frames["total"] // 3
             or (npages + locked) * PAGE_SIZE > frames["total"] * PAGE_SIZE // 3
         )
         try:

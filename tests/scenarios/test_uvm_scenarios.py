@@ -88,9 +88,7 @@ async def test_20_allocation_reserves() -> None:
         uvm = _uvm(sim)
         uvm.alloc_wait_s = 0.05
         holder = await m.spawn()
-        # every page wired: beyond the default third of RAM, and twice RAM since a lone
-        # session's fair share of wiredmax is half of it (machine.share)
-        uvm.wiredmax = 128
+        uvm.wiredmax = 64  # every page wired: beyond the default third of RAM
         await holder.setrlimit(RLIMIT_MEMLOCK, 64 * PAGE_SIZE, 64 * PAGE_SIZE)
         va = await holder.mmap((64 - RESERVE_KERNEL) * PAGE_SIZE)
         await holder.mlock(va, (64 - RESERVE_KERNEL) * PAGE_SIZE)  # wired: never reclaimed

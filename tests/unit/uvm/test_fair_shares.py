@@ -1,4 +1,4 @@
-"""uvm's machine-wide caps shared fairly (machine.share): maxproc, maxentries, wiredmax.
+"""uvm's machine-wide caps shared fairly (machine.share): maxproc and maxentries.
 
 With three attached sessions and small caps, one greedy session is refused first, with
 the cap's usual errno and a detail naming its share, and the other sessions still get
@@ -15,7 +15,7 @@ from machine.mmu.pmap import Mmu
 from machine.params import PAGE_SIZE
 from machine.proto import UserError
 from machine.proto.types import Prot
-from machine.uvm import mmap, report, wiring
+from machine.uvm import mmap, report
 from machine.uvm.audit import audit
 from machine.uvm.state import Uvm
 from tests.unit.uvm.localpmap import make_uvm
@@ -90,22 +90,4 @@ async def test_maxentries_a_lone_session_may_take_what_nobody_claims(
     await mmap.exit(uvm, a, A)  # A gives its 10 back: A could claim them again, so still no
     with pytest.raises(UserError):
         await mmap.mmap(uvm, g, GREEDY, PAGE_SIZE, Prot.READ)
-    assert await audit(uvm) == []
-
-
-async def test_wiredmax_greedy_session_gets_eagain_first(vm: tuple[Uvm, Mmu]) -> None:
-    uvm, _ = vm
-    uvm.wiredmax = 12  # n = 4: f = 3 pages
-    g = await mmap.spawn(uvm, GREEDY)
-    va = await mmap.mmap(uvm, g, GREEDY, 8 * PAGE_SIZE, RW)
-    await wiring.mlock(uvm, g, GREEDY, va, 3 * PAGE_SIZE)
-    with pytest.raises(UserError) as ei:
-        await wiring.mlock(uvm, g, GREEDY, va + 3 * PAGE_SIZE, PAGE_SIZE)
-    assert ei.value.errno == "EAGAIN"  # mlock's errno beyond wiredmax
-    assert "fair share of wiredmax" in ei.value.detail
-    for owner in (A, B):
-        p = await mmap.spawn(uvm, owner)
-        v = await mmap.mmap(uvm, p, owner, 3 * PAGE_SIZE, RW)
-        await wiring.mlock(uvm, p, owner, v, 3 * PAGE_SIZE)
-    assert uvm.pages.wired == 9
     assert await audit(uvm) == []
