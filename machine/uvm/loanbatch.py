@@ -6,6 +6,11 @@ differs is only when its first-loan write-protect is awaited: not before the
 next chunk. The protects of the chunks loaned in one turn of the loop go out in
 one pmap.page_protect(READ) at the next turn, and the answer waits for every one.
 
+Whole-send loans (kvas given, one kernel VA per chunk): once every protect is
+answered, the loaned chunks' pages are entered read-only at their KVA in one
+pmap.kenter_chunks on uvm's pmap connection (ordered after the protects), and the
+answer waits for it: net gets pfns already mapped, with no kenter of its own.
+
 Invariants:
   * a chunk's protect is sent as soon as loan_chunks first waits after its loan
     (the loop's next turn; the mmu applies a connection's requests in the order
@@ -14,7 +19,10 @@ Invariants:
   * a chunk refused (UserError) is answered in its place and loans nothing; if a
     protect fails, its chunks and every later one are unloaned (as if each had
     failed in turn) and the error is raised: the chunks before stay loaned, as
-    when separate uvm.loan requests failed at that chunk.
+    when separate uvm.loan requests failed at that chunk;
+  * with kvas: bad kvas (their number, alignment, kernel range) loan nothing (EINVAL);
+    a chunk answered with pfns is mapped at its KVA when net reads the answer; if the
+    kenter fails, every chunk is unloaned and the error is raised (net copies).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from machine.params import PAGE_SIZE
+from machine.params import KERNEL_MIN, KERNEL_TOP, PAGE_MASK, PAGE_SIZE
 from machine.proto import Errno, UserError
 from machine.proto.types import Prot
 from machine.uvm.loan import FIRST_LOAN, loan_range, unloan_pages
@@ -35,8 +43,9 @@ Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 
 
 async def loan_chunks(
-    uvm: Uvm, asid: int, owner: int, chunks: list[tuple[int, int]], spawn: Spawn
-) -> dict[str, list[Any]]:
+    uvm: Uvm, asid: int, owner: int, chunks: list[tuple[int, int]], spawn: Spawn,
+    kvas: list[int] | None = None,
+) -> dict[str, list[Any]]:  # fmt: skip
     """uvm.loan_chunks: each (va, npages) chunk loaned as loan_to_kernel would, in order,
     as if each were its own uvm.loan. => the reply's fields: per chunk its pfns (errno
     None), or no pfns and the errno and detail of its refusal (a UserError: net copies
@@ -48,7 +57,10 @@ async def loan_chunks(
     order; the mmu applies requests in the order sent), and every one is awaited before
     the answer. If a protect fails, its chunks and every later one are unloaned (as if
     each had failed in turn) and the error is raised. `spawn` runs the sender of each
-    batch as a task of the role (Service.spawn)."""
+    batch as a task of the role (Service.spawn). With kvas, every chunk loaned is entered
+    at its KVA before the answer (the module's "whole-send loans")."""
+    if kvas:
+        _check_kvas(chunks, kvas)
     pfns: list[list[int]] = []
     errnos: list[Errno | None] = []
     details: list[str] = []
@@ -86,7 +98,34 @@ async def loan_chunks(
     except BaseException:
         batch.abandon()
         raise
+    if kvas:
+        await _kenter(
+            uvm, [(kva, p) for kva, p, e in zip(kvas, pfns, errnos, strict=True) if e is None]
+        )
     return {"pfns": pfns, "errnos": errnos, "details": details}
+
+
+def _check_kvas(chunks: list[tuple[int, int]], kvas: list[int]) -> None:
+    """Bad kvas are an EINVAL before anything is loaned."""
+    if len(kvas) != len(chunks):
+        raise UserError(Errno.EINVAL, f"{len(kvas)} kvas for {len(chunks)} chunks")
+    for kva, (_, npages) in zip(kvas, chunks, strict=True):
+        if kva & PAGE_MASK or not KERNEL_MIN <= kva <= KERNEL_TOP - npages * PAGE_SIZE:
+            raise UserError(Errno.EINVAL, f"loan kva {kva:#x} is not page-aligned kernel VA")
+
+
+async def _kenter(uvm: Uvm, chunks: list[tuple[int, list[int]]]) -> None:
+    """Enter the loaned chunks read-only at their KVA (one pmap.kenter_chunks); if that
+    fails, every chunk's loan ends (net copies them) and the error is raised."""
+    if not chunks:
+        return
+    try:
+        await uvm.pmap.kenter_chunks(chunks, int(Prot.READ))
+    except BaseException:
+        for _, p in chunks:
+            unloan_pages(uvm, p)
+            uvm.stats.loans -= len(p)
+        raise
 
 
 class _ProtectBatch:

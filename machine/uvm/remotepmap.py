@@ -20,6 +20,7 @@ from machine.proto import (
     PmapDestroy,
     PmapEnter,
     PmapKenter,
+    PmapKenterChunks,
     PmapMappings,
     PmapMappingsReply,
     PmapPageProtect,
@@ -72,6 +73,9 @@ class RemotePmap:
 
     async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
         await self.peer.call_ok(PmapKenter(h=_H, va=va, pfns=pfns, prot=prot), CtlAck)
+
+    async def kenter_chunks(self, chunks: list[tuple[int, list[int]]], prot: int) -> None:
+        await self.peer.call_ok(PmapKenterChunks(h=_H, chunks=chunks, prot=prot), CtlAck)
 
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         rep = await self.peer.call_ok(PmapUnwire(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)
