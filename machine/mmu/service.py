@@ -111,6 +111,7 @@ class MmuService(Service):
         self.mmu = mmu
         self.traps = TrapQueue(mmu)
         self.shootdowns = 0  # revocations that waited for a reader of the kernel table
+        self.kenter_msgs = 0  # pmap.kenter_chunks handled (uvm's whole-send loans)
 
     def _count(self, msg: Request, n: int) -> Reply:
         return self.reply(msg, PmapCountReply, count=n)
@@ -211,6 +212,7 @@ class MmuService(Service):
         return self.ack(msg)
 
     def on_kenter_chunks(self, msg: PmapKenterChunks) -> Reply:
+        self.kenter_msgs += 1
         mmu, prot = self.mmu, int(msg.prot)
         for va, pfns in msg.chunks:  # all or nothing: every chunk checked first
             mmu._check_kernel_range(va, len(pfns))
@@ -366,6 +368,7 @@ class MmuService(Service):
             "holds_taken": self.mmu.holds.taken,
             "holds_deferred": self.mmu.holds.deferred,
             "kpt_shootdowns": self.shootdowns,
+            "kenter_msgs": self.kenter_msgs,
             **{k: getattr(st, k) for k in st.__slots__},
         }
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from machine.params import KERNEL_MIN, KERNEL_TOP, PAGE_MASK, PAGE_SIZE
-from machine.proto import Errno, UserError
+from machine.proto import Errno, UserError, UvmLoanChunks
 from machine.proto.types import Prot
 from machine.uvm.loan import FIRST_LOAN, loan_range, unloan_pages
 from machine.uvm.map import check_range
@@ -103,6 +103,11 @@ async def loan_chunks(
             uvm, [(kva, p) for kva, p, e in zip(kvas, pfns, errnos, strict=True) if e is None]
         )
     return {"pfns": pfns, "errnos": errnos, "details": details}
+
+
+async def loan_message(uvm: Uvm, msg: UvmLoanChunks, spawn: Spawn) -> dict[str, list[Any]]:
+    """uvm.loan_chunks as the service hands it over. => the reply's fields."""
+    return await loan_chunks(uvm, msg.asid, msg.owner, msg.chunks, spawn, msg.kvas)
 
 
 def _check_kvas(chunks: list[tuple[int, int]], kvas: list[int]) -> None:
