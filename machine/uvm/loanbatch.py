@@ -6,10 +6,12 @@ differs is only when its first-loan write-protect is awaited: not before the
 next chunk. The protects of the chunks loaned in one turn of the loop go out in
 one pmap.page_protect(READ) at the next turn, and the answer waits for every one.
 
-Whole-send loans (kvas given, one kernel VA per chunk): once every protect is
-answered, the loaned chunks' pages are entered read-only at their KVA in one
-pmap.kenter_chunks on uvm's pmap connection (ordered after the protects), and the
-answer waits for it: net gets pfns already mapped, with no kenter of its own.
+Whole-send loans (kvas given, one kernel VA per chunk): once every chunk is loaned,
+the loaned chunks' pages are entered read-only at their KVA in one
+pmap.kenter_chunks on uvm's pmap connection, sent right behind the protects (not after
+their answers: the mmu applies a connection's requests in the order sent, so it is no
+round trip more), and the answer waits for it too: net gets pfns already mapped, with
+no kenter of its own.
 
 Invariants:
   * a chunk's protect is sent as soon as loan_chunks first waits after its loan
@@ -22,7 +24,8 @@ Invariants:
     when separate uvm.loan requests failed at that chunk;
   * with kvas: bad kvas (their number, alignment, kernel range) loan nothing (EINVAL);
     a chunk answered with pfns is mapped at its KVA when net reads the answer; if the
-    kenter fails, every chunk is unloaned and the error is raised (net copies).
+    kenter or a protect fails, what was entered is removed, every chunk is unloaned
+    and the error is raised (net copies).
 """
 
 from __future__ import annotations
@@ -81,6 +84,10 @@ async def loan_chunks(
                 pfns.append([])
                 errnos.append(Errno(e.errno))
                 details.append(e.detail)
+        enter = [(kva, p) for kva, p, e in zip(kvas or (), pfns, errnos, strict=False) if e is None]
+        # Sent now, behind the protects queued before it (tasks start in the order made;
+        # the mmu applies a connection's requests in the order sent): not a round trip more.
+        kenter = asyncio.ensure_future(_kenter(uvm, enter)) if enter else None
         failed: BaseException | None = None
         for i, fut in waits:
             if fut is not None and failed is None:
@@ -93,15 +100,14 @@ async def loan_chunks(
                 pfns[i] = []
             else:
                 uvm.stats.loans += len(pfns[i])
+        if kenter is not None:
+            still = [p for p, e in zip(pfns, errnos, strict=True) if e is None and p]
+            await _entered(uvm, kenter, enter, failed, still)
         if failed is not None:
             raise failed
     except BaseException:
         batch.abandon()
         raise
-    if kvas:
-        await _kenter(
-            uvm, [(kva, p) for kva, p, e in zip(kvas, pfns, errnos, strict=True) if e is None]
-        )
     return {"pfns": pfns, "errnos": errnos, "details": details}
 
 
@@ -119,18 +125,35 @@ def _check_kvas(chunks: list[tuple[int, int]], kvas: list[int]) -> None:
             raise UserError(Errno.EINVAL, f"loan kva {kva:#x} is not page-aligned kernel VA")
 
 
-async def _kenter(uvm: Uvm, chunks: list[tuple[int, list[int]]]) -> None:
-    """Enter the loaned chunks read-only at their KVA (one pmap.kenter_chunks); if that
-    fails, every chunk's loan ends (net copies them) and the error is raised."""
-    if not chunks:
-        return
+async def _kenter(uvm: Uvm, chunks: list[tuple[int, list[int]]]) -> bool:
+    """One pmap.kenter_chunks of the loaned chunks, read-only. => True (or its error)."""
+    await uvm.pmap.kenter_chunks(chunks, int(Prot.READ))
+    return True
+
+
+async def _entered(
+    uvm: Uvm, kenter: asyncio.Future[bool], chunks: list[tuple[int, list[int]]],
+    failed: BaseException | None, still: list[list[int]],
+) -> None:  # fmt: skip
+    """Await the kenter. If it or a protect failed (`failed`: the chunks from that one on
+    are unloaned already), the mappings it entered are removed and the chunks `still`
+    loaned are unloaned too: with kvas a failure loans nothing. The kenter's error is
+    raised (a protect's by the caller)."""
     try:
-        await uvm.pmap.kenter_chunks(chunks, int(Prot.READ))
+        await kenter
     except BaseException:
-        for _, p in chunks:
-            unloan_pages(uvm, p)
-            uvm.stats.loans -= len(p)
+        _unloan(uvm, still)
         raise
+    if failed is not None:
+        await uvm.pmap.kremove_ranges([(kva, len(p)) for kva, p in chunks])
+        _unloan(uvm, still)
+
+
+def _unloan(uvm: Uvm, chunks: list[list[int]]) -> None:
+    for p in chunks:
+        unloan_pages(uvm, p)
+        uvm.stats.loans -= len(p)
+        p.clear()
 
 
 class _ProtectBatch:

@@ -30,6 +30,10 @@ class PmapOps(Protocol):
         """kenter of several (va, pfns) chunks, all or nothing (a whole-send loan's)."""
         ...
 
+    async def kremove_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        """kremove of several (va, npages) ranges (a failed whole-send loan's undo)."""
+        ...
+
     async def unwire(self, asid: int, sva: int, eva: int) -> int: ...
 
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:

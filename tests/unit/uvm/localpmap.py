@@ -49,6 +49,9 @@ class LocalPmap:
         for va, pfns in chunks:
             self.mmu.kenter(va, pfns, Prot(prot))
 
+    async def kremove_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        return sum(self.mmu.kremove(va, n) for va, n in ranges)
+
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         return self.mmu.unwire(asid, sva, eva)
 

@@ -93,3 +93,46 @@ async def test_a_failed_kenter_ends_every_loan_and_is_the_answer() -> None:
     assert not any(uvm.pages.loan_count)  # every chunk unloaned
     assert uvm.stats.loans == loans
     assert await audit(uvm) == []
+
+
+async def test_the_kenter_goes_out_behind_the_protects_before_their_answer() -> None:
+    uvm, mmu, p, va = await _setup()
+    order: list[str] = []
+    gate = asyncio.Event()
+    protect, kenter = uvm.pmap.page_protect, uvm.pmap.kenter_chunks
+
+    async def slow_protect(pfns: list[int], prot: int, why: str = "") -> int:
+        order.append("protect")
+        n = await protect(pfns, prot, why)  # applied in order; the answer comes later
+        await gate.wait()
+        return n
+
+    async def spy_kenter(chunks: list[tuple[int, list[int]]], prot: int) -> None:
+        order.append("kenter")
+        await kenter(chunks, prot)
+
+    uvm.pmap.page_protect = slow_protect  # type: ignore[method-assign]
+    uvm.pmap.kenter_chunks = spy_kenter  # type: ignore[method-assign]
+    loan = asyncio.ensure_future(loan_chunks(uvm, p, OWN, [(va, 2)], _spawn, [LOAN_KVA_BASE]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert order == ["protect", "kenter"]  # pipelined: no wait for the protect's answer
+    assert not loan.done()  # ... but the answer waits for both
+    gate.set()
+    got = await asyncio.wait_for(loan, 2)
+    assert mmu.kextract(LOAN_KVA_BASE, 2) == got["pfns"][0]
+
+
+async def test_a_failed_protect_removes_what_was_entered_and_loans_nothing() -> None:
+    uvm, mmu, p, va = await _setup()
+
+    async def refuse(pfns: list[int], prot: int, why: str = "") -> int:
+        raise RemoteError(Errno.EINVAL, "pmap_page_protect: no")
+
+    uvm.pmap.page_protect = refuse  # type: ignore[method-assign]
+    with pytest.raises(RemoteError):
+        await loan_chunks(uvm, p, OWN, [(va, 2), (va + 2 * PAGE_SIZE, 2)], _spawn,
+                          [LOAN_KVA_BASE, LOAN_KVA_BASE + SLOT])  # fmt: skip
+    assert mmu.pmaps[0].ptes == {}  # the kenter that went out behind it was undone
+    assert mmu.check() == []
+    assert not any(uvm.pages.loan_count)
