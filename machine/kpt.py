@@ -70,7 +70,7 @@ class KernelPageTable:
         self.owner = owner
         self._fd = fd
         self._map = buf
-        words = memoryview(buf).cast("I")
+        self._words = words = memoryview(buf).cast("I")
         self.gen = words[:KPT_PAGES]
         self.pfn = words[KPT_PAGES : 2 * KPT_PAGES]
         self.readers = words[2 * KPT_PAGES :]
@@ -107,7 +107,7 @@ class KernelPageTable:
         """Unmap (and, for the owner, unlink). Idempotent."""
         if self._fd == -1:
             return
-        for v in (self.gen, self.pfn, self.readers):
+        for v in (self.gen, self.pfn, self.readers, self._words):
             v.release()
         try:
             self._map.close()
