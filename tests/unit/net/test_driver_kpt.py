@@ -111,3 +111,16 @@ async def test_a_revocation_while_a_dma_is_reading_never_reaches_the_wire() -> N
     assert kpt.retries >= 1  # the copy that overlapped the revocation was discarded
     (kf,) = k.ops("kfault")  # the read again found the cleared entry: a kernel fault
     assert kf[0] == mb.kva + PAGE_SIZE
+
+
+async def test_a_range_the_table_does_not_cover_is_translated_by_message() -> None:
+    net, k, kpt = _net()
+    kpt.read = lambda *a: None  # type: ignore[method-assign]  # beyond the table's window
+    so = await net.socreate(OWNER, ASID, 1 << 24)
+    await net.sosend.send(so, ASID, VA0, 2 * K64, OWNER)
+    async with running(net) as wire:
+        await poll_for(lambda: len(wire) == 2, 2, 0.001, "the packets")
+    assert b"".join(p.payload for p in wire) == user_bytes(VA0, 2 * K64)
+    assert len(k.ops("kextract")) == 2  # one message per mbuf, no fault
+    assert k.ops("kfault") == []
+    assert net.stats["kpt_reads"] == 0
