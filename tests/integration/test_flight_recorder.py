@@ -106,7 +106,9 @@ async def test_every_role_records_its_inputs_in_order_with_their_bodies(h: Harne
     exits = [e for e in net if e["kind"] == "evt" and e["ep"] == "uvm/pub"]
     exited = [ev for e in exits if isinstance(ev := decode("evt", e["data"]), UvmProcExited)]
     assert any(ev.asid == got["asid"] for ev in exited)
-    tx = [e["data"] for e in net if e["kind"] == "int" and e["data"]["what"] == "tx"]
+    notes = [e["data"] for e in net if e["kind"] == "int"]
+    # this session's (other tests' sends may still be in the recorder)
+    tx = [n for n in notes if n["what"] == "tx" and n["session"] == got["session"]]
     assert [(n["sock"], n["seq"], len(n["pfns"])) for n in tx] == [(got["sock"], 1, 16)]
     # the supervisor: its heartbeat's replies and the dumpsys it was asked
     sup = _entries(dump, "supervisor")
