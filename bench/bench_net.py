@@ -16,13 +16,14 @@ subscriber in the same client receives every packet (the sender stays at most
 with the buffer.
 
 Kernel messages per send: what the send path used (net.send's reply: one
-uvm.loan_chunks and one pmap.kenter_chunks per window of up to 64 chunks of 64 KiB;
-on the copy path a pmap.uhold and a pmap.urelease per run of copied chunks, plus
-any uvm.kfault), uvm's pmap.page_protect(READ) per loan (the mmu's counter),
-and the driver's messages (net's `driver_msgs`: one pmap.kextract per ring
-pass, or for the passes made while one is in flight, one pmap.kremove and one
-uvm.unloan per sopendfree pass). Page bytes never travel in a kernel message,
-loaned or copied.
+uvm.loan_chunks per window of up to 64 chunks of 64 KiB, a whole-send loan whose
+kernel mappings uvm enters itself; on the copy path a pmap.uhold and a
+pmap.urelease per run of copied chunks, plus any uvm.kfault), uvm's
+pmap.page_protect(READ) per loan and pmap.kenter_chunks per window (the mmu's
+counters), and the driver's messages (net's `driver_msgs`: with the kernel page
+table in shared memory no translation message, only a pmap.kextract for a kernel
+fault's evidence; one pmap.kremove and one uvm.unloan per sopendfree pass). Page
+bytes never travel in a kernel message, loaned or copied.
 
 Markdown on stdout, progress on stderr, JSON in bench/results/ (git-ignored).
 """
@@ -90,6 +91,7 @@ async def one_size(m: Machine, wire: Any, p: Any, s: Any, va: int, buf: bytes, s
     c1, p1 = await role_counters(m, "net"), await role_counters(m, "mmu")
     driver = c1["driver_msgs"] - c0["driver_msgs"]  # kextract, kremove, unloan batches
     driver += p1["page_protects"] - p0["page_protects"]  # uvm's write-protect, per loan
+    driver += p1.get("kenter_msgs", 0) - p0.get("kenter_msgs", 0)  # uvm's kenter, per window
     return {
         "size": size,
         "sends": k,

@@ -6,6 +6,9 @@ the segment with its resource tracker, which unlinks it for everyone when
 that process exits). Only the owner (the supervisor, or the compose service
 that owns the IPC namespace) creates and unlinks it.
 
+Beside it, the owner creates the kernel's page table (machine.kpt, `<name>.kpt`):
+the role config's ram_name names both; `kpt` maps it on first use (the mmu and net).
+
 Invariant: page bytes never travel in kernel messages; roles exchange frame
 numbers and read or write the frames here.
 """
@@ -16,6 +19,7 @@ import mmap
 import os
 from pathlib import Path
 
+from machine.kpt import KernelPageTable
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 
 SHM_DIR = Path("/dev/shm")
@@ -33,6 +37,7 @@ class Ram:
         self._fd = fd
         self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self._map)
+        self._kpt: KernelPageTable | None = None
 
     @classmethod
     def anonymous(cls, size: int) -> Ram:
@@ -42,7 +47,16 @@ class Ram:
         self._fd = -2
         self._map = mmap.mmap(-1, size)
         self.view = memoryview(self._map)
+        self._kpt = None
         return self
+
+    @property
+    def kpt(self) -> KernelPageTable:
+        """The kernel's page table (machine.kpt), mapped on first use."""
+        if self._kpt is None:  # the simulator's RAM has no name: an in-process table
+            n = self.name
+            self._kpt = KernelPageTable.attach(n + ".kpt") if n else KernelPageTable.anonymous()
+        return self._kpt
 
     @property
     def path(self) -> Path:
@@ -60,7 +74,13 @@ class Ram:
             os.close(fd)
             os.unlink(SHM_DIR / name)
             raise
-        return cls(name, size, fd, owner=True)
+        self = cls(name, size, fd, owner=True)
+        try:
+            self._kpt = KernelPageTable.create(name + ".kpt")
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     @classmethod
     def attach(cls, name: str, size: int) -> Ram:
@@ -84,6 +104,8 @@ class Ram:
         """Unmap (and, for the owner, unlink) the segment. Idempotent."""
         if self._fd == -1:
             return
+        if self._kpt is not None:
+            self._kpt.close()
         self.view.release()
         try:
             self._map.close()
@@ -96,7 +118,8 @@ class Ram:
             self.unlink()
 
     def unlink(self) -> None:
-        try:
-            os.unlink(SHM_DIR / self.name)
-        except FileNotFoundError:
-            pass
+        for name in (self.name, self.name + ".kpt"):
+            try:
+                os.unlink(SHM_DIR / name)
+            except FileNotFoundError:
+                pass

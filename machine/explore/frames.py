@@ -13,7 +13,7 @@ pfn), from what uvm and net asked of the mmu, and notes for each frame what touc
   kind     message(s)                                   who
   map      pmap.enter, a trap's answer (trapwait/resolve)  uvm, for the fault of asid/va
   unmap    pmap.remove/protect NONE/destroy of a mapping  uvm
-  kenter   pmap.kenter(_chunks): a kernel loan mapping    net
+  kenter   pmap.kenter(_chunks): a kernel loan mapping    uvm (a whole-send loan)
   kremove  pmap.kremove(_ranges)                          net (sopendfree)
   revoke   pmap.page_protect NONE (with its why)          its sender: uvm or pdaemon
   protect  pmap.page_protect READ (a loan's write-protect) its sender
@@ -22,7 +22,8 @@ pfn), from what uvm and net asked of the mmu, and notes for each frame what touc
   unloan   uvm.unloan_chunks                              net
   claim    uvm.pd_claim's reply (claimed for an op)       pdaemon
   daemon   uvm.pd_finish (deactivate, free, pageout ...)  pdaemon
-  read     pmap.kextract_ranges' reply: the DMA's frames   net's driver
+  read     pmap.kextract_ranges' reply: a DMA that found   net's driver
+           no translation in the shared table (machine.kpt) asked the mmu
   kfault   uvm.kfault at a kernel VA of the frame         net's driver
   hold     pmap.uhold's reply: a copy reads the frame     net (copy path)
   tx       net's note: an mbuf of the frame on the wire   net's driver

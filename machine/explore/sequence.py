@@ -20,15 +20,17 @@ body || 16-byte tag: the body is decoded) and placed between two lifelines:
 The chain of a revoked kernel loan mapping (the 1999 thread) is read from the messages,
 not from the panic text: the driver's `uvm.kfault` at kernel VA `va` (asid 0) names the
 page; the last `pmap.kenter_chunks` before it that mapped `va` is the mapping, the
-`uvm.loan_chunks` reply before that which handed out the page is the loan; the first message
-between the kenter and the fault that removed the mapping (`pmap.page_protect` NONE of the
-page, `pmap.kremove_ranges` of the VA: a later one finds nothing left to remove) is the
-revocation, its header's sender the revoker
+`uvm.loan_chunks` reply before that which handed out the page is the loan (or, for a
+whole-send loan, where uvm sent that kenter before answering, the first one after it);
+the first message between the kenter and the fault that removed the mapping
+(`pmap.page_protect` NONE of the page, `pmap.kremove_ranges` of the VA: a later one finds
+nothing left to remove) is the revocation, its header's sender the revoker
 and its `why` the reason; the `pmap.kextract_ranges` reply carrying the fault VA is the
-driver's read that found no translation; the kfault's error reply and the first ctl.panic
-after it are the panic. The panic text ("was revoked by X: ... (why)") names the revoker
-only when no revocation was recorded. Any other panic: the last request delivered to the
-panicking role before its ctl.panic, and the panic.
+driver's read that found no translation (a cleared entry of the shared kernel page
+table, machine.kpt, that the driver then asked the mmu about); the kfault's error reply
+and the first ctl.panic after it are the panic. The panic text ("was revoked by X: ...
+(why)") names the revoker only when no revocation was recorded. Any other panic: the
+last request delivered to the panicking role before its ctl.panic, and the panic.
 
 Invariants:
   * Total: bytes that do not decode become a "?" arrow; nothing here raises on a record.
@@ -330,6 +332,8 @@ def _loan_chain(arrows: list[Arrow], fault: int, end: int | None, message: str) 
             break
     first = kenter if kenter is not None else 0
     loan = _last(arrows, 0, first, lambda m: _loaned(m, pfn))
+    if loan is None:  # a whole-send loan: uvm entered the mapping before it answered
+        loan = _first(arrows, first, fault, lambda m: _loaned(m, pfn))
     # the first removal after the kenter is the one that took the mapping away (a later
     # page_protect of the page finds no kernel mapping left to remove)
     revoke = _first(arrows, first + 1, fault, lambda m: _removes(m, va, pfn))
@@ -358,10 +362,13 @@ def _loan_chain(arrows: list[Arrow], fault: int, end: int | None, message: str) 
     )
     hva = f"{va:#x}"
     _step(ch, arrows, loan, f"uvm loaned page {pfn} to net (uvm.loan_chunks)")
-    _step(ch, arrows, kenter, f"net entered the kernel mapping {hva} -> page {pfn} (pmap.kenter)")
+    who_k = arrows[kenter].src if kenter is not None else "net"
+    _step(
+        ch, arrows, kenter, f"{who_k} entered the kernel mapping {hva} -> page {pfn} (pmap.kenter)"
+    )
     how = f"pmap.page_protect(NONE): {why}" if isinstance(rm, PmapPageProtect) else why
     _step(ch, arrows, revoke, f"{who} revoked that mapping: {how}")
-    _step(ch, arrows, read, f"net's driver read the mbuf (pmap.kextract): no translation at {hva}")
+    _step(ch, arrows, read, f"net's driver read the mbuf: no translation at {hva} (pmap.kextract)")
     _step(ch, arrows, fault, f"net's driver took a kernel page fault: uvm.kfault({hva})")
     if answer is not None:
         ch.marks[answer] = len(ch.steps)

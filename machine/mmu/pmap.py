@@ -13,6 +13,9 @@ State:
     kenter), the evidence a later kernel fault at that VA reports.
   * pv[pfn]: the set of (asid, vpn) of every *managed* mapping of a frame.
   * attrs[pfn]: the frame's referenced (bit 0) and modified (bit 1) bits.
+  * kpt: the kernel pmap's entries in shared memory (machine.kpt), written here on
+    every kenter and cleared on every removal of a kernel mapping; kpt_hits: the
+    pages cleared while a reader (net's DMA) was inside: the reply waits (K3).
 
 Invariants (checked by check()):
   P1  (asid, vpn) in pv[pfn]  <=>  pmaps[asid].ptes[vpn] is managed with pfn.
@@ -24,10 +27,8 @@ panic (Silvers: page_protect is ill-defined for wired pages).
   P4  only managed mappings set referenced/modified bits; the bits of a frame
       survive the removal of its mappings (pmap_is_modified after remove).
 
-Mmu.load/store (kernel loads, tests) are all-or-nothing: every page of the
-range is translated and checked before any byte moves; the first page that
-fails is the fault. User accesses go page by page (machine.mmu.cpu).
-cf. NetBSD pmap(9), sys/arch/i386/i386/pmap.c (concepts only).
+Mmu.load/store (kernel loads, tests) are all-or-nothing: every page is translated and
+checked before any byte moves. User accesses go page by page (machine.mmu.cpu).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from machine.kassert import kassert
+from machine.kpt import KernelPageTable
 from machine.mmu.hold import Holds
 from machine.params import (
     KERNEL_ASID,
@@ -112,8 +114,13 @@ class Revocation:
 class Mmu:
     """All pmaps of the machine and the CPU that uses them."""
 
-    def __init__(self, ram: Ram, kenter_mode: str = "unmanaged", ppp_wired: str = "remove") -> None:
+    def __init__(
+        self, ram: Ram, kenter_mode: str = "unmanaged", ppp_wired: str = "remove",
+        kpt: KernelPageTable | None = None,
+    ) -> None:  # fmt: skip
         self.ram = ram
+        self.kpt = kpt
+        self.kpt_hits: set[int] = set()
         self.kenter_managed = kenter_mode == "managed"
         self.ppp_wired = ppp_wired
         self.krevoked: dict[int, Revocation] = {}
@@ -198,6 +205,8 @@ class Mmu:
             if pte is None:
                 continue
             self.holds.removed(pte.pfn)  # a held frame: the reply waits (hold.py)
+            if pm.asid == KERNEL_ASID:
+                self._kclear(vpn)
             n += 1
             if pte.wired:
                 pm.wired_count -= 1
@@ -312,9 +321,11 @@ class Mmu:
             if vpn in ptes:
                 kassert(False, "pmap_kenter_pa: mapping already present at %#x", vpn << PAGE_SHIFT)
         managed, p, krevoked, pv = self.kenter_managed, int(prot), self.krevoked, self.pv
-        vpn = base
+        vpn, kpt = base, self.kpt
         for pfn in pfns:
             ptes[vpn] = Pte(pfn, p, True, managed)
+            if kpt is not None:
+                kpt.put(vpn, pfn)
             if krevoked:
                 krevoked.pop(vpn, None)
             if managed:  # pmap_enter(pmap_kernel(), va, pa, prot, PMAP_WIRED)
@@ -322,6 +333,10 @@ class Mmu:
             vpn += 1
         kpm.wired_count += n
         self.stats.kenters += n
+
+    def _kclear(self, vpn: int) -> None:
+        if self.kpt is not None and self.kpt.clear(vpn):
+            self.kpt_hits.add(vpn)  # a reader is inside: the shootdown waits for it
 
     def kremove(self, va: int, npages: int) -> int:
         self._check_kernel_range(va, npages)
@@ -347,6 +362,7 @@ class Mmu:
                 self.stats.removes -= 1
             else:
                 del ptes[vpn]
+                self._kclear(vpn)
                 kpm.wired_count -= 1
             n += 1
         self.stats.kremoves += n
@@ -466,31 +482,10 @@ class Mmu:
     # -- audit --------------------------------------------------------------
 
     def check(self) -> list[str]:
-        """Check P1-P3; returns the problems found (empty when consistent)."""
-        problems: list[str] = []
-        seen: set[tuple[int, int]] = set()
-        for asid, pm in self.pmaps.items():
-            wired = 0
-            for vpn, pte in pm.ptes.items():
-                if not 0 <= pte.pfn < self.nframes:
-                    problems.append(f"P2: asid {asid} va {vpn << PAGE_SHIFT:#x} pfn {pte.pfn}")
-                if pte.prot == Prot.NONE:
-                    problems.append(f"P2: asid {asid} va {vpn << PAGE_SHIFT:#x} has prot NONE")
-                wired += pte.wired
-                if pte.managed:
-                    if (asid, vpn) not in self.pv.get(pte.pfn, ()):
-                        problems.append(f"P1: asid {asid} va {vpn << PAGE_SHIFT:#x} not in pv")
-                    seen.add((asid, vpn))
-                elif asid != KERNEL_ASID:
-                    problems.append(f"P3: unmanaged mapping in asid {asid}")
-            if wired != pm.wired_count:
-                problems.append(f"asid {asid}: wired_count {pm.wired_count} != {wired}")
-        for pfn, s in self.pv.items():
-            for asid, vpn in s:
-                found = self.pmaps.get(asid, Pmap(-1, 0)).ptes.get(vpn)
-                if found is None or found.pfn != pfn or not found.managed:
-                    problems.append(f"P1: pv of {pfn} names ({asid}, {vpn << PAGE_SHIFT:#x})")
-        return problems
+        """Check P1-P3 and K1 (machine.mmu.audit); => the problems found (empty: none)."""
+        from machine.mmu.audit import check_pmaps
+
+        return check_pmaps(self)
 
     def resident(self) -> int:
         return sum(len(pm.ptes) for pm in self.pmaps.values())

@@ -18,6 +18,7 @@ pmap.sessions reply, which renews their leases (machine.uvm.service).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, ClassVar
 
 from machine.ipc.pending import Pending, deferred
@@ -72,6 +73,8 @@ from machine.proto import (
 from machine.proto.pageinfo import unpack_attrs
 from machine.proto.types import Prot
 
+KPT_POLL_MAX_S = 1e-3  # the shootdown's poll, at most (it starts at 10 us)
+
 
 class MmuService(Service):
     role: ClassVar[str] = "mmu"
@@ -107,6 +110,8 @@ class MmuService(Service):
         super().__init__(transport, **kw)
         self.mmu = mmu
         self.traps = TrapQueue(mmu)
+        self.shootdowns = 0  # revocations that waited for a reader of the kernel table
+        self.kenter_msgs = 0  # pmap.kenter_chunks handled (uvm's whole-send loans)
 
     def _count(self, msg: Request, n: int) -> Reply:
         return self.reply(msg, PmapCountReply, count=n)
@@ -118,11 +123,26 @@ class MmuService(Service):
         return self.ack(msg)
 
     async def _shootdown(self) -> None:
-        """The operation just applied removed mappings of held frames: its reply waits
-        until they are released (machine.mmu.hold; no wait, no task, when none was)."""
+        """The operation just applied removed mappings of held frames, or cleared kernel
+        table entries a DMA was reading: its reply waits until they are released and the
+        readers have left (machine.mmu.hold, machine.kpt K3; no wait when none was)."""
         hits = self.mmu.holds.take_hits()
         if hits:
             await self.mmu.holds.wait_released(hits)
+        if self.mmu.kpt_hits:
+            await self._kpt_shootdown()
+
+    async def _kpt_shootdown(self) -> None:
+        """Wait until no reader is inside a kernel table page just cleared (net's DMA
+        copies for microseconds, off any await: a short poll, never a message)."""
+        mmu = self.mmu
+        vpns, mmu.kpt_hits = mmu.kpt_hits, set()
+        assert mmu.kpt is not None
+        self.shootdowns += 1
+        delay = 0.0
+        while mmu.kpt.inside(vpns):
+            await asyncio.sleep(delay)
+            delay = min(KPT_POLL_MAX_S, delay * 2 or 1e-5)
 
     async def on_destroy(self, msg: PmapDestroy) -> Reply:
         n = self.mmu.destroy(msg.asid)
@@ -192,6 +212,7 @@ class MmuService(Service):
         return self.ack(msg)
 
     def on_kenter_chunks(self, msg: PmapKenterChunks) -> Reply:
+        self.kenter_msgs += 1
         mmu, prot = self.mmu, int(msg.prot)
         for va, pfns in msg.chunks:  # all or nothing: every chunk checked first
             mmu._check_kernel_range(va, len(pfns))
@@ -204,10 +225,12 @@ class MmuService(Service):
         self.mmu.kenter(msg.va, msg.pfns, Prot(msg.prot))
         return self.ack(msg)
 
-    def on_kremove_ranges(self, msg: PmapKremoveRanges) -> Reply:
+    async def on_kremove_ranges(self, msg: PmapKremoveRanges) -> Reply:
         for va, npages in msg.ranges:  # checked first: bad input changes nothing
             self.mmu._check_kernel_range(va, npages)
-        return self._count(msg, sum(self.mmu.kremove(va, n) for va, n in msg.ranges))
+        n = sum(self.mmu.kremove(va, n) for va, n in msg.ranges)
+        await self._shootdown()
+        return self._count(msg, n)
 
     def on_extract(self, msg: PmapExtract) -> Reply:
         pte = self.mmu.extract(msg.asid, msg.va)
@@ -344,6 +367,8 @@ class MmuService(Service):
             "holds": len(self.mmu.holds.holds),
             "holds_taken": self.mmu.holds.taken,
             "holds_deferred": self.mmu.holds.deferred,
+            "kpt_shootdowns": self.shootdowns,
+            "kenter_msgs": self.kenter_msgs,
             **{k: getattr(st, k) for k in st.__slots__},
         }
 

@@ -17,7 +17,7 @@ def build(ctx: RoleContext) -> MmuService:
     s = ctx.profile.settings
     return MmuService(
         ctx.transport,
-        mmu=Mmu(ctx.ram, s.kenter_mode, s.ppp_wired),
+        mmu=Mmu(ctx.ram, s.kenter_mode, s.ppp_wired, ctx.ram.kpt),
         **ctx.service_args(),
     )
 

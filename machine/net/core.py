@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from machine.ipc.peer import RemoteError
+from machine.kpt import KernelPageTable
 from machine.limits import Limits
 from machine.net.driver import Driver, PhysMem, Sleeper
 from machine.net.kernel import KernelOps
@@ -57,6 +58,7 @@ class Net:
         log: Callable[[str], None] = lambda line: None,
         note: Callable[..., None] | None = None,
         live: Collection[int] = (),
+        kpt: KernelPageTable | None = None,
     ) -> None:
         """live: the sessions net knows live (its SessionAuth's), the `n` of the fair
         shares of mbufs (machine.share; wire_total's is the wire's own: machine.net.wire)."""
@@ -72,7 +74,7 @@ class Net:
         self.wire = Wire(limits.wire_bytes, limits.wire_total, self.stats)
         self.driver = Driver(
             ops, ram, clock, self.wire.deliver, self.kva, self.pool, self.sockets, self.chan,
-            self.stats, note,
+            self.stats, note, kpt,
         )  # fmt: skip
         self.sosend = Sosend(
             ops, knobs, self.kva, self.pool, self.driver, self.sockets, self.chan, self.stats, log

@@ -1,14 +1,18 @@
 """The driver: the NIC's descriptor ring, transmit at the link's speed, and sopendfree.
 
 Three loops, run together in one task group (`Driver.run`):
-  * the ring: take mbufs from the transmit queue in order and, once the link is up
-    (`hold` stops it), start each loaned mbuf's DMA up to RING mbufs ahead: one ring
-    pass takes every mbuf queued that the ring has room for and translates all their
-    KVA at once (one pmap.kextract_ranges, answered per mbuf; one translation is in
-    flight at a time, and the passes made meanwhile share the next); each DMA reads its bytes
-    straight from RAM; a missing translation is a kernel page fault sent to uvm
-    (uvm.kfault, with the mmu's evidence and the pfn loaned there), which uvm resolves
-    or panics on, and that mbuf is translated again alone;
+  * the ring: take mbufs from the transmit queue in order, once the link is up
+    (`hold` stops it), up to RING mbufs ahead of the wire. With the kernel's page table
+    in shared memory (machine.kpt, the machine's case), a loaned mbuf's DMA runs when
+    transmit takes it: it translates its KVA by reading the table, as an IOMMU walks
+    page tables, and copies its bytes straight from RAM (no message); a cleared entry
+    is a kernel page fault: the driver asks the mmu for that range (one
+    pmap.kextract_ranges, which carries the mmu's evidence: who revoked it, why) and
+    sends uvm.kfault with it and the pfn loaned there; uvm resolves or panics, and
+    the DMA reads again. A range the table does not cover is translated by that
+    message. Without a table (unit tests), one ring pass translates every loaned mbuf
+    it takes in one pmap.kextract_ranges (one in flight at a time, the passes made
+    meanwhile share the next) and starts their DMA at once;
   * transmit: put the ring's mbufs on the wire in order, at the link's speed
     (latency, bandwidth); a copied mbuf's storage goes back to the pool at once, a
     loaned one is deferred to sopendfree (soloanfree: never freed on this path);
@@ -36,13 +40,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from machine.ipc.peer import PeerPanic
+from machine.kpt import KernelPageTable, copy_frames
 from machine.net.kernel import KernelOps, PageFault
 from machine.net.knobs import DEFAULT_BANDWIDTH_BPS, DEFAULT_LATENCY_US, RING, new_stats
 from machine.net.kva import KvaArena
 from machine.net.mbuf import Mbuf, MbufPool
 from machine.net.socket import SocketTable
 from machine.net.synch import WaitChannel
-from machine.params import PAGE_SHIFT, PAGE_SIZE
+from machine.params import PAGE_SHIFT
 from machine.proto import WirePacket
 from machine.proto.pmap import MAX_CHUNKS
 
@@ -74,9 +79,11 @@ class Driver:
         chan: WaitChannel,
         stats: dict[str, int] | None = None,
         note: Callable[..., None] | None = None,
+        kpt: KernelPageTable | None = None,
     ) -> None:
         self.ops = ops
         self.ram = ram
+        self.kpt = kpt  # the kernel's page table in shared memory (machine.kpt)
         self.clock = clock
         self.deliver = deliver  # puts a packet on the wire
         self.kva = kva
@@ -156,7 +163,7 @@ class Driver:
             while len(batch) < room and not self.txq.empty():
                 batch.append(self.txq.get_nowait())
                 self.passing += 1
-            loaned = [mb for mb in batch if mb.loaned]
+            loaned = [mb for mb in batch if mb.loaned] if self.kpt is None else []
             xlate = self._translate(tg, loaned) if loaned else None
             for mb in batch:
                 dma = None
@@ -215,7 +222,10 @@ class Driver:
                 delay += mb.length * 8 / self.bandwidth_bps
             if delay:
                 await self.clock.sleep(delay)
-            payload = await dma if dma is not None else mb.data
+            if dma is not None:
+                payload = await dma
+            else:  # a table walk at the DMA's start (or a copied mbuf's bytes)
+                payload = await self.dma_read(mb) if mb.loaned else mb.data
             so = mb.sock
             self.note(
                 "tx",
@@ -254,38 +264,37 @@ class Driver:
     async def dma_read(
         self, mb: Mbuf, xlate: asyncio.Future[list[list[int] | PageFault]] | None = None, i: int = 0
     ) -> bytes:
-        """Read the mbuf's bytes from RAM at the pfns its KVA translates to (entry i of
-        the ring pass's translation, or its own); a missing translation is a kernel page
-        fault, resolved by uvm (or uvm panics), and the mbuf is translated again."""
+        """Read the mbuf's bytes from RAM at the pfns its KVA translates to: read from the
+        kernel's page table (machine.kpt), else entry i of the ring pass's translation or
+        its own pmap.kextract; a missing translation is a kernel page fault, resolved by
+        uvm (or uvm panics), and the mbuf is translated again."""
         assert self.ram is not None, "net has no RAM to read loaned mbufs from"
-        npages = mb.npages
+        view, kpt, npages = self.ram.view, self.kpt, mb.npages
         got = (await xlate)[i] if xlate is not None else None
-        while not isinstance(got, list):
-            if isinstance(got, PageFault):
-                f = got
-                self.stats["kfaults"] += 1
-                idx = (f.va - mb.kva) >> PAGE_SHIFT
-                so = mb.sock
-                evidence = (
-                    f"net driver reading mbuf of socket {so.id} send {mb.seq} "
-                    f"(bytes {mb.off}..{mb.off + mb.length} of {mb.total}, process {so.asid}) "
-                    f"found {f.detail}"
-                )
-                pfn = mb.pfns[idx] if 0 <= idx < npages else -1
-                self.stats["driver_msgs"] += 1
-                await self.ops.kfault(f.va, evidence=evidence, pfn=pfn)
-            (got,) = await self._kextract([mb])
-        view = self.ram.view
-        lo, left, parts = mb.pgoff, mb.length, []
-        for pfn in got:  # the slices of each page, joined: one copy from RAM
-            hi = min(PAGE_SIZE, lo + left)
-            base = pfn << PAGE_SHIFT
-            parts.append(view[base + lo : base + hi])
-            left -= hi - lo
-            lo = 0
-            if left <= 0:
-                break
-        return b"".join(parts)
+        while True:
+            if got is None:
+                if kpt is not None:
+                    data = kpt.read(view, mb.kva >> PAGE_SHIFT, npages, mb.pgoff, mb.length)
+                    if isinstance(data, bytes):
+                        self.stats["kpt_reads"] += 1
+                        return data
+                # not in the table, or no translation there: the mmu says (and why)
+                (got,) = await self._kextract([mb])
+            if isinstance(got, list):
+                return copy_frames(view, got, mb.pgoff, mb.length)
+            f = got
+            self.stats["kfaults"] += 1
+            idx = (f.va - mb.kva) >> PAGE_SHIFT
+            so = mb.sock
+            evidence = (
+                f"net driver reading mbuf of socket {so.id} send {mb.seq} "
+                f"(bytes {mb.off}..{mb.off + mb.length} of {mb.total}, process {so.asid}) "
+                f"found {f.detail}"
+            )
+            pfn = mb.pfns[idx] if 0 <= idx < npages else -1
+            self.stats["driver_msgs"] += 1
+            await self.ops.kfault(f.va, evidence=evidence, pfn=pfn)
+            got = None
 
     async def _sopendfree(self) -> None:
         """sodoloanfree, off the transmit path: every mbuf waiting is freed in one pass."""

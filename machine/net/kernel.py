@@ -6,10 +6,11 @@ message nor names a peer. `BusKernel` implements it over the kernel bus: every m
 net sends to another role is built here and nowhere else, to the peers it holds as
 typed attributes (`uvm`, `mmu`). Unit tests hand the core a fake KernelOps instead.
 
-Every operation is one message. The batched ones (uvm.loan_chunks,
-pmap.kenter_chunks, pmap.kextract_ranges, pmap.kremove_ranges, uvm.unloan_chunks)
-take at most MAX_CHUNKS chunks or ranges (the caller cuts longer lists) and keep
-each chunk's semantics: a loan is answered per chunk, a translation per range.
+Every operation is one message. The batched ones (uvm.loan_chunks, which also has uvm
+enter the loaned chunks at their kernel VA: a whole-send loan; pmap.kextract_ranges,
+pmap.kremove_ranges, uvm.unloan_chunks) take at most MAX_CHUNKS chunks or ranges (the
+caller cuts longer lists) and keep each chunk's semantics: a loan is answered per
+chunk, a translation per range.
 
 Errors, the same for every implementation:
   * a missing translation (pmap.uhold, a range of pmap.kextract_ranges: EFAULT with the
@@ -30,7 +31,6 @@ from machine.proto import (
     CtlAck,
     Errno,
     PmapCountReply,
-    PmapKenterChunks,
     PmapKextractRanges,
     PmapKextractRangesReply,
     PmapKremoveRanges,
@@ -68,14 +68,12 @@ class KernelOps(Protocol):
         ...
 
     async def loan(
-        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+        self, asid: int, owner: int, chunks: list[tuple[int, int]], kvas: list[int]
     ) -> list[list[int] | RemoteError]:
-        """uvm.loan_chunks: loan each chunk (page-aligned va, npages), in order. => per chunk
-        one pfn per page, or the RemoteError of its refusal (all or nothing per chunk)."""
-        ...
-
-    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
-        """pmap.kenter_chunks: enter each chunk's pfns read-only at its kernel va."""
+        """uvm.loan_chunks: loan each chunk (page-aligned va, npages), in order, and enter
+        each loaned one read-only at its kernel VA (kvas, one per chunk) before the answer.
+        => per chunk one pfn per page, or the RemoteError of its refusal (all or nothing
+        per chunk; a refused chunk is entered nowhere)."""
         ...
 
     async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
@@ -133,22 +131,16 @@ class BusKernel:
         return list(rep.ended)
 
     async def loan(
-        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+        self, asid: int, owner: int, chunks: list[tuple[int, int]], kvas: list[int]
     ) -> list[list[int] | RemoteError]:
-        rep = await self.uvm.call_ok(
-            UvmLoanChunks(h=NO_HEADER, asid=asid, owner=owner, chunks=chunks), UvmLoanChunksReply
-        )
+        req = UvmLoanChunks(h=NO_HEADER, asid=asid, owner=owner, chunks=chunks, kvas=kvas)
+        rep = await self.uvm.call_ok(req, UvmLoanChunksReply)
         if not len(rep.pfns) == len(rep.errnos) == len(rep.details) == len(chunks):
             raise RemoteError(Errno.EBADMSG, f"uvm.loan_chunks answered {len(rep.pfns)} chunks")
         return [
             pfns if e is None else RemoteError(e, why)
             for pfns, e, why in zip(rep.pfns, rep.errnos, rep.details, strict=True)
         ]
-
-    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
-        await self.mmu.call_ok(
-            PmapKenterChunks(h=NO_HEADER, chunks=chunks, prot=int(Prot.READ)), CtlAck
-        )
 
     async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
         rep = await self.mmu.call(

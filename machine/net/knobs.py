@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from machine.params import KERNEL_MIN
+from machine.kpt import LOAN_KVA_BASE, LOAN_KVA_SLOT_PAGES
 from machine.profile import Profile, load_profile
 from machine.proto.pmap import MAX_CHUNKS
 
 SOCK_LOAN_CHUNK = 64 << 10  # SOCK_LOAN_CHUNK: the most one chunk (one loan, one mbuf) holds
 SOMAXKVA = 16 << 20  # SOMAXKVA: loan KVA held at once
-KVA_SLOT_PAGES = 2048  # VA per mbuf slot (8 MiB): any chunk, page aligned or not, fits
-KVA_BASE = KERNEL_MIN + (1 << 40)  # the loan KVA arena
+KVA_SLOT_PAGES = LOAN_KVA_SLOT_PAGES  # VA per mbuf slot (8 MiB): any chunk fits
+KVA_BASE = LOAN_KVA_BASE  # the loan KVA arena (the kernel page table covers its start)
 PIPELINE = 8  # copied chunks of a window at least (more while they fit a quarter of the pool)
 LOAN_WINDOW = MAX_CHUNKS  # chunks of a window at most (one uvm.loan_chunks, one kenter)
 RING = 8  # the driver's descriptor ring: mbufs whose DMA may run ahead of the wire
@@ -40,6 +40,7 @@ COUNTERS = (
     "kfaults",
     "pendfree",
     "driver_msgs",
+    "kpt_reads",
     "soclosed",
     "sofreed",
     "wiredrops",

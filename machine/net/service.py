@@ -112,6 +112,7 @@ class NetService(Service):
             log=self.trace.append,
             note=self.recorder.note,
             live=self.auth.live,
+            kpt=ram.kpt if ram is not None else None,
         )
         self._uvm_sub: Subscription | None = None
         self._end_sub: Subscription | None = None

@@ -6,9 +6,10 @@ the socket's sndbuf; each chunk first waits for send-buffer space (sbwait).
   * Loan path, when the knobs allow loans, the bytes left are at least the threshold
     and the buffer has that much room: reserve loan KVA (waits while
     socurkva + len > somaxkva); the window's loan chunks then go in one uvm.loan_chunks
-    (uvm loans each as its own uvm.loan, in order: the pages write-protected, counted
-    as loaned) and one pmap.kenter_chunks of every loaned page read-only at its KVA; an
-    mbuf per chunk with external storage there. A refused chunk (modern: a wired page)
+    with their KVA (a whole-send loan: uvm loans each as its own uvm.loan, in order, the
+    pages write-protected, counted as loaned, and enters every loaned page read-only
+    at its KVA on its own pmap connection before it answers); an mbuf per chunk with
+    external storage there. A refused chunk (modern: a wired page)
     frees its KVA and is copied instead.
   * Copy path otherwise: mbuf storage from the pool per chunk (waits while it is full),
     then machine.net.copyin for each run of consecutive copied chunks: the frames held
@@ -17,8 +18,8 @@ the socket's sndbuf; each chunk first waits for send-buffer space (sbwait).
     resolved through uvm.kfault on the process's behalf (EFAULT ends the send; the
     chunks wholly before the fault are still copied).
 The chunks of a send are set up in windows (the loans and the copies overlap), then
-queued in order: a window holds up to LOAN_WINDOW chunks (64: one message of each
-kind) whose loans hold at most an eighth of RAM (loan_window_pages: a loaned page
+queued in order: a window holds up to LOAN_WINDOW chunks (64: one uvm.loan_chunks)
+whose loans hold at most an eighth of RAM (loan_window_pages: a loaned page
 cannot be paged out, so a bigger window could wait for itself), and up to PIPELINE
 copied ones, more while their bytes stay within a quarter of
 the pool; the send returns once every chunk is queued (write(2)), and nothing is
@@ -213,8 +214,8 @@ class Sosend:
     async def _flush(
         self, so: Socket, va: int, total: int, owner: int, res: SendResult, window: list[Slot]
     ) -> None:
-        """Set up the window's chunks (one uvm.loan and one kenter for its loans, its
-        copies alongside), then queue them in order. A chunk that failed ends the send:
+        """Set up the window's chunks (one uvm.loan_chunks for its loans, mapped by uvm,
+        its copies alongside), then queue them in order. A chunk that failed ends the send:
         the chunks after it are never queued (loaned ones go straight to sopendfree)
         and the error is raised. Before the send's last window is queued, the releases
         of its holds are awaited: nothing then comes between the last enqueue and the
@@ -270,9 +271,9 @@ class Sosend:
         self, chunks: list[Chunk], window: list[Slot], made: list[Mbuf | BaseException | None],
         res: SendResult,
     ) -> None:  # fmt: skip
-        """sosend_loan for the window's loan chunks, at their reserved KVA: one uvm.loan
-        (answered per chunk), one kenter of the loaned ones; a refused chunk frees its
-        KVA and is copied instead."""
+        """sosend_loan for the window's loan chunks, at their reserved KVA: one
+        uvm.loan_chunks, answered per chunk once uvm has entered the loaned ones at their
+        KVA; a refused chunk frees its KVA and is copied instead."""
         idx = [i for i, s in enumerate(window) if s.loan]
         if not idx:
             return
@@ -281,7 +282,7 @@ class Sosend:
         res.messages += 1
         got: list[list[int] | RemoteError]
         try:
-            got = await self.ops.loan(c0.so.asid, c0.owner, ranges)
+            got = await self.ops.loan(c0.so.asid, c0.owner, ranges, [window[i].kva for i in idx])
         except PeerPanic as e:
             for i, (_, npages) in zip(idx, ranges, strict=True):
                 self.kva.free(window[i].kva, npages)
@@ -289,7 +290,6 @@ class Sosend:
             return
         except RemoteError as e:
             got = [e] * len(idx)
-        loaned: list[tuple[int, Mbuf]] = []
         fallback: list[int] = []
         for i, (_, npages), r in zip(idx, ranges, got, strict=True):
             c = chunks[i]
@@ -302,30 +302,10 @@ class Sosend:
             mb = Mbuf(c.so, c.seq, c.off, c.total, c.length, kva=window[i].kva,
                       pgoff=c.va & PAGE_MASK, pfns=r)  # fmt: skip
             c.so.loans += 1  # until sopendfree frees the mbuf
-            loaned.append((i, mb))
-        await asyncio.gather(
-            self._kenter(loaned, made, res), self._copy_chunks(chunks, fallback, made, res)
-        )
-
-    async def _kenter(
-        self, loaned: list[tuple[int, Mbuf]], made: list[Mbuf | BaseException | None],
-        res: SendResult,
-    ) -> None:  # fmt: skip
-        """One kenter of every loaned chunk; if it fails, every loan goes back."""
-        if not loaned:
-            return
-        res.messages += 1
-        try:
-            await self.ops.kenter([(mb.kva, mb.pfns) for _, mb in loaned])
-        except Exception as e:
-            for i, mb in loaned:
-                self.driver.loanfree_later(mb)  # the loan is returned, the KVA released
-                made[i] = e
-            return
-        for i, mb in loaned:
             made[i] = mb
             self.stats["loaned_chunks"] += 1
             self.stats["loaned_pages"] += mb.npages
+        await self._copy_chunks(chunks, fallback, made, res)
 
     async def _copy_chunks(
         self, chunks: list[Chunk], idx: list[int], made: list[Mbuf | BaseException | None],

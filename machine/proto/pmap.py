@@ -190,7 +190,8 @@ MAX_UHOLD_PAGES = 1024
 class PmapKenterChunks(Request, frozen=True, kw_only=True, tag="pmap.kenter_chunks"):
     """pmap.kenter for several chunks at once: each (va, pfns) entered as pmap.kenter would.
 
-    => sender: net (the loans of one window of a send). All or nothing: every chunk is
+    => sender: uvm (uvm.loan_chunks with kvas: the loans of one window of a send; net
+       before 1.7). All or nothing: every chunk is
        checked before any is entered (EINVAL). Reply: ack.
     """
 

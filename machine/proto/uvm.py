@@ -385,6 +385,11 @@ class UvmLoanChunks(Request, frozen=True, kw_only=True, tag="uvm.loan_chunks"):
        (swap-in, pgo_get, or the zero page for untouched anonymous memory); the first
        loan of a page write-protects every managed mapping of it; what else happens
        (wire, dequeue, nothing) is the profile's ERA.
+    => kvas (1.7, optional): one page-aligned kernel VA per chunk: uvm then enters every
+       loaned chunk's pages read-only there (one pmap.kenter_chunks on its ordered pmap
+       connection, after the write-protects) before it answers: a whole-send loan, no
+       kenter of net's. EINVAL (nothing loaned) if their number or a VA is bad; if the
+       kenter fails, every chunk is unloaned and its error is the reply.
     Reply: UvmLoanChunksReply, per chunk: its pfns, one per page, and errno None; or, for a
     refused chunk (all or nothing per chunk), no pfns, its errno and detail: EFAULT (hole or no
     read access), EBUSY (ERA=modern refuses a wired page), ENOMEM, ESRCH.
@@ -393,6 +398,9 @@ class UvmLoanChunks(Request, frozen=True, kw_only=True, tag="uvm.loan_chunks"):
     asid: Asid
     owner: Owner
     chunks: Annotated[list[PageRange], msgspec.Meta(max_length=MAX_CHUNKS)]
+    kvas: Annotated[list[Va], msgspec.Meta(max_length=MAX_CHUNKS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class UvmLoanChunksReply(Reply, frozen=True, kw_only=True, tag="uvm.loan_chunks.reply"):

@@ -26,6 +26,14 @@ class PmapOps(Protocol):
 
     async def kenter(self, va: int, pfns: list[int], prot: int) -> None: ...
 
+    async def kenter_chunks(self, chunks: list[tuple[int, list[int]]], prot: int) -> None:
+        """kenter of several (va, pfns) chunks, all or nothing (a whole-send loan's)."""
+        ...
+
+    async def kremove_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        """kremove of several (va, npages) ranges (a failed whole-send loan's undo)."""
+        ...
+
     async def unwire(self, asid: int, sva: int, eva: int) -> int: ...
 
     async def attrs(self, pfns: list[int], clear_ref: bool, clear_mod: bool) -> list[int]:

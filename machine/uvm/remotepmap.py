@@ -20,6 +20,8 @@ from machine.proto import (
     PmapDestroy,
     PmapEnter,
     PmapKenter,
+    PmapKenterChunks,
+    PmapKremoveRanges,
     PmapMappings,
     PmapMappingsReply,
     PmapPageProtect,
@@ -72,6 +74,13 @@ class RemotePmap:
 
     async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
         await self.peer.call_ok(PmapKenter(h=_H, va=va, pfns=pfns, prot=prot), CtlAck)
+
+    async def kenter_chunks(self, chunks: list[tuple[int, list[int]]], prot: int) -> None:
+        await self.peer.call_ok(PmapKenterChunks(h=_H, chunks=chunks, prot=prot), CtlAck)
+
+    async def kremove_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        rep = await self.peer.call_ok(PmapKremoveRanges(h=_H, ranges=ranges), PmapCountReply)
+        return rep.count
 
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         rep = await self.peer.call_ok(PmapUnwire(h=_H, asid=asid, sva=sva, eva=eva), PmapCountReply)

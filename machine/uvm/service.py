@@ -401,7 +401,7 @@ class UvmService(VmCallHandlers, Service):
         return self.reply(msg, UvmPdFinishReply, done=done)
 
     async def on_loan_chunks(self, msg: UvmLoanChunks) -> Reply:
-        got = await loanbatch.loan_chunks(self.vm, msg.asid, msg.owner, msg.chunks, self.spawn)
+        got = await loanbatch.loan_message(self.vm, msg, self.spawn)
         return self.reply(msg, UvmLoanChunksReply, **got)
 
     def on_unloan_chunks(self, msg: UvmUnloanChunks) -> Reply:

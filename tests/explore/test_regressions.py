@@ -64,14 +64,18 @@ DAEMON_CHAIN = {
         [{"kind": "send", "args": {"size": 6086, "loan": True, "buf": "private", "then": ""}}],
     ],
 }
-DAEMON_CHAIN_SEED = 6520533840814097444  # run_seed(0, 42)
+#: run_seed(0, 6): run 42's seed (6520533840814097444) no longer interleaves the chain since
+#: the driver reads the shared kernel page table (no translation round trip: the window
+#: between the send and its DMA is shorter); run 6's does under bug1999, and under thorpe
+#: without claim_rechecks_wiring (checked when the seed was changed), not with it.
+DAEMON_CHAIN_SEED = 15367691229573025827
 
 
 @pytest.mark.timeout(120)
 def test_thorpes_skip_of_wired_pages_holds_against_a_stale_snapshot() -> None:
     from machine.explore.explore import run_seed
 
-    assert run_seed(0, 42) == DAEMON_CHAIN_SEED
+    assert run_seed(0, 6) == DAEMON_CHAIN_SEED
     w = Workload.from_json(DAEMON_CHAIN)
     r = run_workload(w, "bug1999", DAEMON_CHAIN_SEED)
     assert (r.outcome, r.revoker) == ("panic", "pdaemon"), r.message  # the 1999 chain

@@ -167,10 +167,16 @@ def test_each_check_catches_a_machine_that_breaks_the_calls_rule(
     assert says in r.message, r.message
 
 
+SEED = 4
+
+
 @pytest.mark.timeout(180)
 def test_a_real_failure_through_a_vm_op_shrinks_to_it_and_replays() -> None:
     """silvers panics when a truncation revokes a wired (loaned) page: among other ops,
-    the shrinker keeps the loaned trunc alone, and the shrunk run fails the same way."""
+    the shrinker keeps the loaned trunc alone, and the shrunk run fails the same way.
+    (Its seed is one whose truncation lands while the send is still loaned: since the
+    driver reads the shared kernel page table, a loan ends sooner, and seed 5's no longer
+    does; most seeds still do.)"""
     w = Workload(
         2 * MIB,
         4 * MIB,
@@ -182,13 +188,13 @@ def test_a_real_failure_through_a_vm_op_shrinks_to_it_and_replays() -> None:
             (advise("dontneed"), Op("wakeup", {}), inherit("copy")),
         ),
     )
-    first = run_workload(w, "silvers", 5)
+    first = run_workload(w, "silvers", SEED)
     assert first.outcome == "panic", first.message
     assert "truncation of" in first.message
     want = (first.outcome, signature(first.message), first.revoker)
 
     def still_fails(c: Workload) -> bool:
-        r = run_workload(c, "silvers", 5)
+        r = run_workload(c, "silvers", SEED)
         return (r.outcome, signature(r.message), r.revoker) == want
 
     small = shrink(w, still_fails, max_runs=60)
@@ -196,7 +202,7 @@ def test_a_real_failure_through_a_vm_op_shrinks_to_it_and_replays() -> None:
     assert small.clients[0][0].args["loan"] is True
     assert set(small.features) == {"truncate", "send_loan"}
     back = Workload.from_json(json.loads(json.dumps(small.to_json())))
-    again = run_workload(back, "silvers", 5)
+    again = run_workload(back, "silvers", SEED)
     assert (again.outcome, signature(again.message)) == want[:2]
     assert run_workload(back, "modern", 5).outcome == "ok"
 

@@ -33,6 +33,8 @@ def test_up_serves_until_sigint_then_leaves_nothing_behind(tmp_path: Path) -> No
     ram = SHM_DIR / rm.info["ram"]["name"]
     assert ram.exists()
     assert ram.stat().st_size == 16 << 20
+    kpt = ram.with_name(ram.name + ".kpt")  # the kernel's page table, beside RAM
+    assert kpt.exists()
     assert all(pid_alive(p) for p in pids.values())
     assert len(set(pids.values()) | {rm.proc.pid}) == 5  # four roles, each its own process
     st = _cli("status", "--endpoint", rm.endpoint, "--json")
@@ -41,6 +43,7 @@ def test_up_serves_until_sigint_then_leaves_nothing_behind(tmp_path: Path) -> No
     assert rm.stop(signal.SIGINT) == 0
     assert not any(pid_alive(p) for p in pids.values())
     assert not ram.exists()
+    assert not kpt.exists()
     assert not (tmp_path / "state" / "run").exists()
     assert not (tmp_path / "state" / "machine.json").exists()
 

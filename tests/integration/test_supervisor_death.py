@@ -107,6 +107,7 @@ def test_orphaned_roles_remove_the_temporary_state_directory(tmp_path: Path) -> 
         proc.wait(10)
         _wait_gone(pids, t0)
         assert not (SHM_DIR / info["ram"]["name"]).exists()
+        assert not (SHM_DIR / (info["ram"]["name"] + ".kpt")).exists()  # the orphans' cleanup
         assert not state.exists()
     finally:
         for pid in pids.values():

@@ -24,6 +24,7 @@ SHARED = {
     "machine.kassert",
     "machine.limits",
     "machine.ram",
+    "machine.kpt",
     "machine.config",
     "machine.profile",
     "machine.rules",

@@ -6,7 +6,7 @@ page and within a page, so a payload tells which bytes it came from. The fake re
 every call (`calls`: (operation, arguments)) and keeps the state a real kernel would:
 the kernel's mappings at loan KVA (`kmap`), the loan count of each frame (`loans`),
 the frame holds of copies (`holds`). A batched call is recorded once as the message
-("loans", "kenters", "kextracts", "kremoves", "unloans") and then once per chunk or
+("loans", "kextracts", "kremoves", "unloans") and then once per chunk or
 range under the singular name, with that chunk's arguments.
 """
 
@@ -17,6 +17,7 @@ import collections
 from typing import Any
 
 from machine.ipc.peer import PeerPanic, RemoteError
+from machine.kpt import KernelPageTable
 from machine.limits import Limits
 from machine.net.core import Net
 from machine.net.kernel import PageFault
@@ -77,6 +78,7 @@ class FakeKernel:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.kmap: dict[int, int] = {}  # kernel vpn -> pfn
+        self.kpt: KernelPageTable | None = None  # the mmu's shared table, when given
         self.loans: collections.Counter[int] = collections.Counter()
         self.refuse: set[int] = set()
         self.faulting: set[int] = set()
@@ -91,6 +93,18 @@ class FakeKernel:
         self.live_sessions = {OWNER}
         self.holds: dict[int, list[int]] = {}  # frames held by uhold until urelease
         self.next_hold = 0
+
+    def kput(self, vpn: int, pfn: int) -> None:
+        """The mmu's kenter: the pmap and the shared table."""
+        self.kmap[vpn] = pfn
+        if self.kpt is not None:
+            self.kpt.put(vpn, pfn)
+
+    def kclear(self, vpn: int) -> bool:
+        """The mmu's kremove or revocation. => a mapping was there."""
+        if self.kpt is not None:
+            self.kpt.clear(vpn)
+        return self.kmap.pop(vpn, None) is not None
 
     def ops(self, name: str) -> list[Any]:
         return [args for op, args in self.calls if op == name]
@@ -116,9 +130,10 @@ class FakeKernel:
         ]
 
     async def loan(
-        self, asid: int, owner: int, chunks: list[tuple[int, int]]
+        self, asid: int, owner: int, chunks: list[tuple[int, int]], kvas: list[int]
     ) -> list[list[int] | RemoteError]:
-        """One uvm.loan message ("loans"); each chunk is recorded as its own "loan"."""
+        """One uvm.loan message ("loans"); each chunk is recorded as its own "loan", and each
+        chunk loaned is entered at its KVA as uvm does (recorded as a "kenter")."""
         self.calls.append(("loans", [tuple(c) for c in chunks]))
         for va, npages in chunks:
             self._call("loan", (asid, owner, va, npages))
@@ -129,20 +144,17 @@ class FakeKernel:
             if any(v in self.refuse for v in vas):
                 out.append(RemoteError(Errno.EBUSY, "a wired page"))
                 continue
-            pfns = [self.pfn_of(v) for v in vas]
-            self.loans.update(pfns)
-            out.append(pfns)
-        return out
-
-    async def kenter(self, chunks: list[tuple[int, list[int]]]) -> None:
-        self.calls.append(("kenters", [(va, list(pfns)) for va, pfns in chunks]))
-        for va, pfns in chunks:
-            self._call("kenter", (va, list(pfns)))
-        if self.fail_kenter:
+            out.append([self.pfn_of(v) for v in vas])
+        entered = [(kva, r) for kva, r in zip(kvas, out, strict=True) if isinstance(r, list)]
+        for kva, pfns in entered:
+            self._call("kenter", (kva, list(pfns)))
+        if self.fail_kenter and entered:  # uvm unloans them all: the error is the answer
             raise RemoteError(Errno.EINVAL, "pmap_kenter_pa: bad va")
-        for va, pfns in chunks:
+        for kva, pfns in entered:
+            self.loans.update(pfns)
             for i, pfn in enumerate(pfns):
-                self.kmap[(va >> PAGE_SHIFT) + i] = pfn
+                self.kput((kva >> PAGE_SHIFT) + i, pfn)
+        return out
 
     async def uhold(self, asid: int, owner: int, va: int, npages: int) -> tuple[int, list[int]]:
         self._call("uhold", (asid, owner, va, npages))
@@ -173,7 +185,7 @@ class FakeKernel:
             return
         if not self.kfault_resolves:
             raise PeerPanic(Errno.EPANIC, "trap: kernel page fault")
-        self.kmap[va >> PAGE_SHIFT] = pfn
+        self.kput(va >> PAGE_SHIFT, pfn)
 
     async def kextract(self, ranges: list[tuple[int, int]]) -> list[list[int] | PageFault]:
         """One pmap.kextract message ("kextracts"); each range is recorded as a "kextract"."""
@@ -205,7 +217,7 @@ class FakeKernel:
         n = 0
         for va, npages in ranges:
             for i in range(npages):
-                n += self.kmap.pop((va >> PAGE_SHIFT) + i, None) is not None
+                n += self.kclear((va >> PAGE_SHIFT) + i)
         return n
 
     async def unloan(self, chunks: list[tuple[list[int], int, int]]) -> None:
@@ -225,13 +237,18 @@ def make_net(
     loan_thresh: int = 4096,
     limits: Limits | None = None,
     clock: FakeClock | None = None,
+    kpt: KernelPageTable | None = None,
 ) -> tuple[Net, FakeKernel]:
+    """=> a Net over a FakeKernel; with kpt, the kernel writes that table and the driver
+    reads it (machine.kpt) instead of translating by message."""
     k = kernel or FakeKernel()
+    k.kpt = kpt
     net = Net(
         k,
         knobs=NetKnobs(loan_thresh=loan_thresh),
         limits=limits or Limits(),
         ram=FakeRam(),
         clock=clock or FakeClock(),
+        kpt=kpt,
     )
     return net, k

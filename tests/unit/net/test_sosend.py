@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from machine.ipc.peer import RemoteError
 from machine.limits import Limits
 from machine.net.core import Net
 from machine.net.knobs import SOCK_LOAN_CHUNK
@@ -79,8 +78,9 @@ async def test_a_send_is_cut_into_loan_chunks_at_64k_and_each_is_loaned_once() -
     ]  # fmt: skip
     assert [len(m.pfns) for m in mbs] == [17, 17, 17, 3]  # unaligned: one page more
     assert k.ops("uhold") == []
-    assert len(k.ops("loans")) == len(k.ops("kenters")) == 1  # one of each for the window
-    assert (res.loaned_pages, res.copied_bytes, res.messages) == (54, 0, 2)  # loan + kenter
+    assert len(k.ops("loans")) == 1  # one for the window: uvm enters the mappings too
+    assert [kva for kva, _ in k.ops("kenter")] == [m.kva for m in mbs]
+    assert (res.loaned_pages, res.copied_bytes, res.messages) == (54, 0, 1)  # a whole-send loan
     assert so.cc == n
     assert net.kva.socurkva == 54 * PAGE_SIZE
     async with driver(net) as wire:
@@ -101,7 +101,7 @@ async def test_the_tail_below_the_threshold_is_copied_and_no_loan_is_taken_for_i
     assert len(k.ops("urelease")) == 1
     assert not k.holds  # released once copied
     assert len(k.ops("loan")) == 1
-    assert (res.loaned_pages, res.copied_bytes, res.messages) == (16, 1000, 4)
+    assert (res.loaned_pages, res.copied_bytes, res.messages) == (16, 1000, 3)
     assert net.pool.mbuf_bytes == 1000  # held until the mbuf is sent
 
 
@@ -126,7 +126,8 @@ async def test_a_refused_loan_frees_its_kva_and_copies_the_chunk() -> None:
     assert net.kva.socurkva == 32 * PAGE_SIZE
     assert net.kva.slots_held == 2
     assert net.stats["loan_fallbacks"] == 1
-    assert res.messages == 1 + 1 + 2  # one loan (answered per chunk), one kenter, hold + release
+    assert res.messages == 1 + 2  # one loan (answered per chunk, mapped by uvm), hold + release
+    assert [kva for kva, _ in k.ops("kenter")] == [mbs[0].kva, mbs[2].kva]  # not the refused
 
 
 async def test_a_copyin_fault_is_resolved_by_kfault_on_the_process_behalf() -> None:
@@ -238,18 +239,18 @@ async def test_chunks_set_up_after_a_failed_one_return_their_loans() -> None:
     assert sorted(v for v, _ in k.ops("kremove")) == sorted(v for v, _ in k.ops("kenter"))
 
 
-async def test_a_failed_kenter_returns_the_loan_and_its_kva() -> None:
+async def test_a_failed_kenter_at_uvm_frees_the_kva_and_copies_the_chunks() -> None:
     net, k = make_net()
     so = await sock(net)
-    k.fail_kenter = True
-    with pytest.raises(RemoteError):
-        await net.sosend.send(so, ASID, VA0, 2 * K64, OWNER)
-    assert queued(net) == []
-    assert so.cc == 0
-    async with driver(net):
-        await drained(net, k)
-    assert len(k.ops("unloan")) == 2
+    k.fail_kenter = True  # uvm's kenter fails: it unloans them all, the loan is an error
+    res = await net.sosend.send(so, ASID, VA0, 2 * K64, OWNER)
+    assert [m.loaned for m in queued(net)] == [False, False]
+    assert [m.data for m in queued(net)] == [user_bytes(VA0, K64), user_bytes(VA0 + K64, K64)]
+    assert res.copied_bytes == 2 * K64
+    assert res.loaned_pages == 0
+    assert net.kva.socurkva == 0
     assert so.loans == 0
+    assert not k.loans
 
 
 async def test_soclose_while_waiting_for_room_is_ebadf_and_gives_back_the_window() -> None:

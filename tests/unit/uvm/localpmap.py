@@ -43,6 +43,15 @@ class LocalPmap:
     async def kenter(self, va: int, pfns: list[int], prot: int) -> None:
         self.mmu.kenter(va, pfns, Prot(prot))
 
+    async def kenter_chunks(self, chunks: list[tuple[int, list[int]]], prot: int) -> None:
+        for va, pfns in chunks:
+            self.mmu._check_kernel_range(va, len(pfns))
+        for va, pfns in chunks:
+            self.mmu.kenter(va, pfns, Prot(prot))
+
+    async def kremove_ranges(self, ranges: list[tuple[int, int]]) -> int:
+        return sum(self.mmu.kremove(va, n) for va, n in ranges)
+
     async def unwire(self, asid: int, sva: int, eva: int) -> int:
         return self.mmu.unwire(asid, sva, eva)
 
