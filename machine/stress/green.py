@@ -41,7 +41,9 @@ from typing import Any
 
 import gevent
 import gevent.lock
+import zmq as plainzmq
 import zmq.green as zmq
+from gevent.hub import Waiter
 
 from machine.client.errors import (
     MachineError,
@@ -88,6 +90,10 @@ from machine.stress.greenproc import GreenFile, GreenProcess, GreenSocket, Green
 
 _H = NO_HEADER
 _SLICE_S = 0.25  # a waiting call looks at the EventWatch this often
+# plain ints: zmq's constants are enum.IntFlag members, whose `&` costs a microsecond
+_POLLIN, _POLLOUT = int(plainzmq.POLLIN), int(plainzmq.POLLOUT)
+_NOBLOCK, _EVENTS, _FD = int(plainzmq.NOBLOCK), int(plainzmq.EVENTS), int(plainzmq.FD)
+_EV_READ = 1  # libev's EV_READ
 
 _ctx: zmq.Context | None = None  # type: ignore[type-arg]
 
@@ -160,13 +166,60 @@ class EventWatch:
 
 
 class _Conn:
-    """One DEALER to one endpoint, one call at a time."""
+    """One DEALER to one endpoint, one call at a time (`lock`).
+
+    The socket is a plain pyzmq socket, not zmq.green's: it is only ever used with
+    NOBLOCK, and a call waits for it through one libev io watcher on its ZMQ_FD (made
+    once) and a timer, then reads ZMQ_EVENTS. zmq.green's poll() per reply builds a
+    Poller, a gevent select with its watchers and two Timeouts, and its sockets run a
+    state-change callback after every send and recv: most of the harness's CPU per
+    operation (docs/stress.md, "The harness's own overhead").
+    """
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = _dealer(endpoint)
+        sock: plainzmq.Socket[bytes] = plainzmq.Socket(context(), plainzmq.DEALER)
+        sock.setsockopt(plainzmq.LINGER, 0)
+        sock.connect(endpoint)
+        self.sock = sock
         self.lock = gevent.lock.Semaphore()
+        self.hub = gevent.get_hub()
+        self.io = self.hub.loop.io(int(sock.getsockopt(_FD)), _EV_READ)
+
+    def send(self, frame: bytes, deadline: float) -> bool:
+        """Queue one message (a DEALER with one call in flight never reaches its HWM, so
+        this waits only in theory). => False if it could not by the deadline."""
+        while True:
+            try:
+                self.sock.send(frame, _NOBLOCK)
+                return True
+            except plainzmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.wait(_POLLOUT, min(left, _SLICE_S))
+
+    def wait(self, event: int, timeout_s: float) -> bool:
+        """Until the socket has `event` (ZMQ_EVENTS) or timeout_s passed. => has it.
+        ZMQ_FD is readable when the socket has commands to process (edge-like): reading
+        ZMQ_EVENTS processes them, so it is read before waiting and after every wake."""
+        sock = self.sock
+        if int(sock.getsockopt(_EVENTS)) & event:
+            return True
+        hub = self.hub
+        waiter: Waiter[None] = Waiter(hub)
+        timer = hub.loop.timer(timeout_s)
+        self.io.start(waiter.switch, None)
+        timer.start(waiter.switch, None)
+        try:
+            waiter.get()
+        finally:
+            self.io.stop()
+            timer.close()
+        return bool(int(sock.getsockopt(_EVENTS)) & event)
 
     def close(self) -> None:
+        self.io.stop()
+        self.io.close()
         self.sock.close()
 
 
@@ -267,28 +320,33 @@ class GreenMachine:
         if ended is not None:
             raise ended
         conn = self._conns[role]
+        timeout_s = timeout_s or self.timeout_s
         with conn.lock:
             msg = with_header(req, self.ident.header())
             mid = msg.h.msg_id
-            conn.sock.send(self.ident.frame(msg))
-            rep = self._await_reply(conn, mid, timeout_s or self.timeout_s, req)
+            deadline = time.monotonic() + timeout_s
+            if not conn.send(self.ident.frame(msg), deadline):
+                raise MachineTimeout(f"{tag_of(req)}: not sent within {timeout_s} s")
+            rep = self._await_reply(conn, mid, deadline, timeout_s, req)
         return self._value(rep, expect)
 
-    def _await_reply(self, conn: _Conn, mid: int, timeout_s: float, req: Request) -> Reply:
-        # time.monotonic, not the hub's cached loop.now(): a poll that returns at once
+    def _await_reply(
+        self, conn: _Conn, mid: int, deadline: float, timeout_s: float, req: Request
+    ) -> Reply:
+        # time.monotonic, not the hub's cached loop.now(): a wait that returns at once
         # does not run the hub, so loop.now() would never pass the deadline (a spin).
-        deadline = time.monotonic() + timeout_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MachineTimeout(f"{tag_of(req)}: no reply within {timeout_s} s")
-            if conn.sock.poll(max(1, int(min(left, _SLICE_S) * 1000)), zmq.POLLIN):
+            if conn.wait(_POLLIN, min(left, _SLICE_S)):
                 try:
-                    rep = decode_reply(conn.sock.recv())
+                    rep = decode_reply(conn.sock.recv(_NOBLOCK))
                 except Exception:
-                    continue  # not a reply of ours: a peer bug, dropped as Peer drops it
+                    continue  # not a reply of ours (a peer bug, dropped as Peer drops it)
                 if rep.h.re == mid:
                     return rep
+                continue  # a late reply: the next one may be ours at once
             ended = self._ended()
             if ended is not None:
                 raise ended
