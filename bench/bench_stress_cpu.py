@@ -56,6 +56,7 @@ class Plan:
     window_s: float  # the run-time is SETTLE_S + window_s + TAIL_S (+ 1 s slack)
     mix: str = ""
     ram: str = "64M"
+    ipc: bool = False  # boot the machine here on ipc:// and attach stress to it (--endpoint)
 
 
 SMOKE = Plan(users=4, workers=0, window_s=1.5)
@@ -91,16 +92,17 @@ def _machine_pids(state: Path) -> dict[str, int]:
         return {}
 
 
-Sample = tuple[float, dict[str, int], dict[int, int]]
+Sample = tuple[float, dict[str, int], dict[int, int], int]
 
 
 def _sample(stress_pid: int, machine: dict[str, int]) -> Sample:
-    """(time, {machine process: CPU ns}, {harness pid: CPU ns}: every other descendant)."""
+    """(time, {machine process: CPU ns}, {harness pid: CPU ns}: every other descendant,
+    CPU ns of the harness's zmq I/O threads)."""
     t = time.monotonic()
     m = {r: cpu_ns(p) for r, p in machine.items()}
     mset = set(machine.values())
     harness = [p for p in children(stress_pid) if p not in mset and not _under(p, mset)]
-    return t, m, {p: cpu_ns(p) for p in harness}
+    return t, m, {p: cpu_ns(p) for p in harness}, sum(cpu_ns(p, only_zmq=True) for p in harness)
 
 
 def _label(pid: int) -> str:
@@ -134,6 +136,17 @@ def measure(pl: Plan, python: str = sys.executable, log: Any = None) -> dict[str
         cmd += ["--mix", pl.mix]
     repo = Path(python).parent.parent.parent  # <repo>/.venv/bin/python: run in its checkout
     cwd = repo if (repo / "machine").is_dir() else None
+    up = None
+    if pl.ipc:
+        up = subprocess.Popen([python, "-m", "machine", "up", "--ram", pl.ram, "--state",
+                               str(state), "--endpoint", f"ipc://{tmp}/attach"],
+                              stdout=subprocess.PIPE, text=True, cwd=cwd)  # fmt: skip
+        assert up.stdout is not None
+        line = up.stdout.readline().split()
+        if line[:1] != ["attach:"]:
+            up.kill()
+            raise RuntimeError(f"the machine did not boot: {line}")
+        cmd += ["--endpoint", line[1]]
     pr = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -152,9 +165,9 @@ def measure(pl: Plan, python: str = sys.executable, log: Any = None) -> dict[str
             last = now
         start = now[0]
         time.sleep(max(0.0, start + SETTLE_S - time.monotonic()))
-        t0, m0, h0 = _sample(pr.pid, machine)
+        t0, m0, h0, z0 = _sample(pr.pid, machine)
         time.sleep(max(0.0, start + SETTLE_S + pl.window_s - time.monotonic()))
-        t1, m1, h1 = _sample(pr.pid, machine)
+        t1, m1, h1, z1 = _sample(pr.pid, machine)
         labels = {p: _label(p) for p in h1}
         if pr.poll() is not None:
             raise RuntimeError("the stress run ended inside the window")
@@ -167,6 +180,13 @@ def measure(pl: Plan, python: str = sys.executable, log: Any = None) -> dict[str
             except subprocess.TimeoutExpired:
                 pr.kill()
                 pr.wait(5)
+        if up is not None:
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait(5)
         shutil.rmtree(tmp, ignore_errors=True)
     lines = out.strip().splitlines()
     summary = json.loads(lines[-1]) if lines else {}
@@ -181,6 +201,7 @@ def measure(pl: Plan, python: str = sys.executable, log: Any = None) -> dict[str
         "window_s": t1 - t0, "harness_cpu_s": harness_s, "machine_cpu_s": machine_s,
         "roles_cpu_s": {r: (m1[r] - m0[r]) / 1e9 for r in machine},
         "harness_procs_cpu_s": per_proc,
+        "harness_zmq_io_cpu_s": (z1 - z0) / 1e9,  # of harness_cpu_s: libzmq's I/O threads
         "harness_us_per_op": harness_s / ops * 1e6 if ops else None,
         "machine_us_per_op": machine_s / ops * 1e6 if ops else None,
         "ops": summary["ops"], "ops_per_s": summary["ops_per_s"],
@@ -194,6 +215,12 @@ def measure(pl: Plan, python: str = sys.executable, log: Any = None) -> dict[str
     return res
 
 
+def why(res: dict[str, Any]) -> str:
+    """The raw figures behind a ratio, for a table."""
+    return (f"{res['harness_cpu_s']:.3g} ÷ {res['machine_cpu_s']:.3g} s CPU over "
+            f"{res['window_s']:.3g} s, {res['ops']} ops verified")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--users", type=int, default=QUICK.users)
@@ -203,9 +230,10 @@ def main() -> int:
     ap.add_argument("--ram", default="64M")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--python", default=sys.executable, help="whose `machine stress` to run")
+    ap.add_argument("--ipc", action="store_true", help="the machine on ipc://, not tcp://")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    pl = Plan(a.users, a.workers, a.seconds, a.mix, a.ram)
+    pl = Plan(a.users, a.workers, a.seconds, a.mix, a.ram, a.ipc)
     runs = [measure(pl, a.python) for _ in range(a.rounds)]
     res = {"ratio": statistics.median(r["ratio"] for r in runs), "runs": runs,
            "loadavg": os.getloadavg()}  # fmt: skip

@@ -15,7 +15,8 @@
                so only under mlockall must every one be 1); mlockall(MCL_CURRENT
                | MCL_FUTURE) when the region fits RLIMIT_MEMLOCK (EAGAIN or
                ENOMEM, the machine's own limit, is a refusal: munlockall), and
-               munlockall the next time.
+               munlockall the next time. BATCH (8) operations make one
+               scenario (one Locust task).
   ForkerUser   a parent maps private anonymous memory, shared anonymous
                memory and a shared mapping of its own file, writes all three,
                and forks a small tree (1-2 children, maybe a grandchild: at
