@@ -184,7 +184,7 @@ class _Conn:
                 d = self.dealer = Dealer.connect(
                     self.endpoint, max(0.001, deadline - time.monotonic())
                 )
-            d.send(frame)
+            d.send(frame, deadline)
             return True
         except (OSError, ValueError):
             return False

@@ -1,7 +1,7 @@
 """A ZMTP 3.0 DEALER on a gevent socket: the green client's connection to a role's ROUTER.
 
     d = Dealer.connect("tcp://127.0.0.1:7701", timeout_s=5.0)
-    d.send(request_bytes)
+    d.send(request_bytes, deadline)  # time.monotonic() + seconds
     reply = d.recv(0.25)        # one whole message (its last frame), or None: not yet
     d.close()
 
@@ -11,9 +11,9 @@ came), and the I/O thread wakes for each message in each direction. Measured in
 a stress run (docs/stress.md, "The harness's own overhead"), that thread was a
 quarter of a Locust worker's CPU and the mailbox calls a seventh of the rest.
 Here a message is one send(2), and a reply one recv(2) after the hub's epoll says
-the socket is readable: the same bytes on the wire, ZeroMQ's own protocol
-(ZMTP 3.0, rfc.zeromq.org/spec/23, NULL mechanism: the machine's user endpoints
-use no other), speaking to the same ROUTER.
+the socket is readable (gevent's own socket would try the recv(2) first, and fail):
+the same bytes on the wire, ZeroMQ's own protocol (ZMTP 3.0, rfc.zeromq.org/spec/23,
+NULL mechanism: the machine's user endpoints use no other), to the same ROUTER.
 
 What a DEALER is to a ROUTER, and all this does: a greeting (64 bytes each way,
 version 3.0, mechanism NULL, as client), a READY command each way (ours names
@@ -27,19 +27,24 @@ are ignored.
 Invariants:
   - one caller at a time (green.py's per-connection lock): a partial message
     stays in `_buf` for the next recv, never lost between calls;
-  - recv never blocks past its timeout; a closed connection (the role gone: a
-    panic) makes `broken` true, and recv and send raise ConnectionError after it;
+  - recv never blocks past its timeout, send never past its deadline; a closed
+    connection (the role gone: a panic), or a message only half written by the
+    deadline, makes `broken` true, and recv and send raise ConnectionError after it;
   - connect() does the whole handshake or raises (OSError, ValueError for a peer
     that does not speak ZMTP 3 with NULL), leaving no socket open.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket as pysocket
 import struct
 import time
+from typing import Any
 
-from gevent import socket
+import gevent
+from gevent.hub import Waiter
 
 _MORE, _LONG, _COMMAND = 1, 2, 4
 _GREETING = (
@@ -51,6 +56,7 @@ _GREETING = (
 )  # fmt: skip
 _RECV_CHUNK = 1 << 16
 _JOIN_BELOW = 1 << 16  # a message below this goes out with its header in one send(2)
+_EV_READ, _EV_WRITE = 1, 2  # libev's
 
 
 def _command(name: bytes, data: bytes = b"") -> bytes:
@@ -75,10 +81,18 @@ def _address(endpoint: str) -> tuple[int, str | tuple[str, int]]:
 
 
 class Dealer:
-    """One ZMTP connection to a ROUTER (see the module docstring)."""
+    """One ZMTP connection to a ROUTER (see the module docstring). The socket is a plain
+    non-blocking one, waited on through two libev io watchers of the hub made once: a
+    read waits for readiness before recv(2) (a reply takes a round trip, so trying first
+    would cost a failed system call per call), a write only when the kernel's buffer is
+    full."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: pysocket.socket) -> None:
+        sock.setblocking(False)
         self.sock = sock
+        self._hub = gevent.get_hub()
+        self._readable = self._hub.loop.io(sock.fileno(), _EV_READ)
+        self._writable = self._hub.loop.io(sock.fileno(), _EV_WRITE)
         self._buf = bytearray()
         self._parts: list[bytes] = []  # the frames of a message still arriving
         self.broken = False
@@ -87,15 +101,20 @@ class Dealer:
     def connect(cls, endpoint: str, timeout_s: float = 10.0) -> Dealer:
         """Connect and handshake. => a Dealer; OSError, ValueError (not ZMTP 3 NULL)."""
         family, addr = _address(endpoint)
-        s = socket.socket(family, pysocket.SOCK_STREAM)
+        deadline = time.monotonic() + timeout_s
+        s = pysocket.socket(family, pysocket.SOCK_STREAM)
+        d = None
         try:
-            s.settimeout(timeout_s)
-            s.connect(addr)
+            d = cls(s)
+            err = s.connect_ex(addr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                d._wait(d._writable, deadline)
+                err = s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_ERROR)
+            if err:
+                raise OSError(err, f"{endpoint}: {os.strerror(err)}")
             if family != pysocket.AF_UNIX:
                 s.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
-            s.sendall(_GREETING + _READY)
-            d = cls(s)
-            deadline = time.monotonic() + timeout_s
+            d._send(_GREETING + _READY, deadline)
             peer = d._take(64, deadline)
             if peer[0] != 0xFF or peer[9] != 0x7F or peer[10] < 3:
                 raise ValueError(f"{endpoint}: not a ZMTP 3 peer")
@@ -106,22 +125,34 @@ class Dealer:
                 raise ValueError(f"{endpoint}: no READY from the peer")
             return d
         except BaseException:
-            s.close()
+            if d is not None:
+                d.close()
+            else:
+                s.close()
             raise
 
-    def send(self, payload: bytes) -> None:
-        """One single-frame message. => ConnectionError once the connection is gone."""
-        if self.broken:
-            raise ConnectionError("the connection is closed")
+    def send(self, payload: bytes, deadline: float) -> None:
+        """One single-frame message. => ConnectionError once the connection is gone (or
+        if the kernel would not take it by the deadline: the connection is then unusable)."""
         n = len(payload)
         head = bytes((0, n)) if n < 256 else b"\x02" + struct.pack(">Q", n)
+        if n < _JOIN_BELOW:  # one send(2): a copy is cheaper than a system call
+            self._send(head + payload, deadline)
+        else:
+            self._send(head, deadline)
+            self._send(payload, deadline)
+
+    def _send(self, data: bytes, deadline: float) -> None:
+        if self.broken:
+            raise ConnectionError("the connection is closed")
+        view, sent = memoryview(data), 0
         try:
-            if n < _JOIN_BELOW:  # one send(2): a copy is cheaper than a system call
-                self.sock.sendall(head + payload)
-            else:
-                self.sock.sendall(head)
-                self.sock.sendall(payload)
-        except OSError as e:
+            while sent < len(data):
+                try:
+                    sent += self.sock.send(view[sent:])
+                except BlockingIOError:
+                    self._wait(self._writable, deadline)
+        except (OSError, TimeoutError) as e:  # a message half written: the stream is lost
             self.broken = True
             raise ConnectionError(str(e)) from e
 
@@ -134,8 +165,7 @@ class Dealer:
                 flags, body = self._frame(deadline)
                 if flags & _COMMAND:
                     if body[1 : 1 + body[0]] == b"PING":  # ZMTP 3.1 heartbeat
-                        ctx = body[1 + body[0] + 2 :]
-                        self.sock.sendall(_command(b"PONG", ctx))
+                        self._send(_command(b"PONG", body[1 + body[0] + 2 :]), deadline)
                     continue
                 if flags & _MORE:
                     self._parts.append(body)
@@ -171,26 +201,49 @@ class Dealer:
         return out
 
     def _fill(self, deadline: float, need: int = 1) -> None:
-        """Read what has come (waiting in the hub until the deadline). => TimeoutError,
+        """Read what has come: waiting for it first when nothing is buffered, else
+        trying at once (the rest of a long frame). => TimeoutError at the deadline,
         ConnectionError at the end of the stream."""
         if self.broken:
             raise ConnectionError("the connection is closed")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        self.sock.settimeout(left)
-        try:
-            chunk = self.sock.recv(max(need, _RECV_CHUNK))
-        except TimeoutError:
-            raise TimeoutError from None
-        except OSError as e:
-            self.broken = True
-            raise ConnectionError(str(e)) from e
+        wait = not self._buf
+        while True:
+            if wait:
+                self._wait(self._readable, deadline)
+            try:
+                chunk = self.sock.recv(max(need, _RECV_CHUNK))
+                break
+            except BlockingIOError:
+                wait = True
+            except OSError as e:
+                self.broken = True
+                raise ConnectionError(str(e)) from e
         if not chunk:
             self.broken = True
             raise ConnectionError("the peer closed the connection")
         self._buf += chunk
 
+    def _wait(self, watcher: Any, deadline: float) -> None:
+        """Until the watcher's fd is ready (the greenlet sleeps in the hub). => TimeoutError
+        at the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        waiter: Waiter[bool] = Waiter(self._hub)
+        timer = self._hub.loop.timer(left)
+        watcher.start(waiter.switch, True)
+        timer.start(waiter.switch, False)
+        try:
+            ready = waiter.get()
+        finally:
+            watcher.stop()
+            timer.close()
+        if not ready:
+            raise TimeoutError
+
     def close(self) -> None:
         self.broken = True
+        for w in (self._readable, self._writable):
+            w.stop()
+            w.close()
         self.sock.close()

@@ -30,8 +30,8 @@ for kind, bind in (("tcp", "tcp://127.0.0.1:*"), ("ipc", "ipc://" + sys.argv[1] 
     r.bind(bind)
     d = Dealer.connect(r.getsockopt_string(zmq.LAST_ENDPOINT), timeout_s=5)
     big = bytes(range(256)) * 1200  # 300 KiB: LONG frames and many recv(2)
-    d.send(b"hello")
-    d.send(big)
+    d.send(b"hello", time.monotonic() + 5)
+    d.send(big, time.monotonic() + 5)
     got = [r.recv_multipart() for _ in range(2)]
     ident = got[0][0]
     r.send_multipart([ident, b"one"])
