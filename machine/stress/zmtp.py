@@ -37,6 +37,7 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket as pysocket
 import struct
@@ -44,6 +45,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.socket
 from gevent.hub import Waiter
 
 _MORE, _LONG, _COMMAND = 1, 2, 4
@@ -68,13 +70,19 @@ def _command(name: bytes, data: bytes = b"") -> bytes:
 _READY = _command(b"READY", b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER")
 
 
-def _address(endpoint: str) -> tuple[int, str | tuple[str, int]]:
-    """tcp://HOST:PORT or ipc://PATH => (address family, address)."""
+def _address(endpoint: str) -> tuple[int, Any]:
+    """tcp://HOST:PORT or ipc://PATH => (address family, address). A host name is looked
+    up through gevent's resolver (the hub goes on meanwhile); an address literal is not."""
     if endpoint.startswith("tcp://"):
         host, _, port = endpoint[6:].rpartition(":")
         host = host.strip("[]")
-        family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
-        return family, (host, int(port))
+        try:
+            family = pysocket.AF_INET6 if ipaddress.ip_address(host).version == 6 else (
+                pysocket.AF_INET)  # fmt: skip
+            return family, (host, int(port))
+        except ValueError:
+            info = gevent.socket.getaddrinfo(host, int(port), 0, pysocket.SOCK_STREAM)
+            return info[0][0], info[0][4]
     if endpoint.startswith("ipc://"):
         return pysocket.AF_UNIX, endpoint[6:]
     raise ValueError(f"endpoint {endpoint!r}: use tcp://HOST:PORT or ipc://PATH")

@@ -5,7 +5,7 @@ tcp and on ipc and, through a Dealer: sends short and long (LONG-framed) request
 gets them in order at the ROUTER; receives a reply of one frame, one of 300 KiB, and
 the last frame of a multi-frame one; recv returns None within its timeout when nothing
 came; and once the ROUTER's side is gone, recv says so (ConnectionError), and connect to
-a dead endpoint fails (OSError). It prints one JSON line of what it saw.
+a dead endpoint fails (OSError); a host name is looked up. It prints one JSON line of what it saw.
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ for kind, bind in (("tcp", "tcp://127.0.0.1:*"), ("ipc", "ipc://" + sys.argv[1] 
         "none": none, "waited_ok": 0.2 <= waited < 5, "gone": gone, "broken": d.broken,
     }
     d.close()
+r = ctx.socket(zmq.ROUTER)
+r.setsockopt(zmq.LINGER, 0)
+port = r.bind_to_random_port("tcp://127.0.0.1")
+d = Dealer.connect(f"tcp://localhost:{port}", timeout_s=5)  # a name, looked up
+d.send(b"by name", time.monotonic() + 5)
+out["by_name"] = r.recv_multipart()[1:] == [b"by name"]
+d.close()
+r.close()
 try:
     Dealer.connect("ipc://" + sys.argv[1] + "/nobody", timeout_s=2)
     out["dead"] = "connected"
@@ -75,4 +83,5 @@ def test_a_dealer_talks_to_libzmqs_router_over_tcp_and_ipc(tmp_path: Path) -> No
         assert seen["waited_ok"], kind
         assert seen["gone"] == "ConnectionError", kind
         assert seen["broken"], kind
+    assert out["by_name"]
     assert out["dead"] in ("FileNotFoundError", "ConnectionRefusedError")
