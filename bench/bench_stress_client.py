@@ -9,7 +9,7 @@ every client kind and N runs one client process (a subprocess, so gevent's monke
 stays there, as in a Locust process) in which N users, each with its own session, emulated
 process and page, do store 64 B + load 64 B (checked against what was stored) in a loop for
 T seconds. The kinds:
-  green       N greenlets, machine.stress.green.GreenMachine (zmq.green), monkey-patched
+  green       N greenlets, machine.stress.green.GreenMachine (ZMTP), monkey-patched
   bridge      N greenlets, machine.stress.bridge.AsyncBridge (the async client in a loop
               thread, one async watcher wakes the hub), monkey-patched
   threadpool  the same loop thread, but each greenlet waits in gevent's threadpool on

@@ -28,7 +28,9 @@ stderr; the JSON also goes to bench/results/summary-<time>.json (or --out). Keys
   pageout_mb_s                    Δpgswapout x 4 KiB / time of storing W MiB through
                                   anonymous memory of a small machine (bench_pdaemon.py);
   thrash_slowdown                 µs per page of a store pass over 2x RAM ÷ over 0.5x RAM,
-                                  with swap (bench_pdaemon.py).
+                                  with swap (bench_pdaemon.py);
+  stress_client_over_machine_cpu  Locust's CPU ÷ the machine's over one steady window of a
+                                  `uvm-machine stress` run, default mix (bench_stress_cpu.py).
 
 Under "raw": the numbers behind every ratio; "host" and "commit" say where and what.
 A section that fails (the tree is being edited by others) is retried after a pause
@@ -58,6 +60,7 @@ import bench_agg as ba
 import bench_machine as bm  # bench/ is on sys.path (bench/__init__.py, or run as a script)
 import bench_net as bn
 import bench_pdaemon as bp
+import bench_stress_cpu as bs
 import zmq
 from bench_uvm import booted
 
@@ -91,17 +94,18 @@ class Plan:
     net_min_k: int
     wire_reps: int  # raw wire: publisher processes, each k x 4 MiB
     pd: bp.Plan
+    stress: bs.Plan
 
 
 SMOKE = Plan(rounds=2, r_rtt=20, r_fault=20, r_store=20, clients=2, agg_rounds=1, agg_s=0.3,
              agg_pages=500, net_rounds=1, net_bytes=256 << 10, net_min_k=1, wire_reps=1,
-             pd=bp.Plan(ram_mib=1, swap_mib=8, write_mib=2))  # fmt: skip
+             pd=bp.Plan(ram_mib=1, swap_mib=8, write_mib=2), stress=bs.SMOKE)  # fmt: skip
 QUICK = Plan(rounds=10, r_rtt=300, r_fault=300, r_store=300, clients=16, agg_rounds=4,
              agg_s=2.0, agg_pages=12000, net_rounds=2, net_bytes=16 << 20, net_min_k=8,
-             wire_reps=3, pd=bp.QUICK)  # fmt: skip
+             wire_reps=3, pd=bp.QUICK, stress=bs.QUICK)  # fmt: skip
 FULL = Plan(rounds=20, r_rtt=500, r_fault=500, r_store=1000, clients=16, agg_rounds=4,
             agg_s=3.0, agg_pages=12000, net_rounds=3, net_bytes=16 << 20, net_min_k=8,
-            wire_reps=5, pd=bp.DEFAULT)  # fmt: skip
+            wire_reps=5, pd=bp.DEFAULT, stress=bs.FULL)  # fmt: skip
 
 
 def p50(xs: Sequence[float]) -> float:
@@ -386,6 +390,8 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
               lambda: [raw_wire(SIZES["4M"], k4) for _ in range(pl.wire_reps)])  # fmt: skip
     pd = go(f"5. pageout and thrashing (--ram {pl.pd.ram_mib}M --swap {pl.pd.swap_mib}M)",
             lambda: bp.measure(pl.pd))  # fmt: skip
+    st = go(f"6. stress client vs machine CPU ({pl.stress.users} users, {pl.stress.workers} "
+            "workers)", lambda: bs.measure(pl.stress, log=log))  # fmt: skip
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -406,6 +412,7 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
         "copy_over_wire_4M": ratio(net and net["copy"]["4M"]["mb_s"], wire_mb_s),
         "pageout_mb_s": pd["swap"]["pageout_MBps"] if pd else None,
         "thrash_slowdown": ratio(hi and hi["us_per_page"], lo and lo["us_per_page"]),
+        "stress_client_over_machine_cpu": st and st["ratio"],
     }  # fmt: skip
     res["raw"] = {
         "latency": lat,
@@ -417,6 +424,7 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
             "plain_write_mb_s": pd["plain"]["write_MBps"], "delta_write": pd["swap"]["delta_write"],
             "ws": {f"{f}x_ram": pd["ws"][str(f)] for f in pl.pd.ws_factors},
         },
+        "stress": st,
     }  # fmt: skip
     res["failures"] = fails
     res["loadavg_after"] = os.getloadavg()
@@ -424,7 +432,8 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
 
 
 KEYS = ("fault_over_rtt", "store_over_rtt", "agg_fault_ratio", "loan_over_wire_4M",
-        "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown")  # fmt: skip
+        "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown",
+        "stress_client_over_machine_cpu")  # fmt: skip
 
 
 def report(res: dict[str, Any]) -> str:
@@ -432,7 +441,7 @@ def report(res: dict[str, Any]) -> str:
         return "-" if x is None else f"{x:.3g}"
 
     raw = res["raw"]
-    lat, agg, w = raw["latency"] or {}, raw["aggregate"] or {}, raw["wire_4M"]
+    lat, agg, w, st = raw["latency"] or {}, raw["aggregate"] or {}, raw["wire_4M"], raw["stress"]
     why = {
         "fault_over_rtt": f"{f(lat.get('fault_p50_us'))} ÷ {f(lat.get('raw_p50_us'))} µs",
         "store_over_rtt": f"{f(lat.get('store_p50_us'))} ÷ {f(lat.get('raw_p50_us'))} µs",
@@ -442,6 +451,7 @@ def report(res: dict[str, Any]) -> str:
         "copy_over_wire_4M": f"÷ raw wire {f(w['mb_s'])} MB/s",
         "pageout_mb_s": "",
         "thrash_slowdown": "µs/page 2x RAM ÷ 0.5x RAM",
+        "stress_client_over_machine_cpu": bs.why(st) if st else "",
     }
     rows = [f"| {k} | {f(res[k])} | {why[k]} |" for k in KEYS]
     net = raw["net"]

@@ -32,9 +32,7 @@ between on_start and on_stop, and on_stop detaches it whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -114,6 +112,7 @@ class MachineUser(User):
         self.page = self.m.directory.page_size
         self.nframes = self.m.directory.nframes
         self._due = 0.0  # the open model's next due time (0: not started)
+        self._rate: float | None = None  # --rate, read at the first operation
 
     def on_stop(self) -> None:
         m = getattr(self, "m", None)
@@ -131,8 +130,10 @@ class MachineUser(User):
 
     def _start_time(self) -> float:
         """When this operation is due: now (closed model), or its slot (open model)."""
-        rate = self._harness().rate
         now = time.perf_counter()
+        rate = self._rate
+        if rate is None:  # read once: the options do not change during a run
+            rate = self._rate = self._harness().rate
         if rate <= 0:
             return now
         if self._due == 0.0:
@@ -143,38 +144,50 @@ class MachineUser(User):
             gevent.sleep(due - now)
         return due
 
-    @contextlib.contextmanager
-    def op(self, name: str) -> Iterator[OpTimer]:
+    def op(self, name: str) -> _Op:
         """Time one operation and report it to Locust (see the module docstring)."""
-        t = OpTimer(name)
-        start = self._start_time()
+        return _Op(self, OpTimer(name), self._start_time())
+
+    def _end(self, t: OpTimer, start: float, e: BaseException | None) -> None:
+        """The end of an op() block: one request event; then the failure's consequence."""
         exc: BaseException | None = None
         stop: type[BaseException] | None = None
-        try:
-            yield t
-        except Corruption as e:
+        if e is None or isinstance(e, (RescheduleTask, StopUser)) or not isinstance(e, Exception):
+            pass  # done, or Locust's flow control (or a kill): not a failure
+        elif isinstance(e, Corruption):
             exc, stop = e, RescheduleTask
             self._harness().corrupted({"op": t.name, "session": self.m.session, **e.detail()})
-        except MachinePanic as e:
+        elif isinstance(e, MachinePanic):
             exc, stop = e, StopUser
             self._harness().panicked(e)
-        except MachineError as e:
+        elif isinstance(e, MachineError):
             exc, stop = e, RescheduleTask
-        except (RescheduleTask, StopUser):
-            raise  # Locust's flow control, not a failure
-        except Exception as e:  # a bug of the user: a failed request too, and Locust's error
+        else:  # a bug of the user: a failed request too, and Locust's error
             exc = e
-            raise
-        finally:
-            self.environment.events.request.fire(
-                request_type=REQUEST_TYPE,
-                name=t.name,
-                response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=t.nbytes,
-                exception=exc,
-                context={},
-            )
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE,
+            name=t.name,
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=t.nbytes,
+            exception=exc,
+            context={},
+        )
         if stop is not None:
             if isinstance(exc, MachineError):
                 self.on_op_error(exc)
             raise stop() from exc
+
+
+class _Op:
+    """An op() block (a class, not a generator context manager: it runs per operation)."""
+
+    __slots__ = ("start", "t", "user")
+
+    def __init__(self, user: MachineUser, t: OpTimer, start: float) -> None:
+        self.user, self.t, self.start = user, t, start
+
+    def __enter__(self) -> OpTimer:
+        return self.t
+
+    def __exit__(self, et: object, e: BaseException | None, tb: object) -> None:
+        self.user._end(self.t, self.start, e)  # raises the failure's RescheduleTask/StopUser

@@ -1,4 +1,4 @@
-"""The synchronous client for gevent (Locust users): the machine's protocol over zmq.green.
+"""The synchronous client for gevent (Locust users): the machine's protocol, ZMTP on gevent.
 
     with GreenMachine.attach("tcp://127.0.0.1:7700") as m:
         p = m.spawn()
@@ -8,9 +8,12 @@
 
 Why a second client: Locust's users are greenlets, and asyncio's running loop
 is per OS thread, so two users' awaits cannot overlap in one loop (locust#1251).
-This client blocks only the calling greenlet (zmq.green sockets yield to gevent's
-hub), and since the kernel resolves faults (one request, one reply per access)
-it is small: a call is send, then receive until the reply to it. docs/stress.md
+This client blocks only the calling greenlet (its sockets are gevent's, and
+yield to the hub), and since the kernel resolves faults (one request, one reply
+per access) it is small: a call is send, then receive until the reply to it.
+Each role connection speaks ZeroMQ's wire protocol itself (zmtp.Dealer: one
+send(2) per request, no libzmq I/O thread or mailbox; zmtp.py says what that
+saved); the events (EventWatch) and kcall stay on zmq.green. docs/stress.md
 "Which client" has the measurement against the bridge (bridge.py).
 
 What it shares with the async client, so the two cannot drift apart: the
@@ -21,8 +24,10 @@ because GreenMachine.call_role returns without awaiting), and the wire's
 reassembly (machine.client.wire.Wire).
 
 Invariants:
-  - one call in flight per role socket (`_locks`): a session's keepalive and its
-    user take turns; a reply whose `re` is not the call's (a late one) is dropped;
+  - one call in flight per role connection (`_Conn.lock`): a session's keepalive
+    and its user take turns; a reply whose `re` is not the call's (a late one) is
+    dropped; a connection the role closed is made again by the next call (the
+    call in flight then waits, as for a lost reply, to its timeout or the panic);
   - no call waits past its timeout, nor past a panic or stop the session's
     EventWatch has seen (it waits in slices of _SLICE_S and looks);
   - once a session has seen MachinePanic / MachineStopped it raises that same
@@ -85,10 +90,10 @@ from machine.proto import (
     with_header,
 )
 from machine.stress.greenproc import GreenFile, GreenProcess, GreenSocket, GreenWire
+from machine.stress.zmtp import Dealer
 
 _H = NO_HEADER
 _SLICE_S = 0.25  # a waiting call looks at the EventWatch this often
-
 _ctx: zmq.Context | None = None  # type: ignore[type-arg]
 
 
@@ -160,14 +165,34 @@ class EventWatch:
 
 
 class _Conn:
-    """One DEALER to one endpoint, one call at a time."""
+    """One DEALER to one endpoint, one call at a time (`lock`): a ZMTP connection of its
+    own (zmtp.Dealer, not libzmq's: see zmtp.py for why), made on first use and made
+    again after the peer closed it."""
 
     def __init__(self, endpoint: str) -> None:
-        self.sock = _dealer(endpoint)
+        self.endpoint = endpoint
         self.lock = gevent.lock.Semaphore()
+        self.dealer: Dealer | None = None
+
+    def send(self, frame: bytes, deadline: float) -> bool:
+        """=> True once the message is written to a live connection; False if none could
+        be had (the role is gone, or not there yet): the caller waits as for a lost reply."""
+        d = self.dealer
+        try:
+            if d is None or d.broken:
+                self.dealer = None
+                d = self.dealer = Dealer.connect(
+                    self.endpoint, max(0.001, deadline - time.monotonic())
+                )
+            d.send(frame, deadline)
+            return True
+        except (OSError, ValueError):
+            return False
 
     def close(self) -> None:
-        self.sock.close()
+        if self.dealer is not None:
+            self.dealer.close()
+            self.dealer = None
 
 
 class GreenMachine:
@@ -267,28 +292,42 @@ class GreenMachine:
         if ended is not None:
             raise ended
         conn = self._conns[role]
+        timeout_s = timeout_s or self.timeout_s
         with conn.lock:
             msg = with_header(req, self.ident.header())
             mid = msg.h.msg_id
-            conn.sock.send(self.ident.frame(msg))
-            rep = self._await_reply(conn, mid, timeout_s or self.timeout_s, req)
+            deadline = time.monotonic() + timeout_s
+            sent = conn.send(self.ident.frame(msg), deadline)
+            rep = self._await_reply(conn if sent else None, mid, deadline, timeout_s, req)
         return self._value(rep, expect)
 
-    def _await_reply(self, conn: _Conn, mid: int, timeout_s: float, req: Request) -> Reply:
-        # time.monotonic, not the hub's cached loop.now(): a poll that returns at once
-        # does not run the hub, so loop.now() would never pass the deadline (a spin).
-        deadline = time.monotonic() + timeout_s
+    def _await_reply(
+        self, conn: _Conn | None, mid: int, deadline: float, timeout_s: float, req: Request
+    ) -> Reply:
+        """The reply to `mid`, waiting in slices of _SLICE_S that look at the EventWatch.
+        conn None (nothing could be sent), or its connection closed meanwhile: the reply
+        is lost, as a libzmq DEALER loses it; the wait ends at the deadline or the panic."""
+        d = conn.dealer if conn is not None else None
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MachineTimeout(f"{tag_of(req)}: no reply within {timeout_s} s")
-            if conn.sock.poll(max(1, int(min(left, _SLICE_S) * 1000)), zmq.POLLIN):
+            raw = None
+            if d is not None and not d.broken:
                 try:
-                    rep = decode_reply(conn.sock.recv())
+                    raw = d.recv(min(left, _SLICE_S))
+                except (OSError, ValueError):
+                    pass  # closed: the role is gone (a panic, a stop): wait for the news
+            else:
+                gevent.sleep(min(left, _SLICE_S))
+            if raw is not None:
+                try:
+                    rep = decode_reply(raw)
                 except Exception:
-                    continue  # not a reply of ours: a peer bug, dropped as Peer drops it
+                    continue  # not a reply of ours (a peer bug, dropped as Peer drops it)
                 if rep.h.re == mid:
                     return rep
+                continue  # a late reply: the next one may be ours at once
             ended = self._ended()
             if ended is not None:
                 raise ended

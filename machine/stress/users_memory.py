@@ -15,7 +15,8 @@
                so only under mlockall must every one be 1); mlockall(MCL_CURRENT
                | MCL_FUTURE) when the region fits RLIMIT_MEMLOCK (EAGAIN or
                ENOMEM, the machine's own limit, is a refusal: munlockall), and
-               munlockall the next time.
+               munlockall the next time. BATCH (8) operations make one
+               scenario (one Locust task).
   ForkerUser   a parent maps private anonymous memory, shared anonymous
                memory and a shared mapping of its own file, writes all three,
                and forks a small tree (1-2 children, maybe a grandchild: at
@@ -77,6 +78,7 @@ class PatternUser(VerifyingUser):
     #: the share of operations that are madvise, mincore, mlockall/munlockall
     MADVISE, MINCORE, LOCKALL = 0.02, 0.02, 0.01
     ADVISE_PAGES = 8  # at most, per madvise
+    BATCH = 8  # operations per scenario (per Locust task)
 
     def on_start(self) -> None:
         super().on_start()
@@ -110,16 +112,19 @@ class PatternUser(VerifyingUser):
         return off, n
 
     def scenario(self) -> None:
-        if self.p is None:
-            self._begin()
-        p = self.p
-        assert p is not None
-        r = self.rng.random()
-        if r < self.MADVISE + self.MINCORE + self.LOCKALL:
-            self._vm_call(p, r)
-        else:
-            self._store_or_load(p)
-        self._count(p)
+        """BATCH operations: one Locust task each would cost Locust's task scheduling
+        (and a hub pass) per operation, as much as the operation's own client side."""
+        for _ in range(self.BATCH):
+            if self.p is None:
+                self._begin()
+            p = self.p
+            assert p is not None
+            r = self.rng.random()
+            if r < self.MADVISE + self.MINCORE + self.LOCKALL:
+                self._vm_call(p, r)
+            else:
+                self._store_or_load(p)
+            self._count(p)
 
     def _store_or_load(self, p: GreenProcess) -> None:
         off, n = self._range()

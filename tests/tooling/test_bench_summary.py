@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RATIOS = ("fault_over_rtt", "store_over_rtt", "agg_fault_ratio", "loan_over_wire_4M",
-          "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown")  # fmt: skip
+          "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown",
+          "stress_client_over_machine_cpu")  # fmt: skip
 SIZES = {"4K", "64K", "256K", "1M", "4M"}
 
 
@@ -40,6 +41,12 @@ def test_summary_smoke_prints_every_measure_as_a_number(tmp_path: Path) -> None:
     assert _positive(raw["aggregate"]["faults_per_s"])
     assert _positive(raw["aggregate"]["echo_rt_per_s"])
     assert _positive(raw["wire_4M"]["mb_s"])
+    st = raw["stress"]  # a real stress run: every byte verified, CPU of both sides
+    assert st["corruption"] == 0
+    assert st["failures"] == 0
+    assert st["ops"] > 0
+    assert _positive(st["harness_cpu_s"])
+    assert _positive(st["machine_cpu_s"])
     assert all(_positive(raw["net"][m]["4M"]["mb_s"]) for m in ("loan", "copy"))
     assert res["commit"]
     assert res["host"]["cpus"] >= 1

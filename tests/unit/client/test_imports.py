@@ -52,6 +52,7 @@ ORDERS = {
         "charts",
         "webui",
         "greenproc",
+        "zmtp",
         "green",
         "bridge",
         "base",
