@@ -36,13 +36,17 @@ async def _loaned_while_writable(seed: int, monkeypatch: Any) -> tuple[int, list
         loan = BusKernel.loan
 
         async def checked(
-            self: BusKernel, asid: int, owner: int, chunks: list[tuple[int, int]]
+            self: BusKernel,
+            asid: int,
+            owner: int,
+            chunks: list[tuple[int, int]],
+            kvas: list[int],
         ) -> list[list[int] | RemoteError]:
             for va, npages in chunks:
                 for i in range(npages):
                     pte = mmu.mmu.extract(asid, va + i * PAGE_SIZE)
                     writable[0] += bool(pte is not None and pte.prot & Prot.WRITE)
-            got = await loan(self, asid, owner, chunks)
+            got = await loan(self, asid, owner, chunks, kvas)
             for pfns in got:
                 for pfn in pfns if isinstance(pfns, list) else []:
                     for a, va, prot, _wired, managed in mmu.mmu.mappings_of(pfn):
