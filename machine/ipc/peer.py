@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
-from machine.ipc.auth import Mac
+from machine.ipc.auth import Mac, SignedFrames
 from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing, now_ns
 from machine.ipc.transport import Clock, Connection, Transport
@@ -76,6 +76,9 @@ class Identity:
         self.clock = clock or Clock()
         self.key = key
         self._mac = Mac(key) if key is not None else None
+        #: The transport's notes of frames signed here (machine.ipc.auth; set by Peer.open
+        #: on a transport that keeps them, the in-memory bus), or None.
+        self.signed: SignedFrames | None = None
         self.last_id = 0
         self.recorder: FlightRecorder | None = None
 
@@ -85,7 +88,12 @@ class Identity:
     def frame(self, msg: Request) -> bytes:
         """The bytes to send: the message, and its tag when this identity has a key."""
         body = encode(msg)
-        return body if self._mac is None else body + self._mac.tag(body)
+        if self._mac is None:
+            return body
+        frame = body + self._mac.tag(body)
+        if self.signed is not None:
+            self.signed.note(frame, self._mac.key)
+        return frame
 
     def header(self, re: int = 0) -> Header:
         self.last_id += 1
@@ -165,6 +173,9 @@ class Peer:
     async def open(self, transport: Transport) -> Peer:
         if self._conn is None:
             self._conn = await transport.connect(self.endpoint, self._on_reply)
+            signed = getattr(transport, "signed", None)  # a test's stand-in may lack it
+            if signed is not None:
+                self.ident.signed = signed
         return self
 
     def _on_reply(self, raw: bytes) -> None:

@@ -37,6 +37,10 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from machine.ipc.auth import SignedFrames
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes | None] | None"]
 OnBytes = Callable[[bytes], None]
@@ -85,6 +89,11 @@ class Subscription(abc.ABC):
 
 
 class Transport(abc.ABC):
+    #: Notes of frames signed in this process (machine.ipc.auth.SignedFrames), kept by a
+    #: transport that hands a request's bytes object itself to the receiver (the
+    #: in-memory bus); None for a real transport: every frame then takes the full HMAC.
+    signed: SignedFrames | None = None
+
     @abc.abstractmethod
     async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server: ...
 
