@@ -169,10 +169,15 @@ def _run_local(specs: list[Spec], until_first: bool) -> list[dict[str, Any]]:
 
 
 def _worker_init() -> None:
-    """A pool worker, before its first run: import the machine, freeze what exists."""
+    """A pool worker, before its first run: import the machine (the roles' services too, which
+    a boot would import), freeze what exists."""
+    import importlib
+
     import machine.explore.run
     import machine.explore.workload  # noqa: F401
 
+    for role in ("mmu", "uvm", "pdaemon", "net"):
+        importlib.import_module(f"machine.{role}.service")
     gc.collect()
     gc.freeze()
 

@@ -66,6 +66,7 @@ from machine.ipc.transport import (
     Server,
     Subscription,
     Transport,
+    running_loop,
 )
 from machine.params import MAX_REQUEST_BYTES
 
@@ -263,7 +264,7 @@ class MemPublisher(Publisher):
         self.bus, self.endpoint = bus, endpoint
 
     def publish(self, topic: str, data: bytes) -> None:
-        self.bus.loop = loop = asyncio.get_running_loop()
+        self.bus.loop = loop = running_loop()
         for sub in list(self.bus.subs.get(self.endpoint, ())):
             if topic.startswith(sub.prefix):
                 # A PUB/SUB pair delivers in order, as ZeroMQ does: the schedule's delay,
@@ -345,7 +346,7 @@ class InMemoryTransport(Transport):
 
     def noted(self, key: bytes, kind: str, endpoint: str, data: bytes) -> None:
         """Count, digest (and record) one delivery, made now."""
-        t = (self.loop or asyncio.get_running_loop()).time()  # where deliveries run
+        t = (self.loop or running_loop()).time()  # where deliveries run
         self.deliveries += 1
         self._digest.note(t, key, data)
         if self.record is not None:
@@ -353,7 +354,7 @@ class InMemoryTransport(Transport):
 
     def schedule(self, fn: Any, *args: Any, to: str = "", kind: str = "req") -> None:
         """Call fn(*args) after the schedule's delay for a message to `to`."""
-        self.loop = loop = asyncio.get_running_loop()
+        self.loop = loop = running_loop()
         loop.call_at(loop.time() + self.sched.delay(to, kind), fn, *args)
 
     def schedule_after(
@@ -361,7 +362,7 @@ class InMemoryTransport(Transport):
     ) -> float:
         """Schedule after the schedule's delay for a message to `to`, but never before
         `last` (per-pair order). => the delivery time, the next call's `last`."""
-        self.loop = loop = asyncio.get_running_loop()
+        self.loop = loop = running_loop()
         when = max(loop.time() + self.sched.delay(to, kind), last + 1e-9)
         loop.call_at(when, fn, *args)
         return when
@@ -381,7 +382,7 @@ class InMemoryTransport(Transport):
         self.delivered += 1
         self.noted(conn.key_req, "req", conn.endpoint, data)
         if self.trace is not None:
-            self.trace.append((asyncio.get_running_loop().time(), conn.endpoint, len(data)))
+            self.trace.append((running_loop().time(), conn.endpoint, len(data)))
         server.conn = conn.number
         out = server.handler(data)
         if out is None or isinstance(out, bytes):

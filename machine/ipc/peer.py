@@ -18,7 +18,7 @@ from typing import ClassVar, TypeVar
 from machine.ipc.auth import Mac, SignedFrames
 from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing, now_ns
-from machine.ipc.transport import Clock, Connection, Transport
+from machine.ipc.transport import Clock, Connection, Transport, running_loop
 from machine.proto import (
     PROTOCOL_VERSION,
     Errno,
@@ -207,7 +207,7 @@ class Peer:
         mid = msg.h.msg_id
         self._pending[mid] = waiter
         self.sent += 1
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         deadline = loop.time() + (timeout_s or self.timeout_s)
         self._deadlines[mid] = deadline
         sweep = self._sweep
@@ -248,7 +248,7 @@ class Peer:
         assert self._conn is not None, "peer not opened"
         timing = self.timing
         t_call = now_ns() if timing is not None else 0
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Reply] = running_loop().create_future()
         msg = self._start(req, fut, timeout_s)
         mid = msg.h.msg_id
         try:
@@ -270,7 +270,7 @@ class Peer:
     def _expire_overdue(self) -> None:
         """The sweep timer: expire every call past its deadline, re-arm for the next."""
         self._sweep = None
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         now = loop.time()
         nxt: float | None = None
         for mid, deadline in list(self._deadlines.items()):
