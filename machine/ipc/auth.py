@@ -77,17 +77,18 @@ Invariants:
 
 Frames signed in this process (the in-memory bus). A transport that hands a request's
 bytes object itself from sender to receiver (machine.ipc.inmemory; never a real one)
-keeps a SignedFrames: Identity.frame notes each frame it signs there with the key it
-used, and the receiving role's check takes that note instead of recomputing the HMAC
-when the frame is that very object (`is`, never an equal copy), its body is the frame
-less the tag, and the signer's key is the session's key (compared in constant time).
-Then HMAC(session key, body) is the tag the signer appended, by construction, so the
-answer is the one recomputing gives: the tag is still checked against the session key,
-and the replay window and every later check run as before. A frame without a note (any
-frame of a real transport, any frame a test builds by hand, a note evicted by the
-bounds) takes the full HMAC. The sim cannot break it: bytes are immutable, a noted frame
-is held (so its id is not reused) until checked or evicted, and only this process's own
-Identity can note one. It halves the bus's HMAC work, which hashes every stored byte.
+keeps a SignedFrames: Identity.frame signs there through it (SignedFrames.sign), which
+notes each frame with the key it used, and the receiving role's check takes that note
+instead of recomputing the HMAC when the frame is that very object (`is`, never an equal
+copy), its body is the frame less the tag, and the signer's key is the session's key
+(compared in constant time). Then HMAC(session key, body) is the tag the signer
+appended, by construction, so the answer is the one recomputing gives: the tag is still
+checked against the session key, and the replay window and every later check run as
+before. A frame without a note (any frame of a real transport, any frame a test builds
+by hand, a note evicted by the bounds) takes the full HMAC. The sim cannot break it:
+bytes are immutable, a noted frame is held (so its id is not reused) until checked or
+evicted, and only this process's own Identity can note one. It halves the bus's HMAC
+work, which hashes every stored byte.
 
 Residual risk, stated plainly: the tag authenticates, it does not encrypt.
 Someone who can read a client's TCP stream (root on the host, or on the path
@@ -186,14 +187,18 @@ class SignedFrames:
     def __init__(self) -> None:
         self._notes: dict[int, tuple[bytes, bytes]] = {}  # id(frame) -> (frame, key)
         self._bytes = 0
-        self.taken = 0  # checks answered from a note (tests, benchmarks)
+        self.taken = 0  # notes used up by a check (tests, benchmarks)
 
-    def note(self, frame: bytes, key: bytes) -> None:
-        self._notes[id(frame)] = (frame, key)
+    def sign(self, mac: Mac, body: bytes) -> bytes:
+        """=> body || mac.tag(body), the frame, noted with mac's key (the only way to note
+        one: a note's tag is always the HMAC of its body under its key)."""
+        frame = body + mac.tag(body)
+        self._notes[id(frame)] = (frame, mac.key)
         self._bytes += len(frame)
         while len(self._notes) > self.MAX or self._bytes > self.MAX_BYTES:
             old, _ = self._notes.pop(next(iter(self._notes)))
             self._bytes -= len(old)
+        return frame
 
     def take(self, body: bytes | memoryview) -> tuple[bytes, bytes] | None:
         """=> (the key `body`'s frame was signed with, the tag appended), if body is a

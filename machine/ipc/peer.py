@@ -90,10 +90,9 @@ class Identity:
         body = encode(msg)
         if self._mac is None:
             return body
-        frame = body + self._mac.tag(body)
         if self.signed is not None:
-            self.signed.note(frame, self._mac.key)
-        return frame
+            return self.signed.sign(self._mac, body)
+        return body + self._mac.tag(body)
 
     def header(self, re: int = 0) -> Header:
         self.last_id += 1
