@@ -40,6 +40,10 @@ was scheduled after it, as one CPU would; the bus is reachable only from
 its own process. bind(user=) is accepted and ignored: an in-process client
 reads every reply.
 
+Signed frames: the bus hands the receiver the very bytes object the sender made, so it
+keeps the notes (`signed`, machine.ipc.auth.SignedFrames) by which a role checks a signed
+request without a second HMAC; every other check runs as over ZeroMQ.
+
 Endpoint names are free-form strings ("inproc://uvm/user", ...).
 """
 
