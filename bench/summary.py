@@ -30,7 +30,9 @@ stderr; the JSON also goes to bench/results/summary-<time>.json (or --out). Keys
   thrash_slowdown                 µs per page of a store pass over 2x RAM ÷ over 0.5x RAM,
                                   with swap (bench_pdaemon.py);
   stress_client_over_machine_cpu  Locust's CPU ÷ the machine's over one steady window of a
-                                  `uvm-machine stress` run, default mix (bench_stress_cpu.py).
+                                  `uvm-machine stress` run, default mix (bench_stress_cpu.py);
+  explore_runs_per_min            seeded runs a minute of `uvm-machine explore`, modern
+                                  profile, default workload, --jobs 2 (bench_explore.py).
 
 Under "raw": the numbers behind every ratio; "host" and "commit" say where and what.
 A section that fails (the tree is being edited by others) is retried after a pause
@@ -57,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_agg as ba
+import bench_explore as be
 import bench_machine as bm  # bench/ is on sys.path (bench/__init__.py, or run as a script)
 import bench_net as bn
 import bench_pdaemon as bp
@@ -392,6 +395,7 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
             lambda: bp.measure(pl.pd))  # fmt: skip
     st = go(f"6. stress client vs machine CPU ({pl.stress.users} users, {pl.stress.workers} "
             "workers)", lambda: bs.measure(pl.stress, log=log))  # fmt: skip
+    ex = go(f"7. exploration, --jobs {be.JOBS}", lambda: be.measure(be.RUNS[mode]))
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
@@ -413,12 +417,14 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
         "pageout_mb_s": pd["swap"]["pageout_MBps"] if pd else None,
         "thrash_slowdown": ratio(hi and hi["us_per_page"], lo and lo["us_per_page"]),
         "stress_client_over_machine_cpu": st and st["ratio"],
+        "explore_runs_per_min": ex and ex["runs_per_min"],
     }  # fmt: skip
     res["raw"] = {
         "latency": lat,
         "aggregate": agg,
         "net": net,
         "wire_4M": {"mb_s": wire_mb_s, "reps": wire, "sends": k4},
+        "explore": ex,
         "pdaemon": pd and {
             "pageout_mb_s": pd["swap"]["pageout_MBps"], "pagein_mb_s": pd["swap"]["pagein_MBps"],
             "plain_write_mb_s": pd["plain"]["write_MBps"], "delta_write": pd["swap"]["delta_write"],
@@ -433,7 +439,7 @@ def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
 
 KEYS = ("fault_over_rtt", "store_over_rtt", "agg_fault_ratio", "loan_over_wire_4M",
         "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown",
-        "stress_client_over_machine_cpu")  # fmt: skip
+        "stress_client_over_machine_cpu", "explore_runs_per_min")  # fmt: skip
 
 
 def report(res: dict[str, Any]) -> str:
@@ -452,6 +458,7 @@ def report(res: dict[str, Any]) -> str:
         "pageout_mb_s": "",
         "thrash_slowdown": "µs/page 2x RAM ÷ 0.5x RAM",
         "stress_client_over_machine_cpu": bs.why(st) if st else "",
+        "explore_runs_per_min": f"{(raw.get('explore') or {}).get('runs')} runs, --jobs 2",
     }
     rows = [f"| {k} | {f(res[k])} | {why[k]} |" for k in KEYS]
     net = raw["net"]

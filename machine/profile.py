@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -161,7 +161,7 @@ def _validate(data: dict[str, Any], source: str) -> Profile:
 def load_profile(name_or_path: str) -> Profile:
     """A shipped profile by name, or a user's TOML file by path. => ProfileError."""
     if name_or_path in SHIPPED:
-        text = resources.files("machine.profiles").joinpath(f"{name_or_path}.toml").read_text()
+        text = _shipped_text(name_or_path)
         source = f"profile {name_or_path}"
     else:
         p = Path(name_or_path)
@@ -171,10 +171,23 @@ def load_profile(name_or_path: str) -> Profile:
             )
         text, source = p.read_text(), str(p)
     try:
-        data = tomllib.loads(text)
+        data = _parsed(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{source}: {e}") from None
     return _validate(data, source)
+
+
+@lru_cache(maxsize=len(SHIPPED))
+def _shipped_text(name: str) -> str:
+    """A shipped profile's TOML (read once per process: the package does not change)."""
+    return resources.files("machine.profiles").joinpath(f"{name}.toml").read_text()
+
+
+@lru_cache(maxsize=32)
+def _parsed(text: str) -> dict[str, Any]:
+    """TOML text, parsed once per distinct text (a machine boot loads its profile six
+    times; _validate only reads the result and copies the knobs it keeps)."""
+    return tomllib.loads(text)
 
 
 def with_overrides(base: Profile, overrides: dict[str, Any], where: Path, name: str = "") -> str:

@@ -10,12 +10,19 @@ Same Service classes as the real processes, the same supervisor, the same
 client library; only the transport (machine.ipc.inmemory) and the launcher
 differ. With the virtual-time loop the run is deterministic for a seed.
 Also: poll_for() (wait for a condition with a deadline, never a bare sleep).
+
+A temporary state directory (no state_dir given) is made under SIM_TMP, the host's
+memory-backed /dev/shm when there is one: the simulated machine's disk and swap are
+thrown away after the run, so their writes and fsyncs need not wait for a real disk
+(on a host shared with other jobs one fsync took milliseconds, the run's whole budget).
+The files and every call on them are the same as on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import tempfile
 import time
@@ -38,6 +45,8 @@ from machine.supervisor.arbiter import Supervisor
 from machine.supervisor.launcher import Launcher
 
 _H = NO_HEADER
+#: Where a temporary state directory goes: memory-backed when the host has /dev/shm.
+SIM_TMP: str | None = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
 
 
 class InprocLauncher(Launcher):
@@ -126,13 +135,13 @@ class SimMachine:
         record: bool = False,
     ) -> AsyncIterator[SimMachine]:
         """Boot every role in this process. state_dir "" means a temporary one
-        (disk/ and swap.img), removed afterwards. profile: a shipped name or a TOML path.
-        schedule: the bus's delivery delays (default: seeded random within latency_s);
-        record: the bus keeps every delivery (sim.transport.record)."""
+        (disk/ and swap.img, under SIM_TMP), removed afterwards. profile: a shipped name
+        or a TOML path. schedule: the bus's delivery delays (default: seeded random
+        within latency_s); record: the bus keeps every delivery (sim.transport.record)."""
         transport = InMemoryTransport(seed, latency_s, schedule=schedule, record=record)
         rng = random.Random(seed)
         ram = Ram.anonymous(ram_bytes)
-        tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-")
+        tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="uvm-sim-", dir=SIM_TMP)
         state_dir = state_dir or (tmp.name if tmp is not None else "")
         launcher = InprocLauncher(
             transport, ram, rng, lease_s, state_dir, swap_bytes, profile, limits

@@ -26,11 +26,16 @@ Invariants of a report:
     group is shrunk (the others repeat it; shrinking costs up to
     shrink.MAX_RUNS re-runs); every failure carries its group's index;
   - `runs_per_min` counts the runs phase only (not shrinking).
+
+A pool worker imports the run's modules and freezes what they made (`gc.freeze`, in
+_worker_init) before its first run: the collector then never walks the modules' own
+objects again, only what runs allocate (a full collection was ~5 % of a run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import shlex
@@ -163,13 +168,27 @@ def _run_local(specs: list[Spec], until_first: bool) -> list[dict[str, Any]]:
     return _stop_at_first((run_one(s) for s in specs), until_first)
 
 
+def _worker_init() -> None:
+    """A pool worker, before its first run: import the machine (the roles' services too, which
+    a boot would import), freeze what exists."""
+    import importlib
+
+    import machine.explore.run
+    import machine.explore.workload  # noqa: F401
+
+    for role in ("mmu", "uvm", "pdaemon", "net"):
+        importlib.import_module(f"machine.{role}.service")
+    gc.collect()
+    gc.freeze()
+
+
 def _run_pool(specs: list[Spec], jobs: int, until_first: bool) -> list[dict[str, Any]]:
     """J spawned workers; imap keeps run order, so the first failure seen is the lowest run."""
     import multiprocess
 
     chunk = max(1, min(CHUNK_MAX, len(specs) // (jobs * 8)))
     with _hashseed_zero():
-        pool = multiprocess.get_context("spawn").Pool(processes=jobs)
+        pool = multiprocess.get_context("spawn").Pool(processes=jobs, initializer=_worker_init)
     try:
         rows = _stop_at_first(pool.imap(run_one, specs, chunksize=chunk), until_first)
         if len(rows) < len(specs):

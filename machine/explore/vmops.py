@@ -61,6 +61,7 @@ run stays a function of its seeds).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 from typing import Any
 
@@ -106,10 +107,16 @@ class WorkloadError(Exception):
 def fill(tag: int, n: int) -> bytes:
     """n bytes a client stores: each page starts with (tag, page number), then a pattern
     of the tag, so a page from another buffer or offset is told apart (and it is fast)."""
-    base = bytes((tag * 131 + i * 7) & 0xFF for i in range(PAGE_SIZE))
+    rest = _pattern((tag * 131) & 0xFF)
     pages = -(-n // PAGE_SIZE)
-    out = b"".join(struct.pack("<II", tag, pg) + base[8:] for pg in range(pages))
+    out = b"".join([struct.pack("<II", tag, pg) + rest for pg in range(pages)])
     return out[:n]
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(c: int) -> bytes:
+    """A page's bytes after its 8-byte head: byte i is (c + 7 i) mod 256 (one per c)."""
+    return bytes((c + i * 7) & 0xFF for i in range(8, PAGE_SIZE))
 
 
 def _page(b: bytes, pg: int) -> bytes:

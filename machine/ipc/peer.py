@@ -15,10 +15,10 @@ import asyncio
 from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
-from machine.ipc.auth import Mac
+from machine.ipc.auth import Mac, SignedFrames
 from machine.ipc.recorder import FlightRecorder
 from machine.ipc.timing import Timing, now_ns
-from machine.ipc.transport import Clock, Connection, Transport
+from machine.ipc.transport import Clock, Connection, Transport, running_loop
 from machine.proto import (
     PROTOCOL_VERSION,
     Errno,
@@ -76,6 +76,9 @@ class Identity:
         self.clock = clock or Clock()
         self.key = key
         self._mac = Mac(key) if key is not None else None
+        #: The transport's notes of frames signed here (machine.ipc.auth; set by Peer.open
+        #: on a transport that keeps them, the in-memory bus), or None.
+        self.signed: SignedFrames | None = None
         self.last_id = 0
         self.recorder: FlightRecorder | None = None
 
@@ -85,7 +88,11 @@ class Identity:
     def frame(self, msg: Request) -> bytes:
         """The bytes to send: the message, and its tag when this identity has a key."""
         body = encode(msg)
-        return body if self._mac is None else body + self._mac.tag(body)
+        if self._mac is None:
+            return body
+        if self.signed is not None:
+            return self.signed.sign(self._mac, body)
+        return body + self._mac.tag(body)
 
     def header(self, re: int = 0) -> Header:
         self.last_id += 1
@@ -165,6 +172,9 @@ class Peer:
     async def open(self, transport: Transport) -> Peer:
         if self._conn is None:
             self._conn = await transport.connect(self.endpoint, self._on_reply)
+            signed = getattr(transport, "signed", None)  # a test's stand-in may lack it
+            if signed is not None:
+                self.ident.signed = signed
         return self
 
     def _on_reply(self, raw: bytes) -> None:
@@ -196,7 +206,7 @@ class Peer:
         mid = msg.h.msg_id
         self._pending[mid] = waiter
         self.sent += 1
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         deadline = loop.time() + (timeout_s or self.timeout_s)
         self._deadlines[mid] = deadline
         sweep = self._sweep
@@ -237,7 +247,7 @@ class Peer:
         assert self._conn is not None, "peer not opened"
         timing = self.timing
         t_call = now_ns() if timing is not None else 0
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Reply] = running_loop().create_future()
         msg = self._start(req, fut, timeout_s)
         mid = msg.h.msg_id
         try:
@@ -259,7 +269,7 @@ class Peer:
     def _expire_overdue(self) -> None:
         """The sweep timer: expire every call past its deadline, re-arm for the next."""
         self._sweep = None
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         now = loop.time()
         nxt: float | None = None
         for mid, deadline in list(self._deadlines.items()):

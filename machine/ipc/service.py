@@ -137,7 +137,9 @@ class Service(CtlHandlers):
         self.transport = transport
         #: Checks signed user requests; `key` is the machine key every role shares
         #: (a fresh one when none is given: then no client can sign for this role).
-        self.auth = SessionAuth(key if key is not None else new_machine_key())
+        self.auth = SessionAuth(
+            key if key is not None else new_machine_key(), signed=getattr(transport, "signed", None)
+        )
         self.limits = limits or Limits()
         #: Coroutine requests of each session still running here (held, <= limits.inflight),
         #: and of every session together (total, <= limits.inflight_total, shared fairly

@@ -36,7 +36,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
+import threading
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from machine.ipc.auth import SignedFrames
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes | None] | None"]
 OnBytes = Callable[[bytes], None]
@@ -85,6 +91,11 @@ class Subscription(abc.ABC):
 
 
 class Transport(abc.ABC):
+    #: Notes of frames signed in this process (machine.ipc.auth.SignedFrames), kept by a
+    #: transport that hands a request's bytes object itself to the receiver (the
+    #: in-memory bus); None for a real transport: every frame then takes the full HMAC.
+    signed: SignedFrames | None = None
+
     @abc.abstractmethod
     async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server: ...
 
@@ -101,6 +112,30 @@ class Transport(abc.ABC):
         """Release what the transport holds (sockets, context)."""
 
 
+_loop: asyncio.AbstractEventLoop | None = None  # the last loop running_loop() found
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """asyncio.get_running_loop(), without its getpid() system call each time: the loop
+    found last is returned while it runs in this thread (asyncio runs one loop per
+    thread at a time, so it is then the running one); else asyncio is asked. A forked
+    child forgets it (os.register_at_fork), as asyncio's own pid check does."""
+    global _loop
+    loop = _loop
+    if loop is not None and getattr(loop, "_thread_id", None) == threading.get_ident():
+        return loop
+    _loop = loop = asyncio.get_running_loop()
+    return loop
+
+
+def _forget_loop() -> None:
+    global _loop
+    _loop = None
+
+
+os.register_at_fork(after_in_child=_forget_loop)
+
+
 class Clock:
     """Time for role cores, read from the running event loop.
 
@@ -109,10 +144,10 @@ class Clock:
     """
 
     def now_ns(self) -> int:
-        return int(asyncio.get_running_loop().time() * 1e9)
+        return int(running_loop().time() * 1e9)
 
     def now_s(self) -> float:
-        return asyncio.get_running_loop().time()
+        return running_loop().time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

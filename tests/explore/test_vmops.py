@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from machine.client import File, Process, RequestError
 from machine.explore.explore import run_seed, workload_rng
 from machine.explore.run import run_workload
 from machine.explore.shrink import made_by, shrink, signature
+from machine.explore.vmops import fill
 from machine.explore.workload import VM_FEATURES, VM_KINDS, Op, Workload, draw
 from machine.proto import Errno, UvmWire
 
@@ -285,3 +287,15 @@ def test_a_loaned_file_page_truncated_away_by_profile(
     for seed in range(3):
         r = run_workload(truncation_behind_a_send(), profile, seed)
         assert (r.outcome, says in r.message) == (outcome, True), (seed, r.message)
+
+
+def test_fill_is_the_documented_pattern() -> None:
+    """Each page: (tag, page number) little-endian, then byte i = (tag*131 + 7i) mod 256."""
+    for tag, n in ((0, 1), (5, PAGE), (77, 3 * PAGE + 5), (1 << 20, 2 * PAGE)):
+        got = fill(tag, n)
+        assert len(got) == n
+        for i in range(n):
+            pg, off = divmod(i, PAGE)
+            head = struct.pack("<II", tag, pg)
+            want = head[off] if off < 8 else (tag * 131 + off * 7) & 0xFF
+            assert got[i] == want, (tag, i)

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 RATIOS = ("fault_over_rtt", "store_over_rtt", "agg_fault_ratio", "loan_over_wire_4M",
           "copy_over_wire_4M", "pageout_mb_s", "thrash_slowdown",
-          "stress_client_over_machine_cpu")  # fmt: skip
+          "stress_client_over_machine_cpu", "explore_runs_per_min")  # fmt: skip
 SIZES = {"4K", "64K", "256K", "1M", "4M"}
 
 
@@ -48,6 +48,8 @@ def test_summary_smoke_prints_every_measure_as_a_number(tmp_path: Path) -> None:
     assert _positive(st["harness_cpu_s"])
     assert _positive(st["machine_cpu_s"])
     assert all(_positive(raw["net"][m]["4M"]["mb_s"]) for m in ("loan", "copy"))
+    assert raw["explore"]["runs"] == 24
+    assert raw["explore"]["outcomes"] == {"ok": 24}
     assert res["commit"]
     assert res["host"]["cpus"] >= 1
     assert json.loads(out.read_text()) == res

@@ -8,10 +8,12 @@ page is never queued, so only a page put on the active queue by hand reaches the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from machine.params import PAGE_SIZE
-from machine.profile import SHIPPED, load_profile
+from machine.profile import SHIPPED, load_profile, with_overrides
 from machine.uvm import loan, mmap, pdops, wiring
 from machine.uvm.page import NIL, PQ
 from machine.uvm.state import Uvm
@@ -69,3 +71,17 @@ async def test_an_orphan_nobody_borrows_leaves_the_queues_after_1999(
     assert uvm.pages.uanon[pfn] == NIL
     assert uvm.pages.loan_count[pfn] == 1
     assert (uvm.pages.pqflags[pfn] == PQ.ACTIVE) is queued
+
+
+def test_a_profile_loaded_again_is_a_fresh_copy_of_the_same_table(tmp_path: Path) -> None:
+    """load_profile parses each text once (machine.profile._parsed): a caller that changes
+    its Profile's knobs changes no later load's, and an edited file is read again."""
+    a = load_profile("modern")
+    a.knobs["LOAN_THRESHOLD"] = -1
+    b = load_profile("modern")
+    assert b.knobs["LOAN_THRESHOLD"] != -1
+    assert b is not a
+    f = Path(with_overrides(b, {"ERA": "1999"}, tmp_path, "mine"))
+    assert load_profile(str(f)).knobs["ERA"] == "1999"
+    f.write_text(f.read_text().replace('ERA = "1999"', 'ERA = "2002"'))
+    assert load_profile(str(f)).knobs["ERA"] == "2002"
