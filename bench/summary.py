@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -64,6 +63,7 @@ import bench_machine as bm  # bench/ is on sys.path (bench/__init__.py, or run a
 import bench_net as bn
 import bench_pdaemon as bp
 import bench_stress_cpu as bs
+import summary_report as sr
 import zmq
 from bench_uvm import booted
 
@@ -339,26 +339,6 @@ def raw_wire(size: int, k: int) -> float:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def host() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", "--no-optional-locks", *a], cwd=ROOT, capture_output=True,
-                           text=True, check=False, timeout=30)  # fmt: skip
-        return r.stdout.strip() if r.returncode == 0 else ""
-
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
-        "changed_files": len(changed.splitlines()),  # tracked files edited since the commit
-        "cpus": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "loadavg_before": os.getloadavg(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
 def section(name: str, fn: Callable[[], Any], retries: int, wait_s: float, fails: list[str]) -> Any:
     for attempt in range(retries + 1):
         try:
@@ -377,7 +357,7 @@ def section(name: str, fn: Callable[[], Any], retries: int, wait_s: float, fails
 
 def run(pl: Plan, mode: str, retries: int, wait_s: float) -> dict[str, Any]:
     fails: list[str] = []
-    res: dict[str, Any] = {"mode": mode, "commit": "", "host": host(), "plan": asdict(pl)}
+    res: dict[str, Any] = {"mode": mode, "commit": "", "host": sr.host(ROOT), "plan": asdict(pl)}
     res["commit"] = res["host"]["commit"]
 
     def go(name: str, fn: Callable[[], Any]) -> Any:
@@ -442,38 +422,6 @@ KEYS = ("fault_over_rtt", "store_over_rtt", "agg_fault_ratio", "loan_over_wire_4
         "stress_client_over_machine_cpu", "explore_runs_per_min")  # fmt: skip
 
 
-def report(res: dict[str, Any]) -> str:
-    def f(x: Any) -> str:
-        return "-" if x is None else f"{x:.3g}"
-
-    raw = res["raw"]
-    lat, agg, w, st = raw["latency"] or {}, raw["aggregate"] or {}, raw["wire_4M"], raw["stress"]
-    why = {
-        "fault_over_rtt": f"{f(lat.get('fault_p50_us'))} ÷ {f(lat.get('raw_p50_us'))} µs",
-        "store_over_rtt": f"{f(lat.get('store_p50_us'))} ÷ {f(lat.get('raw_p50_us'))} µs",
-        "agg_fault_ratio": f"{f(agg.get('faults_per_s'))} faults/s ÷ "
-        f"{f(agg.get('echo_rt_per_s'))} rt/s, {agg.get('clients')} processes",
-        "loan_over_wire_4M": f"÷ raw wire {f(w['mb_s'])} MB/s",
-        "copy_over_wire_4M": f"÷ raw wire {f(w['mb_s'])} MB/s",
-        "pageout_mb_s": "",
-        "thrash_slowdown": "µs/page 2x RAM ÷ 0.5x RAM",
-        "stress_client_over_machine_cpu": bs.why(st) if st else "",
-        "explore_runs_per_min": f"{(raw.get('explore') or {}).get('runs')} runs, --jobs 2",
-    }
-    rows = [f"| {k} | {f(res[k])} | {why[k]} |" for k in KEYS]
-    net = raw["net"]
-    for n, v in res["loan_over_copy"].items():
-        mb = f"{f(net['loan'][n]['mb_s'])} ÷ {f(net['copy'][n]['mb_s'])} MB/s" if net else ""
-        rows.append(f"| loan_over_copy {n} | {f(v)} | {mb} |")
-    h = res["host"]
-    head = (
-        f"# bench summary ({res['mode']}), {h['started']}, commit {res['commit']} "
-        f"(+{h['changed_files']} files changed), {h['cpus']} CPUs, {res['elapsed_s']} s\n"
-    )
-    fails = [f"\nFAILED: {x}" for x in res["failures"]]
-    return "\n".join([head, "| measure | ratio | raw |", "|---|---|---|", *rows, *fails])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     doc = (__doc__ or "").split("\n\n")[0]
     ap = argparse.ArgumentParser(prog="python -m bench summary", description=doc)
@@ -505,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = a.out or BENCH_DIR / "results" / f"summary-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))
-    print(report(res), file=sys.stderr if a.json else sys.stdout, flush=True)
+    print(sr.report(res, KEYS), file=sys.stderr if a.json else sys.stdout, flush=True)
     log(f"JSON: {out}")
     if a.json:
         print(json.dumps(res, default=str), flush=True)
