@@ -373,6 +373,8 @@ def _leak(ex: Explanation, fh: FrameHistory, dump: dict[str, Any]) -> None:
     held: dict[str, dict[str, Any]] = uvm.get("held") or {}
     if not held:
         ex.notes.append("uvm's dump names no held frame (a dump from before held frames)")
+    if uvm.get("audit"):
+        ex.notes.append("uvm's auditor at the dump: " + "; ".join(uvm["audit"][:4]))
     owners = _owners_now(uvm.get("spaces") or {})
     left: dict[int, dict[str, Any]] = {}  # processes still holding a leaked frame
     for key, page in sorted(held.items(), key=lambda kv: int(kv[0])):
@@ -455,7 +457,9 @@ def _leak_summary(
     out = [
         f"{', '.join(page.get('flags') or []) or 'no flags'}, queue {page.get('queue')}, "
         f"wire_count {page.get('wire_count')}, loan_count {page.get('loan_count')}, "
-        f"anon {page.get('anon')}, object {page.get('object')}",
+        f"anon {page.get('anon')}"
+        + (f" (ref {page['anon_ref']})" if "anon_ref" in page else "")
+        + f", object {page.get('object')}",
         f"{loans} loans and {unloans} unloans recorded",
         f"the page daemon's last: {daemon.what if daemon else 'none recorded'}",
         (

@@ -11,7 +11,10 @@
       3. upper layer, when the amap has an anon for the page (fault_upper):
            not resident -> read back from swap (fltanget);
            write and anon.ref > 1 -> copy-on-write: a new anon with a copy
-           (flt_acow); else map it (flt_anon), read-only while shared.
+           (flt_acow), the old anon losing the slot's reference through
+           anon_unref, its ref read after the copy's wait for a frame (the other
+           sharers may have exited meanwhile: then it is freed); else map it
+           (flt_anon), read-only while shared.
       4. lower layer otherwise (fault_lower):
            no object -> zero-fill a new anon (flt_przero);
            object page not resident -> pgo_get (vnode: read the file; aobj:
@@ -177,8 +180,7 @@ async def _fault_upper(
     if access & Prot.WRITE and anon.ref > 1:
         # Copy-on-write: this entry gets its own anon with a copy of the page.
         assert e.amap is not None
-        npfn = await _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=True)
-        anon.ref -= 1
+        npfn = await _copy_to_new_anon(uvm, e.amap, slot, pfn, replace=anon)
         uvm.stats.flt_acow += 1
         return _finish(uvm, sp, va, npfn, prot, wire, False)
     if access & Prot.WRITE and pages.loan_count[pfn]:
@@ -192,8 +194,17 @@ async def _fault_upper(
     return _finish(uvm, sp, va, pfn, prot, wire, clean_read)
 
 
-async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: bool) -> int:
-    """Copy frame `src` into a new anon at amap[slot] (COW or promotion), then unbusy src.
+async def _copy_to_new_anon(
+    uvm: Uvm, amap: Amap, slot: int, src: int, replace: Anon | None
+) -> int:  # fmt: skip
+    """Copy frame `src` into a new anon at amap[slot] (COW: in place of the anon
+    `replace`, whose page src is; promotion: None), then unbusy src.
+
+    COW: the replaced anon loses the slot's reference (anon_unref). Its ref is read after
+    the wait for a frame, never assumed from before it: the other sharers (a fork's
+    parent) may have exited meanwhile, and then this reference was its last: every
+    mapping of src is revoked while src is still BUSY (uvm_anfree's
+    pmap_page_protect(NONE)) and the anon freed with its page (disowned if loaned).
 
     => the new frame, BUSY, dirty. On ENOMEM nothing changed but src is unbusied.
     """
@@ -206,12 +217,23 @@ async def _copy_to_new_anon(uvm: Uvm, amap: Amap, slot: int, src: int, replace: 
         raise
     uvm.ram.frame(npfn)[:] = uvm.ram.frame(src)
     uvm.pages.flags[npfn] &= ~(PageFlag.CLEAN | PageFlag.FAKE)
-    amap.add(slot, new, replace=replace)
+    amap.add(slot, new, replace=replace is not None)
     if amap.ref > 1:
         await _revoke_sharers(uvm, amap, slot, src)
+    # ref 1: the replaced slot was its only holder; no amap holds it now, so nothing can
+    # take a reference while the revocation is awaited.
+    last = replace is not None and replace.ref == 1
+    if last:
+        await uvm.revoke([src], "uvm_anfree: the copy-on-write source's last reference")
     uvm.unbusy(src)
     if not uvm.pages.wire_count[src]:
         uvm.pages.activate(src)
+    if replace is not None:
+        doomed = len(uvm.doomed_loans)
+        uvm.anon_unref(replace)
+        # src, if loaned (only a last unref adds it): revoked above already; a later
+        # revocation could hit the frame's next use once its loans end.
+        del uvm.doomed_loans[doomed:]
     return npfn
 
 
@@ -289,7 +311,7 @@ async def _fault_lower(
 
     if e.cow and (access & Prot.WRITE or wire):
         # Promote: the private entry gets its own copy; the object is never written.
-        npfn = await _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=False)
+        npfn = await _copy_to_new_anon(uvm, _ensure_amap(e), slot, pfn, replace=None)
         uvm.stats.flt_prcopy += 1
         return _finish(uvm, sp, va, npfn, e.prot, wire, False)
 

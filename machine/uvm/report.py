@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from machine.uvm.audit import held_frames, strays
+from machine.uvm.audit import held_frames, static_audit, strays
 from machine.uvm.state import Uvm
 
 
@@ -42,7 +42,14 @@ def counters(vm: Uvm, sessions: int) -> dict[str, int]:
 
 def dump_state(vm: Uvm) -> dict[str, Any]:
     """=> the VM state a crash dump holds: frames, every map's entries (with up to 512
-    anons each), the page checks, stray and held frames, and dmesg."""
+    anons each), the page checks, the auditor's static checks (`audit`), stray and held
+    frames (an anon's frame with the anon's `anon_ref`), and dmesg."""
+    held = held_frames(vm.pages)
+    for page in held.values():
+        anon = page.get("anon")
+        if isinstance(anon, int) and anon in vm.anons:
+            page["anon_ref"] = vm.anons[anon].ref
+    small = vm.pages.npages <= 1 << 16
     return {
         "frames": vm.frames(),
         "spaces": {
@@ -67,8 +74,9 @@ def dump_state(vm: Uvm) -> dict[str, Any]:
             }
             for a, sp in vm.spaces.items()
         },
-        "page_check": vm.pages.check() if vm.pages.npages <= 1 << 16 else [],
+        "page_check": vm.pages.check() if small else [],
+        "audit": static_audit(vm) if small else [],
         "strays": strays(vm.pages),
-        "held": held_frames(vm.pages),
+        "held": held,
         "dmesg": list(vm.dmesg),
     }

@@ -157,6 +157,13 @@ def test_an_injected_leak_names_the_frame_and_its_last_holder(tmp_path: Path) ->
     assert ex.page == int(next(iter(held)))
     (f,) = ex.frames
     assert f["vm_page"]["flags"] == ["ANON"]
+    # The auditor's static checks are in the dump and in explain's notes: the anon's ref
+    # counts a reference no amap holds (A3), and the held frame shows that ref.
+    anon = f["vm_page"]["anon"]
+    assert f["vm_page"]["anon_ref"] == 1
+    assert any(p.startswith(f"A3: anon {anon} ref 1") for p in dump["roles"]["uvm"]["audit"])
+    assert any("auditor" in n and f"A3: anon {anon}" in n for n in ex.notes), ex.notes
+    assert f"anon {anon} (ref 1)" in f["summary"][0]
     holder = f["holder"]
     assert (holder["asid"], holder["session"]) == (asid, session)
     assert holder["process"] == "exit"

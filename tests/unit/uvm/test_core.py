@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,46 @@ async def test_fork_twice_and_exit_in_any_order_conserves_frames(vm: tuple[Uvm, 
     for a in (c1, p, c2):
         await mmap.exit(uvm, a, OWN)
         await clean(uvm)
+    assert uvm.pages.free.count == uvm.pages.npages
+
+
+async def test_a_cow_copy_whose_other_sharer_exits_meanwhile_frees_the_old_anon(
+    vm: tuple[Uvm, Mmu],
+) -> None:
+    """The child's copy-on-write fault waits for a frame; meanwhile the parent exits and
+    drops its reference to the anon being copied. The fault's reference was then the
+    last: the old anon and its page are freed (uvm_anfree), not left with ref 0 holding a
+    frame nobody maps (a modern stress run's one-frame leak: the sender's forked child
+    wrote its buffer while its session detached)."""
+    uvm, mmu = vm
+    p = await mmap.spawn(uvm, OWN)
+    va = await mmap.mmap(uvm, p, OWN, PAGE_SIZE, RW)
+    await cpu_store(uvm, mmu, p, va, b"parent")
+    c = await mmap.fork(uvm, p, OWN)
+    assert await cpu_load(uvm, mmu, c, va, 6) == b"parent"  # the child maps it read-only
+    (old,) = uvm.anons.values()
+    real_alloc = uvm.alloc_page_wait
+    waiting, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow_alloc(*args: Any, **kwargs: Any) -> int:
+        waiting.set()
+        await gate.wait()
+        return await real_alloc(*args, **kwargs)
+
+    uvm.alloc_page_wait = slow_alloc  # type: ignore[method-assign]
+    cow = asyncio.ensure_future(fault(uvm, c, OWN, va, Prot.WRITE))
+    await waiting.wait()  # the copy waits for its frame
+    await mmap.exit(uvm, p, OWN)
+    assert old.ref == 1  # only the child's slot holds it now
+    uvm.alloc_page_wait = real_alloc  # type: ignore[method-assign]
+    gate.set()
+    await cow
+    assert old.id not in uvm.anons
+    await clean(uvm)
+    assert await cpu_load(uvm, mmu, c, va, 6) == b"parent"
+    await mmap.exit(uvm, c, OWN)
+    await clean(uvm)
+    assert uvm.anons == {}
     assert uvm.pages.free.count == uvm.pages.npages
 
 
