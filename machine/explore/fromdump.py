@@ -345,6 +345,11 @@ def profile_for(dump: dict[str, Any], where: Path) -> str:
     return path
 
 
+#: A live dump's reasons that name a leak: the stress harness's "frames not back: ..."
+#: (machine.stress.control) and a tool's "leak ...", as explain reads them.
+_LEAK_REASONS = ("leak", "frames not back")
+
+
 def target_of(dump: dict[str, Any]) -> tuple[str, str, str]:
     """=> (outcome, message, revoker) the dump records: a crash is a panic ("role:
     message", as a run's); a live dump's reason names corruption or a leak; else ok."""
@@ -354,8 +359,8 @@ def target_of(dump: dict[str, Any]) -> tuple[str, str, str]:
         m = _REVOKED.search(msg)
         return ("panic", msg, m.group(1) if m else "")
     reason = str(dump.get("reason") or "")
-    for outcome in ("corruption", "leak"):
-        if reason.startswith(outcome):
+    for outcome, prefixes in (("corruption", ("corruption",)), ("leak", _LEAK_REASONS)):
+        if reason.startswith(prefixes):
             return (outcome, reason, "")
     return ("ok", reason, "")
 

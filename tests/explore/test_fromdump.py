@@ -125,6 +125,12 @@ def test_extraction_takes_each_sessions_requests_in_order_with_the_ids_they_made
     dump = read_dump(made["path"])
     assert dump["kind"] == "live"
     assert target_of(dump) == ("ok", "test", "")
+    for reason, outcome in [
+        ("frames not back: at the start {...}, at the end {...}", "leak"),  # the stress harness
+        ("leak: 1 frame", "leak"),
+        ("corruption: socket 3 send 1", "corruption"),
+    ]:
+        assert target_of({**dump, "reason": reason}) == (outcome, reason, "")
     ex = extract(dump)
     assert ex.sessions == made["sessions"]
     a, b, tools = ex.workload.clients
