@@ -34,11 +34,12 @@ from locust.env import Environment
 from locust.rpc.protocol import Message
 
 from machine.client.errors import MachineError, MachinePanic, MachineStopped
-from machine.proto import NO_HEADER, CtlDumpsys, CtlDumpsysReply
+from machine.proto import NO_HEADER, CtlDumpsys, CtlDumpsysReply, UvmAudit, UvmAuditReply
 from machine.stress.base import MSG_CORRUPTION, MSG_PANIC
 from machine.stress.charts import inject_report
 from machine.stress.green import EventWatch, GreenMachine, kcall
 from machine.stress.nemesis import Nemesis, parse_names
+from machine.stress.nemesis_plan import kernel_roles
 from machine.stress.outcome import Record, Thresholds, verdict, verdict_line, write_summary
 from machine.stress.vmstats import VmSeries
 from machine.stress.webui import install as install_vm_tab
@@ -208,6 +209,24 @@ class Controller:
         else:
             self.dump = {"error": f"no dump: {rep.errno}: {rep.detail}"}
 
+    def _audit(self) -> list[str] | None:
+        """uvm.audit of the quiet machine, once every frame is back: the invariants the
+        model tests check after every step (a reference count left behind by no frame,
+        a mapping the mmu holds and uvm does not). => its problems ([] when all hold);
+        None when not run (no state dir, or no answer)."""
+        state = self.option("uvm_state", "") or ""
+        if not state:
+            return None
+        try:
+            rep = kcall(
+                str(kernel_roles(state)["uvm"]["kernel"]),
+                UvmAudit(h=_H),
+                timeout_s=DUMP_TIMEOUT_S,
+            )
+        except (OSError, ValueError, KeyError, MachineError):
+            return None
+        return list(rep.problems) if isinstance(rep, UvmAuditReply) else None
+
     def _on_panic(self, environment: Environment, msg: Message, **_: Any) -> None:
         d = msg.data
         self._stop_for_panic(d.get("role", ""), d.get("message", ""), d.get("dump", ""))
@@ -255,6 +274,7 @@ class Controller:
         if self._poller is not None:
             self._poller.kill()
         back = self._await_frames_back()
+        audit = self._audit() if back else None
         if self.watch is not None and self.watch.panic is not None:
             p = self.watch.panic
             self._record_panic(p.role, p.message, p.dump)
@@ -264,9 +284,12 @@ class Controller:
         if back is False:
             end = self.series.frames_end()
             self._dumpsys(f"frames not back: at the start {self.frames_start}, at the end {end}")
+        elif audit:
+            self._dumpsys(f"audit: {len(audit)} problems after the run, the first: {audit[0]}")
         if self.record.panic is not None and not self.dump.get("path"):
             self._crash_dump()  # a corruption's dump, taken first, is the verdict's evidence
         summary = self.summary(back)
+        summary["vm"]["audit"] = audit
         code = verdict(summary)
         if code != 0 and not self.dump and back is not None:  # a threshold, failures, ...
             self._dumpsys(f"verdict {code}: {verdict_line(summary)}")

@@ -11,7 +11,8 @@ panicking role, its message and the dump's path.
 Exit status (`verdict`), the worst that happened wins:
   4  corruption (a wrong byte anywhere: the machine lost data)
   3  a panic (the machine stopped itself)
-  1  a threshold missed, a failure beyond --max-fail-ratio, frames not back, an
+  1  a threshold missed, a failure beyond --max-fail-ratio, frames not back, the
+     auditor's problems once they are back (uvm.audit of the quiet machine), an
      exception in a user (Locust's user error: a bug, or a user that could not
      attach), no operation at all, or a nemesis fault whose undo failed (it may
      still be applied: the run measured something else)
@@ -149,11 +150,13 @@ def verdict(summary: dict[str, Any]) -> int:
         return EXIT_PANIC
     held = all(t["held"] for t in summary.get("thresholds", {}).values())
     frames_back = summary.get("vm", {}).get("frames_back", True)
+    audited = not summary.get("vm", {}).get("audit")  # None: not run; []: every check held
     ran = summary.get("ops", 1) > 0 and not summary.get("user_errors", 0)
     windows = [w.get("detail") or {} for w in summary.get("nemesis", [])]
     # every fault undone, and every killed client's session reaped (its frames back)
     healed = not any("undo_error" in d or d.get("reaped") is False for d in windows)
-    return EXIT_OK if held and ran and healed and frames_back is not False else EXIT_FAILED
+    ok = held and ran and healed and audited and frames_back is not False
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def verdict_line(summary: dict[str, Any]) -> str:
@@ -165,6 +168,7 @@ def verdict_line(summary: dict[str, Any]) -> str:
         f"{summary.get('corruption', 0)} corruption, "
         + (f"panic in {p.get('role') or '?'}: {p.get('message', '')[:200]}" if p else "no panic")
         + f", frames back: {summary.get('vm', {}).get('frames_back')}"
+        + (f", audit: {summary['vm']['audit'][0]}" if summary.get("vm", {}).get("audit") else "")
         + (f", missed: {', '.join(missed)}" if missed else "")
     )
 

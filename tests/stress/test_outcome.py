@@ -47,6 +47,11 @@ def test_a_run_that_did_nothing_or_raised_does_not_hold() -> None:
     assert verdict(summary(user_errors=2)) == EXIT_FAILED  # a user's bug, or no attach
     assert verdict(summary(vm={"frames_back": False})) == EXIT_FAILED
     assert verdict(summary(vm={"frames_back": None})) == EXIT_OK  # not known: not held against
+    problem = "A3: anon 1 ref 0 but held by 0 amaps and 0 loans"
+    assert verdict(summary(vm={"frames_back": True, "audit": [problem]})) == EXIT_FAILED
+    assert problem in verdict_line(summary(vm={"frames_back": True, "audit": [problem]}))
+    assert verdict(summary(vm={"frames_back": True, "audit": []})) == EXIT_OK  # every check held
+    assert verdict(summary(vm={"frames_back": True, "audit": None})) == EXIT_OK  # not run
     undo_failed = [{"name": "link-slow", "detail": {"undo_error": "MachineTimeout: ..."}}]
     assert verdict(summary(nemesis=undo_failed)) == EXIT_FAILED  # may still be applied
     assert verdict(summary(nemesis=[{"name": "squeeze", "detail": {"oom": "ENOMEM"}}])) == EXIT_OK

@@ -53,6 +53,7 @@ def test_a_clean_modern_run_holds_and_every_frame_comes_back(tmp_path: Path) -> 
     prefixes = {name.split(".")[0] for name in s["operations"]}
     assert {"pattern", "forker", "hog", "sender", "files", "churn"} <= prefixes
     assert s["vm"]["frames_back"] is True
+    assert s["vm"]["audit"] == []  # uvm.audit of the quiet machine: every invariant held
     assert s["vm"]["frames_end"]["free"] >= s["vm"]["frames_start"]["free"]
     assert s["vm"]["samples"] >= 10
     assert s["profile"] == "modern"
