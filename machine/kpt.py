@@ -23,6 +23,14 @@ The reader protocol (`read`, or `enter` ... `leave`):
   4. re-read gen[i]: if any changed, the copy is discarded and the read retried
      (it then sees the cleared entry and faults, or the new one);
   5. readers[i] -= 1.
+A DMA that reads later (`pin`, net's zero-copy transmit, machine.net.dma) does steps
+1-2 and keeps the reader announced, holding views of the frames instead of a copy,
+until its completion (`leave`). Steps 1 and the mmu's check of readers are each
+followed by a full barrier (`fence`, a lock's atomic exchange), so of a revocation
+and a reader's announcement at least one sees the other: the mmu sees the reader
+(its reply waits) or the reader sees the cleared entry (it faults): K2 without the
+after-copy check, which a pinned reader cannot make (its bytes leave RAM later).
+
 The revocation (the mmu's `clear`): gen odd, pfn 0, gen even; its reply waits
 until readers[i] is 0 for every page it cleared (`inside`: the TLB shootdown the
 copy path's holds are, machine.mmu.hold). uvm awaits that reply before it frees or

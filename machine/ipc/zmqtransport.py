@@ -28,7 +28,12 @@ its high-water mark drops, a DEALER's zmq.Again queues the message.
 
 Framing: ROUTER sees [identity, payload]; a DEALER sends and receives the
 bare payload; PUB/SUB frames are [topic, payload]. One msgpack frame per
-message; a message with more parts than its socket's framing is dropped, its
+message, except a Multipart reply (transport.Multipart: net.recv with frames):
+[identity, payload, frame...], each frame copied by libzmq inside its send call
+from the buffer it is given (a view of RAM: no copy before it), after which the
+Multipart's `sent` runs; a DEALER reads up to MAX_REPLY_PARTS parts, those after
+the first as views of libzmq's messages (copy=False), and hands the reply over as
+a Multipart. Otherwise a message with more parts than its socket's framing is dropped, its
 extra parts read without a copy and discarded unjoined. (ZeroMQ delivers a
 multipart message whole: libzmq has buffered every part before the first one
 can be read, and ZMQ_MAXMSGSIZE bounds each part, not their sum. What is

@@ -15,7 +15,12 @@ Three loops, run together in one task group (`Driver.run`):
     meanwhile share the next) and starts their DMA at once;
   * transmit: put the ring's mbufs on the wire in order, at the link's speed
     (latency, bandwidth); a copied mbuf's storage goes back to the pool at once, a
-    loaned one is deferred to sopendfree (soloanfree: never freed on this path);
+    loaned one is deferred to sopendfree (soloanfree: never freed on this path). A
+    loaned mbuf bound for net's own wire (the machine's case) is not copied at all:
+    its DMA pins its frames in the table (KernelPageTable.pin) and the packet carries
+    views of RAM (machine.net.dma); it reaches sopendfree when that DMA completes (the
+    wire has taken the bytes: a net.recv reply sent, or a copy made by the hold timer
+    after DMA_HOLD_S, `_dma_timer`; or no queue holds the packet);
   * sopendfree (sodoloanfree): every loaned mbuf waiting is freed in one pass: one
     pmap.kremove of all their KVA, then one uvm.unloan of all their pages (per mbuf
     in order, as before: kremove, unloan), then each one's loan KVA is released.
@@ -29,7 +34,9 @@ Invariants:
     transmit loop), so the mbufs of one socket in send order;
   * at most RING mbufs are in the ring; none is transmitted while the link is held;
   * every loaned mbuf queued is eventually freed by sopendfree exactly once: kremoved,
-    unloaned, its KVA released, its socket's `loans` taken down;
+    unloaned, its KVA released, its socket's `loans` taken down; a pinned one only
+    after its DMA completed, so its frames stay loaned (and a revocation's reply
+    waits, machine.kpt K3) while the wire may still read them;
   * a socket's sb_cc goes down by an mbuf's length when that mbuf is on the wire.
 """
 

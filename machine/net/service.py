@@ -4,7 +4,11 @@ The logic is the core's (machine.net.core.Net and its parts: sockets, sosend, lo
 KVA, the mbuf pool, the driver, the wire); every message net sends to uvm or the mmu
 is built by machine.net.kernel.BusKernel, which holds the two peers. What is here:
   * the handlers (net.socket, send, close, link, listen, recv, unlisten and the
-    operator's tap_listen, tap_recv, tap_unlisten);
+    operator's tap_listen, tap_recv, tap_unlisten). net.recv with `frames` answers a
+    Framed reply (machine.ipc.framed): each payload is its own ZeroMQ frame (a pinned
+    DMA's views of RAM, machine.net.dma) and the packets' DMAs are released once the
+    transport has sent it; without `frames` (and for taps) a pinned payload is copied
+    into the reply (`taken`) and released at once;
   * the connections (machine.rolespec): connect() opens uvm and the mmu (BusKernel's
     peers), subscribes to uvm.proc_exited (fast, may be lost), starts the reconciler,
     which asks uvm.owners every RECONCILE_S (reliable), the lease reporter
