@@ -82,9 +82,7 @@ def main() -> int:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="uvm-bench-where-"))
     copy = with_overrides(load_profile("modern"), {"LOAN_THRESHOLD": -1}, tmp, "modern-copy")
-    print(
-        "| mode | send returns (ms) | first reply (ms) | each later reply (ms) | whole send (ms) |"
-    )
+    print("| mode | send returns | first reply | each later reply | whole send |")
     print("|---|---|---|---|---|")
     for mode, prof in (("loan", "modern"), ("copy", str(copy))):
         with booted("256M", "--profile", prof) as mach:
