@@ -23,6 +23,14 @@ The reader protocol (`read`, or `enter` ... `leave`):
   4. re-read gen[i]: if any changed, the copy is discarded and the read retried
      (it then sees the cleared entry and faults, or the new one);
   5. readers[i] -= 1.
+A DMA that reads later (`pin`, net's zero-copy transmit, machine.net.dma) does steps
+1-2 and keeps the reader announced, holding views of the frames instead of a copy,
+until its completion (`leave`). Steps 1 and the mmu's check of readers are each
+followed by a full barrier (`fence`, a lock's atomic exchange), so of a revocation
+and a reader's announcement at least one sees the other: the mmu sees the reader
+(its reply waits) or the reader sees the cleared entry (it faults): K2 without the
+after-copy check, which a pinned reader cannot make (its bytes leave RAM later).
+
 The revocation (the mmu's `clear`): gen odd, pfn 0, gen even; its reply waits
 until readers[i] is 0 for every page it cleared (`inside`: the TLB shootdown the
 copy path's holds are, machine.mmu.hold). uvm awaits that reply before it frees or
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from pathlib import Path
 
 from machine.params import KERNEL_MIN, PAGE_SHIFT, PAGE_SIZE
@@ -60,6 +69,14 @@ KPT_BYTES = 3 * 4 * KPT_PAGES  # gen, pfn, readers
 BASE_VPN = LOAN_KVA_BASE >> PAGE_SHIFT
 _M = 0xFFFFFFFF
 RETRIES = 8  # reads retried (a concurrent change) before falling back to a message
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier (a lock's atomic exchange): the store before it is visible
+    before any load after it (x86 reorders a later load ahead of an earlier store)."""
+    with _FENCE:
+        pass
 
 
 class KernelPageTable:
@@ -154,6 +171,7 @@ class KernelPageTable:
         self.pfn[i] = 0
         g[i] = (g[i] + 1) & _M
         self.written.discard(vpn)
+        fence()  # the cleared entry is visible before readers is read (K3 with `enter`)
         return self.readers[i] != 0
 
     def inside(self, vpns: set[int]) -> bool:
@@ -180,6 +198,7 @@ class KernelPageTable:
         r, g, p = self.readers, self.gen, self.pfn
         for i in range(lo, hi):
             r[i] += 1
+        fence()  # announced before the entries are read: the mmu's clear sees one or the other
         for _ in range(RETRIES):
             gens = g[lo:hi].tolist()
             pfns = p[lo:hi].tolist()
@@ -222,6 +241,36 @@ class KernelPageTable:
                 return data
             self.retries += 1  # K2: a revocation overlapped the copy: discard it
         return None
+
+    def pin(
+        self, view: memoryview, vpn: int, npages: int, pgoff: int, length: int
+    ) -> tuple[list[memoryview], list[int]] | int | None:
+        """A DMA that reads later (machine.net.dma): steps 1-2 (`enter`), and views of the
+        bytes in RAM instead of a copy; the reader stays inside every page until `leave`,
+        so a revocation's reply waits for it (K3) and no frame is freed or reused under
+        the views. => (views, gens); the fault's vpn; None, as `enter`."""
+        got = self.enter(vpn, npages)
+        if not isinstance(got, tuple):
+            return got
+        pfns, gens = got
+        return frame_views(view, pfns, pgoff, length), gens
+
+
+def frame_views(view: memoryview, pfns: list[int], pgoff: int, length: int) -> list[memoryview]:
+    """`length` bytes from `pgoff` in the first frame on, as views of RAM: one per run of
+    consecutive frames (no copy)."""
+    out: list[memoryview] = []
+    lo, left, i, n = pgoff, length, 0, len(pfns)
+    while left > 0 and i < n:
+        j = i + 1
+        while j < n and pfns[j] == pfns[j - 1] + 1 and (j - i) * PAGE_SIZE - lo < left:
+            j += 1
+        base = pfns[i] << PAGE_SHIFT
+        take = min((j - i) * PAGE_SIZE - lo, left)
+        out.append(view[base + lo : base + lo + take])
+        left -= take
+        lo, i = 0, j
+    return out
 
 
 def copy_frames(view: memoryview, pfns: list[int], pgoff: int, length: int) -> bytes:

@@ -215,7 +215,12 @@ class Session:
                 await self._call(net, NetListen(h=_H), Reply)
 
             async def recv(max_packets: int, wait_ms: int) -> NetRecvReply:
-                req = NetRecv(h=_H, max_packets=max_packets, wait_ms=wait_ms)
+                req = NetRecv(
+                    h=_H,
+                    max_packets=max_packets,
+                    wait_ms=wait_ms,
+                    frames=self.transport.multipart,  # payloads as frames, read in place
+                )
                 return await self._call(net, req, NetRecvReply)  # type: ignore[no-any-return]
 
             async def unlisten() -> None:

@@ -12,7 +12,8 @@ through net's kernel endpoint.
 Invariants:
   - the mbufs of one socket arrive in send order, so at most one send per
     (session, socket) is partial at a time (`_partial`); a packet reaches the
-    queue only when every byte of its send has arrived, placed by offset;
+    queue only when every byte of its send has arrived, placed by offset (its
+    payloads, views of the frames they came in, joined once: one copy);
   - a partial send is discarded, and counted in `lost`, once a later send of
     the same socket arrives (net dropped the rest of it: `dropped`);
   - get() never waits past a panic or a stop of the session it belongs to:
@@ -80,9 +81,9 @@ class Wire:
         self.m = m
         self._feed = feed
         self._q: asyncio.Queue[Packet] = asyncio.Queue()
-        # (session, sock) -> (seq, bytes so far, bytes got, loaned): mbufs of one socket
-        # arrive in send order, so at most one send per socket is partial.
-        self._partial: dict[tuple[int, int], tuple[int, bytearray, int, bool]] = {}
+        # (session, sock) -> (seq, (offset, payload) so far, bytes got, loaned): mbufs of
+        # one socket arrive in send order, so at most one send per socket is partial.
+        self._partial: dict[tuple[int, int], tuple[int, list[tuple[int, bytes]], int, bool]] = {}
         self._open = False
         self.mbufs = 0
         self.dropped = 0
@@ -133,14 +134,17 @@ class Wire:
         if part is not None and part[0] != pkt.seq:
             self.lost += 1  # a later send: the rest of that one was dropped
             part = None
-        seq, buf, got, loaned = part or (pkt.seq, bytearray(pkt.total), 0, False)
-        buf[pkt.off : pkt.off + len(pkt.payload)] = pkt.payload  # placed by offset
+        seq, parts, got, loaned = part or (pkt.seq, [], 0, False)
+        parts.append((pkt.off, pkt.payload))  # a view of the frame it came in: joined below
         got += len(pkt.payload)
         loaned = loaned or pkt.loaned
         if got >= pkt.total:
-            self._q.put_nowait(Packet(pkt.session, pkt.asid, pkt.sock, seq, bytes(buf), loaned))
+            if any(parts[i][0] > parts[i + 1][0] for i in range(len(parts) - 1)):
+                parts.sort(key=lambda p: p[0])  # placed by offset
+            payload = b"".join(p for _, p in parts)
+            self._q.put_nowait(Packet(pkt.session, pkt.asid, pkt.sock, seq, payload, loaned))
         else:
-            self._partial[key] = (seq, buf, got, loaned)
+            self._partial[key] = (seq, parts, got, loaned)
 
     def take(self) -> Packet | None:
         """The next complete send if one has arrived (no wait), else None."""

@@ -66,6 +66,7 @@ from machine.ipc.trace import Delivery, TraceDigest, delivery_key
 from machine.ipc.transport import (
     Connection,
     Handler,
+    Multipart,
     OnBytes,
     Publisher,
     Server,
@@ -435,6 +436,10 @@ class InMemoryTransport(Transport):
             self._reply(conn, out)
 
     def _reply(self, conn: MemConnection, out: bytes) -> None:
+        if isinstance(out, Multipart):  # the frames copied now: the sender's may change
+            taken = Multipart.of(bytes(out), [bytes(f) for f in out.frames])
+            out.sent()
+            out = taken
         conn.last_reply = self.schedule_after(
             conn.last_reply, self._deliver_reply, conn, out, to=conn.endpoint, kind="rep"
         )

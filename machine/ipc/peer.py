@@ -28,6 +28,7 @@ from machine.proto import (
     Reply,
     Request,
     Status,
+    attach_frames,
     decode_reply,
     encode,
     tag_of,
@@ -183,6 +184,9 @@ class Peer:
             rec.record("rep", self.label, 0, raw)
         try:
             reply = decode_reply(raw)
+            frames = getattr(raw, "frames", None)  # a multipart reply (transport.Multipart)
+            if frames is not None:
+                reply = attach_frames(reply, frames)
         except Exception:
             return
         fut = self._pending.pop(reply.h.re, None)

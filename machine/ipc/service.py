@@ -64,6 +64,7 @@ from typing import Any, ClassVar, TypeVar
 from machine.ipc import checks, eager, ids
 from machine.ipc.auth import SessionAuth, new_machine_key
 from machine.ipc.ctl import CtlHandlers
+from machine.ipc.framed import decode_out, encode_out
 from machine.ipc.peer import CallTimeout, Identity, Peer, PeerPanic
 from machine.ipc.pending import Pending
 from machine.ipc.recorder import FlightRecorder
@@ -93,7 +94,6 @@ from machine.proto import (
     Scope,
     Status,
     UserError,
-    decode_reply,
     encode,
     tag_of,
 )
@@ -334,7 +334,7 @@ class Service(CtlHandlers):
             try:
                 out = fn(msg)
                 if not isinstance(out, Pending):
-                    return encode(out)
+                    return encode_out(out)
             except Exception as e:
                 return encode(self._failed(msg, e))
             return self._deferred(msg, out, endpoint)
@@ -345,7 +345,7 @@ class Service(CtlHandlers):
         except Exception as e:
             return encode(self._failed(msg, e))
         if isinstance(started, eager.Ready):
-            return encode(started.value)
+            return encode_out(started.value)
         sid = msg.h.incarnation if endpoint is Scope.USER else 0
         if sid:
             self.inflight.take(sid)
@@ -362,7 +362,7 @@ class Service(CtlHandlers):
             if sid:
                 self.inflight.give(sid)
             try:
-                return encode(rep)
+                return encode_out(rep)
             except Exception as e:
                 return encode(self._failed(msg, e))
 
@@ -393,7 +393,7 @@ class Service(CtlHandlers):
 
     async def _finish(self, msg: Request, rest: eager.Resumed[Reply], sid: int = 0) -> bytes:
         try:
-            return encode(await rest)
+            return encode_out(await rest)
         except Exception as e:
             return encode(self._failed(msg, e))
         finally:
@@ -401,12 +401,13 @@ class Service(CtlHandlers):
                 self.inflight.give(sid)
 
     async def dispatch(self, raw: bytes, endpoint: Scope) -> Reply:
-        """handle(), decoded: for tests and tools that want the Reply object."""
+        """handle(), decoded: for tests and tools that want the Reply object (a multipart
+        reply's frames copied into its payloads, then sent)."""
         out = self.handle(raw, endpoint)
         got = out if out is None or isinstance(out, bytes) else await out
         if got is None:
             raise LookupError("a notice has no reply")
-        return decode_reply(got)
+        return decode_out(got)
 
     def _check(self, raw: bytes, endpoint: Scope) -> Reply | tuple[Request, Callable[[Any], Any]]:
         try:

@@ -28,6 +28,12 @@ Contract:
     (clients reconnect); a role's memory watchdog uses it (machine.ipc.memwatch).
   * connect(endpoint, on_reply): `send(bytes)` queues one request without
     blocking; each reply's bytes are passed to `on_reply`, in arrival order.
+  * A reply may be a Multipart: its bytes are the message, `frames` follow it as
+    further ZeroMQ frames (buffers the transport copies once, in its send call:
+    zmq's message is filled straight from them), then `on_sent` is called (the
+    buffers may change from then on). The in-memory bus copies the frames at once
+    and hands them to the client's on_reply as the Multipart's `frames`; a ZeroMQ
+    connection hands a multipart reply over the same way.
   * Events are fire-and-forget: a subscriber that is late or slow may miss
     some. Nothing that must not be lost travels as an event.
 """
@@ -38,7 +44,7 @@ import abc
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,6 +52,32 @@ if TYPE_CHECKING:
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes | None] | None"]
 OnBytes = Callable[[bytes], None]
+Buffer = bytes | memoryview  # a frame of a Multipart
+
+
+class Multipart(bytes):
+    """A message (its bytes) followed by frames sent without a copy of their own."""
+
+    frames: Sequence[Buffer]
+    on_sent: Callable[[], None] | None
+
+    @classmethod
+    def of(
+        cls,
+        head: bytes,
+        frames: Sequence[Buffer],
+        on_sent: Callable[[], None] | None = None,
+    ) -> Multipart:
+        m = cls(head)
+        m.frames = frames
+        m.on_sent = on_sent
+        return m
+
+    def sent(self) -> None:
+        """The frames are taken (sent, or dropped): the buffers may change now."""
+        done, self.on_sent = self.on_sent, None
+        if done is not None:
+            done()
 
 
 class Server(abc.ABC):
@@ -95,6 +127,9 @@ class Transport(abc.ABC):
     #: transport that hands a request's bytes object itself to the receiver (the
     #: in-memory bus); None for a real transport: every frame then takes the full HMAC.
     signed: SignedFrames | None = None
+    #: Its connections read multipart replies without a copy (ZeroMQ): a client may ask
+    #: net.recv for frames. The in-memory bus would copy them: its clients do not ask.
+    multipart: bool = False
 
     @abc.abstractmethod
     async def bind(self, endpoint: str, handler: Handler, *, user: bool = False) -> Server: ...

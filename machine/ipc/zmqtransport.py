@@ -28,7 +28,12 @@ its high-water mark drops, a DEALER's zmq.Again queues the message.
 
 Framing: ROUTER sees [identity, payload]; a DEALER sends and receives the
 bare payload; PUB/SUB frames are [topic, payload]. One msgpack frame per
-message; a message with more parts than its socket's framing is dropped, its
+message, except a Multipart reply (transport.Multipart: net.recv with frames):
+[identity, payload, frame...], each frame copied by libzmq inside its send call
+from the buffer it is given (a view of RAM: no copy before it), after which the
+Multipart's `sent` runs; a DEALER reads up to MAX_REPLY_PARTS parts, those after
+the first as views of libzmq's messages (copy=False), and hands the reply over as
+a Multipart. Otherwise a message with more parts than its socket's framing is dropped, its
 extra parts read without a copy and discarded unjoined. (ZeroMQ delivers a
 multipart message whole: libzmq has buffered every part before the first one
 can be read, and ZMQ_MAXMSGSIZE bounds each part, not their sum. What is
@@ -72,6 +77,7 @@ from machine.ipc.tasks import TaskSet
 from machine.ipc.transport import (
     Connection,
     Handler,
+    Multipart,
     OnBytes,
     Publisher,
     Server,
@@ -95,6 +101,10 @@ _HWM = 100_000
 #: the TCP buffers, not in this queue. 32 replies of at most MAX_ACCESS_BYTES:
 #: 32 MiB held for a client that does not read, per connection.
 USER_HWM = 32
+
+#: Parts of one reply a client's DEALER reads: the message and a net.recv's payload
+#: frames (at most a frame per page of about a MiB, plus one per packet).
+MAX_REPLY_PARTS = 1 + 8192
 
 #: How long a reset endpoint (ZmqServer.reset) tries to bind its address again.
 REBIND_S = 2.0
@@ -138,8 +148,10 @@ class _LoopSocket:
         on_frames: Callable[[list[bytes]], None] | None,
         drop_when_full: bool = False,
         max_parts: int = 2,
+        views: bool = False,
     ) -> None:
         self.sock = sock
+        self.views = views  # parts after the first read as views (no copy)
         self.on_frames = on_frames
         self.drop_when_full = drop_when_full
         self.max_parts = max_parts
@@ -216,7 +228,10 @@ class _LoopSocket:
         frames = [sock.recv(_NOBLOCK)]
         while get(_RCVMORE):
             if len(frames) < self.max_parts:
-                frames.append(sock.recv(_NOBLOCK))
+                if self.views:
+                    frames.append(sock.recv(_NOBLOCK, copy=False).buffer)  # type: ignore[arg-type]
+                else:
+                    frames.append(sock.recv(_NOBLOCK))
                 continue
             while get(_RCVMORE):
                 sock.recv(_NOBLOCK, copy=False)
@@ -303,7 +318,7 @@ class ZmqServer(Server):
         out = self._handler(payload)
         if out is None or isinstance(out, bytes):
             if out is not None:
-                self._ls.send([ident, out])
+                self._send_reply(ident, out)
             return
         if isinstance(out, Pending):  # sent by the handler that completes it: no task
             out.then(lambda rep: self._send_reply(ident, rep))
@@ -311,13 +326,16 @@ class ZmqServer(Server):
         self._tasks.spawn(self._finish(ident, out), "reply")
 
     def _send_reply(self, ident: bytes, out: bytes | None) -> None:
-        if out is not None:
+        if isinstance(out, Multipart):  # each frame copied by libzmq in its send, no backlog
+            try:
+                self._ls.send([ident, out, *out.frames])  # type: ignore[list-item]
+            finally:
+                out.sent()
+        elif out is not None:
             self._ls.send([ident, out])
 
     async def _finish(self, ident: bytes, pending: Awaitable[bytes | None]) -> None:
-        out = await pending
-        if out is not None:
-            self._ls.send([ident, out])
+        self._send_reply(ident, await pending)
 
     async def reset(self) -> None:
         """Unbind and bind again: libzmq closes every connection the listener accepted
@@ -343,13 +361,19 @@ class ZmqServer(Server):
 
 
 class ZmqConnection(Connection):
+    """A DEALER: a reply is one frame, or a Multipart (a net.recv with frames: the frames
+    after the first are read without a copy, as views of libzmq's messages)."""
+
     def __init__(self, sock: zmq.Socket[bytes], endpoint: str, on_reply: OnBytes) -> None:
         self.endpoint = endpoint
         self._on_reply = on_reply
-        self._ls = _LoopSocket(sock, self._on_frames, max_parts=1)
+        self._ls = _LoopSocket(sock, self._on_frames, max_parts=MAX_REPLY_PARTS, views=True)
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        self._on_reply(frames[0])
+        if len(frames) == 1:
+            self._on_reply(frames[0])
+        else:
+            self._on_reply(Multipart.of(frames[0], frames[1:]))
 
     def send(self, data: bytes) -> None:
         self._ls.send([data])
@@ -391,6 +415,8 @@ def _private(endpoint: str) -> None:
 
 class ZmqTransport(Transport):
     """One zmq context per process."""
+
+    multipart = True
 
     def __init__(self) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()

@@ -76,6 +76,7 @@ class Net:
             ops, ram, clock, self.wire.deliver, self.kva, self.pool, self.sockets, self.chan,
             self.stats, note, kpt,
         )  # fmt: skip
+        self.driver.wire = self.wire
         self.sosend = Sosend(
             ops, knobs, self.kva, self.pool, self.driver, self.sockets, self.chan, self.stats, log
         )

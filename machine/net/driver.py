@@ -15,7 +15,12 @@ Three loops, run together in one task group (`Driver.run`):
     meanwhile share the next) and starts their DMA at once;
   * transmit: put the ring's mbufs on the wire in order, at the link's speed
     (latency, bandwidth); a copied mbuf's storage goes back to the pool at once, a
-    loaned one is deferred to sopendfree (soloanfree: never freed on this path);
+    loaned one is deferred to sopendfree (soloanfree: never freed on this path). A
+    loaned mbuf bound for net's own wire (the machine's case) is not copied at all:
+    its DMA pins its frames in the table (KernelPageTable.pin) and the packet carries
+    views of RAM (machine.net.dma); it reaches sopendfree when that DMA completes (the
+    wire has taken the bytes: a net.recv reply sent, or a copy made by the hold timer
+    after DMA_HOLD_S, `_dma_timer`; or no queue holds the packet);
   * sopendfree (sodoloanfree): every loaned mbuf waiting is freed in one pass: one
     pmap.kremove of all their KVA, then one uvm.unloan of all their pages (per mbuf
     in order, as before: kremove, unloan), then each one's loan KVA is released.
@@ -29,24 +34,29 @@ Invariants:
     transmit loop), so the mbufs of one socket in send order;
   * at most RING mbufs are in the ring; none is transmitted while the link is held;
   * every loaned mbuf queued is eventually freed by sopendfree exactly once: kremoved,
-    unloaned, its KVA released, its socket's `loans` taken down;
+    unloaned, its KVA released, its socket's `loans` taken down; a pinned one only
+    after its DMA completed, so its frames stay loaned (and a revocation's reply
+    waits, machine.kpt K3) while the wire may still read them;
   * a socket's sb_cc goes down by an mbuf's length when that mbuf is on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from machine.ipc.peer import PeerPanic
 from machine.kpt import KernelPageTable, copy_frames
+from machine.net.dma import DMA_HOLD_S, Dma
 from machine.net.kernel import KernelOps, PageFault
 from machine.net.knobs import DEFAULT_BANDWIDTH_BPS, DEFAULT_LATENCY_US, RING, new_stats
 from machine.net.kva import KvaArena
 from machine.net.mbuf import Mbuf, MbufPool
 from machine.net.socket import SocketTable
 from machine.net.synch import WaitChannel
+from machine.net.wire import Wire
 from machine.params import PAGE_SHIFT
 from machine.proto import WirePacket
 from machine.proto.pmap import MAX_CHUNKS
@@ -104,6 +114,11 @@ class Driver:
         self._xlate_wait: list[tuple[list[Mbuf], asyncio.Future[list[list[int] | PageFault]]]] = []
         self._unheld = asyncio.Event()
         self._unheld.set()
+        #: The wire whose queues may hold a pinned DMA (machine.net.dma): used while
+        #: `deliver` is its deliver (a test that captures packets gets bytes).
+        self.wire: Wire | None = None
+        self._pinned: collections.deque[Dma] = collections.deque()  # the hold timer's
+        self._pins = asyncio.Event()  # set while _pinned is not empty
 
     # -- what sosend and net.link use ------------------------------------------------
 
@@ -141,6 +156,7 @@ class Driver:
                 tg.create_task(self._fill_ring(tg))
                 tg.create_task(self._transmit())
                 tg.create_task(self._sopendfree())
+                tg.create_task(self._dma_timer())
         except BaseExceptionGroup as eg:
             panics, rest = eg.split(PeerPanic)
             if rest is not None:
@@ -222,10 +238,13 @@ class Driver:
                 delay += mb.length * 8 / self.bandwidth_bps
             if delay:
                 await self.clock.sleep(delay)
+            pinned = None
             if dma is not None:
                 payload = await dma
-            else:  # a table walk at the DMA's start (or a copied mbuf's bytes)
-                payload = await self.dma_read(mb) if mb.loaned else mb.data
+            elif not mb.loaned:
+                payload = mb.data
+            elif (pinned := self._pin(mb)) is None:  # a table walk at the DMA's start
+                payload = await self.dma_read(mb)
             so = mb.sock
             self.note(
                 "tx",
@@ -247,19 +266,68 @@ class Driver:
                     seq=mb.seq,
                     off=mb.off,
                     total=mb.total,
-                    payload=payload,
+                    # a pinned DMA's views of RAM travel as the payload (net's side only)
+                    payload=payload if pinned is None else cast(bytes, pinned),
                     loaned=mb.loaned,
                 )
             )
             self.stats["tx_packets"] += 1
             self.stats["tx_bytes"] += mb.length
             so.cc -= mb.length
-            if mb.loaned:
+            if pinned is not None:
+                pinned.release()  # the driver's hold: done now if no queue took it
+                if pinned.pinned:
+                    self._pinned.append(pinned)
+                    self._pins.set()
+            elif mb.loaned:
                 self.loanfree_later(mb)  # soloanfree: defer, never free here
             else:
                 self.pool.mclfree(mb.length, so.session)
                 self.sockets.sofree(so)
             self.chan.wakeup()
+
+    def _pin(self, mb: Mbuf) -> Dma | None:
+        """The DMA straight from RAM (machine.net.dma): views of the mbuf's frames, read
+        from the table, its reader inside them until the DMA completes. => None when
+        the packet goes elsewhere than the wire, or the table cannot pin it (a fault, a
+        range it does not cover): then `dma_read` copies (and faults)."""
+        kpt, wire, ram = self.kpt, self.wire, self.ram
+        if kpt is None or wire is None or ram is None or self.deliver != wire.deliver:
+            return None
+        vpn = mb.kva >> PAGE_SHIFT
+        got = kpt.pin(ram.view, vpn, mb.npages, mb.pgoff, mb.length)
+        if not isinstance(got, tuple):
+            return None
+        views, gens = got
+        self.stats["kpt_reads"] += 1
+        self.stats["dma_pins"] += 1
+        self.stats["dma_frames"] += len(views)
+
+        def done() -> None:
+            if not kpt.leave(vpn, gens):
+                self.stats["dma_revoked"] += 1  # its reply waited for this reader (K3)
+            self.loanfree_later(mb)
+
+        return Dma(views, mb.length, done, asyncio.get_running_loop().time())
+
+    async def _dma_timer(self) -> None:
+        """Copy out of RAM the pinned packets no receiver has taken within DMA_HOLD_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._pins.wait()
+            while self._pinned:
+                d = self._pinned[0]
+                if not d.pinned:
+                    self._pinned.popleft()
+                    continue
+                left = d.since + DMA_HOLD_S - loop.time()
+                if left > 0:
+                    await self.clock.sleep(left)
+                    continue
+                self._pinned.popleft()
+                self.stats["dma_timeouts"] += 1
+                d.materialize()
+            self._pins.clear()
 
     async def dma_read(
         self, mb: Mbuf, xlate: asyncio.Future[list[list[int] | PageFault]] | None = None, i: int = 0

@@ -4,7 +4,11 @@ The logic is the core's (machine.net.core.Net and its parts: sockets, sosend, lo
 KVA, the mbuf pool, the driver, the wire); every message net sends to uvm or the mmu
 is built by machine.net.kernel.BusKernel, which holds the two peers. What is here:
   * the handlers (net.socket, send, close, link, listen, recv, unlisten and the
-    operator's tap_listen, tap_recv, tap_unlisten);
+    operator's tap_listen, tap_recv, tap_unlisten). net.recv with `frames` answers a
+    Framed reply (machine.ipc.framed): each payload is its own ZeroMQ frame (a pinned
+    DMA's views of RAM, machine.net.dma) and the packets' DMAs are released once the
+    transport has sent it; without `frames` (and for taps) a pinned payload is copied
+    into the reply (`taken`) and released at once;
   * the connections (machine.rolespec): connect() opens uvm and the mmu (BusKernel's
     peers), subscribes to uvm.proc_exited (fast, may be lost), starts the reconciler,
     which asks uvm.owners every RECONCILE_S (reliable), the lease reporter
@@ -28,13 +32,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
+import msgspec
+
+from machine.ipc.framed import Framed
 from machine.ipc.peer import PeerPanic, RemoteError
 from machine.ipc.service import Service
 from machine.ipc.transport import Subscription
 from machine.limits import Limits
 from machine.net.core import Net
+from machine.net.dma import dma_of
 from machine.net.kernel import BusKernel
 from machine.net.knobs import net_knobs
+from machine.net.wire import release
 from machine.profile import DEFAULT_PROFILE, Profile
 from machine.proto import (
     SESSIONS_BATCH,
@@ -59,6 +68,7 @@ from machine.proto import (
     UserError,
     UvmProcExited,
     UvmSessionEnded,
+    WirePacket,
     decode_event,
 )
 from machine.ram import Ram
@@ -243,10 +253,26 @@ class NetService(Service):
         await self.net.listen(msg.h.incarnation)
         return self.ack(msg)
 
-    async def on_recv(self, msg: NetRecv) -> Reply:
+    async def on_recv(self, msg: NetRecv) -> Reply | Framed:
         q = self.net.wire.listener(msg.h.incarnation)
         packets, dropped = await self.net.wire.recv(q, msg.max_packets, msg.wait_ms)
-        return self.reply(msg, NetRecvReply, packets=packets, dropped=dropped)
+        if not msg.frames:
+            return self.reply(msg, NetRecvReply, packets=taken(packets), dropped=dropped)
+        # each payload its own frames: a pinned DMA's views of RAM, read by the send itself
+        frames: list[bytes | memoryview] = []
+        heads = []
+        for pkt in packets:
+            d = dma_of(pkt)
+            bufs: list[bytes] | list[memoryview] = [pkt.payload] if d is None else d.buffers()
+            frames += bufs
+            heads.append(msgspec.structs.replace(pkt, payload=b"", frames=len(bufs)))
+        rep = self.reply(msg, NetRecvReply, packets=heads, dropped=dropped)
+
+        def sent() -> None:
+            for pkt in packets:
+                release(pkt)
+
+        return Framed(rep, frames, sent)
 
     def on_unlisten(self, msg: NetUnlisten) -> Reply:
         self.net.wire.unlisten(msg.h.incarnation)
@@ -258,7 +284,7 @@ class NetService(Service):
     async def on_tap_recv(self, msg: NetTapRecv) -> Reply:
         q = self.net.wire.tap(msg.tap)
         packets, dropped = await self.net.wire.recv(q, msg.max_packets, msg.wait_ms)
-        return self.reply(msg, NetRecvReply, packets=packets, dropped=dropped)
+        return self.reply(msg, NetRecvReply, packets=taken(packets), dropped=dropped)
 
     def on_tap_unlisten(self, msg: NetTapUnlisten) -> Reply:
         self.net.wire.tap_unlisten(msg.tap)
@@ -271,3 +297,15 @@ class NetService(Service):
 
     def dump_state(self) -> dict[str, Any]:
         return self.net.dump_state()
+
+
+def taken(packets: list[WirePacket]) -> list[WirePacket]:
+    """Packets for a reply without frames: a pinned DMA's bytes copied out of RAM into
+    the packet, then every hold released (a DMA completes when no queue holds it)."""
+    out = []
+    for pkt in packets:
+        d = dma_of(pkt)
+        out.append(pkt if d is None else msgspec.structs.replace(pkt, payload=d.tobytes()))
+    for pkt in packets:
+        release(pkt)
+    return out

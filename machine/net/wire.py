@@ -18,6 +18,12 @@ do not ask, packets arrive, so its share is kept by what it drops). Drops are co
 (the queue's `dropped`, the core's `wiredrops`), never back-pressure on the driver.
 A queue ends at unlisten (or when its session ends); its bytes are then given back at once.
 
+A loaned mbuf's payload may be a pinned DMA (machine.net.dma: views of RAM): each queue
+that takes the packet holds it (`Dma.hold`), and gives it back when it drops the packet
+or ends; `recv` hands its packets' holds to its caller, who releases them once the
+bytes are taken (net.recv: when its reply has been sent). A packet no queue takes is
+released by the driver at once.
+
 Invariants:
   * a listener's queue holds only its session's mbufs, in the order they left;
   * q.nbytes == the cost of q's packets <= wire_bytes, after every enqueue;
@@ -33,6 +39,7 @@ import collections
 import itertools
 from dataclasses import dataclass, field
 
+from machine.net.dma import dma_of
 from machine.net.knobs import new_stats
 from machine.proto import Errno, UserError, WirePacket
 
@@ -50,6 +57,12 @@ class WireQueue:
     dropped: int = 0  # dropped since the last recv
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set while not empty
     closed: bool = False
+
+
+def release(pkt: WirePacket) -> None:
+    """A holder is done with the packet's bytes (a pinned DMA completes with the last)."""
+    if (d := dma_of(pkt)) is not None:
+        d.release()
 
 
 def cost(pkt: WirePacket) -> int:
@@ -107,6 +120,8 @@ class Wire:
         q = queues.pop(key, None)
         if q is not None:
             q.closed = True
+            for pkt in q.packets:
+                release(pkt)
             q.packets.clear()
             self.wire_queued -= q.nbytes
             q.nbytes = 0
@@ -117,7 +132,7 @@ class Wire:
     ) -> tuple[list[WirePacket], int]:
         """Take q's oldest mbufs (at most max_packets and about RECV_MAX_BYTES of payload,
         at least one), waiting up to wait_ms while q is empty. => (them, drops since the
-        last recv)."""
+        last recv); the caller releases them (`release`) once their bytes are taken."""
         if not q.packets and wait_ms and not q.closed:
             try:
                 await asyncio.wait_for(q.ready.wait(), wait_ms / 1000)
@@ -153,6 +168,8 @@ class Wire:
         """Queue an mbuf for one receiver. => q.nbytes <= wire_bytes (q's own oldest go)
         and wire_queued <= wire_total (the oldest of the largest queue go, q or not)."""
         c = cost(pkt)
+        if (d := dma_of(pkt)) is not None:
+            d.hold()
         q.packets.append(pkt)
         q.nbytes += c
         self.wire_queued += c
@@ -166,6 +183,7 @@ class Wire:
     def _wire_drop(self, q: WireQueue) -> None:
         """Drop q's oldest mbuf and count it (q is not empty)."""
         old = q.packets.popleft()
+        release(old)
         q.nbytes -= cost(old)
         self.wire_queued -= cost(old)
         q.dropped += 1

@@ -16,7 +16,8 @@ driver or anyone else.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, cast
 
 import msgspec
 
@@ -134,7 +135,9 @@ class WirePacket(msgspec.Struct, frozen=True, kw_only=True):
     """One mbuf as the wire carried it: bytes [off, off + len(payload)) of send
     `seq` (of `total` bytes) on socket `sock` of process `asid` of session
     `session`; `loaned`: its storage was loaned pages (zero copy). Mbufs of one
-    socket come in send order."""
+    socket come in send order. `frames` (1.7, in a reply to net.recv with `frames`):
+    the payload is not in the message but in the next `frames` ZeroMQ frames after
+    it (payload empty; the packets' frames in packet order)."""
 
     session: int
     asid: int
@@ -144,6 +147,7 @@ class WirePacket(msgspec.Struct, frozen=True, kw_only=True):
     total: int
     payload: bytes
     loaned: bool
+    frames: Annotated[int, msgspec.Meta(ge=0, le=1 << 16)] = 0
 
 
 MaxPackets = Annotated[int, msgspec.Meta(ge=1, le=4096)]
@@ -174,6 +178,10 @@ class NetRecv(Request, frozen=True, kw_only=True, tag="net.recv"):
     scope: ClassVar[Scope] = Scope.USER
     max_packets: MaxPackets = 256
     wait_ms: WaitMs = 1000
+    #: (1.7) each payload travels as its own ZeroMQ frame after the reply's message
+    #: (WirePacket.frames), read from RAM by the send itself (no copy in between);
+    #: for clients that read multipart replies (machine.client over ZeroMQ).
+    frames: bool = False
 
 
 class NetRecvReply(Reply, frozen=True, kw_only=True, tag="net.recv.reply"):
@@ -218,3 +226,26 @@ class NetTapUnlisten(Request, frozen=True, kw_only=True, tag="net.tap_unlisten")
     """End a tap (idempotent). (1.3) Reply: ack."""
 
     tap: TapId
+
+
+def attach_frames(rep: Reply, frames: Sequence[bytes | memoryview]) -> Reply:
+    """A reply to net.recv with `frames`, its packets' payloads put back from the frames
+    that came after it (a payload of one frame is that frame: no copy). Any other reply
+    is returned as it is. => ValueError when the frames do not match the packets."""
+    if not isinstance(rep, NetRecvReply):
+        return rep
+    out: list[WirePacket] = []
+    i = 0
+    for pkt in rep.packets:
+        n = pkt.frames
+        if n:
+            parts = frames[i : i + n]
+            if len(parts) != n:
+                raise ValueError("a net.recv reply has fewer frames than its packets say")
+            i += n
+            payload = parts[0] if n == 1 else b"".join(parts)
+            pkt = msgspec.structs.replace(pkt, payload=cast(bytes, payload), frames=0)
+        out.append(pkt)
+    if i != len(frames):
+        raise ValueError("a net.recv reply has more frames than its packets say")
+    return msgspec.structs.replace(rep, packets=out)

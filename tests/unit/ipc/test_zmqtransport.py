@@ -248,3 +248,35 @@ async def test_a_burst_over_real_sockets_is_answered_whole_and_in_order() -> Non
         await pub.close()
         await srv.close()
         await t.close()
+
+
+async def test_a_multipart_reply_reaches_the_connection_whole_and_is_sent_once() -> None:
+    """A Multipart reply (net.recv with frames): its frames are copied by the send, so the
+    buffer may change once `sent` ran; the connection hands over the frames as views."""
+    from machine.ipc.transport import Multipart
+
+    t = ZmqTransport()
+    ram = bytearray(b"abcdefgh")
+    sent: list[bytes] = []
+
+    def handler(payload: bytes) -> bytes:
+        return Multipart.of(
+            b"re:" + payload, [memoryview(ram)[:3], b"xy"], lambda: sent.append(b"")
+        )
+
+    srv = await t.bind("tcp://127.0.0.1:*", handler)
+    got: list[bytes] = []
+    conn = await t.connect(srv.endpoint, got.append)
+    try:
+        conn.send(b"recv")
+        await poll_for(lambda: bool(got), timeout_s=10, what="the reply")
+        assert len(sent) == 1  # the send returned: the frames' bytes are libzmq's
+        ram[:3] = b"ZZZ"  # RAM reused afterwards changes nothing on the wire
+        (rep,) = got
+        assert isinstance(rep, Multipart)
+        assert bytes(rep) == b"re:recv"
+        assert [bytes(f) for f in rep.frames] == [b"abc", b"xy"]
+    finally:
+        await conn.close()
+        await srv.close()
+        await t.close()
