@@ -25,7 +25,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-PROTOCOL_VERSION: tuple[int, int] = (1, 7)
+PROTOCOL_VERSION: tuple[int, int] = (1, 8)
 
 
 class Scope(enum.Enum):

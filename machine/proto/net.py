@@ -135,7 +135,7 @@ class WirePacket(msgspec.Struct, frozen=True, kw_only=True):
     """One mbuf as the wire carried it: bytes [off, off + len(payload)) of send
     `seq` (of `total` bytes) on socket `sock` of process `asid` of session
     `session`; `loaned`: its storage was loaned pages (zero copy). Mbufs of one
-    socket come in send order. `frames` (1.7, in a reply to net.recv with `frames`):
+    socket come in send order. `frames` (1.8, in a reply to net.recv with `frames`):
     the payload is not in the message but in the next `frames` ZeroMQ frames after
     it (payload empty; the packets' frames in packet order)."""
 
@@ -178,7 +178,7 @@ class NetRecv(Request, frozen=True, kw_only=True, tag="net.recv"):
     scope: ClassVar[Scope] = Scope.USER
     max_packets: MaxPackets = 256
     wait_ms: WaitMs = 1000
-    #: (1.7) each payload travels as its own ZeroMQ frame after the reply's message
+    #: (1.8) each payload travels as its own ZeroMQ frame after the reply's message
     #: (WirePacket.frames), read from RAM by the send itself (no copy in between);
     #: for clients that read multipart replies (machine.client over ZeroMQ).
     frames: bool = False

@@ -385,7 +385,7 @@ class UvmLoanChunks(Request, frozen=True, kw_only=True, tag="uvm.loan_chunks"):
        (swap-in, pgo_get, or the zero page for untouched anonymous memory); the first
        loan of a page write-protects every managed mapping of it; what else happens
        (wire, dequeue, nothing) is the profile's ERA.
-    => kvas (1.7, optional): one page-aligned kernel VA per chunk: uvm then enters every
+    => kvas (1.8, optional): one page-aligned kernel VA per chunk: uvm then enters every
        loaned chunk's pages read-only there (one pmap.kenter_chunks on its ordered pmap
        connection, after the write-protects) before it answers: a whole-send loan, no
        kenter of net's. EINVAL (nothing loaned) if their number or a VA is bad; if the
