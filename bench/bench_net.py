@@ -43,7 +43,7 @@ from typing import Any
 
 from bench_uvm import booted, log, table  # bench/ is on sys.path when run as a script
 
-from machine.client import Machine
+from machine.client import Machine, Process, Socket
 from machine.ipc.peer import Identity, Peer
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.profile import load_profile, with_overrides
@@ -115,15 +115,21 @@ async def set_chunk(mach: dict[str, Any], chunk: int) -> None:
         await t.close()
 
 
+async def sender(m: Machine) -> tuple[Process, Socket, int, bytes]:
+    """A process with BUF bytes of a known pattern stored at va and a socket whose send
+    buffer holds a whole send. => (process, socket, va, the bytes)."""
+    p = await m.spawn()
+    va = await p.mmap(BUF, "rw")
+    buf = bytes((i * 131 + (i >> 12)) & 0xFF for i in range(BUF))
+    await p.store(va, buf)
+    return p, await p.socket(sndbuf=16 << 20), va, buf
+
+
 async def run_mode(mach: dict[str, Any], sizes: Sequence[int], chunk: int) -> list[dict[str, Any]]:
     if chunk:
         await set_chunk(mach, chunk)
     async with Machine.attach(mach["endpoint"]) as m, m.wire() as wire:
-        p = await m.spawn()
-        va = await p.mmap(BUF, "rw")
-        buf = bytes((i * 131 + (i >> 12)) & 0xFF for i in range(BUF))
-        await p.store(va, buf)
-        s = await p.socket(sndbuf=16 << 20)
+        p, s, va, buf = await sender(m)
         await one_size(m, wire, p, s, va, buf, 64 << 10, 8)  # warm-up
         out = []
         for size in sizes:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_net import BUF, one_size  # bench/ is on sys.path when run as a script
+from bench_net import one_size, sender  # bench/ is on sys.path when run as a script
 from bench_uvm import booted
 
 from machine.client import Machine
@@ -33,11 +33,7 @@ from machine.profile import load_profile, with_overrides
 
 async def timeline(mach: dict[str, Any], size: int, sends: int) -> list[dict[str, Any]]:
     async with Machine.attach(mach["endpoint"]) as m, m.wire() as wire:
-        p = await m.spawn()
-        va = await p.mmap(BUF, "rw")
-        buf = bytes((i * 131 + (i >> 12)) & 0xFF for i in range(BUF))
-        await p.store(va, buf)
-        s = await p.socket(sndbuf=16 << 20)
+        p, s, va, buf = await sender(m)
         await one_size(m, wire, p, s, va, buf, size, 8)  # warm-up
         feed = m.session_feed()
         replies: list[tuple[float, int, int]] = []

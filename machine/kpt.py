@@ -54,13 +54,11 @@ holds. In the simulator the table is an anonymous mapping with the same semantic
 from __future__ import annotations
 
 import mmap
-import os
 import threading
-from pathlib import Path
 
+from machine import shm
 from machine.params import KERNEL_MIN, PAGE_SHIFT, PAGE_SIZE
 
-SHM_DIR = Path("/dev/shm")
 LOAN_KVA_BASE = KERNEL_MIN + (1 << 40)  # the loan KVA arena (machine.net.kva)
 LOAN_KVA_SLOT_PAGES = 2048  # VA per mbuf slot (8 MiB)
 KPT_SLOTS = 1024  # slots the table covers (the arena reuses freed slots first)
@@ -102,22 +100,13 @@ class KernelPageTable:
     @classmethod
     def create(cls, name: str) -> KernelPageTable:
         """Create the segment (sparse, all zero: no translations). => FileExistsError."""
-        fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, KPT_BYTES)
-        except OSError:
-            os.close(fd)
-            os.unlink(SHM_DIR / name)
-            raise
+        fd = shm.create(name, KPT_BYTES)
         return cls(name, mmap.mmap(fd, KPT_BYTES, mmap.MAP_SHARED), fd, owner=True)
 
     @classmethod
     def attach(cls, name: str) -> KernelPageTable:
         """Map an existing segment. => ValueError if its size is not the table's."""
-        fd = os.open(SHM_DIR / name, os.O_RDWR)
-        if os.fstat(fd).st_size != KPT_BYTES:
-            os.close(fd)
-            raise ValueError(f"kernel page table {name} is not {KPT_BYTES} bytes")
+        fd = shm.open_sized(name, KPT_BYTES, "kernel page table")
         return cls(name, mmap.mmap(fd, KPT_BYTES, mmap.MAP_SHARED), fd, owner=False)
 
     def close(self) -> None:
@@ -126,22 +115,14 @@ class KernelPageTable:
             return
         for v in (self.gen, self.pfn, self.readers, self._words):
             v.release()
-        try:
-            self._map.close()
-        except BufferError:  # pragma: no cover - a view still exported
-            pass
-        if self._fd >= 0:
-            os.close(self._fd)
+        shm.unmap(self._map, self._fd)
         self._fd = -1
         if self.owner:
             self.unlink()
 
     def unlink(self) -> None:
         if self.name:
-            try:
-                os.unlink(SHM_DIR / self.name)
-            except FileNotFoundError:
-                pass
+            shm.unlink(self.name)
 
     @staticmethod
     def covers(vpn: int, npages: int) -> bool:

@@ -16,13 +16,13 @@ numbers and read or write the frames here.
 from __future__ import annotations
 
 import mmap
-import os
 from pathlib import Path
 
+from machine import shm
 from machine.kpt import KernelPageTable
 from machine.params import PAGE_SHIFT, PAGE_SIZE
+from machine.shm import SHM_DIR
 
-SHM_DIR = Path("/dev/shm")
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -67,13 +67,7 @@ class Ram:
         """Create the segment. => FileExistsError if a segment of that name exists."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM size {size} is not a positive multiple of {PAGE_SIZE}")
-        fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-        except OSError:
-            os.close(fd)
-            os.unlink(SHM_DIR / name)
-            raise
+        fd = shm.create(name, size)
         self = cls(name, size, fd, owner=True)
         try:
             self._kpt = KernelPageTable.create(name + ".kpt")
@@ -85,11 +79,7 @@ class Ram:
     @classmethod
     def attach(cls, name: str, size: int) -> Ram:
         """Map an existing segment. => ValueError if its size differs."""
-        fd = os.open(SHM_DIR / name, os.O_RDWR)
-        actual = os.fstat(fd).st_size
-        if actual != size:
-            os.close(fd)
-            raise ValueError(f"RAM segment {name} is {actual} bytes, expected {size}")
+        fd = shm.open_sized(name, size, "RAM segment")
         return cls(name, size, fd, owner=False)
 
     def frame(self, pfn: int) -> memoryview:
@@ -107,19 +97,11 @@ class Ram:
         if self._kpt is not None:
             self._kpt.close()
         self.view.release()
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # a view still exported somewhere; the mapping dies with the process
-        if self._fd >= 0:
-            os.close(self._fd)
+        shm.unmap(self._map, self._fd)
         self._fd = -1
         if self.owner:
             self.unlink()
 
     def unlink(self) -> None:
         for name in (self.name, self.name + ".kpt"):
-            try:
-                os.unlink(SHM_DIR / name)
-            except FileNotFoundError:
-                pass
+            shm.unlink(name)

@@ -25,6 +25,7 @@ SHARED = {
     "machine.limits",
     "machine.ram",
     "machine.kpt",
+    "machine.shm",
     "machine.config",
     "machine.profile",
     "machine.rules",

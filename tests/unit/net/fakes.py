@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from machine.ipc.peer import PeerPanic, RemoteError
@@ -23,7 +25,7 @@ from machine.net.core import Net
 from machine.net.kernel import PageFault
 from machine.net.knobs import NetKnobs
 from machine.params import PAGE_SHIFT, PAGE_SIZE
-from machine.proto import Errno
+from machine.proto import Errno, WirePacket
 
 ASID = 5
 OWNER = 77
@@ -252,3 +254,21 @@ def make_net(
         kpt=kpt,
     )
     return net, k
+
+
+@contextlib.asynccontextmanager
+async def driving(
+    net: Net, capture: bool = True
+) -> AsyncIterator[tuple[list[WirePacket], asyncio.Task[PeerPanic]]]:
+    """Run net's driver for the block. => the packets it puts on the wire (taken here
+    instead of net's own wire, unless not `capture`) and the driver's task."""
+    wire: list[WirePacket] = []
+    if capture:
+        net.driver.deliver = wire.append
+    task = asyncio.ensure_future(net.driver.run())
+    try:
+        yield wire, task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

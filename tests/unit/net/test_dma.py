@@ -5,9 +5,7 @@ the DMA (the frames stay loaned), so the wire carries the bytes as they were at 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator
 
 from machine.ipc.framed import Framed
 from machine.ipc.inmemory import InMemoryTransport
@@ -18,18 +16,7 @@ from machine.net.service import NetService
 from machine.params import PAGE_SHIFT, PAGE_SIZE
 from machine.proto import Header, NetRecv, NetRecvReply, attach_frames
 from machine.testing import poll_for
-from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, make_net, user_bytes
-
-
-@contextlib.asynccontextmanager
-async def running(net: Net) -> AsyncIterator[None]:
-    task = asyncio.ensure_future(net.driver.run())  # delivering to net's own wire
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, driving, make_net, user_bytes
 
 
 def _service() -> tuple[NetService, Net, FakeKernel, KernelPageTable]:
@@ -55,7 +42,7 @@ async def test_a_revocation_in_the_dma_window_waits_and_the_wire_carries_the_sen
     n = 2 * PAGE_SIZE
     sent = user_bytes(VA0, n)
     await net.sosend.send(so, ASID, VA0, n, OWNER)
-    async with running(net):
+    async with driving(net, capture=False):
         await _queued(net, 1)
         (pkt,) = net.wire.listeners[OWNER].packets
         d = dma_of(pkt)
@@ -100,7 +87,7 @@ async def test_a_packet_no_receiver_takes_is_copied_out_of_ram_after_the_hold() 
     so = await net.socreate(OWNER, ASID, 1 << 24)
     n = 3 * PAGE_SIZE + 100
     await net.sosend.send(so, ASID, VA0, n, OWNER)
-    async with running(net):
+    async with driving(net, capture=False):
         await _queued(net, 1)
         vpns = set(kpt.written)
         assert kpt.inside(vpns)  # pinned: the reader is inside its frames
@@ -118,7 +105,7 @@ async def test_a_packet_no_receiver_takes_is_copied_out_of_ram_after_the_hold() 
 async def test_packets_complete_when_taken_dropped_or_unheard() -> None:
     svc, net, k, _kpt = _service()
     so = await net.socreate(OWNER, ASID, 1 << 24)
-    async with running(net):
+    async with driving(net, capture=False):
         await net.sosend.send(so, ASID, VA0, 2 * PAGE_SIZE, OWNER)  # no listener
         await poll_for(lambda: not k.loans, 2, 0.001, "an unheard packet's loans")
         net.wire.listen(OWNER)

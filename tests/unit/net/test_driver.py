@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 from machine.ipc.peer import PeerPanic
 from machine.net.core import Net
 from machine.net.knobs import RING, SOCK_LOAN_CHUNK
 from machine.net.socket import Socket
 from machine.params import PAGE_SIZE
-from machine.proto import WirePacket
 from machine.testing import poll_for
-from tests.unit.net.fakes import ASID, OWNER, PFN0, VA0, FakeClock, make_net, user_bytes
+from tests.unit.net.fakes import ASID, OWNER, PFN0, VA0, FakeClock, driving, make_net, user_bytes
 
 K64 = SOCK_LOAN_CHUNK
-
-
-@contextlib.asynccontextmanager
-async def running(net: Net) -> AsyncIterator[tuple[list[WirePacket], asyncio.Task[PeerPanic]]]:
-    wire: list[WirePacket] = []
-    net.driver.deliver = wire.append
-    task = asyncio.ensure_future(net.driver.run())
-    try:
-        yield wire, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def sock(net: Net) -> Socket:
@@ -47,7 +31,7 @@ async def test_the_dma_runs_at_most_a_ring_of_8_ahead_of_a_stalled_wire() -> Non
     so = await sock(net)
     for i in range(14):
         await send(net, so, VA0 + i * PAGE_SIZE, PAGE_SIZE)
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: net.driver.ring.full(), 2, 0.001, "the ring to fill")
         for _ in range(10):
             await asyncio.sleep(0)
@@ -71,7 +55,7 @@ async def test_mbufs_go_out_in_queue_order_even_when_a_later_dma_finishes_first(
     ]
     first = net.driver.txq._queue[0]  # type: ignore[attr-defined]
     k.slow[first.kva] = asyncio.Event()  # the first mbuf's DMA is the slowest
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: len(k.ops("kextract")) == 4, 2, 0.001, "every DMA to start")
         for _ in range(10):
             await asyncio.sleep(0)
@@ -96,7 +80,7 @@ async def test_sopendfree_kremoves_then_unloans_then_releases_the_kva() -> None:
     kvas = [m.kva for m in net.driver.txq._queue]  # type: ignore[attr-defined]
     pfns = {m.kva: m.pfns for m in net.driver.txq._queue}  # type: ignore[attr-defined]
     net.sockets.soclose(so, "test")  # the record goes once its loans are back
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: net.stats["pendfree"] == 2, 2, 0.001, "sopendfree")
     assert len(wire) == 2
     for kva in kvas:
@@ -117,7 +101,7 @@ async def test_copied_mbufs_give_their_storage_back_on_the_wire_and_need_no_free
     so = await sock(net)
     await send(net, so, VA0, 3 * PAGE_SIZE)
     assert net.pool.mbuf_bytes == 3 * PAGE_SIZE
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: len(wire) == 1, 2, 0.001, "the mbuf on the wire")
     assert net.pool.mbuf_bytes == 0
     assert so.cc == 0
@@ -131,7 +115,7 @@ async def test_a_missing_translation_is_a_kernel_fault_with_the_evidence() -> No
     seq = await send(net, so, VA0, 4 * PAGE_SIZE)
     mb = net.driver.txq._queue[0]  # type: ignore[attr-defined]
     del k.kmap[(mb.kva >> 12) + 2]  # the page daemon revoked the third page's mapping
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: len(wire) == 1, 2, 0.001, "the mbuf on the wire")
     ((va, asid, owner, evidence, pfn),) = k.ops("kfault")
     assert (va, asid, owner, pfn) == (mb.kva + 2 * PAGE_SIZE, 0, 0, PFN0 + 2)
@@ -148,7 +132,7 @@ async def test_a_kernel_fault_uvm_panics_on_stops_the_driver_with_the_peer_panic
     so = await sock(net)
     await send(net, so, VA0, PAGE_SIZE)
     k.kmap.clear()
-    async with running(net) as (wire, task):
+    async with driving(net) as (wire, task):
         panic = await asyncio.wait_for(task, 2)
     assert isinstance(panic, PeerPanic)
     assert "kernel page fault" in panic.detail
@@ -160,7 +144,7 @@ async def test_a_held_link_sends_nothing_until_released() -> None:
     so = await sock(net)
     net.driver.hold(True)
     await send(net, so, VA0, PAGE_SIZE)
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         for _ in range(20):
             await asyncio.sleep(0)
         assert wire == []
@@ -173,7 +157,7 @@ async def test_one_ring_pass_translates_every_mbuf_it_takes_in_one_message() -> 
     net, k = make_net()
     so = await sock(net)
     await send(net, so, VA0, 4 * K64)  # four loaned mbufs, queued before the driver runs
-    async with running(net) as (wire, _):
+    async with driving(net) as (wire, _):
         await poll_for(lambda: net.stats["pendfree"] == 4, 2, 0.001, "sopendfree")
     assert len(wire) == 4
     assert k.ops("kextracts") == [[(m, 16) for m in sorted({kva for kva, _ in k.ops("kextract")})]]

@@ -4,32 +4,14 @@ while a DMA is copying never lets the old frame's bytes reach the wire."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 from machine.kpt import KernelPageTable
 from machine.net.core import Net
 from machine.net.knobs import SOCK_LOAN_CHUNK
 from machine.params import PAGE_SHIFT, PAGE_SIZE
-from machine.proto import WirePacket
 from machine.testing import poll_for
-from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, make_net, user_bytes
+from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, driving, make_net, user_bytes
 
 K64 = SOCK_LOAN_CHUNK
-
-
-@contextlib.asynccontextmanager
-async def running(net: Net) -> AsyncIterator[list[WirePacket]]:
-    wire: list[WirePacket] = []
-    net.driver.deliver = wire.append
-    task = asyncio.ensure_future(net.driver.run())
-    try:
-        yield wire
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _net() -> tuple[Net, FakeKernel, KernelPageTable]:
@@ -43,7 +25,7 @@ async def test_loaned_sends_reach_the_wire_with_no_translation_message() -> None
     so = await net.socreate(OWNER, ASID, 1 << 24)
     n = 4 * K64 + 300
     await net.sosend.send(so, ASID, VA0 + 123, n, OWNER)
-    async with running(net) as wire:
+    async with driving(net) as (wire, _):
         await poll_for(lambda: sum(len(p.payload) for p in wire) == n, 2, 0.001, "the send")
         await poll_for(lambda: not k.loans, 2, 0.001, "the loans to return")
     assert b"".join(p.payload for p in wire) == user_bytes(VA0 + 123, n)
@@ -60,7 +42,7 @@ async def test_a_cleared_entry_faults_with_the_mmus_evidence_and_reads_again() -
     await net.sosend.send(so, ASID, VA0, 2 * PAGE_SIZE, OWNER)
     (mb,) = list(net.driver.txq._queue)  # type: ignore[attr-defined]
     k.kclear((mb.kva >> PAGE_SHIFT) + 1)  # revoked (pmap_page_protect NONE) while queued
-    async with running(net) as wire:
+    async with driving(net) as (wire, _):
         net.driver.hold(False)
         await poll_for(lambda: bool(wire), 2, 0.001, "the packet")
     assert wire[0].payload == user_bytes(VA0, 2 * PAGE_SIZE)  # resolved (re-entered)
@@ -103,7 +85,7 @@ async def test_a_revocation_while_a_dma_is_reading_never_reaches_the_wire() -> N
     assert ram is not None
     spy = _RevokingView(ram.view, k, (mb.kva >> PAGE_SHIFT) + 1, mb.pfns[1])
     ram.view = spy  # type: ignore[assignment]
-    async with running(net) as wire:
+    async with driving(net) as (wire, _):
         net.driver.hold(False)
         await poll_for(lambda: bool(wire), 2, 0.001, "the packet")
     assert spy.fired
@@ -118,7 +100,7 @@ async def test_a_range_the_table_does_not_cover_is_translated_by_message() -> No
     kpt.read = lambda *a: None  # type: ignore[method-assign]  # beyond the table's window
     so = await net.socreate(OWNER, ASID, 1 << 24)
     await net.sosend.send(so, ASID, VA0, 2 * K64, OWNER)
-    async with running(net) as wire:
+    async with driving(net) as (wire, _):
         await poll_for(lambda: len(wire) == 2, 2, 0.001, "the packets")
     assert b"".join(p.payload for p in wire) == user_bytes(VA0, 2 * K64)
     assert len(k.ops("kextract")) == 2  # one message per mbuf, no fault

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,9 +13,9 @@ from machine.net.mbuf import Mbuf
 from machine.net.socket import Socket
 from machine.net.sosend import npages_of
 from machine.params import PAGE_SIZE, trunc_page
-from machine.proto import Errno, UserError, WirePacket
+from machine.proto import Errno, UserError
 from machine.testing import poll_for
-from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, make_net, user_bytes
+from tests.unit.net.fakes import ASID, OWNER, VA0, FakeKernel, driving, make_net, user_bytes
 
 K64 = SOCK_LOAN_CHUNK
 
@@ -29,20 +27,6 @@ def queued(net: Net) -> list[Mbuf]:
 
 async def sock(net: Net, sndbuf: int = 1 << 20) -> Socket:
     return await net.socreate(OWNER, ASID, sndbuf)
-
-
-@contextlib.asynccontextmanager
-async def driver(net: Net) -> AsyncIterator[list[WirePacket]]:
-    """Run the driver; => the packets it puts on the wire."""
-    wire: list[WirePacket] = []
-    net.driver.deliver = wire.append
-    task = asyncio.ensure_future(net.driver.run())
-    try:
-        yield wire
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def drained(net: Net, k: FakeKernel) -> None:
@@ -83,7 +67,7 @@ async def test_a_send_is_cut_into_loan_chunks_at_64k_and_each_is_loaned_once() -
     assert (res.loaned_pages, res.copied_bytes, res.messages) == (54, 0, 1)  # a whole-send loan
     assert so.cc == n
     assert net.kva.socurkva == 54 * PAGE_SIZE
-    async with driver(net) as wire:
+    async with driving(net) as (wire, _):
         await drained(net, k)
     assert b"".join(p.payload for p in wire) == user_bytes(va, n)
     assert so.cc == 0
@@ -150,7 +134,7 @@ async def test_a_full_send_buffer_blocks_the_send_until_the_driver_sends() -> No
     assert not send.done()
     assert [m.length for m in queued(net)] == [2 * PAGE_SIZE]  # chunks of sndbuf at most
     assert so.cc == so.sndbuf
-    async with driver(net) as wire:
+    async with driving(net) as (wire, _):
         res = await asyncio.wait_for(send, 2)
         await drained(net, k)
     assert [p.payload for p in wire] == [
@@ -166,7 +150,7 @@ async def test_send_buffer_room_comes_back_on_the_wire_not_when_the_loan_is_free
     net, k = make_net()
     k.kremove_gate = asyncio.Event()  # sopendfree stalls: no loan comes back
     so = await sock(net, sndbuf=K64)
-    async with driver(net) as wire:
+    async with driving(net) as (wire, _):
         res = await asyncio.wait_for(net.sosend.send(so, ASID, VA0, 3 * K64, OWNER), 2)
         assert res.loaned_pages == 48
         await poll_for(lambda: len(wire) == 3, 2, 0.001, "every mbuf on the wire")
@@ -192,7 +176,7 @@ async def test_loan_kva_is_bounded_by_somaxkva_and_a_send_waits_for_sopendfree()
         seen.append(net.kva.socurkva)
 
     net.kva.free = checked_free  # type: ignore[method-assign]
-    async with driver(net) as wire:
+    async with driving(net) as (wire, _):
         res = await asyncio.wait_for(send, 2)
         await drained(net, k)
     assert res.loaned_pages == 64
@@ -215,7 +199,7 @@ async def test_an_unresolvable_fault_ends_the_send_with_efault_and_leaves_nothin
     assert net.pool.mbuf_bytes == K64
     assert so.sends == 0
     assert not so.lock.locked()
-    async with driver(net):
+    async with driving(net):
         await drained(net, k)
     assert so.cc == 0
 
@@ -232,7 +216,7 @@ async def test_chunks_set_up_after_a_failed_one_return_their_loans() -> None:
     assert net.driver.pendfree.qsize() == 2
     assert so.cc == K64
     assert so.loans == 3
-    async with driver(net):
+    async with driving(net):
         await drained(net, k)
     assert so.loans == 0
     assert so.cc == 0
@@ -269,7 +253,7 @@ async def test_soclose_while_waiting_for_room_is_ebadf_and_gives_back_the_window
     assert net.kva.socurkva == so.sndbuf
     assert net.kva.slots_held == 5
     assert so.id in net.sockets.sockets  # closed, but its data has not left yet
-    async with driver(net):
+    async with driving(net):
         await drained(net, k)
     assert so.id not in net.sockets.sockets  # closed, drained: the record is freed
 
@@ -294,7 +278,7 @@ async def test_the_mbuf_pool_makes_a_copy_wait_for_storage_until_the_driver_free
     await poll_for(lambda: net.stats["mbufwaits"] == 1, 2, 0.001, "the copy to wait")
     assert net.pool.mbuf_bytes == 2 * PAGE_SIZE  # b's chunk does not fit beside a's
     assert not waiting.done()
-    async with driver(net) as wire:
+    async with driving(net) as (wire, _):
         net.driver.hold(False)
         await asyncio.wait_for(waiting, 2)
         await drained(net, k)
@@ -306,7 +290,7 @@ async def test_one_chunk_bigger_than_the_pool_still_goes_alone() -> None:
     so = await sock(net)
     await net.sosend.send(so, ASID, VA0, 3 * PAGE_SIZE, OWNER)  # into the empty pool
     assert net.pool.mbuf_bytes == 3 * PAGE_SIZE
-    async with driver(net):
+    async with driving(net):
         await drained(net, k)
 
 
@@ -317,6 +301,6 @@ async def test_a_pool_smaller_than_a_window_of_copies_does_not_deadlock_the_send
     takes storage, and the send completes. (It used to wait for ever: issue 10's xfail.)"""
     net, k = make_net(loan_thresh=-1, limits=Limits(mbufs=3 * PAGE_SIZE))
     so = await sock(net)
-    async with driver(net):
+    async with driving(net):
         await asyncio.wait_for(net.sosend.send(so, ASID, VA0, 4 * K64, OWNER), 2)
         await drained(net, k)
