@@ -5,10 +5,16 @@ their ZMQ_FD, not through zmq.asyncio: measured here (bench/), zmq.asyncio's
 futures and extra wake-ups cost about a third of a round trip.
 
 The ZMQ_FD contract, which every socket wrapper here follows: the fd is
-edge-triggered and only says "the socket's events may have changed". So a
-reader drains until ZMQ_EVENTS lacks POLLIN, and after every send the
-wrapper re-reads ZMQ_EVENTS and drains again, since the send may have
-consumed the edge.
+edge-triggered, says only "the socket's events may have changed", and is armed
+again when libzmq processes the socket's commands: in a ZMQ_EVENTS read, a read
+that ends in EAGAIN, and (throttled, about once a millisecond) a send. So a
+reader drains until nothing is left, and after a send ZMQ_EVENTS is read again
+(the send may have consumed the edge). Each such look costs a getpid and a poll
+of the socket's mailbox, so it is made once per turn, not per message: after
+the first message one ZMQ_EVENTS read (POLLIN: a burst, read with NOBLOCK until
+zmq.Again, which costs ~2 µs more in Python); sends on other sockets during a
+drain have each of them looked at once, when it ends. A PUB's recv fails without
+processing commands: ZMQ_EVENTS does it. (bench/bench_syscalls.py counts them.)
 
 Fairness: a reader takes at most DRAIN_BATCH messages or DRAIN_BUDGET_S of
 handler time per turn of the loop, then comes back with loop.call_soon (the
@@ -64,6 +70,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import threading
 import time
 import types
 from collections.abc import Awaitable, Callable
@@ -124,6 +131,15 @@ _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
 
 
+class _Turn(threading.local):
+    """Per thread (a loop's): while a drain runs, the sockets sent on, checked at its end."""
+
+    unchecked: list[_LoopSocket] | None = None
+
+
+_turn = _Turn()
+
+
 def _part_sender(sock: Any) -> Callable[[bytes, int], Any]:
     """sock's compiled send(part, flags) (a test's stand-in socket: its own send)."""
     if isinstance(sock, zmq.backend.Socket):
@@ -164,6 +180,7 @@ class _LoopSocket:
         self.dropped = 0
         self.turns = 0  # drains cut short by the batch or the budget (tests)
         self._draining = False
+        self._unchecked = False  # sent on; its mailbox is checked when the drain ends
         self._again: asyncio.Handle | None = None
         self.loop.add_reader(self.fd, self.drain)
         self._resume()
@@ -181,30 +198,39 @@ class _LoopSocket:
         if self.closed or self._draining:
             return
         self._draining = True
+        turn, sent = _turn, _turn.unchecked
+        if outer := sent is None:
+            turn.unchecked = sent = []
         try:
             if self._drain_batch():
                 self.turns += 1
                 self._resume()
         finally:
             self._draining = False
+            if outer:
+                turn.unchecked = None
+                for ls in sent:
+                    ls._check()
 
     def _drain_batch(self) -> bool:
         """Read one batch. => True if input may be left (the edge is spent: come back)."""
+        if self.on_frames is None or self.backlog:
+            # A PUB reads nothing (its recv fails at once, processing no commands):
+            # ZMQ_EVENTS processes them, which also tells whether a queued send can go.
+            self._flush_backlog()
+            if self.on_frames is None:
+                return False
         deadline = _clock() + DRAIN_BUDGET_S
+        burst = False
         for _ in range(DRAIN_BATCH):
             if self.closed:
                 return False
             try:
-                events = self._get(_EVENTS)
-            except zmq.ZMQError:
-                return False
-            if events & _POLLOUT and self.backlog:
-                self._flush()
-            if not events & _POLLIN:
-                return False
-            try:
                 frames = self._recv()
-            except zmq.ZMQError:  # Again included: POLLIN said otherwise; the fd will tell
+            except zmq.Again:
+                # The read's command processing may have consumed a POLLOUT edge.
+                return bool(self.backlog) and self._flush_backlog()
+            except zmq.ZMQError:
                 return False
             if frames is not None and self.on_frames is not None:
                 try:
@@ -215,7 +241,28 @@ class _LoopSocket:
                     )
             if _clock() >= deadline:
                 break
+            if not burst:  # one message so far: ZMQ_EVENTS is cheaper than a zmq.Again
+                try:
+                    if not self._get(_EVENTS) & _POLLIN:
+                        return bool(self.backlog) and self._flush_backlog()
+                except zmq.ZMQError:
+                    return False
+                burst = True
         return True
+
+    def _flush_backlog(self) -> bool:
+        """Send what the backlog holds if the socket can take it. => True if input waits."""
+        try:
+            events = self._get(_EVENTS)
+        except zmq.ZMQError:
+            return False
+        if events & _POLLOUT and self.backlog:
+            self._flush()
+            try:  # the sends may have processed commands too: look once more
+                events = self._get(_EVENTS)
+            except zmq.ZMQError:
+                return False
+        return bool(events & _POLLIN)
 
     def _recv(self) -> list[bytes] | None:
         """One whole message, or None when it has more parts than max_parts (dropped).
@@ -267,9 +314,22 @@ class _LoopSocket:
                 return
         elif not self.drop_when_full:
             self.backlog.append(frames)
-        if self._draining:
-            return  # the drain in progress reads ZMQ_EVENTS again before it stops
-        # The send may have eaten the fd's edge: look again for input.
+        if self._draining or self._unchecked:
+            return  # the drain in progress ends with a mailbox check; or one is due
+        # The send may have eaten the fd's edge: look again for input, once, when the
+        # drain that sent it ends (a reply sent while another socket drains), else now.
+        sent = _turn.unchecked
+        if sent is not None:
+            self._unchecked = True
+            sent.append(self)
+        else:
+            self._check()
+
+    def _check(self) -> None:
+        """After sends: the mailbox checked once (ZMQ_EVENTS); input found is drained."""
+        self._unchecked = False
+        if self.closed:
+            return
         try:
             if self._get(_EVENTS) & _POLLIN:
                 self._resume()
