@@ -6,8 +6,8 @@
 One run measures (bench/README.md says how):
  1. raw request/reply round trips to an echo server in another process, tcp loopback, tiny
     msgpack payloads: the roles' stack (ZmqTransport.bind with a plain handler returning
-    bytes, ZmqTransport.connect): the "raw RTT"; for reference zmq.asyncio on both ends and
-    blocking zmq;
+    bytes, on the roles' loop: machine.ipc.eventloop; ZmqTransport.connect): the "raw
+    RTT"; for reference zmq.asyncio on both ends and blocking zmq;
  2. a real machine (`uvm-machine up`, booted and stopped here): first-touch faults, stores and
     loads to mapped pages, ctl.ping, in rounds interleaved with raw round trips (the ratio is
     taken under the same host load), CPU time per operation in each process; short rounds
@@ -47,7 +47,7 @@ import zmq
 import zmq.asyncio
 
 from machine.client import Machine
-from machine.ipc import timing
+from machine.ipc import eventloop, timing
 from machine.ipc.inmemory import run_simulation
 from machine.ipc.peer import Identity, Peer
 from machine.ipc.service import Service
@@ -260,7 +260,8 @@ def serve(kind: str, ep: str) -> int:
                 await a.send_multipart([ident, _reply(payload)])
         await asyncio.get_running_loop().create_future()
 
-    asyncio.run(main())
+    # The roles' stack includes their loop (uvloop when installed): machine.ipc.eventloop.
+    (eventloop.run if kind == "transport" else asyncio.run)(main())
     return 0
 
 

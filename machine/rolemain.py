@@ -21,7 +21,7 @@ from typing import Any
 
 from machine import orphan
 from machine.config import RoleConfig, advertised
-from machine.ipc import memwatch, timing
+from machine.ipc import eventloop, memwatch, timing
 from machine.ipc.auth import read_key_file
 from machine.ipc.peer import Peer
 from machine.ipc.service import Service
@@ -95,5 +95,5 @@ def role_main(cfg_dict: dict[str, Any], ready: Any = None) -> None:
     """Process entry point (picklable): run the role, exit with its status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, not the terminal
     cfg = RoleConfig.from_dict(cfg_dict)
-    status = asyncio.run(serve_role(cfg, ready))
+    status = eventloop.run(serve_role(cfg, ready))
     os._exit(status)

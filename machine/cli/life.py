@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from machine.config import RoleConfig, discard_temp_state
+from machine.ipc import eventloop
 from machine.roles import ROLE_NAMES, fixed_layout
 
 
@@ -48,7 +49,7 @@ def cmd_up(a: argparse.Namespace) -> int:
             print(f"state: {state}", file=sys.stderr, flush=True)
 
     try:
-        status = asyncio.run(
+        status = eventloop.run(
             run_up(
                 ram_bytes=a.ram,
                 state_dir=state,
@@ -138,7 +139,7 @@ def cmd_role(a: argparse.Namespace) -> int:
         key_file=a.key_file or _default_key_file(a.state),
         limits=a.limit.to_dict(),
     )
-    return asyncio.run(serve_role(cfg, None, standalone=True))
+    return eventloop.run(serve_role(cfg, None, standalone=True))
 
 
 def _default_key_file(state: str | None) -> str:
@@ -153,7 +154,7 @@ def cmd_supervise(a: argparse.Namespace) -> int:
 
     state = Path(a.state or tempfile.mkdtemp(prefix="uvm-machine-"))
     try:
-        status = asyncio.run(
+        status = eventloop.run(
             run_external(
                 host=a.host,
                 base_port=a.base_port,

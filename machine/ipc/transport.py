@@ -147,25 +147,30 @@ class Transport(abc.ABC):
         """Release what the transport holds (sockets, context)."""
 
 
-_loop: asyncio.AbstractEventLoop | None = None  # the last loop running_loop() found
+#: The last loop running_loop() found and the thread it ran in then (one tuple: set at once).
+_found: tuple[asyncio.AbstractEventLoop | None, int] = (None, 0)
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
     """asyncio.get_running_loop(), without its getpid() system call each time: the loop
     found last is returned while it runs in this thread (asyncio runs one loop per
-    thread at a time, so it is then the running one); else asyncio is asked. A forked
-    child forgets it (os.register_at_fork), as asyncio's own pid check does."""
-    global _loop
-    loop = _loop
-    if loop is not None and getattr(loop, "_thread_id", None) == threading.get_ident():
+    thread at a time, so it is then the running one); else asyncio is asked. The thread
+    is the loop's own `_thread_id` (asyncio's loops) or, for a loop that keeps it to
+    itself (uvloop), the one it was found in, while it still runs. A forked child
+    forgets it (os.register_at_fork), as asyncio's own pid check does."""
+    global _found
+    loop, tid = _found
+    tid = getattr(loop, "_thread_id", tid)  # uvloop keeps its thread to itself
+    if loop is not None and tid == threading.get_ident() and loop.is_running():
         return loop
-    _loop = loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
+    _found = (loop, threading.get_ident())
     return loop
 
 
 def _forget_loop() -> None:
-    global _loop
-    _loop = None
+    global _found
+    _found = (None, 0)
 
 
 os.register_at_fork(after_in_child=_forget_loop)
