@@ -6,7 +6,7 @@ run(); clients and the in-memory bus do not (a client library runs in its
 caller's loop; simulation runs on its own virtual-time loop).
 
 Why uvloop: a role spends most of a request in the loop and the transport's
-reader (machine.ipc.zmqtransport), not in its own code; measured on the fault
+reader (machine.ipc.zmqsocket), not in its own code; measured on the fault
 path (bench/README.md, "Event loop"), uvloop takes about a tenth off the
 mmu's and uvm's CPU per fault. The system calls per message are the same on
 both loops (libzmq's mailbox checks, one epoll wait per wake-up).

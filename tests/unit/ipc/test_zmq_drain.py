@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from machine.ipc.zmqtransport import _LoopSocket
+from machine.ipc.zmqsocket import LoopSocket
 from machine.testing import poll_for
 from tests.unit.ipc.test_zmqtransport import FakeSocket
 
@@ -29,7 +29,7 @@ class CountingSocket(FakeSocket):
         super().__init__(messages)
         self.events_reads = 0
         self.agains = 0
-        self.watch: _LoopSocket | None = None
+        self.watch: LoopSocket | None = None
         self.during: list[bool] = []
         self.on_send: list[bytes] | None = None  # queued as input by the next send
 
@@ -60,7 +60,7 @@ class CountingSocket(FakeSocket):
 async def test_a_burst_costs_two_mailbox_looks_not_one_per_message() -> None:
     fake = CountingSocket([[b"id", b"%d" % i] for i in range(10)])
     got: list[bytes] = []
-    ls = _LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
+    ls = LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
     await poll_for(lambda: len(got) == 10, timeout_s=5, what="the burst")
     await asyncio.sleep(0)
     assert got == [b"%d" % i for i in range(10)]
@@ -73,7 +73,7 @@ async def test_a_burst_costs_two_mailbox_looks_not_one_per_message() -> None:
 async def test_a_lone_message_costs_one_look_after_it() -> None:
     fake = CountingSocket([[b"id", b"x"]])
     got: list[bytes] = []
-    ls = _LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
+    ls = LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
     await poll_for(lambda: got == [b"x"], timeout_s=5, what="the message")
     assert (fake.events_reads, fake.agains) == (1, 0)  # ZMQ_EVENTS: no POLLIN, done
     ls.close(0)
@@ -82,10 +82,10 @@ async def test_a_lone_message_costs_one_look_after_it() -> None:
 async def test_replies_on_another_socket_have_its_mailbox_looked_at_once_after_the_drain() -> None:
     a_fake = CountingSocket([[b"id", b"%d" % i] for i in range(5)])
     b_fake = CountingSocket([])
-    b = _LoopSocket(b_fake, lambda frames: None)  # type: ignore[arg-type]
+    b = LoopSocket(b_fake, lambda frames: None)  # type: ignore[arg-type]
     await asyncio.sleep(0)  # b's first drain: nothing to read
     looks = b_fake.events_reads + b_fake.agains
-    a = _LoopSocket(a_fake, lambda frames: b.send([frames[1]]))  # type: ignore[arg-type]
+    a = LoopSocket(a_fake, lambda frames: b.send([frames[1]]))  # type: ignore[arg-type]
     b_fake.watch = a
     await poll_for(lambda: len(b_fake.sent) == 5, timeout_s=5, what="five sends on b")
     await asyncio.sleep(0)
@@ -100,12 +100,12 @@ async def test_replies_on_another_socket_have_its_mailbox_looked_at_once_after_t
 async def test_input_a_send_uncovers_is_read_though_the_fd_never_fires() -> None:
     got: list[bytes] = []
     b_fake = CountingSocket([])
-    b = _LoopSocket(b_fake, lambda frames: got.append(frames[0]))  # type: ignore[arg-type]
+    b = LoopSocket(b_fake, lambda frames: got.append(frames[0]))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     # During another socket's drain ...
     b_fake.on_send = [b"during"]
     a_fake = CountingSocket([[b"id", b"x"]])
-    a = _LoopSocket(a_fake, lambda frames: b.send([b"reply"]))  # type: ignore[arg-type]
+    a = LoopSocket(a_fake, lambda frames: b.send([b"reply"]))  # type: ignore[arg-type]
     await poll_for(lambda: got == [b"during"], timeout_s=5, what="input after a drain's send")
     # ... and from a plain callback, outside any drain.
     b_fake.on_send = [b"outside"]
@@ -124,7 +124,7 @@ class PubSocket(CountingSocket):
 
 async def test_a_socket_without_a_reader_processes_its_commands_through_zmq_events() -> None:
     fake = PubSocket([])
-    ls = _LoopSocket(fake, None)  # type: ignore[arg-type]
+    ls = LoopSocket(fake, None)  # type: ignore[arg-type]
     await asyncio.sleep(0)
     ls.drain()  # as when its fd fires (a subscriber joined)
     # Every drain looked at the mailbox; none tried a read (which would leave the fd

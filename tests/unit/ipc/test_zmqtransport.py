@@ -1,6 +1,6 @@
 """The ZeroMQ socket wrapper: bounded drains that never strand input, framing, user HWMs.
 
-The reader tests drive _LoopSocket with a fake socket whose ZMQ_FD is a pipe
+The reader tests drive LoopSocket with a fake socket whose ZMQ_FD is a pipe
 that never becomes readable: input is then reached only through drains the
 wrapper schedules itself, which is exactly the edge-trigger contract (a drain
 cut short must come back on its own).
@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import zmq
 
-from machine.ipc import zmqtransport
-from machine.ipc.zmqtransport import DRAIN_BATCH, USER_HWM, ZmqTransport, _LoopSocket
+from machine.ipc import zmqsocket, zmqtransport
+from machine.ipc.zmqsocket import DRAIN_BATCH, LoopSocket
+from machine.ipc.zmqtransport import USER_HWM, ZmqTransport
 from machine.testing import poll_for
 
 
@@ -79,7 +80,7 @@ class FakeSocket:
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """perf_counter as the handlers advance it (their 'work' is a number, not a sleep)."""
     now = [0.0]
-    monkeypatch.setattr(zmqtransport, "_clock", lambda: now[0])
+    monkeypatch.setattr(zmqsocket, "_clock", lambda: now[0])
     return now
 
 
@@ -95,7 +96,7 @@ async def test_a_drain_takes_one_batch_per_turn_and_comes_back_for_the_rest(
         if len(got) < 100:
             asyncio.get_running_loop().call_soon(other_work)
 
-    ls = _LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
+    ls = LoopSocket(fake, lambda frames: got.append(frames[1]))  # type: ignore[arg-type]
     asyncio.get_running_loop().call_soon(other_work)
     await poll_for(lambda: len(got) == 100, timeout_s=5, what="every message")
     # Every message once, in order, though the fd never fired: no drain was lost.
@@ -121,7 +122,7 @@ async def test_a_drain_stops_when_its_time_budget_is_spent(fake_clock: list[floa
         if handled[0] < 10:
             asyncio.get_running_loop().call_soon(watch)
 
-    ls = _LoopSocket(fake, slow_handler)  # type: ignore[arg-type]
+    ls = LoopSocket(fake, slow_handler)  # type: ignore[arg-type]
     asyncio.get_running_loop().call_soon(watch)
     await poll_for(lambda: handled[0] == 10, timeout_s=5, what="every message")
     steps = [b - a for a, b in itertools.pairwise(per_turn)]
@@ -133,7 +134,7 @@ async def test_at_most_one_drain_is_pending_however_many_replies_are_sent(
     fake_clock: list[float],
 ) -> None:
     fake = FakeSocket([[b"id", b"x"] for _ in range(200)])
-    ls: _LoopSocket | None = None
+    ls: LoopSocket | None = None
     handled = [0]
 
     def reply_at_once(frames: list[bytes]) -> None:  # a sync handler's reply, sent in the drain
@@ -141,7 +142,7 @@ async def test_at_most_one_drain_is_pending_however_many_replies_are_sent(
         assert ls is not None
         ls.send([frames[0], b"reply"])
 
-    ls = _LoopSocket(fake, reply_at_once)  # type: ignore[arg-type]
+    ls = LoopSocket(fake, reply_at_once)  # type: ignore[arg-type]
     await asyncio.sleep(0)
     # One turn: one batch, not one batch per reply sent (which would compound).
     assert handled[0] <= DRAIN_BATCH
@@ -159,7 +160,7 @@ async def test_a_message_with_extra_parts_is_dropped_without_copying_them() -> N
         ]
     )
     got: list[list[bytes]] = []
-    ls = _LoopSocket(fake, got.append, max_parts=2)  # type: ignore[arg-type]
+    ls = LoopSocket(fake, got.append, max_parts=2)  # type: ignore[arg-type]
     await poll_for(lambda: len(got) == 2, timeout_s=5, what="the two good messages")
     assert got == [[b"id", b"one"], [b"id", b"two"]]
     assert ls.dropped == 1
