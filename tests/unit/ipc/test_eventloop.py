@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 
 import pytest
 
@@ -14,6 +13,7 @@ from machine.ipc import eventloop
 from machine.ipc.transport import running_loop
 from machine.ipc.zmqtransport import ZmqTransport
 from machine.testing import poll_for
+from tests.unit.ipc.test_loop_fast_paths import each_thread_sees_its_own_loop
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -50,20 +50,7 @@ def test_running_loop_is_the_running_uvloop_loop_after_loop_and_per_thread() -> 
     for run in (uvloop.run, asyncio.run, uvloop.run, uvloop.run):
         mine, theirs = run(_both())
         assert mine is theirs
-    seen: dict[str, bool] = {}
-    go = threading.Barrier(2, timeout=10)
-
-    async def check(name: str) -> None:
-        go.wait()  # both loops run from here on
-        for _ in range(50):
-            seen[name] = seen.get(name, True) and running_loop() is asyncio.get_running_loop()
-            await asyncio.sleep(0)
-
-    t = threading.Thread(target=lambda: uvloop.run(check("thread")))
-    t.start()
-    uvloop.run(check("main"))
-    t.join(10)
-    assert seen == {"thread": True, "main": True}
+    each_thread_sees_its_own_loop(uvloop.run)
 
 
 def test_requests_and_events_travel_on_uvloop() -> None:

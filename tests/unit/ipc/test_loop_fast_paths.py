@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -39,7 +41,9 @@ def test_running_loop_outside_a_loop_raises_as_asyncio_does() -> None:
         running_loop()
 
 
-def test_running_loop_in_two_threads_answers_each_its_own() -> None:
+def each_thread_sees_its_own_loop(run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    """Two threads each run a loop (`run`, asyncio.run or uvloop.run) at once: in each,
+    running_loop() is always that thread's running loop."""
     seen: dict[str, bool] = {}
     go = threading.Barrier(2, timeout=10)
 
@@ -49,11 +53,15 @@ def test_running_loop_in_two_threads_answers_each_its_own() -> None:
             seen[name] = seen.get(name, True) and running_loop() is asyncio.get_running_loop()
             await asyncio.sleep(0)
 
-    t = threading.Thread(target=lambda: asyncio.run(check("thread")))
+    t = threading.Thread(target=lambda: run(check("thread")))
     t.start()
-    asyncio.run(check("main"))
+    run(check("main"))
     t.join(10)
     assert seen == {"thread": True, "main": True}
+
+
+def test_running_loop_in_two_threads_answers_each_its_own() -> None:
+    each_thread_sees_its_own_loop(asyncio.run)
 
 
 def _order(debug: bool, seed: int) -> list[int]:
