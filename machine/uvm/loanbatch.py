@@ -87,7 +87,10 @@ async def loan_chunks(
         enter = [(kva, p) for kva, p, e in zip(kvas or (), pfns, errnos, strict=False) if e is None]
         # Sent now, behind the protects queued before it (tasks start in the order made;
         # the mmu applies a connection's requests in the order sent): not a round trip more.
-        kenter = asyncio.ensure_future(_kenter(uvm, enter)) if enter else None
+        kenter: asyncio.Future[bool] | None = None
+        if enter:
+            kenter = asyncio.get_running_loop().create_future()
+            spawn(_kenter(uvm, enter, kenter), "whole-send kenter")
         failed: BaseException | None = None
         for i, fut in waits:
             if fut is not None and failed is None:
@@ -125,10 +128,21 @@ def _check_kvas(chunks: list[tuple[int, int]], kvas: list[int]) -> None:
             raise UserError(Errno.EINVAL, f"loan kva {kva:#x} is not page-aligned kernel VA")
 
 
-async def _kenter(uvm: Uvm, chunks: list[tuple[int, list[int]]]) -> bool:
-    """One pmap.kenter_chunks of the loaned chunks, read-only. => True (or its error)."""
-    await uvm.pmap.kenter_chunks(chunks, int(Prot.READ))
-    return True
+async def _kenter(
+    uvm: Uvm, chunks: list[tuple[int, list[int]]], done: asyncio.Future[bool]
+) -> None:
+    """One pmap.kenter_chunks of the loaned chunks, read-only (a task of the service's:
+    `spawn`). => `done` set True, or to its error (awaited by _entered on every path)."""
+    try:
+        await uvm.pmap.kenter_chunks(chunks, int(Prot.READ))
+    except BaseException as e:  # the loan's caller raises it (_entered)
+        if not done.done():
+            done.set_exception(e)
+        if not isinstance(e, Exception):
+            raise
+        return
+    if not done.done():
+        done.set_result(True)
 
 
 async def _entered(
